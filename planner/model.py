@@ -1,0 +1,461 @@
+"""The cost model: layers, DAG checks, loading and validating model files.
+
+A model (``edgeplan-model/1``, SPEC section 1) is a DAG of layers with one
+sink, listed in a topological order.  Layers are referred to by their index in
+that order everywhere inside the library; names appear only at the edges
+(files, messages).
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+
+from planner.errors import ModelError
+
+__all__ = [
+    "MODEL_FORMAT",
+    "INPUT",
+    "Layer",
+    "Model",
+    "load_model",
+    "model_from_dict",
+    "read_json_file",
+    "fingerprint",
+]
+
+MODEL_FORMAT = "edgeplan-model/1"
+INPUT = "input"
+MAX_BYTES = 2**62
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+_LAYER_FIELDS = {
+    "name",
+    "inputs",
+    "forward",
+    "backward",
+    "output_bytes",
+    "saved_bytes",
+    "needs_inputs",
+    "needs_output",
+    "workspace_forward",
+    "workspace_backward",
+    "params_bytes",
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a model.
+
+    ``inputs`` holds the indices of the producing layers; ``uses_input`` says
+    whether the model input is among the layer's inputs as well.
+    """
+
+    name: str
+    inputs: tuple
+    forward: float
+    backward: float
+    output_bytes: int
+    saved_bytes: int = 0
+    needs_inputs: bool = True
+    needs_output: bool = False
+    workspace_forward: int = 0
+    workspace_backward: int = 0
+    params_bytes: int = 0
+    uses_input: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A validated model: layers in topological order, one sink.
+
+    Build one with :func:`load_model` (from a file), :func:`model_from_dict`
+    (from a parsed document) or :meth:`Model.chain` (for tests and synthetic
+    chains); those validate.  ``document`` keeps the parsed JSON so that the
+    fingerprint is the one of the file as read.
+    """
+
+    name: str
+    input_bytes: int
+    layers: tuple
+    time_unit: str = ""
+    source: str = ""
+    document: dict = field(default=None, repr=False)
+
+    def __len__(self):
+        return len(self.layers)
+
+    @cached_property
+    def consumers(self):
+        """``consumers[i]``: indices of the layers that read layer ``i``'s output."""
+        result = [[] for _ in self.layers]
+        for j, layer in enumerate(self.layers):
+            for i in layer.inputs:
+                result[i].append(j)
+        return tuple(tuple(c) for c in result)
+
+    @cached_property
+    def sink(self):
+        """Index of the layer whose output feeds the loss."""
+        return len(self.layers) - 1
+
+    @cached_property
+    def is_chain(self):
+        """True when layer ``i`` reads exactly layer ``i - 1`` (the first reads the input)."""
+        first = self.layers[0]
+        if first.inputs or not first.uses_input:
+            return False
+        return all(
+            layer.inputs == (i - 1,) and not layer.uses_input
+            for i, layer in enumerate(self.layers[1:], start=1)
+        )
+
+    @cached_property
+    def index(self):
+        """Map from layer name to index."""
+        return {layer.name: i for i, layer in enumerate(self.layers)}
+
+    @cached_property
+    def fingerprint(self):
+        """``"sha256:" + hex`` of the canonical JSON of the model document."""
+        return fingerprint(self.to_dict() if self.document is None else self.document)
+
+    @cached_property
+    def baseline_compute(self):
+        """Every layer's forward and backward once."""
+        return sum(layer.forward + layer.backward for layer in self.layers)
+
+    @cached_property
+    def params_bytes(self):
+        """Sum of every layer's ``params_bytes``."""
+        return sum(layer.params_bytes for layer in self.layers)
+
+    def graph(self):
+        """The model as a ``networkx.DiGraph`` over layer indices (the input is ``-1``)."""
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.layers)))
+        for j, layer in enumerate(self.layers):
+            for i in layer.inputs:
+                g.add_edge(i, j)
+            if layer.uses_input:
+                g.add_edge(-1, j)
+        return g
+
+    def to_dict(self):
+        """The model as an ``edgeplan-model/1`` document with every field spelled out."""
+        doc = {"format": MODEL_FORMAT, "name": self.name, "input_bytes": self.input_bytes}
+        if self.time_unit:
+            doc["time_unit"] = self.time_unit
+        if self.source:
+            doc["source"] = self.source
+        layers = []
+        for layer in self.layers:
+            inputs = ([INPUT] if layer.uses_input else []) + [
+                self.layers[i].name for i in layer.inputs
+            ]
+            layers.append(
+                {
+                    "name": layer.name,
+                    "inputs": inputs,
+                    "forward": layer.forward,
+                    "backward": layer.backward,
+                    "output_bytes": layer.output_bytes,
+                    "saved_bytes": layer.saved_bytes,
+                    "needs_inputs": layer.needs_inputs,
+                    "needs_output": layer.needs_output,
+                    "workspace_forward": layer.workspace_forward,
+                    "workspace_backward": layer.workspace_backward,
+                    "params_bytes": layer.params_bytes,
+                }
+            )
+        doc["layers"] = layers
+        return doc
+
+    @classmethod
+    def chain(cls, name, *, input_bytes, layers):
+        """Build and validate a chain from layer dicts (``inputs`` are filled in).
+
+        Parameters
+        ----------
+        name : str
+        input_bytes : int
+        layers : list of dict
+            Layer fields as in SPEC section 1; ``name`` defaults to ``L{i}``.
+        """
+        docs = []
+        for i, spec in enumerate(layers):
+            spec = dict(spec)
+            spec.setdefault("name", f"L{i}")
+            docs.append(spec)
+        doc = {"format": MODEL_FORMAT, "name": name, "input_bytes": input_bytes, "layers": docs}
+        return model_from_dict(doc)
+
+
+def fingerprint(document):
+    """SHA-256 fingerprint of a parsed model document (SPEC section 2).
+
+    The document is re-serialised with sorted keys and ``(",", ":")``
+    separators and encoded as UTF-8.
+    """
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def read_json_file(path, *, error=ModelError, what="file"):
+    """Read a JSON file strictly: UTF-8, no NaN/Infinity, no duplicate keys.
+
+    Every failure is raised as ``error`` with a message naming the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise error(f"{path}: {what} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
+        )
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
+
+
+def load_model(path):
+    """Load and validate an ``edgeplan-model/1`` file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ModelError
+        With a message naming the file, the layer and the field.
+    """
+    document = read_json_file(path, what="model file")
+    return model_from_dict(document, source_name=str(path))
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _describe(value):
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def model_from_dict(document, *, source_name="<model>"):
+    """Validate a parsed model document and build a :class:`Model`.
+
+    Raises
+    ------
+    ModelError
+        For every defect listed in SPEC section 1, naming ``source_name``, the
+        layer and the field.
+    """
+    where = source_name
+
+    def fail(message, layer=None, fieldname=None):
+        parts = [where]
+        if layer is not None:
+            parts.append(f"layer {layer}")
+        if fieldname is not None:
+            parts.append(f"field '{fieldname}'")
+        raise ModelError(": ".join(parts) + ": " + message)
+
+    if not isinstance(document, dict):
+        fail(f"the top level must be a JSON object, not {type(document).__name__}")
+    fmt = document.get("format")
+    if fmt is None:
+        fail(f"missing 'format' (expected \"{MODEL_FORMAT}\")", fieldname="format")
+    if fmt != MODEL_FORMAT:
+        fail(f"unsupported format {_describe(fmt)} (expected \"{MODEL_FORMAT}\")", fieldname="format")
+    name = document.get("name")
+    if not isinstance(name, str) or not name:
+        fail("must be a non-empty string" if "name" in document else "missing", fieldname="name")
+    input_bytes = _check_size(document, "input_bytes", required=True, fail=fail)
+    for key in ("time_unit", "source"):
+        if key in document and not isinstance(document[key], str):
+            fail("must be a string", fieldname=key)
+    raw_layers = document.get("layers")
+    if raw_layers is None:
+        fail("missing", fieldname="layers")
+    if not isinstance(raw_layers, list):
+        fail("must be a list of layers", fieldname="layers")
+    if not raw_layers:
+        fail("must hold at least one layer", fieldname="layers")
+
+    index = {}
+    layers = []
+    for position, raw in enumerate(raw_layers):
+        label = f"#{position}"
+        if not isinstance(raw, dict):
+            fail("must be a JSON object", layer=label)
+        lname = raw.get("name")
+        if lname is None:
+            fail("missing", layer=label, fieldname="name")
+        if not isinstance(lname, str) or not lname.strip():
+            fail("must be a non-empty string", layer=label, fieldname="name")
+        label = f"#{position} {lname!r}"
+        if lname == INPUT:
+            fail(f"'{INPUT}' is reserved for the model input", layer=label, fieldname="name")
+        if lname in index:
+            fail(f"duplicate name (also layer #{index[lname]})", layer=label, fieldname="name")
+
+        def lfail(message, fieldname=None, _label=label):
+            fail(message, layer=_label, fieldname=fieldname)
+
+        unknown = sorted(set(raw) - _LAYER_FIELDS)
+        if unknown and not all(isinstance(k, str) for k in unknown):  # pragma: no cover
+            lfail("field names must be strings")
+
+        if "inputs" in raw:
+            raw_inputs = raw["inputs"]
+            if not isinstance(raw_inputs, list) or not all(isinstance(x, str) for x in raw_inputs):
+                lfail("must be a list of layer names or \"input\"", "inputs")
+        else:
+            raw_inputs = [INPUT] if position == 0 else [layers[-1].name]
+        uses_input = False
+        inputs = []
+        for producer in raw_inputs:
+            if producer == INPUT:
+                uses_input = True
+            elif producer == lname:
+                lfail("a layer cannot read its own output (self-loop)", "inputs")
+            elif producer in index:
+                if index[producer] not in inputs:
+                    inputs.append(index[producer])
+            elif any(isinstance(r, dict) and r.get("name") == producer for r in raw_layers):
+                lfail(
+                    f"reads {producer!r}, which comes later: layers must be listed in a "
+                    "topological order (or the graph has a cycle)",
+                    "inputs",
+                )
+            else:
+                lfail(f"unknown layer {producer!r}", "inputs")
+        if not inputs and not uses_input:
+            lfail("a layer must read the input or another layer", "inputs")
+
+        times = {}
+        for key in ("forward", "backward"):
+            if key not in raw:
+                lfail("missing", key)
+            value = raw[key]
+            if not _is_number(value):
+                lfail(f"must be a number, got {_describe(value)}", key)
+            if not math.isfinite(value) or value < 0:
+                lfail(f"must be a finite number >= 0, got {_describe(value)}", key)
+            times[key] = float(value)
+        sizes = {
+            key: _check_size(raw, key, required=(key == "output_bytes"), fail=lfail, label=None)
+            for key in (
+                "output_bytes",
+                "saved_bytes",
+                "workspace_forward",
+                "workspace_backward",
+                "params_bytes",
+            )
+        }
+        flags = {}
+        for key, default in (("needs_inputs", True), ("needs_output", False)):
+            value = raw.get(key, default)
+            if not isinstance(value, bool):
+                lfail(f"must be true or false, got {_describe(value)}", key)
+            flags[key] = value
+        index[lname] = position
+        layers.append(
+            Layer(
+                name=lname,
+                inputs=tuple(inputs),
+                uses_input=uses_input,
+                forward=times["forward"],
+                backward=times["backward"],
+                **sizes,
+                **flags,
+            )
+        )
+
+    consumed = set()
+    for layer in layers:
+        consumed.update(layer.inputs)
+    sinks = [i for i in range(len(layers)) if i not in consumed]
+    if len(sinks) != 1:
+        names = ", ".join(repr(layers[i].name) for i in sinks[:5])
+        fail(
+            f"a model must have exactly one sink (a layer whose output nothing reads); "
+            f"found {len(sinks)}: {names}",
+            fieldname="layers",
+        )
+    if sinks[0] != len(layers) - 1:
+        fail(
+            f"the sink {layers[sinks[0]].name!r} must be the last layer of the topological order",
+            fieldname="layers",
+        )
+    model = Model(
+        name=name,
+        input_bytes=input_bytes,
+        layers=tuple(layers),
+        time_unit=document.get("time_unit", ""),
+        source=document.get("source", ""),
+        document=document,
+    )
+    # The order check above already rules out cycles; networkx confirms it.
+    if not nx.is_directed_acyclic_graph(model.graph()):  # pragma: no cover
+        fail("the layers form a cycle", fieldname="layers")
+    return model
+
+
+def _check_size(obj, key, *, required, fail, label=None):
+    if key not in obj:
+        if required:
+            fail("missing", fieldname=key) if label is None else fail("missing", label, key)
+        return 0
+    value = obj[key]
+    if not _is_int(value):
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
+            message = f"must be an integer number of bytes, got {_describe(value)}"
+        else:
+            message = f"must be an integer >= 0, got {_describe(value)}"
+        fail(message, fieldname=key)
+    if value < 0:
+        fail(f"must be >= 0, got {value}", fieldname=key)
+    if value > MAX_BYTES:
+        fail(f"{value} is beyond 2**62 bytes", fieldname=key)
+    return value

@@ -1,0 +1,228 @@
+"""Schedules: the op vocabulary, the Schedule record and ``edgeplan-schedule/1`` I/O.
+
+Ops are a closed vocabulary (:class:`OpKind`) of frozen dataclasses that name
+layers by index.  Op objects are interned: ``forward(3, save=True)`` returns the
+same object every time, so long schedules cost no allocation per op.
+"""
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+
+from planner.errors import ScheduleFormatError
+from planner.model import read_json_file
+
+__all__ = [
+    "SCHEDULE_FORMAT",
+    "OpKind",
+    "Op",
+    "forward",
+    "backward",
+    "free",
+    "Schedule",
+    "load_schedule",
+    "schedule_from_dict",
+    "op_to_dict",
+]
+
+SCHEDULE_FORMAT = "edgeplan-schedule/1"
+
+
+class OpKind(Enum):
+    """The three ops of SPEC section 2."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    FREE = "free"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One op of a schedule.  ``layer`` is the layer's index in the model."""
+
+    kind: OpKind
+    layer: int
+    save: bool = False
+
+    def describe(self, model):
+        """Human text such as ``forward L3 (save)``."""
+        name = model.layers[self.layer].name
+        if self.kind is OpKind.FORWARD:
+            return f"forward {name}" + (" (save)" if self.save else "")
+        return f"{self.kind.value} {name}"
+
+
+@lru_cache(maxsize=None)
+def forward(layer, save):
+    """The interned op ``{"op": "forward", "layer": layer, "save": save}``."""
+    return Op(OpKind.FORWARD, layer, bool(save))
+
+
+@lru_cache(maxsize=None)
+def backward(layer):
+    """The interned op ``{"op": "backward", "layer": layer}``."""
+    return Op(OpKind.BACKWARD, layer)
+
+
+@lru_cache(maxsize=None)
+def free(layer):
+    """The interned op ``{"op": "free", "layer": layer}``."""
+    return Op(OpKind.FREE, layer)
+
+
+def op_to_dict(op, model):
+    """The JSON object of one op (SPEC section 2)."""
+    name = model.layers[op.layer].name
+    if op.kind is OpKind.FORWARD:
+        return {"op": "forward", "layer": name, "save": op.save}
+    return {"op": op.kind.value, "layer": name}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule for one model, as written to ``edgeplan-schedule/1`` files.
+
+    ``predicted`` holds ``peak_bytes``, ``compute``, ``baseline_compute``,
+    ``overhead`` and ``forwards`` exactly as the simulator computed them.
+    """
+
+    model_name: str
+    fingerprint: str
+    strategy: str
+    ops: tuple
+    params: dict = field(default_factory=dict)
+    budget_bytes: int = None
+    predicted: dict = field(default_factory=dict)
+
+    def header(self):
+        """Every field of the file but ``ops``, in the order they are written."""
+        return {
+            "format": SCHEDULE_FORMAT,
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint},
+            "strategy": self.strategy,
+            "params": self.params,
+            "budget_bytes": self.budget_bytes,
+            "predicted": self.predicted,
+        }
+
+    def iter_json(self, model):
+        """Yield the file's text in chunks: the header, then one op per line.
+
+        The output is deterministic: the same schedule gives the same bytes.
+        """
+        head = json.dumps(self.header(), indent=2, sort_keys=False, ensure_ascii=False)
+        yield head[:-2] + ',\n  "ops": ['
+        names = [json.dumps(layer.name, ensure_ascii=False) for layer in model.layers]
+        sep = "\n    "
+        for n, op in enumerate(self.ops):
+            if op.kind is OpKind.FORWARD:
+                text = f'{{"op": "forward", "layer": {names[op.layer]}, "save": {"true" if op.save else "false"}}}'
+            else:
+                text = f'{{"op": "{op.kind.value}", "layer": {names[op.layer]}}}'
+            yield (sep if n == 0 else "," + sep) + text
+        yield "\n  ]\n}\n" if self.ops else "]\n}\n"
+
+    def to_json(self, model):
+        """The whole file as a string."""
+        return "".join(self.iter_json(model))
+
+    def write(self, path, model):
+        """Write the file atomically (a temporary file renamed into place)."""
+        import os
+        import tempfile
+
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".edgeplan-", suffix=".json", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for chunk in self.iter_json(model):
+                    f.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def load_schedule(path, model):
+    """Read an ``edgeplan-schedule/1`` file for ``model``.
+
+    Raises
+    ------
+    ScheduleFormatError
+        If the file is not a well-formed schedule or names layers the model
+        does not have.  Whether the ops obey SPEC section 3 is the simulator's
+        business, not this function's.
+    """
+    document = read_json_file(path, error=ScheduleFormatError, what="schedule file")
+    return schedule_from_dict(document, model, source_name=str(path))
+
+
+def schedule_from_dict(document, model, *, source_name="<schedule>"):
+    """Validate a parsed schedule document against ``model`` (names only)."""
+
+    def fail(message):
+        raise ScheduleFormatError(f"{source_name}: {message}")
+
+    if not isinstance(document, dict):
+        fail(f"the top level must be a JSON object, not {type(document).__name__}")
+    if document.get("format") != SCHEDULE_FORMAT:
+        got = document.get("format")
+        fail(
+            f"field 'format': expected \"{SCHEDULE_FORMAT}\", got "
+            + ("nothing" if got is None else json.dumps(got)[:40])
+        )
+    info = document.get("model")
+    if not isinstance(info, dict):
+        fail("field 'model': must be an object with 'name' and 'fingerprint'")
+    for key in ("name", "fingerprint"):
+        if not isinstance(info.get(key), str):
+            fail(f"field 'model.{key}': must be a string")
+    strategy = document.get("strategy", "")
+    if not isinstance(strategy, str):
+        fail("field 'strategy': must be a string")
+    params = document.get("params", {})
+    if not isinstance(params, dict):
+        fail("field 'params': must be an object")
+    budget = document.get("budget_bytes")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
+        fail("field 'budget_bytes': must be an integer >= 0 or null")
+    predicted = document.get("predicted", {})
+    if not isinstance(predicted, dict):
+        fail("field 'predicted': must be an object")
+    raw_ops = document.get("ops")
+    if not isinstance(raw_ops, list):
+        fail("field 'ops': must be a list of ops")
+    index = model.index
+    ops = []
+    for n, raw in enumerate(raw_ops):
+        if not isinstance(raw, dict):
+            fail(f"op #{n}: must be an object")
+        kind = raw.get("op")
+        layer = raw.get("layer")
+        if kind not in ("forward", "backward", "free"):
+            fail(f"op #{n}: field 'op': unknown op {json.dumps(kind)[:40]} (forward, backward or free)")
+        if not isinstance(layer, str):
+            fail(f"op #{n}: field 'layer': must be a layer name")
+        if layer not in index:
+            fail(f"op #{n}: field 'layer': the model has no layer {layer!r}")
+        i = index[layer]
+        if kind == "forward":
+            save = raw.get("save")
+            if not isinstance(save, bool):
+                fail(f"op #{n} ({layer!r}): field 'save': must be true or false")
+            ops.append(forward(i, save))
+        elif kind == "backward":
+            ops.append(backward(i))
+        else:
+            ops.append(free(i))
+    return Schedule(
+        model_name=info["name"],
+        fingerprint=info["fingerprint"],
+        strategy=strategy,
+        params=params,
+        budget_bytes=budget,
+        predicted=predicted,
+        ops=tuple(ops),
+    )

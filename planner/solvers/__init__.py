@@ -1,0 +1,261 @@
+"""The solver registry: strategy name -> solver, and :func:`solve`.
+
+Every solver is a function ``fn(model, *, budget, **options) -> (ops, params)``
+that returns forward/backward ops (its decisions) and the parameters it used.
+:func:`solve` lowers those ops with the shared lowering, replays them in the
+simulator, checks the budget and builds the :class:`~planner.schedule.Schedule`
+whose ``predicted`` numbers are the simulator's.  A solver never reports its
+own costs.
+"""
+
+import importlib
+import time
+from dataclasses import dataclass
+
+from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
+from planner.lowering import insert_frees
+from planner.schedule import Schedule
+from planner.simulate import simulate
+
+__all__ = [
+    "Strategy",
+    "STRATEGIES",
+    "Solution",
+    "Outcome",
+    "SolverBug",
+    "solve",
+    "run_all",
+    "applicable",
+    "strategy_names",
+]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy.
+
+    Attributes
+    ----------
+    name : str
+        The CLI name (``--strategy NAME``).
+    module, function : str
+        Where the solver function lives (imported on first use).
+    summary : str
+        One line for help texts and tables.
+    chains_only : bool
+        Refuses DAGs.
+    options : tuple of str
+        Keyword options it takes besides ``budget`` (``segments``, ...).
+    emits_frees : bool
+        Its ops already contain every free (long streamed schedules); the
+        shared lowering is skipped, the simulator still checks them.
+    """
+
+    name: str
+    module: str
+    function: str
+    summary: str
+    chains_only: bool = False
+    options: tuple = ()
+    emits_frees: bool = False
+
+    def load(self):
+        """The solver function."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+
+def _entry(name, module, function, summary, **kwargs):
+    return name, Strategy(name, f"planner.solvers.{module}", function, summary, **kwargs)
+
+
+STRATEGIES = dict(
+    [
+        _entry("store-all", "store_all", "store_all", "no recomputation (plain autograd)"),
+        _entry(
+            "sequential",
+            "sequential",
+            "sequential",
+            "PyTorch checkpoint_sequential (--segments N)",
+            chains_only=True,
+            options=("segments",),
+        ),
+    ]
+)
+
+
+class SolverBug(RuntimeError):
+    """A solver produced a schedule the simulator rejects: a bug in the solver."""
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A validated schedule with the simulator's verdict and how long solving took."""
+
+    strategy: str
+    params: dict
+    schedule: Schedule
+    result: object  # planner.simulate.SimulationResult
+    ops: tuple
+    solve_seconds: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One strategy's answer in :func:`run_all`: a solution, or why there is none."""
+
+    strategy: str
+    solution: Solution = None
+    error: EdgeplanError = None
+    solve_seconds: float = 0.0
+
+    @property
+    def feasible(self):
+        return self.solution is not None
+
+    @property
+    def least_bytes(self):
+        """The least activation budget this strategy needs, when known."""
+        if isinstance(self.error, InfeasibleError):
+            return self.error.least_bytes
+        return None
+
+
+def strategy_names():
+    """Every strategy name, ``auto`` included, in registry order."""
+    return list(STRATEGIES) + ["auto"]
+
+
+def applicable(model):
+    """Names of the registered strategies that apply to ``model``."""
+    return [s.name for s in STRATEGIES.values() if model.is_chain or not s.chains_only]
+
+
+def _validate_options(strategy, options):
+    for key, value in options.items():
+        if value is not None and key not in strategy.options:
+            accepted = ", ".join(strategy.options) or "none"
+            raise ValueError(f"strategy {strategy.name!r} does not take {key!r} (it takes: {accepted})")
+
+
+def _run(model, budget, strategy, options):
+    fn = strategy.load()
+    if strategy.chains_only and not model.is_chain:
+        raise NotApplicableError(
+            f"strategy {strategy.name!r} applies to chains only, and {model.name!r} is a DAG; "
+            "use store-all, chen-greedy, reforward, milp or auto"
+        )
+    started = time.perf_counter()
+    kwargs = {k: v for k, v in options.items() if v is not None and k in strategy.options}
+    ops, params = fn(model, budget=budget, **kwargs)
+    if not strategy.emits_frees:
+        ops = insert_frees(model, ops)
+    ops = tuple(ops)
+    result = simulate(model, ops)
+    seconds = time.perf_counter() - started
+    if not result.valid:
+        raise SolverBug(f"strategy {strategy.name!r} produced an invalid schedule: {result.error}")
+    if budget is not None and result.peak_bytes > budget:
+        raise InfeasibleError(
+            f"strategy {strategy.name!r} needs {result.peak_bytes} bytes of activation memory, "
+            f"more than the budget of {budget} bytes",
+            least_bytes=result.peak_bytes,
+        )
+    schedule = Schedule(
+        model_name=model.name,
+        fingerprint=model.fingerprint,
+        strategy=strategy.name,
+        params=dict(params),
+        budget_bytes=budget,
+        predicted=result.predicted(),
+        ops=ops,
+    )
+    return Solution(strategy.name, dict(params), schedule, result, ops, seconds)
+
+
+def run_all(model, budget, *, strategies=None, options=None, progress=None):
+    """Run several strategies and return one :class:`Outcome` each.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    budget : int or None
+    strategies : list of str or None, keyword-only
+        Default: every applicable strategy.
+    options : dict, keyword-only
+        Strategy options; each strategy gets the ones it takes.
+    progress : callable or None, keyword-only
+        Called as ``progress(name, outcome_or_None)`` before and after each.
+    """
+    options = options or {}
+    names = applicable(model) if strategies is None else list(strategies)
+    outcomes = []
+    for name in names:
+        strategy = STRATEGIES[name]
+        if progress:
+            progress(name, None)
+        started = time.perf_counter()
+        try:
+            solution = _run(model, budget, strategy, options)
+            outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
+        except (InfeasibleError, NotApplicableError) as exc:
+            outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
+        outcomes.append(outcome)
+        if progress:
+            progress(name, outcome)
+    return outcomes
+
+
+def _best(outcomes):
+    feasible = [o.solution for o in outcomes if o.feasible]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+
+
+def solve(model, budget, strategy="auto", *, progress=None, **options):
+    """Solve ``model`` for an activation ``budget`` with one strategy or ``auto``.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    budget : int or None
+        Activation budget in bytes (``--memory`` minus the fixed memory); None
+        means unlimited.
+    strategy : str
+        A name from :data:`STRATEGIES` or ``"auto"``: every applicable strategy,
+        the feasible schedule with the least compute, ties to fewer ops.
+    **options
+        Strategy options (``segments``, ``snapshots``, ``time_limit``, ...).
+
+    Returns
+    -------
+    Solution
+
+    Raises
+    ------
+    InfeasibleError
+        No schedule fits; ``least_bytes`` is the least budget that works.
+    NotApplicableError
+        The strategy does not apply to this model.
+    ValueError
+        Unknown strategy or an option the strategy does not take.
+    SolverBug
+        The simulator rejected a solver's schedule (never expected).
+    """
+    if strategy == "auto":
+        outcomes = run_all(model, budget, options=options, progress=progress)
+        best = _best(outcomes)
+        if best is not None:
+            return best
+        known = [o.least_bytes for o in outcomes if o.least_bytes is not None]
+        least = min(known) if known else None
+        raise InfeasibleError(
+            f"no strategy fits {budget} bytes of activation memory"
+            + (f"; the least that works is {least} bytes" if least is not None else ""),
+            least_bytes=least,
+        )
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+    chosen = STRATEGIES[strategy]
+    _validate_options(chosen, options)
+    return _run(model, budget, chosen, options)

@@ -1,0 +1,97 @@
+"""Synthetic models for tests and benchmarks: uniform chains, random chains and DAGs.
+
+All take a seed or a ``numpy.random.Generator`` and are deterministic for it.
+"""
+
+import numpy as np
+
+from planner.model import MODEL_FORMAT, model_from_dict
+
+__all__ = ["uniform_chain", "random_chain", "random_dag"]
+
+
+def _rng(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def uniform_chain(n, *, output_bytes=100, forward=1.0, backward=2.0, input_bytes=100, name=None):
+    """A chain of ``n`` identical layers (revolve's setting).
+
+    Each layer's backward needs only its input (``saved_bytes = 0``,
+    ``needs_output = False``), so holding one output is holding one snapshot.
+    """
+    layers = [
+        {
+            "name": f"L{i}",
+            "forward": forward,
+            "backward": backward,
+            "output_bytes": output_bytes,
+        }
+        for i in range(n)
+    ]
+    doc = {
+        "format": MODEL_FORMAT,
+        "name": name or f"uniform-{n}",
+        "input_bytes": input_bytes,
+        "layers": layers,
+    }
+    return model_from_dict(doc)
+
+
+def _random_layer(rng, name, *, workspaces=True):
+    layer = {
+        "name": name,
+        "forward": float(rng.integers(1, 20)),
+        "backward": float(rng.integers(1, 40)),
+        "output_bytes": int(rng.integers(1, 100)) * 1000,
+        "saved_bytes": int(rng.integers(0, 3)) * int(rng.integers(0, 100)) * 1000,
+        "needs_inputs": bool(rng.random() < 0.8),
+        "needs_output": bool(rng.random() < 0.4),
+    }
+    if workspaces:
+        layer["workspace_forward"] = int(rng.integers(0, 2)) * int(rng.integers(0, 50)) * 1000
+        layer["workspace_backward"] = int(rng.integers(0, 2)) * int(rng.integers(0, 50)) * 1000
+    layer["params_bytes"] = int(rng.integers(0, 50)) * 1000
+    return layer
+
+
+def random_chain(n, seed=0, *, workspaces=True, name=None):
+    """A heterogeneous chain of ``n`` layers with random costs and flags."""
+    rng = _rng(seed)
+    layers = [_random_layer(rng, f"L{i}", workspaces=workspaces) for i in range(n)]
+    doc = {
+        "format": MODEL_FORMAT,
+        "name": name or f"random-chain-{n}",
+        "input_bytes": int(rng.integers(1, 100)) * 1000,
+        "layers": layers,
+    }
+    return model_from_dict(doc)
+
+
+def random_dag(n, seed=0, *, max_inputs=3, skip=0.3, workspaces=True, name=None):
+    """A random DAG of ``n`` layers in topological order with one sink.
+
+    Each layer reads its predecessor (so the sink is unique and every layer is
+    used) and, with probability ``skip`` per extra edge, up to ``max_inputs - 1``
+    earlier layers or the model input.
+    """
+    rng = _rng(seed)
+    layers = []
+    for i in range(n):
+        layer = _random_layer(rng, f"N{i}", workspaces=workspaces)
+        inputs = ["input"] if i == 0 else [f"N{i - 1}"]
+        for _ in range(max_inputs - 1):
+            if i >= 1 and rng.random() < skip:
+                j = int(rng.integers(-1, i - 1)) if i > 1 else -1
+                producer = "input" if j < 0 else f"N{j}"
+                if producer not in inputs:
+                    inputs.append(producer)
+        layer["inputs"] = inputs
+        layers.append(layer)
+    doc = {
+        "format": MODEL_FORMAT,
+        "name": name or f"random-dag-{n}",
+        "input_bytes": int(rng.integers(1, 100)) * 1000,
+        "layers": layers,
+    }
+    return model_from_dict(doc)

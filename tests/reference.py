@@ -1,0 +1,95 @@
+"""An independent, deliberately naive replay of schedule *files* (SPEC section 3).
+
+It reads the JSON documents themselves (names, not indices) and shares no code
+with planner.simulate, so tests can check the simulator and every solver
+against it.
+"""
+
+import json
+
+
+def reference_replay(model_doc, schedule_doc):
+    """Return dict(valid, peak_bytes, compute, forwards, error) for parsed documents."""
+    layers = {}
+    order = []
+    for pos, raw in enumerate(model_doc["layers"]):
+        entry = dict(raw)
+        if "inputs" not in entry:
+            entry["inputs"] = ["input"] if pos == 0 else [order[-1]]
+        entry.setdefault("saved_bytes", 0)
+        entry.setdefault("needs_inputs", True)
+        entry.setdefault("needs_output", False)
+        entry.setdefault("workspace_forward", 0)
+        entry.setdefault("workspace_backward", 0)
+        layers[entry["name"]] = entry
+        order.append(entry["name"])
+    producers = {name: [p for p in e["inputs"] if p != "input"] for name, e in layers.items()}
+    consumers = {name: [] for name in layers}
+    for name, prods in producers.items():
+        for p in prods:
+            consumers[p].append(name)
+    sink = [n for n in order if not consumers[n]][0]
+    A, S, G, D = set(), set(), set(), set()
+
+    def memory():
+        return (
+            model_doc["input_bytes"]
+            + sum(layers[x]["output_bytes"] for x in A)
+            + sum(layers[x]["saved_bytes"] for x in S)
+            + sum(layers[x]["output_bytes"] for x in G)
+        )
+
+    peak = memory()
+    compute = 0.0
+    forwards = 0
+    for k, op in enumerate(schedule_doc["ops"]):
+        name = op["layer"]
+        e = layers[name]
+        if op["op"] == "forward":
+            if name in A or name in D or (op["save"] and name in S):
+                return {"valid": False, "error": k}
+            if any(p not in A for p in producers[name]):
+                return {"valid": False, "error": k}
+            A.add(name)
+            if op["save"]:
+                S.add(name)
+            peak = max(peak, memory() + e["workspace_forward"])
+            compute += e["forward"]
+            forwards += 1
+        elif op["op"] == "backward":
+            if name not in S or name in D:
+                return {"valid": False, "error": k}
+            if e["needs_inputs"] and any(p not in A for p in producers[name]):
+                return {"valid": False, "error": k}
+            if e["needs_output"] and name not in A:
+                return {"valid": False, "error": k}
+            if any(c not in D for c in consumers[name]):
+                return {"valid": False, "error": k}
+            if name == sink:
+                G.add(name)
+            for p in producers[name]:
+                G.add(p)
+            peak = max(peak, memory() + e["workspace_backward"])
+            S.discard(name)
+            G.discard(name)
+            D.add(name)
+            compute += e["backward"]
+        elif op["op"] == "free":
+            if name not in A:
+                return {"valid": False, "error": k}
+            if name in S and e["needs_output"]:
+                return {"valid": False, "error": k}
+            if any(c in S and layers[c]["needs_inputs"] for c in consumers[name]):
+                return {"valid": False, "error": k}
+            A.discard(name)
+        else:
+            return {"valid": False, "error": k}
+    if D != set(order):
+        return {"valid": False, "error": None}
+    return {"valid": True, "peak_bytes": peak, "compute": compute, "forwards": forwards, "error": None}
+
+
+def replay_solution(model, solution):
+    """Replay a planner Solution's written JSON with the reference and return its result."""
+    doc = model.document if model.document is not None else model.to_dict()
+    return reference_replay(doc, json.loads(solution.schedule.to_json(model)))
