@@ -1,0 +1,68 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.errors import InfeasibleError, NotApplicableError
+from planner.lowering import RECOMPUTE, STORE
+from planner.model import load_model
+from planner.solvers import solve
+from planner.solvers.sequential import sequential_segments
+from planner.synthetic import random_chain, random_dag
+from tests.reference import replay_solution
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def test_segments_follow_checkpoint_sequential():
+    # 10 layers, 3 segments: 3 + 3 checkpointed, the last 4 plain.
+    assert sequential_segments(10, 3) == [(0, 3, RECOMPUTE), (3, 6, RECOMPUTE), (6, 10, STORE)]
+    assert sequential_segments(5, 1) == [(0, 5, STORE)]
+    assert sequential_segments(5, 5)[-1] == (4, 5, STORE)
+    with pytest.raises(ValueError):
+        sequential_segments(5, 6)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("segments", [1, 2, 3, 5, 12])
+def test_replays_exactly(seed, segments):
+    m = random_chain(12, seed)
+    sol = solve(m, None, "sequential", segments=segments)
+    ref = replay_solution(m, sol)
+    assert ref["valid"]
+    assert ref["peak_bytes"] == sol.result.peak_bytes
+    assert ref["compute"] == pytest.approx(sol.result.compute)
+    size = 12 // segments
+    recomputed = (segments - 1) * size
+    assert sol.result.forwards == 12 + recomputed
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_auto_segments_is_cheapest_that_fits(seed):
+    m = random_chain(16, seed)
+    results = {s: solve(m, None, "sequential", segments=s).result for s in range(1, 17)}
+    least = min(r.peak_bytes for r in results.values())
+    budget = (least + max(r.peak_bytes for r in results.values())) // 2
+    sol = solve(m, budget, "sequential")
+    fitting = [r.compute for r in results.values() if r.peak_bytes <= budget]
+    assert sol.result.compute == min(fitting)
+    assert sol.result.peak_bytes <= budget
+    with pytest.raises(InfeasibleError) as info:
+        solve(m, least - 1, "sequential")
+    assert info.value.least_bytes == least
+
+
+def test_refuses_dags():
+    with pytest.raises(NotApplicableError, match="chains only"):
+        solve(random_dag(6, 0), None, "sequential")
+
+
+def test_vgg16_matches_gpu_measurements():
+    m = load_model(SHARED / "models" / "vgg16.json")
+    measured = json.loads((SHARED / "models" / "vgg16.measured.json").read_text())
+    for row in measured["measured"]:
+        s = row["segments"]
+        if s == 0:
+            continue
+        predicted = solve(m, None, "sequential", segments=s).result.peak_bytes - m.input_bytes
+        assert abs(predicted / row["peak_bytes"] - 1) < 0.01, s
