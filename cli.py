@@ -1,7 +1,9 @@
 """The ``edgeplan`` command line: parse, call the planner, print.  The only place that exits.
 
 Exit codes: 0 success; 1 a negative answer (no schedule fits, the schedule is
-invalid or does not fit); 2 bad usage or a bad input file.
+invalid or does not fit); 2 bad usage or a bad input file; 3 an internal error
+(a bug in edgeplan, or out of memory), reported as one line without a traceback;
+130 interrupted (Ctrl-C).
 """
 
 import json
@@ -13,10 +15,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from planner.budget import OPTIMIZER_FACTORS, activation_budget
+from planner.files import atomic_output
 from planner.errors import (
     InfeasibleError,
     ModelError,
     NotApplicableError,
+    ScheduleError,
     ScheduleFormatError,
 )
 from planner.model import load_model
@@ -28,6 +32,57 @@ from planner import solvers
 __all__ = ["main"]
 
 EXIT_OK, EXIT_NO, EXIT_BAD = 0, 1, 2
+# An unexpected exception (a bug in edgeplan, or the machine running out of
+# memory) is neither an answer (1) nor the user's fault (2): it gets its own
+# code, one line on stderr, and no traceback.
+EXIT_INTERNAL = 3
+
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))
+_CONTROL[127] = None
+
+
+def _clean(text):
+    """``text`` with terminal control characters (ESC, CR, ...) shown as ``\\xNN``."""
+    if not any(ord(ch) in _CONTROL for ch in text):
+        return text
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) in _CONTROL else ch for ch in text)
+
+
+class _Group(click.Group):
+    """The command group; turns any exception a command lets through into one line.
+
+    Errors edgeplan raises on purpose keep their exit code (bad input 2,
+    negative answer 1); Ctrl-C exits 130; anything else exits
+    :data:`EXIT_INTERNAL` with the exception's type and message.  click's own
+    exits, usage errors and broken pipes pass through to click.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
+        except (ModelError, ScheduleFormatError, NotApplicableError, SizeError) as exc:
+            _fail(_consoles(True)[1], str(exc), EXIT_BAD)
+        except (InfeasibleError, ScheduleError) as exc:
+            _fail(_consoles(True)[1], str(exc), EXIT_NO)
+        except KeyboardInterrupt:
+            _fail(_consoles(True)[1], "interrupted", 130)  # the shell's code for SIGINT
+        except MemoryError:
+            _fail(_consoles(True)[1], "internal error: out of memory", EXIT_INTERNAL)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            text = " ".join(str(exc).split())[:500]
+            _fail(
+                _consoles(True)[1],
+                f"internal error: {type(exc).__name__}: {text} "
+                "(this is a bug in edgeplan; please report it)",
+                EXIT_INTERNAL,
+            )
 
 
 class SizeType(click.ParamType):
@@ -62,12 +117,11 @@ def _load_model_or_exit(path, err):
     try:
         return load_model(path)
     except ModelError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(EXIT_BAD)
+        _fail(err, str(exc), EXIT_BAD)
 
 
 def _fail(err, message, code):
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"[red]error:[/red] {escape(_clean(message))}")
     sys.exit(code)
 
 
@@ -86,7 +140,7 @@ def _budget_or_exit(model, memory, optimizer, err):
 
 def _header(console, model, budget):
     kind = "chain" if model.is_chain else "DAG"
-    console.print(f"model [bold]{escape(model.name)}[/bold]: {len(model)} layers, {kind}")
+    console.print(f"model [bold]{escape(_clean(model.name))}[/bold]: {len(model)} layers, {kind}")
     console.print(
         f"memory {_bytes(budget.memory_bytes)} = fixed {_bytes(budget.fixed_bytes)} "
         f"(params x{OPTIMIZER_FACTORS[budget.optimizer]}, {budget.optimizer}) "
@@ -123,7 +177,7 @@ json_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeplan", message="edgeplan %(version)s")
 def main():
     """Plan activation checkpointing so that training fits a device's memory.
@@ -135,7 +189,7 @@ def main():
       edgeplan simulate examples/resnet18.json schedule.json --memory 256MB
 
     Exit codes: 0 success, 1 no schedule fits / schedule invalid or too big,
-    2 bad usage or bad input file.
+    2 bad usage or bad input file, 3 internal error (a bug: please report it).
     """
 
 
@@ -154,7 +208,18 @@ def main():
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schedule to this file.")
 @json_option
 @click.option("--segments", type=click.IntRange(min=1), help="sequential: number of segments.")
-def solve(model_path, memory, strategy, optimizer, output, as_json, segments):
+@click.option(
+    "--snapshots",
+    type=click.IntRange(min=0),
+    help="revolve: layer outputs held as checkpoints at once (the model input is free).",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="milp: give up proving optimality after this many seconds (default 60) and keep the best schedule found.",
+)
+def solve(model_path, memory, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
     """Find the best schedule for MODEL that fits --memory.
 
     Writes the schedule (edgeplan-schedule/1) to -o FILE, or to stdout;
@@ -168,7 +233,7 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments):
     model = _load_model_or_exit(model_path, err)
     budget = _budget_or_exit(model, memory, optimizer, err)
     _header(err, model, budget)
-    options = {"segments": segments}
+    options = {"segments": segments, "snapshots": snapshots, "time_limit": time_limit}
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
     except InfeasibleError as exc:
@@ -195,61 +260,310 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments):
         sys.stdout.flush()
 
 
+def _strategy_list(ctx, param, value):
+    """--strategies a,b,c: registered names, in the order given (exit 2 otherwise)."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise click.BadParameter("name at least one strategy", ctx, param)
+    unknown = [n for n in names if n not in solvers.STRATEGIES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown strategy {', '.join(repr(n) for n in unknown)}; choose from "
+            f"{', '.join(solvers.STRATEGIES)}",
+            ctx,
+            param,
+        )
+    return list(dict.fromkeys(names))
+
+
+strategies_option = click.option(
+    "--strategies",
+    metavar="A,B,...",
+    callback=_strategy_list,
+    help="Only these strategies, comma-separated (default: every applicable one).",
+)
+
+
+def _tuning_options(fn):
+    """--segments, --snapshots, --time-limit: passed to the strategies that take them."""
+    fn = click.option(
+        "--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        help="milp: stop the solver after this many seconds.",
+    )(fn)
+    fn = click.option(
+        "--snapshots", "snapshots_", type=click.IntRange(min=0),
+        help="revolve: layer outputs held as checkpoints at once.",
+    )(fn)
+    fn = click.option("--segments", "segments_", type=click.IntRange(min=1), help="sequential: number of segments.")(fn)
+    return fn
+
+
+def _progress(err, total, label):
+    """A rich progress bar on stderr while strategies solve (terminals only), and its hook."""
+    from contextlib import nullcontext
+
+    if not err.is_terminal:
+        return nullcontext(), None
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=err, transient=True,
+    )
+    task = bar.add_task(label, total=total)
+
+    def hook(*args):
+        *where, name, outcome = args
+        prefix = f"{format_size(where[0])}: " if where else ""
+        if outcome is None:
+            bar.update(task, description=f"{label}: {prefix}{name}")
+        else:
+            bar.advance(task)
+
+    return bar, hook
+
+
+def _compare_rows(outcomes, budget):
+    """Outcomes in table order: feasible by compute (then ops), then by the memory they need."""
+    feasible = sorted((o for o in outcomes if o.feasible), key=lambda o: (o.solution.result.compute, len(o.solution.ops)))
+    rest = sorted(
+        (o for o in outcomes if not o.feasible),
+        key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
+    )
+    rows = []
+    for k, o in enumerate(feasible + rest):
+        r = o.solution.result if o.feasible else None
+        least = o.least_bytes
+        rows.append(
+            {
+                "strategy": o.strategy,
+                "feasible": o.feasible,
+                "best": o.feasible and k == 0,
+                "peak_bytes": r.peak_bytes if r else None,
+                "compute": r.compute if r else None,
+                "overhead": r.overhead if r else None,
+                "forwards": r.forwards if r else None,
+                "params": o.solution.params if r else None,
+                "solve_seconds": round(o.solve_seconds, 6),
+                "least_activation_bytes": least,
+                "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+                "error": None if r else str(o.error),
+                "applicable": not isinstance(o.error, NotApplicableError),
+            }
+        )
+    return rows
+
+
+def _wide(console):
+    """Logs and pipes get 124 columns (rich assumes 80), so tables are not squeezed."""
+    if not console.is_terminal and console.width < 124:
+        console.width = 124
+    return console
+
+
+def _compare_table(rows, width=124):
+    """The rich table of ``edgeplan compare``: * marks the best feasible row.
+
+    Narrow terminals drop the notes column (under 124 columns) and the exact
+    byte counts (under 100); ``--json`` always has everything.
+    """
+    from rich import box
+
+    columns = (
+        ("strategy", "left"), ("fits", "left"), ("peak", "right"), ("peak bytes", "right"),
+        ("overhead", "right"), ("forwards", "right"), ("solve time", "right"), ("params / notes", "left"),
+    )
+    keep = [width >= 124 or col != "params / notes" for col, _ in columns]
+    keep = [k and (width >= 100 or col != "peak bytes") for k, (col, _) in zip(keep, columns)]
+    table = Table(box=box.SIMPLE_HEAVY, header_style="bold", pad_edge=False)
+    for (col, justify), k in zip(columns, keep):
+        if k:
+            table.add_column(col, justify=justify, no_wrap=True)
+
+    def add(*cells, style=None):
+        table.add_row(*(c for c, k in zip(cells, keep) if k), style=style)
+
+    def short(text, limit=26):
+        text = _clean(" ".join(text.split()))
+        return escape(text if len(text) <= limit else text[: limit - 3] + "...")
+
+    for row in rows:
+        seconds = f"{row['solve_seconds']:.3f} s"
+        name = ("* " if row["best"] else "  ") + escape(row["strategy"])
+        if row["feasible"]:
+            params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+            add(
+                name, "yes", format_size(row["peak_bytes"]), f"{row['peak_bytes']:,}",
+                f"{row['overhead']:.1%}", str(row["forwards"]), seconds, short(params),
+                style="bold green" if row["best"] else None,
+            )
+        elif row["least_memory_bytes"] is not None:
+            add(
+                name, "no", f"needs {format_size(row['least_memory_bytes'])}",
+                f"{row['least_memory_bytes']:,}", "", "", seconds, "least memory that works",
+                style="dim",
+            )
+        else:
+            strategy = solvers.STRATEGIES[row["strategy"]]
+            note = "n/a: chains only" if not row["applicable"] and strategy.chains_only else short(row["error"])
+            add(name, "no", "", "", "", "", seconds, note, style="dim")
+    return table
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @memory_option
 @optimizer_option
+@strategies_option
+@_tuning_options
 @json_option
-def compare(model_path, memory, optimizer, as_json):
-    """Run every applicable strategy on MODEL and show them side by side.
+def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, time_limit, as_json):
+    """Run every applicable strategy on MODEL at --memory and show them side by side.
+
+    One row per strategy, the feasible ones by compute (the best marked),
+    then the others with the least memory each would need.  Peaks are
+    activation memory; the header gives the fixed memory (parameters x 2 for
+    SGD, x 4 for Adam) and what plain autograd (store-all) needs.  Exits 1
+    when no strategy fits.
 
     \b
-    Example:
+    Examples:
       edgeplan compare examples/resnet18.json --memory 256MB
+      edgeplan compare examples/mobilenet_v2.json --memory 300MB --strategies dp,revolve,sequential
+      edgeplan compare examples/resnet18.json --memory 256MB --json
     """
     out, err = _consoles(as_json)
     model = _load_model_or_exit(model_path, err)
     budget = _budget_or_exit(model, memory, optimizer, err)
-    outcomes = solvers.run_all(model, budget.activation_bytes)
-    outcomes.sort(key=lambda o: (not o.feasible, o.solution.result.compute if o.feasible else 0))
+    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
+    names = strategies if strategies is not None else solvers.applicable(model, options)
+    store_all = solvers.solve(model, None, "store-all").result.peak_bytes
+    display, hook = _progress(err, len(names), "solving")
+    with display:
+        outcomes = solvers.run_all(
+            model, budget.activation_bytes, strategies=names, options=options, progress=hook
+        )
+    rows = _compare_rows(outcomes, budget)
+    code = EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO
     if as_json:
-        rows = []
-        for o in outcomes:
-            r = o.solution.result if o.feasible else None
-            rows.append(
-                {
-                    "strategy": o.strategy,
-                    "feasible": o.feasible,
-                    "peak_bytes": r.peak_bytes if r else None,
-                    "compute": r.compute if r else None,
-                    "overhead": r.overhead if r else None,
-                    "forwards": r.forwards if r else None,
-                    "params": o.solution.params if r else None,
-                    "least_bytes": budget.memory_for(o.least_bytes) if o.least_bytes is not None else None,
-                    "solve_seconds": round(o.solve_seconds, 6),
-                }
-            )
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.exit(code)
+    _header(_wide(out), model, budget)
+    out.print(
+        f"store-all (no recomputation) peak {_bytes(store_all)}: needs --memory "
+        f"{_bytes(budget.memory_for(store_all))}"
+    )
+    out.print(_compare_table(rows, out.width))
+    best = next((row for row in rows if row["best"]), None)
+    if best:
+        out.print(
+            f"* best: [bold]{escape(best['strategy'])}[/bold], {best['overhead']:.1%} extra compute "
+            f"(edgeplan solve --strategy auto picks it)"
+        )
+    else:
+        least = [row["least_memory_bytes"] for row in rows if row["least_memory_bytes"] is not None]
+        out.print(
+            "[red]no strategy fits[/red]"
+            + (f"; the least memory that works is {_bytes(min(least))}" if least else "")
+        )
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--from", "low", type=SIZE, help="Smallest memory (default: the least memory any strategy trains with).")
+@click.option("--to", "high", type=SIZE, help="Largest memory (default: what store-all, plain autograd, needs).")
+@click.option("--steps", type=click.IntRange(min=2, max=1000), default=12, show_default=True, help="Number of memory sizes.")
+@strategies_option
+@optimizer_option
+@_tuning_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
+@json_option
+def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapshots_, time_limit, plot_path, as_json):
+    """Memory/overhead curve: every strategy at --steps memory sizes.
+
+    Sizes are device memory for the whole step (activations + fixed memory),
+    evenly spread from --from to --to.  Prints a table and a text chart, or
+    with --json a list of points (memory_bytes, strategy, feasible,
+    overhead, peak_bytes); --plot FILE.png draws the curves with matplotlib.
+
+    \b
+    Examples:
+      edgeplan sweep examples/mobilenet_v2.json
+      edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --steps 6 --strategies dp,revolve,sequential
+      edgeplan sweep examples/resnet18.json --json --plot resnet18.png
+    """
+    from planner import sweep as sweeping
+
+    out, err = _consoles(as_json)
+    model = _load_model_or_exit(model_path, err)
+    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
+    names = strategies if strategies is not None else solvers.applicable(model, options)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401 - fail before the slow part, not after
+        except ImportError:
+            _fail(err, "--plot needs matplotlib: pip install edgeplan[plot]", EXIT_BAD)
+    span = sweeping.memory_range(model, optimizer=optimizer, strategies=names, options=options)
+    low = span.least_memory_bytes if low is None else low
+    high = span.store_all_memory_bytes if high is None else high
+    if low > high:
+        _fail(err, f"--from {low:,} bytes is above --to {high:,} bytes", EXIT_BAD)
+    sizes = sweeping.budgets(low, high, steps)
+    display, hook = _progress(err, len(sizes) * len(names), "sweeping")
+    with display:
+        points = sweeping.sweep(
+            model, sizes, optimizer=optimizer, strategies=names, options=options, progress=hook
+        )
+    if plot_path:
+        from planner.plot import write_png
+
+        try:
+            write_png(
+                points, plot_path, title=f"{model.name}: recomputation overhead against memory ({optimizer})",
+                store_all_memory=span.store_all_memory_bytes, fixed_bytes=span.fixed_bytes,
+            )
+        except OSError as exc:
+            _fail(err, f"{plot_path}: cannot write: {exc.strerror or exc}", EXIT_BAD)
+    if as_json:
+        sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
+        if plot_path:
+            err.print(f"wrote {escape(_clean(plot_path))}")
         return
-    _header(out, model, budget)
-    table = Table()
-    for col in ("strategy", "feasible", "peak", "overhead", "forwards", "solve time"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for o in outcomes:
-        if o.feasible:
-            r = o.solution.result
-            table.add_row(
-                o.strategy, "yes", format_size(r.peak_bytes), f"{r.overhead:.1%}", str(r.forwards),
-                f"{o.solve_seconds:.3f} s",
-            )
-        else:
-            need = (
-                f"needs {format_size(budget.memory_for(o.least_bytes))}"
-                if o.least_bytes is not None
-                else escape(str(o.error))[:40]
-            )
-            table.add_row(o.strategy, "no", need, "", "", f"{o.solve_seconds:.3f} s")
+    from planner.plot import text_chart
+
+    kind = "chain" if model.is_chain else "DAG"
+    _wide(out).print(f"model [bold]{escape(_clean(model.name))}[/bold]: {len(model)} layers, {kind}")
+    out.print(
+        f"fixed memory {_bytes(span.fixed_bytes)} (params x{OPTIMIZER_FACTORS[optimizer]}, {optimizer}); "
+        f"store-all needs {_bytes(span.store_all_memory_bytes)}; least that works "
+        f"{_bytes(span.least_memory_bytes)}"
+    )
+    table = Table(header_style="bold")
+    table.add_column("memory", justify="right", no_wrap=True)
+    for name in names:
+        table.add_column(escape(name), justify="right", no_wrap=True)
+    for size in sizes:
+        row = [p for p in points if p.memory_bytes == size]
+        feasible = [p for p in row if p.feasible]
+        best = min((p.compute for p in feasible), default=None)
+        cells = []
+        for p in row:
+            if not p.feasible:
+                cells.append("[dim]- [/dim]")
+            elif p.compute == best:
+                cells.append(f"[bold green]{p.overhead:.1%}*[/bold green]")
+            else:
+                cells.append(f"{p.overhead:.1%} ")
+        table.add_row(format_size(size), *cells)
     out.print(table)
+    out.print("overhead = extra compute over one forward and one backward per layer; - = does not fit; * = best")
+    out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
+    if plot_path:
+        out.file.flush()
+        err.print(f"wrote {escape(_clean(plot_path))}")
 
 
 @main.command(name="simulate")
@@ -257,12 +571,17 @@ def compare(model_path, memory, optimizer, as_json):
 @click.argument("schedule_path", metavar="SCHEDULE", type=click.Path(dir_okay=False))
 @click.option("--memory", "-m", type=SIZE, help="Also check that the schedule fits this device memory.")
 @optimizer_option
+@click.option(
+    "--exit-zero", is_flag=True,
+    help="Report problems but exit 0 (bad input files still exit 2): for CI steps that only warn.",
+)
 @json_option
-def simulate_cmd(model_path, schedule_path, memory, optimizer, as_json):
+def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_json):
     """Replay SCHEDULE on MODEL and validate it (SPEC section 3).
 
     Exits 1 when the schedule is invalid, was made for another model
-    (fingerprint), or does not fit --memory; 0 otherwise.
+    (fingerprint), or does not fit --memory; 0 otherwise (always 0 with
+    --exit-zero).  A CI gate: regenerate nothing, just check.
 
     \b
     Example:
@@ -314,7 +633,7 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, as_json):
             doc["problems"] = problems
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        out.print(f"schedule {escape(schedule_path)}: {len(schedule.ops)} ops, strategy {escape(schedule.strategy)}")
+        out.print(f"schedule {escape(_clean(schedule_path))}: {len(schedule.ops)} ops, strategy {escape(_clean(schedule.strategy))}")
         out.print(
             f"peak {_bytes(result.peak_bytes)}, compute {result.compute:.6g} "
             f"(baseline {result.baseline_compute:.6g}, overhead {result.overhead:.1%}), "
@@ -324,7 +643,286 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, as_json):
             out.print("[green]valid[/green]" + (" and fits" if memory is not None else ""))
     for problem in problems:
         err.print(f"[red]invalid:[/red] {escape(problem)}")
-    sys.exit(EXIT_OK if ok else EXIT_NO)
+    sys.exit(EXIT_OK if ok or exit_zero else EXIT_NO)
+
+
+class ShapeType(click.ParamType):
+    """SHAPE: comma-separated positive sizes, batch first (8,3,224,224)."""
+
+    name = "SHAPE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from planner.io.torch_profile import parse_shape
+
+        try:
+            return parse_shape(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _quiet_torch():
+    """Keep PyTorch's C++ log lines (allocator notes while profiling) off stderr."""
+    import os
+
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+
+target_argument = click.argument("target", metavar="TARGET")
+shape_option = click.option(
+    "--input", "shape", type=ShapeType(), required=True,
+    help="Input shape, batch first: 8,3,224,224.",
+)
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
+    default="float32", show_default=True, help="Data type the model runs in.",
+)
+stages_option = click.option(
+    "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
+    help="modules: the children of an nn.Sequential form a chain; ops: a DAG of torch.fx ops; "
+    "auto: modules for a Sequential, ops otherwise.",
+)
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    help="Where to run.",
+)
+
+
+@main.command()
+@target_argument
+@shape_option
+@dtype_option
+@stages_option
+@click.option("--estimate", is_flag=True, help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")
+@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs per stage (median).")
+@click.option("--name", help="Model name (default: the factory's name).")
+@device_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
+@json_option
+def profile(target, shape, dtype, stages, estimate, repeats, name, device, output, as_json):
+    """Profile a PyTorch model into a model file (edgeplan-model/1).
+
+    TARGET is path/to/file.py:factory or package.module:factory; the factory
+    returns an nn.Module (an nn.Sequential or a list of modules profiles as a
+    chain of stages).  Each stage runs on its real input: times, output and
+    saved sizes, workspaces.  This imports and runs TARGET's code, and only
+    that.  Needs PyTorch: pip install edgeplan[torch].
+
+    \b
+    Example:
+      edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
+    """
+    _quiet_torch()
+    from planner.io.torch_profile import profile_target
+
+    out, err = _consoles(True)
+    options = {"dtype": dtype, "stages": stages, "estimate": estimate, "repeats": repeats, "device": device}
+    if name:
+        options["name"] = name
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
+        doc = profile_target(target, shape, **options)
+    text = json.dumps(doc, indent=2) + "\n"
+    layers = doc["layers"]
+    kind = "chain" if all(
+        l["inputs"] == (["input"] if k == 0 else [layers[k - 1]["name"]]) for k, l in enumerate(layers)
+    ) else "DAG"
+    err.print(
+        f"model [bold]{escape(_clean(doc['name']))}[/bold]: {len(layers)} layers, {kind}, input "
+        f"{_bytes(doc['input_bytes'])}, activations {_bytes(sum(l['output_bytes'] for l in layers))}, "
+        f"params {_bytes(sum(l['params_bytes'] for l in layers))}"
+    )
+    if output:
+        with atomic_output(output) as f:
+            f.write(text)
+        err.print(f"wrote {escape(_clean(output))}")
+    if as_json or not output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+@main.command()
+@target_argument
+@shape_option
+@click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False), required=True,
+              help="The schedule to run (edgeplan-schedule/1).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="The model file the schedule was made for (checks the fingerprint and predicts the peak).")
+@dtype_option
+@stages_option
+@device_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")
+@json_option
+def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed, as_json):
+    """Run SCHEDULE on the real model and compare it with plain autograd.
+
+    Executes the schedule's ops in order on TARGET's stages (forward with or
+    without save, backward, free), compares every parameter gradient with
+    plain autograd on the same input and seed, and measures the peak memory
+    of the run from the allocator.  Exits 0 when the gradients match (within
+    1e-5 for float32), 1 otherwise.  Imports and runs TARGET's code, and only
+    that.  Needs PyTorch: pip install edgeplan[torch].
+
+    \b
+    Example:
+      edgeplan verify examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 \\
+          --schedule schedule.json --model tiny_cnn.json
+    """
+    _quiet_torch()
+    from planner.io.torch_profile import load_target, profile_model
+    from planner.model import model_from_dict
+    from planner.runtime.torch import verify as run_verify
+    from planner.schedule import schedule_from_dict
+
+    import contextlib
+
+    out, err = _consoles(as_json)
+    with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
+        obj = load_target(target)
+    if model_path:
+        model = _load_model_or_exit(model_path, err)
+    else:
+        # Only the layer names and the graph are needed: estimate, nothing runs.
+        import copy
+
+        with contextlib.redirect_stdout(sys.stderr):
+            doc = profile_model(copy.deepcopy(obj), shape, dtype=dtype, stages=stages, estimate=True,
+                                name=target.rpartition(":")[2])
+        model = model_from_dict(doc, source_name=f"profile of {target}")
+    from planner.model import read_json_file
+
+    document = read_json_file(schedule_path, error=ScheduleFormatError, what="schedule file")
+    schedule = schedule_from_dict(document, model, source_name=schedule_path)
+    result = simulate(model, schedule.ops)
+    if not result.valid:
+        _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)
+    if model_path:
+        predicted = result.peak_bytes
+        if schedule.fingerprint != model.fingerprint:
+            err.print(
+                f"[yellow]warning:[/yellow] the schedule was made for another model file "
+                f"(fingerprint {escape(schedule.fingerprint)}, {escape(_clean(model_path))} is "
+                f"{escape(model.fingerprint)})"
+            )
+    else:
+        predicted = schedule.predicted.get("peak_bytes")
+        if not isinstance(predicted, int) or isinstance(predicted, bool):
+            predicted = None
+    with contextlib.redirect_stdout(sys.stderr):
+        r = run_verify(obj, shape, schedule.ops, dtype=dtype, stages=stages,
+                       names=[layer.name for layer in model.layers], predicted=predicted,
+                       seed=seed, device=device)
+    if as_json:
+        sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
+    else:
+        out.print(f"schedule {escape(_clean(schedule_path))}: {r.ops} ops, strategy {escape(_clean(schedule.strategy))}, on {r.device}")
+        out.print(f"grads_match: {str(r.grads_match).lower()}")
+        out.print(f"max_abs_diff: {r.max_abs_diff:.3g}")
+        out.print(f"buffers_match: {str(r.buffers_match).lower()}")
+        out.print(f"measured_peak_bytes: {_bytes(r.measured_peak_bytes)}")
+        if r.predicted_peak_bytes is not None:
+            out.print(f"predicted_peak_bytes: {_bytes(r.predicted_peak_bytes)} (measured {r.relative_error:+.1%})")
+        out.print(f"plain autograd (store-all) measured: {_bytes(r.reference_peak_bytes)}")
+    if not r.grads_match:
+        err.print(f"[red]gradients differ from plain autograd[/red] (max abs diff {r.max_abs_diff:.3g})")
+    sys.exit(EXIT_OK if r.grads_match else EXIT_NO)
+
+
+class NamedShapeType(click.ParamType):
+    """NAME:SHAPE: an ONNX graph input and its shape, batch first (input:8,3,224,224)."""
+
+    name = "NAME:SHAPE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, dims = str(value).rpartition(":")
+        if not sep or not name:
+            self.fail(f"{value!r}: expected NAME:SHAPE, e.g. input:8,3,224,224", param, ctx)
+        try:
+            shape = tuple(int(d) for d in dims.replace(" ", "").split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape):
+            self.fail(f"{value!r}: SHAPE must be positive integers separated by commas", param, ctx)
+        return name, shape
+
+
+_IMPORT_FORMATS = {".onnx": "onnx", ".json": "checkmate"}
+
+
+@main.command(name="import")
+@click.argument("file_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file (edgeplan-model/1) here.")
+@click.option(
+    "--from", "source_format", type=click.Choice(["checkmate", "onnx"]),
+    help="The format of FILE (default: from its extension: .onnx is onnx, .json is checkmate).",
+)
+@click.option(
+    "--input", "inputs", type=NamedShapeType(), multiple=True,
+    help="onnx: the shape of a graph input whose shape is not fixed in the file (repeatable).",
+)
+@json_option
+def import_cmd(file_path, output, source_format, inputs, as_json):
+    """Convert a model from another tool into a model file (edgeplan-model/1).
+
+    Reads Checkmate/Moccasin graphs (networkx node-link JSON: training graphs
+    with their backward nodes, or forward-only graphs whose backward costs are
+    estimated as 2 x forward) and ONNX models (pip install edgeplan[onnx]).
+    The model is validated before it is written; a summary goes to stderr.
+
+    \b
+    Examples:
+      edgeplan import "VGG16 (MLSys)_256_(224, 224, 3)_train_nx.json" -o vgg16.json
+      edgeplan import resnet18.onnx --input input:8,3,224,224 -o resnet18.json
+    """
+    import os
+
+    from planner.model import model_from_dict
+
+    _, err = _consoles(True)
+    fmt = source_format or _IMPORT_FORMATS.get(os.path.splitext(file_path)[1].lower())
+    if fmt is None:
+        _fail(err, f"{file_path}: cannot tell the format from the extension; use --from checkmate|onnx", EXIT_BAD)
+    if inputs and fmt != "onnx":
+        _fail(err, "--input applies to ONNX models only", EXIT_BAD)
+    try:
+        if fmt == "onnx":
+            try:
+                from planner.io.onnx import import_onnx
+            except ImportError as exc:
+                _fail(err, f"ONNX import is not available: {exc}", EXIT_BAD)
+            doc = import_onnx(file_path, input_shapes=dict(inputs) if inputs else None)
+        else:
+            from planner.io.checkmate import import_checkmate
+
+            doc = import_checkmate(file_path)
+        model = model_from_dict(doc, source_name=file_path)
+    except ModelError as exc:
+        _fail(err, str(exc), EXIT_BAD)
+    except ImportError as exc:  # an optional dependency (the onnx extra)
+        _fail(err, str(exc), EXIT_BAD)
+    source = doc.get("source", "") if isinstance(doc.get("source"), str) else ""
+    kind = "chain" if model.is_chain else "DAG"
+    estimated = "estimated" in source.lower()
+    err.print(
+        f"imported {escape(_clean(file_path))} ({fmt}): model [bold]{escape(_clean(model.name))}[/bold], "
+        f"{len(model)} layers, {kind}, backward costs "
+        + ("[yellow]estimated[/yellow]" if estimated else "from the file")
+    )
+    if source:
+        err.print(f"source: {escape(_clean(source))}")
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if output:
+        with atomic_output(output) as f:
+            f.write(text)
+        err.print(f"wrote {escape(_clean(output))}")
+    if as_json or not output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,23 +8,23 @@ topological order into stored and recomputed segments (the checkpoint-set
 strategies: store-all, sequential, sqrt(n), Chen's greedy, re-forwarding).
 """
 
+import numpy as np
+
 from planner.schedule import OpKind, backward, forward, free
 
-__all__ = ["insert_frees", "segments_to_ops", "STORE", "RECOMPUTE"]
+__all__ = [
+    "insert_frees",
+    "segments_to_ops",
+    "chain_segments_peak",
+    "ChainArrays",
+    "fits_int64",
+    "hold_segment_inputs",
+    "STORE",
+    "RECOMPUTE",
+]
 
 STORE = "store"
 RECOMPUTE = "recompute"
-
-
-def _uses(model, op):
-    """Layers whose output ``op`` reads."""
-    layer = model.layers[op.layer]
-    if op.kind is OpKind.FORWARD:
-        return layer.inputs
-    if op.kind is OpKind.BACKWARD:
-        used = layer.inputs if layer.needs_inputs else ()
-        return used + (op.layer,) if layer.needs_output else used
-    return ()
 
 
 def insert_frees(model, ops):
@@ -49,22 +49,49 @@ def insert_frees(model, ops):
     that releases the hold.  An output that is never read again is freed right
     after the forward that made it.
     """
-    compute = [op for op in ops if op.kind is not OpKind.FREE]
-    last_use = {}  # op index -> layers whose current lifetime ends after it
+    FREE, FORWARD = OpKind.FREE, OpKind.FORWARD
+    compute = [op for op in ops if op.kind is not FREE]
+    layers = model.layers
+    # Per layer: outputs its forward reads, outputs its backward reads, and the
+    # outputs that saved data holds after a forward with save (released by the
+    # backward).
+    reads_f = [layer.inputs for layer in layers]
+    reads_b = [
+        (layer.inputs if layer.needs_inputs else ()) + ((i,) if layer.needs_output else ())
+        for i, layer in enumerate(layers)
+    ]
+    holds = [
+        ((i,) if layer.needs_output else ()) + (layer.inputs if layer.needs_inputs else ())
+        for i, layer in enumerate(layers)
+    ]
+
+    # ends[index]: the layer (an int) or layers (a list) whose current lifetime
+    # ends after op ``index``; ints keep the garbage collector out of long runs.
+    ends = [None] * len(compute)
     live_later = set()
     for index in range(len(compute) - 1, -1, -1):
         op = compute[index]
-        if op.kind is OpKind.FORWARD:
-            if op.layer in live_later:
-                live_later.discard(op.layer)
+        i = op.layer
+        end = None
+        if op.kind is FORWARD:
+            if i in live_later:
+                live_later.discard(i)
             else:
-                last_use.setdefault(index, []).append(op.layer)
-        for used in _uses(model, op):
-            if used not in live_later:
-                live_later.add(used)
-                last_use.setdefault(index, []).append(used)
+                end = i
+            used = reads_f[i]
+        else:
+            used = reads_b[i]
+        for j in used:
+            if j not in live_later:
+                live_later.add(j)
+                if end is None:
+                    end = j
+                elif type(end) is int:
+                    end = [end, j]
+                else:
+                    end.append(j)
+        ends[index] = end
 
-    layers = model.layers
     hold = [0] * len(layers)
     blocked = set()
     result = []
@@ -72,28 +99,26 @@ def insert_frees(model, ops):
     for index, op in enumerate(compute):
         append(op)
         i = op.layer
-        layer = layers[i]
-        if op.kind is OpKind.FORWARD:
+        if op.kind is FORWARD:
             if op.save:
-                if layer.needs_output:
-                    hold[i] += 1
-                if layer.needs_inputs:
-                    for j in layer.inputs:
-                        hold[j] += 1
+                for j in holds[i]:
+                    hold[j] += 1
         else:
-            released = []
-            if layer.needs_output:
-                hold[i] -= 1
-                released.append(i)
-            if layer.needs_inputs:
-                for j in layer.inputs:
-                    hold[j] -= 1
-                    released.append(j)
-            for j in released:
-                if j in blocked and not hold[j]:
+            for j in holds[i]:
+                hold[j] -= 1
+                if not hold[j] and j in blocked:
                     blocked.discard(j)
                     append(free(j))
-        for j in last_use.get(index, ()):
+        end = ends[index]
+        if end is None:
+            continue
+        if type(end) is int:
+            if hold[end]:
+                blocked.add(end)
+            else:
+                append(free(end))
+            continue
+        for j in end:
             if hold[j]:
                 blocked.add(j)
             else:
@@ -134,3 +159,162 @@ def segments_to_ops(model, segments):
             ops.extend(forward(i, True) for i in range(start, stop))
         ops.extend(backward(i) for i in range(stop - 1, start - 1, -1))
     return ops
+
+
+class ChainArrays:
+    """A chain's sizes and flags as numpy arrays, for :func:`chain_segments_peak`."""
+
+    def __init__(self, model):
+        layers = model.layers
+        self.n = len(layers)
+        self.input = model.input_bytes
+        self.out = np.array([x.output_bytes for x in layers], dtype=np.int64)
+        self.saved = np.array([x.saved_bytes for x in layers], dtype=np.int64)
+        self.wsf = np.array([x.workspace_forward for x in layers], dtype=np.int64)
+        self.wsb = np.array([x.workspace_backward for x in layers], dtype=np.int64)
+        self.need_in = np.array([x.needs_inputs for x in layers], dtype=bool)
+        self.need_out = np.array([x.needs_output for x in layers], dtype=bool)
+        self.prev_out = np.concatenate(([0], self.out[:-1]))
+
+
+def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
+    """Exact peak of the segment schedule of a chain, without making its ops.
+
+    The schedule is ``insert_frees(segments_to_ops(model, segments))`` where
+    the segments start at ``starts`` and all but the last are recomputed.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+        A chain.
+    starts : sequence of int
+        Increasing segment starts, beginning with 0.
+    arrays : optional
+        Precomputed arrays of the model (internal).
+    hold_inputs : bool, keyword-only
+        The input of each recomputed segment is held until the backward of the
+        segment's first layer, as ``torch.utils.checkpoint`` does (see
+        :func:`hold_segment_inputs`), instead of being freed after its last read.
+
+    Returns
+    -------
+    int
+        The peak the simulator reports for that schedule.
+
+    Notes
+    -----
+    O(n) numpy work.  Memory is added up phase by phase: the forward sweep
+    (recomputed segments hold only their checkpoints and the running output,
+    the stored segment what autograd keeps), then each segment's recomputation
+    and backward above the checkpoints of the segments before it.  The tests
+    check it against the simulator.
+    """
+    a = arrays if arrays is not None else ChainArrays(model)
+    n = a.n
+    out, saved = a.out, a.saved
+    starts = np.asarray(starts, dtype=np.int64)
+    stops = np.append(starts[1:], n)
+    seg = np.zeros(n, dtype=np.int64)
+    seg[starts[1:]] = 1
+    seg = np.cumsum(seg)
+    seg_start = starts[seg]
+    seg_stop = stops[seg]
+    last = len(starts) - 1
+    recompute = seg != last
+    idx = np.arange(n)
+
+    ckpt = np.zeros(n, dtype=np.int64)
+    ckpt[starts[1:] - 1] = out[starts[1:] - 1]
+    cum_ckpt = np.concatenate(([0], np.cumsum(ckpt)))
+    before = cum_ckpt[np.maximum(seg_start - 1, 0)]  # checkpoints of earlier segments
+
+    same_next = np.zeros(n, dtype=bool)
+    same_next[:-1] = seg[1:] == seg[:-1]
+    next_in = np.zeros(n, dtype=bool)
+    next_in[:-1] = a.need_in[1:]
+    kept = a.need_out | (same_next & next_in)
+    held = saved + np.where(kept, out, 0)
+    cum_held = np.concatenate(([0], np.cumsum(held)))
+    local = cum_held[idx] - cum_held[seg_start]
+
+    has_in = seg_start >= 1
+    in_out = np.where(has_in, out[np.maximum(seg_start - 1, 0)], 0)
+    in_needed = a.need_in[seg_start] | (hold_inputs & recompute)
+    hold_f = np.where((idx == seg_start) | in_needed, in_out, 0)
+    hold_b = np.where(in_needed, in_out, 0)
+    prev_kept = np.zeros(n, dtype=bool)
+    prev_kept[1:] = kept[:-1]
+    running = np.where((idx > seg_start) & ~prev_kept, a.prev_out, 0)
+    boundary = np.where(recompute, out[seg_stop - 1], 0)
+
+    fwd_save = a.input + before + boundary + hold_f + local + running + out + saved + a.wsf
+    bwd = (
+        a.input + before + hold_b + local + saved + np.where(a.need_out, out, 0) + out
+        + a.prev_out + a.wsb
+    )
+    sweep = a.input + cum_ckpt[np.maximum(idx - 1, 0)] + a.prev_out + out + a.wsf
+    peak = max(int(fwd_save.max()), int(bwd.max()), a.input)
+    if last > 0:
+        peak = max(peak, int(sweep[recompute].max()))
+    return peak
+
+
+def hold_segment_inputs(ops, segments):
+    """Keep each recomputed segment's input until the backward of its first layer.
+
+    ``torch.utils.checkpoint`` holds a checkpointed segment's input (for the
+    recomputation) until the backward of the segment's first layer, even when
+    that layer's backward does not read it; :func:`insert_frees` frees it
+    right after the recomputed forward.  This moves those frees.
+
+    Parameters
+    ----------
+    ops : list of Op
+        Lowered ops (frees included) of ``segments``.
+    segments : sequence of (start, stop, mode)
+
+    Returns
+    -------
+    list of Op
+    """
+    ops = list(ops)
+    position = {}
+    for k, op in enumerate(ops):
+        if op.kind is OpKind.BACKWARD:
+            position[op.layer] = k
+    moves = []
+    for start, _, mode in segments:
+        if mode != RECOMPUTE or start == 0:
+            continue
+        back = position[start]
+        # The recomputed forward of ``start`` is the last one before its backward.
+        k = back - 1
+        while not (ops[k].kind is OpKind.FORWARD and ops[k].layer == start):
+            k -= 1
+        for j in range(k + 1, back):
+            if ops[j].kind is OpKind.FREE and ops[j].layer == start - 1:
+                moves.append((j, back))
+                break
+    dropped = {j for j, _ in moves}
+    after = {}
+    for j, back in moves:
+        after.setdefault(back, []).append(ops[j])
+    result = []
+    for k, op in enumerate(ops):
+        if k not in dropped:
+            result.append(op)
+        result.extend(after.get(k, ()))
+    return result
+
+
+def fits_int64(model):
+    """Whether every sum :func:`chain_segments_peak` forms fits numpy's int64."""
+    layers = model.layers
+    bound = (
+        model.input_bytes
+        + 3 * sum(x.output_bytes for x in layers)
+        + sum(x.saved_bytes for x in layers)
+        + max(x.workspace_forward for x in layers)
+        + max(x.workspace_backward for x in layers)
+    )
+    return bound < 2**62

@@ -9,12 +9,14 @@ that order everywhere inside the library; names appear only at the edges
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import networkx as nx
 
 from planner.errors import ModelError
+from planner.schemas import model_accepted, model_problem
 
 __all__ = [
     "MODEL_FORMAT",
@@ -31,6 +33,9 @@ MODEL_FORMAT = "edgeplan-model/1"
 INPUT = "input"
 MAX_BYTES = 2**62
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# Times beyond this would overflow to infinity once summed over many
+# recomputations; no real cost model comes near it.
+MAX_TIME = 1e200
 
 _LAYER_FIELDS = {
     "name",
@@ -126,8 +131,10 @@ class Model:
 
     @cached_property
     def baseline_compute(self):
-        """Every layer's forward and backward once."""
-        return sum(layer.forward + layer.backward for layer in self.layers)
+        """Every layer's forward and backward once (summed exactly, with ``math.fsum``)."""
+        return math.fsum(
+            [layer.forward for layer in self.layers] + [layer.backward for layer in self.layers]
+        )
 
     @cached_property
     def params_bytes(self):
@@ -205,23 +212,132 @@ def fingerprint(document):
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _reject_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
+class _Bad:
+    """Stands in, while parsing, for a value JSON does not allow (see read_json_file)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
 
 
-def _no_duplicate_keys(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
+# Integers longer than this are refused (Python refuses beyond 4300 digits).
+_MAX_INT_DIGITS = 400
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _make_hooks(found):
+    """Parser hooks that replace what JSON forbids by a :class:`_Bad` marker.
+
+    The markers are located afterwards (:func:`_find_bad`) so that the message
+    can name the layer and the field instead of a bare character offset.
+    """
+
+    def constant(text):
+        found.append(1)
+        return _Bad(f"{text} is not valid JSON (numbers must be finite)")
+
+    def parse_float(text):
+        value = float(text)
+        if math.isinf(value):
+            found.append(1)
+            return _Bad(f"{text[:40]} is out of range (numbers must be finite)")
+        return value
+
+    def parse_int(text):
+        if len(text) > _MAX_INT_DIGITS:
+            found.append(1)
+            return _Bad(f"an integer of {len(text)} digits is out of range")
+        return int(text)
+
+    def pairs(items):
+        result = {}
+        for key, value in items:
+            if key in result:
+                found.append(1)
+                return _Bad(f"the key {_short(key)} appears twice")
+            result[key] = value
+        return result
+
+    return constant, parse_float, parse_int, pairs
+
+
+def _short(text, limit=60):
+    """``repr`` of a name, cut to ``limit`` characters for messages."""
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _find_bad(document):
+    """(path, marker) of the first :class:`_Bad` in ``document`` (iterative walk)."""
+    stack = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _Bad):
+            return path, value
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, list):
+            items = list(enumerate(value))
+        else:
+            continue
+        stack.extend((path + (key,), item) for key, item in reversed(items))
+    return None, None  # pragma: no cover - only called when a marker exists
+
+
+def _describe_path(path, document):
+    """Human text for a JSON path: ``layer #3 'conv': field 'forward'``."""
+    if not path:
+        return "the top level"
+    parts = []
+    rest = path
+    if len(path) >= 2 and path[0] in ("layers", "ops") and isinstance(path[1], int):
+        if path[0] == "layers":
+            label = f"layer #{path[1]}"
+            raw = document["layers"][path[1]]
+            if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                label += f" {_short(raw['name'])}"
+        else:
+            label = f"op #{path[1]}"
+        parts.append(label)
+        rest = path[2:]
+    if rest:
+        dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in rest).lstrip(".")
+        parts.append(f"field {_short(dotted)}")
+    return ": ".join(parts)
 
 
 def read_json_file(path, *, error=ModelError, what="file"):
-    """Read a JSON file strictly: UTF-8, no NaN/Infinity, no duplicate keys.
+    """Read a JSON file strictly.
 
-    Every failure is raised as ``error`` with a message naming the file.
+    UTF-8 only; no ``NaN``/``Infinity`` literals, no number that overflows a
+    float (``1e999``), no integer of more than 400 digits, no duplicate keys,
+    no lone surrogates (``"\\ud800"``), at most ``MAX_FILE_BYTES`` bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    error : type, keyword-only
+        The exception class to raise (:class:`ModelError`,
+        :class:`~planner.errors.ScheduleFormatError`).
+    what : str, keyword-only
+        What the file is, for messages (``"model file"``).
+
+    Returns
+    -------
+    object
+        The parsed document.
+
+    Raises
+    ------
+    error
+        With a message naming the file and, for a forbidden value, where it is
+        (``layer #3 'conv': field 'forward'``).
+
+    Notes
+    -----
+    O(size of the file).  A forbidden value is replaced while parsing by a
+    marker, which a second walk locates only when one was seen.
     """
     try:
         with open(path, "rb") as f:
@@ -230,22 +346,42 @@ def read_json_file(path, *, error=ModelError, what="file"):
         raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise error(f"{path}: {what} is larger than {MAX_FILE_BYTES} bytes")
+    if not raw.strip():
+        raise error(f"{path}: {what} is empty")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    found = []
+    constant, parse_float, parse_int, pairs = _make_hooks(found)
     try:
-        return json.loads(
-            text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
+        document = json.loads(
+            text,
+            parse_constant=constant,
+            parse_float=parse_float,
+            parse_int=parse_int,
+            object_pairs_hook=pairs,
         )
     except json.JSONDecodeError as exc:
         raise error(
             f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except ValueError as exc:
-        raise error(f"{path}: not valid JSON: {exc}") from None
     except RecursionError:
-        raise error(f"{path}: JSON nested too deeply") from None
+        raise error(f"{path}: arrays or objects nested too deeply to read") from None
+    except ValueError as exc:  # pragma: no cover - the hooks catch the known cases
+        raise error(f"{path}: not valid JSON: {exc}") from None
+    if found:
+        where, marker = _find_bad(document)
+        raise error(f"{path}: {_describe_path(where, document)}: {marker.message}")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise error(
+                f"{path}: not valid JSON text: a \\u escape encodes a lone surrogate "
+                "(not a Unicode character)"
+            ) from None
+    return document
 
 
 def load_model(path):
@@ -277,11 +413,17 @@ def _is_number(value):
 
 
 def _describe(value):
-    text = json.dumps(value, ensure_ascii=True)
+    """Short JSON text of a value for messages (``repr`` when it is not JSON)."""
+    if _is_int(value) and abs(value) > 10**40:
+        return f"an integer of {len(str(abs(value)))} digits"
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError, RecursionError):
+        text = f"{type(value).__name__} {value!r}"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def model_from_dict(document, *, source_name="<model>"):
+def model_from_dict(document, *, source_name="<model>", _schema_checked=False):
     """Validate a parsed model document and build a :class:`Model`.
 
     Raises
@@ -290,6 +432,15 @@ def model_from_dict(document, *, source_name="<model>"):
         For every defect listed in SPEC section 1, naming ``source_name``, the
         layer and the field.
     """
+    # The published schema (planner/schemas/model.schema.json) judges first;
+    # a document it rejects is rejected.  The checks below name most defects
+    # more precisely, so they get the first word; the schema's message is the
+    # fallback for what they do not catch.
+    if not _schema_checked and not model_accepted(document):
+        model_from_dict(document, source_name=source_name, _schema_checked=True)
+        problem = model_problem(document, source_name=source_name)
+        if problem is not None:
+            raise problem
     where = source_name
 
     def fail(message, layer=None, fieldname=None):
@@ -333,7 +484,7 @@ def model_from_dict(document, *, source_name="<model>"):
             fail("missing", layer=label, fieldname="name")
         if not isinstance(lname, str) or not lname.strip():
             fail("must be a non-empty string", layer=label, fieldname="name")
-        label = f"#{position} {lname!r}"
+        label = f"#{position} {_short(lname)}"
         if lname == INPUT:
             fail(f"'{INPUT}' is reserved for the model input", layer=label, fieldname="name")
         if lname in index:
@@ -364,12 +515,12 @@ def model_from_dict(document, *, source_name="<model>"):
                     inputs.append(index[producer])
             elif any(isinstance(r, dict) and r.get("name") == producer for r in raw_layers):
                 lfail(
-                    f"reads {producer!r}, which comes later: layers must be listed in a "
+                    f"reads {_short(producer)}, which comes later: layers must be listed in a "
                     "topological order (or the graph has a cycle)",
                     "inputs",
                 )
             else:
-                lfail(f"unknown layer {producer!r}", "inputs")
+                lfail(f"unknown layer {_short(producer)}", "inputs")
         if not inputs and not uses_input:
             lfail("a layer must read the input or another layer", "inputs")
 
@@ -380,9 +531,13 @@ def model_from_dict(document, *, source_name="<model>"):
             value = raw[key]
             if not _is_number(value):
                 lfail(f"must be a number, got {_describe(value)}", key)
-            if not math.isfinite(value) or value < 0:
-                lfail(f"must be a finite number >= 0, got {_describe(value)}", key)
-            times[key] = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
+            if not math.isfinite(number) or number < 0 or number > MAX_TIME:
+                lfail(f"must be a finite number between 0 and {MAX_TIME:g}, got {_describe(value)}", key)
+            times[key] = number
         sizes = {
             key: _check_size(raw, key, required=(key == "output_bytes"), fail=lfail, label=None)
             for key in (
@@ -417,7 +572,7 @@ def model_from_dict(document, *, source_name="<model>"):
         consumed.update(layer.inputs)
     sinks = [i for i in range(len(layers)) if i not in consumed]
     if len(sinks) != 1:
-        names = ", ".join(repr(layers[i].name) for i in sinks[:5])
+        names = ", ".join(_short(layers[i].name) for i in sinks[:5])
         fail(
             f"a model must have exactly one sink (a layer whose output nothing reads); "
             f"found {len(sinks)}: {names}",
@@ -425,7 +580,27 @@ def model_from_dict(document, *, source_name="<model>"):
         )
     if sinks[0] != len(layers) - 1:
         fail(
-            f"the sink {layers[sinks[0]].name!r} must be the last layer of the topological order",
+            f"the sink {_short(layers[sinks[0]].name)} must be the last layer of the "
+            "topological order",
+            fieldname="layers",
+        )
+    total = input_bytes + sum(
+        2 * layer.output_bytes
+        + layer.saved_bytes
+        + layer.workspace_forward
+        + layer.workspace_backward
+        + 4 * layer.params_bytes
+        for layer in layers
+    )
+    if total > MAX_BYTES:
+        fail(
+            "the sizes add up to more than 2**62 bytes (input, outputs and their "
+            "gradients, saved data, workspaces, parameters x 4)",
+            fieldname="layers",
+        )
+    if sum(layer.forward + layer.backward for layer in layers) * len(layers) > MAX_TIME:
+        fail(
+            f"the times are too large: their sum times the number of layers exceeds {MAX_TIME:g}",
             fieldname="layers",
         )
     model = Model(
@@ -455,7 +630,7 @@ def _check_size(obj, key, *, required, fail, label=None):
             message = f"must be an integer >= 0, got {_describe(value)}"
         fail(message, fieldname=key)
     if value < 0:
-        fail(f"must be >= 0, got {value}", fieldname=key)
+        fail(f"must be >= 0, got {_describe(value)}", fieldname=key)
     if value > MAX_BYTES:
-        fail(f"{value} is beyond 2**62 bytes", fieldname=key)
+        fail(f"{_describe(value)} is beyond 2**62 bytes", fieldname=key)
     return value

@@ -11,7 +11,9 @@ from enum import Enum
 from functools import lru_cache
 
 from planner.errors import ScheduleFormatError
+from planner.files import atomic_output
 from planner.model import read_json_file
+from planner.schemas import schedule_accepted, schedule_problem
 
 __all__ = [
     "SCHEDULE_FORMAT",
@@ -129,20 +131,9 @@ class Schedule:
 
     def write(self, path, model):
         """Write the file atomically (a temporary file renamed into place)."""
-        import os
-        import tempfile
-
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".edgeplan-", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for chunk in self.iter_json(model):
-                    f.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_output(path) as f:
+            for chunk in self.iter_json(model):
+                f.write(chunk)
 
 
 def load_schedule(path, model):
@@ -159,12 +150,20 @@ def load_schedule(path, model):
     return schedule_from_dict(document, model, source_name=str(path))
 
 
-def schedule_from_dict(document, model, *, source_name="<schedule>"):
+def schedule_from_dict(document, model, *, source_name="<schedule>", _schema_checked=False):
     """Validate a parsed schedule document against ``model`` (names only)."""
 
     def fail(message):
         raise ScheduleFormatError(f"{source_name}: {message}")
 
+    # The published schema (planner/schemas/schedule.schema.json) judges first;
+    # the checks below name most defects more precisely, so they get the first
+    # word, and the schema's message is the fallback.
+    if not _schema_checked and not schedule_accepted(document):
+        schedule_from_dict(document, model, source_name=source_name, _schema_checked=True)
+        problem = schedule_problem(document, source_name=source_name)
+        if problem is not None:
+            raise problem
     if not isinstance(document, dict):
         fail(f"the top level must be a JSON object, not {type(document).__name__}")
     if document.get("format") != SCHEDULE_FORMAT:
@@ -206,12 +205,12 @@ def schedule_from_dict(document, model, *, source_name="<schedule>"):
         if not isinstance(layer, str):
             fail(f"op #{n}: field 'layer': must be a layer name")
         if layer not in index:
-            fail(f"op #{n}: field 'layer': the model has no layer {layer!r}")
+            fail(f"op #{n}: field 'layer': the model has no layer {layer[:60]!r}")
         i = index[layer]
         if kind == "forward":
             save = raw.get("save")
             if not isinstance(save, bool):
-                fail(f"op #{n} ({layer!r}): field 'save': must be true or false")
+                fail(f"op #{n} ({layer[:60]!r}): field 'save': must be true or false")
             ops.append(forward(i, save))
         elif kind == "backward":
             ops.append(backward(i))

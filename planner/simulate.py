@@ -5,6 +5,7 @@ written; its numbers are the ones edgeplan reports.  Nothing here depends on a
 solver, an environment variable or global state.
 """
 
+import math
 from array import array
 from dataclasses import dataclass
 
@@ -111,7 +112,7 @@ def simulate(model, ops, *, timeline=False):
     mem = model.input_bytes
     peak = mem
     peak_index = -1
-    compute = 0.0
+    runs_f = [0] * n  # forward ops per layer
     forwards = 0
     backwards = 0
     trace = array("q") if timeline else None
@@ -150,11 +151,9 @@ def simulate(model, ops, *, timeline=False):
             if save and in_s[i]:
                 error = broken(count, op, "its saved data is already in memory")
                 break
-            missing = [j for j in ins[i] if not in_a[j]]
-            if missing:
-                error = broken(
-                    count, op, f"input {layers[missing[0]].name!r} is not in memory"
-                )
+            missing = _first_missing(ins[i], in_a)
+            if missing is not None:
+                error = broken(count, op, f"input {layers[missing].name!r} is not in memory")
                 break
             in_a[i] = True
             mem += out[i]
@@ -167,7 +166,7 @@ def simulate(model, ops, *, timeline=False):
                     for j in ins[i]:
                         hold[j] += 1
             now = mem + wsf[i]
-            compute += tf[i]
+            runs_f[i] += 1
             forwards += 1
         elif kind is _BACKWARD:
             if done[i]:
@@ -183,11 +182,9 @@ def simulate(model, ops, *, timeline=False):
                 )
                 break
             if need_in[i]:
-                missing = [j for j in ins[i] if not in_a[j]]
-                if missing:
-                    error = broken(
-                        count, op, f"input {layers[missing[0]].name!r} is not in memory"
-                    )
+                missing = _first_missing(ins[i], in_a)
+                if missing is not None:
+                    error = broken(count, op, f"input {layers[missing].name!r} is not in memory")
                     break
             if need_out[i] and not in_a[i]:
                 error = broken(count, op, "its output is not in memory")
@@ -213,7 +210,6 @@ def simulate(model, ops, *, timeline=False):
                 mem -= out[i]
             done[i] = True
             backwards += 1
-            compute += tb[i]
         else:  # pragma: no cover - OpKind is closed
             error = broken(count, op, f"unknown op {kind!r}")
             break
@@ -232,6 +228,12 @@ def simulate(model, ops, *, timeline=False):
                 index=None,
                 layer=layers[first].name,
             )
+    # Summed exactly (math.fsum) from per-layer counts, so the result does not
+    # depend on the order of the ops and a schedule without recomputation has
+    # exactly the baseline's compute (overhead 0.0, never -1e-16).
+    compute = math.fsum(
+        [t * k for t, k in zip(tf, runs_f) if k] + [t for t, d in zip(tb, done) if d]
+    )
     baseline = model.baseline_compute
     return SimulationResult(
         valid=error is None,
@@ -245,6 +247,14 @@ def simulate(model, ops, *, timeline=False):
         ops=count,
         timeline=trace,
     )
+
+
+def _first_missing(inputs, in_a):
+    """The first of ``inputs`` whose output is not in memory, or None."""
+    for j in inputs:
+        if not in_a[j]:
+            return j
+    return None
 
 
 def _holder_message(model, i, in_s):

@@ -21,7 +21,8 @@ _UNITS = {
     "tib": 1024**4,
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+# ASCII only: Python's \d and \s would also accept other scripts' digits and spaces.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 # Sizes beyond 2**62 bytes are refused: no device has them and they would
 # overflow the int64 arithmetic of the numpy-based solvers.

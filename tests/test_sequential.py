@@ -66,3 +66,24 @@ def test_vgg16_matches_gpu_measurements():
             continue
         predicted = solve(m, None, "sequential", segments=s).result.peak_bytes - m.input_bytes
         assert abs(predicted / row["peak_bytes"] - 1) < 0.01, s
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_segment_inputs_are_held_as_pytorch_holds_them(seed):
+    from planner.lowering import chain_segments_peak
+    from planner.schedule import OpKind
+
+    m = random_chain(14, seed)
+    for s in (2, 3, 4, 7):
+        sol = solve(m, None, "sequential", segments=s)
+        ops = list(sol.ops)
+        for start, _, mode in sequential_segments(14, s):
+            if mode != RECOMPUTE or start == 0:
+                continue
+            back = ops.index(next(o for o in ops if o.kind is OpKind.BACKWARD and o.layer == start))
+            frees = [k for k, o in enumerate(ops) if o.kind is OpKind.FREE and o.layer == start - 1]
+            # The segment's input is still there at its first layer's backward.
+            assert any(k > back for k in frees)
+        starts = [a for a, _, _ in sequential_segments(14, s)]
+        assert chain_segments_peak(m, starts, hold_inputs=True) == sol.result.peak_bytes
+        assert replay_solution(m, sol)["peak_bytes"] == sol.result.peak_bytes

@@ -10,6 +10,7 @@ own costs.
 
 import importlib
 import time
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
 from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
@@ -47,8 +48,15 @@ class Strategy:
     options : tuple of str
         Keyword options it takes besides ``budget`` (``segments``, ...).
     emits_frees : bool
-        Its ops already contain every free (long streamed schedules); the
-        shared lowering is skipped, the simulator still checks them.
+        Its ops already contain every free; the shared lowering is skipped,
+        the simulator still checks them.  Such a solver may return a lazy,
+        re-iterable sequence with a length instead of a list: the registry
+        then replays it as a stream and the schedule regenerates it when
+        written, so no op list is ever held.
+    auto_max_layers : int or None
+        Above this many layers the strategy is left out of the default set
+        (``auto``, ``compare``, ``sweep``) because it would take long; it still
+        runs when named.
     """
 
     name: str
@@ -58,10 +66,17 @@ class Strategy:
     chains_only: bool = False
     options: tuple = ()
     emits_frees: bool = False
+    auto_max_layers: int = None
 
     def load(self):
         """The solver function."""
         return getattr(importlib.import_module(self.module), self.function)
+
+
+# milp is exact and quick up to about this size (one stage per layer); beyond
+# it, auto, compare and sweep leave it out unless it is named or given a
+# --time-limit, so that a plain `edgeplan solve` stays fast.
+MILP_AUTO_MAX_LAYERS = 100
 
 
 def _entry(name, module, function, summary, **kwargs):
@@ -78,6 +93,20 @@ STRATEGIES = dict(
             "PyTorch checkpoint_sequential (--segments N)",
             chains_only=True,
             options=("segments",),
+            emits_frees=True,
+        ),
+        _entry("sqrt-n", "sqrt_n", "sqrt_n", "Chen et al.: about sqrt(n) segments, each recomputed once", chains_only=True),
+        _entry("chen-greedy", "chen", "chen_greedy", "Chen et al.'s greedy memory planning with a searched segment budget"),
+        _entry("revolve", "revolve", "revolve", "Griewank-Walther binomial checkpointing (--snapshots C)", chains_only=True, options=("snapshots",), emits_frees=True),
+        _entry("dp", "dp", "dp", "optimal dynamic program for heterogeneous chains (rotor)", chains_only=True),
+        _entry("reforward", "reforward", "reforward", "Feng & Huang re-forwarding: best checkpoint set, each layer recomputed at most once"),
+        _entry(
+            "milp",
+            "milp",
+            "milp",
+            "exact mixed-integer program for any DAG, HiGHS (--time-limit SECONDS)",
+            options=("time_limit",),
+            auto_max_layers=MILP_AUTO_MAX_LAYERS,
         ),
     ]
 )
@@ -125,9 +154,23 @@ def strategy_names():
     return list(STRATEGIES) + ["auto"]
 
 
-def applicable(model):
-    """Names of the registered strategies that apply to ``model``."""
-    return [s.name for s in STRATEGIES.values() if model.is_chain or not s.chains_only]
+def applicable(model, options=None):
+    """Names of the strategies that apply to ``model`` and run by default on it.
+
+    A strategy with ``auto_max_layers`` joins only on models up to that size,
+    or when ``options`` give it one of its own options (``time_limit`` for
+    milp): the user asked for it.
+    """
+    options = options or {}
+    names = []
+    for s in STRATEGIES.values():
+        if s.chains_only and not model.is_chain:
+            continue
+        asked = any(options.get(key) is not None for key in s.options)
+        if s.auto_max_layers is not None and len(model) > s.auto_max_layers and not asked:
+            continue
+        names.append(s.name)
+    return names
 
 
 def _validate_options(strategy, options):
@@ -135,6 +178,11 @@ def _validate_options(strategy, options):
         if value is not None and key not in strategy.options:
             accepted = ", ".join(strategy.options) or "none"
             raise ValueError(f"strategy {strategy.name!r} does not take {key!r} (it takes: {accepted})")
+
+
+def _is_replayable(ops):
+    """True for a lazy op sequence that can be iterated again and knows its length."""
+    return isinstance(ops, Sized) and isinstance(ops, Iterable) and not isinstance(ops, Iterator)
 
 
 def _run(model, budget, strategy, options):
@@ -148,8 +196,11 @@ def _run(model, budget, strategy, options):
     kwargs = {k: v for k, v in options.items() if v is not None and k in strategy.options}
     ops, params = fn(model, budget=budget, **kwargs)
     if not strategy.emits_frees:
-        ops = insert_frees(model, ops)
-    ops = tuple(ops)
+        ops = tuple(insert_frees(model, ops))
+    elif isinstance(ops, list) or not _is_replayable(ops):
+        ops = tuple(ops)
+    # A replayable sequence (e.g. revolve's lazy ops) is simulated here and
+    # regenerated when the schedule is written: long schedules are never held.
     result = simulate(model, ops)
     seconds = time.perf_counter() - started
     if not result.valid:
@@ -187,7 +238,7 @@ def run_all(model, budget, *, strategies=None, options=None, progress=None):
         Called as ``progress(name, outcome_or_None)`` before and after each.
     """
     options = options or {}
-    names = applicable(model) if strategies is None else list(strategies)
+    names = applicable(model, options) if strategies is None else list(strategies)
     outcomes = []
     for name in names:
         strategy = STRATEGIES[name]

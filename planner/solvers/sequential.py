@@ -1,14 +1,19 @@
 """``sequential``: PyTorch's ``checkpoint_sequential``, reproduced faithfully."""
 
 from planner.errors import InfeasibleError, NotApplicableError
-from planner.lowering import RECOMPUTE, STORE, insert_frees, segments_to_ops
+from planner.lowering import (
+    RECOMPUTE,
+    STORE,
+    ChainArrays,
+    chain_segments_peak,
+    fits_int64,
+    hold_segment_inputs,
+    insert_frees,
+    segments_to_ops,
+)
 from planner.simulate import simulate
 
 __all__ = ["sequential", "sequential_segments"]
-
-# Above this many candidate segment counts the search looks at the ones with
-# the least recomputation first and stops at the first that fits.
-_MAX_CANDIDATES = 2000
 
 
 def sequential_segments(n, segments):
@@ -29,6 +34,11 @@ def sequential_segments(n, segments):
     return result
 
 
+def _lowered(model, segments):
+    """Complete ops of ``segments``, frees where PyTorch frees."""
+    return hold_segment_inputs(insert_frees(model, segments_to_ops(model, segments)), segments)
+
+
 def sequential(model, *, budget=None, segments=None):
     """PyTorch's ``checkpoint_sequential(..., use_reentrant=False)`` on a chain.
 
@@ -45,6 +55,10 @@ def sequential(model, *, budget=None, segments=None):
     Returns
     -------
     ops : list of Op
+        Complete ops, frees included: every output is freed as early as the
+        rules allow, except that a checkpointed segment's input stays until
+        the backward of the segment's first layer, as PyTorch's checkpoint
+        keeps it (docs/fidelity.md).
     params : dict
         ``{"segments": s}``.
 
@@ -57,8 +71,10 @@ def sequential(model, *, budget=None, segments=None):
 
     Notes
     -----
-    Each candidate is replayed by the simulator: O(n) per candidate, O(n^2)
-    when every count has to be tried.
+    Candidates are tried from the least recomputation up and the first that
+    fits is taken: O(n) numpy work each (the exact segment-peak evaluator of
+    :mod:`planner.lowering`, or the simulator when sizes could overflow
+    int64), O(n^2) when every count has to be tried.
     """
     if not model.is_chain:
         raise NotApplicableError(
@@ -68,26 +84,34 @@ def sequential(model, *, budget=None, segments=None):
     if segments is not None:
         if not isinstance(segments, int) or isinstance(segments, bool) or not 1 <= segments <= n:
             raise ValueError(f"--segments must be between 1 and {n} (the number of layers)")
-        return segments_to_ops(model, sequential_segments(n, segments)), {"segments": segments}
+        return _lowered(model, sequential_segments(n, segments)), {"segments": segments}
 
     # Recomputed forward time for each count; try the cheapest first.
     prefix = [0.0]
     for layer in model.layers:
         prefix.append(prefix[-1] + layer.forward)
-    counts = range(1, n + 1)
-    if n > _MAX_CANDIDATES:
-        counts = range(1, _MAX_CANDIDATES + 1)
-    order = sorted(counts, key=lambda s: (prefix[(s - 1) * (n // s)], s))
+    order = sorted(range(1, n + 1), key=lambda s: (prefix[(s - 1) * (n // s)], s))
+    if fits_int64(model):
+        arrays = ChainArrays(model)
+
+        def peak_of(s):
+            starts = [start for start, _, _ in sequential_segments(n, s)]
+            return chain_segments_peak(model, starts, arrays=arrays, hold_inputs=True)
+
+    else:
+
+        def peak_of(s):
+            return simulate(model, _lowered(model, sequential_segments(n, s))).peak_bytes
+
     best = None
     for s in order:
-        ops = segments_to_ops(model, sequential_segments(n, s))
-        peak = simulate(model, insert_frees(model, ops)).peak_bytes
+        peak = peak_of(s)
         if budget is not None and peak <= budget:
-            return ops, {"segments": s}
+            return _lowered(model, sequential_segments(n, s)), {"segments": s}
         if best is None or peak < best[0]:
-            best = (peak, s, ops)
+            best = (peak, s)
     if budget is None:
-        return best[2], {"segments": best[1]}
+        return _lowered(model, sequential_segments(n, best[1])), {"segments": best[1]}
     raise InfeasibleError(
         f"no segment count fits {budget} bytes; the least peak is {best[0]} bytes "
         f"(segments={best[1]})",

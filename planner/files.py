@@ -1,0 +1,46 @@
+"""Writing output files atomically: whole or not at all."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+
+__all__ = ["atomic_output"]
+
+
+@contextmanager
+def atomic_output(path, *, binary=False):
+    """Open a temporary file beside ``path`` and move it into place on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it
+    was, so a failed command never leaves a half-written file.  The file gets
+    the usual permissions (``0666`` less the umask), not mkstemp's ``0600``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    binary : bool, keyword-only
+        Open in binary mode (images) instead of UTF-8 text.
+
+    Yields
+    ------
+    file object
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".edgeplan-", suffix=suffix, dir=directory)
+    try:
+        if binary:
+            f = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding="utf-8")
+        with f:
+            yield f
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

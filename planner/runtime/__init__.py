@@ -1,0 +1,1 @@
+"""Executing edgeplan schedules in frameworks: :mod:`planner.runtime.torch` (PyTorch)."""

@@ -1,0 +1,667 @@
+"""``dp``: the optimal dynamic program for heterogeneous chains (rotor).
+
+The schedule class is the one of Beaumont et al. (2019): *persistent*
+schedules, where a checkpoint stays in memory until the segment it starts has
+been fully reversed.  ``Solve(s, t)`` reverses layers ``s..t`` given the output
+of layer ``s - 1`` (the model input for ``s = 0``) and, for ``t < n - 1``, the
+gradient of layer ``t``'s output.  It does one of
+
+* ``F_all``: ``forward(s, save=True)``, ``Solve(s + 1, t)``, ``backward(s)``;
+* ``F_ck`` then ``F_n``: ``forward(k, save=False)`` for ``k = s..s' - 1`` (the
+  output of ``s - 1`` stays, the intermediate outputs are dropped as soon as the
+  next forward ran), ``Solve(s', t)``, ``Solve(s, s' - 1)``.
+
+Memory model (exactly what :func:`planner.lowering.insert_frees` and the
+simulator do with such an op sequence, SPEC section 3).  Write ``o`` for output
+bytes (``o[-1] = 0``: the model input is counted once in ``input_bytes``),
+``sv`` for saved bytes, ``wf``/``wb`` for workspaces and ``g_t = o[t]`` for
+``t < n - 1`` (the gradient present when ``Solve(s, t)`` starts; the sink's
+gradient only appears at its backward, ``g_{n-1} = 0``).  Peaks are counted
+relative to what the caller holds besides ``a[s-1]`` and ``g_t``.  A
+subproblem comes in two *modes* for ``a[s-1]``: *released* (freed right after
+its last use inside: a checkpoint whose segment ends here) or *pinned* (the
+caller's backward of ``s - 1`` reads it: ``needs_output``).  With
+``h = pinned or needs_inputs[s]`` (saved data holds ``a[s-1]``):
+
+* ``F_all``: forward peak ``o[s-1] + g_t + o[s] + sv[s] + wf[s]``; the rest runs
+  on top of ``h o[s-1] + sv[s]``, ``Solve(s + 1, t)`` in mode pinned iff
+  ``needs_output[s]``; backward peak
+  ``h o[s-1] + sv[s] + needs_output[s] o[s] + o[s] + o[s-1] + wb[s]`` (its
+  saved data, its output if read, the gradient it consumes and the one it
+  allocates).
+* ``F_ck`` at ``s'``: forward ``k`` peaks at ``o[s-1] + g_t + o[k-1] + o[k] +
+  wf[k]`` (``o[k-1]`` dropped for ``k = s``), then ``Solve(s', t)`` released on
+  top of ``o[s-1]``, then ``Solve(s, s' - 1)`` in the caller's mode.
+
+The cost is the sum of forward and backward times, exactly as the simulator
+counts it.  ``C(s, t, mode, m)`` (least cost within ``m`` bytes) is tabulated
+over a memory grid (see :func:`dp`, Notes), vectorised over the grid and the
+split ``s'`` with numpy.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.errors import InfeasibleError, NotApplicableError
+from planner.schedule import backward, forward
+
+__all__ = ["dp"]
+
+_RELEASED, _PINNED = 0, 1
+# Exact byte grid when the table has at most _EXACT_CELLS cells (n^2 x levels)
+# and the work (n^3/6 x levels) is at most _WORK; a rounded grid is made finer
+# (x2 at a time) while it stays within the same limits.
+_EXACT_CELLS = 20_000_000
+_WORK = 300_000_000
+# Distinct forward-chain peaks handled one reduction each; beyond, a running minimum.
+_MAX_GROUPS = 16
+# Larger problems are refused (NotApplicableError): hours of work or more memory
+# than an edge planner should take.  1000 layers x 500 levels: 8e10, 2.2 GB.
+_MAX_WORK = 3e11
+_MAX_TABLE_BYTES = 4e9
+_MAX_LEVELS = 10**6
+# float64 tables up to this many cells, float32 above (choices only; the cost
+# reported is always re-summed in float64 along the schedule).
+_F64_CELLS = 20_000_000
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Per-layer sizes in grid units (or bytes), as int64 arrays."""
+
+    o: np.ndarray  # output bytes
+    sv: np.ndarray  # saved bytes
+    wf: np.ndarray
+    wb: np.ndarray
+    ni: np.ndarray  # needs_inputs (bool)
+    no: np.ndarray  # needs_output (bool)
+
+    @property
+    def n(self):
+        return len(self.o)
+
+    def prev(self, s):
+        """Size of the checkpoint ``a[s-1]`` (0 for the model input)."""
+        return int(self.o[s - 1]) if s > 0 else 0
+
+    def grad(self, t):
+        """Gradient held when ``Solve(., t)`` starts (0 for the sink)."""
+        return int(self.o[t]) if t < self.n - 1 else 0
+
+    def held(self, s, mode):
+        """Whether ``a[s-1]`` stays until ``backward(s)`` in ``F_all``."""
+        return mode == _PINNED or bool(self.ni[s])
+
+    def all_need(self, s, t, mode):
+        """Peak of F_all's own forward and backward ops."""
+        o, p = self.o, self.prev(s)
+        h = p if self.held(s, mode) else 0
+        need_f = p + self.grad(t) + o[s] + self.sv[s] + self.wf[s]
+        need_b = h + self.sv[s] + (o[s] if self.no[s] else 0) + o[s] + p + self.wb[s]
+        return int(max(need_f, need_b)), int(h + self.sv[s])
+
+    def chain_peaks(self, s):
+        """``Q[j]``: peak of ``forward(k, False)`` for ``k = s..s+j`` (without ``a[s-1]``, ``g_t``)."""
+        o, wf = self.o, self.wf
+        first = o[s] + wf[s]
+        rest = o[s : self.n - 1] + o[s + 1 :] + wf[s + 1 :]
+        return np.maximum.accumulate(np.concatenate(([first], rest)))
+
+    def scaled(self, unit, rounding):
+        """Sizes in units of ``unit`` bytes, rounded up (``"up"``) or down."""
+        if rounding == "up":
+            conv = lambda a: -(-a // unit)  # noqa: E731
+        elif rounding == "nearest":
+            conv = lambda a: (a + unit // 2) // unit  # noqa: E731
+        else:
+            conv = lambda a: a // unit  # noqa: E731
+        return _Sizes(conv(self.o), conv(self.sv), conv(self.wf), conv(self.wb), self.ni, self.no)
+
+
+def _sizes(model):
+    layers = model.layers
+    total = model.input_bytes + sum(
+        l.output_bytes * 3 + l.saved_bytes + l.workspace_forward + l.workspace_backward for l in layers
+    )
+    dtype = np.int64 if total < 2**62 else object
+
+    def arr(key):
+        return np.array([getattr(l, key) for l in layers], dtype=dtype)
+
+    return _Sizes(
+        arr("output_bytes"),
+        arr("saved_bytes"),
+        arr("workspace_forward"),
+        arr("workspace_backward"),
+        np.array([l.needs_inputs for l in layers], dtype=bool),
+        np.array([l.needs_output for l in layers], dtype=bool),
+    )
+
+
+def _modes(z, s):
+    """Modes that differ for a subproblem starting at ``s``."""
+    if s > 0 and not z.ni[s] and z.prev(s) > 0:
+        return (_RELEASED, _PINNED)
+    return (_RELEASED,)
+
+
+def _sub_mode(z, s):
+    """Mode of ``Solve(s + 1, t)`` inside ``F_all`` at ``s``."""
+    return _PINNED if z.no[s] else _RELEASED
+
+
+# --------------------------------------------------------------------------
+# Decision trees: nodes in pre-order; ("all", s, t, mode, child) or
+# ("ck", s, t, mode, split, right, left); children are node indices or -1.
+
+
+def _tree_ops(tree):
+    """Forward/backward ops of a decision tree, in execution order (iterative)."""
+    ops = []
+    stack = [("node", 0)]
+    while stack:
+        kind, x = stack.pop()
+        if kind == "op":
+            ops.append(x)
+            continue
+        node = tree[x]
+        if node[0] == "all":
+            _, s, _t, _m, child = node
+            ops.append(forward(s, True))
+            stack.append(("op", backward(s)))
+            if child >= 0:
+                stack.append(("node", child))
+        else:
+            _, s, _t, _m, split, right, left = node
+            ops.extend(forward(k, False) for k in range(s, split))
+            stack.append(("node", left))
+            stack.append(("node", right))
+    return ops
+
+
+def _tree_peak_cost(tree, z, f, b):
+    """Exact peak (bytes above ``input_bytes``) and cost of a tree under the DP's model."""
+    peak = [0] * len(tree)
+    cost = [0.0] * len(tree)
+    for x in range(len(tree) - 1, -1, -1):  # children come after their parent
+        node = tree[x]
+        if node[0] == "all":
+            _, s, t, mode, child = node
+            need, off = z.all_need(s, t, mode)
+            c = f[s] + b[s]
+            if child >= 0:
+                need = max(need, off + peak[child])
+                c += cost[child]
+        else:
+            _, s, t, mode, split, right, left = node
+            q = int(z.chain_peaks(s)[split - s - 1])
+            p = z.prev(s)
+            need = max(p + z.grad(t) + q, p + peak[right], peak[left])
+            c = sum(f[s:split]) + cost[right] + cost[left]
+        peak[x] = int(need)
+        cost[x] = c
+    return peak[0], cost[0]
+
+
+# --------------------------------------------------------------------------
+# Least peak (exact bytes, no memory axis): for infeasibility and as a fallback.
+
+
+def _least_peak_tree(z, f, b):
+    """Least-peak persistent schedule (ties: least cost), exact integers.
+
+    O(n^3) with numpy over the split.
+    """
+    n = z.n
+    fsum = np.concatenate(([0.0], np.cumsum(f)))
+    INF = np.iinfo(np.int64).max // 4 if z.o.dtype == np.int64 else float("inf")
+    pk = {_RELEASED: np.full((n, n), INF, dtype=z.o.dtype)}
+    cs = {_RELEASED: np.zeros((n, n))}
+    ch = {_RELEASED: np.zeros((n, n), dtype=np.int64)}
+    pinned = {s for s in range(n) if len(_modes(z, s)) == 2}
+    pk[_PINNED] = np.full((n, n), INF, dtype=z.o.dtype)
+    cs[_PINNED] = np.zeros((n, n))
+    ch[_PINNED] = np.zeros((n, n), dtype=np.int64)
+
+    def table(s, mode):
+        return mode if (mode == _PINNED and s in pinned) else _RELEASED
+
+    # Column copies of the released tables (the right part C(s', t) for every s').
+    pk_t = np.full((n, n), INF, dtype=z.o.dtype)
+    cs_t = np.zeros((n, n))
+    for s in range(n - 1, -1, -1):
+        p = z.prev(s)
+        if s < n - 1:
+            q = z.chain_peaks(s)
+            sm = table(s + 1, _sub_mode(z, s))
+        for t in range(s, n):
+            g = z.grad(t)
+            k = t - s
+            for mode in _modes(z, s):
+                need, off = z.all_need(s, t, mode)
+                best_p, best_c, best = need, f[s] + b[s], -1
+                if s < t:
+                    best_p = max(need, off + pk[sm][s + 1, t])
+                    best_c += cs[sm][s + 1, t]
+                    lm = table(s, mode)
+                    cand = np.maximum(q[:k] + g, pk_t[t, s + 1 : t + 1])
+                    cand += p
+                    np.maximum(cand, pk[lm][s, s:t], out=cand)
+                    low = cand.min()
+                    if low <= best_p:
+                        cc = (fsum[s + 1 : t + 1] - fsum[s]) + cs_t[t, s + 1 : t + 1] + cs[lm][s, s:t]
+                        cc[cand != low] = np.inf
+                        j = int(np.argmin(cc))
+                        if (low, cc[j]) < (best_p, best_c):
+                            best_p, best_c, best = low, cc[j], s + 1 + j
+                pk[mode][s, t] = best_p
+                cs[mode][s, t] = best_c
+                ch[mode][s, t] = best
+            pk_t[t, s] = pk[_RELEASED][s, t]
+            cs_t[t, s] = cs[_RELEASED][s, t]
+
+    tree = []
+    stack = [(0, n - 1, _RELEASED, None)]
+    while stack:
+        s, t, mode, slot = stack.pop()
+        tm = table(s, mode)
+        choice = int(ch[tm][s, t])
+        x = len(tree)
+        if slot is not None:
+            slot[0][slot[1]] = x
+        if choice < 0:
+            node = ["all", s, t, mode, -1]
+            tree.append(node)
+            if s < t:
+                stack.append((s + 1, t, _sub_mode(z, s), (node, 4)))
+        else:
+            node = ["ck", s, t, mode, choice, -1, -1]
+            tree.append(node)
+            stack.append((s, choice - 1, mode, (node, 6)))
+            stack.append((choice, t, _RELEASED, (node, 5)))
+    return [tuple(node) for node in tree]
+
+
+# --------------------------------------------------------------------------
+# The memory-indexed table.
+
+
+def _prefix_groups(q):
+    """Record starts of the nondecreasing ``q``: ``q[j]`` is constant between them."""
+    return np.flatnonzero(np.diff(q)) + 1
+
+
+class _Table:
+    """``C(s, t, mode, m)`` for ``m = 0..W-1`` grid units, with reconstruction.
+
+    Released rows are stored twice so that both operands of the ``F_ck``
+    recurrence are contiguous: ``by_t[t][s]`` (plain values, the right part
+    ``C(s', t)`` for every ``s'``) and ``by_s[s][t - s]`` holding
+    ``C(s, t) + fsum[t + 1]`` (the left part ``C(s, s' - 1)`` with the forward
+    time of the chain ``s..s'-1`` already added, up to the scalar
+    ``fsum[s]``).  Pinned rows exist only where they differ (``by_s`` layout).
+    """
+
+    def __init__(self, z, f, b, width):
+        n = z.n
+        self.z, self.f, self.b, self.W = z, f, b, width
+        dtype = np.float64 if n * n * width <= _F64_CELLS else np.float32
+        self.by_t = [np.full((t + 1, width), np.inf, dtype=dtype) for t in range(n)]
+        self.by_s = [np.full((n - s, width), np.inf, dtype=dtype) for s in range(n)]
+        self.pin = {
+            s: np.full((n - s, width), np.inf, dtype=dtype) for s in range(n) if len(_modes(z, s)) == 2
+        }
+        self.fsum = np.concatenate(([0.0], np.cumsum(f)))
+        self.bsum = np.concatenate(([0.0], np.cumsum(b)))
+        self._fill()
+
+    def value(self, s, t, mode, m):
+        """``C(s, t, mode, m)`` as a Python float."""
+        if mode == _PINNED and s in self.pin:
+            return float(self.pin[s][t - s, m]) - self.fsum[t + 1]
+        return float(self.by_t[t][s, m])
+
+    def _shifted(self, s, mode):
+        """``C(s, t) + fsum[t + 1]`` for ``t = s..n-1`` (rows)."""
+        if mode == _PINNED and s in self.pin:
+            return self.pin[s]
+        return self.by_s[s]
+
+    def _fill(self):
+        z, f, b, W = self.z, self.f, self.b, self.W
+        n = z.n
+        fsum, bsum = self.fsum, self.bsum
+        grad = [z.grad(t) for t in range(n)]
+        # sat[s][t]: peak of the store-everything schedule of the segment (per mode)
+        sat_rel = [None] * (n + 1)
+        sat_pin = {}
+        buf = np.empty((n, W), dtype=self.by_t[0].dtype)
+        best = np.empty(W)
+        cols = np.arange(W)
+        reduce_min = np.minimum.reduce
+        for s in range(n - 1, -1, -1):
+            p = z.prev(s)
+            modes = _modes(z, s)
+            sub = _sub_mode(z, s)
+            fb = f[s] + b[s]
+            if s < n - 1:
+                q = [int(v) for v in z.chain_peaks(s)]
+                starts = [int(v) for v in _prefix_groups(np.array(q))]
+                sub_sat = sat_pin[s + 1] if (sub == _PINNED and (s + 1) in sat_pin) else sat_rel[s + 1]
+                sub_rows = self._shifted(s + 1, sub)
+            # F_all's own peak: need_f0 + grad[t] and need_b; the rest runs on top of off
+            per_mode = []
+            for mode in modes:
+                h = p if z.held(s, mode) else 0
+                need_f0 = p + int(z.o[s] + z.sv[s] + z.wf[s])
+                need_b = int(h + z.sv[s] + (z.o[s] if z.no[s] else 0) + z.o[s] + p + z.wb[s])
+                off = int(h + z.sv[s])
+                sat = [0] * n
+                if mode == _PINNED:
+                    sat_pin[s] = sat
+                    rows = self.pin[s]
+                else:
+                    sat_rel[s] = sat
+                    rows = None
+                per_mode.append((mode, need_f0, need_b, off, sat, rows))
+            for t in range(s, n):
+                g = grad[t]
+                base = (fsum[t + 1] - fsum[s]) + (bsum[t + 1] - bsum[s])
+                k = t - s
+                shift = fsum[t + 1]
+                for mode, need_f0, need_b, off, sat, rows in per_mode:
+                    need = max(need_f0 + g, need_b)
+                    need_sat = max(need, off + sub_sat[t]) if s < t else need
+                    sat[t] = need_sat
+                    out = self.by_t[t][s] if rows is None else rows[k]
+                    hi = need_sat if need_sat < W else W
+                    out[hi:] = base
+                    if hi > 0 and s < t:
+                        lo = need if need > off else off
+                        if lo < hi:
+                            # F_all: f + b + C(s+1, t, m - off); sub rows are shifted by fsum[t+1]
+                            np.add(sub_rows[k - 1, lo - off : hi - off], fb - shift, out=out[lo:hi])
+                        if p < hi:
+                            h = hi - p
+                            tmp = buf[:k, :h]
+                            left = self.by_s[s] if rows is None else rows
+                            np.add(self.by_t[t][s + 1 : t + 1, :h], left[:k, p:hi], out=tmp)
+                            # row j (split s+1+j) is allowed where m - p >= g + q[j]
+                            cur = best[:h]
+                            cur.fill(np.inf)
+                            groups = [x for x in starts if x < k] if starts and starts[0] < k else []
+                            if len(groups) <= _MAX_GROUPS:
+                                lo_c = g + q[0]
+                                for stop in groups + [k]:
+                                    hi_c = (g + q[stop]) if stop < k else h
+                                    a = lo_c if lo_c > 0 else 0
+                                    c = hi_c if hi_c < h else h
+                                    if a < c:
+                                        reduce_min(tmp[:stop, a:c], axis=0, out=cur[a:c])
+                                    lo_c = hi_c
+                            else:
+                                np.minimum.accumulate(tmp, axis=0, out=tmp)
+                                allowed = np.searchsorted(np.array(q[:k]) + g, cols[:h], side="right")
+                                ok = allowed > 0
+                                cur[ok] = tmp[allowed[ok] - 1, cols[:h][ok]]
+                            cur -= fsum[s]
+                            np.minimum(out[p:hi], cur, out=out[p:hi])
+                    if rows is None:
+                        np.add(out, shift, out=self.by_s[s][k])
+                    else:
+                        out += shift
+
+    def tree(self, m):
+        """Reconstruct the optimal tree for ``Solve(0, n-1)`` within ``m`` units, or None."""
+        z = self.z
+        n = z.n
+        if not np.isfinite(self.by_t[n - 1][0, m]):
+            return None
+        tree = []
+        stack = [(0, n - 1, _RELEASED, m, None)]
+        while stack:
+            s, t, mode, mm, slot = stack.pop()
+            x = len(tree)
+            if slot is not None:
+                slot[0][slot[1]] = x
+            choice = self._choose(s, t, mode, mm)
+            if choice < 0:
+                node = ["all", s, t, mode, -1]
+                tree.append(node)
+                if s < t:
+                    _, off = z.all_need(s, t, mode)
+                    stack.append((s + 1, t, _sub_mode(z, s), mm - off, (node, 4)))
+            else:
+                node = ["ck", s, t, mode, choice, -1, -1]
+                tree.append(node)
+                stack.append((s, choice - 1, mode, mm, (node, 6)))
+                stack.append((choice, t, _RELEASED, mm - z.prev(s), (node, 5)))
+        return [tuple(node) for node in tree]
+
+    def _choose(self, s, t, mode, m):
+        """The option that attains ``C(s, t, mode, m)``: -1 for F_all, else the split."""
+        z, f, b = self.z, self.f, self.b
+        need, off = z.all_need(s, t, mode)
+        best, choice = np.inf, None
+        if m >= need and m >= off:
+            best = f[s] + b[s] + (self.value(s + 1, t, _sub_mode(z, s), m - off) if s < t else 0.0)
+            choice = -1
+        p, g = z.prev(s), z.grad(t)
+        if s < t and m >= p:
+            k = t - s
+            allowed = int(np.searchsorted(z.chain_peaks(s)[:k] + g, m - p, side="right"))
+            if allowed:
+                v = (
+                    self.by_t[t][s + 1 : s + 1 + allowed, m - p].astype(np.float64)
+                    + self._shifted(s, mode)[:allowed, m]
+                    - self.fsum[s]
+                )
+                j = int(np.argmin(v))
+                if v[j] < best:
+                    best, choice = v[j], s + 1 + j
+        if choice is None:  # pragma: no cover - the table said feasible
+            raise RuntimeError(f"dp: no option attains C({s}, {t}, {mode}, {m})")
+        return choice
+
+
+# --------------------------------------------------------------------------
+
+
+def _store_all_tree(z):
+    """F_all at every layer: the store-all schedule as a decision tree."""
+    n = z.n
+    return [
+        ("all", s, n - 1, _RELEASED if s == 0 else _sub_mode(z, s - 1), s + 1 if s < n - 1 else -1)
+        for s in range(n)
+    ]
+
+
+def _check_levels(levels):
+    if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
+        raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
+
+
+def _rounded_search(z, f, b, avail, levels, params):
+    """Rounded grid: one table, then the largest level whose schedule really fits.
+
+    Every probe reconstructs the table's optimal schedule at one level and
+    measures it in exact bytes.  Returns ``(cost, peak, tree)`` of the cheapest schedule found that really
+    fits ``avail`` bytes, or None.
+    """
+    n = z.n
+    grid = levels
+    while n**3 / 6 * grid * 2 <= _WORK and n * n * grid * 2 <= _EXACT_CELLS:
+        grid *= 2
+    unit = max(1, -(-avail // grid))
+    top = avail // unit
+    width = top + 1 + max(8, top // 32)
+    table = _Table(z.scaled(unit, "nearest"), f, b, width)
+    evaluated = {}
+
+    def probe(m):
+        if m not in evaluated:
+            tree = table.tree(m)
+            evaluated[m] = None if tree is None else _tree_peak_cost(tree, z, f, b) + (tree,)
+        r = evaluated[m]
+        return r is not None and r[0] <= avail
+
+    # The largest fitting level: fitting is monotone up to rounding noise, so
+    # gallop from the budget level (up if it fits, down if not), bisect the
+    # bracket, then look at a few levels above the answer.
+    finite = np.flatnonzero(np.isfinite(table.by_t[n - 1][0]))
+    if len(finite) and not probe(width - 1):
+        first = int(finite[0])
+        start = min(max(top, first), width - 1)
+        step = 1
+        if probe(start):
+            lo, hi = start, width - 1
+            while lo + step < hi and probe(lo + step):
+                lo, step = lo + step, step * 2
+            hi = min(hi, lo + step)
+        else:
+            lo, hi = first - 1, start
+            while hi - step > lo and not probe(hi - step):
+                hi, step = hi - step, step * 2
+            lo = max(lo, hi - step)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(mid):
+                lo = mid
+            else:
+                hi = mid
+        for m in range(lo + 1, min(lo + 4, width)):
+            probe(m)
+    del table
+    fits = [(r[1], r[0], r[2]) for r in evaluated.values() if r is not None and r[0] <= avail]
+    params.update(grid="rounded", unit_bytes=unit, levels=width)
+    if not fits:
+        return None
+    cost, peak, tree = min(fits, key=lambda r: (r[0], r[1]))
+    return cost, peak, tree
+
+
+def dp(model, *, budget=None, levels=500):
+    """Optimal persistent schedule of a heterogeneous chain (rotor's dynamic program).
+
+    Parameters
+    ----------
+    model : planner.model.Model
+        A chain.
+    budget : int or None, keyword-only
+        Activation budget in bytes (``input_bytes`` included, as ``peak_bytes``).
+        None: no recomputation (the store-all schedule, the least compute).
+    levels : int, keyword-only
+        Memory levels of the rounded grid (default 500); see Notes.
+
+    Returns
+    -------
+    ops : list of Op
+        Forward and backward ops; the registry inserts the frees.
+    params : dict
+        ``grid``: ``"none"`` (store-all fits), ``"exact"``, ``"rounded"``, or
+        ``"least-peak"`` (no rounded schedule fitted; the least-peak one did);
+        ``unit_bytes`` and ``levels`` of the grid; ``dp_compute`` and
+        ``dp_peak_bytes``: the DP's own cost and peak of the returned schedule
+        (exact, equal to the simulator's).
+
+    Raises
+    ------
+    NotApplicableError
+        On a model that is not a chain, or a chain too long for the O(n^3 x
+        levels) table (beyond about 1,300 layers at 500 levels: more than 4 GB
+        of tables or 3e11 steps), when the budget is below the store-all peak.
+    InfeasibleError
+        When no persistent schedule fits; ``least_bytes`` is the least budget
+        for which ``dp`` finds one (the exact least peak of the class).
+    ValueError
+        For ``levels`` below 2.
+
+    Notes
+    -----
+    Memory grid.  Let ``B = budget - input_bytes`` and ``g`` the gcd of every
+    size of the model.  When the exact grid of ``B / g + 1`` levels is small
+    (``n^2 x levels <= 2e7`` cells and ``n^3/6 x levels <= 3e8``), the DP runs
+    on it: nothing is rounded and the schedule is optimal over the class.
+    Otherwise sizes are rounded to the nearest multiple of ``unit = ceil(B /
+    L)`` bytes, ``L = levels`` doubled while the same two limits allow (so short
+    chains get a much finer grid), and the table is built up to ``B / unit`` plus
+    1/32 of headroom.  Its optimal schedules are then evaluated in exact bytes
+    at the budget level and by bisection around it, and the cheapest one whose
+    *exact* peak fits ``B`` is returned: rounding never produces a schedule that
+    does not fit, and near the budget it costs at most the rounding noise of a
+    few units.  Whenever ``budget`` is at least the least peak of the class
+    (``least_bytes``, found by an exact O(n^3) least-peak DP without a memory
+    axis), a schedule is returned, so ``least_bytes`` is exact.  Budgets of at
+    least the store-all peak return store-all at once.
+
+    The cost ``dp_compute`` and the peak ``dp_peak_bytes`` are recomputed in
+    exact bytes and float64 along the returned schedule with the recurrence's
+    own formulas; they equal the simulator's ``compute`` and ``peak_bytes``.
+
+    Complexity: O(n^3 x levels) time, vectorised with numpy over the split and
+    the memory axis (segments whose store-everything peak fits are filled in
+    O(levels)), O(n^2 x levels) memory (two float32 copies above 2e7 cells).
+
+    References
+    ----------
+    O. Beaumont, L. Eyraud-Dubois, J. Herrmann, A. Joly, A. Shilova, "Optimal
+    checkpointing for heterogeneous chains: how to train deep neural networks
+    with limited memory", INRIA report hal-02352969, 2019 (rotor).
+    """
+    if not model.is_chain:
+        raise NotApplicableError("dp applies to chains only; this model is a DAG")
+    _check_levels(levels)
+    n = len(model)
+    f = [float(layer.forward) for layer in model.layers]
+    b = [float(layer.backward) for layer in model.layers]
+    z = _sizes(model)
+    ops_all = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    sa_peak, sa_cost = _tree_peak_cost(_store_all_tree(z), z, f, b)
+    params = {"grid": "none", "unit_bytes": None, "levels": None}
+    if budget is None or sa_peak + model.input_bytes <= budget:
+        params.update(dp_compute=sa_cost, dp_peak_bytes=sa_peak + model.input_bytes)
+        return ops_all, params
+    work = n**3 / 6 * (levels + levels // 32)
+    table_bytes = 4.0 * n * n * (levels + levels // 32)
+    if work > _MAX_WORK or table_bytes > _MAX_TABLE_BYTES:
+        raise NotApplicableError(
+            f"dp: a chain of {n} layers at {levels} memory levels is too large for the O(n^3 x levels) "
+            f"dynamic program (about {table_bytes / 1e9:.1f} GB of tables); use revolve, sequential "
+            "or chen-greedy"
+        )
+    avail = budget - model.input_bytes
+    unit = 0
+    for arr in (z.o, z.sv, z.wf, z.wb):
+        for v in arr:
+            unit = math.gcd(unit, int(v))
+    unit = unit or 1
+    exact_levels = avail // unit + 1 if avail >= 0 else 0
+    if avail >= 0 and n * n * exact_levels <= _EXACT_CELLS and n**3 / 6 * exact_levels <= _WORK:
+        # Exact: every size is a whole number of units, nothing is rounded.
+        table = _Table(z.scaled(unit, "up"), f, b, exact_levels)
+        tree = table.tree(exact_levels - 1)
+        del table
+        if tree is not None:
+            peak, cost = _tree_peak_cost(tree, z, f, b)
+            params.update(grid="exact", unit_bytes=unit, levels=exact_levels)
+            params.update(dp_compute=cost, dp_peak_bytes=peak + model.input_bytes)
+            return _tree_ops(tree), params
+        found = None
+    else:
+        found = _rounded_search(z, f, b, avail, levels, params) if avail >= 0 else None
+    if found is None:
+        least = _least_peak_tree(z, f, b)
+        lp_peak, lp_cost = _tree_peak_cost(least, z, f, b)
+        if lp_peak > avail:
+            raise InfeasibleError(
+                f"dp: no schedule fits {budget} bytes of activation memory; the least peak of a "
+                f"persistent schedule is {lp_peak + model.input_bytes} bytes",
+                least_bytes=lp_peak + model.input_bytes,
+            )
+        found = (lp_cost, lp_peak, least)
+        params.update(grid="least-peak")
+    cost, peak, tree = found
+    params.update(dp_compute=cost, dp_peak_bytes=peak + model.input_bytes)
+    return _tree_ops(tree), params

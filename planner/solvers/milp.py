@@ -1,0 +1,767 @@
+"""``milp``: exact checkpointing for any DAG by mixed-integer linear programming.
+
+In the spirit of Checkmate (Jain et al. 2020): the schedule is cut into
+stages; binary variables say which layer is (re)computed in which stage, when
+each layer's saved data is made, which outputs are kept from one stage to the
+next and after which op each output is freed; the memory of every op is a
+linear expression in them.  The model follows edgeplan's semantics (SPEC
+section 3) exactly: outputs, saved data, gradients (the sink's included), the
+holds that saved data puts on the tensors its backward reads, workspaces and
+the model input.  The frees are the shared lowering's
+(:func:`planner.lowering.insert_frees`, as early as possible), and for every
+schedule of the search space the formulation counts exactly the memory the
+simulator measures.  HiGHS, through ``scipy.optimize.milp``, minimises the
+recomputation.
+"""
+
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from planner.errors import EdgeplanError, InfeasibleError
+from planner.lowering import insert_frees
+from planner.schedule import OpKind, backward, forward
+from planner.simulate import simulate
+
+__all__ = ["milp", "DEFAULT_TIME_LIMIT"]
+
+DEFAULT_TIME_LIMIT = 60.0
+
+# The program has about 2.5 T n variables for T stages and n layers.  Every
+# backward gets a stage of its own (T = n, the search space of milp's Notes)
+# while n^2 <= _STAGE_WORK; above, consecutive backwards share stages:
+# T = max(_MIN_STAGES, _STAGE_WORK // n), about 12,500 variables.
+_STAGE_WORK = 5000
+_MIN_STAGES = 15
+# HiGHS' presolve takes longer than it saves above this many variables.
+_PRESOLVE_MAX_VARS = 10_000
+
+# HiGHS stops when its best schedule is within this fraction of its bound on
+# the recomputation time.
+_MIP_REL_GAP = 1e-4
+
+_SCIPY_MISSING = (
+    "the milp strategy needs scipy (HiGHS): pip install edgeplan[milp] (or edgeplan[all])"
+)
+
+
+def milp(model, *, budget=None, time_limit=None):
+    """Least-compute schedule that fits ``budget``, by a mixed-integer program.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+        Any model: chain or DAG.
+    budget : int or None, keyword-only
+        Activation budget in bytes.  None: no limit (the answer is store-all).
+    time_limit : float or None, keyword-only
+        Seconds for the whole call, default :data:`DEFAULT_TIME_LIMIT` (60).
+        When it runs out, the best schedule found so far is returned with
+        ``"proven_optimal": false``.
+
+    Returns
+    -------
+    ops : list of Op
+        Forward and backward ops; the registry inserts the frees.
+    params : dict
+        ``time_limit``, ``stages`` (backward stages of the program, 0 when no
+        program was needed), ``proven_optimal`` (no schedule of the search
+        space below needs less compute, up to HiGHS' relative gap of 1e-4 on
+        the recomputation time; false on a timeout and whenever stages were
+        merged, even if HiGHS closed the gap of the coarser program) and
+        ``start`` (the strategy whose schedule was the starting incumbent,
+        or null).
+
+    Raises
+    ------
+    InfeasibleError
+        No schedule fits.  When HiGHS proves it (or the budget is below a
+        simple bound), ``least_bytes`` is the least peak of a second program
+        that minimises the peak, proven to the byte (with what is left of
+        the time limit: the exact least peak of the search space when that
+        program is solved to optimality, else a peak known to work), or the
+        least budget of another strategy when that is lower; milp finds a
+        schedule at ``least_bytes``.  When the time runs out before any
+        schedule is found, ``least_bytes`` is None.
+    ImportError
+        scipy is not installed (the ``milp`` extra).
+    ValueError
+        ``time_limit`` is not a positive finite number.
+
+    Notes
+    -----
+    Search space: backwards run in reverse topological order (n-1 .. 0);
+    stage 0 runs every forward once in order, each with or without save;
+    stage t = 1..T runs any recomputations (forwards of layers whose backward
+    has not run, in topological order, with or without save) and then the
+    backward(s) of its layers.  Every schedule of store-all, segment
+    checkpointing, revolve and the chain dynamic programs has this form.
+
+    Variables: R[t, i] (forward of i in stage t), P[t, i] (i's saved data
+    exists by the end of stage t; it is made where P steps from 0 to 1), K[t,
+    i] (i's output kept into stage t), F[t, i, k] (i's output freed right
+    after the forward of k, one per reader k) and a continuous running memory
+    U[t, k]; memory rows bound the memory of every op by the budget.  Sizes
+    are divided by the gcd of every size of the model, so the coefficients
+    are exact integers.  The schedules of the other applicable strategies
+    that fit are encoded as variable values; the best is HiGHS' starting
+    incumbent (through HiGHS' ``read_solution_file`` option) and the answer
+    is never worse than it.
+
+    Size: with T = n stages (n <= 70 layers) the program has about n^2 / 2
+    each of R, P, K and U plus one F per (stage, layer, reader): O(n (n + E))
+    variables, constraints and non-zeros for E edges (about 16,000 variables
+    and 38,000 rows for a 70-layer DAG).  Above 70 layers consecutive
+    backwards share stages, T = max(15, 5000 // n) of them (27 for a
+    177-layer ResNet-50), whose boundaries include the starting incumbent's;
+    recomputation then runs only before a stage's first backward, so the
+    program stays at about 2.5 T n variables but is no longer exact.
+    HiGHS' presolve is switched off above 10,000 variables, where it costs
+    more time than it saves.  HiGHS' time is exponential in the worst case;
+    ``time_limit`` bounds the whole call (the other strategies, building the
+    program, HiGHS).
+
+    References
+    ----------
+    Jain, Jain, Nrusimha, Gholami, Abbeel, Keutzer, Stoica, Gonzalez.
+    "Checkmate: Breaking the Memory Wall with Optimal Tensor
+    Rematerialization", MLSys 2020.
+    """
+    limit = _check_limit(time_limit)
+    deadline = time.perf_counter() + limit
+    plain = _store_all_ops(model)
+    if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
+        return plain, {"time_limit": limit, "stages": 0, "proven_optimal": True, "start": None}
+    starts, others_least = _other_schedules(model, budget)
+    return _solve(model, budget, deadline, limit, starts, others_least)
+
+
+def _check_limit(time_limit):
+    limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
+    if not (math.isfinite(limit) and limit > 0):
+        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
+    return float(limit)
+
+
+def _other_schedules(model, budget):
+    """The other applicable strategies at ``budget``.
+
+    Returns
+    -------
+    starts : list of (compute, ops, name)
+        The schedules that fit, best first.
+    least : int or None
+        The least ``least_bytes`` of those that do not fit (None if none says).
+    """
+    from planner import solvers  # the registry; imported here, it imports this module
+
+    found = []
+    least = None
+    for name in solvers.applicable(model):
+        if name == "milp":
+            continue
+        try:
+            solution = solvers.solve(model, budget, name)
+        except InfeasibleError as exc:
+            if exc.least_bytes is not None and (least is None or exc.least_bytes < least):
+                least = exc.least_bytes
+            continue
+        except (EdgeplanError, ValueError, RuntimeError):
+            continue  # not applicable, or another strategy's bug
+        ops = [op for op in solution.ops if op.kind is not OpKind.FREE]
+        found.append((solution.result.compute, ops, name))
+    found.sort(key=lambda item: item[0])
+    return found, least
+
+
+def _solve(model, budget, deadline, limit, starts=(), others_least=None):
+    """The program proper.
+
+    ``starts`` are (compute, ops, name) incumbents, best first; ``others_least``
+    the least budget another strategy needs when none fits (it caps the least
+    budget reported, so that milp at that budget finds a schedule).
+    """
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(_SCIPY_MISSING) from None
+    n = len(model)
+    if starts and deadline - time.perf_counter() <= 0.05:  # the other strategies used it all
+        return starts[0][1], {"time_limit": limit, "stages": 0, "start": starts[0][2], "proven_optimal": False}
+    required = _required_boundaries(n, starts[0][1]) if starts else set()
+    blocks = _blocks(n, _stage_count(n), required)
+    form = _Formulation(model, blocks)
+    params = {"time_limit": limit, "stages": len(blocks), "start": None}
+    if budget < form.lower_bound() and not starts:
+        proven, least = _least_peak(form, deadline, others_least)
+        raise InfeasibleError(
+            f"milp: {budget} bytes is below what some op needs on its own "
+            f"({form.lower_bound()} bytes); " + _least_text(least, proven),
+            least_bytes=least,
+        )
+    cap = budget // form.unit
+    start = None
+    for compute, ops, name in starts:
+        x = form.encode(ops, cap)
+        if x is not None:
+            start = x
+            params["start"] = name
+            break
+    best = (starts[0][0], starts[0][1], False) if starts else None
+    while budget >= form.lower_bound():
+        left = deadline - time.perf_counter()
+        if left <= 0.05:
+            break
+        # HiGHS overruns its limit a little (it checks the clock between steps)
+        res = form.solve(cap=cap, time_limit=0.95 * left - 0.2, start=start)
+        if res.x is None:
+            if res.status == 2 and best is None:  # proven infeasible
+                proven, least = _least_peak(form, deadline, others_least)
+                raise InfeasibleError(
+                    f"milp: no schedule fits {budget} bytes of activation memory; "
+                    + _least_text(least, proven),
+                    least_bytes=least,
+                )
+            break
+        ops = form.decode(res.x)
+        result = simulate(model, insert_frees(model, ops))
+        if not result.valid:  # pragma: no cover - would be a formulation bug
+            raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
+        if result.peak_bytes <= budget:
+            proven = res.status == 0 and form.T == n
+            if best is None or result.compute <= best[0]:
+                best = (result.compute, ops, proven)
+            elif proven:
+                best = (best[0], best[1], True)  # the incumbent beats the search space
+            break
+        # HiGHS' feasibility tolerance let a memory row pass by a few units:
+        # tighten the cap by the excess and solve again.
+        cap -= -(-(result.peak_bytes - budget) // form.unit) + 1
+        start = None
+        if cap < 0:  # pragma: no cover - tolerances are far smaller
+            break
+    if best is None:
+        raise InfeasibleError(
+            f"milp: no schedule fitting {budget} bytes found within the time limit of "
+            f"{limit:g} s (try a longer --time-limit)",
+            least_bytes=None,
+        )
+    return best[1], dict(params, proven_optimal=best[2])
+
+
+def _least_text(least, proven):
+    if least is None:
+        return "the time limit ran out before the least peak was found"
+    return f"the least peak it reaches is {least} bytes" + ("" if proven else " (not proven least)")
+
+
+def _least_peak(form, deadline, others_least=None):
+    """(proven, least budget) from the program that minimises the peak.
+
+    The least budget is the simulated peak of its schedule, or
+    ``others_least`` (another strategy's least budget) when that is lower.
+    """
+    left = deadline - time.perf_counter()
+    if left <= 0.05:
+        return False, others_least
+    start = form.encode(_store_all_ops(form.model), None)
+    res = form.solve(cap=None, time_limit=0.95 * left - 0.2, start=start)
+    if res.x is None:  # pragma: no cover - the start is a solution
+        return False, others_least
+    ops = form.decode(res.x)
+    result = simulate(form.model, insert_frees(form.model, ops))
+    if not result.valid:  # pragma: no cover - would be a formulation bug
+        raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
+    if others_least is not None and others_least < result.peak_bytes:
+        return False, others_least
+    return res.status == 0 and form.T == form.n, result.peak_bytes
+
+
+def _store_all_ops(model):
+    n = len(model)
+    return [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+
+
+def _required_boundaries(n, ops):
+    """Backwards that forwards precede directly in ``ops`` (after the first n forwards)."""
+    required = set()
+    pending = False
+    for op in ops[n:]:
+        if op.kind is OpKind.FORWARD:
+            pending = True
+        elif op.kind is OpKind.BACKWARD:
+            if pending:
+                required.add(op.layer)
+            pending = False
+    return required
+
+
+def _stage_count(n):
+    """How many backward stages the program of an n-layer model gets."""
+    if n * n <= _STAGE_WORK:
+        return n
+    return max(_MIN_STAGES, _STAGE_WORK // n)
+
+
+def _blocks(n, max_stages, required=()):
+    """Backward stages: lists of layers, descending, covering n-1 .. 0.
+
+    Every layer gets its own stage when ``n <= max_stages``; otherwise stages
+    start at the sink, at every layer of ``required`` and at evenly spread
+    splits of the longest runs, up to ``max_stages`` stages (more only when
+    ``required`` asks for more).
+    """
+    if n <= max_stages:
+        return [[b] for b in range(n - 1, -1, -1)]
+    bounds = sorted({n - 1} | set(required), reverse=True) + [-1]
+    blocks = [list(range(bounds[k], bounds[k + 1], -1)) for k in range(len(bounds) - 1)]
+    while len(blocks) < max_stages:
+        longest = max(range(len(blocks)), key=lambda k: len(blocks[k]))
+        block = blocks[longest]
+        if len(block) < 2:
+            break
+        half = len(block) // 2
+        blocks[longest : longest + 1] = [block[:half], block[half:]]
+    return blocks
+
+
+class _Expr:
+    """A linear expression: columns, coefficients and a constant."""
+
+    __slots__ = ("cols", "vals", "const")
+
+    def __init__(self, const=0):
+        self.cols = []
+        self.vals = []
+        self.const = const
+
+    def add(self, ref, coef):
+        col, value = ref
+        if col is None:
+            self.const += coef * value
+        elif coef:
+            self.cols.append(col)
+            self.vals.append(coef)
+        return self
+
+    def copy(self):
+        other = _Expr(self.const)
+        other.cols = list(self.cols)
+        other.vals = list(self.vals)
+        return other
+
+
+def _var(col):
+    return (col, None)
+
+
+class _Formulation:
+    """The stage program of one model (see :func:`milp`, Notes).
+
+    Built once; :meth:`solve` runs HiGHS under a memory cap (in units of
+    :attr:`unit` bytes) or, with ``cap=None``, minimises the peak.
+    :meth:`encode` turns a schedule of the search space into variable values
+    and :meth:`decode` a solution into ops.
+    """
+
+    def __init__(self, model, blocks):
+        self.model = model
+        layers = model.layers
+        n = len(layers)
+        self.n = n
+        self.blocks = blocks
+        T = len(blocks)
+        self.T = T
+        unit = model.input_bytes
+        for layer in layers:
+            for value in (layer.output_bytes, layer.saved_bytes, layer.workspace_forward, layer.workspace_backward):
+                unit = math.gcd(unit, value)
+        self.unit = unit = unit or 1
+        out = [layer.output_bytes // unit for layer in layers]
+        saved = [layer.saved_bytes // unit for layer in layers]
+        wsf = [layer.workspace_forward // unit for layer in layers]
+        wsb = [layer.workspace_backward // unit for layer in layers]
+        base = model.input_bytes // unit
+        inputs = [layer.inputs for layer in layers]
+        consumers = model.consumers
+        sink = model.sink
+        maxcons = [max(c) if c else None for c in consumers]
+
+        stage_of = [0] * n  # the stage of each layer's backward
+        hi = [n - 1] + [block[0] for block in blocks] + [-1]  # hi[t]: highest live layer
+        for t, block in enumerate(blocks, start=1):
+            for b in block:
+                stage_of[b] = t
+        self.stage_of = stage_of
+        self.hi = hi
+        reads = []  # the outputs each backward reads
+        for b, layer in enumerate(layers):
+            r = list(inputs[b]) if layer.needs_inputs else []
+            if layer.needs_output:
+                r.append(b)
+            reads.append(r)
+        new_grads = [
+            sum(out[j] for j in inputs[b] if maxcons[j] == b) + (out[b] if b == sink else 0)
+            for b in range(n)
+        ]
+        holders = [[] for _ in range(n)]  # layers whose saved data holds i's output
+        for c, layer in enumerate(layers):
+            if layer.needs_inputs:
+                for j in inputs[c]:
+                    holders[j].append(c)
+            if layer.needs_output:
+                holders[c].append(c)
+
+        # A peak no schedule with this backward order can go below.
+        bound = 0
+        for k in range(n):
+            bound = max(bound, base + out[k] + saved[k] + sum(out[j] for j in inputs[k]) + wsf[k])
+        for b in range(n):
+            grads = sum(out[j] for j in range(b + 1) if maxcons[j] is not None and maxcons[j] > b)
+            bound = max(
+                bound,
+                base + grads + new_grads[b] + saved[b] + sum(out[j] for j in set(reads[b])) + wsb[b],
+            )
+        self._bound = bound * unit
+
+        # ---- variables ----------------------------------------------------------
+        lb, ub, integ, cost = [], [], [], []
+
+        def new(integer=True, c=0.0, high=1.0):
+            lb.append(0.0)
+            ub.append(high if integer else np.inf)
+            integ.append(1 if integer else 0)
+            cost.append(c)
+            return len(lb) - 1
+
+        scale = sum(layer.forward for layer in layers) or 1.0
+        P, R, K, F = {}, {}, {}, {}
+        for i in range(n):
+            for t in range(stage_of[i]):
+                P[t, i] = new()
+        for t in range(1, T + 1):
+            for i in range(hi[t] + 1):
+                R[t, i] = new(c=layers[i].forward / scale)
+                K[t, i] = new()
+        self.P, self.R, self.K, self.F = P, R, K, F
+        self.peak_col = peak = new(high=np.inf)  # an integer number of units
+
+        def p(t, i):
+            if t < 0:
+                return (None, 0)
+            if t >= stage_of[i]:
+                return (None, 1)
+            return (P[t, i], None)
+
+        def r(t, i):
+            return (None, 1) if t == 0 else (R[t, i], None)
+
+        def k(t, i):
+            if 1 <= t <= T and i <= hi[t]:
+                return (K[t, i], None)
+            return (None, 0)
+
+        rows_r, rows_c, rows_v, lo, up = [], [], [], [], []
+        mem_rows = []
+        u_defs = []  # (U column, expression it equals), in evaluation order
+
+        def row(expr, low, high):
+            index = len(lo)
+            rows_r.extend([index] * len(expr.cols))
+            rows_c.extend(expr.cols)
+            rows_v.extend(expr.vals)
+            lo.append(low - expr.const)
+            up.append(high - expr.const)
+            return index
+
+        def capped(expr):
+            # every memory row reads "expr <= peak"; the peak is fixed to the
+            # cap, or minimised
+            expr.add(_var(peak), -1)
+            mem_rows.append(row(expr, -np.inf, 0.0))
+
+        # ---- saved data: made once, by the stage of its backward -------------------
+        for i in range(n):
+            for t in range(1, stage_of[i] + 1):
+                row(_Expr().add(p(t - 1, i), 1).add(p(t, i), -1), -np.inf, 0.0)
+                row(_Expr().add(p(t, i), 1).add(p(t - 1, i), -1).add(r(t, i), -1), -np.inf, 0.0)
+        # ---- outputs --------------------------------------------------------------
+        for t in range(1, T + 1):
+            for i in range(hi[t] + 1):
+                # a forward needs its own output absent ...
+                row(_Expr().add(r(t, i), 1).add(k(t, i), 1), -np.inf, 1.0)
+                # ... and its inputs present
+                for j in inputs[i]:
+                    row(_Expr().add(r(t, i), 1).add(k(t, j), -1).add(r(t, j), -1), -np.inf, 0.0)
+                # an output is kept into t + 1 only if it is there in t
+                if i <= hi[t + 1]:
+                    row(_Expr().add(k(t + 1, i), 1).add(k(t, i), -1).add(r(t, i), -1), -np.inf, 0.0)
+            for b in blocks[t - 1]:
+                for j in set(reads[b]):
+                    row(_Expr().add(k(t, j), 1).add(r(t, j), 1), 1.0, np.inf)
+        # ---- holds: saved data keeps the outputs its backward reads ------------------
+        for i in range(n):
+            for c in holders[i]:
+                for t in range(stage_of[c]):
+                    row(_Expr().add(k(t + 1, i), 1).add(p(t, c), -1), 0.0, np.inf)
+
+        # ---- memory of stage 0: every forward once, in order ---------------------------
+        for kk in range(n):
+            e = _Expr(base + out[kk] + wsf[kk])
+            for i in range(kk + 1):
+                e.add(p(0, i), saved[i])
+            for i in range(kk):
+                if maxcons[i] is not None and maxcons[i] >= kk:
+                    e.const += out[i]
+                else:
+                    e.add(k(1, i), out[i])
+            capped(e)
+
+        # ---- memory of stages 1..T -----------------------------------------------------
+        self.free_at_bwd = {}
+        for t in range(1, T + 1):
+            h = hi[t]
+            block = blocks[t - 1]
+            position = {b: m for m, b in enumerate(block)}
+            free_after_fwd = [[] for _ in range(h + 1)]  # (F column, bytes)
+            free_after_bwd = [[] for _ in block]  # (layer, its K[t + 1] reference)
+            for i in range(h + 1):
+                carried = k(t + 1, i)
+                readers = [b for b in block if i in reads[b]]
+                if readers:
+                    # freed after the last backward of the stage that reads it
+                    # unless kept; presence is forced by the read rows
+                    free_after_bwd[max(position[b] for b in readers)].append((i, carried))
+                    continue
+                later = [c for c in consumers[i] if c <= h]
+                # at most one free per present output, none when kept
+                total = _Expr().add(carried, 1).add(k(t, i), -1).add(r(t, i), -1)
+                for kk in [i] + later:
+                    f = new()
+                    F[t, i, kk] = f
+                    total.add(_var(f), 1)
+                    row(_Expr().add(_var(f), 1).add(r(t, kk), -1), -np.inf, 0.0)
+                    for c in later:
+                        if c > kk:
+                            row(_Expr().add(_var(f), 1).add(r(t, c), 1), -np.inf, 1.0)
+                    free_after_fwd[kk].append((f, out[i]))
+                row(total, -np.inf, 0.0)
+            grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
+            level = _Expr(base + grads)
+            for i in range(h + 1):
+                level.add(k(t, i), out[i])
+                level.add(p(t - 1, i), saved[i])
+            for kk in range(h + 1):
+                level.add(r(t, kk), out[kk]).add(p(t, kk), saved[kk]).add(p(t - 1, kk), -saved[kk])
+                u = new(integer=False)
+                u_defs.append((u, level))
+                row(level.copy().add(_var(u), -1), 0.0, 0.0)
+                capped(_Expr().add(_var(u), 1).add(r(t, kk), wsf[kk]))
+                level = _Expr().add(_var(u), 1)
+                for f, size in free_after_fwd[kk]:
+                    level.add(_var(f), -size)
+            for m, b in enumerate(block):
+                level.const += new_grads[b]
+                peak_e = level.copy()
+                peak_e.const += wsb[b]
+                capped(peak_e)
+                level.const -= saved[b] + out[b]  # its saved data and its gradient go
+                for i, carried in free_after_bwd[m]:
+                    level.const -= out[i]
+                    level.add(carried, out[i])
+
+        nvars = len(lb)
+        from scipy.sparse import csr_array
+
+        self.A = csr_array((rows_v, (rows_r, rows_c)), shape=(len(lo), nvars))
+        self.lo = np.array(lo, dtype=float)
+        self.up = np.array(up, dtype=float)
+        self.lb = np.array(lb)
+        self.ub = np.array(ub)
+        self.integrality = np.array(integ)
+        self.cost = np.array(cost)
+        self.mem_rows = np.array(mem_rows, dtype=int)
+        self.u_defs = u_defs
+
+    def lower_bound(self):
+        """A peak (bytes) below which no schedule with this backward order exists."""
+        return self._bound
+
+    @property
+    def size(self):
+        """(variables, constraints, non-zeros)."""
+        return self.A.shape[1], self.A.shape[0], self.A.nnz
+
+    # ---- solving -----------------------------------------------------------------------
+
+    def solve(self, *, cap, time_limit, start=None):
+        """Run HiGHS: least recomputation under ``cap`` units, or least peak if ``cap`` is None.
+
+        ``start`` (variable values from :meth:`encode`) is handed to HiGHS as
+        its first incumbent through a solution file.
+        """
+        from scipy.optimize import Bounds, LinearConstraint, milp as highs
+
+        cost = self.cost.copy()
+        lb = self.lb.copy()
+        ub = self.ub.copy()
+        gap = _MIP_REL_GAP
+        if cap is None:
+            # least peak, proven to the byte: the peak is an integer number of
+            # units, so HiGHS closes the gap exactly
+            cost[:] = 0.0
+            cost[self.peak_col] = 1.0
+            gap = 0.0
+        else:
+            lb[self.peak_col] = ub[self.peak_col] = cap
+        options = {
+            "time_limit": max(time_limit, 0.01),
+            "mip_rel_gap": gap,
+            "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
+        }
+        path = None
+        try:
+            if start is not None:
+                start = start.copy()
+                if cap is not None:
+                    start[self.peak_col] = cap
+                path = self._write_start(start, float(cost @ start))
+                options["read_solution_file"] = path
+            with warnings.catch_warnings():
+                # scipy warns that it passes read_solution_file to HiGHS verbatim
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return highs(
+                    cost,
+                    integrality=self.integrality,
+                    bounds=Bounds(lb, ub),
+                    constraints=LinearConstraint(self.A, self.lo, self.up),
+                    options=options,
+                )
+        finally:
+            if path is not None:
+                os.unlink(path)
+
+    @staticmethod
+    def _write_start(x, objective):
+        fd, path = tempfile.mkstemp(prefix="edgeplan-milp-", suffix=".sol")
+        with os.fdopen(fd, "w") as f:
+            f.write("Model status\nFeasible\n\n# Primal solution values\nFeasible\n")
+            f.write(f"Objective {objective!r}\n# Columns {len(x)}\n")
+            f.write("".join(f"c{j} {value!r}\n" for j, value in enumerate(x.tolist())))
+        return path
+
+    # ---- schedules <-> variable values ---------------------------------------------------
+
+    def decode(self, x):
+        """The forward and backward ops of a solution vector."""
+        on = x > 0.5
+        P, stage_of = self.P, self.stage_of
+
+        def saved_by(t, i):
+            return True if t >= stage_of[i] else (t >= 0 and bool(on[P[t, i]]))
+
+        ops = [forward(i, saved_by(0, i)) for i in range(self.n)]
+        for t in range(1, self.T + 1):
+            for i in range(self.hi[t] + 1):
+                if on[self.R[t, i]]:
+                    ops.append(forward(i, saved_by(t, i) and not saved_by(t - 1, i)))
+            ops.extend(backward(b) for b in self.blocks[t - 1])
+        return ops
+
+    def encode(self, ops, cap):
+        """Variable values of a schedule, or None if it is outside the search space.
+
+        ``ops`` are forward and backward ops (frees are ignored).  With a
+        ``cap`` the values must satisfy every row under it (memory included);
+        with ``cap=None`` the peak variable is set to the schedule's peak as
+        the program counts it.
+        """
+        model, n, T = self.model, self.n, self.T
+        ops = [op for op in ops if op.kind is not OpKind.FREE]
+        if len(ops) < n or any(
+            op.kind is not OpKind.FORWARD or op.layer != i for i, op in enumerate(ops[:n])
+        ):
+            return None
+        stage_ops = [[] for _ in range(T + 1)]
+        first_op = [None] * (T + 1)  # index in ops of each stage's first op
+        t, m, last = 1, 0, None  # stage, position in its block, last forward layer
+        for index in range(n, len(ops)):
+            op = ops[index]
+            if t > T:
+                return None
+            if first_op[t] is None:
+                first_op[t] = index
+            if op.kind is OpKind.FORWARD:
+                if m > 0 or (last is not None and op.layer <= last) or op.layer > self.hi[t]:
+                    return None
+                last = op.layer
+                stage_ops[t].append(op)
+            else:
+                if op.layer != self.blocks[t - 1][m]:
+                    return None
+                m += 1
+                if m == len(self.blocks[t - 1]):
+                    t, m, last = t + 1, 0, None
+        if t != T + 1:
+            return None
+        x = np.zeros(len(self.lb))
+        save_stage = [None] * n
+        for i, op in enumerate(ops[:n]):
+            if op.save:
+                save_stage[i] = 0
+        for t in range(1, T + 1):
+            for op in stage_ops[t]:
+                x[self.R[t, op.layer]] = 1
+                if op.save:
+                    if save_stage[op.layer] is not None:
+                        return None
+                    save_stage[op.layer] = t
+        for i in range(n):
+            if save_stage[i] is None or save_stage[i] > self.stage_of[i]:
+                return None
+            for t in range(save_stage[i], self.stage_of[i]):
+                x[self.P[t, i]] = 1
+        # kept outputs and frees: replay the lowering
+        present = set()
+        stage = 0
+        computed = -1
+        last_forward = None
+        for op in insert_frees(model, ops):
+            if op.kind is OpKind.FREE:
+                present.discard(op.layer)
+                if last_forward is not None and (stage, op.layer, last_forward) in self.F:
+                    x[self.F[stage, op.layer, last_forward]] = 1
+                continue
+            computed += 1
+            while stage < T and first_op[stage + 1] == computed:
+                stage += 1
+                for i in present:
+                    if (stage, i) not in self.K:
+                        return None
+                    x[self.K[stage, i]] = 1
+            if op.kind is OpKind.FORWARD:
+                present.add(op.layer)
+                last_forward = op.layer
+            else:
+                last_forward = None
+        for u, expr in self.u_defs:
+            x[u] = expr.const + float(np.dot(expr.vals, x[expr.cols])) if expr.cols else expr.const
+        return self._fit(x, cap)
+
+    def _fit(self, x, cap):
+        """``x`` with its peak variable set, if it satisfies every row; else None."""
+        x[self.peak_col] = 0.0
+        values = self.A @ x
+        need = float(np.max(values[self.mem_rows] - self.up[self.mem_rows])) if len(self.mem_rows) else 0.0
+        x[self.peak_col] = max(need, 0.0) if cap is None else cap
+        values = self.A @ x
+        # the values are sums of integers, exact in floating point
+        if np.any(values < self.lo - 1e-6) or np.any(values > self.up + 1e-6):
+            return None
+        return x

@@ -1,0 +1,221 @@
+"""Memory/overhead curves: how much recomputation each strategy needs at each memory size.
+
+:func:`memory_range` finds the interesting interval (from the least memory any
+strategy can train with to the memory plain autograd needs), :func:`budgets`
+spreads sizes over it and :func:`sweep` solves every strategy at every size.
+Every point is a schedule the simulator replayed, exactly as ``edgeplan
+solve`` would write it.
+"""
+
+from dataclasses import dataclass
+
+from planner import solvers
+from planner.budget import activation_budget
+
+__all__ = ["SweepPoint", "MemoryRange", "memory_range", "budgets", "sweep"]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One strategy at one memory size.
+
+    Attributes
+    ----------
+    memory_bytes : int
+        Device memory for the whole step (activations + fixed memory).
+    activation_bytes : int
+        The activation budget at that memory.
+    strategy : str
+    feasible : bool
+        The strategy found a schedule that fits.
+    peak_bytes, compute, overhead, forwards
+        The simulator's numbers for that schedule (None when infeasible).
+        ``peak_bytes`` is activation memory, like every budget.
+    least_bytes : int or None
+        When infeasible, the least activation budget the strategy needs (if known).
+    """
+
+    memory_bytes: int
+    activation_bytes: int
+    strategy: str
+    feasible: bool
+    peak_bytes: int = None
+    compute: float = None
+    overhead: float = None
+    forwards: int = None
+    least_bytes: int = None
+
+    def to_dict(self):
+        """The JSON object of ``edgeplan sweep --json``."""
+        return {
+            "memory_bytes": self.memory_bytes,
+            "activation_bytes": self.activation_bytes,
+            "strategy": self.strategy,
+            "feasible": self.feasible,
+            "overhead": self.overhead,
+            "peak_bytes": self.peak_bytes,
+            "compute": self.compute,
+            "forwards": self.forwards,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryRange:
+    """The interval worth sweeping, in device memory (fixed memory included).
+
+    Attributes
+    ----------
+    least_memory_bytes : int
+        The least memory with which some strategy trains the model.
+    store_all_memory_bytes : int
+        The memory plain autograd (``store-all``) needs: above it nothing is
+        recomputed.
+    fixed_bytes : int
+        Parameters x 2 (SGD) or x 4 (Adam).
+    store_all_peak_bytes : int
+        ``store-all``'s activation peak.
+    """
+
+    least_memory_bytes: int
+    store_all_memory_bytes: int
+    fixed_bytes: int
+    store_all_peak_bytes: int
+
+
+def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
+    """From the least workable memory to the memory of plain autograd.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    optimizer : {"sgd", "adam"}, keyword-only
+    strategies : list of str or None, keyword-only
+        Whose least memory counts; default every applicable strategy.
+    options : dict or None, keyword-only
+        Strategy options, as for :func:`planner.solvers.run_all`.
+
+    Returns
+    -------
+    MemoryRange
+
+    Notes
+    -----
+    Asks every strategy for a schedule with no activation memory at all: each
+    answers with the least budget it needs (``InfeasibleError.least_bytes``),
+    one solve per strategy.  A strategy that cannot say is left out; when none
+    can, the range starts at the store-all memory.
+    """
+    fixed = activation_budget(model, 0, optimizer).fixed_bytes
+    store_all = solvers.solve(model, None, "store-all").result.peak_bytes
+    known = [store_all]
+    for outcome in solvers.run_all(model, 0, strategies=strategies, options=options):
+        if outcome.feasible:
+            known.append(outcome.solution.result.peak_bytes)
+        elif outcome.least_bytes is not None:
+            known.append(outcome.least_bytes)
+    return MemoryRange(
+        least_memory_bytes=fixed + min(known),
+        store_all_memory_bytes=fixed + store_all,
+        fixed_bytes=fixed,
+        store_all_peak_bytes=store_all,
+    )
+
+
+def budgets(low, high, steps):
+    """``steps`` memory sizes evenly spread from ``low`` to ``high``, both included.
+
+    Parameters
+    ----------
+    low, high : int
+        Bytes, ``low <= high``.
+    steps : int
+        At least 1; equal sizes (a narrow range) are merged.
+
+    Returns
+    -------
+    list of int
+        Increasing.
+
+    Raises
+    ------
+    ValueError
+        If ``low > high`` or ``steps < 1``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if low > high:
+        raise ValueError(f"the lower end {low} is above the upper end {high}")
+    if steps == 1:
+        return [high]
+    sizes = {low + (high - low) * k // (steps - 1) for k in range(steps)}
+    return sorted(sizes)
+
+
+def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None):
+    """Solve every strategy at every memory size.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    memories : iterable of int
+        Device memory sizes in bytes (the fixed memory is subtracted).
+    optimizer : {"sgd", "adam"}, keyword-only
+    strategies : list of str or None, keyword-only
+        Default: every applicable strategy.
+    options : dict or None, keyword-only
+        Strategy options (``segments``, ``snapshots``, ``time_limit``).
+    progress : callable or None, keyword-only
+        ``progress(memory_bytes, strategy, outcome_or_None)`` before and after
+        each solve.
+
+    Returns
+    -------
+    list of SweepPoint
+        By memory, then in the order of ``strategies``.  A memory below the
+        fixed memory gives infeasible points.
+
+    Notes
+    -----
+    ``len(memories) x len(strategies)`` solves; the cost is that of the
+    slowest strategy times the number of sizes.
+    """
+    names = solvers.applicable(model, options) if strategies is None else list(strategies)
+    points = []
+    for memory in memories:
+        budget = activation_budget(model, memory, optimizer)
+        if budget.activation_bytes < 0:
+            points.extend(
+                SweepPoint(memory, budget.activation_bytes, name, False) for name in names
+            )
+            continue
+        hook = None
+        if progress is not None:
+
+            def hook(name, outcome, _memory=memory):
+                progress(_memory, name, outcome)
+
+        for outcome in solvers.run_all(
+            model, budget.activation_bytes, strategies=names, options=options, progress=hook
+        ):
+            if outcome.feasible:
+                r = outcome.solution.result
+                point = SweepPoint(
+                    memory,
+                    budget.activation_bytes,
+                    outcome.strategy,
+                    True,
+                    peak_bytes=r.peak_bytes,
+                    compute=r.compute,
+                    overhead=r.overhead,
+                    forwards=r.forwards,
+                )
+            else:
+                point = SweepPoint(
+                    memory,
+                    budget.activation_bytes,
+                    outcome.strategy,
+                    False,
+                    least_bytes=outcome.least_bytes,
+                )
+            points.append(point)
+    return points

@@ -1,0 +1,209 @@
+"""Hypothesis strategies for edgeplan: random chains, DAGs, budgets and op sequences.
+
+Importable by every test module::
+
+    from tests.strategies import chains, dags, models, budgets, examples
+
+Models are drawn as ``edgeplan-model/1`` documents (so they shrink to small,
+readable counterexamples) and validated by :func:`planner.model.model_from_dict`.
+Costs and flags are random: zero sizes and times, saved data, workspaces,
+``needs_inputs``/``needs_output`` in every combination, several layers reading
+the model input, skip connections.
+"""
+
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from planner.model import MODEL_FORMAT, model_from_dict
+from planner.schedule import backward, forward, free
+
+__all__ = [
+    "examples",
+    "layer_fields",
+    "model_docs",
+    "chains",
+    "dags",
+    "models",
+    "budgets",
+    "store_all_peak",
+    "op_sequences",
+]
+
+
+def examples(n):
+    """``n`` examples under the ``ci`` profile, scaled by the loaded profile.
+
+    The profiles are registered in ``tests/conftest.py`` (``HYPOTHESIS_PROFILE``
+    selects one: ``dev`` 0.2x, ``ci`` 1x, ``nightly`` 20x).
+    """
+    return max(1, round(n * settings.default.max_examples / 100))
+
+
+_SIZES = st.one_of(
+    st.just(0),
+    st.integers(1, 16),
+    st.integers(1, 100).map(lambda k: k * 1000),
+    st.integers(0, 10**6),
+)
+_TIMES = st.one_of(
+    st.just(0.0),
+    st.integers(1, 40).map(float),
+    st.floats(0.0, 1000.0, allow_nan=False, allow_infinity=False),
+)
+
+
+@st.composite
+def layer_fields(draw, *, workspaces=True):
+    """The cost fields of one layer (no ``name``/``inputs``); optional ones may be absent."""
+    fields = {
+        "forward": draw(_TIMES),
+        "backward": draw(_TIMES),
+        "output_bytes": draw(_SIZES),
+    }
+    optional = {
+        "saved_bytes": _SIZES,
+        "needs_inputs": st.booleans(),
+        "needs_output": st.booleans(),
+        "params_bytes": _SIZES,
+    }
+    if workspaces:
+        optional["workspace_forward"] = _SIZES
+        optional["workspace_backward"] = _SIZES
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            fields[key] = draw(values)
+    return fields
+
+
+_NAME_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), min_codepoint=32), min_size=1, max_size=8
+).filter(lambda s: s.strip() and s != "input")
+
+
+@st.composite
+def _names(draw, n, *, fancy):
+    if not fancy or not draw(st.booleans()):
+        return [f"L{i}" for i in range(n)]
+    return draw(st.lists(_NAME_TEXT, min_size=n, max_size=n, unique=True))
+
+
+@st.composite
+def model_docs(draw, *, min_layers=1, max_layers=12, dag=True, max_inputs=3, workspaces=True,
+               fancy_names=True):
+    """An ``edgeplan-model/1`` document: a chain, or (``dag=True``) any DAG with one sink.
+
+    Each layer reads 1..``max_inputs`` of the earlier layers and the model
+    input; every layer but the last then gets a consumer, so the last layer is
+    the only sink.  With ``dag=False`` every layer reads the one before it
+    (``inputs`` spelled out or left to its default at random).
+    """
+    n = draw(st.integers(min_layers, max_layers))
+    names = draw(_names(n, fancy=fancy_names))
+    if dag:
+        sources = []
+        for i in range(n):
+            pool = list(range(-1, i))
+            k = draw(st.integers(1, min(max_inputs, len(pool))))
+            chosen = draw(st.lists(st.sampled_from(pool), min_size=k, max_size=k, unique=True))
+            sources.append(sorted(chosen))
+        for j in range(n - 2, -1, -1):
+            if not any(j in sources[k] for k in range(j + 1, n)):
+                k = draw(st.integers(j + 1, n - 1))
+                sources[k] = sorted(sources[k] + [j])
+    else:
+        sources = [[i - 1] for i in range(n)]
+    layers = []
+    for i in range(n):
+        layer = {"name": names[i]}
+        layer.update(draw(layer_fields(workspaces=workspaces)))
+        spelled = ["input" if j < 0 else names[j] for j in sources[i]]
+        if dag or draw(st.booleans()):
+            layer["inputs"] = spelled
+        layers.append(layer)
+    return {
+        "format": MODEL_FORMAT,
+        "name": "hypothesis",
+        "input_bytes": draw(_SIZES),
+        "layers": layers,
+    }
+
+
+def chains(*, min_layers=1, max_layers=12, **kwargs):
+    """Validated chain :class:`~planner.model.Model` objects."""
+    return model_docs(min_layers=min_layers, max_layers=max_layers, dag=False, **kwargs).map(
+        model_from_dict
+    )
+
+
+def dags(*, min_layers=1, max_layers=10, **kwargs):
+    """Validated DAG models (a chain now and then, by chance)."""
+    return model_docs(min_layers=min_layers, max_layers=max_layers, dag=True, **kwargs).map(
+        model_from_dict
+    )
+
+
+def models(*, max_layers=10, chain_only=False):
+    """Chains, or chains and DAGs."""
+    if chain_only:
+        return chains(max_layers=max_layers)
+    return st.one_of(chains(max_layers=max_layers), dags(max_layers=max_layers))
+
+
+def store_all_peak(model):
+    """Peak activation memory of plain autograd (no recomputation) on ``model``."""
+    from planner.solvers import solve
+
+    return solve(model, None, "store-all").result.peak_bytes
+
+
+@st.composite
+def budgets(draw, model, *, unlimited=True):
+    """An activation budget for ``model``: tight, generous, hopeless, or None.
+
+    Drawn around the store-all peak ``P``: exactly ``P`` and ``P - 1``, the
+    input size, 0, anywhere in ``[0, 1.2 P]``, and (with ``unlimited``) None.
+    """
+    peak = store_all_peak(model)
+    choices = [
+        st.integers(0, peak + peak // 5 + 1),
+        st.sampled_from([peak, max(peak - 1, 0), model.input_bytes, 0]),
+        st.integers(model.input_bytes, max(model.input_bytes, peak)),
+    ]
+    if unlimited:
+        choices.append(st.none())
+    return draw(st.one_of(*choices))
+
+
+@st.composite
+def op_sequences(draw, model, valid_ops):
+    """``valid_ops`` (a valid schedule) mutated a few times: many invalid, some valid.
+
+    Mutations drop, duplicate, move or insert ops, flip ``save`` flags, or cut
+    the schedule short.  For checking the simulator against the reference.
+    """
+    ops = list(valid_ops)
+    n = len(model)
+    any_op = st.one_of(
+        st.builds(forward, st.integers(0, n - 1), st.booleans()),
+        st.builds(backward, st.integers(0, n - 1)),
+        st.builds(free, st.integers(0, n - 1)),
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["drop", "dup", "move", "insert", "flip", "cut"]))
+        if not ops and kind != "insert":
+            continue
+        k = draw(st.integers(0, max(len(ops) - 1, 0)))
+        if kind == "drop":
+            del ops[k]
+        elif kind == "dup":
+            ops.insert(draw(st.integers(0, len(ops))), ops[k])
+        elif kind == "move":
+            op = ops.pop(k)
+            ops.insert(draw(st.integers(0, len(ops))), op)
+        elif kind == "insert":
+            ops.insert(draw(st.integers(0, len(ops))), draw(any_op))
+        elif kind == "flip" and ops[k].kind.value == "forward":
+            ops[k] = forward(ops[k].layer, not ops[k].save)
+        elif kind == "cut":
+            ops = ops[:k]
+    return ops

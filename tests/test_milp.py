@@ -1,0 +1,355 @@
+"""Tests of the ``milp`` strategy (planner.solvers.milp).
+
+Every schedule is replayed by the simulator (through the registry) and by the
+independent reference replay.  The formulation itself is checked by encoding
+schedules of its search space (random ones and every other strategy's) and
+comparing the memory the program counts with the simulator's peak.
+"""
+
+import json
+import math
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner import solvers
+from planner.errors import InfeasibleError
+from planner.lowering import insert_frees
+from planner.model import MODEL_FORMAT, model_from_dict
+from planner.schedule import OpKind, backward, forward
+from planner.simulate import simulate
+from planner.solvers.milp import _blocks, _Formulation, _least_peak, _solve, _stage_count, milp
+from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.exhaustive import optimal_schedule
+from tests.reference import replay_solution
+from tests.strategies import dags, examples
+
+pytest.importorskip("scipy", reason="the milp strategy needs the milp extra (scipy)")
+
+
+def _store_all_peak(model):
+    return solvers.solve(model, None, "store-all").result.peak_bytes
+
+
+def _check(model, solution):
+    """The registry's solution is valid for the simulator and for the reference replay."""
+    ref = replay_solution(model, solution)
+    assert ref["valid"], ref
+    assert ref["peak_bytes"] == solution.result.peak_bytes
+    assert ref["compute"] == pytest.approx(solution.result.compute)
+    assert solution.result.peak_bytes <= solution.schedule.budget_bytes
+
+
+def _best_other(model, budget):
+    best = None
+    for name in solvers.applicable(model):
+        if name == "milp":
+            continue
+        try:
+            solution = solvers.solve(model, budget, name)
+        except InfeasibleError:
+            continue
+        _check(model, solution)
+        if best is None or solution.result.compute < best:
+            best = solution.result.compute
+    return best
+
+
+def _core(model, budget, limit=20.0):
+    """The program alone: no other strategy's schedule as a start."""
+    ops, params = _solve(model, budget, time.perf_counter() + limit, limit, ())
+    result = simulate(model, insert_frees(model, ops))
+    assert result.valid, result.error
+    assert result.peak_bytes <= budget
+    return result, params
+
+
+def _skip_concat():
+    """A small U-Net-like DAG: two skip connections joined by concatenations."""
+    specs = [
+        ("enc1", ["input"], 4, 8, 8000, True, False),
+        ("enc2", ["enc1"], 3, 6, 4000, True, False),
+        ("mid", ["enc2"], 5, 10, 2000, True, False),
+        ("up2", ["mid"], 2, 4, 4000, True, False),
+        ("cat2", ["up2", "enc2"], 1, 1, 8000, False, False),
+        ("dec2", ["cat2"], 3, 6, 4000, True, False),
+        ("up1", ["dec2"], 2, 4, 8000, True, False),
+        ("cat1", ["up1", "enc1"], 1, 1, 16000, False, False),
+        ("dec1", ["cat1"], 4, 8, 8000, True, True),
+        ("head", ["dec1"], 1, 2, 1000, True, False),
+    ]
+    layers = [
+        {
+            "name": name, "inputs": inputs, "forward": f, "backward": b, "output_bytes": out,
+            "needs_inputs": ni, "needs_output": no, "saved_bytes": 1000 if ni else 0,
+            "workspace_forward": 500, "workspace_backward": 1000,
+        }
+        for name, inputs, f, b, out, ni, no in specs
+    ]
+    doc = {"format": MODEL_FORMAT, "name": "skip-concat", "input_bytes": 3000, "layers": layers}
+    return model_from_dict(doc)
+
+
+# ---- the formulation counts exactly what the simulator measures ---------------------------
+
+
+@st.composite
+def _schedule_in_space(draw, model):
+    """A random valid schedule of milp's search space (forwards once, then stages)."""
+    n = len(model)
+    layers = model.layers
+    holders = [[] for _ in range(n)]
+    for c, layer in enumerate(layers):
+        if layer.needs_inputs:
+            for j in layer.inputs:
+                holders[j].append(c)
+        if layer.needs_output:
+            holders[c].append(c)
+    saved = [False] * n
+    done = [False] * n
+    ops = []
+    for i in range(n):
+        save = draw(st.booleans())
+        saved[i] = save
+        ops.append(forward(i, save))
+    for b in range(n - 1, -1, -1):
+        for i in range(b + 1):
+            held = any(saved[c] and not done[c] for c in holders[i])
+            if held or not draw(st.integers(0, 3)) == 0:
+                continue
+            # the layer whose backward ends the stage is saved by its forward here
+            save = not saved[i] and (i == b or draw(st.booleans()))
+            saved[i] = saved[i] or save
+            ops.append(forward(i, save))
+        if not saved[b]:
+            ops.append(forward(b, True))
+            saved[b] = True
+        ops.append(backward(b))
+        done[b] = True
+    return ops
+
+
+@settings(max_examples=examples(60))
+@given(data=st.data(), model=dags(max_layers=8))
+def test_program_memory_equals_the_simulated_peak(data, model):
+    ops = data.draw(_schedule_in_space(model))
+    result = simulate(model, insert_frees(model, ops))
+    assert result.valid, result.error
+    form = _Formulation(model, _blocks(len(model), len(model)))
+    x = form.encode(ops, None)
+    assert x is not None
+    assert x[form.peak_col] * form.unit == result.peak_bytes
+    assert form.encode(ops, result.peak_bytes // form.unit) is not None
+    assert form.decode(x) == ops
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_other_strategy_is_in_the_search_space(seed):
+    for model in (random_chain(9, seed), random_dag(10, seed)):
+        peak = _store_all_peak(model)
+        form = _Formulation(model, _blocks(len(model), len(model)))
+        for frac in (0.9, 0.7, 0.5):
+            for name in solvers.applicable(model):
+                if name == "milp":
+                    continue
+                try:
+                    solution = solvers.solve(model, int(peak * frac), name)
+                except InfeasibleError:
+                    continue
+                ops = [op for op in solution.ops if op.kind is not OpKind.FREE]
+                x = form.encode(ops, None)
+                assert x is not None, name
+                assert x[form.peak_col] * form.unit == solution.result.peak_bytes, name
+
+
+def test_encode_rejects_schedules_outside_the_space():
+    model = uniform_chain(4)
+    form = _Formulation(model, _blocks(4, 4))
+    plain = [forward(i, True) for i in range(4)] + [backward(i) for i in range(3, -1, -1)]
+    assert form.encode(plain, None) is not None
+    assert form.encode(plain[1:], None) is None  # stage 0 incomplete
+    swapped = plain[:4] + [backward(3), forward(1, False), forward(0, False)] + plain[5:]
+    assert form.encode(swapped, None) is None  # recomputation out of order
+    tight = _store_all_peak(model) // form.unit - 1
+    assert form.encode(plain, tight) is None  # does not fit the cap
+
+
+# ---- optimality ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_program_alone_matches_the_exhaustive_optimum_on_small_chains(seed):
+    model = random_chain(4 + seed % 3, seed)
+    peak = _store_all_peak(model)
+    for frac in (0.8, 0.6):
+        budget = int(peak * frac)
+        best = optimal_schedule(model, budget)
+        if best is None:
+            with pytest.raises(InfeasibleError):
+                _core(model, budget)
+            continue
+        result, params = _core(model, budget)
+        assert result.compute == pytest.approx(best[0])
+        assert params["proven_optimal"] is True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_never_beaten_on_chains_and_dags(seed):
+    for model in (random_chain(9, seed), random_dag(10, seed)):
+        peak = _store_all_peak(model)
+        for frac in (0.85, 0.6):
+            budget = int(peak * frac)
+            other = _best_other(model, budget)
+            try:
+                solution = solvers.solve(model, budget, "milp", time_limit=20)
+            except InfeasibleError:
+                assert other is None
+                continue
+            _check(model, solution)
+            assert solution.params["proven_optimal"] is True
+            if other is not None:
+                assert solution.result.compute <= other * 1.005
+
+
+@settings(max_examples=examples(15))
+@given(model=dags(max_layers=7), frac=st.sampled_from([0.95, 0.8, 0.65]))
+def test_never_beaten_on_random_dags(model, frac):
+    budget = int(_store_all_peak(model) * frac)
+    other = _best_other(model, budget)
+    try:
+        solution = solvers.solve(model, budget, "milp", time_limit=10)
+    except InfeasibleError as exc:
+        assert other is None
+        if exc.least_bytes is not None:
+            _check(model, solvers.solve(model, exc.least_bytes, "milp", time_limit=10))
+        return
+    _check(model, solution)
+    if other is not None:
+        assert solution.result.compute <= other * 1.005
+
+
+def test_skip_connections_and_concatenations():
+    model = _skip_concat()
+    peak = _store_all_peak(model)
+    computes = []
+    for frac in (1.0, 0.85, 0.7):
+        solution = solvers.solve(model, int(peak * frac), "milp", time_limit=20)
+        _check(model, solution)
+        assert solution.params["proven_optimal"] is True
+        computes.append(solution.result.compute)
+    assert computes[0] == model.baseline_compute
+    assert computes == sorted(computes)  # less memory never costs less compute
+    assert computes[-1] > model.baseline_compute
+
+
+def test_unlimited_budget_is_store_all():
+    model = random_dag(8, 3)
+    solution = solvers.solve(model, None, "milp")
+    assert solution.result.compute == model.baseline_compute
+    assert solution.params["proven_optimal"] is True
+
+
+# ---- infeasible budgets and the least memory -----------------------------------------------
+
+
+def test_below_the_lower_bound_reports_the_least_peak():
+    model = random_chain(6, 2)
+    with pytest.raises(InfeasibleError, match="below what some op needs") as info:
+        solvers.solve(model, 1, "milp", time_limit=20)
+    least = info.value.least_bytes
+    assert least is not None and least > 1
+    _check(model, solvers.solve(model, least, "milp", time_limit=20))
+    with pytest.raises(InfeasibleError):
+        solvers.solve(model, least - 1, "milp", time_limit=20)
+
+
+@pytest.mark.parametrize("model", [random_chain(8, 2), random_dag(8, 3)], ids=["chain", "dag"])
+def test_proven_infeasible_budget_reports_the_least_peak(model):
+    form = _Formulation(model, _blocks(8, 8))
+    proven, least = _least_peak(form, time.perf_counter() + 20)
+    assert proven and least > form.lower_bound()  # these two models: the bound is not reached
+    with pytest.raises(InfeasibleError, match="no schedule fits") as info:
+        _core(model, least - 1)
+    assert info.value.least_bytes == least
+    result, _ = _core(model, least)
+    assert result.peak_bytes == least
+
+
+# ---- time limit, larger graphs, options ----------------------------------------------------
+
+
+def test_time_limit_is_respected_on_a_larger_dag():
+    model = random_dag(40, 7)
+    budget = int(_store_all_peak(model) * 0.6)
+    started = time.perf_counter()
+    try:
+        solution = solvers.solve(model, budget, "milp", time_limit=4)
+    except InfeasibleError as exc:
+        assert exc.least_bytes is None or exc.least_bytes > budget
+    else:
+        _check(model, solution)
+        assert solution.params["time_limit"] == 4.0
+    assert time.perf_counter() - started < 4 + 3
+
+
+def test_merged_stages_on_a_long_chain():
+    n = 75
+    assert _stage_count(n) < n
+    model = random_chain(n, 5)
+    budget = int(_store_all_peak(model) * 0.7)
+    other = _best_other(model, budget)
+    started = time.perf_counter()
+    solution = solvers.solve(model, budget, "milp", time_limit=5)
+    assert time.perf_counter() - started < 5 + 3
+    _check(model, solution)
+    assert 0 < solution.params["stages"] < n
+    assert solution.params["proven_optimal"] is False  # merged stages: not exact
+    assert other is None or solution.result.compute <= other * 1.005
+
+
+def test_blocks_cover_every_backward_once():
+    assert _blocks(5, 5) == [[4], [3], [2], [1], [0]]
+    blocks = _blocks(50, 7, {30, 10})
+    assert [b for block in blocks for b in block] == list(range(49, -1, -1))
+    assert len(blocks) == 7
+    assert {block[0] for block in blocks} >= {49, 30, 10}
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, math.nan, math.inf, True, "10"])
+def test_bad_time_limits_are_rejected(bad):
+    with pytest.raises(ValueError, match="time-limit"):
+        milp(random_chain(3, 0), budget=10, time_limit=bad)
+
+
+def test_missing_scipy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    model = random_chain(4, 1)
+    with pytest.raises(ImportError, match=r"edgeplan\[milp\]"):
+        _solve(model, _store_all_peak(model) - 1, time.perf_counter() + 5, 5, ())
+
+
+def test_cli_time_limit(tmp_path):
+    from cli import main
+
+    model = random_dag(8, 1)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(model.to_dict()))
+    budget = int(_store_all_peak(model) * 0.8)
+    memory = str(budget + 2 * model.params_bytes)  # sgd: parameters and their gradients
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["solve", str(path), "--memory", memory, "--strategy", "milp", "--time-limit", "5", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["strategy"] == "milp"
+    assert doc["params"]["time_limit"] == 5.0
+    assert doc["predicted"]["peak_bytes"] <= budget
+    bad = runner.invoke(main, ["solve", str(path), "--memory", memory, "--time-limit", "0"])
+    assert bad.exit_code == 2
+    other = runner.invoke(main, ["solve", str(path), "--memory", memory, "-s", "store-all", "--time-limit", "5"])
+    assert other.exit_code == 2 and "does not take" in other.stderr

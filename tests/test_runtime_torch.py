@@ -1,0 +1,150 @@
+"""Tests for planner.runtime.torch and ``edgeplan verify`` (CPU, tiny models)."""
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import planner.runtime.torch as runtime
+from cli import main
+from planner import solvers
+from planner.errors import ModelError, ScheduleError
+from planner.io.torch_profile import profile_model
+from planner.model import model_from_dict
+from planner.schedule import backward, forward
+from tests.models_torch import deeper_cnn, dropout_mlp, skip_net
+from tests.reference import replay_solution
+
+SHAPE = (4, 3, 16, 16)
+TOLERANCE = 0.15  # measured peak within 15% of the prediction
+
+
+@pytest.fixture(scope="module")
+def cnn_model():
+    return model_from_dict(profile_model(deeper_cnn(), SHAPE, repeats=1, name="deeper_cnn"))
+
+
+def _check(model, solution, factory=deeper_cnn, shape=SHAPE, stages="auto"):
+    ref = replay_solution(model, solution)
+    assert ref["valid"] and ref["peak_bytes"] == solution.result.peak_bytes
+    result = runtime.verify(
+        factory(), shape, solution.ops, stages=stages, names=[layer.name for layer in model.layers],
+        predicted=solution.result.peak_bytes,
+    )
+    assert result.grads_match and result.buffers_match, result
+    assert result.max_abs_diff <= 1e-5
+    assert abs(result.relative_error) <= TOLERANCE, result
+    return result
+
+
+def test_store_all_matches_autograd_and_the_prediction(cnn_model):
+    result = _check(cnn_model, solvers.solve(cnn_model, None, "store-all"))
+    # Executing store-all is plain autograd: the same peak, to a few kB.
+    assert abs(result.measured_peak_bytes - result.reference_peak_bytes) < 0.02 * result.reference_peak_bytes
+
+
+@pytest.mark.parametrize("segments", [2, 4])
+def test_sequential_schedules(cnn_model, segments):
+    solution = solvers.solve(cnn_model, None, "sequential", segments=segments)
+    result = _check(cnn_model, solution)
+    assert result.ops == len(solution.ops)
+
+
+def test_auto_at_half_of_store_all(cnn_model):
+    full = solvers.solve(cnn_model, None, "store-all").result.peak_bytes
+    budget = full // 2
+    solution = solvers.solve(cnn_model, budget, "auto", time_limit=2)
+    assert solution.result.peak_bytes <= budget
+    assert solution.result.forwards > len(cnn_model)  # it recomputes
+    result = _check(cnn_model, solution)
+    assert result.measured_peak_bytes < full
+
+
+def test_dropout_masks_are_reproduced_by_recomputation():
+    shape = (8, 3, 4, 4)
+    model = model_from_dict(profile_model(dropout_mlp(), shape, repeats=1))
+    solution = solvers.solve(model, None, "sequential", segments=4)
+    assert solution.result.forwards > len(model)
+    _check(model, solution, factory=dropout_mlp, shape=shape)
+
+
+def test_without_rng_restore_recomputation_gives_wrong_gradients(monkeypatch):
+    shape = (8, 3, 4, 4)
+    model = model_from_dict(profile_model(dropout_mlp(), shape, repeats=1))
+    solution = solvers.solve(model, None, "sequential", segments=4)
+    monkeypatch.setattr(runtime, "_set_rng_state", lambda state, device, torch: None)
+    result = runtime.verify(dropout_mlp(), shape, solution.ops, names=[l.name for l in model.layers])
+    assert not result.grads_match and result.max_abs_diff > 1e-3
+
+
+def test_batchnorm_running_stats_updated_once(cnn_model):
+    solution = solvers.solve(cnn_model, None, "sequential", segments=4)
+    net = deeper_cnn()
+    runtime.verify(net, SHAPE, solution.ops, names=[l.name for l in cnn_model.layers])
+    bn = net[1]
+    assert int(bn.num_batches_tracked) == 1  # one step, however many recomputations
+
+
+def test_dag_of_ops():
+    shape = (2, 3, 8, 8)
+    model = model_from_dict(profile_model(skip_net(), shape, stages="ops", repeats=1))
+    assert not model.is_chain
+    _check(model, solvers.solve(model, None, "store-all"), factory=skip_net, shape=shape, stages="ops")
+
+
+def test_names_must_match_and_bad_schedules_are_caught(cnn_model):
+    names = [layer.name for layer in cnn_model.layers]
+    ops = solvers.solve(cnn_model, None, "store-all").ops
+    with pytest.raises(ModelError, match="does not describe this TARGET"):
+        runtime.verify(deeper_cnn(), SHAPE, ops, names=names[:-1])
+    with pytest.raises(ScheduleError, match="an input is not in memory"):
+        runtime.verify(deeper_cnn(), SHAPE, [forward(1, True)], names=names)
+    with pytest.raises(ScheduleError, match="saved data is not in memory"):
+        runtime.verify(deeper_cnn(), SHAPE, [forward(0, False), backward(0)], names=names)
+
+
+FACTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models_torch.py") + ":deeper_cnn"
+
+
+def test_cli_verify(tmp_path, cnn_model):
+    model_path = tmp_path / "m.json"
+    model_path.write_text(json.dumps(cnn_model.document))
+    runner = CliRunner()
+    sched = tmp_path / "s.json"
+    result = runner.invoke(main, ["solve", str(model_path), "--memory", "1GB", "--strategy", "sequential",
+                                  "--segments", "3", "-o", str(sched)])
+    assert result.exit_code == 0, result.output
+    shape = ",".join(map(str, SHAPE))
+    result = runner.invoke(main, ["verify", FACTORY, "--input", shape, "--schedule", str(sched),
+                                  "--model", str(model_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["grads_match"] is True and doc["max_abs_diff"] <= 1e-5
+    assert abs(doc["measured_peak_bytes"] / doc["predicted_peak_bytes"] - 1) <= TOLERANCE
+    # Without --model: the layer names come from TARGET, the prediction from the file.
+    result = runner.invoke(main, ["verify", FACTORY, "--input", shape, "--schedule", str(sched)])
+    assert result.exit_code == 0, result.output
+    assert "grads_match: true" in result.output and "predicted_peak_bytes" in result.output
+    # A schedule for another model: bad input, exit 2.
+    result = runner.invoke(main, ["verify", FACTORY.replace("deeper_cnn", "dropout_mlp"), "--input", "8,3,4,4",
+                                  "--schedule", str(sched)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_cli_verify_invalid_schedule_exits_1(tmp_path, cnn_model):
+    model_path = tmp_path / "m.json"
+    model_path.write_text(json.dumps(cnn_model.document))
+    first = cnn_model.layers[0].name
+    bad = {
+        "format": "edgeplan-schedule/1",
+        "model": {"name": cnn_model.name, "fingerprint": cnn_model.fingerprint},
+        "strategy": "hand", "params": {}, "budget_bytes": None, "predicted": {},
+        "ops": [{"op": "forward", "layer": first, "save": True}],
+    }
+    sched = tmp_path / "bad.json"
+    sched.write_text(json.dumps(bad))
+    result = CliRunner().invoke(main, ["verify", FACTORY, "--input", ",".join(map(str, SHAPE)),
+                                       "--schedule", str(sched), "--model", str(model_path)])
+    assert result.exit_code == 1 and "invalid schedule" in result.output

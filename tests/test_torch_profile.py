@@ -1,0 +1,206 @@
+"""Tests for planner.io.torch_profile and ``edgeplan profile`` (CPU, tiny models)."""
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from cli import main
+from planner import solvers
+from planner.errors import ModelError
+from planner.io.torch_profile import (
+    allocation_trace,
+    build_stages,
+    load_target,
+    parse_shape,
+    profile_model,
+)
+from planner.model import model_from_dict
+from tests.models_torch import skip_net
+from tests.reference import replay_solution
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "examples", "tiny_cnn.py")
+
+
+class _Temporary(nn.Module):
+    """Allocates a temporary as big as its input and keeps nothing of it."""
+
+    def forward(self, x):
+        t = x * 2.0
+        return t.sum(dim=1)
+
+
+def _layers(doc):
+    return {layer["name"]: layer for layer in doc["layers"]}
+
+
+@pytest.fixture(scope="module")
+def chain_doc():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU(), nn.Linear(6, 5)),
+    )
+    return profile_model(net, (2, 3, 8, 8), repeats=1, name="chain")
+
+
+def test_parse_shape():
+    assert parse_shape("8,3,224,224") == (8, 3, 224, 224)
+    assert parse_shape(" 2, 5 ") == (2, 5)
+    for bad in ("", "8,,3", "8,-3", "a,b", "8,0"):
+        with pytest.raises(ValueError, match="bad shape"):
+            parse_shape(bad)
+
+
+def test_chain_fields_follow_the_measurement_rules(chain_doc):
+    model = model_from_dict(chain_doc)  # valid edgeplan-model/1
+    assert model.is_chain and len(model) == 5
+    assert chain_doc["input_bytes"] == 2 * 3 * 8 * 8 * 4
+    assert chain_doc["time_unit"] == "ms"
+    layers = _layers(chain_doc)
+    conv, bn, relu, pool, head = (layers[n] for n in ("L0_Conv2d", "L1_BatchNorm2d", "L2_ReLU", "L3_MaxPool2d", "L4_Sequential"))
+    assert conv["output_bytes"] == 2 * 4 * 8 * 8 * 4
+    assert conv["params_bytes"] == (4 * 3 * 3 * 3 + 4) * 4
+    assert conv["needs_inputs"] and not conv["needs_output"] and conv["saved_bytes"] == 0
+    # BatchNorm saves its input plus the batch mean and inverse std (2 x 4 channels).
+    assert bn["needs_inputs"] and bn["saved_bytes"] == 2 * 4 * 4
+    # ReLU's backward reads its output, not its input.
+    assert relu["needs_output"] and not relu["needs_inputs"] and relu["saved_bytes"] == 0
+    # MaxPool saves its input and the int64 indices of the maxima.
+    assert pool["needs_inputs"] and pool["saved_bytes"] == 2 * 4 * 4 * 4 * 8
+    # The head saves the first Linear's input (a view of the stage input: same storage)
+    # and the inner ReLU's output, read by the second Linear too.
+    assert head["needs_inputs"] and not head["needs_output"]
+    assert head["saved_bytes"] == 2 * 6 * 4
+    assert head["output_bytes"] == 2 * 5 * 4
+    assert all(layer["forward"] > 0 and layer["backward"] > 0 for layer in chain_doc["layers"])
+
+
+def test_profiled_model_solves_and_replays(chain_doc):
+    model = model_from_dict(chain_doc)
+    for strategy, options in (("store-all", {}), ("sequential", {"segments": 2})):
+        solution = solvers.solve(model, None, strategy, **options)
+        ref = replay_solution(model, solution)
+        assert ref["valid"] and ref["peak_bytes"] == solution.result.peak_bytes
+
+
+def test_workspace_is_measured_from_the_allocator():
+    doc = profile_model(nn.Sequential(_Temporary()), (4, 256), repeats=1)
+    layer = doc["layers"][0]
+    assert layer["workspace_forward"] >= 4 * 256 * 4  # the temporary x * 2
+    assert layer["saved_bytes"] == 0 and not layer["needs_inputs"]
+    _, peak, end = allocation_trace(lambda: torch.ones(1000), torch.device("cpu"))
+    assert peak == end == 4000
+
+
+def test_profile_restores_the_module_state():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    profile_model(net, (4, 3), repeats=1)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_estimate_counts_flops_without_running():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    doc = profile_model(net, (2, 3, 8, 8), estimate=True)
+    model_from_dict(doc)
+    assert doc["time_unit"] == "flop"
+    conv, relu, flat, fc = doc["layers"]
+    assert conv["forward"] == 2 * (2 * 8 * 6 * 6) * (3 * 3 * 3)
+    assert conv["backward"] == conv["forward"]  # weight gradient only: the input needs none
+    assert fc["forward"] == 2 * 2 * 288 * 4
+    assert fc["backward"] == 2 * fc["forward"]  # input and weight gradients
+    assert relu["forward"] == 2 * 8 * 6 * 6  # one per output element
+    assert relu["needs_output"] and not relu["needs_inputs"]
+    assert conv["output_bytes"] == 2 * 8 * 6 * 6 * 4 and conv["workspace_forward"] == 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_ops_mode_builds_a_dag_with_the_skip_connection():
+    doc = profile_model(skip_net(), (2, 3, 8, 8), stages="ops", repeats=1)
+    model = model_from_dict(doc)
+    assert not model.is_chain
+    adds = [layer for layer in doc["layers"] if layer["name"].startswith("add")]
+    assert len(adds) == 1 and len(adds[0]["inputs"]) == 2
+    assert adds[0]["output_bytes"] == 2 * 4 * 8 * 8 * 4
+    assert not adds[0]["needs_inputs"]  # an addition's backward reads nothing
+    assert doc["layers"][-1]["name"] == "fc"
+    solution = solvers.solve(model, None, "store-all")
+    assert replay_solution(model, solution)["valid"]
+
+
+def test_auto_picks_modules_for_sequential_and_ops_otherwise():
+    x = torch.randn(1, 3, 8, 8)
+    _, chain = build_stages(nn.Sequential(nn.ReLU(), nn.ReLU()), "auto", example=x)
+    assert [s.inputs for s in chain] == [(-1,), (0,)]
+    _, dag = build_stages(skip_net(), "auto", example=x)
+    assert len(dag) > 4
+    with pytest.raises(ModelError, match="--stages modules needs an nn.Sequential"):
+        build_stages(skip_net(), "modules", example=x)
+
+
+def test_stage_that_does_not_return_a_tensor():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(ModelError, match="stage 'L0_Pair' returned tuple"):
+        profile_model(nn.Sequential(Pair()), (2, 2), repeats=1)
+
+
+def test_load_target_errors(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("from torch import nn\ndef f():\n    return nn.Sequential(nn.ReLU())\nNOT = 3\n"
+                    "def boom():\n    raise RuntimeError('nope')\ndef notmod():\n    return 5\n")
+    assert isinstance(load_target(f"{good}:f"), nn.Sequential)
+    cases = [
+        ("no-colon", "bad TARGET"),
+        (f"{tmp_path}/missing.py:f", "no such file"),
+        (f"{good}:absent", "has no attribute 'absent'"),
+        (f"{good}:NOT", "neither a factory nor an nn.Module"),
+        (f"{good}:boom", r"calling boom\(\) failed: RuntimeError: nope"),
+        (f"{good}:notmod", "returned int, not an nn.Module"),
+        ("edgeplan_no_such_package_xyz:f", "importing 'edgeplan_no_such_package_xyz' failed"),
+    ]
+    for target, message in cases:
+        with pytest.raises(ModelError, match=message):
+            load_target(target)
+
+
+def test_cli_profile_writes_a_valid_model(tmp_path):
+    out = tmp_path / "tiny.json"
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["profile", f"{TINY}:tiny_cnn", "--input", "2,3,32,32", "--repeats", "1", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    model = model_from_dict(doc)
+    assert model.is_chain and len(model) == 13 and doc["name"] == "tiny_cnn"
+    result = runner.invoke(main, ["profile", f"{TINY}:tiny_cnn", "--input", "2,3,32,32", "--estimate", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["time_unit"] == "flop"
+
+
+def test_cli_profile_bad_input_exits_2(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["profile", f"{TINY}:tiny_cnn", "--input", "2,x,3"])
+    assert result.exit_code == 2 and "bad shape" in result.output
+    result = runner.invoke(main, ["profile", f"{TINY}:nothing", "--input", "2,3,32,32"])
+    assert result.exit_code == 2 and "has no attribute 'nothing'" in result.output
+    # A shape the model cannot take: a clear message, no traceback, no file.
+    out = tmp_path / "m.json"
+    result = runner.invoke(main, ["profile", f"{TINY}:tiny_cnn", "--input", "2,5,32,32", "-o", str(out)])
+    assert result.exit_code == 2 and "failed" in result.output and "Traceback" not in result.output
+    assert not out.exists()
