@@ -353,3 +353,15 @@ def test_cli_time_limit(tmp_path):
     assert bad.exit_code == 2
     other = runner.invoke(main, ["solve", str(path), "--memory", memory, "-s", "store-all", "--time-limit", "5"])
     assert other.exit_code == 2 and "does not take" in other.stderr
+
+
+def test_default_strategy_set_leaves_milp_out_of_big_models_unless_asked():
+    from planner.solvers import MILP_AUTO_MAX_LAYERS, applicable
+    from planner.synthetic import random_dag
+
+    small = random_dag(MILP_AUTO_MAX_LAYERS, 0)
+    big = random_dag(MILP_AUTO_MAX_LAYERS + 1, 0)
+    assert "milp" in applicable(small)
+    assert "milp" not in applicable(big)
+    assert "milp" in applicable(big, {"time_limit": 5})
+    assert "milp" not in applicable(big, {"segments": 3})  # another strategy's option
