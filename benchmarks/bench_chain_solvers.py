@@ -22,13 +22,14 @@ an older one).  ``--quick`` runs small sizes only, for a smoke test.
 import argparse
 import datetime
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.model import Layer, Model, load_model  # noqa: E402
@@ -149,18 +150,6 @@ def quality(models):
     return "\n\n".join(blocks)
 
 
-def write_section(text):
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# edgeplan benchmarks\n"
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    block = SECTION + "\n\n" + text.strip() + "\n\n"
-    if pattern.search(current):
-        current = pattern.sub(lambda _: block, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    DOC.write_text(current.rstrip("\n") + "\n")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
@@ -212,7 +201,7 @@ schedules. The least budget of `sqrt-n` and `store-all` is their single schedule
 """
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, DOC)
         print(f"wrote the section to {DOC}", file=sys.stderr)
 
 

@@ -23,13 +23,14 @@ import argparse
 import datetime
 import math
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner import solvers  # noqa: E402
 from planner.errors import InfeasibleError  # noqa: E402
@@ -182,20 +183,8 @@ def main():
     ])
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, DOC)
         print(f"wrote the section to {DOC}", file=sys.stderr)
-
-
-def write_section(text):
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# edgeplan benchmarks\n"
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    block = SECTION + "\n\n" + text.strip() + "\n\n"
-    if pattern.search(current):
-        current = pattern.sub(lambda _: block, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    DOC.write_text(current.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The result replaces the section "## dp: solve time" of docs/benchmarks.md.
 import argparse
 import datetime
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.lowering import insert_frees  # noqa: E402
@@ -52,18 +53,6 @@ GRID_NOTE = (
     "rounding never returns a schedule that does not fit, and whenever the budget is at least "
     "dp's exact least peak a schedule is returned."
 )
-
-
-def write_section(text):
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# edgeplan benchmarks\n"
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    block = SECTION + "\n\n" + text.strip() + "\n\n"
-    if pattern.search(current):
-        current = pattern.sub(lambda _: block, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    DOC.write_text(current.rstrip("\n") + "\n")
 
 
 def least_peak(model):
@@ -217,7 +206,7 @@ def main():
     text = table(rows, args.levels)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, DOC)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ non-persistent schedule fits at all.  The result replaces the section
 import argparse
 import datetime
 import platform
-import re
 import statistics
 import sys
 import time
@@ -32,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.lowering import insert_frees  # noqa: E402
 from planner.simulate import simulate  # noqa: E402
@@ -41,18 +42,6 @@ from tests.exhaustive import optimal_schedule  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## dp: persistent vs all schedules"
-
-
-def write_section(text):
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# edgeplan benchmarks\n"
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    block = SECTION + "\n\n" + text.strip() + "\n\n"
-    if pattern.search(current):
-        current = pattern.sub(lambda _: block, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    DOC.write_text(current.rstrip("\n") + "\n")
 
 
 def dp_cost(model, budget):
@@ -152,7 +141,7 @@ def main():
     text = report(stats, savings, by_size, args.seed)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, DOC)
 
 
 if __name__ == "__main__":

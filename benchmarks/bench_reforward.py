@@ -26,13 +26,14 @@ against its budget.
 import argparse
 import datetime
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.model import load_model, model_from_dict  # noqa: E402
@@ -127,16 +128,6 @@ def model_rows():
     return rows
 
 
-def write_section(text):
-    doc = DOC.read_text() if DOC.exists() else "# edgeplan benchmarks\n"
-    pattern = re.compile(r"^## reforward\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text, doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    DOC.write_text(doc)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100-layer sizes only")
@@ -181,7 +172,7 @@ all schedules) on chains.
 """
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, DOC)
 
 
 if __name__ == "__main__":

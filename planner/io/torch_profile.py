@@ -850,6 +850,36 @@ def _layer_doc(stage, stages, fields):
     return {"name": stage.name, "inputs": inputs, **fields}
 
 
+def prepare(obj, shape, *, dtype, stages, seed, device):
+    """Move ``obj`` to the device and dtype in train mode, make the seeded input, cut the stages.
+
+    Shared by :func:`profile_model` and the runtime's ``run_schedule``, so that
+    both run the same stages on the same input.
+
+    Returns
+    -------
+    (torch_dtype, device, input, root module, stages)
+
+    Raises
+    ------
+    ModelError
+        An unknown dtype, or a module that cannot be cut into stages.
+    """
+    torch = require_torch()
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = getattr(torch, dtype)
+    dev = torch_device(device)
+    modules = obj if isinstance(obj, (list, tuple)) else [obj]
+    for m in modules:
+        m.to(device=dev, dtype=torch_dtype)
+        m.train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=dev, dtype=torch_dtype)
+    root, stage_list = build_stages(obj, stages, example=x)
+    return torch_dtype, dev, x, root, stage_list
+
+
 def profile_model(
     obj,
     shape,
@@ -911,17 +941,7 @@ def profile_model(
     buffers, gradients) is restored afterwards.
     """
     torch = require_torch()
-    if dtype not in DTYPES:
-        raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    torch_dtype = getattr(torch, dtype)
-    dev = torch_device(device)
-    modules = obj if isinstance(obj, (list, tuple)) else [obj]
-    for m in modules:
-        m.to(device=dev, dtype=torch_dtype)
-        m.train()
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=dev, dtype=torch_dtype)
-    root, stage_list = build_stages(obj, stages, example=x)
+    torch_dtype, dev, x, root, stage_list = prepare(obj, shape, dtype=dtype, stages=stages, seed=seed, device=device)
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
     try:

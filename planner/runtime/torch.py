@@ -35,10 +35,8 @@ from dataclasses import dataclass
 
 from planner.errors import ModelError, ScheduleError
 from planner.io.torch_profile import (
-    DTYPES,
     allocation_trace,
-    torch_device,
-    build_stages,
+    prepare,
     require_torch,
     seed_function,
 )
@@ -410,17 +408,7 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     allocator trace; O(ops) stage calls.
     """
     torch = require_torch()
-    dev = torch_device(device)
-    if dtype not in DTYPES:
-        raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    torch_dtype = getattr(torch, dtype)
-    modules = obj if isinstance(obj, (list, tuple)) else [obj]
-    for m in modules:
-        m.to(device=dev, dtype=torch_dtype)
-        m.train()
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=dev, dtype=torch_dtype)
-    root, stage_list = build_stages(obj, stages, example=x)
+    torch_dtype, dev, x, root, stage_list = prepare(obj, shape, dtype=dtype, stages=stages, seed=seed, device=device)
     if names is not None:
         got = [s.name for s in stage_list]
         if list(names) != got:

@@ -15,8 +15,6 @@ crosses; on a chain, every layer but the last.  Cutting only there is what
 makes a segment's recomputation need nothing but its checkpoint.
 """
 
-import numpy as np
-
 from planner.errors import InfeasibleError
 from planner.lowering import (
     RECOMPUTE,

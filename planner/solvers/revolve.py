@@ -21,7 +21,7 @@ through the simulator without ever being held as a list.
 import math
 
 from planner.errors import InfeasibleError, NotApplicableError
-from planner.schedule import Schedule, backward, forward, free
+from planner.schedule import backward, forward, free
 from planner.simulate import simulate
 
 __all__ = [
