@@ -31,6 +31,8 @@ import tracemalloc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+
 from planner.lowering import insert_frees  # noqa: E402
 from planner.schedule import OpKind  # noqa: E402
 from planner.simulate import simulate  # noqa: E402
@@ -209,9 +211,9 @@ def render(chain_rows, dag_rows, load_rows, sim_lines, sim_n, missing, quick):
     out = [
         SECTION,
         "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core shared "
-        f"x86 box ({platform.machine()}, Python {platform.python_version()}), noisy: other jobs ran at "
-        "the same time, so read the ratios within this table rather than absolute times."
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core "
+        f"x86 box ({platform.machine()}, Python {platform.python_version()}), shared with other jobs "
+        "and so noisy: read the ratios within this table rather than absolute times."
         + (" **Quick run (small sizes).**" if quick else ""),
         "",
         "Each solve is run twice: once timed, once under `tracemalloc` for the peak Python heap "
@@ -234,34 +236,29 @@ def render(chain_rows, dag_rows, load_rows, sim_lines, sim_n, missing, quick):
         rule,
         *dag_rows,
         "",
+        "Loading the model file (`load_model`: read, JSON Schema, semantic checks), not included "
+        "in the solve times above:",
+        "",
+        "| model | layers | file | load time |",
+        "|---|---:|---:|---:|",
+        *load_rows,
+        "",
         f"Simulator throughput (revolve's schedule of a {sim_n:,}-layer uniform chain, 2 snapshots; "
         "the streamed replay's heap is the per-layer state, independent of the number of ops):",
         "",
         *sim_lines,
         "",
     ]
+    wanted = sorted({name for name, _ in CHAIN_RUNS + DAG_RUNS})
     if missing:
         out += [
             "Not measured, not registered when this ran: " + ", ".join(f"`{m}`" for m in sorted(missing)) + ".",
             "",
         ]
+    else:
+        out += ["Every strategy this benchmark asks for was registered: "
+                + ", ".join(f"`{m}`" for m in wanted) + ".", ""]
     return "\n".join(out)
-
-
-def write_section(text, path):
-    path = pathlib.Path(path)
-    if path.exists():
-        doc = path.read_text(encoding="utf-8")
-    else:
-        doc = "# edgeplan benchmarks\n"
-    start = doc.find(SECTION)
-    if start >= 0:
-        end = doc.find("\n## ", start + len(SECTION))
-        end = len(doc) if end < 0 else end + 1
-        doc = doc[:start] + text + doc[end:]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main(argv=None):
@@ -283,7 +280,7 @@ def main(argv=None):
     if missing:
         print("missing strategies:", ", ".join(sorted(missing)))
     if args.write:
-        write_section(text, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, text, ROOT / "docs" / "benchmarks.md")
         print("wrote docs/benchmarks.md")
     return 0
 

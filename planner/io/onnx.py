@@ -30,6 +30,7 @@ onnx is imported inside the functions: ``pip install edgeplan[onnx]``.
 
 import os
 
+from planner.io import unique_names
 from planner.errors import ModelError
 from planner.model import INPUT, MODEL_FORMAT, model_from_dict
 
@@ -265,7 +266,7 @@ def import_onnx(path, input_shapes=None):
                 stack.append(producer[name])
     layer_nodes = [k for k in layer_nodes if k in live]
 
-    names = _unique([g.node[k].name or f"{g.node[k].op_type}_{k}" for k in layer_nodes])
+    names = unique_names([g.node[k].name or f"{g.node[k].op_type}_{k}" for k in layer_nodes])
     name_of = dict(zip(layer_nodes, names))
 
     def tensor_bytes(name, what):
@@ -326,7 +327,7 @@ def import_onnx(path, input_shapes=None):
             }
         )
     if len(sinks) > 1:
-        loss = _unique(names + ["loss"])[-1]
+        loss = unique_names(names + ["loss"])[-1]
         layers.append(
             {
                 "name": loss,
@@ -353,21 +354,6 @@ def import_onnx(path, input_shapes=None):
     }
     model_from_dict(doc, source_name=where)
     return doc
-
-
-def _unique(names):
-    seen = set()
-    result = []
-    for name in names:
-        base = name if name and name != INPUT else f"{name or 'node'}_"
-        candidate = base
-        k = 1
-        while candidate in seen:
-            k += 1
-            candidate = f"{base}_{k}"
-        seen.add(candidate)
-        result.append(candidate)
-    return result
 
 
 def _topological(nodes, producer, where):

@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from planner.io import unique_names
 from planner.errors import ModelError
 from planner.model import INPUT, MODEL_FORMAT, model_from_dict
 
@@ -218,21 +219,6 @@ def load_target(target):
     return obj
 
 
-def _unique_names(names):
-    seen = {}
-    result = []
-    for name in names:
-        base = name if name and name != INPUT else f"{name}_"
-        candidate = base
-        k = 1
-        while candidate in seen:
-            k += 1
-            candidate = f"{base}_{k}"
-        seen[candidate] = True
-        result.append(candidate)
-    return result
-
-
 def _no_inplace(module):
     """Turn ``inplace=True`` off on a module that would write into its input."""
     if hasattr(module, "inplace") and getattr(module, "inplace") is True:
@@ -245,7 +231,7 @@ def _chain_stages(children):
         cls = type(child).__name__
         names.append(f"L{key}_{cls}" if str(key).isdigit() else str(key))
     stages = []
-    for i, ((_, child), name) in enumerate(zip(children, _unique_names(names))):
+    for i, ((_, child), name) in enumerate(zip(children, unique_names(names))):
         _no_inplace(child)
         stages.append(
             Stage(
@@ -391,7 +377,7 @@ def _fx_stages(module, example):
                 "--stages modules"
             )
     index = {n: i for i, n in enumerate(layer_nodes)}
-    names = _unique_names([n.name for n in layer_nodes])
+    names = unique_names([n.name for n in layer_nodes])
     stages = []
     for n, name in zip(layer_nodes, names):
         producers = []
