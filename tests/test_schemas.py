@@ -151,14 +151,13 @@ def test_schedule_schema_catches_what_the_loader_did_not():
         check_schedule_document(bad, source_name="s.json")
 
 
-def test_fast_check_is_fast_enough_for_long_files():
-    import time
-
+def test_fast_check_accepts_long_files():
+    # How much faster than jsonschema it is: benchmarks, not a timed test.
     layer = {"forward": 1.0, "backward": 2.0, "output_bytes": 100, "saved_bytes": 0, "needs_inputs": True}
     doc = dict(BASE, layers=[dict(layer, name=f"L{i}") for i in range(20_000)])
-    started = time.perf_counter()
     assert fast_check("model.schema.json")(doc)
-    assert time.perf_counter() - started < 2  # jsonschema alone takes ~100x longer
+    doc["layers"][19_999]["output_bytes"] = -1
+    assert not fast_check("model.schema.json")(doc)
 
 
 # --- the fast acceptance check agrees with jsonschema ----------------------------------
