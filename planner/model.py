@@ -78,9 +78,8 @@ class Layer:
 class Model:
     """A validated model: layers in topological order, one sink.
 
-    Build one with :func:`load_model` (from a file), :func:`model_from_dict`
-    (from a parsed document) or :meth:`Model.chain` (for tests and synthetic
-    chains); those validate.  ``document`` keeps the parsed JSON so that the
+    Build one with :func:`load_model` (from a file) or :func:`model_from_dict`
+    (from a parsed document); both validate.  ``document`` keeps the parsed JSON so that the
     fingerprint is the one of the file as read.
     """
 
@@ -181,25 +180,6 @@ class Model:
             )
         doc["layers"] = layers
         return doc
-
-    @classmethod
-    def chain(cls, name, *, input_bytes, layers):
-        """Build and validate a chain from layer dicts (``inputs`` are filled in).
-
-        Parameters
-        ----------
-        name : str
-        input_bytes : int
-        layers : list of dict
-            Layer fields as in SPEC section 1; ``name`` defaults to ``L{i}``.
-        """
-        docs = []
-        for i, spec in enumerate(layers):
-            spec = dict(spec)
-            spec.setdefault("name", f"L{i}")
-            docs.append(spec)
-        doc = {"format": MODEL_FORMAT, "name": name, "input_bytes": input_bytes, "layers": docs}
-        return model_from_dict(doc)
 
 
 def fingerprint(document):

@@ -25,7 +25,6 @@ __all__ = [
     "Schedule",
     "load_schedule",
     "schedule_from_dict",
-    "op_to_dict",
 ]
 
 SCHEDULE_FORMAT = "edgeplan-schedule/1"
@@ -47,13 +46,6 @@ class Op:
     layer: int
     save: bool = False
 
-    def describe(self, model):
-        """Human text such as ``forward L3 (save)``."""
-        name = model.layers[self.layer].name
-        if self.kind is OpKind.FORWARD:
-            return f"forward {name}" + (" (save)" if self.save else "")
-        return f"{self.kind.value} {name}"
-
 
 @lru_cache(maxsize=None)
 def forward(layer, save):
@@ -71,14 +63,6 @@ def backward(layer):
 def free(layer):
     """The interned op ``{"op": "free", "layer": layer}``."""
     return Op(OpKind.FREE, layer)
-
-
-def op_to_dict(op, model):
-    """The JSON object of one op (SPEC section 2)."""
-    name = model.layers[op.layer].name
-    if op.kind is OpKind.FORWARD:
-        return {"op": "forward", "layer": name, "save": op.save}
-    return {"op": op.kind.value, "layer": name}
 
 
 @dataclass(frozen=True)

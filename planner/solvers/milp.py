@@ -524,7 +524,6 @@ class _Formulation:
             capped(e)
 
         # ---- memory of stages 1..T -----------------------------------------------------
-        self.free_at_bwd = {}
         for t in range(1, T + 1):
             h = hi[t]
             block = blocks[t - 1]
