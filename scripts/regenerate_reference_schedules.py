@@ -34,6 +34,7 @@ CASES = [
     ("resnet18.json", "200MB"),
     ("mobilenet_v2.json", "400MB"),
     ("mobilenet_v2.json", "250MB"),
+    ("vgg16_bn.json", "30MB"),
 ]
 REFERENCE_DIR = ROOT / "schedules" / "reference"
 

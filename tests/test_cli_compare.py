@@ -10,7 +10,7 @@ from cli import main
 from planner import solvers
 from planner.budget import activation_budget
 from planner.model import load_model
-from planner.synthetic import random_chain, random_dag
+from planner.synthetic import random_dag
 from tests.reference import replay_solution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,32 +23,36 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+# VGG-16 with batch norm as a 52-layer chain, profiled on a CPU by `edgeplan profile`
+# (examples/vgg16_bn.py); 30 MB leaves activations about 60% of what store-all needs.
+CHAIN52 = Path(__file__).resolve().parents[1] / "examples" / "vgg16_bn.json"
+MEMORY52 = "30MB"
+MEMORY52_BYTES = 30_000_000
+
+
 @pytest.fixture(scope="module")
-def chain52(tmp_path_factory):
-    """A real 52-layer heterogeneous chain, written as a model file."""
-    model = random_chain(52, 7, name="chain-52")
-    path = tmp_path_factory.mktemp("models") / "chain52.json"
-    path.write_text(json.dumps(model.to_dict()))
-    return model, path
+def chain52():
+    """A real 52-layer chain and its model file."""
+    return load_model(CHAIN52), CHAIN52
 
 
 @pytest.fixture(scope="module")
 def chain52_json(chain52):
     _, path = chain52
-    r = run("compare", path, "--memory", "4.5MB", "--json", *FAST)
+    r = run("compare", path, "--memory", MEMORY52, "--json", *FAST)
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
 
 def test_compare_table_names_every_applicable_strategy(chain52):
     model, path = chain52
-    r = run("compare", path, "--memory", "4.5MB", *FAST)
+    r = run("compare", path, "--memory", MEMORY52, *FAST)
     assert r.exit_code == 0, r.output
     text = r.stdout
-    budget = activation_budget(model, 4_500_000)
+    budget = activation_budget(model, MEMORY52_BYTES)
     # the header: model, resolved budget, fixed memory, store-all peak
-    assert "chain-52" in text and "52 layers, chain" in text
-    assert "4,500,000 bytes" in text
+    assert "vgg16_bn" in text and "52 layers, chain" in text
+    assert "30,000,000 bytes" in text
     assert f"fixed {budget.fixed_bytes:,} bytes" in text and "params x2, sgd" in text
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     assert f"store-all (no recomputation) peak {store_all:,} bytes" in text
@@ -71,7 +75,7 @@ def test_compare_table_names_every_applicable_strategy(chain52):
 def test_compare_json_rows(chain52, chain52_json):
     model, _ = chain52
     rows = chain52_json
-    budget = activation_budget(model, 4_500_000)
+    budget = activation_budget(model, MEMORY52_BYTES)
     assert {row["strategy"] for row in rows} == set(solvers.applicable(model))
     for row in rows:
         assert {"strategy", "feasible", "peak_bytes", "compute", "overhead", "solve_seconds"} <= set(row)
@@ -94,7 +98,7 @@ def test_compare_json_rows(chain52, chain52_json):
 
 def test_compare_rows_agree_with_simulator_and_reference(chain52, chain52_json):
     model, _ = chain52
-    budget = activation_budget(model, 4_500_000)
+    budget = activation_budget(model, MEMORY52_BYTES)
     for row in chain52_json:
         if not row["feasible"] or row["strategy"] == "milp":
             continue  # milp under a time limit need not repeat itself exactly
