@@ -47,7 +47,10 @@ def insert_frees(model, ops):
     layer), the op that reads it last; the forward pass frees it right after
     that op, or, if saved data still holds it then, right after the backward
     that releases the hold.  An output that is never read again is freed right
-    after the forward that made it.
+    after the forward that made it.  The sink's backward reads the sink's output
+    (the loss does), so the sink's output is freed after that backward; a
+    schedule that forwards the sink more than once cannot keep that rule, and
+    the simulator rejects its lowering.
     """
     FREE, FORWARD = OpKind.FREE, OpKind.FORWARD
     compute = [op for op in ops if op.kind is not FREE]
@@ -56,8 +59,12 @@ def insert_frees(model, ops):
     # outputs that saved data holds after a forward with save (released by the
     # backward).
     reads_f = [layer.inputs for layer in layers]
+    # The loss reads the sink's output until the sink's backward (SPEC section 3),
+    # so that backward counts as a read of it, whatever ``needs_output`` says.
+    sink = model.sink
     reads_b = [
-        (layer.inputs if layer.needs_inputs else ()) + ((i,) if layer.needs_output else ())
+        (layer.inputs if layer.needs_inputs else ())
+        + ((i,) if layer.needs_output or i == sink else ())
         for i, layer in enumerate(layers)
     ]
     holds = [
@@ -174,6 +181,10 @@ class ChainArrays:
         self.wsb = np.array([x.workspace_backward for x in layers], dtype=np.int64)
         self.need_in = np.array([x.needs_inputs for x in layers], dtype=bool)
         self.need_out = np.array([x.needs_output for x in layers], dtype=bool)
+        # Whose output is in memory at its own backward: what needs it, and the
+        # sink, whose output the loss reads until then (SPEC section 3).
+        self.out_at_backward = self.need_out.copy()
+        self.out_at_backward[-1] = True
         self.prev_out = np.concatenate(([0], self.out[:-1]))
 
 
@@ -249,7 +260,7 @@ def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
 
     fwd_save = a.input + before + boundary + hold_f + local + running + out + saved + a.wsf
     bwd = (
-        a.input + before + hold_b + local + saved + np.where(a.need_out, out, 0) + out
+        a.input + before + hold_b + local + saved + np.where(a.out_at_backward, out, 0) + out
         + a.prev_out + a.wsb
     )
     sweep = a.input + cum_ckpt[np.maximum(idx - 1, 0)] + a.prev_out + out + a.wsf

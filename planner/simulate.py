@@ -87,7 +87,8 @@ def simulate(model, ops, *, timeline=False):
     A) + sum(saved_bytes of S) + sum(output_bytes of G)``; the peak adds the
     running op's workspace, measured after a forward's output and saved data
     are added and after a backward's new input gradients are allocated (and the
-    sink's gradient, which appears at its backward).
+    sink's gradient, which appears at its backward).  The sink's output may
+    not be freed before the sink's backward: the loss reads it.
     """
     layers = model.layers
     n = len(layers)
@@ -134,6 +135,11 @@ def simulate(model, ops, *, timeline=False):
                 break
             if hold[i]:
                 error = broken(count, op, _holder_message(model, i, in_s))
+                break
+            if i == sink and not done[i]:
+                error = broken(
+                    count, op, "the sink's output is read by the loss until the sink's backward"
+                )
                 break
             in_a[i] = False
             mem -= out[i]

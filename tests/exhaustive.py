@@ -9,7 +9,8 @@ Two oracles, sharing no code with ``planner.solvers.dp``:
 * :func:`optimal_schedule` is a Dijkstra search over ALL valid schedules: the
   states are the simulator's sets ``A`` (outputs held), ``S`` (saved data held)
   and ``D`` (backwards done), ``G`` is derived from them; every forward (with
-  or without save), backward and free allowed by SPEC section 3 is an edge,
+  or without save), backward and free allowed by SPEC section 3 is an edge
+  (the sink's output is never freed before the sink's backward),
   weighted by its compute time; an op whose memory (workspace included) would
   exceed the budget is not allowed.  The schedule it returns is replayed by the
   simulator before it is returned.
@@ -115,11 +116,14 @@ def optimal_schedule(model, budget):
                 total += out[i]
         return total
 
-    def held(i, s):
-        # free i not allowed while saved data reads it
+    def held(i, s, d):
+        # free i not allowed while saved data reads it, nor the sink's output
+        # before the sink's backward (the loss reads it)
         if (s >> i & 1) and no[i]:
             return True
-        return i + 1 < n and (s >> (i + 1) & 1) and ni[i + 1]
+        if i == n - 1:
+            return not (d >> i & 1)
+        return (s >> (i + 1) & 1) and ni[i + 1]
 
     def canonical(a, d):
         for i in range(n):
@@ -165,7 +169,7 @@ def optimal_schedule(model, budget):
                     nd = d | b
                     moves.append((tb[i], peak, (canonical(a, nd), s & ~b, nd), backward(i)))
             # free i
-            if (a & b) and not held(i, s):
+            if (a & b) and not held(i, s, d):
                 moves.append((0.0, base, (a & ~b, s, d), free(i)))
         for dt, peak, nxt, op in moves:
             if peak > budget:

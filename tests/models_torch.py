@@ -117,3 +117,20 @@ def resnet_chain(width=16, classes=10):
         inplanes = planes
     stages.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, classes)))
     return nn.Sequential(*stages)
+
+
+def lm_head_mlp(vocab=4096):
+    """A small MLP whose last layer, like a language model's head, has the largest output.
+
+    The logits (``vocab`` per row) dominate every other activation; the loss
+    reads them until the head's backward (SPEC section 3).
+    """
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(48, 32),
+        nn.Tanh(),
+        nn.Linear(32, 32),
+        nn.Tanh(),
+        nn.Linear(32, vocab),
+    )

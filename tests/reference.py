@@ -81,6 +81,8 @@ def reference_replay(model_doc, schedule_doc):
                 return {"valid": False, "error": k}
             if any(c in S and layers[c]["needs_inputs"] for c in consumers[name]):
                 return {"valid": False, "error": k}
+            if name == sink and name not in D:  # the loss reads it until the sink's backward
+                return {"valid": False, "error": k}
             A.discard(name)
         else:
             return {"valid": False, "error": k}

@@ -11,9 +11,10 @@ from planner.synthetic import random_chain, random_dag, uniform_chain
 def test_store_all_frees_as_autograd_does():
     m = uniform_chain(3)
     ops = insert_frees(m, segments_to_ops(m, [(0, 3, STORE)]))
-    # L2's output is read by nothing (its backward needs only its input).
-    assert ops[:4] == [forward(0, True), forward(1, True), forward(2, True), free(2)]
-    assert ops[4:] == [backward(2), free(1), backward(1), free(0), backward(0)]
+    # L2 is the sink: the loss reads its output until its backward, although
+    # that backward itself needs only its input (SPEC section 3).
+    assert ops[:4] == [forward(0, True), forward(1, True), forward(2, True), backward(2)]
+    assert ops[4:] == [free(1), free(2), backward(1), free(0), backward(0)]
 
 
 def test_recompute_segment_frees_intermediates():

@@ -99,7 +99,11 @@ def _skip_concat():
 
 @st.composite
 def _schedule_in_space(draw, model):
-    """A random valid schedule of milp's search space (forwards once, then stages)."""
+    """A random valid schedule of milp's search space (forwards once, then stages).
+
+    The sink is forwarded once, with save: its output may not be freed before
+    its backward, so it can never be recomputed (SPEC section 3).
+    """
     n = len(model)
     layers = model.layers
     holders = [[] for _ in range(n)]
@@ -113,11 +117,11 @@ def _schedule_in_space(draw, model):
     done = [False] * n
     ops = []
     for i in range(n):
-        save = draw(st.booleans())
+        save = i == n - 1 or draw(st.booleans())
         saved[i] = save
         ops.append(forward(i, save))
     for b in range(n - 1, -1, -1):
-        for i in range(b + 1):
+        for i in range(min(b + 1, n - 1)):
             held = any(saved[c] and not done[c] for c in holders[i])
             if held or not draw(st.integers(0, 3)) == 0:
                 continue

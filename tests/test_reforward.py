@@ -48,11 +48,19 @@ def _all_segmentations(units):
 
 
 def _exhaustive(model):
-    """(peak, compute) of every checkpoint-set schedule of the model."""
-    return [
-        (r.peak_bytes, r.compute)
-        for r in (_measure(model, s) for s in _all_segmentations(splitting_units(model)))
-    ]
+    """(peak, compute) of every valid checkpoint-set schedule of the model.
+
+    Re-forwarding the segment that ends with the sink forwards the sink without
+    save and frees it before its backward, which SPEC section 3 forbids (the
+    loss reads it): exactly those segmentations are invalid.
+    """
+    found = []
+    for segments in _all_segmentations(splitting_units(model)):
+        result = simulate(model, insert_frees(model, segments_to_ops(model, segments)))
+        assert result.valid == (segments[-1][2] == STORE), (segments, result.error)
+        if result.valid:
+            found.append((result.peak_bytes, result.compute))
+    return found
 
 
 def _check_against_exhaustive(model):

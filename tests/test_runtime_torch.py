@@ -13,8 +13,8 @@ from planner import solvers
 from planner.errors import ModelError, ScheduleError
 from planner.io.torch_profile import profile_model
 from planner.model import model_from_dict
-from planner.schedule import backward, forward
-from tests.models_torch import deeper_cnn, dropout_mlp, skip_net
+from planner.schedule import OpKind, backward, forward, free
+from tests.models_torch import deeper_cnn, dropout_mlp, lm_head_mlp, skip_net
 from tests.reference import replay_solution
 
 SHAPE = (4, 3, 16, 16)
@@ -103,6 +103,28 @@ def test_names_must_match_and_bad_schedules_are_caught(cnn_model):
         runtime.verify(deeper_cnn(), SHAPE, [forward(1, True)], names=names)
     with pytest.raises(ScheduleError, match="saved data is not in memory"):
         runtime.verify(deeper_cnn(), SHAPE, [forward(0, False), backward(0)], names=names)
+
+
+def test_the_sink_output_is_held_until_its_backward():
+    # Logits dominate, as in a language model: the loss holds them until the
+    # head's backward, in plain autograd, in the prediction and in the run.
+    shape = (16, 3, 4, 4)
+    model = model_from_dict(profile_model(lm_head_mlp(), shape, repeats=1))
+    head = model.layers[-1]
+    assert not head.needs_output
+    assert head.output_bytes > 10 * max(layer.output_bytes for layer in model.layers[:-1])
+    solution = solvers.solve(model, None, "store-all")
+    ops = list(solution.ops)
+    head_backward = ops.index(backward(len(model) - 1))
+    assert ops.index(free(len(model) - 1)) > head_backward
+    result = _check(model, solution, factory=lm_head_mlp, shape=shape)
+    assert abs(result.measured_peak_bytes - result.reference_peak_bytes) < 0.02 * result.reference_peak_bytes
+    # Freeing the logits before the head's backward is refused, as by the simulator.
+    early = [op for op in ops if op != free(len(model) - 1)]
+    early.insert(head_backward, free(len(model) - 1))
+    assert early[head_backward - 1].kind is OpKind.FORWARD
+    with pytest.raises(ScheduleError, match="read by the loss"):
+        runtime.verify(lm_head_mlp(), shape, early, names=[layer.name for layer in model.layers])
 
 
 FACTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models_torch.py") + ":deeper_cnn"

@@ -36,18 +36,26 @@ def test_memory_accounting_by_hand():
         forward(0, True),   # A={a} S={a}: 1 + 100 + 1000, +7 workspace
         forward(1, True),   # + 200
         forward(2, True),   # + 400
-        free(2),            # c is not read by its own backward
-        backward(2),        # sink gradient 400 appears, grad of b 200: 1+100+1000+200+400+200 = 1901
-        free(1),            # not allowed? b in S with needs_output -> must wait
+        free(2),            # not allowed: the loss reads the sink's output until its backward
     ]
     r = simulate(m, ops)
     assert not r.valid
-    assert r.error.index == 5 and r.error.layer == "b"
+    assert r.error.index == 3 and r.error.layer == "c"
+    assert "read by the loss" in str(r.error)
+    ops = [
+        forward(0, True), forward(1, True), forward(2, True),
+        backward(2),        # sink gradient 400, grad of b 200: 1+100+1000+200+400+400+200 = 2301
+        free(1),            # not allowed: b in S with needs_output -> must wait
+    ]
+    r = simulate(m, ops)
+    assert not r.valid
+    assert r.error.index == 4 and r.error.layer == "b"
     assert "needs_output" in str(r.error)
     ops = [
-        forward(0, True), forward(1, True), forward(2, True), free(2),
-        backward(2),        # peak candidate 1901
-        backward(1),        # grad of a (100) allocated: 1+100+1000+200+200+100 = 1601, then release
+        forward(0, True), forward(1, True), forward(2, True),
+        backward(2),        # 2301, then the sink's gradient is released: 1901
+        free(2),            # the sink's output may go once its backward ran: 1501
+        backward(1),        # grad of a (100) allocated: 1501 + 100 = 1601, then release
         free(1),
         backward(0),        # 1+100+1000+100 + 70000 workspace
         free(0),
@@ -56,15 +64,49 @@ def test_memory_accounting_by_hand():
     assert r.valid, r.error
     assert r.peak_bytes == 1 + 100 + 1000 + 100 + 70000
     assert r.peak_index == 7
-    assert list(r.timeline) == [1108, 1301, 1701, 1301, 1901, 1601, 1201, 71201, 1]
+    assert list(r.timeline) == [1108, 1301, 1701, 2301, 1501, 1601, 1201, 71201, 1]
     assert r.compute == 66 and r.baseline_compute == 66 and r.overhead == 0 and r.forwards == 3
     assert r.ops == len(ops)
 
 
+def test_sink_output_is_held_until_the_sink_backward():
+    # The sink is the largest tensor and its backward does not read its output
+    # (needs_output false), like an LM head whose logits feed a cross-entropy:
+    # the loss still holds it, and the peak at the sink's backward counts it.
+    m = model_from_dict(
+        {
+            "format": "edgeplan-model/1",
+            "name": "lm",
+            "input_bytes": 10,
+            "layers": [
+                {"name": "body", "forward": 1, "backward": 1, "output_bytes": 100},
+                {"name": "head", "forward": 1, "backward": 1, "output_bytes": 5000},
+            ],
+        }
+    )
+    early = [forward(0, True), forward(1, True), free(1), backward(1), free(0), backward(0)]
+    r = simulate(m, early)
+    assert not r.valid and r.error.index == 2 and r.error.layer == "head"
+    assert reference_replay(m.document, _doc(m, early))["error"] == 2
+    ops = [forward(0, True), forward(1, True), backward(1), free(1), free(0), backward(0)]
+    r = replay(m, ops)
+    # input + body + head + head's gradient + body's gradient
+    assert r.peak_bytes == 10 + 100 + 5000 + 5000 + 100
+    assert reference_replay(m.document, _doc(m, ops))["peak_bytes"] == r.peak_bytes
+    # Forwarding the sink without save first cannot work: it cannot be freed
+    # to be forwarded again with save.
+    r = simulate(m, [forward(0, True), forward(1, False), free(1)])
+    assert not r.valid and "read by the loss" in str(r.error)
+
+
+def _doc(model, ops):
+    return json.loads(Schedule(model.name, model.fingerprint, "x", tuple(ops)).to_json(model))
+
+
 def test_recompute_counts_compute_and_forwards():
     m = chain3()
-    ops = [forward(0, False), forward(1, False), free(0), forward(2, True), free(2),
-           backward(2), free(1), forward(0, True), forward(1, True), backward(1), backward(0)]
+    ops = [forward(0, False), forward(1, False), free(0), forward(2, True),
+           backward(2), free(2), free(1), forward(0, True), forward(1, True), backward(1), backward(0)]
     r = replay(m, ops)
     assert r.forwards == 5
     assert r.compute == 66 + 3
@@ -83,6 +125,7 @@ def test_recompute_counts_compute_and_forwards():
         ([forward(0, True), forward(1, True), forward(2, True), backward(2), backward(2)], 4,
          "already run"),
         ([free(0)], 0, "not in memory"),
+        ([forward(0, True), forward(1, True), forward(2, False), free(2)], 3, "read by the loss"),
         ([forward(0, False), forward(1, False), forward(2, True), free(1)], 3,
          "the saved data of its consumer 'c' still reads it"),
         ([forward(0, True), forward(1, True), free(1)], 2, "its own saved data still reads its output"),

@@ -227,6 +227,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
     seed_value = seed
     seed = seed_function(torch)
     early_free = set()
+    sink_pending = True  # the sink's backward has not run: the loss holds its output
     count = 0
     for n, op in enumerate(ops):
         i = op.layer
@@ -234,6 +235,8 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
         if op.kind is OpKind.FREE:
             if n in early_free:
                 pass
+            elif i == sink and sink_pending:
+                raise missing(n, op, "the sink's output is read by the loss until the sink's backward")
             elif outputs.pop(i, None) is None:
                 raise missing(n, op, "its output is not in memory")
         elif op.kind is OpKind.FORWARD:
@@ -274,7 +277,9 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
                     g = torch.zeros(shape, dtype=dtype, device=device)
                 gbox.append(g)
                 del g
-            k = n + 1
+            # The sink's output stays through its backward: the loss reads it
+            # until the backward starts (SPEC section 3).
+            k = n + 1 if i != sink else len(ops)
             while k < len(ops) and ops[k].kind is OpKind.FREE:
                 if ops[k].layer == i and i in outputs:
                     # A free of L among the ones that follow its backward is done
@@ -290,6 +295,8 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
             del root, gbox
             _hand_back(stage, boxes, grads)
             del boxes
+            if i == sink:
+                sink_pending = False
         count += 1
         if on_op is not None:
             on_op(n)

@@ -28,7 +28,8 @@ caller's backward of ``s - 1`` reads it: ``needs_output``).  With
   ``needs_output[s]``; backward peak
   ``h o[s-1] + sv[s] + needs_output[s] o[s] + o[s] + o[s-1] + wb[s]`` (its
   saved data, its output if read, the gradient it consumes and the one it
-  allocates).
+  allocates).  The sink counts as ``needs_output``: the loss reads its output
+  until its backward.
 * ``F_ck`` at ``s'``: forward ``k`` peaks at ``o[s-1] + g_t + o[k-1] + o[k] +
   wf[k]`` (``o[k-1]`` dropped for ``k = s``), then ``Solve(s', t)`` released on
   top of ``o[s-1]``, then ``Solve(s, s' - 1)`` in the caller's mode.
@@ -76,7 +77,7 @@ class _Sizes:
     wf: np.ndarray
     wb: np.ndarray
     ni: np.ndarray  # needs_inputs (bool)
-    no: np.ndarray  # needs_output (bool)
+    no: np.ndarray  # output in memory at its own backward: needs_output, or the sink
 
     @property
     def n(self):
@@ -130,13 +131,17 @@ def _sizes(model):
     def arr(key):
         return np.array([getattr(l, key) for l in layers], dtype=dtype)
 
+    # The loss reads the sink's output until the sink's backward (SPEC section
+    # 3): at that backward it is in memory as if the backward read it.
+    reads_own = np.array([l.needs_output for l in layers], dtype=bool)
+    reads_own[-1] = True
     return _Sizes(
         arr("output_bytes"),
         arr("saved_bytes"),
         arr("workspace_forward"),
         arr("workspace_backward"),
         np.array([l.needs_inputs for l in layers], dtype=bool),
-        np.array([l.needs_output for l in layers], dtype=bool),
+        reads_own,
     )
 
 

@@ -6,8 +6,9 @@ each layer's saved data is made, which outputs are kept from one stage to the
 next and after which op each output is freed; the memory of every op is a
 linear expression in them.  The model follows edgeplan's semantics (SPEC
 section 3) exactly: outputs, saved data, gradients (the sink's included), the
-holds that saved data puts on the tensors its backward reads, workspaces and
-the model input.  The frees are the shared lowering's
+holds that saved data puts on the tensors its backward reads, the sink's
+output kept until the sink's backward (the loss reads it), workspaces and the
+model input.  The frees are the shared lowering's
 (:func:`planner.lowering.insert_frees`, as early as possible), and for every
 schedule of the search space the formulation counts exactly the memory the
 simulator measures.  HiGHS, through ``scipy.optimize.milp``, minimises the
@@ -403,7 +404,8 @@ class _Formulation:
         reads = []  # the outputs each backward reads
         for b, layer in enumerate(layers):
             r = list(inputs[b]) if layer.needs_inputs else []
-            if layer.needs_output:
+            # the loss reads the sink's output until the sink's backward
+            if layer.needs_output or b == sink:
                 r.append(b)
             reads.append(r)
         new_grads = [
@@ -505,6 +507,9 @@ class _Formulation:
             for b in blocks[t - 1]:
                 for j in set(reads[b]):
                     row(_Expr().add(k(t, j), 1).add(r(t, j), 1), 1.0, np.inf)
+        # ---- the sink: forwarded once, in stage 0, and kept until its backward -------
+        # (it may not be freed before its backward, so it cannot be recomputed)
+        row(_Expr().add(k(stage_of[sink], sink), 1), 1.0, np.inf)
         # ---- holds: saved data keeps the outputs its backward reads ------------------
         for i in range(n):
             for c in holders[i]:

@@ -23,7 +23,9 @@ This module does the same on edgeplan's cost model:
 2. A dynamic program over the chain of units chooses the segments (consecutive
    units, each stored or re-forwarded) with the least peak memory, using an
    exact model of what the simulator measures for the ops
-   :func:`planner.lowering.segments_to_ops` makes of them.
+   :func:`planner.lowering.segments_to_ops` makes of them.  The segment that
+   ends with the sink is stored: the sink's output, read by the loss, may not
+   be freed before its backward, so the sink is forwarded once, with save.
 3. A second pass over Pareto fronts (relative peak, recomputation) finds,
    among the schedules that fit the budget, the one with the least compute.
 """
@@ -212,14 +214,19 @@ def _unit_backward(model, lo, hi, x, sticky, keep):
     layers = model.layers
     consumers = model.consumers
     e = hi - 1
+    # Whose output stays until its own backward: needs_output, and the sink,
+    # whose output the loss reads until then (SPEC section 3).
+    own = [layer.needs_output for layer in layers[lo:hi]]
+    if e == model.sink:
+        own[-1] = True
     hold = {}
     for p in range(lo, hi):
-        hold[p] = int(layers[p].needs_output) + (
+        hold[p] = int(own[p - lo]) + (
             sum(layers[c].needs_inputs for c in consumers[p]) if p != e else 0
         )
     hold_x = sum(layers[c].needs_inputs for c in consumers[x]) if x is not None else 0
     ex = layers[e]
-    mem = keep + (ex.output_bytes if ex.needs_output else 0) + ex.output_bytes
+    mem = keep + (ex.output_bytes if own[-1] else 0) + ex.output_bytes
     grads = {e}
     peak = _NEG
     for i in range(hi - 1, lo - 1, -1):
@@ -231,7 +238,7 @@ def _unit_backward(model, lo, hi, x, sticky, keep):
         peak = max(peak, mem + layer.workspace_backward)
         mem -= layer.saved_bytes + layer.output_bytes  # saved data, own gradient
         released = []
-        if layer.needs_output:
+        if own[i - lo]:
             released.append(i)
         if layer.needs_inputs:
             released.extend(layer.inputs)
@@ -323,6 +330,9 @@ def _transitions(t, a, pm, dtype):
     plain = beta + np.maximum(t["fwd"][0][1][a], _running_max(t["fwd"][0][0][a + 1 : k], dtype))
     recompute = t["grad_exit"][stops] + saved_pass
     peak = np.maximum(np.maximum(plain, recompute), bw)
+    # The segment holding the sink is never re-forwarded: the sink's output,
+    # read by the loss, may not be freed before its backward (SPEC section 3).
+    peak[-1] = _POS
     shift = np.full(len(stops), beta, dtype=dtype)
     result[_R] = (peak, shift, t["cum_f"][stops] - t["cum_f"][a])
     return result

@@ -170,17 +170,20 @@ def revolve_ops(model, snapshots, *, frees=True):
     layers = model.layers
     # Each layer's turn (forward with save, backward and the frees around
     # them) and its plain forward, made once: the loop below only yields.
+    # The loss reads the sink's output until the sink's backward (SPEC section
+    # 3): it is freed after that backward, as if the backward read it.
     turns = []
     for j, layer in enumerate(layers):
+        kept = layer.needs_output or j == n - 1
         ops = [forward(j, True)]
         if frees:
-            if not layer.needs_output:
+            if not kept:
                 ops.append(free(j))
             if j and not layer.needs_inputs:
                 ops.append(free(j - 1))
         ops.append(backward(j))
         if frees:
-            if layer.needs_output:
+            if kept:
                 ops.append(free(j))
             if j and layer.needs_inputs:
                 ops.append(free(j - 1))
