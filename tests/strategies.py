@@ -11,6 +11,8 @@ Costs and flags are random: zero sizes and times, saved data, workspaces,
 the model input, skip connections.
 """
 
+import json
+
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -27,6 +29,7 @@ __all__ = [
     "budgets",
     "store_all_peak",
     "op_sequences",
+    "with_heavy_sink",
 ]
 
 
@@ -89,13 +92,16 @@ def _names(draw, n, *, fancy):
 
 @st.composite
 def model_docs(draw, *, min_layers=1, max_layers=12, dag=True, max_inputs=3, workspaces=True,
-               fancy_names=True):
+               fancy_names=True, heavy_sink=False):
     """An ``edgeplan-model/1`` document: a chain, or (``dag=True``) any DAG with one sink.
 
     Each layer reads 1..``max_inputs`` of the earlier layers and the model
     input; every layer but the last then gets a consumer, so the last layer is
     the only sink.  With ``dag=False`` every layer reads the one before it
-    (``inputs`` spelled out or left to its default at random).
+    (``inputs`` spelled out or left to its default at random).  With
+    ``heavy_sink`` the sink's output is larger than everything else together
+    and its backward does not read it (a language model's logits, which only
+    the loss holds until the sink's backward).
     """
     n = draw(st.integers(min_layers, max_layers))
     names = draw(_names(n, fancy=fancy_names))
@@ -120,10 +126,17 @@ def model_docs(draw, *, min_layers=1, max_layers=12, dag=True, max_inputs=3, wor
         if dag or draw(st.booleans()):
             layer["inputs"] = spelled
         layers.append(layer)
+    input_bytes = draw(_SIZES)
+    if heavy_sink:
+        others = input_bytes + sum(
+            layer["output_bytes"] + layer.get("saved_bytes", 0) for layer in layers[:-1]
+        )
+        layers[-1]["output_bytes"] = draw(st.integers(others + 1, 3 * others + 1000))
+        layers[-1]["needs_output"] = False
     return {
         "format": MODEL_FORMAT,
         "name": "hypothesis",
-        "input_bytes": draw(_SIZES),
+        "input_bytes": input_bytes,
         "layers": layers,
     }
 
@@ -143,10 +156,30 @@ def dags(*, min_layers=1, max_layers=10, **kwargs):
 
 
 def models(*, max_layers=10, chain_only=False):
-    """Chains, or chains and DAGs."""
-    if chain_only:
-        return chains(max_layers=max_layers)
-    return st.one_of(chains(max_layers=max_layers), dags(max_layers=max_layers))
+    """Chains, or chains and DAGs; some with a sink whose output dominates (``heavy_sink``)."""
+    found = [chains(max_layers=max_layers), chains(max_layers=max_layers, heavy_sink=True)]
+    if not chain_only:
+        found += [dags(max_layers=max_layers), dags(max_layers=max_layers, heavy_sink=True)]
+    return st.one_of(*found)
+
+
+def with_heavy_sink(model, *, factor=3):
+    """``model`` with its sink's output ``factor`` times everything else together.
+
+    The sink's backward does not read its output (``needs_output`` false), as
+    a language model's head: only the loss holds the logits until the sink's
+    backward, the case where SPEC section 3's sink rule decides the peak.
+    """
+    doc = model.document if model.document is not None else model.to_dict()
+    doc = json.loads(json.dumps(doc))
+    layers = doc["layers"]
+    others = doc["input_bytes"] + sum(
+        layer["output_bytes"] + layer.get("saved_bytes", 0) for layer in layers[:-1]
+    )
+    layers[-1]["output_bytes"] = factor * others + 1
+    layers[-1]["needs_output"] = False
+    doc["name"] = doc["name"] + "-heavy-sink"
+    return model_from_dict(doc)
 
 
 def store_all_peak(model):

@@ -16,6 +16,7 @@ from planner.solvers.chen import (
 )
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from tests.reference import replay_solution
+from tests.strategies import with_heavy_sink
 
 
 def residual_model():
@@ -71,11 +72,13 @@ def test_greedy_pass_follows_algorithm_3():
     assert checkpoints_to_segments(3, []) == [(0, 3, STORE)]
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(50))
 def test_chain_peak_evaluation_is_the_simulators(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 30))
     model = random_chain(n, seed, workspaces=bool(seed % 2))
+    if seed >= 40:  # the sink's output, held by the loss, is the largest tensor
+        model = with_heavy_sink(model, factor=1 + seed % 3)
     for _ in range(6):
         count = int(rng.integers(0, n)) if n > 1 else 0
         points = sorted({int(v) for v in rng.integers(0, max(n - 1, 1), size=count)}) if n > 1 else []
@@ -84,9 +87,11 @@ def test_chain_peak_evaluation_is_the_simulators(seed):
         assert chain_segments_peak(model, [0] + [v + 1 for v in points]) == simulated
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(14))
 def test_chains_and_dags_replay_exactly(seed):
     model = random_chain(40, seed) if seed % 2 else random_dag(40, seed, skip=0.1)
+    if seed >= 10:
+        model = with_heavy_sink(model)
     sol = solve(model, None, "chen-greedy")
     ref = replay_solution(model, sol)
     assert ref["valid"]

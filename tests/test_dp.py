@@ -15,7 +15,7 @@ from planner.solvers.dp import dp
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from tests.exhaustive import optimal_schedule, persistent_optimum, persistent_schedules
 from tests.reference import replay_solution
-from tests.strategies import chains, examples, store_all_peak
+from tests.strategies import chains, examples, store_all_peak, with_heavy_sink
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL = ["resnet18", "vgg16", "resnet18-cpu", "mobilenet_v2-cpu"]
@@ -48,6 +48,9 @@ def _small_chains():
         yield random_chain(1 + seed % 6, seed)
     for seed in range(6):
         yield random_chain(3 + seed % 4, 100 + seed, workspaces=False)
+    # The sink's output dominates (logits): the loss holds it until its backward.
+    for seed in range(6):
+        yield with_heavy_sink(random_chain(2 + seed % 5, 200 + seed), factor=1 + seed % 3)
 
 
 @pytest.mark.parametrize("model", list(_small_chains()), ids=lambda m: m.name)
@@ -67,11 +70,13 @@ def test_dp_against_exhaustive_search(model):
     assert info.value.least_bytes == peaks[0]
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_exhaustive_over_all_schedules_never_worse(seed):
     # Non-persistent schedules are a superset: the Dijkstra oracle is never worse
     # than dp, and fits whenever dp fits.
     model = random_chain(4, 300 + seed)
+    if seed >= 4:
+        model = with_heavy_sink(model)
     schedules = persistent_schedules(model)
     peaks = sorted({peak for peak, _, _ in schedules})
     for budget in peaks[:: max(1, len(peaks) // 6)] + [peaks[0] - 1]:
@@ -216,7 +221,13 @@ def dp_least(model):
 
 
 @settings(max_examples=examples(40), deadline=None)
-@given(chains(min_layers=1, max_layers=5, fancy_names=False), st.data())
+@given(
+    st.one_of(
+        chains(min_layers=1, max_layers=5, fancy_names=False),
+        chains(min_layers=1, max_layers=5, fancy_names=False, heavy_sink=True),
+    ),
+    st.data(),
+)
 def test_hypothesis_chains_match_exhaustive(model, data):
     schedules = persistent_schedules(model)
     peaks = sorted({peak for peak, _, _ in schedules})
@@ -233,3 +244,16 @@ def test_hypothesis_chains_match_exhaustive(model, data):
         assert sol.result.compute == pytest.approx(best, rel=1e-12, abs=1e-12)
     else:
         assert sol.result.compute <= best * (1 + TOLERANCE) + 1e-12
+
+
+def test_a_heavy_sink_counts_at_its_backward():
+    # body -> head, the head's output 50x the body's, as logits are.  At the
+    # head's backward: input, body, head, the head's gradient, body's gradient.
+    model = with_heavy_sink(uniform_chain(2, output_bytes=100, input_bytes=10), factor=45)
+    head = model.layers[-1].output_bytes
+    least = 10 + 100 + head + head + 100
+    sol = _check(model, least)
+    assert sol.result.peak_bytes == sol.params["dp_peak_bytes"] == least
+    with pytest.raises(InfeasibleError) as info:
+        dp(model, budget=least - 1)
+    assert info.value.least_bytes == least

@@ -32,7 +32,8 @@ from planner.schedule import OpKind, schedule_from_dict
 from planner.simulate import simulate
 from planner.solvers import STRATEGIES, applicable, run_all, solve
 from tests.reference import reference_replay, replay_solution
-from tests.strategies import budgets, chains, dags, examples, models, op_sequences
+from planner.synthetic import random_chain, random_dag
+from tests.strategies import budgets, chains, dags, examples, models, op_sequences, with_heavy_sink
 
 # Strategies that claim optimality, and on which models the claim is tested.
 MILP_MAX_LAYERS = 6
@@ -187,6 +188,30 @@ def test_strategy_on_tight_budgets(name):
             check_strategy(model, least - 1, name, options)
 
     run()
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_keeps_a_heavy_sink_until_its_backward(name):
+    """The loss reads the sink's output (SPEC section 3): no strategy frees it early."""
+    for model in (with_heavy_sink(random_chain(6, 1)), with_heavy_sink(random_dag(6, 2))):
+        if name not in applicable(model):
+            continue
+        sink = len(model) - 1
+        head = model.layers[sink].output_bytes
+        # the least peak of the plain schedule, and somewhat less memory
+        peak = solve(model, None, "store-all").result.peak_bytes
+        for budget in (None, peak, peak - model.layers[0].output_bytes):
+            try:
+                solution = solve(model, budget, name, **fixed_options(name))
+            except InfeasibleError:
+                continue
+            check_solution(model, solution, budget, name)
+            ops = list(solution.ops)
+            done = ops.index(next(op for op in ops if op.kind is OpKind.BACKWARD and op.layer == sink))
+            assert all(
+                k > done for k, op in enumerate(ops) if op.kind is OpKind.FREE and op.layer == sink
+            )
+            assert solution.result.peak_bytes >= model.input_bytes + 2 * head
 
 
 @settings(max_examples=examples(40))

@@ -20,7 +20,7 @@ from planner.solvers import solve
 from planner.solvers.reforward import reforward, reforward_plan, splitting_units
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from tests.reference import replay_solution
-from tests.strategies import budgets, chains, dags, examples
+from tests.strategies import budgets, chains, dags, examples, with_heavy_sink
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MODELS = ["vgg16-ops", "vgg16", "resnet18", "resnet18-cpu", "mobilenet_v2-cpu"]
@@ -97,6 +97,18 @@ def test_eight_layer_chains_match_exhaustive_search(seed):
     _check_against_exhaustive(random_chain(8, seed))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_heavy_sinks_match_exhaustive_search(seed):
+    # Re-forwarding the last segment would drop the logits before the head's
+    # backward: never chosen, and the peak counts them there.
+    model = with_heavy_sink(random_chain(3 + seed, seed) if seed % 2 else random_dag(4 + seed, seed))
+    _check_against_exhaustive(model)
+    plan = reforward_plan(model)
+    assert plan.segments[-1][2] == STORE
+    head = model.layers[-1].output_bytes
+    assert plan.least_peak_bytes >= model.input_bytes + 2 * head
+
+
 @settings(max_examples=examples(15))
 @given(dags(max_layers=8))
 def test_dags_match_exhaustive_search_over_their_units(model):
@@ -109,7 +121,13 @@ def test_dags_match_exhaustive_search_over_their_units(model):
 
 
 @settings(max_examples=examples(30))
-@given(st.one_of(chains(max_layers=30), dags(max_layers=25)), st.data())
+@given(
+    st.one_of(
+        chains(max_layers=30), dags(max_layers=25), chains(max_layers=30, heavy_sink=True),
+        dags(max_layers=25, heavy_sink=True),
+    ),
+    st.data(),
+)
 def test_predicted_peak_is_the_simulated_peak(model, data):
     least = reforward_plan(model).least_peak_bytes
     budget = data.draw(st.one_of(st.none(), st.integers(least, 2 * least + 1)))

@@ -10,6 +10,7 @@ from planner.solvers import solve
 from planner.solvers.sequential import sequential_segments
 from planner.synthetic import random_chain, random_dag
 from tests.reference import replay_solution
+from tests.strategies import with_heavy_sink
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -68,12 +69,14 @@ def test_vgg16_matches_gpu_measurements():
         assert abs(predicted / row["peak_bytes"] - 1) < 0.01, s
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(48))
 def test_segment_inputs_are_held_as_pytorch_holds_them(seed):
     from planner.lowering import chain_segments_peak
     from planner.schedule import OpKind
 
     m = random_chain(14, seed)
+    if seed >= 40:  # logits dominate; the loss holds them until the head's backward
+        m = with_heavy_sink(m, factor=1 + seed % 3)
     for s in (2, 3, 4, 7):
         sol = solve(m, None, "sequential", segments=s)
         ops = list(sol.ops)
