@@ -125,7 +125,7 @@ class Model:
 
     @cached_property
     def fingerprint(self):
-        """``"sha256:" + hex`` of the canonical JSON of the model document."""
+        """``"sha256:" + hex`` of the model's structure and sizes (see :func:`fingerprint`)."""
         return fingerprint(self.to_dict() if self.document is None else self.document)
 
     @cached_property
@@ -182,13 +182,59 @@ class Model:
         return doc
 
 
-def fingerprint(document):
-    """SHA-256 fingerprint of a parsed model document (SPEC section 2).
+# What decides a schedule's validity and memory, with its default (SPEC section
+# 2); times, names of the model, units, sources and extra fields are left out.
+_FINGERPRINT_DEFAULTS = (
+    ("output_bytes", None),
+    ("saved_bytes", 0),
+    ("needs_inputs", True),
+    ("needs_output", False),
+    ("workspace_forward", 0),
+    ("workspace_backward", 0),
+    ("params_bytes", 0),
+)
 
-    The document is re-serialised with sorted keys and ``(",", ":")``
-    separators and encoded as UTF-8.
+
+def fingerprint(document):
+    """SHA-256 fingerprint of the structure and sizes of a valid model document (SPEC section 2).
+
+    Parameters
+    ----------
+    document : dict
+        A parsed ``edgeplan-model/1`` document that :func:`model_from_dict`
+        accepts.
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and the hex digest of the UTF-8 JSON text, with sorted
+        keys and ``(",", ":")`` separators, of ``{"input_bytes": ..., "layers":
+        [...]}``, each layer reduced to its ``name``, ``inputs`` (the previous
+        layer, or ``"input"`` for the first, when absent), ``output_bytes``,
+        ``saved_bytes``, ``needs_inputs``, ``needs_output``,
+        ``workspace_forward``, ``workspace_backward`` and ``params_bytes``,
+        every default filled in.
+
+    Notes
+    -----
+    Times are not part of it: a model profiled again (times are noisy) keeps
+    the fingerprint, and the schedules committed for it stay valid, while any
+    change of structure or size changes it.  O(size of the document).
     """
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    layers = []
+    previous = INPUT
+    for raw in document["layers"]:
+        layer = {"name": raw["name"], "inputs": list(raw.get("inputs", [previous]))}
+        for key, default in _FINGERPRINT_DEFAULTS:
+            layer[key] = raw.get(key, default)
+        layers.append(layer)
+        previous = raw["name"]
+    text = json.dumps(
+        {"input_bytes": document["input_bytes"], "layers": layers},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

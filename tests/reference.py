@@ -2,9 +2,11 @@
 
 It reads the JSON documents themselves (names, not indices) and shares no code
 with planner.simulate, so tests can check the simulator and every solver
-against it.
+against it.  :func:`spec_fingerprint` is SPEC section 2's fingerprint, written
+from the SPEC's text without planner.model.
 """
 
+import hashlib
 import json
 
 
@@ -95,3 +97,34 @@ def replay_solution(model, solution):
     """Replay a planner Solution's written JSON with the reference and return its result."""
     doc = model.document if model.document is not None else model.to_dict()
     return reference_replay(doc, json.loads(solution.schedule.to_json(model)))
+
+
+# SPEC section 2: the fields of a layer the fingerprint covers, and their
+# defaults from SPEC section 1 (``inputs`` defaults to the previous layer).
+_COVERED = {
+    "saved_bytes": 0,
+    "needs_inputs": True,
+    "needs_output": False,
+    "workspace_forward": 0,
+    "workspace_backward": 0,
+    "params_bytes": 0,
+}
+
+
+def spec_fingerprint(model_doc):
+    """``sha256:`` + hex digest of the structure and sizes of a model document."""
+    names = [raw["name"] for raw in model_doc["layers"]]
+    layers = []
+    for pos, raw in enumerate(model_doc["layers"]):
+        entry = dict(_COVERED)
+        entry.update({key: raw[key] for key in _COVERED if key in raw})
+        entry["name"] = raw["name"]
+        entry["output_bytes"] = raw["output_bytes"]
+        if "inputs" in raw:
+            entry["inputs"] = raw["inputs"]
+        else:
+            entry["inputs"] = [names[pos - 1]] if pos else ["input"]
+        layers.append(entry)
+    obj = {"layers": layers, "input_bytes": model_doc["input_bytes"]}
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

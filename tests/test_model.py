@@ -1,4 +1,5 @@
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 
 from planner.errors import ModelError
 from planner.model import fingerprint, load_model, model_from_dict
+from tests.reference import spec_fingerprint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -77,17 +79,77 @@ def test_real_model_files_load(path):
     assert model_from_dict(m.to_dict()).layers == m.layers
 
 
-def test_fingerprint_is_sha256_of_canonical_json(tmp_path):
-    d = doc()
-    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    import hashlib
-
-    expected = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-    assert fingerprint(d) == expected
+def test_fingerprint_is_sha256_of_structure_and_sizes(tmp_path):
+    # SPEC section 2, by hand for BASE: sorted keys, no spaces, defaults filled,
+    # the inputs resolved, no times and no model name.
+    text = (
+        '{"input_bytes":10,"layers":['
+        '{"inputs":["input"],"name":"a","needs_inputs":true,"needs_output":false,'
+        '"output_bytes":100,"params_bytes":0,"saved_bytes":0,"workspace_backward":0,'
+        '"workspace_forward":0},'
+        '{"inputs":["a"],"name":"b","needs_inputs":true,"needs_output":false,'
+        '"output_bytes":50,"params_bytes":0,"saved_bytes":0,"workspace_backward":0,'
+        '"workspace_forward":0}]}'
+    )
+    expected = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert fingerprint(doc()) == expected == spec_fingerprint(doc())
+    assert text in (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
     path = tmp_path / "m.json"
-    path.write_text(json.dumps(d, indent=4))  # layout does not matter
+    path.write_text(json.dumps(doc(), indent=4))  # layout does not matter
     assert load_model(path).fingerprint == expected
-    assert model_from_dict(doc(name="other")).fingerprint != expected
+    # Defaults spelled out give the same fingerprint.
+    spelled = model_from_dict(model_from_dict(doc()).to_dict())
+    assert spelled.fingerprint == expected
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.name)
+def test_fingerprint_of_real_files_follows_the_spec(path):
+    document = json.loads(path.read_text())
+    assert load_model(path).fingerprint == spec_fingerprint(document)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["layers"][0].update(forward=123.5),
+        lambda d: d["layers"][1].update(backward=0),
+        lambda d: d.update(time_unit="flop", source="re-profiled on another machine"),
+        lambda d: d.update(name="renamed"),
+        lambda d: d.update(extra={"note": "fields not listed may be added"}),
+        lambda d: d["layers"][1].update(comment="an extra layer field"),
+        lambda d: d["layers"][1].update(inputs=["a"], saved_bytes=0, needs_output=False),
+    ],
+    ids=["forward", "backward", "time-unit-and-source", "model-name", "extra", "layer-extra",
+         "defaults-spelled"],
+)
+def test_fingerprint_ignores_times_names_and_extras(change):
+    d = doc()
+    change(d)
+    assert model_from_dict(d).fingerprint == model_from_dict(doc()).fingerprint
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(input_bytes=11),
+        lambda d: d["layers"][0].update(name="a2") or d["layers"][1].update(inputs=["a2"]),
+        lambda d: d["layers"][1].update(inputs=["a", "input"]),
+        lambda d: d["layers"][0].update(output_bytes=101),
+        lambda d: d["layers"][0].update(saved_bytes=1),
+        lambda d: d["layers"][0].update(needs_inputs=False),
+        lambda d: d["layers"][1].update(needs_output=True),
+        lambda d: d["layers"][0].update(workspace_forward=1),
+        lambda d: d["layers"][0].update(workspace_backward=1),
+        lambda d: d["layers"][0].update(params_bytes=1),
+    ],
+    ids=["input_bytes", "layer-name", "inputs", "output_bytes", "saved_bytes", "needs_inputs",
+         "needs_output", "workspace_forward", "workspace_backward", "params_bytes"],
+)
+def test_fingerprint_changes_with_structure_and_sizes(change):
+    d = doc()
+    change(d)
+    assert model_from_dict(d).fingerprint != model_from_dict(doc()).fingerprint
+    assert model_from_dict(d).fingerprint == spec_fingerprint(d)
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,34 @@ def test_check_mode_reports_a_tampered_file(tmp_path):
     copy_dir.mkdir()
     (copy_dir / path.name).write_bytes(path.read_bytes().replace(b'"ops": [', b'"ops":  [', 1))
     assert regen.differences(copy_dir, cases=[(model_file, memory)]) == [path.name]
+
+
+def test_a_re_profiled_model_keeps_its_committed_schedules(tmp_path):
+    # Times are noisy: profiling the model again changes every time, not the
+    # fingerprint (SPEC section 2), so the committed schedule stays valid, and
+    # simulate takes the times from the model file it is given.
+    model_file, memory, path = CASES[1]
+    doc = json.loads((ROOT / "examples" / model_file).read_text())
+    for k, layer in enumerate(doc["layers"]):
+        layer["forward"] = layer["forward"] * (1.5 + 0.01 * k)
+        layer["backward"] = layer["backward"] * 0.75
+    doc["source"] = "profiled again on another machine"
+    retimed = tmp_path / "retimed.json"
+    retimed.write_text(json.dumps(doc))
+    schedule = json.loads(path.read_text())
+    runner = CliRunner()
+    r = runner.invoke(main, ["simulate", str(retimed), str(path), "--memory", memory, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["fingerprint_matches"] is True and out["valid"] is True
+    ref = reference_replay(doc, schedule)
+    assert out["peak_bytes"] == ref["peak_bytes"] == schedule["predicted"]["peak_bytes"]
+    assert out["compute"] == pytest.approx(ref["compute"], rel=1e-12)
+    assert out["compute"] != pytest.approx(schedule["predicted"]["compute"], rel=1e-3)
+    # A change of size is another model: the schedule no longer matches (exit 1).
+    doc["layers"][0]["output_bytes"] += 1
+    resized = tmp_path / "resized.json"
+    resized.write_text(json.dumps(doc))
+    r = runner.invoke(main, ["simulate", str(resized), str(path), "--json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["fingerprint_matches"] is False
