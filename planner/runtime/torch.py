@@ -277,18 +277,8 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
                     g = torch.zeros(shape, dtype=dtype, device=device)
                 gbox.append(g)
                 del g
-            # The sink's output stays through its backward: the loss reads it
-            # until the backward starts (SPEC section 3).
-            k = n + 1 if i != sink else len(ops)
-            while k < len(ops) and ops[k].kind is OpKind.FREE:
-                if ops[k].layer == i and i in outputs:
-                    # A free of L among the ones that follow its backward is done
-                    # as autograd does it: the output goes as soon as the
-                    # backward has used it.
-                    del outputs[i]
-                    early_free.add(k)
-                    break
-                k += 1
+            if i != sink:
+                _free_early(ops, n, outputs, early_free)
             if root is not None:
                 root.backward()
             gbox.clear()
@@ -301,6 +291,24 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
         if on_op is not None:
             on_op(n)
     return count
+
+
+def _free_early(ops, n, outputs, early_free):
+    """Drop the output of op ``n``'s layer now if a free of it follows that backward.
+
+    A free of L among the ones that follow L's backward is done as autograd does
+    it: the output goes as soon as the backward has used it (``early_free``
+    records the free, which then does nothing).  Not for the sink: the loss
+    holds its output until the sink's backward has run (SPEC section 3).
+    """
+    i = ops[n].layer
+    k = n + 1
+    while k < len(ops) and ops[k].kind is OpKind.FREE:
+        if ops[k].layer == i and i in outputs:
+            del outputs[i]
+            early_free.add(k)
+            return
+        k += 1
 
 
 def _hand_back(stage, boxes, grads):
