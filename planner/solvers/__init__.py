@@ -335,10 +335,22 @@ def run_all(
 
 
 def _best(outcomes):
+    """The feasible solution with the least compute (ties: fewer ops), or None.
+
+    When an exact search among ``outcomes`` stopped before proving its answer
+    (``proven_optimal: false``) and the winner does not say, the winner's
+    params get ``"proven_optimal": false`` too: a better schedule may exist.
+    """
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    return min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    best = min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    unproven = any(s.params.get("proven_optimal") is False for s in feasible)
+    if unproven and "proven_optimal" not in best.params:
+        params = dict(best.params, proven_optimal=False)
+        schedule = dataclasses.replace(best.schedule, params=params)
+        best = dataclasses.replace(best, params=params, schedule=schedule)
+    return best
 
 
 def solve(model, budget, strategy="auto", *, progress=None, **options):
