@@ -292,7 +292,7 @@ def _tuning_options(fn):
     fn = click.option(
         "--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
         help="milp: stop the solver after this many seconds (by default milp runs on DAGs only, "
-        "briefly: 1 s, in sweep 0.4 s per size; with this, on every model, for this long).",
+        "briefly: 1 s, in sweep 0.25 s per size; with this, on every model, for this long).",
     )(fn)
     fn = click.option(
         "--snapshots", "snapshots_", type=click.IntRange(min=0),

@@ -99,7 +99,7 @@ class Strategy:
 # --time-limit, runs the exact search on any model, for as long as asked.
 MILP_AUTO_MAX_LAYERS = 100
 AUTO_TIME_LIMIT = 1.0
-SWEEP_TIME_LIMIT = 0.4
+SWEEP_TIME_LIMIT = 0.25
 
 
 def _entry(name, module, function, summary, **kwargs):
