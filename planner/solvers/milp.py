@@ -152,6 +152,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     Rematerialization", MLSys 2020.
     """
     limit = _check_limit(time_limit)
+    _import_highs()  # before the clock starts: a cold import of scipy takes a good part of a second
     deadline = time.perf_counter() + limit
     plain = _store_all_ops(model)
     if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
@@ -185,6 +186,13 @@ def _fitting_starts(model, budget, warm_starts):
     return found
 
 
+def _import_highs():
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(_SCIPY_MISSING) from None
+
+
 def _solve(model, budget, deadline, limit, starts=(), others_least=None):
     """The program proper.
 
@@ -192,12 +200,9 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
     the least budget another strategy needs when none fits (it caps the least
     budget reported, so that milp at that budget finds a schedule).
     """
-    try:
-        import scipy.optimize  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(_SCIPY_MISSING) from None
+    _import_highs()
     n = len(model)
-    if starts and deadline - time.perf_counter() <= 0.05:  # the other strategies used it all
+    if starts and deadline - time.perf_counter() <= 0.05:  # no time left: the best warm start
         return starts[0][1], {"time_limit": limit, "stages": 0, "start": starts[0][2], "proven_optimal": False}
     required = _required_boundaries(n, starts[0][1]) if starts else set()
     blocks = _blocks(n, _stage_count(n), required)
