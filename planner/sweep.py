@@ -192,7 +192,9 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
     number of sizes.
     """
     names = solvers.applicable(model, options) if strategies is None else list(strategies)
+    memories = list(memories)
     shared = {} if shared is None else shared
+    shared["budgets"] = [activation_budget(model, memory, optimizer).activation_bytes for memory in memories]
     points = []
     for memory in memories:
         budget = activation_budget(model, memory, optimizer)

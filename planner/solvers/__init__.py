@@ -314,7 +314,9 @@ def run_all(
         per memory size).
     shared : dict or None, keyword-only
         Kept by the caller across calls on the same model (``sweep``): the
-        strategies that share work (dp's tables) keep it there.
+        strategies that share work (dp's tables) keep it there, each in its
+        own entry; ``shared["budgets"]``, if set, announces the budgets the
+        caller will ask for.
     """
     options = options or {}
     default = strategies is None
@@ -329,7 +331,8 @@ def run_all(
             if default and "time_limit" in strategy.options:
                 extra["time_limit"] = time_limit
         if strategy.shares_work and shared is not None:
-            extra["shared"] = shared.setdefault(name, {})
+            extra["shared"] = mine = shared.setdefault(name, {})
+            mine["budgets"] = shared.get("budgets", ())
         done[name] = _run_one(model, budget, name, options, extra, progress)
     return [done[name] for name in names]
 

@@ -506,19 +506,28 @@ def _rounded_table(z, f, b, avail, levels, shared):
     reused; the answer is the same as without it.
     """
     grid = _grid(z.n, levels)
-    unit = 1 << (-(-avail // grid) - 1).bit_length() if avail > grid else 1
-    top = avail // unit
-    width = top + 1 + max(8, top // 32)
+    unit, width = _rounded_unit(avail, grid)
     full = grid + 1 + max(8, grid // 32)  # the widest any budget of this unit needs
     dtype = np.float64 if z.n * z.n * full <= _F64_CELLS else np.float32
     if shared is None:
         return _Table(z.scaled(unit, "nearest"), f, b, width, dtype), unit, width
     key = ("rounded", levels, unit)
-    if shared.get("key") != key:
+    if shared.get("key") != key or shared["table"].W < width:
+        # as wide as the widest budget of this octave the caller announced
+        # (shared["budgets"]), else as the octave allows
+        announced = [_rounded_unit(a, grid) for a in shared.get("avails", ())]
+        wide = max([w for u, w in announced if u == unit and w >= width], default=full)
         shared.pop("table", None)  # one table at a time: sweeps go up in memory
-        shared["table"] = _Table(z.scaled(unit, "nearest"), f, b, max(width, full), dtype)
+        shared["table"] = _Table(z.scaled(unit, "nearest"), f, b, wide, dtype)
         shared["key"] = key
     return shared["table"], unit, width
+
+
+def _rounded_unit(avail, grid):
+    """The power-of-two unit of ``avail`` bytes on a grid of ``grid`` levels, and the table width."""
+    unit = 1 << (-(-avail // grid) - 1).bit_length() if avail > grid else 1
+    top = avail // unit
+    return unit, top + 1 + max(8, top // 32)
 
 
 def _rounded_search(z, f, b, avail, levels, params, shared=None):
@@ -616,7 +625,9 @@ def dp(model, *, budget=None, levels=500, shared=None):
     shared : dict or None, keyword-only
         Work kept across calls on the same model (``sweep`` passes one dict
         for all its memory sizes): the rounded table of each octave of
-        budgets and the least-peak schedule are built once.  Answers are the
+        budgets and the least-peak schedule are built once, each table as
+        wide as the largest budget of ``shared["budgets"]`` (the budgets the
+        caller announced, optional) in its octave needs.  Answers are the
         same as without it.
 
     Returns
@@ -681,8 +692,11 @@ def dp(model, *, budget=None, levels=500, shared=None):
         raise NotApplicableError("dp applies to chains only; this model is a DAG")
     _check_levels(levels)
     if shared is not None and shared.get("model") is not model:
+        announced = shared.get("budgets", ())
         shared.clear()  # work kept for another model
-        shared["model"] = model
+        shared.update(model=model, budgets=announced)
+    if shared is not None:
+        shared["avails"] = [a - model.input_bytes for a in shared.get("budgets", ()) if a is not None]
     n = len(model)
     f = [float(layer.forward) for layer in model.layers]
     b = [float(layer.backward) for layer in model.layers]
