@@ -217,7 +217,8 @@ def main():
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="milp: give up proving optimality after this many seconds (default 60) and keep the best schedule found.",
+    help="milp: give up proving optimality after this many seconds and keep the best schedule found "
+    "(default 60 with --strategy milp; auto runs milp on DAGs only, for 1 s, unless this is given).",
 )
 def solve(model_path, memory, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
     """Find the best schedule for MODEL that fits --memory.
@@ -290,7 +291,8 @@ def _tuning_options(fn):
     """--segments, --snapshots, --time-limit: passed to the strategies that take them."""
     fn = click.option(
         "--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-        help="milp: stop the solver after this many seconds.",
+        help="milp: stop the solver after this many seconds (by default milp runs on DAGs only, "
+        "briefly: 1 s, in sweep 0.25 s per size; with this, on every model, for this long).",
     )(fn)
     fn = click.option(
         "--snapshots", "snapshots_", type=click.IntRange(min=0),
@@ -443,7 +445,7 @@ def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, ti
     display, hook = _progress(err, len(names), "solving")
     with display:
         outcomes = solvers.run_all(
-            model, budget.activation_bytes, strategies=names, options=options, progress=hook
+            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook
         )
     rows = _compare_rows(outcomes, budget)
     code = EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO
@@ -506,7 +508,8 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
             import matplotlib  # noqa: F401 - fail before the slow part, not after
         except ImportError:
             _fail(err, "--plot needs matplotlib: pip install edgeplan[plot]", EXIT_BAD)
-    span = sweeping.memory_range(model, optimizer=optimizer, strategies=names, options=options)
+    shared = {}  # work the strategies keep across the sizes (dp's tables)
+    span = sweeping.memory_range(model, optimizer=optimizer, strategies=strategies, options=options, shared=shared)
     low = span.least_memory_bytes if low is None else low
     high = span.store_all_memory_bytes if high is None else high
     if low > high:
@@ -515,7 +518,8 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
     display, hook = _progress(err, len(sizes) * len(names), "sweeping")
     with display:
         points = sweeping.sweep(
-            model, sizes, optimizer=optimizer, strategies=names, options=options, progress=hook
+            model, sizes, optimizer=optimizer, strategies=strategies, options=options, progress=hook,
+            shared=shared,
         )
     if plot_path:
         from planner.plot import write_png

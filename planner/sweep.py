@@ -82,7 +82,7 @@ class MemoryRange:
     store_all_peak_bytes: int
 
 
-def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
+def memory_range(model, *, optimizer="sgd", strategies=None, options=None, shared=None):
     """From the least workable memory to the memory of plain autograd.
 
     Parameters
@@ -93,6 +93,8 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
         Whose least memory counts; default every applicable strategy.
     options : dict or None, keyword-only
         Strategy options, as for :func:`planner.solvers.run_all`.
+    shared : dict or None, keyword-only
+        Work kept for :func:`sweep` on the same model (pass the same dict).
 
     Returns
     -------
@@ -108,7 +110,10 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
     fixed = activation_budget(model, 0, optimizer).fixed_bytes
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     known = [store_all]
-    for outcome in solvers.run_all(model, 0, strategies=strategies, options=options):
+    outcomes = solvers.run_all(
+        model, 0, strategies=strategies, options=options, time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared
+    )
+    for outcome in outcomes:
         if outcome.feasible:
             known.append(outcome.solution.result.peak_bytes)
         elif outcome.least_bytes is not None:
@@ -151,7 +156,7 @@ def budgets(low, high, steps):
     return sorted(sizes)
 
 
-def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None):
+def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, shared=None):
     """Solve every strategy at every memory size.
 
     Parameters
@@ -161,12 +166,18 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
         Device memory sizes in bytes (the fixed memory is subtracted).
     optimizer : {"sgd", "adam"}, keyword-only
     strategies : list of str or None, keyword-only
-        Default: every applicable strategy.
+        Default: the default set (:func:`planner.solvers.applicable`), milp
+        with :data:`planner.solvers.SWEEP_TIME_LIMIT` seconds per size unless
+        ``options`` give a ``time_limit``.
     options : dict or None, keyword-only
         Strategy options (``segments``, ``snapshots``, ``time_limit``).
     progress : callable or None, keyword-only
         ``progress(memory_bytes, strategy, outcome_or_None)`` before and after
         each solve.
+    shared : dict or None, keyword-only
+        Work kept across the sizes (and from :func:`memory_range` when it got
+        the same dict): dp builds one table per octave of budgets instead of
+        one per size.  The points are the same as without it.
 
     Returns
     -------
@@ -176,10 +187,14 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
 
     Notes
     -----
-    ``len(memories) x len(strategies)`` solves; the cost is that of the
-    slowest strategy times the number of sizes.
+    ``len(memories) x len(strategies)`` solves; dp's tables are shared, so
+    its cost grows with the number of octaves the sizes span, not with the
+    number of sizes.
     """
     names = solvers.applicable(model, options) if strategies is None else list(strategies)
+    memories = list(memories)
+    shared = {} if shared is None else shared
+    shared["budgets"] = [activation_budget(model, memory, optimizer).activation_bytes for memory in memories]
     points = []
     for memory in memories:
         budget = activation_budget(model, memory, optimizer)
@@ -194,9 +209,11 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
             def hook(name, outcome, _memory=memory):
                 progress(_memory, name, outcome)
 
-        for outcome in solvers.run_all(
-            model, budget.activation_bytes, strategies=names, options=options, progress=hook
-        ):
+        outcomes = solvers.run_all(
+            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
+            time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared,
+        )
+        for outcome in outcomes:
             if outcome.feasible:
                 r = outcome.solution.result
                 point = SweepPoint(

@@ -39,14 +39,14 @@ def chain52():
 @pytest.fixture(scope="module")
 def chain52_json(chain52):
     _, path = chain52
-    r = run("compare", path, "--memory", MEMORY52, "--json", *FAST)
+    r = run("compare", path, "--memory", MEMORY52, "--json")
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
 
 def test_compare_table_names_every_applicable_strategy(chain52):
     model, path = chain52
-    r = run("compare", path, "--memory", MEMORY52, *FAST)
+    r = run("compare", path, "--memory", MEMORY52)
     assert r.exit_code == 0, r.output
     text = r.stdout
     budget = activation_budget(model, MEMORY52_BYTES)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +12,9 @@ from planner import solvers
 from planner.budget import activation_budget
 from planner.plot import text_chart
 from planner.sweep import SweepPoint, budgets, memory_range, sweep
-from planner.synthetic import random_chain
+from planner.errors import InfeasibleError
+from planner.model import MODEL_FORMAT, model_from_dict
+from planner.synthetic import random_chain, random_dag
 from tests.reference import replay_solution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +171,65 @@ def test_sweep_bad_usage_exits_2(args, message):
     r = run("sweep", RESNET, *args)
     assert r.exit_code == 2
     assert message in r.stderr and "Traceback" not in r.output
+
+
+def _odd_chain(n, seed):
+    """A chain whose sizes share no common unit, so that dp rounds its grid."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        {
+            "name": f"L{i}", "forward": float(rng.integers(1, 20)), "backward": float(rng.integers(1, 40)),
+            "output_bytes": int(rng.integers(10**5, 10**6)), "saved_bytes": int(rng.integers(0, 10**5)),
+            "needs_output": bool(rng.random() < 0.4), "workspace_forward": int(rng.integers(0, 10**5)),
+        }
+        for i in range(n)
+    ]
+    return model_from_dict({"format": MODEL_FORMAT, "name": f"odd-{n}", "input_bytes": 12345, "layers": layers})
+
+
+@pytest.mark.parametrize("model", [_odd_chain(30, 1), random_chain(16, 2), random_dag(12, 3)], ids=["rounded", "chain", "dag"])
+def test_sweep_points_equal_solving_each_point_separately(model):
+    span = memory_range(model)
+    sizes = budgets(span.least_memory_bytes, span.store_all_memory_bytes, 12)
+    points = sweep(model, sizes)
+    names = solvers.applicable(model)
+    assert len(points) == len(sizes) * len(names)
+    for p in points:
+        if p.strategy == "milp":
+            continue  # time-limited: need not repeat itself
+        try:
+            solution = solvers.solve(model, p.activation_bytes, p.strategy)
+        except InfeasibleError as exc:
+            assert not p.feasible and p.least_bytes == exc.least_bytes, p
+            continue
+        assert p.feasible, p
+        assert (p.peak_bytes, p.compute, p.forwards) == (
+            solution.result.peak_bytes, solution.result.compute, solution.result.forwards
+        ), p
+
+
+def test_dp_shares_one_table_per_octave_and_answers_the_same(monkeypatch):
+    from planner.solvers import dp as dp_module
+
+    model = _odd_chain(40, 4)
+    peak = solvers.solve(model, None, "store-all").result.peak_bytes
+    fractions = [0.3, 0.34, 0.38, 0.5, 0.62, 0.9, 0.45]  # not in order: the cache copes
+    built = []
+    real = dp_module._Table.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[3])
+        real(self, *args, **kwargs)
+
+    shared = {}
+    alone, together = [], []
+    for frac in fractions:
+        alone.append(dp_module.dp(model, budget=int(peak * frac)))
+    monkeypatch.setattr(dp_module._Table, "__init__", counting)
+    for frac in fractions:
+        together.append(dp_module.dp(model, budget=int(peak * frac), shared=shared))
+    assert together == alone
+    assert all(params["grid"] == "rounded" for _, params in alone)
+    units = [params["unit_bytes"] for _, params in alone]
+    assert len(built) < len(fractions)  # budgets of one octave share a table
+    assert len(set(units)) <= len(built)

@@ -8,6 +8,7 @@ whose ``predicted`` numbers are the simulator's.  A solver never reports its
 own costs.
 """
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Iterable, Iterator, Sized
@@ -28,6 +29,9 @@ __all__ = [
     "run_all",
     "applicable",
     "strategy_names",
+    "AUTO_TIME_LIMIT",
+    "SWEEP_TIME_LIMIT",
+    "MILP_AUTO_MAX_LAYERS",
 ]
 
 
@@ -57,6 +61,17 @@ class Strategy:
         Above this many layers the strategy is left out of the default set
         (``auto``, ``compare``, ``sweep``) because it would take long; it still
         runs when named.
+    auto_dags_only : bool
+        The default set runs it on DAGs only (on chains another strategy is
+        exact and it would only cost time); it still runs when named or given
+        one of its options.
+    warm_starts : bool
+        It takes ``warm_starts`` (the ``(name, ops)`` of the schedules the
+        other strategies found) and ``others_least_bytes``, and is run after
+        them.
+    shares_work : bool
+        It takes ``shared``, a dict in which it keeps work across calls on the
+        same model (``sweep``'s memory sizes), with the same answers.
     """
 
     name: str
@@ -67,16 +82,24 @@ class Strategy:
     options: tuple = ()
     emits_frees: bool = False
     auto_max_layers: int = None
+    auto_dags_only: bool = False
+    warm_starts: bool = False
+    shares_work: bool = False
 
     def load(self):
         """The solver function."""
         return getattr(importlib.import_module(self.module), self.function)
 
 
-# milp is exact and quick up to about this size (one stage per layer); beyond
-# it, auto, compare and sweep leave it out unless it is named or given a
-# --time-limit, so that a plain `edgeplan solve` stays fast.
+# The default set (auto, compare, sweep) runs milp only where it can beat the
+# others: on DAGs (on chains dp is optimal over persistent schedules, and milp
+# did not beat it by 1% on any benchmarked chain) of up to this many layers,
+# for AUTO_TIME_LIMIT seconds (sweep: SWEEP_TIME_LIMIT per memory size),
+# warm-started with the schedules the others found.  --strategy milp, or a
+# --time-limit, runs the exact search on any model, for as long as asked.
 MILP_AUTO_MAX_LAYERS = 100
+AUTO_TIME_LIMIT = 1.0
+SWEEP_TIME_LIMIT = 0.25
 
 
 def _entry(name, module, function, summary, **kwargs):
@@ -98,7 +121,10 @@ STRATEGIES = dict(
         _entry("sqrt-n", "sqrt_n", "sqrt_n", "Chen et al.: about sqrt(n) segments, each recomputed once", chains_only=True),
         _entry("chen-greedy", "chen", "chen_greedy", "Chen et al.'s greedy memory planning with a searched segment budget"),
         _entry("revolve", "revolve", "revolve", "Griewank-Walther binomial checkpointing (--snapshots C)", chains_only=True, options=("snapshots",), emits_frees=True),
-        _entry("dp", "dp", "dp", "optimal dynamic program for heterogeneous chains (rotor)", chains_only=True),
+        _entry(
+            "dp", "dp", "dp", "optimal dynamic program for heterogeneous chains (rotor)",
+            chains_only=True, shares_work=True,
+        ),
         _entry("reforward", "reforward", "reforward", "Feng & Huang re-forwarding: best checkpoint set, each layer recomputed at most once"),
         _entry(
             "milp",
@@ -107,6 +133,8 @@ STRATEGIES = dict(
             "exact mixed-integer program for any DAG, HiGHS (--time-limit SECONDS)",
             options=("time_limit",),
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
+            auto_dags_only=True,
+            warm_starts=True,
         ),
     ]
 )
@@ -157,9 +185,10 @@ def strategy_names():
 def applicable(model, options=None):
     """Names of the strategies that apply to ``model`` and run by default on it.
 
-    A strategy with ``auto_max_layers`` joins only on models up to that size,
-    or when ``options`` give it one of its own options (``time_limit`` for
-    milp): the user asked for it.
+    The default set of ``auto``, ``compare`` and ``sweep``.  A strategy with
+    ``auto_max_layers`` joins only on models up to that size, and one with
+    ``auto_dags_only`` only on DAGs, unless ``options`` give it one of its own
+    options (``time_limit`` for milp): the user asked for it.
     """
     options = options or {}
     names = []
@@ -167,7 +196,9 @@ def applicable(model, options=None):
         if s.chains_only and not model.is_chain:
             continue
         asked = any(options.get(key) is not None for key in s.options)
-        if s.auto_max_layers is not None and len(model) > s.auto_max_layers and not asked:
+        if not asked and s.auto_max_layers is not None and len(model) > s.auto_max_layers:
+            continue
+        if not asked and s.auto_dags_only and model.is_chain:
             continue
         names.append(s.name)
     return names
@@ -185,7 +216,12 @@ def _is_replayable(ops):
     return isinstance(ops, Sized) and isinstance(ops, Iterable) and not isinstance(ops, Iterator)
 
 
-def _run(model, budget, strategy, options):
+def _run(model, budget, strategy, options, extra=None):
+    """Solve with one strategy, lower, replay, check the budget.
+
+    ``extra`` are keyword arguments the registry adds (warm starts, the
+    default set's time limit); they are not options of the user's.
+    """
     fn = strategy.load()
     if strategy.chains_only and not model.is_chain:
         raise NotApplicableError(
@@ -194,6 +230,7 @@ def _run(model, budget, strategy, options):
         )
     started = time.perf_counter()
     kwargs = {k: v for k, v in options.items() if v is not None and k in strategy.options}
+    kwargs = {**(extra or {}), **kwargs}
     ops, params = fn(model, budget=budget, **kwargs)
     if not strategy.emits_frees:
         ops = tuple(insert_frees(model, ops))
@@ -223,44 +260,100 @@ def _run(model, budget, strategy, options):
     return Solution(strategy.name, dict(params), schedule, result, ops, seconds)
 
 
-def run_all(model, budget, *, strategies=None, options=None, progress=None):
+def _warm_inputs(outcomes):
+    """What a ``warm_starts`` strategy gets from the outcomes before it."""
+    starts = sorted(
+        (o.solution for o in outcomes if o.feasible),
+        key=lambda sol: (sol.result.compute, len(sol.ops)),
+    )
+    least = [o.least_bytes for o in outcomes if o.least_bytes is not None]
+    return {
+        "warm_starts": [(sol.strategy, sol.ops) for sol in starts],
+        "others_least_bytes": min(least) if least else None,
+    }
+
+
+def _run_one(model, budget, name, options, extra, progress):
+    strategy = STRATEGIES[name]
+    if progress:
+        progress(name, None)
+    started = time.perf_counter()
+    try:
+        solution = _run(model, budget, strategy, options, extra)
+        outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
+    except (InfeasibleError, NotApplicableError) as exc:
+        outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
+    if progress:
+        progress(name, outcome)
+    return outcome
+
+
+def run_all(
+    model, budget, *, strategies=None, options=None, progress=None, time_limit=AUTO_TIME_LIMIT, shared=None
+):
     """Run several strategies and return one :class:`Outcome` each.
+
+    Strategies that take warm starts (milp) run after the others and get
+    their schedules; the outcomes keep the order of ``strategies``.
 
     Parameters
     ----------
     model : planner.model.Model
     budget : int or None
     strategies : list of str or None, keyword-only
-        Default: every applicable strategy.
+        Default: the default set, :func:`applicable`; its time-limited
+        strategies (milp) then get ``time_limit`` unless ``options`` give one.
+        Strategies named here get their own defaults (milp: 60 s).
     options : dict, keyword-only
         Strategy options; each strategy gets the ones it takes.
     progress : callable or None, keyword-only
         Called as ``progress(name, outcome_or_None)`` before and after each.
+    time_limit : float, keyword-only
+        Seconds for each time-limited strategy of the default set
+        (:data:`AUTO_TIME_LIMIT`; ``sweep`` passes :data:`SWEEP_TIME_LIMIT`
+        per memory size).
+    shared : dict or None, keyword-only
+        Kept by the caller across calls on the same model (``sweep``): the
+        strategies that share work (dp's tables) keep it there, each in its
+        own entry; ``shared["budgets"]``, if set, announces the budgets the
+        caller will ask for.
     """
     options = options or {}
-    names = applicable(model, options) if strategies is None else list(strategies)
-    outcomes = []
-    for name in names:
+    default = strategies is None
+    names = applicable(model, options) if default else list(strategies)
+    done = {}
+    later = [name for name in names if STRATEGIES[name].warm_starts]
+    for name in [n for n in names if n not in later] + later:
         strategy = STRATEGIES[name]
-        if progress:
-            progress(name, None)
-        started = time.perf_counter()
-        try:
-            solution = _run(model, budget, strategy, options)
-            outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
-        except (InfeasibleError, NotApplicableError) as exc:
-            outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
-        outcomes.append(outcome)
-        if progress:
-            progress(name, outcome)
-    return outcomes
+        extra = {}
+        if strategy.warm_starts:
+            extra = _warm_inputs(done.values())
+            if default and "time_limit" in strategy.options:
+                extra["time_limit"] = time_limit
+        if strategy.shares_work and shared is not None:
+            extra["shared"] = mine = shared.setdefault(name, {})
+            mine["budgets"] = shared.get("budgets", ())
+        done[name] = _run_one(model, budget, name, options, extra, progress)
+    return [done[name] for name in names]
 
 
 def _best(outcomes):
+    """The feasible solution with the least compute (ties: fewer ops), or None.
+
+    When an exact search among ``outcomes`` stopped before proving its answer
+    (``proven_optimal: false``) and the winner does not say, the winner's
+    params get ``"proven_optimal": false`` too: a better schedule may exist.
+    """
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    return min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    best = min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    unproven = any(s.params.get("proven_optimal") is False for s in feasible)
+    if unproven and "proven_optimal" not in best.params:
+        params = dict(best.params, proven_optimal=False)
+        schedule = dataclasses.replace(best.schedule, params=params)
+        best = dataclasses.replace(best, params=params, schedule=schedule)
+    return best
 
 
 def solve(model, budget, strategy="auto", *, progress=None, **options):
@@ -273,14 +366,18 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         Activation budget in bytes (``--memory`` minus the fixed memory); None
         means unlimited.
     strategy : str
-        A name from :data:`STRATEGIES` or ``"auto"``: every applicable strategy,
-        the feasible schedule with the least compute, ties to fewer ops.
+        A name from :data:`STRATEGIES` or ``"auto"``: the default set
+        (:func:`run_all`), the feasible schedule with the least compute, ties
+        to fewer ops.  A strategy that takes warm starts (milp) gets the
+        schedules of the other applicable strategies, solved first.
     **options
         Strategy options (``segments``, ``snapshots``, ``time_limit``, ...).
 
     Returns
     -------
     Solution
+        Its ``solve_seconds`` is the whole call (every strategy ``auto`` ran,
+        the warm starts of milp).
 
     Raises
     ------
@@ -293,11 +390,12 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
     SolverBug
         The simulator rejected a solver's schedule (never expected).
     """
+    started = time.perf_counter()
     if strategy == "auto":
         outcomes = run_all(model, budget, options=options, progress=progress)
         best = _best(outcomes)
         if best is not None:
-            return best
+            return dataclasses.replace(best, solve_seconds=time.perf_counter() - started)
         known = [o.least_bytes for o in outcomes if o.least_bytes is not None]
         least = min(known) if known else None
         raise InfeasibleError(
@@ -309,4 +407,12 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
     chosen = STRATEGIES[strategy]
     _validate_options(chosen, options)
-    return _run(model, budget, chosen, options)
+    extra = None
+    if chosen.warm_starts:
+        others = [
+            name for name in applicable(model)
+            if name != strategy and not STRATEGIES[name].warm_starts
+        ]
+        extra = _warm_inputs(run_all(model, budget, strategies=others))
+    solution = _run(model, budget, chosen, options, extra)
+    return dataclasses.replace(solution, solve_seconds=time.perf_counter() - started)

@@ -66,6 +66,9 @@ _MAX_LEVELS = 10**6
 # float64 tables up to this many cells, float32 above (choices only; the cost
 # reported is always re-summed in float64 along the schedule).
 _F64_CELLS = 20_000_000
+# A rounded grid has at most _WORK / (n^3 / 6) levels at the budget (long
+# chains: 225 at 200 layers), but never fewer than _MIN_GRID.
+_MIN_GRID = 128
 
 
 @dataclass(frozen=True)
@@ -309,10 +312,11 @@ class _Table:
     ``fsum[s]``).  Pinned rows exist only where they differ (``by_s`` layout).
     """
 
-    def __init__(self, z, f, b, width):
+    def __init__(self, z, f, b, width, dtype=None):
         n = z.n
         self.z, self.f, self.b, self.W = z, f, b, width
-        dtype = np.float64 if n * n * width <= _F64_CELLS else np.float32
+        if dtype is None:
+            dtype = np.float64 if n * n * width <= _F64_CELLS else np.float32
         self.by_t = [np.full((t + 1, width), np.inf, dtype=dtype) for t in range(n)]
         self.by_s = [np.full((n - s, width), np.inf, dtype=dtype) for s in range(n)]
         self.pin = {
@@ -488,7 +492,50 @@ def _check_levels(levels):
         raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
 
 
-def _rounded_search(z, f, b, avail, levels, params):
+def _grid(n, levels):
+    """Levels of the rounded grid for an n-layer chain (the budget's level is in (grid/2, grid])."""
+    grid = levels
+    while n**3 / 6 * grid * 2 <= _WORK and n * n * grid * 2 <= _EXACT_CELLS:
+        grid *= 2
+    return min(grid, max(_MIN_GRID, int(_WORK // (n**3 / 6))))
+
+
+def _rounded_table(z, f, b, avail, levels, shared):
+    """The rounded table for ``avail`` bytes, its unit and the levels this budget may use.
+
+    The unit is the power of two that puts ``avail`` at a level in
+    ``(grid / 2, grid]``, so every budget of one octave gets the same unit and
+    the same table values: a table is a function of its unit alone (its width
+    only truncates it).  With ``shared`` (a dict kept across calls) the table is
+    built once per octave, as wide as the octave's largest budget needs, and
+    reused; the answer is the same as without it.
+    """
+    grid = _grid(z.n, levels)
+    unit, width = _rounded_unit(avail, grid)
+    full = grid + 1 + max(8, grid // 32)  # the widest any budget of this unit needs
+    dtype = np.float64 if z.n * z.n * full <= _F64_CELLS else np.float32
+    if shared is None:
+        return _Table(z.scaled(unit, "nearest"), f, b, width, dtype), unit, width
+    key = ("rounded", levels, unit)
+    if shared.get("key") != key or shared["table"].W < width:
+        # as wide as the widest budget of this octave the caller announced
+        # (shared["budgets"]), else as the octave allows
+        announced = [_rounded_unit(a, grid) for a in shared.get("avails", ())]
+        wide = max([w for u, w in announced if u == unit and w >= width], default=full)
+        shared.pop("table", None)  # one table at a time: sweeps go up in memory
+        shared["table"] = _Table(z.scaled(unit, "nearest"), f, b, wide, dtype)
+        shared["key"] = key
+    return shared["table"], unit, width
+
+
+def _rounded_unit(avail, grid):
+    """The power-of-two unit of ``avail`` bytes on a grid of ``grid`` levels, and the table width."""
+    unit = 1 << (-(-avail // grid) - 1).bit_length() if avail > grid else 1
+    top = avail // unit
+    return unit, top + 1 + max(8, top // 32)
+
+
+def _rounded_search(z, f, b, avail, levels, params, shared=None):
     """Rounded grid: one table, then the largest level whose schedule really fits.
 
     Every probe reconstructs the table's optimal schedule at one level and
@@ -496,13 +543,8 @@ def _rounded_search(z, f, b, avail, levels, params):
     fits ``avail`` bytes, or None.
     """
     n = z.n
-    grid = levels
-    while n**3 / 6 * grid * 2 <= _WORK and n * n * grid * 2 <= _EXACT_CELLS:
-        grid *= 2
-    unit = max(1, -(-avail // grid))
+    table, unit, width = _rounded_table(z, f, b, avail, levels, shared)
     top = avail // unit
-    width = top + 1 + max(8, top // 32)
-    table = _Table(z.scaled(unit, "nearest"), f, b, width)
     evaluated = {}
 
     def probe(m):
@@ -515,7 +557,7 @@ def _rounded_search(z, f, b, avail, levels, params):
     # The largest fitting level: fitting is monotone up to rounding noise, so
     # gallop from the budget level (up if it fits, down if not), bisect the
     # bracket, then look at a few levels above the answer.
-    finite = np.flatnonzero(np.isfinite(table.by_t[n - 1][0]))
+    finite = np.flatnonzero(np.isfinite(table.by_t[n - 1][0][:width]))
     if len(finite) and not probe(width - 1):
         first = int(finite[0])
         start = min(max(top, first), width - 1)
@@ -547,7 +589,33 @@ def _rounded_search(z, f, b, avail, levels, params):
     return cost, peak, tree
 
 
-def dp(model, *, budget=None, levels=500):
+def _exact_table(z, f, b, unit, width, shared):
+    """The exact-grid table of ``width`` levels, reused from ``shared`` when one as wide exists."""
+    key = ("exact", unit)
+    dtype = np.float64 if z.n * z.n * width <= _F64_CELLS else np.float32
+    if shared is not None and shared.get("key") == key:
+        table = shared["table"]
+        if table.W >= width and table.by_t[0].dtype == dtype:
+            return table
+    table = _Table(z.scaled(unit, "up"), f, b, width, dtype)
+    if shared is not None:
+        shared.pop("table", None)
+        shared.update(key=key, table=table)
+    return table
+
+
+def _least_peak(z, f, b, shared):
+    """The least-peak tree and its (peak, cost); kept in ``shared`` (it needs no budget)."""
+    if shared is not None and "least" in shared:
+        return shared["least"]
+    least = _least_peak_tree(z, f, b)
+    found = (least,) + _tree_peak_cost(least, z, f, b)
+    if shared is not None:
+        shared["least"] = found
+    return found
+
+
+def dp(model, *, budget=None, levels=500, shared=None):
     """Optimal persistent schedule of a heterogeneous chain (rotor's dynamic program).
 
     Parameters
@@ -559,6 +627,13 @@ def dp(model, *, budget=None, levels=500):
         None: no recomputation (the store-all schedule, the least compute).
     levels : int, keyword-only
         Memory levels of the rounded grid (default 500); see Notes.
+    shared : dict or None, keyword-only
+        Work kept across calls on the same model (``sweep`` passes one dict
+        for all its memory sizes): the rounded table of each octave of
+        budgets and the least-peak schedule are built once, each table as
+        wide as the largest budget of ``shared["budgets"]`` (the budgets the
+        caller announced, optional) in its octave needs.  Answers are the
+        same as without it.
 
     Returns
     -------
@@ -589,10 +664,13 @@ def dp(model, *, budget=None, levels=500):
     size of the model.  When the exact grid of ``B / g + 1`` levels is small
     (``n^2 x levels <= 2e7`` cells and ``n^3/6 x levels <= 3e8``), the DP runs
     on it: nothing is rounded and the schedule is optimal over the class.
-    Otherwise sizes are rounded to the nearest multiple of ``unit = ceil(B /
-    L)`` bytes, ``L = levels`` doubled while the same two limits allow (so short
-    chains get a much finer grid), and the table is built up to ``B / unit`` plus
-    1/32 of headroom.  Its optimal schedules are then evaluated in exact bytes
+    Otherwise sizes are rounded to the nearest multiple of ``unit`` bytes, the
+    power of two with ``B / unit`` in ``(L / 2, L]``, ``L = levels`` doubled
+    while the same two limits allow (so short chains get a much finer grid)
+    and capped at ``3e8 / (n^3 / 6)`` levels (at least 128) on long chains;
+    the table is built up to ``B / unit`` plus 1/32 of headroom.  Budgets of
+    one octave share a unit, hence a table (see ``shared``).  Its optimal
+    schedules are then evaluated in exact bytes
     at the budget level and by bisection around it, and the cheapest one whose
     *exact* peak fits ``B`` is returned: rounding never produces a schedule that
     does not fit, and near the budget it costs at most the rounding noise of a
@@ -618,6 +696,12 @@ def dp(model, *, budget=None, levels=500):
     if not model.is_chain:
         raise NotApplicableError("dp applies to chains only; this model is a DAG")
     _check_levels(levels)
+    if shared is not None and shared.get("model") is not model:
+        announced = shared.get("budgets", ())
+        shared.clear()  # work kept for another model
+        shared.update(model=model, budgets=announced)
+    if shared is not None:
+        shared["avails"] = [a - model.input_bytes for a in shared.get("budgets", ()) if a is not None]
     n = len(model)
     f = [float(layer.forward) for layer in model.layers]
     b = [float(layer.backward) for layer in model.layers]
@@ -645,9 +729,7 @@ def dp(model, *, budget=None, levels=500):
     exact_levels = avail // unit + 1 if avail >= 0 else 0
     if avail >= 0 and n * n * exact_levels <= _EXACT_CELLS and n**3 / 6 * exact_levels <= _WORK:
         # Exact: every size is a whole number of units, nothing is rounded.
-        table = _Table(z.scaled(unit, "up"), f, b, exact_levels)
-        tree = table.tree(exact_levels - 1)
-        del table
+        tree = _exact_table(z, f, b, unit, exact_levels, shared).tree(exact_levels - 1)
         if tree is not None:
             peak, cost = _tree_peak_cost(tree, z, f, b)
             params.update(grid="exact", unit_bytes=unit, levels=exact_levels)
@@ -655,10 +737,9 @@ def dp(model, *, budget=None, levels=500):
             return _tree_ops(tree), params
         found = None
     else:
-        found = _rounded_search(z, f, b, avail, levels, params) if avail >= 0 else None
+        found = _rounded_search(z, f, b, avail, levels, params, shared) if avail >= 0 else None
     if found is None:
-        least = _least_peak_tree(z, f, b)
-        lp_peak, lp_cost = _tree_peak_cost(least, z, f, b)
+        least, lp_peak, lp_cost = _least_peak(z, f, b, shared)
         if lp_peak > avail:
             raise InfeasibleError(
                 f"dp: no schedule fits {budget} bytes of activation memory; the least peak of a "

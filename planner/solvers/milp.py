@@ -15,6 +15,7 @@ simulator measures.  HiGHS, through ``scipy.optimize.milp``, minimises the
 recomputation.
 """
 
+import enum
 import math
 import os
 import tempfile
@@ -23,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from planner.errors import EdgeplanError, InfeasibleError
+from planner.errors import InfeasibleError
 from planner.lowering import insert_frees
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
@@ -45,12 +46,24 @@ _PRESOLVE_MAX_VARS = 10_000
 # the recomputation time.
 _MIP_REL_GAP = 1e-4
 
+
+
+class _Status(enum.IntEnum):
+    """``scipy.optimize.milp``'s ``status`` codes, as its documentation lists them."""
+
+    OPTIMAL = 0
+    LIMIT = 1  # iteration or time limit reached
+    INFEASIBLE = 2
+    UNBOUNDED = 3
+    OTHER = 4
+
+
 _SCIPY_MISSING = (
     "the milp strategy needs scipy (HiGHS): pip install edgeplan[milp] (or edgeplan[all])"
 )
 
 
-def milp(model, *, budget=None, time_limit=None):
+def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_bytes=None):
     """Least-compute schedule that fits ``budget``, by a mixed-integer program.
 
     Parameters
@@ -63,6 +76,14 @@ def milp(model, *, budget=None, time_limit=None):
         Seconds for the whole call, default :data:`DEFAULT_TIME_LIMIT` (60).
         When it runs out, the best schedule found so far is returned with
         ``"proven_optimal": false``.
+    warm_starts : iterable of (str, ops), keyword-only
+        Schedules other strategies already found, with their names (the
+        registry hands in those of ``auto``/``compare``).  Each one that is
+        valid and fits ``budget`` is a candidate starting incumbent; the
+        answer is never worse than the best of them.  Frees are ignored.
+    others_least_bytes : int or None, keyword-only
+        The least budget another strategy is known to need; when no schedule
+        fits, the least budget milp reports is never above it.
 
     Returns
     -------
@@ -74,7 +95,7 @@ def milp(model, *, budget=None, time_limit=None):
         space below needs less compute, up to HiGHS' relative gap of 1e-4 on
         the recomputation time; false on a timeout and whenever stages were
         merged, even if HiGHS closed the gap of the coarser program) and
-        ``start`` (the strategy whose schedule was the starting incumbent,
+        ``start`` (the warm start whose schedule was the starting incumbent,
         or null).
 
     Raises
@@ -84,12 +105,13 @@ def milp(model, *, budget=None, time_limit=None):
         simple bound), ``least_bytes`` is the least peak of a second program
         that minimises the peak, proven to the byte (with what is left of
         the time limit: the exact least peak of the search space when that
-        program is solved to optimality, else a peak known to work), or the
-        least budget of another strategy when that is lower; milp finds a
-        schedule at ``least_bytes``.  When the time runs out before any
-        schedule is found, ``least_bytes`` is None.
+        program is solved to optimality, else a peak known to work), or
+        ``others_least_bytes`` when that is lower; milp finds a schedule at
+        ``least_bytes`` when given the same warm starts there.  When the
+        time runs out before any schedule is found, ``least_bytes`` is None
+        (or ``others_least_bytes``).
     ImportError
-        scipy is not installed (the ``milp`` extra).
+        scipy is not installed.
     ValueError
         ``time_limit`` is not a positive finite number.
 
@@ -108,10 +130,9 @@ def milp(model, *, budget=None, time_limit=None):
     after the forward of k, one per reader k) and a continuous running memory
     U[t, k]; memory rows bound the memory of every op by the budget.  Sizes
     are divided by the gcd of every size of the model, so the coefficients
-    are exact integers.  The schedules of the other applicable strategies
-    that fit are encoded as variable values; the best is HiGHS' starting
-    incumbent (through HiGHS' ``read_solution_file`` option) and the answer
-    is never worse than it.
+    are exact integers.  The warm starts that fit are encoded as variable
+    values; the best one inside the search space is HiGHS' starting
+    incumbent (through HiGHS' ``read_solution_file`` option).
 
     Size: with T = n stages (n <= 70 layers) the program has about n^2 / 2
     each of R, P, K and U plus one F per (stage, layer, reader): O(n (n + E))
@@ -123,8 +144,7 @@ def milp(model, *, budget=None, time_limit=None):
     program stays at about 2.5 T n variables but is no longer exact.
     HiGHS' presolve is switched off above 10,000 variables, where it costs
     more time than it saves.  HiGHS' time is exponential in the worst case;
-    ``time_limit`` bounds the whole call (the other strategies, building the
-    program, HiGHS).
+    ``time_limit`` bounds the whole call (building the program, HiGHS).
 
     References
     ----------
@@ -133,12 +153,13 @@ def milp(model, *, budget=None, time_limit=None):
     Rematerialization", MLSys 2020.
     """
     limit = _check_limit(time_limit)
+    _import_highs()  # before the clock starts: a cold import of scipy takes a good part of a second
     deadline = time.perf_counter() + limit
     plain = _store_all_ops(model)
     if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
         return plain, {"time_limit": limit, "stages": 0, "proven_optimal": True, "start": None}
-    starts, others_least = _other_schedules(model, budget)
-    return _solve(model, budget, deadline, limit, starts, others_least)
+    starts = _fitting_starts(model, budget, warm_starts)
+    return _solve(model, budget, deadline, limit, starts, others_least_bytes)
 
 
 def _check_limit(time_limit):
@@ -150,35 +171,27 @@ def _check_limit(time_limit):
     return float(limit)
 
 
-def _other_schedules(model, budget):
-    """The other applicable strategies at ``budget``.
+def _fitting_starts(model, budget, warm_starts):
+    """(compute, ops, name) of the warm starts that are valid and fit, best first.
 
-    Returns
-    -------
-    starts : list of (compute, ops, name)
-        The schedules that fit, best first.
-    least : int or None
-        The least ``least_bytes`` of those that do not fit (None if none says).
+    Each is replayed once (linear in its length) with the shared lowering's
+    frees, the ones the registry inserts into milp's answer.
     """
-    from planner import solvers  # the registry; imported here, it imports this module
-
     found = []
-    least = None
-    for name in solvers.applicable(model):
-        if name == "milp":
-            continue
-        try:
-            solution = solvers.solve(model, budget, name)
-        except InfeasibleError as exc:
-            if exc.least_bytes is not None and (least is None or exc.least_bytes < least):
-                least = exc.least_bytes
-            continue
-        except (EdgeplanError, ValueError, RuntimeError):
-            continue  # not applicable, or another strategy's bug
-        ops = [op for op in solution.ops if op.kind is not OpKind.FREE]
-        found.append((solution.result.compute, ops, name))
-    found.sort(key=lambda item: item[0])
-    return found, least
+    for name, ops in warm_starts:
+        ops = [op for op in ops if op.kind is not OpKind.FREE]
+        result = simulate(model, insert_frees(model, ops))
+        if result.valid and result.peak_bytes <= budget:
+            found.append((result.compute, ops, name))
+    found.sort(key=lambda item: (item[0], len(item[1])))
+    return found
+
+
+def _import_highs():
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(_SCIPY_MISSING) from None
 
 
 def _solve(model, budget, deadline, limit, starts=(), others_least=None):
@@ -188,12 +201,9 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
     the least budget another strategy needs when none fits (it caps the least
     budget reported, so that milp at that budget finds a schedule).
     """
-    try:
-        import scipy.optimize  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(_SCIPY_MISSING) from None
+    _import_highs()
     n = len(model)
-    if starts and deadline - time.perf_counter() <= 0.05:  # the other strategies used it all
+    if starts and deadline - time.perf_counter() <= 0.05:  # no time left: the best warm start
         return starts[0][1], {"time_limit": limit, "stages": 0, "start": starts[0][2], "proven_optimal": False}
     required = _required_boundaries(n, starts[0][1]) if starts else set()
     blocks = _blocks(n, _stage_count(n), required)
@@ -222,7 +232,7 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
         # HiGHS overruns its limit a little (it checks the clock between steps)
         res = form.solve(cap=cap, time_limit=0.95 * left - 0.2, start=start)
         if res.x is None:
-            if res.status == 2 and best is None:  # proven infeasible
+            if res.status == _Status.INFEASIBLE and best is None:
                 proven, least = _least_peak(form, deadline, others_least)
                 raise InfeasibleError(
                     f"milp: no schedule fits {budget} bytes of activation memory; "
@@ -235,7 +245,7 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
         if not result.valid:  # pragma: no cover - would be a formulation bug
             raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
         if result.peak_bytes <= budget:
-            proven = res.status == 0 and form.T == n
+            proven = res.status == _Status.OPTIMAL and form.T == n
             if best is None or result.compute <= best[0]:
                 best = (result.compute, ops, proven)
             elif proven:
@@ -281,7 +291,7 @@ def _least_peak(form, deadline, others_least=None):
         raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
     if others_least is not None and others_least < result.peak_bytes:
         return False, others_least
-    return res.status == 0 and form.T == form.n, result.peak_bytes
+    return res.status == _Status.OPTIMAL and form.T == form.n, result.peak_bytes
 
 
 def _store_all_ops(model):
