@@ -18,10 +18,12 @@ from planner.budget import OPTIMIZER_FACTORS, activation_budget
 from planner.files import atomic_output
 from planner.errors import (
     InfeasibleError,
+    InternalError,
     ModelError,
     NotApplicableError,
     ScheduleError,
     ScheduleFormatError,
+    TooLargeError,
 )
 from planner.model import load_model
 from planner.schedule import load_schedule
@@ -67,22 +69,24 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, SizeError) as exc:
+        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, SizeError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_NO)
+        except InternalError as exc:
+            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
         except KeyboardInterrupt:
             _fail(_consoles(True)[1], "interrupted", 130)  # the shell's code for SIGINT
         except MemoryError:
             _fail(_consoles(True)[1], "internal error: out of memory", EXIT_INTERNAL)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            text = " ".join(str(exc).split())[:500]
-            _fail(
-                _consoles(True)[1],
-                f"internal error: {type(exc).__name__}: {text} "
-                "(this is a bug in edgeplan; please report it)",
-                EXIT_INTERNAL,
-            )
+            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
+
+
+def _internal_message(exc):
+    """One line for a bug: the exception's type and its message, whitespace folded."""
+    text = " ".join(str(exc).split())[:500]
+    return f"internal error: {type(exc).__name__}: {text} (this is a bug in edgeplan; please report it)"
 
 
 class SizeType(click.ParamType):
@@ -238,7 +242,7 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
         solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
     except InfeasibleError as exc:
         _fail(err, _infeasible_message(exc, budget, model), EXIT_NO)
-    except NotApplicableError as exc:
+    except (NotApplicableError, TooLargeError) as exc:
         _fail(err, str(exc), EXIT_BAD)
     except ValueError as exc:
         _fail(err, str(exc), EXIT_BAD)
@@ -350,7 +354,7 @@ def _compare_rows(outcomes, budget):
                 "least_activation_bytes": least,
                 "least_memory_bytes": budget.memory_for(least) if least is not None else None,
                 "error": None if r else str(o.error),
-                "applicable": not isinstance(o.error, NotApplicableError),
+                "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
             }
         )
     return rows

@@ -13,7 +13,13 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
-from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
+from planner.errors import (
+    EdgeplanError,
+    InfeasibleError,
+    NotApplicableError,
+    SolverBug,
+    TooLargeError,
+)
 from planner.lowering import insert_frees
 from planner.schedule import Schedule
 from planner.simulate import simulate
@@ -110,10 +116,6 @@ STRATEGIES = dict(
         ),
     ]
 )
-
-
-class SolverBug(RuntimeError):
-    """A solver produced a schedule the simulator rejects: a bug in the solver."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ def run_all(model, budget, *, strategies=None, options=None, progress=None):
         try:
             solution = _run(model, budget, strategy, options)
             outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
-        except (InfeasibleError, NotApplicableError) as exc:
+        except (InfeasibleError, NotApplicableError, TooLargeError) as exc:
             outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
         outcomes.append(outcome)
         if progress:
@@ -288,6 +290,8 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         No schedule fits; ``least_bytes`` is the least budget that works.
     NotApplicableError
         The strategy does not apply to this model.
+    TooLargeError
+        The model is beyond the strategy's size limits (dp on very long chains).
     ValueError
         Unknown strategy or an option the strategy does not take.
     SolverBug
