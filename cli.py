@@ -152,7 +152,8 @@ def _header(console, model, budget):
     )
 
 
-def _infeasible_message(exc, budget, model):
+def _infeasible_message(exc, budget):
+    """An InfeasibleError's message, plus the least memory (fixed memory included) that works."""
     text = str(exc)
     if exc.least_bytes is not None:
         text += (
@@ -241,7 +242,7 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
     except InfeasibleError as exc:
-        _fail(err, _infeasible_message(exc, budget, model), EXIT_NO)
+        _fail(err, _infeasible_message(exc, budget), EXIT_NO)
     except (NotApplicableError, TooLargeError) as exc:
         _fail(err, str(exc), EXIT_BAD)
     except ValueError as exc:

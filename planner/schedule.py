@@ -109,10 +109,6 @@ class Schedule:
             yield (sep if n == 0 else "," + sep) + text
         yield "\n  ]\n}\n" if self.ops else "]\n}\n"
 
-    def to_json(self, model):
-        """The whole file as a string."""
-        return "".join(self.iter_json(model))
-
     def write(self, path, model):
         """Write the file atomically (a temporary file renamed into place)."""
         with atomic_output(path) as f:

@@ -768,7 +768,7 @@ def test_fuzzed_model_documents_load_or_raise_model_error(doc):
 @given(data=st.data())
 def test_fuzzed_schedule_documents_load_or_raise_schedule_format_error(data):
     model = data.draw(models(max_layers=5))
-    doc = json.loads(solve(model, None, "store-all").schedule.to_json(model))
+    doc = json.loads("".join(solve(model, None, "store-all").schedule.iter_json(model)))
     for _ in range(data.draw(st.integers(1, 3))):
         ops = doc.get("ops")
         if isinstance(ops, list) and ops and data.draw(st.booleans()):

@@ -72,7 +72,7 @@ def test_every_strategy_writes_valid_schedules_and_models(index):
     assert any(o.feasible for o in outcomes)
     for outcome in outcomes:
         if outcome.feasible:
-            doc = json.loads(outcome.solution.schedule.to_json(model))
+            doc = json.loads("".join(outcome.solution.schedule.iter_json(model)))
             assert_valid(doc, "schedule.schema.json")
             assert set(doc) >= {"format", "model", "strategy", "params", "budget_bytes", "predicted", "ops"}
     names = {o.strategy for o in outcomes}
@@ -135,7 +135,7 @@ def test_schema_messages_name_file_layer_field(document, message):
 
 def test_schedule_schema_catches_what_the_loader_did_not():
     model = uniform_chain(2)
-    doc = json.loads(solvers.solve(model, None, "store-all").schedule.to_json(model))
+    doc = json.loads("".join(solvers.solve(model, None, "store-all").schedule.iter_json(model)))
     schedule_from_dict(doc, model)
     bad = dict(doc, model={"name": "x", "fingerprint": "md5:abc"})
     with pytest.raises(ScheduleFormatError, match=r"^s\.json: field 'model\.fingerprint': must match"):
@@ -200,7 +200,7 @@ SCHEDULE_PATHS = [("format",), ("model",), ("model", "fingerprint"), ("strategy"
 
 
 _TWO = uniform_chain(2)
-SCHEDULE_BASE = json.loads(solvers.solve(_TWO, None, "store-all").schedule.to_json(_TWO))
+SCHEDULE_BASE = json.loads("".join(solvers.solve(_TWO, None, "store-all").schedule.iter_json(_TWO)))
 
 
 @settings(max_examples=150, deadline=None)

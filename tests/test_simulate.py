@@ -130,7 +130,7 @@ def test_agrees_with_reference_on_random_and_solved_schedules(seed):
     doc = model.document
 
     def to_doc(ops):
-        return json.loads(Schedule(model.name, model.fingerprint, "x", tuple(ops)).to_json(model))
+        return json.loads("".join(Schedule(model.name, model.fingerprint, "x", tuple(ops)).iter_json(model)))
 
     candidates = [_random_ops(model, rng, int(rng.integers(1, 30))) for _ in range(20)]
     candidates.append(list(solve(model, None, "store-all").ops))
