@@ -261,7 +261,8 @@ def _add_loss(layers, graph, order, names):
     )
 
 
-def _checkmate_layers(ids, edges, fail, filename):
+def _classify(ids, fail):
+    """(forward node ids, loss node ids, {forward id: its backward node id}) of a Checkmate graph."""
     forward_ids, loss_ids, backward_ids = [], [], []
     for node_id, node in ids.items():
         label = _label(node_id, node)
@@ -293,13 +294,18 @@ def _checkmate_layers(ids, edges, fail, filename):
         if v in grad_of:
             fail(f"forward node {_label(v, ids[v])} has two backward nodes")
         grad_of[v] = b
-    training = bool(backward_ids or loss_ids)
+    return forward_ids, loss_ids, grad_of
+
+
+def _checkmate_layers(ids, edges, fail, filename):
+    """(layers, source, estimated) of a Checkmate graph, training or forward-only."""
+    forward_ids, loss_ids, grad_of = _classify(ids, fail)
+    training = bool(grad_of or loss_ids)
     if training and len(loss_ids) != 1:
         fail(
             f"a training graph needs exactly one loss node (backward: true, not named "
             f"'*{_BACKWARD_SUFFIX}'); found {len(loss_ids)}"
         )
-
     forward_set = set(forward_ids)
     fgraph = nx.DiGraph()
     fgraph.add_nodes_from(forward_ids)
