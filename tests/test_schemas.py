@@ -18,11 +18,22 @@ from planner import solvers
 from planner.errors import ModelError, ScheduleFormatError
 from planner.model import load_model, model_from_dict
 from planner.schedule import schedule_from_dict
-from planner.schemas import SCHEMA_NAMES, check_model_document, is_valid, load_schema
+from planner.schemas import SCHEMA_NAMES, check_model_document, load_schema, validator
 from planner.synthetic import random_chain, random_dag, uniform_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
+
+
+def is_valid(document, filename):
+    """The verdict of the compiled validator the loaders use."""
+    import fastjsonschema
+
+    try:
+        validator(filename)(document)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
 
 
 def schema_errors(document, filename):
