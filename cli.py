@@ -18,10 +18,12 @@ from planner.budget import OPTIMIZER_FACTORS, activation_budget
 from planner.files import atomic_output
 from planner.errors import (
     InfeasibleError,
+    InternalError,
     ModelError,
     NotApplicableError,
     ScheduleError,
     ScheduleFormatError,
+    TooLargeError,
 )
 from planner.model import load_model
 from planner.schedule import load_schedule
@@ -67,22 +69,24 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, SizeError) as exc:
+        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, SizeError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_NO)
+        except InternalError as exc:
+            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
         except KeyboardInterrupt:
             _fail(_consoles(True)[1], "interrupted", 130)  # the shell's code for SIGINT
         except MemoryError:
             _fail(_consoles(True)[1], "internal error: out of memory", EXIT_INTERNAL)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            text = " ".join(str(exc).split())[:500]
-            _fail(
-                _consoles(True)[1],
-                f"internal error: {type(exc).__name__}: {text} "
-                "(this is a bug in edgeplan; please report it)",
-                EXIT_INTERNAL,
-            )
+            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
+
+
+def _internal_message(exc):
+    """One line for a bug: the exception's type and its message, whitespace folded."""
+    text = " ".join(str(exc).split())[:500]
+    return f"internal error: {type(exc).__name__}: {text} (this is a bug in edgeplan; please report it)"
 
 
 class SizeType(click.ParamType):
@@ -148,7 +152,8 @@ def _header(console, model, budget):
     )
 
 
-def _infeasible_message(exc, budget, model):
+def _infeasible_message(exc, budget):
+    """An InfeasibleError's message, plus the least memory (fixed memory included) that works."""
     text = str(exc)
     if exc.least_bytes is not None:
         text += (
@@ -238,8 +243,8 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
     except InfeasibleError as exc:
-        _fail(err, _infeasible_message(exc, budget, model), EXIT_NO)
-    except NotApplicableError as exc:
+        _fail(err, _infeasible_message(exc, budget), EXIT_NO)
+    except (NotApplicableError, TooLargeError) as exc:
         _fail(err, str(exc), EXIT_BAD)
     except ValueError as exc:
         _fail(err, str(exc), EXIT_BAD)
@@ -352,7 +357,7 @@ def _compare_rows(outcomes, budget):
                 "least_activation_bytes": least,
                 "least_memory_bytes": budget.memory_for(least) if least is not None else None,
                 "error": None if r else str(o.error),
-                "applicable": not isinstance(o.error, NotApplicableError),
+                "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
             }
         )
     return rows
@@ -855,9 +860,6 @@ class NamedShapeType(click.ParamType):
         return name, shape
 
 
-_IMPORT_FORMATS = {".onnx": "onnx", ".json": "checkmate"}
-
-
 @main.command(name="import")
 @click.argument("file_path", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file (edgeplan-model/1) here.")
@@ -883,43 +885,23 @@ def import_cmd(file_path, output, source_format, inputs, as_json):
       edgeplan import "VGG16 (MLSys)_256_(224, 224, 3)_train_nx.json" -o vgg16.json
       edgeplan import resnet18.onnx --input input:8,3,224,224 -o resnet18.json
     """
-    import os
-
-    from planner.model import model_from_dict
+    from planner.io import import_file
 
     _, err = _consoles(True)
-    fmt = source_format or _IMPORT_FORMATS.get(os.path.splitext(file_path)[1].lower())
-    if fmt is None:
-        _fail(err, f"{file_path}: cannot tell the format from the extension; use --from checkmate|onnx", EXIT_BAD)
-    if inputs and fmt != "onnx":
-        _fail(err, "--input applies to ONNX models only", EXIT_BAD)
     try:
-        if fmt == "onnx":
-            try:
-                from planner.io.onnx import import_onnx
-            except ImportError as exc:
-                _fail(err, f"ONNX import is not available: {exc}", EXIT_BAD)
-            doc = import_onnx(file_path, input_shapes=dict(inputs) if inputs else None)
-        else:
-            from planner.io.checkmate import import_checkmate
-
-            doc = import_checkmate(file_path)
-        model = model_from_dict(doc, source_name=file_path)
-    except ModelError as exc:
-        _fail(err, str(exc), EXIT_BAD)
+        imported = import_file(file_path, source_format=source_format, input_shapes=dict(inputs) or None)
     except ImportError as exc:  # an optional dependency (the onnx extra)
-        _fail(err, str(exc), EXIT_BAD)
-    source = doc.get("source", "") if isinstance(doc.get("source"), str) else ""
-    kind = "chain" if model.is_chain else "DAG"
-    estimated = "estimated" in source.lower()
+        _fail(err, f"ONNX import is not available: {exc}", EXIT_BAD)
+    model = imported.model
     err.print(
-        f"imported {escape(_clean(file_path))} ({fmt}): model [bold]{escape(_clean(model.name))}[/bold], "
-        f"{len(model)} layers, {kind}, backward costs "
-        + ("[yellow]estimated[/yellow]" if estimated else "from the file")
+        f"imported {escape(_clean(file_path))} ({imported.source_format}): model "
+        f"[bold]{escape(_clean(model.name))}[/bold], {len(model)} layers, "
+        f"{'chain' if model.is_chain else 'DAG'}, backward costs "
+        + ("[yellow]estimated[/yellow]" if imported.estimated else "from the file")
     )
-    if source:
-        err.print(f"source: {escape(_clean(source))}")
-    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if model.source:
+        err.print(f"source: {escape(_clean(model.source))}")
+    text = json.dumps(imported.document, indent=2, ensure_ascii=False) + "\n"
     if output:
         with atomic_output(output) as f:
             f.write(text)

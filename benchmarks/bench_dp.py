@@ -189,7 +189,7 @@ def table(rows, levels):
         "",
         "Scaling of the table at fixed M: " + ("; ".join(growth) or "-") + ". The tables take "
         "2 x L^2/2 x M float32 cells (about 2.1 GB at L = 1000, M = 500); dp refuses, with "
-        "NotApplicableError naming revolve/sequential/chen-greedy, a chain whose tables would "
+        "TooLargeError naming revolve/sequential/chen-greedy, a chain whose tables would "
         "exceed 4 GB or 3e11 steps (about 1,300 layers at 500 levels) when the budget is below "
         "the store-all peak.",
     ]

@@ -1,9 +1,19 @@
-"""The exception tree shared by the whole library.
+"""The exception tree shared by the whole library (modelled on networkx's ``exception.py``).
 
-``EdgeplanError`` is the root.  ``ModelError`` and ``ScheduleFormatError`` mean
-bad input (the CLI exits 2), ``ScheduleError`` means a schedule that breaks the
-rules of SPEC section 3 and ``InfeasibleError`` means no schedule of a strategy
-fits the budget (both are answers: the CLI exits 1).
+::
+
+    EdgeplanError                 every error edgeplan raises on purpose
+    +-- ModelError                bad model file or object          (CLI exit 2)
+    +-- ScheduleFormatError       malformed schedule file           (CLI exit 2)
+    +-- NotApplicableError        the strategy does not fit the model's shape (exit 2)
+    +-- TooLargeError             the problem exceeds a strategy's size limits (exit 2)
+    +-- ScheduleError             a schedule breaks the replay rules (an answer: exit 1)
+    +-- InfeasibleError           no schedule fits the budget      (an answer: exit 1)
+    +-- InternalError             a bug in edgeplan                 (CLI exit 3)
+        +-- SolverBug             a solver's schedule failed the simulator
+
+Catching ``EdgeplanError`` catches all of them; an exception outside the tree
+(``KeyError``, ...) is a bug as well and also exits 3.
 """
 
 __all__ = [
@@ -13,6 +23,9 @@ __all__ = [
     "ScheduleError",
     "InfeasibleError",
     "NotApplicableError",
+    "TooLargeError",
+    "InternalError",
+    "SolverBug",
 ]
 
 
@@ -66,3 +79,19 @@ class InfeasibleError(EdgeplanError):
 
 class NotApplicableError(EdgeplanError):
     """The strategy does not apply to this model (e.g. a chain-only solver on a DAG)."""
+
+
+class TooLargeError(EdgeplanError):
+    """The model is too large for a strategy's time or memory limits.
+
+    The strategy applies to the model's shape, but solving would take more
+    memory or time than a planner should; another strategy may handle it.
+    """
+
+
+class InternalError(EdgeplanError):
+    """A bug in edgeplan, not in the user's input (the CLI exits 3)."""
+
+
+class SolverBug(InternalError):
+    """A solver produced a schedule the simulator rejects: a bug in the solver."""

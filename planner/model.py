@@ -16,7 +16,7 @@ from functools import cached_property
 import networkx as nx
 
 from planner.errors import ModelError
-from planner.schemas import model_accepted, model_problem
+from planner.schemas import check_model_document
 
 __all__ = [
     "MODEL_FORMAT",
@@ -449,34 +449,78 @@ def _describe(value):
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def model_from_dict(document, *, source_name="<model>", _schema_checked=False):
+def model_from_dict(document, *, source_name="<model>"):
     """Validate a parsed model document and build a :class:`Model`.
+
+    Parameters
+    ----------
+    document : object
+        The parsed JSON (or a dict built in Python).
+    source_name : str, keyword-only
+        The file name for messages.
+
+    Returns
+    -------
+    Model
 
     Raises
     ------
     ModelError
         For every defect listed in SPEC section 1, naming ``source_name``, the
         layer and the field.
+
+    Notes
+    -----
+    The document is validated once against the published schema
+    (:func:`planner.schemas.check_model_document`), then built; building checks
+    what a schema cannot (unique names, inputs that name earlier layers, one
+    sink, sizes that add up within 2**62).  When the schema rejects the
+    document, the building checks are asked first for the message, because they
+    word most defects in the model's own terms ("must hold at least one
+    layer"); the schema's message stands for the rest.  O(layers + edges).
     """
-    # The published schema (planner/schemas/model.schema.json) judges first;
-    # a document it rejects is rejected.  The checks below name most defects
-    # more precisely, so they get the first word; the schema's message is the
-    # fallback for what they do not catch.
-    if not _schema_checked and not model_accepted(document):
-        model_from_dict(document, source_name=source_name, _schema_checked=True)
-        problem = model_problem(document, source_name=source_name)
-        if problem is not None:
-            raise problem
-    where = source_name
+    try:
+        check_model_document(document, source_name=source_name)
+    except ModelError:
+        _build_model(document, source_name)
+        raise
+    return _build_model(document, source_name)
+
+
+def _fail(where, message, layer=None, fieldname=None):
+    parts = [where]
+    if layer is not None:
+        parts.append(f"layer {layer}")
+    if fieldname is not None:
+        parts.append(f"field '{fieldname}'")
+    raise ModelError(": ".join(parts) + ": " + message)
+
+
+def _build_model(document, where):
+    """The :class:`Model` of ``document``, or a :class:`ModelError` naming its first defect."""
 
     def fail(message, layer=None, fieldname=None):
-        parts = [where]
-        if layer is not None:
-            parts.append(f"layer {layer}")
-        if fieldname is not None:
-            parts.append(f"field '{fieldname}'")
-        raise ModelError(": ".join(parts) + ": " + message)
+        _fail(where, message, layer, fieldname)
 
+    name, input_bytes, raw_layers = _read_header(document, fail)
+    index = {}
+    layers = []
+    for position, raw in enumerate(raw_layers):
+        layers.append(_read_layer(raw, position, raw_layers, layers, index, fail))
+        index[layers[-1].name] = position
+    _check_whole(layers, input_bytes, fail)
+    return Model(
+        name=name,
+        input_bytes=input_bytes,
+        layers=tuple(layers),
+        time_unit=document.get("time_unit", ""),
+        source=document.get("source", ""),
+        document=document,
+    )
+
+
+def _read_header(document, fail):
+    """(name, input_bytes, raw layers) of a document, checked."""
     if not isinstance(document, dict):
         fail(f"the top level must be a JSON object, not {type(document).__name__}")
     fmt = document.get("format")
@@ -498,101 +542,99 @@ def model_from_dict(document, *, source_name="<model>", _schema_checked=False):
         fail("must be a list of layers", fieldname="layers")
     if not raw_layers:
         fail("must hold at least one layer", fieldname="layers")
+    return name, input_bytes, raw_layers
 
-    index = {}
-    layers = []
-    for position, raw in enumerate(raw_layers):
-        label = f"#{position}"
-        if not isinstance(raw, dict):
-            fail("must be a JSON object", layer=label)
-        lname = raw.get("name")
-        if lname is None:
-            fail("missing", layer=label, fieldname="name")
-        if not isinstance(lname, str) or not lname.strip():
-            fail("must be a non-empty string", layer=label, fieldname="name")
-        label = f"#{position} {_short(lname)}"
-        if lname == INPUT:
-            fail(f"'{INPUT}' is reserved for the model input", layer=label, fieldname="name")
-        if lname in index:
-            fail(f"duplicate name (also layer #{index[lname]})", layer=label, fieldname="name")
 
-        def lfail(message, fieldname=None, _label=label):
-            fail(message, layer=_label, fieldname=fieldname)
+def _read_layer(raw, position, raw_layers, layers, index, fail):
+    """The :class:`Layer` at ``position``; ``layers`` and ``index`` hold those before it."""
+    label = f"#{position}"
+    if not isinstance(raw, dict):
+        fail("must be a JSON object", layer=label)
+    lname = raw.get("name")
+    if lname is None:
+        fail("missing", layer=label, fieldname="name")
+    if not isinstance(lname, str) or not lname.strip():
+        fail("must be a non-empty string", layer=label, fieldname="name")
+    label = f"#{position} {_short(lname)}"
+    if lname == INPUT:
+        fail(f"'{INPUT}' is reserved for the model input", layer=label, fieldname="name")
+    if lname in index:
+        fail(f"duplicate name (also layer #{index[lname]})", layer=label, fieldname="name")
 
-        unknown = sorted(set(raw) - _LAYER_FIELDS)
-        if unknown and not all(isinstance(k, str) for k in unknown):  # pragma: no cover
-            lfail("field names must be strings")
+    def lfail(message, fieldname=None):
+        fail(message, layer=label, fieldname=fieldname)
 
-        if "inputs" in raw:
-            raw_inputs = raw["inputs"]
-            if not isinstance(raw_inputs, list) or not all(isinstance(x, str) for x in raw_inputs):
-                lfail("must be a list of layer names or \"input\"", "inputs")
+    unknown = sorted(set(raw) - _LAYER_FIELDS)
+    if unknown and not all(isinstance(k, str) for k in unknown):  # pragma: no cover
+        lfail("field names must be strings")
+    inputs, uses_input = _read_inputs(raw, position, raw_layers, layers, index, lfail)
+    times = {key: _check_time(raw, key, lfail) for key in ("forward", "backward")}
+    sizes = {
+        key: _check_size(raw, key, required=(key == "output_bytes"), fail=lfail)
+        for key in ("output_bytes", "saved_bytes", "workspace_forward", "workspace_backward", "params_bytes")
+    }
+    flags = {}
+    for key, default in (("needs_inputs", True), ("needs_output", False)):
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            lfail(f"must be true or false, got {_describe(value)}", key)
+        flags[key] = value
+    return Layer(name=lname, inputs=inputs, uses_input=uses_input, **times, **sizes, **flags)
+
+
+def _read_inputs(raw, position, raw_layers, layers, index, lfail):
+    """(producer indices, reads the model input) of one layer; defaults per SPEC section 1."""
+    lname = raw["name"]
+    if "inputs" in raw:
+        raw_inputs = raw["inputs"]
+        if not isinstance(raw_inputs, list) or not all(isinstance(x, str) for x in raw_inputs):
+            lfail("must be a list of layer names or \"input\"", "inputs")
+    else:
+        raw_inputs = [INPUT] if position == 0 else [layers[-1].name]
+    uses_input = False
+    inputs = []
+    for producer in raw_inputs:
+        if producer == INPUT:
+            uses_input = True
+        elif producer == lname:
+            lfail("a layer cannot read its own output (self-loop)", "inputs")
+        elif producer in index:
+            if index[producer] not in inputs:
+                inputs.append(index[producer])
+        elif any(isinstance(r, dict) and r.get("name") == producer for r in raw_layers):
+            lfail(
+                f"reads {_short(producer)}, which comes later: layers must be listed in a "
+                "topological order (or the graph has a cycle)",
+                "inputs",
+            )
         else:
-            raw_inputs = [INPUT] if position == 0 else [layers[-1].name]
-        uses_input = False
-        inputs = []
-        for producer in raw_inputs:
-            if producer == INPUT:
-                uses_input = True
-            elif producer == lname:
-                lfail("a layer cannot read its own output (self-loop)", "inputs")
-            elif producer in index:
-                if index[producer] not in inputs:
-                    inputs.append(index[producer])
-            elif any(isinstance(r, dict) and r.get("name") == producer for r in raw_layers):
-                lfail(
-                    f"reads {_short(producer)}, which comes later: layers must be listed in a "
-                    "topological order (or the graph has a cycle)",
-                    "inputs",
-                )
-            else:
-                lfail(f"unknown layer {_short(producer)}", "inputs")
-        if not inputs and not uses_input:
-            lfail("a layer must read the input or another layer", "inputs")
+            lfail(f"unknown layer {_short(producer)}", "inputs")
+    if not inputs and not uses_input:
+        lfail("a layer must read the input or another layer", "inputs")
+    return tuple(inputs), uses_input
 
-        times = {}
-        for key in ("forward", "backward"):
-            if key not in raw:
-                lfail("missing", key)
-            value = raw[key]
-            if not _is_number(value):
-                lfail(f"must be a number, got {_describe(value)}", key)
-            try:
-                number = float(value)
-            except OverflowError:  # an integer beyond the float range
-                number = math.inf
-            if not math.isfinite(number) or number < 0 or number > MAX_TIME:
-                lfail(f"must be a finite number between 0 and {MAX_TIME:g}, got {_describe(value)}", key)
-            times[key] = number
-        sizes = {
-            key: _check_size(raw, key, required=(key == "output_bytes"), fail=lfail, label=None)
-            for key in (
-                "output_bytes",
-                "saved_bytes",
-                "workspace_forward",
-                "workspace_backward",
-                "params_bytes",
-            )
-        }
-        flags = {}
-        for key, default in (("needs_inputs", True), ("needs_output", False)):
-            value = raw.get(key, default)
-            if not isinstance(value, bool):
-                lfail(f"must be true or false, got {_describe(value)}", key)
-            flags[key] = value
-        index[lname] = position
-        layers.append(
-            Layer(
-                name=lname,
-                inputs=tuple(inputs),
-                uses_input=uses_input,
-                forward=times["forward"],
-                backward=times["backward"],
-                **sizes,
-                **flags,
-            )
-        )
 
+def _check_time(raw, key, lfail):
+    if key not in raw:
+        lfail("missing", key)
+    value = raw[key]
+    if not _is_number(value):
+        lfail(f"must be a number, got {_describe(value)}", key)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or number > MAX_TIME:
+        lfail(f"must be a finite number between 0 and {MAX_TIME:g}, got {_describe(value)}", key)
+    return number
+
+
+def _check_whole(layers, input_bytes, fail):
+    """One sink, and it comes last; sizes and times that cannot overflow.
+
+    Every input names an earlier layer (checked layer by layer), so the
+    layers are in a topological order and the graph has no cycle.
+    """
     consumed = set()
     for layer in layers:
         consumed.update(layer.inputs)
@@ -629,24 +671,12 @@ def model_from_dict(document, *, source_name="<model>", _schema_checked=False):
             f"the times are too large: their sum times the number of layers exceeds {MAX_TIME:g}",
             fieldname="layers",
         )
-    model = Model(
-        name=name,
-        input_bytes=input_bytes,
-        layers=tuple(layers),
-        time_unit=document.get("time_unit", ""),
-        source=document.get("source", ""),
-        document=document,
-    )
-    # The order check above already rules out cycles; networkx confirms it.
-    if not nx.is_directed_acyclic_graph(model.graph()):  # pragma: no cover
-        fail("the layers form a cycle", fieldname="layers")
-    return model
 
 
-def _check_size(obj, key, *, required, fail, label=None):
+def _check_size(obj, key, *, required, fail):
     if key not in obj:
         if required:
-            fail("missing", fieldname=key) if label is None else fail("missing", label, key)
+            fail("missing", fieldname=key)
         return 0
     value = obj[key]
     if not _is_int(value):

@@ -13,7 +13,7 @@ from functools import lru_cache
 from planner.errors import ScheduleFormatError
 from planner.files import atomic_output
 from planner.model import read_json_file
-from planner.schemas import schedule_accepted, schedule_problem
+from planner.schemas import check_schedule_document
 
 __all__ = [
     "SCHEDULE_FORMAT",
@@ -109,10 +109,6 @@ class Schedule:
             yield (sep if n == 0 else "," + sep) + text
         yield "\n  ]\n}\n" if self.ops else "]\n}\n"
 
-    def to_json(self, model):
-        """The whole file as a string."""
-        return "".join(self.iter_json(model))
-
     def write(self, path, model):
         """Write the file atomically (a temporary file renamed into place)."""
         with atomic_output(path) as f:
@@ -134,20 +130,37 @@ def load_schedule(path, model):
     return schedule_from_dict(document, model, source_name=str(path))
 
 
-def schedule_from_dict(document, model, *, source_name="<schedule>", _schema_checked=False):
-    """Validate a parsed schedule document against ``model`` (names only)."""
+def schedule_from_dict(document, model, *, source_name="<schedule>"):
+    """Validate a parsed schedule document and resolve its layer names against ``model``.
+
+    Raises
+    ------
+    ScheduleFormatError
+        If the document is not a well-formed schedule or names layers the model
+        does not have, naming the file, the op and the field.
+
+    Notes
+    -----
+    Validated once against the published schema
+    (:func:`planner.schemas.check_schedule_document`), then built.  When the
+    schema rejects the document, the building checks are asked first for the
+    message (they say "the model has no layer 'x'"); the schema's message
+    stands for the rest.  O(ops).
+    """
+    try:
+        check_schedule_document(document, source_name=source_name)
+    except ScheduleFormatError:
+        _build_schedule(document, model, source_name)
+        raise
+    return _build_schedule(document, model, source_name)
+
+
+def _build_schedule(document, model, source_name):
+    """The :class:`Schedule` of ``document``, or a :class:`ScheduleFormatError` naming its first defect."""
 
     def fail(message):
         raise ScheduleFormatError(f"{source_name}: {message}")
 
-    # The published schema (planner/schemas/schedule.schema.json) judges first;
-    # the checks below name most defects more precisely, so they get the first
-    # word, and the schema's message is the fallback.
-    if not _schema_checked and not schedule_accepted(document):
-        schedule_from_dict(document, model, source_name=source_name, _schema_checked=True)
-        problem = schedule_problem(document, source_name=source_name)
-        if problem is not None:
-            raise problem
     if not isinstance(document, dict):
         fail(f"the top level must be a JSON object, not {type(document).__name__}")
     if document.get("format") != SCHEDULE_FORMAT:

@@ -96,7 +96,7 @@ def reference_replay(model_doc, schedule_doc):
 def replay_solution(model, solution):
     """Replay a planner Solution's written JSON with the reference and return its result."""
     doc = model.document if model.document is not None else model.to_dict()
-    return reference_replay(doc, json.loads(solution.schedule.to_json(model)))
+    return reference_replay(doc, json.loads("".join(solution.schedule.iter_json(model))))
 
 
 # SPEC section 2: the fields of a layer the fingerprint covers, and their

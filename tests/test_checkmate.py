@@ -271,3 +271,30 @@ def test_cli_import_rejects_bad_input_shapes(tmp_path, bad):
     result = CliRunner().invoke(main, ["import", "m.onnx", "--input", bad])
     assert result.exit_code == 2
     assert "NAME:SHAPE" in result.stderr or "SHAPE must be" in result.stderr
+
+
+def test_import_file_says_whether_costs_are_estimated(tmp_path):
+    from planner.io import import_file
+
+    full = import_file(_write(tmp_path, _training_graph(), "tiny_train.json"))
+    assert full.source_format == "checkmate" and not full.estimated
+    assert full.model.layers == model_from_dict(full.document).layers
+    partial = _training_graph()
+    partial["nodes"] = [n for n in partial["nodes"] if n["name"] != "b_backward"]
+    partial["links"] = [l for l in partial["links"] if 5 not in (l["source"], l["target"])]
+    assert import_file(_write(tmp_path, partial, "partial.json")).estimated
+    layered = {"nodes": [{"name": v, "out_cost": 10, "duration": 3} for v in (0, 1)], "links": [{"0": 0, "1": 1}]}
+    assert import_file(_write(tmp_path, layered, "layered.data"), source_format="checkmate").estimated
+    with pytest.raises(ModelError, match="cannot tell the format"):
+        import_file(_write(tmp_path, layered, "layered.data"))
+    with pytest.raises(ModelError, match="--input applies to ONNX models only"):
+        import_file(_write(tmp_path, layered, "g.json"), input_shapes={"x": (1,)})
+
+
+def test_one_unique_naming_scheme():
+    from planner.io import unique_names
+
+    # Empty names become their key; taken names and "input" get "#key".
+    assert unique_names(["a", "a", "", "input", "a#1"]) == ["a", "a#1", "2", "input#3", "a#1#4"]
+    assert unique_names(["x", "x"], keys=["n7", "n9"]) == ["x", "x#n9"]
+    assert unique_names(["input", "input#0"], keys=[0, 1]) == ["input#0", "input#0#1"]

@@ -102,3 +102,15 @@ def test_docs_mention_only_existing_commands(doc):
     found += re.findall(r"^(?:\$ |\s*(?:- )?(?:run: )?)edgeplan ([a-z][a-z-]*)", code, flags=re.M)
     for command in found:
         assert command in main.commands, (doc.name, command)
+
+
+def test_architecture_is_one_screen_and_names_real_modules():
+    import importlib.util
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 60
+    for name in set(re.findall(r"\bplanner\.[a-z_]+(?:\.[a-z_]+)?", text)):
+        parent, _, attr = name.rpartition(".")
+        assert importlib.util.find_spec(name) is not None or hasattr(importlib.import_module(parent), attr), name
+    for path in re.findall(r"`((?:planner|schedules|tests|docs)/[^`<>*]+)`", text):
+        assert (ROOT / path).exists(), path

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.lowering import insert_frees
 from planner.model import load_model
 from planner.simulate import simulate
@@ -119,7 +119,7 @@ def test_rejects_dags_and_bad_levels():
     with pytest.raises(ValueError, match="levels"):
         dp(uniform_chain(3), budget=10**6, levels=10**7)
     # Beyond ~1,300 layers the O(n^3 x levels) table is refused, with a way out...
-    with pytest.raises(NotApplicableError, match="too large.*use revolve"):
+    with pytest.raises(TooLargeError, match="too large.*use revolve"):
         dp(uniform_chain(2000), budget=5000)
     # ...unless store-all fits, which needs no table.
     assert dp(uniform_chain(2000), budget=None)[1]["grid"] == "none"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import cli
 from cli import main
 from planner import model as model_module
-from planner.errors import InfeasibleError, ModelError, ScheduleFormatError
+from planner.errors import InfeasibleError, ModelError, ScheduleFormatError, SolverBug, TooLargeError
 from planner.model import model_from_dict
 from planner.schedule import schedule_from_dict
 from planner.simulate import simulate
@@ -502,8 +502,11 @@ def test_bad_memory_is_a_usage_error(runner, tmp_path, size):
         (InfeasibleError("nothing fits"), 1, "nothing fits"),
         (PermissionError(13, "Permission denied", "/x/y"), 2, "/x/y: Permission denied"),
         (KeyboardInterrupt(), 130, "interrupted"),
+        (SolverBug("strategy 'x' produced an invalid schedule"), 3, "internal error: SolverBug: strategy 'x'"),
+        (TooLargeError("dp: too large; use revolve"), 2, "too large; use revolve"),
     ],
-    ids=["runtime", "key", "recursion", "memory", "model-error", "infeasible", "oserror", "ctrl-c"],
+    ids=["runtime", "key", "recursion", "memory", "model-error", "infeasible", "oserror", "ctrl-c",
+         "solver-bug", "too-large"],
 )
 def test_unexpected_exceptions_are_one_line(runner, tmp_path, monkeypatch, exc, code, fragment):
     model_path = tmp_path / "model.json"
@@ -765,7 +768,7 @@ def test_fuzzed_model_documents_load_or_raise_model_error(doc):
 @given(data=st.data())
 def test_fuzzed_schedule_documents_load_or_raise_schedule_format_error(data):
     model = data.draw(models(max_layers=5))
-    doc = json.loads(solve(model, None, "store-all").schedule.to_json(model))
+    doc = json.loads("".join(solve(model, None, "store-all").schedule.iter_json(model)))
     for _ in range(data.draw(st.integers(1, 3))):
         ops = doc.get("ops")
         if isinstance(ops, list) and ops and data.draw(st.booleans()):
@@ -785,3 +788,15 @@ def test_fuzzed_schedule_documents_load_or_raise_schedule_format_error(data):
         return
     result = simulate(model, schedule.ops)
     assert result.valid in (True, False)
+
+
+def test_one_exception_tree():
+    """Every error edgeplan raises on purpose is an EdgeplanError, internal bugs included."""
+    from planner import errors, solvers
+
+    assert solvers.SolverBug is errors.SolverBug
+    assert issubclass(errors.SolverBug, errors.InternalError)
+    assert issubclass(errors.InternalError, errors.EdgeplanError)
+    assert not issubclass(errors.TooLargeError, errors.NotApplicableError)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.EdgeplanError), name

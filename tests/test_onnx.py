@@ -124,3 +124,12 @@ def test_node_flops():
     assert node_flops("Gemm", [[5, 4], [6, 5]], [[4, 6]], {"transA": 1, "transB": 1}) == 2 * 4 * 6 * 5
     assert node_flops("MatMul", [[2, 3, 4], [4, 5]], [[2, 3, 5]], {}) == 2 * 30 * 4
     assert node_flops("Relu", [[7]], [[7]], {}) == 7
+
+
+def test_import_file_onnx_is_estimated(skip_onnx):
+    from planner.io import import_file
+
+    imported = import_file(skip_onnx, input_shapes={"x": (2, 3, 8, 8)})
+    assert imported.source_format == "onnx" and imported.estimated
+    assert imported.document == import_onnx(skip_onnx, {"x": (2, 3, 8, 8)})
+    assert len(imported.model) == 8

@@ -91,7 +91,7 @@ def check_solution(model, solution, budget, name):
     assert solution.schedule.predicted == again.predicted()
     # The written file reads back to the same ops, and the independent
     # reference replay of that file agrees.
-    document = json.loads(solution.schedule.to_json(model))
+    document = json.loads("".join(solution.schedule.iter_json(model)))
     assert schedule_from_dict(document, model).ops == tuple(solution.ops)
     reference = replay_solution(model, solution)
     assert reference["valid"], reference

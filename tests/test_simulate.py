@@ -100,7 +100,7 @@ def test_sink_output_is_held_until_the_sink_backward():
 
 
 def _doc(model, ops):
-    return json.loads(Schedule(model.name, model.fingerprint, "x", tuple(ops)).to_json(model))
+    return json.loads("".join(Schedule(model.name, model.fingerprint, "x", tuple(ops)).iter_json(model)))
 
 
 def test_recompute_counts_compute_and_forwards():
@@ -173,7 +173,7 @@ def test_agrees_with_reference_on_random_and_solved_schedules(seed):
     doc = model.document
 
     def to_doc(ops):
-        return json.loads(Schedule(model.name, model.fingerprint, "x", tuple(ops)).to_json(model))
+        return json.loads("".join(Schedule(model.name, model.fingerprint, "x", tuple(ops)).iter_json(model)))
 
     candidates = [_random_ops(model, rng, int(rng.integers(1, 30))) for _ in range(20)]
     candidates.append(list(solve(model, None, "store-all").ops))

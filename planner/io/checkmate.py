@@ -43,9 +43,10 @@ import os
 import networkx as nx
 
 from planner.errors import ModelError
+from planner.io import unique_names
 from planner.model import INPUT, MODEL_FORMAT, read_json_file
 
-__all__ = ["import_checkmate", "checkmate_to_model"]
+__all__ = ["import_checkmate", "read_checkmate", "checkmate_to_model"]
 
 _BACKWARD_SUFFIX = "_backward"
 
@@ -82,13 +83,27 @@ def import_checkmate(path):
     Rematerialization", MLSys 2020.  Bartan et al., "Moccasin: Efficient
     Tensor Rematerialization for Neural Networks", ICML 2023.
     """
+    return read_checkmate(path)[0]
+
+
+def read_checkmate(path):
+    """(document, estimated) of a graph file: :func:`import_checkmate`, and whether it estimated costs.
+
+    ``estimated`` is true when some backward costs are ``2 x forward`` rather
+    than read from the file (forward-only graphs, or backward nodes missing).
+    """
     data = read_json_file(path, what="Checkmate/Moccasin graph")
     stem = os.path.splitext(os.path.basename(str(path)))[0]
-    return checkmate_to_model(data, source_name=str(path), default_name=stem)
+    return _convert(data, source_name=str(path), default_name=stem)
 
 
 def checkmate_to_model(data, *, source_name="<graph>", default_name="graph"):
     """Convert a parsed node-link document (see :func:`import_checkmate`)."""
+    return _convert(data, source_name=source_name, default_name=default_name)[0]
+
+
+def _convert(data, *, source_name, default_name):
+    """(model document, estimated) of a parsed node-link document."""
 
     def fail(message):
         raise ModelError(f"{source_name}: {message}")
@@ -149,21 +164,22 @@ def checkmate_to_model(data, *, source_name="<graph>", default_name="graph"):
         edges.append((u, v))
 
     if any("cost_cpu" in node for node in nodes):
-        layers, source = _checkmate_layers(ids, edges, fail, os.path.basename(source_name))
+        layers, source, estimated = _checkmate_layers(ids, edges, fail, os.path.basename(source_name))
     elif any("duration" in node for node in nodes):
-        layers, source = _random_layers(ids, edges, graph, fail, os.path.basename(source_name))
+        layers, source, estimated = _random_layers(ids, edges, graph, fail, os.path.basename(source_name))
     else:
         fail(
             "unknown graph: nodes need 'cost_cpu' and 'cost_ram' (Checkmate) or "
             "'duration' and 'out_cost' (random layered graphs)"
         )
-    return {
+    document = {
         "format": MODEL_FORMAT,
         "name": name,
         "input_bytes": 0,
         "source": source,
         "layers": layers,
     }
+    return document, estimated
 
 
 def _number(node, key, fail, label):
@@ -202,20 +218,9 @@ def _order(graph, preferred, fail):
     return list(nx.lexicographical_topological_sort(graph, key=lambda v: (str(type(v)), v)))
 
 
-def _unique_names(order, wanted):
-    """Layer names: ``wanted[v]``, made unique and never ``input``."""
-    names = {}
-    taken = set()
-    for v in order:
-        base = wanted[v] if wanted[v].strip() else str(v)
-        candidate = base if base != INPUT else f"{base}#{v}"
-        if candidate in taken:
-            candidate = f"{base}#{v}"
-        while candidate in taken or candidate == INPUT:
-            candidate += "'"
-        taken.add(candidate)
-        names[v] = candidate
-    return names
+def _names(order, wanted):
+    """``{node id: layer name}``: ``wanted`` made unique, keyed by the node ids (``dup#7``)."""
+    return dict(zip(order, unique_names(wanted, keys=order)))
 
 
 def _forward_only_layers(graph, order, forward_of, size_of, names):
@@ -243,13 +248,9 @@ def _add_loss(layers, graph, order, names):
     sinks = [v for v in order if graph.out_degree(v) == 0]
     if len(sinks) <= 1:
         return
-    taken = {layer["name"] for layer in layers}
-    loss = "loss"
-    while loss in taken:
-        loss += "'"
     layers.append(
         {
-            "name": loss,
+            "name": unique_names([layer["name"] for layer in layers] + ["loss"])[-1],
             "inputs": [names[v] for v in sinks],
             "forward": 0.0,
             "backward": 0.0,
@@ -260,7 +261,8 @@ def _add_loss(layers, graph, order, names):
     )
 
 
-def _checkmate_layers(ids, edges, fail, filename):
+def _classify(ids, fail):
+    """(forward node ids, loss node ids, {forward id: its backward node id}) of a Checkmate graph."""
     forward_ids, loss_ids, backward_ids = [], [], []
     for node_id, node in ids.items():
         label = _label(node_id, node)
@@ -292,13 +294,18 @@ def _checkmate_layers(ids, edges, fail, filename):
         if v in grad_of:
             fail(f"forward node {_label(v, ids[v])} has two backward nodes")
         grad_of[v] = b
-    training = bool(backward_ids or loss_ids)
+    return forward_ids, loss_ids, grad_of
+
+
+def _checkmate_layers(ids, edges, fail, filename):
+    """(layers, source, estimated) of a Checkmate graph, training or forward-only."""
+    forward_ids, loss_ids, grad_of = _classify(ids, fail)
+    training = bool(grad_of or loss_ids)
     if training and len(loss_ids) != 1:
         fail(
             f"a training graph needs exactly one loss node (backward: true, not named "
             f"'*{_BACKWARD_SUFFIX}'); found {len(loss_ids)}"
         )
-
     forward_set = set(forward_ids)
     fgraph = nx.DiGraph()
     fgraph.add_nodes_from(forward_ids)
@@ -306,13 +313,14 @@ def _checkmate_layers(ids, edges, fail, filename):
     order = _order(fgraph, None, fail)
     cost = {v: ids[v]["cost_cpu"] for v in ids}
     ram = {v: _size(ids[v], "cost_ram", fail, "") for v in ids}
-    names = _unique_names(order, {v: ids[v]["name"] for v in order})
+    names = _names(order, [ids[v]["name"] for v in order])
     if not training:
         layers = _forward_only_layers(fgraph, order, cost, ram, names)
-        return layers, (
+        source = (
             f"Checkmate graph {filename} (forward only): forward costs and output sizes from the "
             "file; backward = 2 x forward (estimated)"
         )
+        return layers, source, True
 
     links = set(edges)
     position = {v: k for k, v in enumerate(order)}
@@ -339,13 +347,10 @@ def _checkmate_layers(ids, edges, fail, filename):
         layers.append(layer)
     loss = loss_ids[0]
     loss_inputs = [u for u in order if (u, loss) in links or fgraph.out_degree(u) == 0]
-    taken = {layer["name"] for layer in layers}
-    loss_name = ids[loss]["name"] if ids[loss]["name"].strip() else "Loss"
-    while loss_name in taken or loss_name == INPUT:
-        loss_name += "'"
+    wanted = ids[loss]["name"] if ids[loss]["name"].strip() else "Loss"
     layers.append(
         {
-            "name": loss_name,
+            "name": _names(order + [loss], [layer["name"] for layer in layers] + [wanted])[loss],
             "inputs": [names[u] for u in loss_inputs],
             "forward": cost[loss],
             "backward": 0.0,
@@ -360,7 +365,7 @@ def _checkmate_layers(ids, edges, fail, filename):
     )
     if estimated:
         source += f"; {estimated} layers without a backward node: backward = 2 x forward (estimated)"
-    return layers, source
+    return layers, source, estimated > 0
 
 
 def _random_layers(ids, edges, graph_attrs, fail, filename):
@@ -380,9 +385,10 @@ def _random_layers(ids, edges, graph_attrs, fail, filename):
         order = _order(graph, preferred, fail)
     except TypeError:  # pragma: no cover - ids of mixed types in the order
         order = _order(graph, None, fail)
-    names = _unique_names(order, wanted)
+    names = _names(order, [wanted[v] for v in order])
     layers = _forward_only_layers(graph, order, cost, size, names)
-    return layers, (
+    source = (
         f"Moccasin random layered graph {filename} (forward only): forward costs (duration) and "
         "output sizes (out_cost) from the file; backward = 2 x forward (estimated)"
     )
+    return layers, source, True

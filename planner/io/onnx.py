@@ -29,6 +29,7 @@ onnx is imported inside the functions: ``pip install edgeplan[onnx]``.
 """
 
 import os
+from dataclasses import dataclass
 
 from planner.io import unique_names
 from planner.errors import ModelError
@@ -135,7 +136,8 @@ def import_onnx(path, input_shapes=None):
     Returns
     -------
     dict
-        A validated ``edgeplan-model/1`` document (``time_unit`` ``flop``).
+        A validated ``edgeplan-model/1`` document (``time_unit`` ``flop``);
+        every cost in it is an estimate.
 
     Raises
     ------
@@ -151,186 +153,25 @@ def import_onnx(path, input_shapes=None):
     """
     onnx = _require_onnx()
     where = str(path)
-    if not os.path.isfile(where):
-        raise ModelError(f"{where}: no such file")
-    try:
-        model = onnx.load(where, load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have no common base class
-        raise ModelError(f"{where}: not a readable ONNX file: {type(exc).__name__}: {exc}") from None
-    graph = model.graph
-    if not graph.node:
-        raise ModelError(f"{where}: the ONNX graph has no nodes")
-    init_names = {t.name for t in graph.initializer}
-    inputs = [vi for vi in graph.input if vi.name not in init_names]
-    if not inputs:
-        raise ModelError(f"{where}: the ONNX graph has no input (every input is an initializer)")
-    shapes = dict(input_shapes or {})
-    known = {vi.name for vi in inputs}
-    for key in shapes:
-        if key not in known:
-            raise ModelError(
-                f"{where}: input shape given for {key!r}, but the graph inputs are "
-                + ", ".join(repr(n) for n in sorted(known))
-            )
-
-    # Bind the input shapes.
-    for vi in inputs:
-        tensor_type = vi.type.tensor_type
-        if vi.name in shapes:
-            bound = [int(d) for d in shapes[vi.name]]
-            if any(d <= 0 for d in bound):
-                raise ModelError(f"{where}: input {vi.name!r}: sizes must be positive, got {bound}")
-            old = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
-            if old is not None and len(old) != len(bound):
-                raise ModelError(
-                    f"{where}: input {vi.name!r} has {len(old)} dimensions, the shape given has "
-                    f"{len(bound)}"
-                )
-            for k, (d, b) in enumerate(zip(old or [], bound)):
-                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != b:
-                    raise ModelError(
-                        f"{where}: input {vi.name!r} dimension {k} is {d.dim_value}, the shape "
-                        f"given says {b}"
-                    )
-            tensor_type.ClearField("shape")
-            for b in bound:
-                tensor_type.shape.dim.add().dim_value = b
-        else:
-            if not tensor_type.HasField("shape"):
-                raise ModelError(
-                    f"{where}: input {vi.name!r} has no shape; bind it with an input shape "
-                    f"(e.g. {vi.name}=1,3,224,224)"
-                )
-            free = [
-                (k, d.dim_param or "?")
-                for k, d in enumerate(tensor_type.shape.dim)
-                if not (d.HasField("dim_value") and d.dim_value > 0)
-            ]
-            if free:
-                listed = ", ".join(f"dimension {k} ({name!r})" for k, name in free)
-                raise ModelError(
-                    f"{where}: input {vi.name!r} has symbolic dimensions: {listed}; bind them "
-                    f"with an input shape (e.g. {vi.name}=" + ",".join(
-                        str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "8"
-                        for d in tensor_type.shape.dim
-                    ) + ")"
-                )
+    model, inputs = _load(onnx, where, dict(input_shapes or {}))
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise ModelError(f"{where}: ONNX shape inference failed: {text}") from None
     g = inferred.graph
-
-    types = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        types[vi.name] = vi.type
-    init_shape = {t.name: list(t.dims) for t in g.initializer}
-    init_bytes = {
-        t.name: _numel(t.dims) * _elem_size(onnx, t.data_type, f"{where}: initializer {t.name!r}")
-        for t in g.initializer
-    }
+    tensors = _Tensors.of(onnx, g, where)
     input_names = {vi.name for vi in inputs}
-
-    # Which nodes depend on a graph input (layers) and which are constants.
-    producer = {}
-    for k, node in enumerate(g.node):
-        for out in node.output:
-            if out:
-                producer[out] = k
-    order = _topological(g.node, producer, where)
-    dynamic = set(input_names)
-    layer_nodes = []
-    for k in order:
-        node = g.node[k]
-        if any(name in dynamic for name in node.input if name):
-            layer_nodes.append(k)
-            dynamic.update(o for o in node.output if o)
-
-    outputs = [o.name for o in g.output]
-    sinks = [producer[o] for o in outputs if o in producer and producer[o] in set(layer_nodes)]
-    sinks = list(dict.fromkeys(sinks))
-    if not sinks:
-        raise ModelError(f"{where}: no graph output depends on a graph input: nothing to train")
-    # Keep the nodes some graph output depends on.
-    live = set()
-    stack = list(sinks)
-    layer_set = set(layer_nodes)
-    while stack:
-        k = stack.pop()
-        if k in live:
-            continue
-        live.add(k)
-        for name in g.node[k].input:
-            if name in producer and producer[name] in layer_set:
-                stack.append(producer[name])
-    layer_nodes = [k for k in layer_nodes if k in live]
-
-    names = unique_names([g.node[k].name or f"{g.node[k].op_type}_{k}" for k in layer_nodes])
+    producer = {out: k for k, node in enumerate(g.node) for out in node.output if out}
+    layer_nodes, sinks = _layer_nodes(g, producer, input_names, where)
+    names = unique_names([g.node[k].name or f"{g.node[k].op_type}_{k}" for k in layer_nodes], keys=layer_nodes)
     name_of = dict(zip(layer_nodes, names))
-
-    def tensor_bytes(name, what):
-        if name in init_bytes:
-            return init_bytes[name]
-        t = types.get(name)
-        dims = _dims(t) if t is not None else None
-        if dims is None:
-            raise ModelError(
-                f"{where}: {what}: the shape of tensor {name!r} is unknown after shape inference"
-            )
-        return _numel(dims) * _elem_size(onnx, t.tensor_type.elem_type, f"{where}: tensor {name!r}")
-
-    def tensor_shape(name):
-        if name in init_shape:
-            return init_shape[name]
-        t = types.get(name)
-        return _dims(t) if t is not None else None
-
-    input_bytes = sum(tensor_bytes(vi.name, f"input {vi.name!r}") for vi in inputs)
-    layers = []
-    for k in layer_nodes:
-        node = g.node[k]
-        reads = []
-        params = 0
-        for name in node.input:
-            if not name:
-                continue
-            if name in input_names:
-                if INPUT not in reads:
-                    reads.append(INPUT)
-            elif name in producer and producer[name] in name_of:
-                p = name_of[producer[name]]
-                if p not in reads:
-                    reads.append(p)
-            elif name in init_bytes:
-                params += init_bytes[name]
-        what = f"node {name_of[k]!r} ({node.op_type})"
-        out_bytes = sum(tensor_bytes(o, what) for o in node.output if o)
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        flops = node_flops(
-            node.op_type,
-            [tensor_shape(n) if n else None for n in node.input],
-            [tensor_shape(o) for o in node.output if o],
-            attrs,
-        )
-        layers.append(
-            {
-                "name": name_of[k],
-                "inputs": reads,
-                "forward": float(flops),
-                "backward": float(2 * flops),
-                "output_bytes": int(out_bytes),
-                "saved_bytes": 0,
-                "needs_inputs": node.op_type not in _READS_NOTHING and node.op_type not in _READS_OUTPUT,
-                "needs_output": node.op_type in _READS_OUTPUT,
-                "params_bytes": int(params),
-            }
-        )
+    input_bytes = sum(tensors.nbytes(vi.name, f"input {vi.name!r}") for vi in inputs)
+    layers = [_layer(onnx, g.node[k], name_of[k], name_of, producer, input_names, tensors) for k in layer_nodes]
     if len(sinks) > 1:
-        loss = unique_names(names + ["loss"])[-1]
         layers.append(
             {
-                "name": loss,
+                "name": unique_names(names + ["loss"])[-1],
                 "inputs": [name_of[k] for k in sinks],
                 "forward": 0.0,
                 "backward": 0.0,
@@ -354,6 +195,181 @@ def import_onnx(path, input_shapes=None):
     }
     model_from_dict(doc, source_name=where)
     return doc
+
+
+def _load(onnx, where, shapes):
+    """(model proto, graph inputs that are not initializers), with ``shapes`` bound into it."""
+    if not os.path.isfile(where):
+        raise ModelError(f"{where}: no such file")
+    try:
+        model = onnx.load(where, load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise ModelError(f"{where}: not a readable ONNX file: {type(exc).__name__}: {exc}") from None
+    graph = model.graph
+    if not graph.node:
+        raise ModelError(f"{where}: the ONNX graph has no nodes")
+    init_names = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in init_names]
+    if not inputs:
+        raise ModelError(f"{where}: the ONNX graph has no input (every input is an initializer)")
+    known = {vi.name for vi in inputs}
+    for key in shapes:
+        if key not in known:
+            raise ModelError(
+                f"{where}: input shape given for {key!r}, but the graph inputs are "
+                + ", ".join(repr(n) for n in sorted(known))
+            )
+    for vi in inputs:
+        if vi.name in shapes:
+            _bind_shape(vi, [int(d) for d in shapes[vi.name]], where)
+        else:
+            _check_static(vi, where)
+    return model, inputs
+
+
+def _bind_shape(vi, bound, where):
+    """Give graph input ``vi`` the shape ``bound``, where it agrees with the file's."""
+    tensor_type = vi.type.tensor_type
+    if any(d <= 0 for d in bound):
+        raise ModelError(f"{where}: input {vi.name!r}: sizes must be positive, got {bound}")
+    old = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
+    if old is not None and len(old) != len(bound):
+        raise ModelError(
+            f"{where}: input {vi.name!r} has {len(old)} dimensions, the shape given has {len(bound)}"
+        )
+    for k, (d, b) in enumerate(zip(old or [], bound)):
+        if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != b:
+            raise ModelError(
+                f"{where}: input {vi.name!r} dimension {k} is {d.dim_value}, the shape given says {b}"
+            )
+    tensor_type.ClearField("shape")
+    for b in bound:
+        tensor_type.shape.dim.add().dim_value = b
+
+
+def _check_static(vi, where):
+    """Graph input ``vi`` has no shape given: every one of its dimensions must be fixed."""
+    tensor_type = vi.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        raise ModelError(
+            f"{where}: input {vi.name!r} has no shape; bind it with an input shape "
+            f"(e.g. {vi.name}=1,3,224,224)"
+        )
+    dims = tensor_type.shape.dim
+    free = [(k, d.dim_param or "?") for k, d in enumerate(dims) if not (d.HasField("dim_value") and d.dim_value > 0)]
+    if free:
+        listed = ", ".join(f"dimension {k} ({name!r})" for k, name in free)
+        example = ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "8" for d in dims)
+        raise ModelError(
+            f"{where}: input {vi.name!r} has symbolic dimensions: {listed}; bind them "
+            f"with an input shape (e.g. {vi.name}={example})"
+        )
+
+
+def _layer_nodes(g, producer, input_names, where):
+    """(indices of the nodes that become layers, in a topological order; the sink nodes).
+
+    Layers are the nodes that depend on a graph input (the others are
+    constants) and that some graph output depends on.
+    """
+    dynamic = set(input_names)
+    layer_nodes = []
+    for k in _topological(g.node, producer, where):
+        node = g.node[k]
+        if any(name in dynamic for name in node.input if name):
+            layer_nodes.append(k)
+            dynamic.update(o for o in node.output if o)
+    layer_set = set(layer_nodes)
+    sinks = [producer[o.name] for o in g.output if o.name in producer and producer[o.name] in layer_set]
+    sinks = list(dict.fromkeys(sinks))
+    if not sinks:
+        raise ModelError(f"{where}: no graph output depends on a graph input: nothing to train")
+    live = set()
+    stack = list(sinks)
+    while stack:
+        k = stack.pop()
+        if k in live:
+            continue
+        live.add(k)
+        for name in g.node[k].input:
+            if name in producer and producer[name] in layer_set:
+                stack.append(producer[name])
+    return [k for k in layer_nodes if k in live], sinks
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    """Shapes and sizes of the tensors of an inferred graph."""
+
+    onnx: object
+    where: str
+    types: dict
+    init_shape: dict
+    init_bytes: dict
+
+    @classmethod
+    def of(cls, onnx, g, where):
+        types = {vi.name: vi.type for vi in list(g.input) + list(g.value_info) + list(g.output)}
+        init_bytes = {
+            t.name: _numel(t.dims) * _elem_size(onnx, t.data_type, f"{where}: initializer {t.name!r}")
+            for t in g.initializer
+        }
+        return cls(onnx, where, types, {t.name: list(t.dims) for t in g.initializer}, init_bytes)
+
+    def nbytes(self, name, what):
+        if name in self.init_bytes:
+            return self.init_bytes[name]
+        t = self.types.get(name)
+        dims = _dims(t) if t is not None else None
+        if dims is None:
+            raise ModelError(
+                f"{self.where}: {what}: the shape of tensor {name!r} is unknown after shape inference"
+            )
+        return _numel(dims) * _elem_size(self.onnx, t.tensor_type.elem_type, f"{self.where}: tensor {name!r}")
+
+    def shape(self, name):
+        if name in self.init_shape:
+            return self.init_shape[name]
+        t = self.types.get(name)
+        return _dims(t) if t is not None else None
+
+
+def _layer(onnx, node, me, name_of, producer, input_names, tensors):
+    """The layer ``me`` of one node: what it reads, its parameters, its estimated costs."""
+    reads = []
+    params = 0
+    for name in node.input:
+        if not name:
+            continue
+        if name in input_names:
+            if INPUT not in reads:
+                reads.append(INPUT)
+        elif name in producer and producer[name] in name_of:
+            p = name_of[producer[name]]
+            if p not in reads:
+                reads.append(p)
+        elif name in tensors.init_bytes:
+            params += tensors.init_bytes[name]
+    what = f"node {me!r} ({node.op_type})"
+    out_bytes = sum(tensors.nbytes(o, what) for o in node.output if o)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    flops = node_flops(
+        node.op_type,
+        [tensors.shape(n) if n else None for n in node.input],
+        [tensors.shape(o) for o in node.output if o],
+        attrs,
+    )
+    return {
+        "name": me,
+        "inputs": reads,
+        "forward": float(flops),
+        "backward": float(2 * flops),
+        "output_bytes": int(out_bytes),
+        "saved_bytes": 0,
+        "needs_inputs": node.op_type not in _READS_NOTHING and node.op_type not in _READS_OUTPUT,
+        "needs_output": node.op_type in _READS_OUTPUT,
+        "params_bytes": int(params),
+    }
 
 
 def _topological(nodes, producer, where):

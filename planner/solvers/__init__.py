@@ -14,7 +14,13 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
-from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
+from planner.errors import (
+    EdgeplanError,
+    InfeasibleError,
+    NotApplicableError,
+    SolverBug,
+    TooLargeError,
+)
 from planner.lowering import insert_frees
 from planner.schedule import Schedule
 from planner.simulate import simulate
@@ -138,10 +144,6 @@ STRATEGIES = dict(
         ),
     ]
 )
-
-
-class SolverBug(RuntimeError):
-    """A solver produced a schedule the simulator rejects: a bug in the solver."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def _run_one(model, budget, name, options, extra, progress):
     try:
         solution = _run(model, budget, strategy, options, extra)
         outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
-    except (InfeasibleError, NotApplicableError) as exc:
+    except (InfeasibleError, NotApplicableError, TooLargeError) as exc:
         outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
     if progress:
         progress(name, outcome)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.schedule import backward, forward
 
 __all__ = ["dp"]
@@ -58,7 +58,7 @@ _EXACT_CELLS = 20_000_000
 _WORK = 300_000_000
 # Distinct forward-chain peaks handled one reduction each; beyond, a running minimum.
 _MAX_GROUPS = 16
-# Larger problems are refused (NotApplicableError): hours of work or more memory
+# Larger problems are refused (TooLargeError): hours of work or more memory
 # than an edge planner should take.  1000 layers x 500 levels: 8e10, 2.2 GB.
 _MAX_WORK = 3e11
 _MAX_TABLE_BYTES = 4e9
@@ -649,9 +649,11 @@ def dp(model, *, budget=None, levels=500, shared=None):
     Raises
     ------
     NotApplicableError
-        On a model that is not a chain, or a chain too long for the O(n^3 x
-        levels) table (beyond about 1,300 layers at 500 levels: more than 4 GB
-        of tables or 3e11 steps), when the budget is below the store-all peak.
+        On a model that is not a chain.
+    TooLargeError
+        On a chain too long for the O(n^3 x levels) table (beyond about 1,300
+        layers at 500 levels: more than 4 GB of tables or 3e11 steps), when the
+        budget is below the store-all peak.
     InfeasibleError
         When no persistent schedule fits; ``least_bytes`` is the least budget
         for which ``dp`` finds one (the exact least peak of the class).
@@ -715,7 +717,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     work = n**3 / 6 * (levels + levels // 32)
     table_bytes = 4.0 * n * n * (levels + levels // 32)
     if work > _MAX_WORK or table_bytes > _MAX_TABLE_BYTES:
-        raise NotApplicableError(
+        raise TooLargeError(
             f"dp: a chain of {n} layers at {levels} memory levels is too large for the O(n^3 x levels) "
             f"dynamic program (about {table_bytes / 1e9:.1f} GB of tables); use revolve, sequential "
             "or chen-greedy"

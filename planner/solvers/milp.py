@@ -607,11 +607,6 @@ class _Formulation:
         """A peak (bytes) below which no schedule with this backward order exists."""
         return self._bound
 
-    @property
-    def size(self):
-        """(variables, constraints, non-zeros)."""
-        return self.A.shape[1], self.A.shape[0], self.A.nnz
-
     # ---- solving -----------------------------------------------------------------------
 
     def solve(self, *, cap, time_limit, start=None):

@@ -30,7 +30,6 @@ __all__ = [
     "binomial_split",
     "numforw",
     "repetitions",
-    "schedule_forwards",
     "balanced_snapshots",
 ]
 
@@ -268,31 +267,6 @@ def _walk(n, c0, forward_times=None):
         stack.append((start, start + m, c, False))
         stack.append((start + m, stop, c - 1, spine))
     return advances, time, first_sweep
-
-
-def schedule_forwards(l, snapshots):
-    """Forward ops of the schedule :func:`revolve_ops` makes, counted without making it.
-
-    Parameters
-    ----------
-    l : int
-        Number of layers.
-    snapshots : int
-        As for :func:`revolve_ops`.
-
-    Returns
-    -------
-    int
-        ``l`` turns plus the advance steps of the recursion :func:`revolve_ops`
-        follows (walked, not taken from the closed form, so that tests can
-        compare the two).
-
-    Notes
-    -----
-    O(l) in the worst case (one pending range per step).
-    """
-    advances, _, _ = _walk(l, _tasks_check(l, snapshots))
-    return l + advances
 
 
 def balanced_snapshots(l):
