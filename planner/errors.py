@@ -1,7 +1,9 @@
 """The exception tree shared by the whole library.
 
 ``EdgeplanError`` is the root.  ``ModelError`` and ``ScheduleFormatError`` mean
-bad input (the CLI exits 2), ``ScheduleError`` means a schedule that breaks the
+bad input (the CLI exits 2), as do ``OptionError`` (a strategy option it does
+not take or out of range) and ``MissingExtraError`` (an optional dependency is
+not installed), ``ScheduleError`` means a schedule that breaks the
 rules of SPEC section 3 and ``InfeasibleError`` means no schedule of a strategy
 fits the budget (both are answers: the CLI exits 1).
 """
@@ -13,6 +15,9 @@ __all__ = [
     "ScheduleError",
     "InfeasibleError",
     "NotApplicableError",
+    "OptionError",
+    "MissingExtraError",
+    "ModelMismatchError",
 ]
 
 
@@ -66,3 +71,36 @@ class InfeasibleError(EdgeplanError):
 
 class NotApplicableError(EdgeplanError):
     """The strategy does not apply to this model (e.g. a chain-only solver on a DAG)."""
+
+
+class OptionError(EdgeplanError, ValueError):
+    """A strategy option is unknown or out of range (``--segments 50`` on 10 layers).
+
+    The registry raises it before any solver runs, with the same message in
+    every command.  It is a ``ValueError`` too, for callers that catch those.
+    """
+
+
+class MissingExtraError(NotApplicableError):
+    """An optional dependency is not installed; the message names the extra.
+
+    Named explicitly (``--strategy milp``, ``--plot``, ``profile``) it is bad
+    usage (exit 2); in ``auto``, ``compare`` and ``sweep`` the strategy that
+    needs it is skipped like one that does not apply.
+
+    Attributes
+    ----------
+    module : str
+        The missing module (``torch``, ``onnx``, ``matplotlib``, ``scipy``).
+    """
+
+    def __init__(self, message, *, module):
+        super().__init__(message)
+        self.module = module
+
+
+class ModelMismatchError(ScheduleError):
+    """A schedule was made for another model (its layers are not this model's).
+
+    An answer, not bad input: the schedule does not apply to this model (exit 1).
+    """

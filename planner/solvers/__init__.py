@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
-from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
+from planner import extras
+from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError, OptionError
 from planner.lowering import insert_frees
 from planner.schedule import Schedule
 from planner.simulate import simulate
@@ -28,6 +29,8 @@ __all__ = [
     "run_all",
     "applicable",
     "strategy_names",
+    "check_options",
+    "missing_requirements",
 ]
 
 
@@ -57,6 +60,11 @@ class Strategy:
         Above this many layers the strategy is left out of the default set
         (``auto``, ``compare``, ``sweep``) because it would take long; it still
         runs when named.
+    requires : tuple of str
+        Modules it imports beyond the core ones (checked with
+        :func:`planner.extras.require` before it runs: a strategy whose
+        module is missing is skipped by ``auto``, ``compare`` and ``sweep``,
+        and is bad usage when named).
     """
 
     name: str
@@ -67,6 +75,7 @@ class Strategy:
     options: tuple = ()
     emits_frees: bool = False
     auto_max_layers: int = None
+    requires: tuple = ()
 
     def load(self):
         """The solver function."""
@@ -107,6 +116,7 @@ STRATEGIES = dict(
             "exact mixed-integer program for any DAG, HiGHS (--time-limit SECONDS)",
             options=("time_limit",),
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
+            requires=("scipy",),
         ),
     ]
 )
@@ -173,11 +183,64 @@ def applicable(model, options=None):
     return names
 
 
-def _validate_options(strategy, options):
-    for key, value in options.items():
-        if value is not None and key not in strategy.options:
-            accepted = ", ".join(strategy.options) or "none"
-            raise ValueError(f"strategy {strategy.name!r} does not take {key!r} (it takes: {accepted})")
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+# Each option's valid values: (test(value, model), what the range is).
+_OPTION_RANGES = {
+    "segments": (lambda v, m: _is_int(v) and 1 <= v <= len(m), lambda m: f"an integer from 1 to {len(m)} (the number of layers)"),
+    "snapshots": (lambda v, m: _is_int(v) and v >= 0, lambda m: "an integer >= 0"),
+    "time_limit": (lambda v, m: _is_seconds(v), lambda m: "a positive number of seconds"),
+}
+
+
+def check_options(model, strategies, options):
+    """Check strategy options once, before any solver runs.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    strategies : str, list of str or None
+        One strategy name (or ``"auto"``), several, or None (the default set
+        of ``auto``, ``compare`` and ``sweep``).
+    options : dict
+        Option name -> value; None values are options not given.
+
+    Raises
+    ------
+    OptionError
+        An option no strategy takes (a misspelling), one that the single
+        strategy named does not take, or a value out of its range.  The
+        message is the same whichever command asked.
+
+    Notes
+    -----
+    With several strategies, each gets the options it takes: ``--segments``
+    alongside ``--strategies dp,sequential`` goes to sequential alone.
+    """
+    known = {key for s in STRATEGIES.values() for key in s.options}
+    single = STRATEGIES.get(strategies) if isinstance(strategies, str) else None
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if single is not None and key not in single.options:
+            accepted = ", ".join(single.options) or "none"
+            raise OptionError(f"strategy {single.name!r} does not take {key!r} (it takes: {accepted})")
+        if key not in known:
+            raise OptionError(f"unknown option {key!r}; strategies take: {', '.join(sorted(known))}")
+        test, wanted = _OPTION_RANGES[key]
+        if not test(value, model):
+            raise OptionError(f"--{key.replace('_', '-')} must be {wanted(model)}, got {value!r}")
+
+
+def missing_requirements(name):
+    """The modules strategy ``name`` needs that are not installed (usually none)."""
+    return [module for module in STRATEGIES[name].requires if extras.missing(module)]
 
 
 def _is_replayable(ops):
@@ -186,6 +249,7 @@ def _is_replayable(ops):
 
 
 def _run(model, budget, strategy, options):
+    extras.require(*strategy.requires, purpose=f"strategy {strategy.name!r}")
     fn = strategy.load()
     if strategy.chains_only and not model.is_chain:
         raise NotApplicableError(
@@ -238,6 +302,7 @@ def run_all(model, budget, *, strategies=None, options=None, progress=None):
         Called as ``progress(name, outcome_or_None)`` before and after each.
     """
     options = options or {}
+    check_options(model, strategies, options)
     names = applicable(model, options) if strategies is None else list(strategies)
     outcomes = []
     for name in names:
@@ -288,11 +353,17 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         No schedule fits; ``least_bytes`` is the least budget that works.
     NotApplicableError
         The strategy does not apply to this model.
-    ValueError
-        Unknown strategy or an option the strategy does not take.
+    OptionError
+        Unknown strategy, an option the strategy does not take, or a value
+        out of range (also a ``ValueError``).
+    MissingExtraError
+        The strategy needs a module that is not installed.
     SolverBug
         The simulator rejected a solver's schedule (never expected).
     """
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+    check_options(model, strategy, options)
     if strategy == "auto":
         outcomes = run_all(model, budget, options=options, progress=progress)
         best = _best(outcomes)
@@ -305,8 +376,4 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
             + (f"; the least that works is {least} bytes" if least is not None else ""),
             least_bytes=least,
         )
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
-    chosen = STRATEGIES[strategy]
-    _validate_options(chosen, options)
-    return _run(model, budget, chosen, options)
+    return _run(model, budget, STRATEGIES[strategy], options)
