@@ -3,7 +3,6 @@ import json
 import math
 import types
 from itertools import islice
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -23,10 +22,10 @@ from planner.solvers.revolve import (
     schedule_forwards,
 )
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import DATA
 from tests.reference import replay_solution
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GRID = SHARED / "benchmarks" / "revolve" / "derived_numforw_grid.csv"
+GRID = DATA / "revolve" / "derived_numforw_grid.csv"
 
 
 def closed_form(l, c):

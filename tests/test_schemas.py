@@ -7,7 +7,6 @@ copies in schedules/ are identical; the fast check agrees with jsonschema.
 
 import copy
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -27,8 +26,8 @@ from planner.schemas import (
     schema_errors,
 )
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
 
 

@@ -20,10 +20,10 @@ from planner.io.torch_profile import (
 )
 from planner.model import model_from_dict
 from tests.models_torch import skip_net
+from tests.conftest import EXAMPLES
 from tests.reference import replay_solution
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "examples", "tiny_cnn.py")
+TINY = str(EXAMPLES / "tiny_cnn.py")
 
 
 class _Temporary(nn.Module):
