@@ -299,3 +299,29 @@ def test_load_schedule_names_both_models(mobilenet_schedule):
     model = load_model(RESNET18)
     with pytest.raises(ModelMismatchError, match=r"made for another model: 'mobilenet_v2' \(sha256:.*not 'resnet18'"):
         load_schedule(mobilenet_schedule, model)
+
+
+def test_every_json_command_writes_one_document_on_exit_1(tmp_path, mobilenet_schedule):
+    """solve, compare, simulate and verify: a negative answer is still one JSON document."""
+    solve = run("solve", RESNET18, "--memory", "120MB", "--json")
+    compare = run("compare", RESNET18, "--memory", "120MB", "--strategies", "store-all,revolve", "--json")
+    simulate = run("simulate", RESNET18, mobilenet_schedule, "--json")
+    model = tmp_path / "tiny.json"
+    assert run("profile", TINY, "--input", "2,3,32,32", "--estimate", "-o", model).exit_code == 0
+    first = load_model(model)
+    bad = {
+        "format": "edgeplan-schedule/1",
+        "model": {"name": first.name, "fingerprint": first.fingerprint},
+        "strategy": "hand", "params": {}, "budget_bytes": None, "predicted": {},
+        "ops": [{"op": "forward", "layer": first.layers[0].name, "save": True}],
+    }
+    schedule = tmp_path / "bad.json"
+    schedule.write_text(json.dumps(bad))
+    verify = run("verify", TINY, "--input", "2,3,32,32", "--schedule", schedule, "--model", model, "--json")
+    for r in (solve, compare, simulate, verify):
+        assert r.exit_code == 1, r.output
+        assert "Traceback" not in r.output
+    assert one_json(solve.stdout)["feasible"] is False
+    assert [row["feasible"] for row in one_json(compare.stdout)] == [False, False]
+    assert one_json(simulate.stdout)["valid"] is False
+    assert "invalid schedule" in one_json(verify.stdout)["error"]
