@@ -1,7 +1,6 @@
 """Tests for planner.io.torch_profile and ``edgeplan profile`` (CPU, tiny models)."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -19,8 +18,8 @@ from planner.io.torch_profile import (
     profile_model,
 )
 from planner.model import model_from_dict
-from tests.models_torch import skip_net
 from tests.conftest import EXAMPLES
+from tests.models_torch import skip_net
 from tests.reference import replay_solution
 
 TINY = str(EXAMPLES / "tiny_cnn.py")
