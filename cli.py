@@ -14,13 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from planner import extras
 from planner.budget import OPTIMIZER_FACTORS, activation_budget
 from planner.files import atomic_output
 from planner.errors import (
     InfeasibleError,
     InternalError,
+    MissingExtraError,
     ModelError,
+    ModelMismatchError,
     NotApplicableError,
+    OptionError,
     ScheduleError,
     ScheduleFormatError,
     TooLargeError,
@@ -56,20 +60,31 @@ class _Group(click.Group):
     Errors edgeplan raises on purpose keep their exit code (bad input 2,
     negative answer 1); Ctrl-C exits 130; anything else exits
     :data:`EXIT_INTERNAL` with the exception's type and message.  click's own
-    exits, usage errors and broken pipes pass through to click.
+    exits, usage errors and broken pipes pass through to click; under
+    ``--json`` a usage error also writes ``{"error": ...}`` to stdout.
     """
+
+    def parse_args(self, ctx, args):
+        # Known before the command parses its options, so that a usage error
+        # in them still gets its JSON document.
+        ctx.meta[_JSON_KEY] = "--json" in args
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:
+            if exc.exit_code == EXIT_BAD:
+                _json_error(exc.format_message())
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, SizeError) as exc:
+        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_NO)
@@ -124,22 +139,76 @@ def _load_model_or_exit(path, err):
         _fail(err, str(exc), EXIT_BAD)
 
 
-def _fail(err, message, code):
+_JSON_KEY = "edgeplan.json"
+
+
+def _json_error(message, **fields):
+    """Under --json, the one document of a failed command: ``{"error": ..., **fields}``."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(_JSON_KEY):
+        sys.stdout.write(json.dumps({**fields, "error": message}, indent=2) + "\n")
+        sys.stdout.flush()
+
+
+def _fail(err, message, code, **fields):
+    """One error line on stderr (and the JSON document under --json), then exit ``code``."""
     err.print(f"[red]error:[/red] {escape(_clean(message))}")
+    _json_error(message, **fields)
     sys.exit(code)
+
+
+def _skip_missing(names, err, *, named):
+    """``names`` less the strategies whose optional modules are missing.
+
+    Named by the user (``--strategy``, ``--strategies``), such a strategy is
+    bad usage (exit 2); in the default set it is skipped with a note.
+    """
+    kept = []
+    for name in names:
+        try:
+            extras.require(*solvers.STRATEGIES[name].requires, purpose=f"strategy {name!r}")
+        except MissingExtraError as exc:
+            if named:
+                _fail(err, str(exc), EXIT_BAD)
+            err.print(f"[yellow]note:[/yellow] skipped {escape(str(exc))}")
+            continue
+        kept.append(name)
+    return kept
 
 
 def _budget_or_exit(model, memory, optimizer, err):
     budget = activation_budget(model, memory, optimizer)
     if budget.activation_bytes < 0:
+        # The least memory that works: what the default strategies need at a zero budget.
+        outcomes = solvers.run_all(model, 0)
+        least = min((o.least_bytes for o in outcomes if o.least_bytes is not None), default=None)
+        least_memory = budget.memory_for(least) if least is not None else None
         _fail(
             err,
             f"--memory {memory:,} bytes is less than the fixed memory: parameters "
             f"{model.params_bytes:,} bytes x {OPTIMIZER_FACTORS[optimizer]} ({optimizer}) = "
-            f"{budget.fixed_bytes:,} bytes, before any activation",
+            f"{budget.fixed_bytes:,} bytes, before any activation"
+            + (f"; the least memory that works is {_bytes(least_memory)}" if least_memory else ""),
             EXIT_NO,
+            feasible=False,
+            memory_bytes=memory,
+            fixed_bytes=budget.fixed_bytes,
+            least_activation_bytes=least,
+            least_memory_bytes=least_memory,
         )
     return budget
+
+
+def _infeasible_fields(exc, budget):
+    """The JSON fields of an infeasible answer: the least memory that works, when known."""
+    least = exc.least_bytes
+    return {
+        "feasible": False,
+        "memory_bytes": budget.memory_bytes,
+        "budget_bytes": budget.activation_bytes,
+        "least_activation_bytes": least,
+        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+    }
 
 
 def _header(console, model, budget):
@@ -193,8 +262,10 @@ def main():
       edgeplan compare examples/resnet18.json --memory 256MB
       edgeplan simulate examples/resnet18.json schedule.json --memory 256MB
 
-    Exit codes: 0 success, 1 no schedule fits / schedule invalid or too big,
-    2 bad usage or bad input file, 3 internal error (a bug: please report it).
+    Exit codes: 0 success, 1 no schedule fits / schedule invalid, too big or
+    made for another model, 2 bad usage, bad option or bad input file (or a
+    missing optional extra), 3 internal error (a bug: please report it).
+    With --json, stdout holds one JSON document whatever the exit code.
     """
 
 
@@ -237,13 +308,16 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
     """
     _, err = _consoles(True)
     model = _load_model_or_exit(model_path, err)
+    options = {"segments": segments, "snapshots": snapshots, "time_limit": time_limit}
+    solvers.check_options(model, strategy, options)
     budget = _budget_or_exit(model, memory, optimizer, err)
     _header(err, model, budget)
-    options = {"segments": segments, "snapshots": snapshots, "time_limit": time_limit}
+    names = solvers.applicable(model, options, include_missing=True) if strategy == "auto" else [strategy]
+    _skip_missing(names, err, named=strategy != "auto")
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
     except InfeasibleError as exc:
-        _fail(err, _infeasible_message(exc, budget), EXIT_NO)
+        _fail(err, _infeasible_message(exc, budget), EXIT_NO, **_infeasible_fields(exc, budget))
     except (NotApplicableError, TooLargeError) as exc:
         _fail(err, str(exc), EXIT_BAD)
     except ValueError as exc:
@@ -443,9 +517,11 @@ def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, ti
     """
     out, err = _consoles(as_json)
     model = _load_model_or_exit(model_path, err)
-    budget = _budget_or_exit(model, memory, optimizer, err)
     options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
-    names = strategies if strategies is not None else solvers.applicable(model, options)
+    solvers.check_options(model, strategies, options)
+    budget = _budget_or_exit(model, memory, optimizer, err)
+    names = strategies if strategies is not None else solvers.applicable(model, options, include_missing=True)
+    names = _skip_missing(names, err, named=strategies is not None)
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     display, hook = _progress(err, len(names), "solving")
     with display:
@@ -506,13 +582,12 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
 
     out, err = _consoles(as_json)
     model = _load_model_or_exit(model_path, err)
-    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
-    names = strategies if strategies is not None else solvers.applicable(model, options)
     if plot_path:
-        try:
-            import matplotlib  # noqa: F401 - fail before the slow part, not after
-        except ImportError:
-            _fail(err, "--plot needs matplotlib: pip install edgeplan[plot]", EXIT_BAD)
+        extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
+    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
+    solvers.check_options(model, strategies, options)
+    names = strategies if strategies is not None else solvers.applicable(model, options, include_missing=True)
+    names = _skip_missing(names, err, named=strategies is not None)
     shared = {}  # work the strategies keep across the sizes (dp's tables)
     span = sweeping.memory_range(model, optimizer=optimizer, strategies=strategies, options=options, shared=shared)
     low = span.least_memory_bytes if low is None else low
@@ -586,7 +661,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
 )
 @json_option
 def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_json):
-    """Replay SCHEDULE on MODEL and validate it (SPEC section 3).
+    """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md).
 
     Exits 1 when the schedule is invalid, was made for another model
     (fingerprint), or does not fit --memory; 0 otherwise (always 0 with
@@ -602,6 +677,9 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
         schedule = load_schedule(schedule_path, model)
     except ScheduleFormatError as exc:
         _fail(err, str(exc), EXIT_BAD)
+    except ModelMismatchError as exc:
+        fields = {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
+        _fail(err, str(exc), EXIT_OK if exit_zero else EXIT_NO, **fields)
     result = simulate(model, schedule.ops)
     problems = []
     if not result.valid:
@@ -723,6 +801,7 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
     Example:
       edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
     """
+    extras.require("torch", purpose="edgeplan profile")
     _quiet_torch()
     from planner.io.torch_profile import profile_target
 
@@ -780,6 +859,7 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
       edgeplan verify examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 \\
           --schedule schedule.json --model tiny_cnn.json
     """
+    extras.require("torch", purpose="edgeplan verify")
     _quiet_torch()
     from planner.io.torch_profile import load_target, profile_model
     from planner.model import model_from_dict
@@ -890,8 +970,8 @@ def import_cmd(file_path, output, source_format, inputs, as_json):
     _, err = _consoles(True)
     try:
         imported = import_file(file_path, source_format=source_format, input_shapes=dict(inputs) or None)
-    except ImportError as exc:  # an optional dependency (the onnx extra)
-        _fail(err, f"ONNX import is not available: {exc}", EXIT_BAD)
+    except ModelError as exc:
+        _fail(err, str(exc), EXIT_BAD)
     model = imported.model
     err.print(
         f"imported {escape(_clean(file_path))} ({imported.source_format}): model "

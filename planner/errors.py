@@ -5,9 +5,12 @@
     EdgeplanError                 every error edgeplan raises on purpose
     +-- ModelError                bad model file or object          (CLI exit 2)
     +-- ScheduleFormatError       malformed schedule file           (CLI exit 2)
+    +-- OptionError               a strategy option unknown or out of range (exit 2)
     +-- NotApplicableError        the strategy does not fit the model's shape (exit 2)
+    |   +-- MissingExtraError     an optional dependency is not installed (exit 2)
     +-- TooLargeError             the problem exceeds a strategy's size limits (exit 2)
     +-- ScheduleError             a schedule breaks the replay rules (an answer: exit 1)
+    |   +-- ModelMismatchError    the schedule was made for another model (exit 1)
     +-- InfeasibleError           no schedule fits the budget      (an answer: exit 1)
     +-- InternalError             a bug in edgeplan                 (CLI exit 3)
         +-- SolverBug             a solver's schedule failed the simulator
@@ -26,6 +29,9 @@ __all__ = [
     "TooLargeError",
     "InternalError",
     "SolverBug",
+    "OptionError",
+    "MissingExtraError",
+    "ModelMismatchError",
 ]
 
 
@@ -95,3 +101,34 @@ class InternalError(EdgeplanError):
 
 class SolverBug(InternalError):
     """A solver produced a schedule the simulator rejects: a bug in the solver."""
+class OptionError(EdgeplanError, ValueError):
+    """A strategy option is unknown or out of range (``--segments 50`` on 10 layers).
+
+    The registry raises it before any solver runs, with the same message in
+    every command.  It is a ``ValueError`` too, for callers that catch those.
+    """
+
+
+class MissingExtraError(NotApplicableError):
+    """An optional dependency is not installed; the message names the extra.
+
+    Named explicitly (``--strategy milp``, ``--plot``, ``profile``) it is bad
+    usage (exit 2); in ``auto``, ``compare`` and ``sweep`` the strategy that
+    needs it is skipped like one that does not apply.
+
+    Attributes
+    ----------
+    module : str
+        The missing module (``torch``, ``onnx``, ``matplotlib``, ``scipy``).
+    """
+
+    def __init__(self, message, *, module):
+        super().__init__(message)
+        self.module = module
+
+
+class ModelMismatchError(ScheduleError):
+    """A schedule was made for another model (its layers are not this model's).
+
+    An answer, not bad input: the schedule does not apply to this model (exit 1).
+    """

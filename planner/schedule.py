@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
-from planner.errors import ScheduleFormatError
+from planner.errors import ModelMismatchError, ScheduleFormatError
 from planner.files import atomic_output
 from planner.model import read_json_file
 from planner.schemas import check_schedule_document
@@ -123,11 +123,29 @@ def load_schedule(path, model):
     ------
     ScheduleFormatError
         If the file is not a well-formed schedule or names layers the model
-        does not have.  Whether the ops obey SPEC section 3 is the simulator's
-        business, not this function's.
+        does not have.
+    ModelMismatchError
+        If it names layers the model does not have and was made for another
+        model (name or fingerprint): an answer (exit 1), not bad input.
+
+    Whether the ops obey SPEC section 3 is the simulator's business, not
+    this function's.
     """
     document = read_json_file(path, error=ScheduleFormatError, what="schedule file")
     return schedule_from_dict(document, model, source_name=str(path))
+
+
+def _check_same_model(info, model, source_name, n, layer):
+    """Raise :class:`ModelMismatchError` when the schedule names another model."""
+    if info["fingerprint"] == model.fingerprint and info["name"] == model.name:
+        return
+    raise ModelMismatchError(
+        f"{source_name}: the schedule was made for another model: {info['name'][:60]!r} "
+        f"({info['fingerprint'][:80]}), not {model.name[:60]!r} ({model.fingerprint}); "
+        f"its op #{n} names layer {layer[:60]!r}, which {model.name[:60]!r} does not have",
+        index=n,
+        layer=layer,
+    )
 
 
 def schedule_from_dict(document, model, *, source_name="<schedule>"):
@@ -202,6 +220,7 @@ def _build_schedule(document, model, source_name):
         if not isinstance(layer, str):
             fail(f"op #{n}: field 'layer': must be a layer name")
         if layer not in index:
+            _check_same_model(info, model, source_name, n, layer)
             fail(f"op #{n}: field 'layer': the model has no layer {layer[:60]!r}")
         i = index[layer]
         if kind == "forward":

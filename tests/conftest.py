@@ -1,4 +1,16 @@
-"""Shared pytest configuration: the hypothesis profiles.
+"""Shared test setup: paths, CLI runners, and the hypothesis profiles.
+
+Paths: :data:`ROOT` (the checkout), :data:`EXAMPLES`, :data:`RESNET18` (the
+quick start's model), :data:`DATA` (``tests/data``: copies of the measured
+models and the revolve grid, see its README) and :data:`MOCCASIN` (the
+GPL-3.0 Moccasin graphs, outside the repository in ``../shared``; their tests
+are skipped, with that reason, where it is absent).
+
+Runners: :func:`run` invokes the CLI in-process (click's ``CliRunner``),
+:func:`run_edgeplan` in a fresh interpreter, as the ``edgeplan`` script does;
+the ``runner`` fixture is a ``CliRunner``.
+
+The hypothesis profiles:
 
 ``HYPOTHESIS_PROFILE`` selects one (default ``ci``):
 
@@ -13,8 +25,48 @@ shared CI machines.
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+RESNET18 = EXAMPLES / "resnet18.json"
+DATA = ROOT / "tests" / "data"
+MOCCASIN = ROOT.parent / "shared" / "benchmarks" / "moccasin" / "data"
+
+
+def run(*args):
+    """``edgeplan ARGS`` in-process; exceptions other than exits propagate."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_edgeplan(*args, env=None, prelude="", timeout=120):
+    """``edgeplan ARGS`` in a fresh interpreter (as the ``edgeplan`` script runs).
+
+    ``prelude`` is Python run before the CLI is imported (e.g. hiding a
+    module: ``"sys.modules['torch'] = None; "``).
+    """
+    code = f"import sys; {prelude}from cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
 
 _COMMON = dict(
     deadline=None,

@@ -6,7 +6,6 @@ documents of their own.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,8 +15,8 @@ from planner import solvers
 from planner.errors import ModelError
 from planner.io.checkmate import checkmate_to_model, import_checkmate
 from planner.model import model_from_dict
+from tests.conftest import MOCCASIN as DATA
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "moccasin" / "data"
 needs_data = pytest.mark.skipif(
     not DATA.is_dir(), reason="the Moccasin graphs live in ../shared/benchmarks/moccasin/data"
 )

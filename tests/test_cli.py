@@ -1,21 +1,11 @@
 import json
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = str(ROOT / "examples" / "resnet18.json")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
+from tests.conftest import RESNET18, run
 
 def test_solve_prints_a_schedule_to_stdout():
-    r = run("solve", EXAMPLE, "--memory", "256MB", "--json")
+    r = run("solve", RESNET18, "--memory", "256MB", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["format"] == "edgeplan-schedule/1"
@@ -26,11 +16,11 @@ def test_solve_prints_a_schedule_to_stdout():
 
 def test_solve_writes_file_and_simulate_agrees(tmp_path):
     out = tmp_path / "s.json"
-    r = run("solve", EXAMPLE, "--memory", "256MB", "-o", out)
+    r = run("solve", RESNET18, "--memory", "256MB", "-o", out)
     assert r.exit_code == 0 and r.stdout == ""
     assert "wrote" in r.stderr
     sched = json.loads(out.read_text())
-    sim = run("simulate", EXAMPLE, out, "--memory", "256MB", "--json")
+    sim = run("simulate", RESNET18, out, "--memory", "256MB", "--json")
     assert sim.exit_code == 0, sim.output
     res = json.loads(sim.stdout)
     assert res["valid"] is True and res["fits"] is True
@@ -39,31 +29,31 @@ def test_solve_writes_file_and_simulate_agrees(tmp_path):
 
 
 def test_4gb_and_4gib():
-    a = json.loads(run("solve", EXAMPLE, "--memory", "4GB", "--json").stdout)
-    b = json.loads(run("solve", EXAMPLE, "--memory", "4GiB", "--json").stdout)
+    a = json.loads(run("solve", RESNET18, "--memory", "4GB", "--json").stdout)
+    b = json.loads(run("solve", RESNET18, "--memory", "4GiB", "--json").stdout)
     assert b["budget_bytes"] - a["budget_bytes"] == 294_967_296
 
 
 def test_bad_size_is_usage_error():
-    r = run("solve", EXAMPLE, "--memory", "12XB")
+    r = run("solve", RESNET18, "--memory", "12XB")
     assert r.exit_code == 2
     assert "unknown unit 'XB'" in r.stderr
 
 
 def test_infeasible_budget_names_the_least_memory():
-    r = run("solve", EXAMPLE, "--memory", "100MB", "--strategy", "store-all")
+    r = run("solve", RESNET18, "--memory", "100MB", "--strategy", "store-all")
     assert r.exit_code == 1
     assert "the least memory that works" in r.stderr
     assert r.stdout == ""
-    r = run("solve", EXAMPLE, "--memory", "10MB")
+    r = run("solve", RESNET18, "--memory", "10MB")
     assert r.exit_code == 1 and "less than the fixed memory" in r.stderr
 
 
 def test_least_memory_really_is_least(tmp_path):
-    r = run("solve", EXAMPLE, "--memory", "100MB", "--strategy", "store-all")
+    r = run("solve", RESNET18, "--memory", "100MB", "--strategy", "store-all")
     least = int(r.stderr.split("the least memory that works: ")[1].split(" bytes")[0].replace(",", ""))
-    assert run("solve", EXAMPLE, "--memory", least, "--strategy", "store-all", "--json").exit_code == 0
-    assert run("solve", EXAMPLE, "--memory", least - 1, "--strategy", "store-all").exit_code == 1
+    assert run("solve", RESNET18, "--memory", least, "--strategy", "store-all", "--json").exit_code == 0
+    assert run("solve", RESNET18, "--memory", least - 1, "--strategy", "store-all").exit_code == 1
 
 
 def test_sequential_on_dag_is_refused(tmp_path):
@@ -105,12 +95,12 @@ def test_bad_model_file_exits_2(tmp_path, content, message):
 
 def test_simulate_rejects_a_missing_forward(tmp_path):
     good = tmp_path / "s.json"
-    run("solve", EXAMPLE, "--memory", "1GB", "--strategy", "store-all", "-o", good)
+    run("solve", RESNET18, "--memory", "1GB", "--strategy", "store-all", "-o", good)
     doc = json.loads(good.read_text())
     doc["ops"] = [op for op in doc["ops"] if not (op["op"] == "forward" and op["layer"] == "L3_BasicBlock")]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    r = run("simulate", EXAMPLE, bad, "--json")
+    r = run("simulate", RESNET18, bad, "--json")
     assert r.exit_code == 1
     res = json.loads(r.stdout)
     assert res["valid"] is False
@@ -119,28 +109,28 @@ def test_simulate_rejects_a_missing_forward(tmp_path):
 
 def test_simulate_memory_gate(tmp_path):
     path = tmp_path / "s.json"
-    run("solve", EXAMPLE, "--memory", "1GB", "--strategy", "store-all", "-o", path)
+    run("solve", RESNET18, "--memory", "1GB", "--strategy", "store-all", "-o", path)
     doc = json.loads(path.read_text())
     fixed = 2 * 46_758_048
     at_peak = doc["predicted"]["peak_bytes"] + fixed
-    assert run("simulate", EXAMPLE, path, "--memory", at_peak).exit_code == 0
-    below = run("simulate", EXAMPLE, path, "--memory", at_peak - 1)
+    assert run("simulate", RESNET18, path, "--memory", at_peak).exit_code == 0
+    below = run("simulate", RESNET18, path, "--memory", at_peak - 1)
     assert below.exit_code == 1 and "does not fit" in below.stderr
 
 
 def test_simulate_other_model_fingerprint(tmp_path):
     path = tmp_path / "s.json"
-    run("solve", EXAMPLE, "--memory", "1GB", "--strategy", "store-all", "-o", path)
+    run("solve", RESNET18, "--memory", "1GB", "--strategy", "store-all", "-o", path)
     doc = json.loads(path.read_text())
     doc["model"]["fingerprint"] = "sha256:0"
     path.write_text(json.dumps(doc))
-    r = run("simulate", EXAMPLE, path, "--json")
+    r = run("simulate", RESNET18, path, "--json")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["fingerprint_matches"] is False
 
 
 def test_compare_json_lists_baselines():
-    r = run("compare", EXAMPLE, "--memory", "1GB", "--json")
+    r = run("compare", RESNET18, "--memory", "1GB", "--json")
     assert r.exit_code == 0
     rows = json.loads(r.stdout)
     names = {row["strategy"] for row in rows}

@@ -1,31 +1,23 @@
 """``edgeplan compare``: the table, --json, --strategies, exit codes; and the simulate CI gate."""
 
 import json
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from planner import solvers
 from planner.budget import activation_budget
 from planner.model import load_model
 from planner.synthetic import random_dag
+from tests.conftest import EXAMPLES, RESNET18, run
 from tests.reference import replay_solution
 
-ROOT = Path(__file__).resolve().parents[1]
-RESNET = str(ROOT / "examples" / "resnet18.json")
 # milp, when registered, gets a short time limit so the test stays fast.
 FAST = ("--time-limit", "5")
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 # VGG-16 with batch norm as a 52-layer chain, profiled on a CPU by `edgeplan profile`
 # (examples/vgg16_bn.py); 30 MB leaves activations about 60% of what store-all needs.
-CHAIN52 = Path(__file__).resolve().parents[1] / "examples" / "vgg16_bn.json"
+CHAIN52 = EXAMPLES / "vgg16_bn.json"
 MEMORY52 = "30MB"
 MEMORY52_BYTES = 30_000_000
 
@@ -110,7 +102,7 @@ def test_compare_rows_agree_with_simulator_and_reference(chain52, chain52_json):
 
 
 def test_compare_strategies_selects_rows():
-    r = run("compare", RESNET, "--memory", "256MB", "--json", "--strategies", "sequential, store-all")
+    r = run("compare", RESNET18, "--memory", "256MB", "--json", "--strategies", "sequential, store-all")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert [row["strategy"] for row in rows] == ["sequential", "store-all"]
@@ -123,21 +115,21 @@ def test_compare_strategies_selects_rows():
     [("nope", "unknown strategy 'nope'"), ("store-all,auto", "unknown strategy 'auto'"), (" , ", "at least one")],
 )
 def test_compare_strategies_validated(value, message):
-    r = run("compare", RESNET, "--memory", "256MB", "--strategies", value)
+    r = run("compare", RESNET18, "--memory", "256MB", "--strategies", value)
     assert r.exit_code == 2
     assert message in r.stderr and "Traceback" not in r.output
     assert r.stdout == ""
 
 
 def test_compare_nothing_fits_exits_1_with_least_memory():
-    r = run("compare", RESNET, "--memory", "100MB", "--strategies", "store-all,sequential")
+    r = run("compare", RESNET18, "--memory", "100MB", "--strategies", "store-all,sequential")
     assert r.exit_code == 1
     assert "no strategy fits" in r.stdout
     # sequential needs the least: 81,887,744 activation bytes + 93,516,096 fixed
-    model = load_model(RESNET)
+    model = load_model(RESNET18)
     seq = solvers.run_all(model, 0, strategies=["sequential"])[0]
     assert f"{seq.least_bytes + 2 * model.params_bytes:,} bytes" in r.stdout
-    r = run("compare", RESNET, "--memory", "100MB", "--json", "--strategies", "store-all")
+    r = run("compare", RESNET18, "--memory", "100MB", "--json", "--strategies", "store-all")
     assert r.exit_code == 1
     assert json.loads(r.stdout)[0]["feasible"] is False
 
@@ -158,7 +150,7 @@ def test_compare_dag_lists_only_applicable_and_explains_the_rest(tmp_path):
 
 
 def test_compare_optimizer_changes_fixed_memory():
-    r = run("compare", RESNET, "--memory", "400MB", "--optimizer", "adam", "--strategies", "store-all")
+    r = run("compare", RESNET18, "--memory", "400MB", "--optimizer", "adam", "--strategies", "store-all")
     assert r.exit_code == 0
     assert f"fixed {4 * 46_758_048:,} bytes" in r.stdout and "params x4, adam" in r.stdout
 
@@ -169,7 +161,7 @@ def test_compare_optimizer_changes_fixed_memory():
 @pytest.fixture(scope="module")
 def resnet_schedule(tmp_path_factory):
     path = tmp_path_factory.mktemp("sched") / "schedule.json"
-    r = run("solve", RESNET, "--memory", "256MB", "-o", path)
+    r = run("solve", RESNET18, "--memory", "256MB", "-o", path)
     assert r.exit_code == 0, r.output
     return path, json.loads(path.read_text())
 
@@ -178,13 +170,13 @@ def test_simulate_gate_exit_codes(resnet_schedule):
     path, doc = resnet_schedule
     fixed = 2 * 46_758_048
     peak = doc["predicted"]["peak_bytes"]
-    assert run("simulate", RESNET, path, "--memory", "256MB").exit_code == 0
-    assert run("simulate", RESNET, path, "--memory", doc["budget_bytes"] + fixed).exit_code == 0
-    assert run("simulate", RESNET, path, "--memory", peak + fixed).exit_code == 0
-    below = run("simulate", RESNET, path, "--memory", peak + fixed - 1)
+    assert run("simulate", RESNET18, path, "--memory", "256MB").exit_code == 0
+    assert run("simulate", RESNET18, path, "--memory", doc["budget_bytes"] + fixed).exit_code == 0
+    assert run("simulate", RESNET18, path, "--memory", peak + fixed).exit_code == 0
+    below = run("simulate", RESNET18, path, "--memory", peak + fixed - 1)
     assert below.exit_code == 1
     assert "does not fit" in below.stderr
-    warn = run("simulate", RESNET, path, "--memory", peak + fixed - 1, "--exit-zero", "--json")
+    warn = run("simulate", RESNET18, path, "--memory", peak + fixed - 1, "--exit-zero", "--json")
     assert warn.exit_code == 0
     result = json.loads(warn.stdout)
     assert result["fits"] is False and result["problems"]
@@ -195,15 +187,15 @@ def test_simulate_gate_other_model_and_invalid(resnet_schedule, tmp_path):
     other = dict(doc, model={"name": "resnet18", "fingerprint": "sha256:" + "0" * 64})
     other_path = tmp_path / "other.json"
     other_path.write_text(json.dumps(other))
-    assert run("simulate", RESNET, other_path).exit_code == 1
-    assert run("simulate", RESNET, other_path, "--exit-zero").exit_code == 0
+    assert run("simulate", RESNET18, other_path).exit_code == 1
+    assert run("simulate", RESNET18, other_path, "--exit-zero").exit_code == 0
     broken = dict(doc, ops=doc["ops"][:-1])
     broken_path = tmp_path / "broken.json"
     broken_path.write_text(json.dumps(broken))
-    r = run("simulate", RESNET, broken_path, "--json")
+    r = run("simulate", RESNET18, broken_path, "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["valid"] is False
-    assert run("simulate", RESNET, broken_path, "--exit-zero").exit_code == 0
+    assert run("simulate", RESNET18, broken_path, "--exit-zero").exit_code == 0
     # bad input is still bad input
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{")
-    assert run("simulate", RESNET, garbage, "--exit-zero").exit_code == 2
+    assert run("simulate", RESNET18, garbage, "--exit-zero").exit_code == 2

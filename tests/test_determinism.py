@@ -8,7 +8,6 @@ no timing or other run-dependent value.
 
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from planner.model import load_model, model_from_dict
 from planner.solvers import STRATEGIES, applicable, solve
 from planner.synthetic import random_chain, random_dag
 from tests.reference import spec_fingerprint
+from tests.conftest import RESNET18, ROOT, run_edgeplan
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESNET = ROOT / "examples" / "resnet18.json"
 OPTIONS = {"time_limit": 30.0}  # only strategies that take it get it
 # Keys that would betray a run-dependent value in a schedule file.
 TIMING_KEY = re.compile(r"(^time$|second|elapsed|timestamp|date|duration|wall|clock|host|pid|seed)", re.I)
@@ -29,10 +27,7 @@ TIMING_KEY = re.compile(r"(^time$|second|elapsed|timestamp|date|duration|wall|cl
 
 def _run(args, *, hashseed):
     env = dict(os.environ, PYTHONHASHSEED=str(hashseed))
-    code = "import sys; from cli import main; sys.exit(main())"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, cwd=ROOT, env=env, timeout=300
-    )
+    proc = run_edgeplan(*args, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc
 
@@ -78,7 +73,7 @@ def test_solve_output_file_is_byte_identical_across_processes_and_hash_seeds(tmp
 
 
 def test_solve_json_stdout_is_byte_identical_and_matches_the_file(tmp_path):
-    args = ["solve", str(RESNET), "--memory", "256MB", "--strategy", "sequential"]
+    args = ["solve", str(RESNET18), "--memory", "256MB", "--strategy", "sequential"]
     first = _run(args + ["--json"], hashseed=0).stdout
     second = _run(args + ["--json"], hashseed=123).stdout
     assert first == second
@@ -90,8 +85,8 @@ def test_solve_json_stdout_is_byte_identical_and_matches_the_file(tmp_path):
 
 def test_simulate_json_is_byte_identical(tmp_path):
     out = tmp_path / "s.json"
-    _run(["solve", str(RESNET), "--memory", "300MB", "-o", str(out), "--strategy", "store-all"], hashseed=0)
-    args = ["simulate", str(RESNET), str(out), "--memory", "300MB", "--json"]
+    _run(["solve", str(RESNET18), "--memory", "300MB", "-o", str(out), "--strategy", "store-all"], hashseed=0)
+    args = ["simulate", str(RESNET18), str(out), "--memory", "300MB", "--json"]
     assert _run(args, hashseed=1).stdout == _run(args, hashseed=99).stdout
 
 
@@ -148,20 +143,20 @@ def test_each_strategy_twice_in_one_process(name):
 
 
 def test_fingerprint_ignores_key_order_and_whitespace(tmp_path):
-    doc = json.loads(RESNET.read_text())
+    doc = json.loads(RESNET18.read_text())
     shuffled = {key: doc[key] for key in reversed(list(doc))}
     shuffled["layers"] = [{k: layer[k] for k in sorted(layer, reverse=True)} for layer in doc["layers"]]
     a = tmp_path / "a.json"
     b = tmp_path / "b.json"
     a.write_text(json.dumps(doc))
     b.write_text(json.dumps(shuffled, indent=7))
-    assert load_model(a).fingerprint == load_model(b).fingerprint == load_model(RESNET).fingerprint
+    assert load_model(a).fingerprint == load_model(b).fingerprint == load_model(RESNET18).fingerprint
     assert load_model(a).fingerprint == spec_fingerprint(doc)
 
 
 def test_schedule_text_has_a_stable_layout():
     """Header first, one op per line, a final newline: diffs between schedules stay readable."""
-    model = load_model(RESNET)
+    model = load_model(RESNET18)
     text = "".join(solve(model, None, "store-all").schedule.iter_json(model))
     assert text.endswith("}\n")
     lines = text.splitlines()

@@ -3,6 +3,7 @@
 (After sqlite-utils' tests/test_docs.py.)
 """
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -11,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 COMMANDS = sorted(main.commands)
 
 INSTALL_AND_RUN = "pip install -e . && edgeplan solve examples/resnet18.json --memory 256MB -o schedule.json"
-RUN_TESTS = 'pip install -e ".[test]" && python -m pytest -q'
+RUN_TESTS = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q'
 
 
 def test_readme_has_the_two_commands():
@@ -25,6 +26,28 @@ def test_readme_has_the_two_commands():
     assert RUN_TESTS in README
     quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert INSTALL_AND_RUN in quick and RUN_TESTS in quick
+
+
+def _readme_commands():
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / "scripts" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_takes_the_two_commands_from_the_readme():
+    """.ci/run runs what scripts/readme_commands.py reads, and it reads the two commands."""
+    commands = _readme_commands()
+    assert commands.quick_start_commands(README) == (INSTALL_AND_RUN, RUN_TESTS)
+    assert "scripts/readme_commands.py README.md" in (ROOT / ".ci" / "run").read_text()
+    broken = [
+        README.replace("## Quick start", "## Start"),
+        README.replace(RUN_TESTS, RUN_TESTS + "\nsecond line"),
+        "## Quick start\n\n```\nonly one block\n```\n",
+    ]
+    for text in broken:
+        with pytest.raises(ValueError, match="Quick start"):
+            commands.quick_start_commands(text)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

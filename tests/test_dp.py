@@ -1,6 +1,5 @@
 """Tests of the ``dp`` strategy (optimal persistent schedules of heterogeneous chains)."""
 
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,11 +12,11 @@ from planner.simulate import simulate
 from planner.solvers import applicable, run_all, solve
 from planner.solvers.dp import dp
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import DATA
 from tests.exhaustive import optimal_schedule, persistent_optimum, persistent_schedules
 from tests.reference import replay_solution
 from tests.strategies import chains, examples, store_all_peak, with_heavy_sink
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL = ["resnet18", "vgg16", "resnet18-cpu", "mobilenet_v2-cpu"]
 # Strategies dp is not compared with: ``milp`` is exact over every schedule
 # (non-persistent ones included, which dp does not consider), ``dp`` is itself.
@@ -160,7 +159,7 @@ def _never_beaten(model, budgets):
 
 @pytest.mark.parametrize("name", REAL)
 def test_never_beaten_on_real_chains(name):
-    model = load_model(SHARED / "models" / f"{name}.json")
+    model = load_model(DATA / "models" / f"{name}.json")
     assert model.is_chain
     _never_beaten(model, _budgets(model))
 
@@ -199,7 +198,7 @@ def test_curve_never_rises():
 
 
 def test_curve_never_rises_on_a_rounded_grid():
-    model = load_model(SHARED / "models" / "resnet18-cpu.json")
+    model = load_model(DATA / "models" / "resnet18-cpu.json")
     low = dp_least(model)
     _, params = dp(model, budget=None)
     peak = params["dp_peak_bytes"]

@@ -10,7 +10,6 @@ code 3.
 
 import ast
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -27,9 +26,8 @@ from planner.model import model_from_dict
 from planner.schedule import schedule_from_dict
 from planner.simulate import simulate
 from planner.solvers import solve
+from tests.conftest import ROOT, run_edgeplan
 from tests.strategies import examples, model_docs, models
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 BASE_LAYERS = [
     {"name": "a", "forward": 1.0, "backward": 2.0, "output_bytes": 1000},
@@ -196,11 +194,6 @@ MODEL_CASES = [
 ]
 
 
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
 def check_rejected(result, path, fragments, *, code=2):
     """Exit ``code``, one message naming ``path`` with the fragments, no traceback."""
     assert isinstance(result.exception, SystemExit) or result.exception is None, result.exception
@@ -216,6 +209,15 @@ def check_rejected(result, path, fragments, *, code=2):
         assert fragment in message, (fragment, message)
     assert len(message) < 600, message
     return message
+
+
+def check_stdout(stdout, as_json):
+    """No data on failure; with --json, exactly one document: the error of stderr (issue 10)."""
+    if not as_json:
+        assert stdout in ("", b""), stdout
+        return
+    doc = json.loads(stdout)
+    assert list(doc) == ["error"] and doc["error"], doc
 
 
 @pytest.mark.parametrize("case, content, fragments", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
@@ -252,7 +254,9 @@ def test_hostile_model_file_every_command(runner, tmp_path, command, case, conte
         args.append("--json")
     result = runner.invoke(main, args)
     check_rejected(result, path, fragments)
-    assert result.stdout == ""
+    check_stdout(result.stdout, bool(flag))
+    if flag:
+        assert str(path) in json.loads(result.stdout)["error"]
 
 
 @pytest.mark.parametrize("memory, code", [("1GB", 2), ("1", 1)], ids=["bad-model", "infeasible"])
@@ -408,7 +412,7 @@ def test_hostile_schedule_file(runner, tmp_path, model_and_schedule, case, make,
     args = ["simulate", str(model_path), str(path), "--memory", "1GB"] + (["--json"] if as_json else [])
     result = runner.invoke(main, args)
     check_rejected(result, path, fragments)
-    assert result.stdout == ""
+    check_stdout(result.stdout, as_json)
 
 
 def test_schedule_directory_and_missing(runner, tmp_path, model_and_schedule):
@@ -525,23 +529,11 @@ def test_unexpected_exceptions_are_one_line(runner, tmp_path, monkeypatch, exc, 
         assert result.exit_code == code, result.output
         lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
         assert len(lines) == 1 and fragment in lines[0], result.stderr
-        assert result.stdout == ""
+        check_stdout(result.stdout, "--json" in args)
         assert not out.exists()
 
 
 # ------------------------------------------------------------ real processes
-
-
-def run_edgeplan(*args, env=None, prelude=""):
-    """Run the CLI in a fresh interpreter (as the ``edgeplan`` script does)."""
-    code = f"import sys; {prelude}from cli import main; sys.exit(main())"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("case", ["nan-literal", "deep-100000", "invalid-utf8", "two-sinks", "lone-surrogate"])
@@ -569,7 +561,7 @@ def test_bad_schedule_in_a_real_process(tmp_path, model_and_schedule):
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1
     assert str(path) in stderr and "predicted.compute" in stderr
-    assert proc.stdout == b""
+    check_stdout(proc.stdout, True)
 
 
 def test_internal_error_in_a_real_process(tmp_path):

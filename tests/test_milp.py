@@ -28,8 +28,6 @@ from tests.exhaustive import optimal_schedule
 from tests.reference import replay_solution
 from tests.strategies import dags, examples, with_heavy_sink
 
-pytest.importorskip("scipy", reason="the milp strategy needs the milp extra (scipy)")
-
 
 def _store_all_peak(model):
     return solvers.solve(model, None, "store-all").result.peak_bytes

@@ -8,9 +8,8 @@ import pytest
 from planner.errors import ModelError
 from planner.model import fingerprint, load_model, model_from_dict
 from tests.reference import spec_fingerprint
+from tests.conftest import DATA, EXAMPLES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 BASE = {
     "format": "edgeplan-model/1",
@@ -65,7 +64,7 @@ def test_dag_with_skip():
 
 MODEL_FILES = [
     p
-    for p in sorted((SHARED / "models").glob("*.json")) + sorted(EXAMPLES.glob("*.json"))
+    for p in sorted((DATA / "models").glob("*.json")) + sorted(EXAMPLES.glob("*.json"))
     if not p.name.endswith(".measured.json")  # measurements, not models
 ]
 

@@ -7,7 +7,6 @@ change run ``python scripts/regenerate_reference_schedules.py`` and commit.
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,9 +15,9 @@ from cli import main
 from planner.budget import activation_budget
 from planner.model import load_model
 from planner.sizes import parse_size
+from tests.conftest import ROOT
 from tests.reference import reference_replay
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "regenerate_reference_schedules.py"
 
 

@@ -6,7 +6,6 @@ shared ``segments_to_ops`` + ``insert_frees`` and measured by the simulator.
 """
 
 import itertools
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,10 +18,10 @@ from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.reforward import reforward, reforward_plan, splitting_units
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import DATA
 from tests.reference import replay_solution
 from tests.strategies import budgets, chains, dags, examples, with_heavy_sink
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MODELS = ["vgg16-ops", "vgg16", "resnet18", "resnet18-cpu", "mobilenet_v2-cpu"]
 
 
@@ -210,7 +209,7 @@ def test_solutions_are_valid_fit_and_agree_with_the_reference(case):
 
 @pytest.mark.parametrize("name", SHARED_MODELS)
 def test_shared_models(name):
-    model = load_model(SHARED / "models" / f"{name}.json")
+    model = load_model(DATA / "models" / f"{name}.json")
     assert model.is_chain
     plan = reforward_plan(model)
     store_all = _check_solution(model, None)  # least peak
@@ -228,7 +227,7 @@ def test_shared_models(name):
 
 
 def test_vgg16_least_peak_is_well_below_store_all():
-    model = load_model(SHARED / "models" / "vgg16-ops.json")
+    model = load_model(DATA / "models" / "vgg16-ops.json")
     plan = reforward_plan(model)
     full = solve(model, None, "store-all").result.peak_bytes
     assert plan.least_peak_bytes < 0.6 * full

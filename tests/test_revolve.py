@@ -3,7 +3,6 @@ import json
 import math
 import types
 from itertools import islice
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +22,7 @@ from planner.solvers.revolve import (
 )
 from planner.solvers import revolve as revolve_module
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import DATA
 from tests.reference import replay_solution
 from tests.strategies import with_heavy_sink
 
@@ -35,8 +35,7 @@ def schedule_forwards(l, snapshots):
     advances, _, _ = revolve_module._walk(l, revolve_module._tasks_check(l, snapshots))
     return l + advances
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GRID = SHARED / "benchmarks" / "revolve" / "derived_numforw_grid.csv"
+GRID = DATA / "revolve" / "derived_numforw_grid.csv"
 
 
 def closed_form(l, c):

@@ -1,7 +1,6 @@
 """Tests for planner.runtime.torch and ``edgeplan verify`` (CPU, tiny models)."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from planner.errors import ModelError, ScheduleError
 from planner.io.torch_profile import profile_model
 from planner.model import model_from_dict
 from planner.schedule import OpKind, backward, forward, free
+from tests.conftest import ROOT
 from tests.models_torch import deeper_cnn, dropout_mlp, lm_head_mlp, skip_net
 from tests.reference import replay_solution
 
@@ -127,7 +127,7 @@ def test_the_sink_output_is_held_until_its_backward():
         runtime.verify(lm_head_mlp(), shape, early, names=[layer.name for layer in model.layers])
 
 
-FACTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models_torch.py") + ":deeper_cnn"
+FACTORY = str(ROOT / "tests" / "models_torch.py") + ":deeper_cnn"
 
 
 def test_cli_verify(tmp_path, cnn_model):
@@ -149,10 +149,11 @@ def test_cli_verify(tmp_path, cnn_model):
     result = runner.invoke(main, ["verify", FACTORY, "--input", shape, "--schedule", str(sched)])
     assert result.exit_code == 0, result.output
     assert "grads_match: true" in result.output and "predicted_peak_bytes" in result.output
-    # A schedule for another model: bad input, exit 2.
+    # A schedule for another model: a negative answer naming both models, exit 1 (issue 10).
     result = runner.invoke(main, ["verify", FACTORY.replace("deeper_cnn", "dropout_mlp"), "--input", "8,3,4,4",
                                   "--schedule", str(sched)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "made for another model" in result.stderr and "'dropout_mlp'" in result.stderr
 
 
 def test_cli_verify_invalid_schedule_exits_1(tmp_path, cnn_model):

@@ -7,7 +7,6 @@ copies in schedules/ are identical; the fast check agrees with jsonschema.
 
 import copy
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -20,8 +19,8 @@ from planner.model import load_model, model_from_dict
 from planner.schedule import schedule_from_dict
 from planner.schemas import SCHEMA_NAMES, check_model_document, load_schema, validator
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
 
 

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 
@@ -9,10 +8,10 @@ from planner.model import load_model
 from planner.solvers import solve
 from planner.solvers.sequential import sequential_segments
 from planner.synthetic import random_chain, random_dag
+from tests.conftest import DATA
 from tests.reference import replay_solution
 from tests.strategies import with_heavy_sink
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def test_segments_follow_checkpoint_sequential():
@@ -59,8 +58,8 @@ def test_refuses_dags():
 
 
 def test_vgg16_matches_gpu_measurements():
-    m = load_model(SHARED / "models" / "vgg16.json")
-    measured = json.loads((SHARED / "models" / "vgg16.measured.json").read_text())
+    m = load_model(DATA / "models" / "vgg16.json")
+    measured = json.loads((DATA / "measured" / "vgg16.measured.json").read_text())
     for row in measured["measured"]:
         s = row["segments"]
         if s == 0:

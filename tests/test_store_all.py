@@ -1,14 +1,13 @@
 import json
-from pathlib import Path
 
 import pytest
 
 from planner.model import load_model
 from planner.solvers import solve
 from planner.synthetic import random_chain, random_dag
+from tests.conftest import DATA
 from tests.reference import replay_solution
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -25,8 +24,8 @@ def test_store_all_replays_exactly(seed):
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet18"])
 def test_store_all_matches_the_gpu_measurement(name):
-    m = load_model(SHARED / "models" / f"{name}.json")
-    measured = json.loads((SHARED / "models" / f"{name}.measured.json").read_text())
+    m = load_model(DATA / "models" / f"{name}.json")
+    measured = json.loads((DATA / "measured" / f"{name}.measured.json").read_text())
     plain = next(r for r in measured["measured"] if r["segments"] == 0)
     predicted = solve(m, None, "store-all").result.peak_bytes - m.input_bytes
     assert abs(predicted / plain["peak_bytes"] - 1) < 0.01

@@ -1,13 +1,10 @@
 """planner.sweep, planner.plot and ``edgeplan sweep``."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from planner import solvers
 from planner.budget import activation_budget
 from planner.plot import text_chart
@@ -15,10 +12,9 @@ from planner.sweep import SweepPoint, budgets, memory_range, sweep
 from planner.errors import InfeasibleError
 from planner.model import MODEL_FORMAT, model_from_dict
 from planner.synthetic import random_chain, random_dag
+from tests.conftest import RESNET18, run
 from tests.reference import replay_solution
 
-ROOT = Path(__file__).resolve().parents[1]
-RESNET = str(ROOT / "examples" / "resnet18.json")
 
 # Strategies whose overhead can never rise when memory grows: each picks the
 # least compute among a family of schedules that only grows with the budget
@@ -26,10 +22,6 @@ RESNET = str(ROOT / "examples" / "resnet18.json")
 # discretised grid, which is fixed per model).  Heuristics (chen-greedy,
 # revolve's snapshot rule) and time-limited milp carry no such promise.
 MONOTONE = ("store-all", "sequential", "dp")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_budgets_spread_and_include_both_ends():
@@ -46,7 +38,7 @@ def test_budgets_spread_and_include_both_ends():
 def test_memory_range_on_resnet18():
     from planner.model import load_model
 
-    model = load_model(RESNET)
+    model = load_model(RESNET18)
     span = memory_range(model)
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     assert span.fixed_bytes == 2 * model.params_bytes
@@ -127,9 +119,8 @@ def test_text_chart_draws_each_strategy():
 
 
 def test_sweep_json_and_plot(tmp_path):
-    pytest.importorskip("matplotlib")  # the plot extra: pip install edgeplan[plot]
     png = tmp_path / "curve.png"
-    r = run("sweep", RESNET, "--steps", "6", "--strategies", "store-all,sequential,dp", "--json", "--plot", png)
+    r = run("sweep", RESNET18, "--steps", "6", "--strategies", "store-all,sequential,dp", "--json", "--plot", png)
     assert r.exit_code == 0, r.output
     points = json.loads(r.stdout)
     assert len(points) >= 5
@@ -148,7 +139,7 @@ def test_sweep_json_and_plot(tmp_path):
 
 
 def test_sweep_text_output_and_range_options():
-    r = run("sweep", RESNET, "--from", "180MB", "--to", "280MB", "--steps", "5", "--strategies", "sequential,store-all")
+    r = run("sweep", RESNET18, "--from", "180MB", "--to", "280MB", "--steps", "5", "--strategies", "sequential,store-all")
     assert r.exit_code == 0, r.output
     text = r.stdout
     for fragment in ("180.00 MB", "280.00 MB", "overhead (extra compute)", "+ store-all", "o sequential",
@@ -168,7 +159,7 @@ def test_sweep_text_output_and_range_options():
     ],
 )
 def test_sweep_bad_usage_exits_2(args, message):
-    r = run("sweep", RESNET, *args)
+    r = run("sweep", RESNET18, *args)
     assert r.exit_code == 2
     assert message in r.stderr and "Traceback" not in r.output
 

@@ -1,7 +1,6 @@
 """Tests for planner.io.torch_profile and ``edgeplan profile`` (CPU, tiny models)."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -19,11 +18,11 @@ from planner.io.torch_profile import (
     profile_model,
 )
 from planner.model import model_from_dict
+from tests.conftest import EXAMPLES
 from tests.models_torch import skip_net
 from tests.reference import replay_solution
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "examples", "tiny_cnn.py")
+TINY = str(EXAMPLES / "tiny_cnn.py")
 
 
 class _Temporary(nn.Module):

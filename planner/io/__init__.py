@@ -78,6 +78,9 @@ def import_file(path, *, source_format=None, input_shapes=None):
     if input_shapes and fmt != "onnx":
         raise ModelError(f"{where}: --input applies to ONNX models only (it binds graph input shapes)")
     if fmt == "onnx":
+        from planner import extras
+
+        extras.require("onnx", purpose="importing an ONNX model")
         from planner.io.onnx import import_onnx
 
         document, estimated = import_onnx(path, input_shapes=input_shapes), True

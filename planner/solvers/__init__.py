@@ -14,10 +14,12 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
+from planner import extras
 from planner.errors import (
     EdgeplanError,
     InfeasibleError,
     NotApplicableError,
+    OptionError,
     SolverBug,
     TooLargeError,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "AUTO_TIME_LIMIT",
     "SWEEP_TIME_LIMIT",
     "MILP_AUTO_MAX_LAYERS",
+    "check_options",
+    "missing_requirements",
 ]
 
 
@@ -78,6 +82,11 @@ class Strategy:
     shares_work : bool
         It takes ``shared``, a dict in which it keeps work across calls on the
         same model (``sweep``'s memory sizes), with the same answers.
+    requires : tuple of str
+        Modules it imports beyond the core ones (checked with
+        :func:`planner.extras.require` before it runs: a strategy whose
+        module is missing is skipped by ``auto``, ``compare`` and ``sweep``,
+        and is bad usage when named).
     """
 
     name: str
@@ -91,6 +100,7 @@ class Strategy:
     auto_dags_only: bool = False
     warm_starts: bool = False
     shares_work: bool = False
+    requires: tuple = ()
 
     def load(self):
         """The solver function."""
@@ -141,6 +151,7 @@ STRATEGIES = dict(
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
             auto_dags_only=True,
             warm_starts=True,
+            requires=("scipy",),
         ),
     ]
 )
@@ -184,13 +195,14 @@ def strategy_names():
     return list(STRATEGIES) + ["auto"]
 
 
-def applicable(model, options=None):
+def applicable(model, options=None, *, include_missing=False):
     """Names of the strategies that apply to ``model`` and run by default on it.
 
     The default set of ``auto``, ``compare`` and ``sweep``.  A strategy with
     ``auto_max_layers`` joins only on models up to that size, and one with
     ``auto_dags_only`` only on DAGs, unless ``options`` give it one of its own
-    options (``time_limit`` for milp): the user asked for it.
+    options (``time_limit`` for milp): the user asked for it.  A strategy
+    whose optional module is missing (:func:`missing_requirements`) is left out.
     """
     options = options or {}
     names = []
@@ -202,15 +214,70 @@ def applicable(model, options=None):
             continue
         if not asked and s.auto_dags_only and model.is_chain:
             continue
+        if not include_missing and any(extras.missing(module) for module in s.requires):
+            continue  # its optional module is not installed (the CLI says so)
         names.append(s.name)
     return names
 
 
-def _validate_options(strategy, options):
-    for key, value in options.items():
-        if value is not None and key not in strategy.options:
-            accepted = ", ".join(strategy.options) or "none"
-            raise ValueError(f"strategy {strategy.name!r} does not take {key!r} (it takes: {accepted})")
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+# Each option's valid values: (test(value, model), what the range is).
+_OPTION_RANGES = {
+    "segments": (lambda v, m: _is_int(v) and 1 <= v <= len(m), lambda m: f"an integer from 1 to {len(m)} (the number of layers)"),
+    "snapshots": (lambda v, m: _is_int(v) and v >= 0, lambda m: "an integer >= 0"),
+    "time_limit": (lambda v, m: _is_seconds(v), lambda m: "a positive number of seconds"),
+}
+
+
+def check_options(model, strategies, options):
+    """Check strategy options once, before any solver runs.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    strategies : str, list of str or None
+        One strategy name (or ``"auto"``), several, or None (the default set
+        of ``auto``, ``compare`` and ``sweep``).
+    options : dict
+        Option name -> value; None values are options not given.
+
+    Raises
+    ------
+    OptionError
+        An option no strategy takes (a misspelling), one that the single
+        strategy named does not take, or a value out of its range.  The
+        message is the same whichever command asked.
+
+    Notes
+    -----
+    With several strategies, each gets the options it takes: ``--segments``
+    alongside ``--strategies dp,sequential`` goes to sequential alone.
+    """
+    known = {key for s in STRATEGIES.values() for key in s.options}
+    single = STRATEGIES.get(strategies) if isinstance(strategies, str) else None
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if single is not None and key not in single.options:
+            accepted = ", ".join(single.options) or "none"
+            raise OptionError(f"strategy {single.name!r} does not take {key!r} (it takes: {accepted})")
+        if key not in known:
+            raise OptionError(f"unknown option {key!r}; strategies take: {', '.join(sorted(known))}")
+        test, wanted = _OPTION_RANGES[key]
+        if not test(value, model):
+            raise OptionError(f"--{key.replace('_', '-')} must be {wanted(model)}, got {value!r}")
+
+
+def missing_requirements(name):
+    """The modules strategy ``name`` needs that are not installed (usually none)."""
+    return [module for module in STRATEGIES[name].requires if extras.missing(module)]
 
 
 def _is_replayable(ops):
@@ -224,6 +291,7 @@ def _run(model, budget, strategy, options, extra=None):
     ``extra`` are keyword arguments the registry adds (warm starts, the
     default set's time limit); they are not options of the user's.
     """
+    extras.require(*strategy.requires, purpose=f"strategy {strategy.name!r}")
     fn = strategy.load()
     if strategy.chains_only and not model.is_chain:
         raise NotApplicableError(
@@ -321,6 +389,7 @@ def run_all(
         caller will ask for.
     """
     options = options or {}
+    check_options(model, strategies, options)
     default = strategies is None
     names = applicable(model, options) if default else list(strategies)
     done = {}
@@ -387,12 +456,18 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         No schedule fits; ``least_bytes`` is the least budget that works.
     NotApplicableError
         The strategy does not apply to this model.
-    ValueError
-        Unknown strategy or an option the strategy does not take.
+    OptionError
+        Unknown strategy, an option the strategy does not take, or a value
+        out of range (also a ``ValueError``).
+    MissingExtraError
+        The strategy needs a module that is not installed.
     SolverBug
         The simulator rejected a solver's schedule (never expected).
     """
     started = time.perf_counter()
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+    check_options(model, strategy, options)
     if strategy == "auto":
         outcomes = run_all(model, budget, options=options, progress=progress)
         best = _best(outcomes)
@@ -405,10 +480,7 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
             + (f"; the least that works is {least} bytes" if least is not None else ""),
             least_bytes=least,
         )
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
     chosen = STRATEGIES[strategy]
-    _validate_options(chosen, options)
     extra = None
     if chosen.warm_starts:
         others = [

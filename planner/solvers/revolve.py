@@ -20,7 +20,7 @@ through the simulator without ever being held as a list.
 
 import math
 
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import InfeasibleError, NotApplicableError, OptionError
 from planner.schedule import backward, forward, free
 from planner.simulate import simulate
 
@@ -397,7 +397,7 @@ def revolve(model, *, budget=None, snapshots=None):
         _tasks_check(n, snapshots)
         count = _op_count(n, snapshots)
         if count > MAX_OPS:
-            raise ValueError(
+            raise OptionError(
                 f"--snapshots {snapshots} on {n} layers gives {count:,} ops, more than the "
                 f"limit of {MAX_OPS:,}; use more snapshots"
             )
