@@ -13,6 +13,7 @@ __all__ = [
     "ScheduleError",
     "InfeasibleError",
     "NotApplicableError",
+    "DeviceError",
 ]
 
 
@@ -66,3 +67,7 @@ class InfeasibleError(EdgeplanError):
 
 class NotApplicableError(EdgeplanError):
     """The strategy does not apply to this model (e.g. a chain-only solver on a DAG)."""
+
+
+class DeviceError(EdgeplanError):
+    """A device file (``edgeplan-device/1``) or device name is bad (the CLI exits 2)."""

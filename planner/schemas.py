@@ -32,12 +32,15 @@ __all__ = [
     "schedule_problem",
     "model_accepted",
     "schedule_accepted",
+    "device_problem",
 ]
 
 #: Format name -> schema file name inside ``planner/schemas/``.
 SCHEMA_NAMES = {
     "edgeplan-model/1": "model.schema.json",
     "edgeplan-schedule/1": "schedule.schema.json",
+    "edgeplan-schedule/2": "schedule.schema.json",
+    "edgeplan-device/1": "device.schema.json",
 }
 
 _TYPE_WORDS = {
@@ -106,6 +109,8 @@ def _explain(error):
         return None, f"must be {text}, got {_describe(value)}"
     if kind == "minimum":
         return None, f"must be >= {expected}, got {_describe(value)}"
+    if kind == "exclusiveMinimum":
+        return None, f"must be > {expected}, got {_describe(value)}"
     if kind == "maximum":
         return None, f"{_describe(value)} is beyond 2**62 bytes"
     if kind == "minLength":
@@ -181,7 +186,7 @@ def _compile(schema, defs):
                 checks.append(tests[0])
             else:
                 checks.append(lambda v, tests=tests: any(t(v) for t in tests))
-        elif keyword in ("minimum", "maximum", "minLength", "minItems"):
+        elif keyword in ("minimum", "exclusiveMinimum", "maximum", "minLength", "minItems"):
             checks.append(_bound(keyword, expected))
         elif keyword == "const":
             checks.append(lambda v, c=expected: type(v) is type(c) and v == c)
@@ -211,10 +216,13 @@ def _compile(schema, defs):
             checks.append(lambda v, inner=inner: not isinstance(v, list) or all(map(inner, v)))
         elif keyword == "if":
             cond, then = _compile(expected, defs), _compile(schema.get("then", {}), defs)
-            if cond is None or then is None:
+            other = _compile(schema.get("else", {}), defs)
+            if cond is None or then is None or other is None:
                 return None
-            checks.append(lambda v, cond=cond, then=then: not cond(v) or then(v))
-        elif keyword == "then":
+            checks.append(
+                lambda v, cond=cond, then=then, other=other: then(v) if cond(v) else other(v)
+            )
+        elif keyword in ("then", "else"):
             continue
         else:
             return None
@@ -279,6 +287,8 @@ def _bound(keyword, limit):
         return lambda v: not _TYPES["number"](v) or v >= limit
     if keyword == "maximum":
         return lambda v: not _TYPES["number"](v) or v <= limit
+    if keyword == "exclusiveMinimum":
+        return lambda v: not _TYPES["number"](v) or v > limit
     if keyword == "minLength":
         return lambda v: not isinstance(v, str) or len(v) >= limit
     return lambda v: not isinstance(v, list) or len(v) >= limit
@@ -434,3 +444,12 @@ def check_schedule_document(document, *, source_name="<schedule>"):
     problem = schedule_problem(document, source_name=source_name)
     if problem is not None:
         raise problem
+
+
+def device_problem(document, *, source_name="<device>"):
+    """The :class:`~planner.errors.DeviceError` for the first violation of ``device.schema.json``, or None."""
+    from planner.errors import DeviceError
+
+    return _problem(
+        document, "device.schema.json", source_name, DeviceError, item_key="", item_word=""
+    )

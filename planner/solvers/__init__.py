@@ -1,7 +1,9 @@
 """The solver registry: strategy name -> solver, and :func:`solve`.
 
 Every solver is a function ``fn(model, *, budget, **options) -> (ops, params)``
-that returns forward/backward ops (its decisions) and the parameters it used.
+that returns forward/backward ops (its decisions) and the parameters it used;
+a paging strategy (``needs_storage``) is also given ``storage=`` (a
+:class:`~planner.device.Storage`) and may return ``pageout``/``pagein`` ops.
 :func:`solve` lowers those ops with the shared lowering, replays them in the
 simulator, checks the budget and builds the :class:`~planner.schedule.Schedule`
 whose ``predicted`` numbers are the simulator's.  A solver never reports its
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
+from planner.device import time_scale
 from planner.errors import EdgeplanError, InfeasibleError, NotApplicableError
 from planner.lowering import insert_frees
 from planner.schedule import Schedule
@@ -28,6 +31,7 @@ __all__ = [
     "run_all",
     "applicable",
     "strategy_names",
+    "check_storage",
 ]
 
 
@@ -57,6 +61,10 @@ class Strategy:
         Above this many layers the strategy is left out of the default set
         (``auto``, ``compare``, ``sweep``) because it would take long; it still
         runs when named.
+    needs_storage : bool
+        A paging strategy (SPEC section 5): it runs only with a storage, is
+        called with ``storage=``, and joins the default set only when one is
+        given.
     """
 
     name: str
@@ -67,6 +75,7 @@ class Strategy:
     options: tuple = ()
     emits_frees: bool = False
     auto_max_layers: int = None
+    needs_storage: bool = False
 
     def load(self):
         """The solver function."""
@@ -108,6 +117,8 @@ STRATEGIES = dict(
             options=("time_limit",),
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
         ),
+        # Paging strategies (SPEC section 5): only with a storage (--device).
+        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", needs_storage=True),
     ]
 )
 
@@ -154,17 +165,20 @@ def strategy_names():
     return list(STRATEGIES) + ["auto"]
 
 
-def applicable(model, options=None):
+def applicable(model, options=None, *, storage=None):
     """Names of the strategies that apply to ``model`` and run by default on it.
 
     A strategy with ``auto_max_layers`` joins only on models up to that size,
     or when ``options`` give it one of its own options (``time_limit`` for
-    milp): the user asked for it.
+    milp): the user asked for it.  Paging strategies join only with a
+    ``storage``.
     """
     options = options or {}
     names = []
     for s in STRATEGIES.values():
         if s.chains_only and not model.is_chain:
+            continue
+        if s.needs_storage and storage is None:
             continue
         asked = any(options.get(key) is not None for key in s.options)
         if s.auto_max_layers is not None and len(model) > s.auto_max_layers and not asked:
@@ -185,7 +199,21 @@ def _is_replayable(ops):
     return isinstance(ops, Sized) and isinstance(ops, Iterable) and not isinstance(ops, Iterator)
 
 
-def _run(model, budget, strategy, options):
+def check_storage(model, storage):
+    """Raise :class:`~planner.errors.ModelError` if ``storage`` is given and ``model`` cannot page.
+
+    Paging needs a model whose ``time_unit`` is a time (SPEC section 5).
+    """
+    if storage is not None:
+        time_scale(model)
+
+
+def _run(model, budget, strategy, options, storage=None):
+    if strategy.needs_storage and storage is None:
+        raise NotApplicableError(
+            f"strategy {strategy.name!r} pages layer outputs to a storage, and none is given "
+            "(use --device)"
+        )
     fn = strategy.load()
     if strategy.chains_only and not model.is_chain:
         raise NotApplicableError(
@@ -194,6 +222,8 @@ def _run(model, budget, strategy, options):
         )
     started = time.perf_counter()
     kwargs = {k: v for k, v in options.items() if v is not None and k in strategy.options}
+    if strategy.needs_storage:
+        kwargs["storage"] = storage
     ops, params = fn(model, budget=budget, **kwargs)
     if not strategy.emits_frees:
         ops = tuple(insert_frees(model, ops))
@@ -201,7 +231,7 @@ def _run(model, budget, strategy, options):
         ops = tuple(ops)
     # A replayable sequence (e.g. revolve's lazy ops) is simulated here and
     # regenerated when the schedule is written: long schedules are never held.
-    result = simulate(model, ops)
+    result = simulate(model, ops, storage=storage)
     seconds = time.perf_counter() - started
     if not result.valid:
         raise SolverBug(f"strategy {strategy.name!r} produced an invalid schedule: {result.error}")
@@ -219,11 +249,12 @@ def _run(model, budget, strategy, options):
         budget_bytes=budget,
         predicted=result.predicted(),
         ops=ops,
+        storage=storage if result.pages else None,
     )
     return Solution(strategy.name, dict(params), schedule, result, ops, seconds)
 
 
-def run_all(model, budget, *, strategies=None, options=None, progress=None):
+def run_all(model, budget, *, strategies=None, options=None, progress=None, storage=None):
     """Run several strategies and return one :class:`Outcome` each.
 
     Parameters
@@ -236,9 +267,12 @@ def run_all(model, budget, *, strategies=None, options=None, progress=None):
         Strategy options; each strategy gets the ones it takes.
     progress : callable or None, keyword-only
         Called as ``progress(name, outcome_or_None)`` before and after each.
+    storage : planner.device.Storage or None, keyword-only
+        Given to paging strategies, which join the default set with it.
     """
     options = options or {}
-    names = applicable(model, options) if strategies is None else list(strategies)
+    check_storage(model, storage)
+    names = applicable(model, options, storage=storage) if strategies is None else list(strategies)
     outcomes = []
     for name in names:
         strategy = STRATEGIES[name]
@@ -246,7 +280,7 @@ def run_all(model, budget, *, strategies=None, options=None, progress=None):
             progress(name, None)
         started = time.perf_counter()
         try:
-            solution = _run(model, budget, strategy, options)
+            solution = _run(model, budget, strategy, options, storage)
             outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
         except (InfeasibleError, NotApplicableError) as exc:
             outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
@@ -260,10 +294,10 @@ def _best(outcomes):
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    return min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    return min(feasible, key=lambda s: (s.result.compute + s.result.transfer, len(s.ops)))
 
 
-def solve(model, budget, strategy="auto", *, progress=None, **options):
+def solve(model, budget, strategy="auto", *, progress=None, storage=None, **options):
     """Solve ``model`` for an activation ``budget`` with one strategy or ``auto``.
 
     Parameters
@@ -275,6 +309,9 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
     strategy : str
         A name from :data:`STRATEGIES` or ``"auto"``: every applicable strategy,
         the feasible schedule with the least compute, ties to fewer ops.
+    storage : planner.device.Storage or None, keyword-only
+        The second storage paging strategies page to (``--device``); ``auto``
+        then includes them.
     **options
         Strategy options (``segments``, ``snapshots``, ``time_limit``, ...).
 
@@ -293,8 +330,9 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
     SolverBug
         The simulator rejected a solver's schedule (never expected).
     """
+    check_storage(model, storage)
     if strategy == "auto":
-        outcomes = run_all(model, budget, options=options, progress=progress)
+        outcomes = run_all(model, budget, options=options, progress=progress, storage=storage)
         best = _best(outcomes)
         if best is not None:
             return best
@@ -309,4 +347,4 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
     chosen = STRATEGIES[strategy]
     _validate_options(chosen, options)
-    return _run(model, budget, chosen, options)
+    return _run(model, budget, chosen, options, storage)
