@@ -214,3 +214,75 @@ def optimal_schedule(model, budget, storage):
     total = sim.compute + sim.transfer
     assert abs(total - dist[goal]) <= 1e-9 * max(1.0, total), (total, dist[goal])
     return dist[goal], ops
+
+
+def compare_unrestricted(cases, *, every=1):
+    """How the unrestricted optimum compares with the class optimum.
+
+    Parameters
+    ----------
+    cases : iterable of (model, storage)
+    every : int, keyword-only
+        Compare at every ``every``-th distinct class budget.
+
+    Returns
+    -------
+    dict
+        ``budgets`` compared, ``beaten`` (unrestricted strictly cheaper),
+        ``gaps`` (relative gaps ``class / unrestricted - 1`` where beaten),
+        ``below`` (budgets just under the class's least peak: 99%, 90% and
+        75% of it) and ``below_fits`` (of those, where an unrestricted
+        schedule fits).
+    """
+    stats = {"budgets": 0, "beaten": 0, "gaps": [], "below": 0, "below_fits": 0}
+    for model, storage in cases:
+        schedules = class_schedules(model, storage)
+        peaks = sorted({peak for peak, _, _ in schedules})
+        for budget in peaks[::every]:
+            best = class_optimum(schedules, budget)
+            found = optimal_schedule(model, budget, storage)
+            stats["budgets"] += 1
+            if found[0] < best * (1 - 1e-9):
+                stats["beaten"] += 1
+                stats["gaps"].append(best / found[0] - 1)
+        for frac in (0.99, 0.9, 0.75):
+            stats["below"] += 1
+            if optimal_schedule(model, int(peaks[0] * frac), storage) is not None:
+                stats["below_fits"] += 1
+    return stats
+
+
+def _random_cases(sizes, seed):
+    """Random timed chains with random storage figures (as the tests draw them)."""
+    import numpy as np
+
+    from planner.device import Storage
+    from planner.model import model_from_dict
+    from planner.synthetic import random_chain
+
+    rng = np.random.default_rng(seed)
+    for k, n in enumerate(sizes):
+        doc = random_chain(n, seed * 1000 + k).to_dict()
+        doc["time_unit"] = "ms"
+        storage = Storage(
+            read_bytes_per_s=float(rng.uniform(2e6, 1e8)),
+            write_bytes_per_s=float(rng.uniform(2e6, 1e8)),
+            read_latency_s=float(rng.uniform(0, 3e-3)),
+            write_latency_s=float(rng.uniform(0, 3e-3)),
+        )
+        yield model_from_dict(doc), storage
+
+
+if __name__ == "__main__":  # pragma: no cover - a report, run by hand
+    import sys
+
+    for label, sizes, every in (("n=3..5", [3, 4, 5] * 8, 1), ("n=6", [6] * int(sys.argv[1] if len(sys.argv) > 1 else 6), 3)):
+        s = compare_unrestricted(_random_cases(sizes, 7), every=every)
+        gaps = s["gaps"]
+        print(
+            f"{label}: {len(sizes)} chains, {s['budgets']} budgets; unrestricted cheaper at {s['beaten']} "
+            f"({100 * s['beaten'] / max(1, s['budgets']):.1f}%), by {100 * (sum(gaps) / len(gaps) if gaps else 0):.2f}% "
+            f"on average, {100 * max(gaps, default=0):.2f}% at most; below the class's least peak "
+            f"(99/90/75%): {s['below_fits']} of {s['below']} budgets fit unrestricted",
+            flush=True,
+        )
