@@ -82,7 +82,7 @@ class MemoryRange:
     store_all_peak_bytes: int
 
 
-def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
+def memory_range(model, *, optimizer="sgd", strategies=None, options=None, storage=None):
     """From the least workable memory to the memory of plain autograd.
 
     Parameters
@@ -93,6 +93,8 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
         Whose least memory counts; default every applicable strategy.
     options : dict or None, keyword-only
         Strategy options, as for :func:`planner.solvers.run_all`.
+    storage : planner.device.Storage or None, keyword-only
+        For paging strategies (SPEC section 5), which join the default set with it.
 
     Returns
     -------
@@ -108,7 +110,9 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None):
     fixed = activation_budget(model, 0, optimizer).fixed_bytes
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     known = [store_all]
-    for outcome in solvers.run_all(model, 0, strategies=strategies, options=options):
+    for outcome in solvers.run_all(
+        model, 0, strategies=strategies, options=options, storage=storage
+    ):
         if outcome.feasible:
             known.append(outcome.solution.result.peak_bytes)
         elif outcome.least_bytes is not None:
@@ -151,7 +155,9 @@ def budgets(low, high, steps):
     return sorted(sizes)
 
 
-def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None):
+def sweep(
+    model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, storage=None
+):
     """Solve every strategy at every memory size.
 
     Parameters
@@ -167,6 +173,8 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
     progress : callable or None, keyword-only
         ``progress(memory_bytes, strategy, outcome_or_None)`` before and after
         each solve.
+    storage : planner.device.Storage or None, keyword-only
+        For paging strategies (SPEC section 5), which join the default set with it.
 
     Returns
     -------
@@ -179,7 +187,10 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
     ``len(memories) x len(strategies)`` solves; the cost is that of the
     slowest strategy times the number of sizes.
     """
-    names = solvers.applicable(model, options) if strategies is None else list(strategies)
+    if strategies is None:
+        names = solvers.applicable(model, options, storage=storage)
+    else:
+        names = list(strategies)
     points = []
     for memory in memories:
         budget = activation_budget(model, memory, optimizer)
@@ -195,7 +206,12 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
                 progress(_memory, name, outcome)
 
         for outcome in solvers.run_all(
-            model, budget.activation_bytes, strategies=names, options=options, progress=hook
+            model,
+            budget.activation_bytes,
+            strategies=names,
+            options=options,
+            progress=hook,
+            storage=storage,
         ):
             if outcome.feasible:
                 r = outcome.solution.result
