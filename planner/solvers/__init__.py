@@ -120,6 +120,16 @@ STRATEGIES = dict(
         # Paging strategies (SPEC section 5): only with a storage (--device).
         _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", needs_storage=True),
         _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True),
+        _entry(
+            "milp-paging",
+            "milp_paging",
+            "milp_paging",
+            "exact mixed-integer program with recomputation and paging for any DAG, HiGHS (--time-limit SECONDS)",
+            options=("time_limit",),
+            emits_frees=True,
+            auto_max_layers=MILP_AUTO_MAX_LAYERS,
+            needs_storage=True,
+        ),
     ]
 )
 
