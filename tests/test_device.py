@@ -130,3 +130,14 @@ def test_time_scale():
     for unit in ("flop", "MS", None):
         with pytest.raises(ModelError, match="time_unit is a time"):
             time_scale(_model(unit))
+
+
+def test_the_device_file_in_docs_format_md_loads(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
+    block = text.split("### Device files", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    path = tmp_path / "my-pi.json"
+    path.write_text(block)
+    device = load_device(path)
+    assert device.storage == Storage(40e6, 20e6, read_latency_s=5e-6, write_latency_s=2e-5, bytes=8 * 10**9)
