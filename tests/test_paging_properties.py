@@ -17,6 +17,7 @@ from planner.device import PRESETS, Storage
 from planner.errors import InfeasibleError, ModelError, NotApplicableError
 from planner.model import model_from_dict
 from planner.schedule import OpKind, schedule_from_dict
+from planner.schemas import schema_errors
 from planner.simulate import simulate
 from planner.solvers import STRATEGIES, applicable, run_all, solve
 from tests.reference import replay_solution
@@ -39,6 +40,7 @@ def check_solution(model, solution, budget, storage):
     again = simulate(model, iter(solution.ops), storage=storage)
     assert solution.schedule.predicted == again.predicted()
     document = json.loads(solution.schedule.to_json(model))
+    assert schema_errors(document, "schedule.schema.json") == []
     assert document["format"] == ("edgeplan-schedule/2" if result.pages else "edgeplan-schedule/1")
     back = schedule_from_dict(document, model)
     assert back.ops == tuple(solution.ops)

@@ -247,3 +247,45 @@ def test_random_walks_reach_complete_paging_schedules():
 
     run()
     assert len(found) >= 10
+
+
+# --- the schema's fast acceptance check agrees with jsonschema on /2 and device documents
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.sampled_from(["pageout", "pagein", "forward", "edgeplan-schedule/1", "edgeplan-schedule/2",
+                       "edgeplan-device/1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=5,
+)
+_PATHS_2 = [("format",), ("storage",), ("storage", "read_bytes_per_s"), ("storage", "write_bytes_per_s"),
+            ("storage", "read_latency_s"), ("storage", "bytes"), ("predicted", "transfer"),
+            ("predicted", "pageouts"), ("predicted", "pageins"), ("ops", 1, "op"), ("ops", 7, "op")]
+_PATHS_DEVICE = [("format",), ("name",), ("memory_bytes",), ("source",), ("storage",),
+                 ("storage", "read_bytes_per_s"), ("storage", "write_latency_s"), ("storage", "bytes")]
+
+
+def _mutated(document, path, value, delete):
+    doc = json.loads(json.dumps(document))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if delete and isinstance(target, dict):
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.sampled_from(_PATHS_2 + [("device",) + p for p in _PATHS_DEVICE]), _VALUES, st.booleans())
+def test_fast_check_agrees_with_jsonschema(path, value, delete):
+    from planner.device import PRESETS
+    from planner.schemas import fast_check
+
+    if path[0] == "device":
+        filename, doc = "device.schema.json", _mutated(PRESETS["rpi4-4gb-sd"].to_dict(), path[1:], value, delete)
+    else:
+        filename, doc = "schedule.schema.json", _mutated(_doc()[1], path, value, delete)
+    assert fast_check(filename)(doc) == (not schema_errors(doc, filename))
