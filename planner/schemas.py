@@ -1,8 +1,9 @@
-"""The published JSON Schemas (Draft 2020-12) of edgeplan's two file formats.
+"""The published JSON Schemas (Draft 2020-12) of edgeplan's file formats.
 
 The canonical schema files ship inside the package, in ``planner/schemas/``
 (``model.schema.json`` for ``edgeplan-model/1``, ``schedule.schema.json`` for
-``edgeplan-schedule/1``); ``schedules/`` at the top of the repository holds
+``edgeplan-schedule/1`` and ``/2``, ``device.schema.json`` for
+``edgeplan-device/1``); ``schedules/`` at the top of the repository holds
 identical copies for people and tools that do not install edgeplan (a test
 keeps them identical).
 

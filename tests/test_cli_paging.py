@@ -138,3 +138,31 @@ def test_simulate_a_paging_schedule_on_a_model_without_a_time_unit(chain_file, f
     chain_file.write_text(json.dumps(doc))
     r = run("simulate", chain_file, out)
     assert r.exit_code == 2 and "time_unit is a time" in r.stderr
+
+
+def test_verify_refuses_paging_schedules_for_now(tmp_path):
+    """The PyTorch executor does not page yet: a /2 schedule is bad input (exit 2), not a crash."""
+    pytest.importorskip("torch")
+    import os
+
+    from planner.io.torch_profile import profile_model
+    from planner.model import model_from_dict
+    from planner.schedule import OpKind, Schedule, pageout
+    from planner.simulate import simulate
+    from planner.solvers import solve
+    from tests.models_torch import deeper_cnn
+
+    shape = (2, 3, 16, 16)
+    model = model_from_dict(profile_model(deeper_cnn(), shape, repeats=1, name="deeper_cnn"))
+    ops = list(solve(model, None, "store-all").ops)
+    first = next(k for k, op in enumerate(ops) if op.kind is OpKind.FORWARD)
+    ops.insert(first + 1, pageout(ops[first].layer))
+    storage = PRESETS["rpi4-4gb-sd"].storage
+    result = simulate(model, ops, storage=storage)
+    assert result.valid and result.pageouts == 1
+    sched = tmp_path / "s.json"
+    Schedule(model.name, model.fingerprint, "hand", tuple(ops), predicted=result.predicted(),
+             storage=storage).write(sched, model)
+    factory = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models_torch.py") + ":deeper_cnn"
+    r = run("verify", factory, "--input", ",".join(map(str, shape)), "--schedule", sched)
+    assert r.exit_code == 2 and "does not run paging schedules" in r.stderr
