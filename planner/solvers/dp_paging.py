@@ -64,7 +64,9 @@ _ALL = 1  # choice codes: 0 none, 1 F_all, 2 + 2 j F_ck, 3 + 2 j F_pg (split s +
 # (x2 at a time) within the same limits.
 _EXACT_CELLS = 4_000_000
 _WORK = 2e8
-_MAX_WORK = 2e10
+_MAX_WORK = 1e9  # about 45 s of numpy
+_MAX_TABLE_BYTES = 1.5e9
+_MIN_LEVELS = 64
 _MAX_LEVELS = 10**6
 _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
@@ -467,10 +469,14 @@ def _grid_solve(z, c, avail, levels, params):
         grid = levels
         while cells * grid * 2 <= _EXACT_CELLS and n**3 / 2 * grid * 2 <= _WORK:
             grid *= 2
-        if n**3 / 2 * grid > _MAX_WORK:
+        # Long chains: fewer levels (dp's own answer is still taken when cheaper),
+        # down to _MIN_LEVELS; beyond, refused.
+        while grid > _MIN_LEVELS and (n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES):
+            grid //= 2
+        if n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES:
             raise NotApplicableError(
                 f"dp-paging: a chain of {n} layers is too large for the O(n^3 x levels) "
-                "dynamic program; use page-all, dp or revolve"
+                "dynamic program; use dp, revolve or page-all"
             )
         unit = max(1, -(-avail // grid), unit)
         width = avail // unit + 1
@@ -542,7 +548,8 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     Raises
     ------
     NotApplicableError
-        The model is not a chain, or too long for the table.
+        The model is not a chain, or too long for the table (above about 310
+        layers).
     InfeasibleError
         No schedule of the class fits; ``least_bytes`` is the class's exact
         least peak (with paging).
@@ -557,7 +564,8 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     memory grid: the exact byte grid (sizes divided by their gcd) when it has
     at most 4e6 cells and 2e8 steps, the schedule then being optimal over the
     class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
-    (``L = levels``, doubled while the limits allow), so every schedule the
+    (``L = levels``, doubled while the limits allow, halved down to 64 while
+    the table would take more than 1e9 steps or 1.5 GB), so every schedule the
     table returns fits, and ``dp``'s own answer is taken when it is cheaper,
     so that ``dp-paging`` is never worse than ``dp``.  A storage capacity
     (``storage.bytes``) that could be exceeded is met by restricting paging
