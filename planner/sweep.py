@@ -33,6 +33,9 @@ class SweepPoint:
         ``peak_bytes`` is activation memory, like every budget.
     least_bytes : int or None
         When infeasible, the least activation budget the strategy needs (if known).
+    transfer : float or None
+        With a storage (paging, SPEC section 5): the schedule's transfer time,
+        which ``overhead`` includes; None without one.
     """
 
     memory_bytes: int
@@ -44,10 +47,11 @@ class SweepPoint:
     overhead: float = None
     forwards: int = None
     least_bytes: int = None
+    transfer: float = None
 
     def to_dict(self):
-        """The JSON object of ``edgeplan sweep --json``."""
-        return {
+        """The JSON object of ``edgeplan sweep --json`` (``transfer`` only when sweeping with a storage)."""
+        doc = {
             "memory_bytes": self.memory_bytes,
             "activation_bytes": self.activation_bytes,
             "strategy": self.strategy,
@@ -57,6 +61,9 @@ class SweepPoint:
             "compute": self.compute,
             "forwards": self.forwards,
         }
+        if self.transfer is not None:
+            doc["transfer"] = self.transfer
+        return doc
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,7 @@ def sweep(
                     compute=r.compute,
                     overhead=r.overhead,
                     forwards=r.forwards,
+                    transfer=r.transfer if storage is not None else None,
                 )
             else:
                 point = SweepPoint(

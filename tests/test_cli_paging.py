@@ -107,7 +107,11 @@ def test_sweep_with_a_device(chain_file, fast_device):
     assert r.exit_code == 0, r.output
     points = json.loads(r.stdout)
     assert {p["strategy"] for p in points} == {"dp", "dp-paging"}
+    assert all(p["transfer"] == 0.0 for p in points if p["strategy"] == "dp" and p["feasible"])
+    assert any(p["transfer"] > 0 for p in points if p["strategy"] == "dp-paging" and p["feasible"])
     assert max(p["memory_bytes"] for p in points) <= 5000  # --to defaults to the device memory
+    plain = run("sweep", chain_file, "--strategies", "dp", "--steps", "3", "--json")
+    assert all("transfer" not in p for p in json.loads(plain.stdout))
 
 
 def test_usage_errors_exit_2(chain_file, tmp_path):

@@ -335,7 +335,10 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
     InfeasibleError
         No schedule fits; ``least_bytes`` is the least budget that works.
     NotApplicableError
-        The strategy does not apply to this model.
+        The strategy does not apply to this model (a paging strategy without
+        a ``storage``, a chain-only one on a DAG).
+    ModelError
+        A ``storage`` is given and the model's ``time_unit`` is not a time.
     ValueError
         Unknown strategy or an option the strategy does not take.
     SolverBug
