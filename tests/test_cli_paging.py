@@ -170,3 +170,26 @@ def test_verify_refuses_paging_schedules_for_now(tmp_path):
     factory = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models_torch.py") + ":deeper_cnn"
     r = run("verify", factory, "--input", ",".join(map(str, shape)), "--schedule", sched)
     assert r.exit_code == 2 and "does not run paging schedules" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "device file is empty"),
+        ('{"format": "edgeplan-device/1", "name": "x", "memory_bytes": NaN}', "memory_bytes"),
+        ('{"format": "edgeplan-device/1", "name": "x", "name": "y", "memory_bytes": 5}', "name"),
+        ('{"format": "edgeplan-device/1", "name": "x", "memory_bytes": 1180591620717411303424}',
+         "beyond 2\\*\\*62 bytes"),
+        ('{"format": "edgeplan-device/1", "name": "x", "memory_bytes": 5, "storage": []}',
+         "field 'storage'"),
+    ],
+)
+def test_hostile_device_files_get_one_line_and_exit_2(chain_file, tmp_path, text, message):
+    import re
+
+    path = tmp_path / "dev.json"
+    path.write_text(text)
+    r = run("solve", chain_file, "--device", path)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+    assert re.search(message, r.stderr), r.stderr
