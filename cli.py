@@ -540,7 +540,8 @@ def compare(model_path, memory, device_name, optimizer, strategies, segments_, s
     if best:
         out.print(
             f"* best: [bold]{escape(best['strategy'])}[/bold], {best['overhead']:.1%} extra compute "
-            f"(edgeplan solve --strategy auto picks it)"
+            + ("and transfer " if storage is not None else "")
+            + "(edgeplan solve --strategy auto picks it)"
         )
     else:
         least = [row["least_memory_bytes"] for row in rows if row["least_memory_bytes"] is not None]
@@ -651,7 +652,10 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
                 cells.append(f"{p.overhead:.1%} ")
         table.add_row(format_size(size), *cells)
     out.print(table)
-    out.print("overhead = extra compute over one forward and one backward per layer; - = does not fit; * = best")
+    out.print(
+        "overhead = extra compute" + (" and transfer" if storage is not None else "")
+        + " over one forward and one backward per layer; - = does not fit; * = best"
+    )
     out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
     if plot_path:
         out.file.flush()

@@ -99,6 +99,7 @@ def test_compare_with_a_device_includes_the_paging_strategies(chain_file, fast_d
     assert rows["dp"]["transfer"] == 0.0 and rows["dp"]["overhead"] > best["overhead"]
     table = run("compare", chain_file, "--device", fast_device, "--strategies", "dp,dp-paging")
     assert table.exit_code == 0 and "out/" in table.stdout
+    assert "extra compute and transfer" in table.stdout
 
 
 def test_sweep_with_a_device(chain_file, fast_device):
