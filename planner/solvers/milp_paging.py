@@ -67,9 +67,11 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
     Raises
     ------
     InfeasibleError
-        No schedule fits: HiGHS proved it (``least_bytes`` is then the least
-        ``least_bytes`` the other strategies report, or None), or the time ran
-        out first (``least_bytes`` None).
+        No schedule fits.  When HiGHS proves it, ``least_bytes`` is the
+        simulated peak of the schedule of a second program that minimises the
+        peak (milp-paging fits it; the least of its space when that program
+        is solved in time), else another strategy's least budget; None when
+        the time ran out before any schedule was found.
     ModelError
         The model's time unit is not a time.
     ValueError
@@ -140,10 +142,11 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
         res = form.solve(cap=cap, time_limit=0.95 * left - 0.1, start=start)
         if res.x is None:
             if res.status == 2 and best is None:
+                least = _least_peak(form, storage, deadline, others_least)
                 raise InfeasibleError(
                     f"milp-paging: no schedule fits {budget} bytes of activation memory"
-                    + (f"; the least another strategy needs is {others_least} bytes" if others_least else ""),
-                    least_bytes=others_least,
+                    + ("" if least is None else f"; the least it reaches is {least} bytes"),
+                    least_bytes=least,
                 )
             break
         ops = _hold_sink(model, form.decode(res.x))
@@ -171,6 +174,25 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
     if best[3] != "milp":
         params["kept"] = best[3]
     return list(best[1]), params
+
+
+def _least_peak(form, storage, deadline, others_least):
+    """The least budget milp-paging is known to fit: the simulated peak of the least-peak program.
+
+    Falls back to ``others_least`` (another strategy's least budget) when the
+    time runs out first; None when neither is known.
+    """
+    left = deadline - time.perf_counter()
+    if left <= 0.05:
+        return others_least
+    res = form.solve(cap=None, time_limit=0.95 * left - 0.1)
+    if res.x is None:  # pragma: no cover - store-all is a solution; only a timeout gets here
+        return others_least
+    ops = _hold_sink(form.model, form.decode(res.x))
+    result = simulate(form.model, ops, storage=storage)
+    if not result.valid:  # pragma: no cover - would be a formulation bug
+        raise RuntimeError(f"milp-paging decoded an invalid schedule: {result.error}")
+    return result.peak_bytes
 
 
 def _check_limit(time_limit):
@@ -285,6 +307,9 @@ class _Program:
                 I[t, i] = self._new(cost=w_in[i])
                 O[t, i] = self._new(cost=w_out[i])
         self.peak = self._new(integer=False, high=np.inf)
+        # The loss reads the sink's output: it stays from its forward to its backward.
+        self.lb[C[1, sink]] = 1.0
+        self.ub[I[1, sink]] = self.ub[O[0, sink]] = 0.0
 
         def s(t, i):  # saved data of i at the end of stage t: (col or None, const)
             if t < 0:
@@ -421,14 +446,20 @@ class _Program:
     # ---- solving -----------------------------------------------------------------------
 
     def solve(self, *, cap, time_limit, start=None):
-        """HiGHS: least recomputation plus transfer within ``cap`` units; ``start`` as incumbent."""
+        """HiGHS: least recomputation plus transfer within ``cap`` units (``start`` as incumbent),
+        or with ``cap=None`` the least peak."""
         from scipy.optimize import Bounds, LinearConstraint, milp as highs
 
-        lb, ub = self.lb.copy(), self.ub.copy()
-        lb[self.peak] = ub[self.peak] = cap
+        lb, ub, cost, gap = self.lb.copy(), self.ub.copy(), self.cost, _MIP_REL_GAP
+        if cap is None:  # least peak, proven to the unit
+            cost = np.zeros(len(self.lb))
+            cost[self.peak] = 1.0
+            gap = 0.0
+        else:
+            lb[self.peak] = ub[self.peak] = cap
         options = {
             "time_limit": max(time_limit, 0.01),
-            "mip_rel_gap": _MIP_REL_GAP,
+            "mip_rel_gap": gap,
             "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
         }
         path = None
@@ -436,12 +467,12 @@ class _Program:
             if start is not None:
                 start = start.copy()
                 start[self.peak] = cap
-                path = _write_start(start, float(self.cost @ start))
+                path = _write_start(start, float(cost @ start))
                 options["read_solution_file"] = path
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # read_solution_file is passed verbatim
                 return highs(
-                    self.cost,
+                    cost,
                     integrality=self.integrality,
                     bounds=Bounds(lb, ub),
                     constraints=LinearConstraint(self.A, self.lo, self.up),
