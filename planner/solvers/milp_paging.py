@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -246,6 +247,62 @@ def _hold_sink(model, ops):
     return ops
 
 
+def _unit(model):
+    """The gcd of every size of the model (1 if all are 0)."""
+    unit = model.input_bytes
+    for l in model.layers:
+        for v in (l.output_bytes, l.saved_bytes, l.workspace_forward, l.workspace_backward):
+            unit = math.gcd(unit, v)
+    return unit or 1
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Sizes in units, and what each backward reads, holds and allocates."""
+
+    out: list
+    sv: list
+    wsf: list
+    wsb: list
+    base: int
+    sink: int
+    cons: tuple
+    maxcons: list
+    reads: list  # outputs each backward reads (the sink's own included: the loss reads it)
+    holders: list  # holders[i]: layers whose saved data holds i's output
+    new_grads: list  # gradient bytes each backward allocates
+
+    @classmethod
+    def of(cls, model, unit):
+        layers = model.layers
+        n, sink, cons = len(layers), model.sink, model.consumers
+        out = [l.output_bytes // unit for l in layers]
+        maxcons = [max(x) if x else None for x in cons]
+        reads, holders = [], [[] for _ in range(n)]
+        for b, l in enumerate(layers):
+            reads.append((set(l.inputs) if l.needs_inputs else set()) | ({b} if (l.needs_output or b == sink) else set()))
+            for j in l.inputs if l.needs_inputs else ():
+                holders[j].append(b)
+            if l.needs_output:
+                holders[b].append(b)
+        new_grads = [
+            sum(out[j] for j in layers[b].inputs if maxcons[j] == b) + (out[b] if b == sink else 0) for b in range(n)
+        ]
+        return cls(
+            out,
+            [l.saved_bytes // unit for l in layers],
+            [l.workspace_forward // unit for l in layers],
+            [l.workspace_backward // unit for l in layers],
+            model.input_bytes // unit,
+            sink,
+            cons,
+            maxcons,
+            reads,
+            holders,
+            new_grads,
+        )
+
+
 class _Program:
     """The stage program of one model and storage (see :func:`milp_paging`, Notes).
 
@@ -257,149 +314,137 @@ class _Program:
 
     def __init__(self, model, storage, scale):
         self.model = model
-        layers = model.layers
-        n = self.n = len(layers)
-        unit = model.input_bytes
-        for l in layers:
-            for v in (l.output_bytes, l.saved_bytes, l.workspace_forward, l.workspace_backward):
-                unit = math.gcd(unit, v)
-        self.unit = unit = unit or 1
-        out = [l.output_bytes // unit for l in layers]
-        sv = [l.saved_bytes // unit for l in layers]
-        wsf = [l.workspace_forward // unit for l in layers]
-        wsb = [l.workspace_backward // unit for l in layers]
-        base = model.input_bytes // unit
-        cons = model.consumers
-        maxcons = [max(c) if c else None for c in cons]
-        sink = model.sink
-        self.stage_of = stage_of = [n - i for i in range(n)]
-        self.hi = hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer
-        reads = []
-        for b, l in enumerate(layers):
-            r = set(l.inputs) if l.needs_inputs else set()
-            if l.needs_output or b == sink:
-                r.add(b)
-            reads.append(r)
-        holders = [[] for _ in range(n)]
-        for c, l in enumerate(layers):
-            if l.needs_inputs:
-                for j in l.inputs:
-                    holders[j].append(c)
-            if l.needs_output:
-                holders[c].append(c)
-        new_grads = [
-            sum(out[j] for j in layers[b].inputs if maxcons[j] == b) + (out[b] if b == sink else 0) for b in range(n)
-        ]
+        n = self.n = len(model)
+        self.unit = _unit(model)
+        z = self.z = _Sizes.of(model, self.unit)
+        self.stage_of = [n - i for i in range(n)]
+        self.hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer
+        self.lb, self.ub, self.integ, self.cost = [], [], [], []
+        self.rows, self.lo, self.up, self.mem_rows, self.u_defs = [], [], [], [], []
+        self.S, self.R, self.C, self.I, self.O, self.F, self.U = {}, {}, {}, {}, {}, {}, {}
+        self._variables(storage, scale)
+        self._logic_rows(storage)
+        self._stage0_rows()
+        for t in range(1, n + 1):
+            self._stage_rows(t)
+        self._build()
+
+    def _variables(self, storage, scale):
+        layers, n, z = self.model.layers, self.n, self.z
         w_out = [storage.pageout_seconds(l.output_bytes) * scale for l in layers]
         w_in = [storage.pagein_seconds(l.output_bytes) * scale for l in layers]
-        self.lb, self.ub, self.integ, self.cost = [], [], [], []
-        self.rows, self.lo, self.up, self.mem_rows = [], [], [], []
-        self.S, self.R, self.C, self.I, self.O, self.F, self.U = {}, {}, {}, {}, {}, {}, {}
-        S, R, C, I, O, F, U = self.S, self.R, self.C, self.I, self.O, self.F, self.U
         for i in range(n):
-            for t in range(stage_of[i]):
-                S[t, i] = self._new()
-            O[0, i] = self._new(cost=w_out[i])
+            for t in range(self.stage_of[i]):
+                self.S[t, i] = self._new()
+            self.O[0, i] = self._new(cost=w_out[i])
         for t in range(1, n + 1):
-            for i in range(hi[t] + 1):
-                R[t, i] = self._new(cost=layers[i].forward)
-                C[t, i] = self._new()
-                I[t, i] = self._new(cost=w_in[i])
-                O[t, i] = self._new(cost=w_out[i])
+            for i in range(self.hi[t] + 1):
+                self.R[t, i] = self._new(cost=layers[i].forward)
+                self.C[t, i] = self._new()
+                self.I[t, i] = self._new(cost=w_in[i])
+                self.O[t, i] = self._new(cost=w_out[i])
         self.peak = self._new(integer=False, high=np.inf)
         # The loss reads the sink's output: it stays from its forward to its backward.
-        self.lb[C[1, sink]] = 1.0
-        self.ub[I[1, sink]] = self.ub[O[0, sink]] = 0.0
+        self.lb[self.C[1, z.sink]] = 1.0
+        self.ub[self.I[1, z.sink]] = self.ub[self.O[0, z.sink]] = 0.0
 
-        def s(t, i):  # saved data of i at the end of stage t: (col or None, const)
-            if t < 0:
-                return {}, 0
-            if t >= stage_of[i]:
-                return {}, 1
-            return {S[t, i]: 1}, 0
+    # Terms ((columns, constant), coefficient) of the quantities the rows combine.
 
-        def r(t, i):
-            return ({}, 1) if t == 0 else ({R[t, i]: 1}, 0)
-
-        def k(t, i):  # present at the start of stage t (carried or paged in)
-            if 1 <= t <= n and i <= hi[t]:
-                return {C[t, i]: 1, I[t, i]: 1}, 0
+    def _s(self, t, i):  # saved data of i at the end of stage t
+        if t < 0:
             return {}, 0
+        if t >= self.stage_of[i]:
+            return {}, 1
+        return {self.S[t, i]: 1}, 0
 
-        def c(t, i):
-            if 1 <= t <= n and i <= hi[t]:
-                return {C[t, i]: 1}, 0
-            return {}, 0
+    def _r(self, t, i):  # forward of i in stage t
+        return ({}, 1) if t == 0 else ({self.R[t, i]: 1}, 0)
 
-        row = self._row
-        # saved data: made once, by a forward with save, kept until the backward
+    def _k(self, t, i):  # output of i present at the start of stage t (carried or paged in)
+        if 1 <= t <= self.n and i <= self.hi[t]:
+            return {self.C[t, i]: 1, self.I[t, i]: 1}, 0
+        return {}, 0
+
+    def _c(self, t, i):  # output of i carried into stage t
+        if 1 <= t <= self.n and i <= self.hi[t]:
+            return {self.C[t, i]: 1}, 0
+        return {}, 0
+
+    def _logic_rows(self, storage):
+        """Saved data, paging, presence and hold rules."""
+        s, r, k, c, row = self._s, self._r, self._k, self._c, self._row
+        n, hi, z, O, I = self.n, self.hi, self.z, self.O, self.I
         for i in range(n):
-            for t in range(1, stage_of[i] + 1):
+            # saved data: made once, by a forward with save, kept until the backward
+            for t in range(1, self.stage_of[i] + 1):
                 row([(s(t - 1, i), 1), (s(t, i), -1)], high=0)
                 row([(s(t, i), 1), (s(t - 1, i), -1), (r(t, i), -1)], high=0)
-        # paging: out once, after a forward; in only what is out, and while absent
-        for i in range(n):
-            row([(({O[t, i]: 1}, 0), 1) for t in range(stage_of[i] + 1)], high=1)
-            for t in range(1, stage_of[i] + 1):
+            # paging: out once, after a forward; in only what is out
+            row([(({O[t, i]: 1}, 0), 1) for t in range(self.stage_of[i] + 1)], high=1)
+            for t in range(1, self.stage_of[i] + 1):
                 row([(({O[t, i]: 1}, 0), 1), (r(t, i), -1)], high=0)
                 row([(({I[t, i]: 1}, 0), 1)] + [(({O[q, i]: 1}, 0), -1) for q in range(t)], high=0)
         for t in range(1, n + 1):
-            h = hi[t]
-            for i in range(h + 1):
+            for i in range(hi[t] + 1):
                 row([(r(t, i), 1), (k(t, i), 1)], high=1)  # a forward or pagein needs it absent
-                for j in layers[i].inputs:
+                for j in self.model.layers[i].inputs:
                     row([(r(t, i), 1), (k(t, j), -1), (r(t, j), -1)], high=0)
                 if i <= hi[t + 1]:
                     row([(c(t + 1, i), 1), (k(t, i), -1), (r(t, i), -1)], high=0)
-            for j in reads[h]:
+            for j in z.reads[hi[t]]:
                 row([(k(t, j), 1), (r(t, j), 1)], low=1)
         for i in range(n):
-            for holder in holders[i]:
-                for t in range(stage_of[holder]):
+            for holder in z.holders[i]:
+                for t in range(self.stage_of[holder]):
                     row([(c(t + 1, i), 1), (s(t, holder), -1)], low=0)
         if storage.bytes is not None:
-            room = storage.bytes // unit
+            room = storage.bytes // self.unit
             for t in range(n + 1):
-                terms = [(({O[q, i]: 1}, 0), out[i]) for i in range(hi[t] + 1) for q in range(min(t, stage_of[i]) + 1)]
-                row(terms, high=room)
-        # memory of stage 0: every forward once, in order
-        for kk in range(n):
-            terms = [(({}, base + out[kk] + wsf[kk]), 1)]
-            terms += [(s(0, i), sv[i]) for i in range(kk + 1)]
+                row(
+                    [(({O[q, i]: 1}, 0), z.out[i]) for i in range(hi[t] + 1) for q in range(min(t, self.stage_of[i]) + 1)],
+                    high=room,
+                )
+
+    def _stage0_rows(self):
+        """Memory of stage 0: every forward once, in order."""
+        z = self.z
+        for kk in range(self.n):
+            terms = [(({}, z.base + z.out[kk] + z.wsf[kk]), 1)]
+            terms += [(self._s(0, i), z.sv[i]) for i in range(kk + 1)]
             for i in range(kk):
-                terms.append((({}, 1), out[i]) if maxcons[i] is not None and maxcons[i] >= kk else (c(1, i), out[i]))
+                still_read = z.maxcons[i] is not None and z.maxcons[i] >= kk
+                terms.append((({}, 1), z.out[i]) if still_read else (self._c(1, i), z.out[i]))
             self._cap(terms)
-        # memory of stages 1..n
-        self.u_defs = []
-        for t in range(1, n + 1):
-            h = hi[t]
-            b = h
-            after = [[] for _ in range(h + 1)]  # (F column, bytes) freed right after forward kk
-            for i in range(h + 1):
-                if i in reads[b]:
-                    continue  # freed after the backward unless carried
-                later = [x for x in cons[i] if x <= h]
-                total = [(c(t + 1, i), 1), (k(t, i), -1), (r(t, i), -1)]
-                for kk in [i] + later:
-                    col = F[t, i, kk] = self._new()
-                    total.append((({col: 1}, 0), 1))
-                    for x in later:
-                        if x > kk:
-                            row([(({col: 1}, 0), 1), (r(t, x), 1)], high=1)
-                    after[kk].append((col, out[i]))
-                row(total, low=0, high=0)
-            grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
-            level = [(({}, base + grads), 1)]
-            level += [(k(t, i), out[i]) for i in range(h + 1)] + [(s(t - 1, i), sv[i]) for i in range(h + 1)]
-            for kk in range(h + 1):
-                level += [(r(t, kk), out[kk]), (s(t, kk), sv[kk]), (s(t - 1, kk), -sv[kk])]
-                u = U[t, kk] = self._new(integer=False, high=np.inf)
-                self.u_defs.append((u, level))
-                row(level + [(({u: 1}, 0), -1)], low=0, high=0)
-                self._cap([(({u: 1}, 0), 1), (r(t, kk), wsf[kk])])
-                level = [(({u: 1}, 0), 1)] + [(({col: 1}, 0), -size) for col, size in after[kk]]
-            self._cap(level + [(({}, new_grads[b] + wsb[b]), 1)])
-        self._build()
+
+    def _stage_rows(self, t):
+        """Frees and memory of stage ``t``: pageins, recomputations, the backward of ``hi[t]``."""
+        s, r, k, c, row, z = self._s, self._r, self._k, self._c, self._row, self.z
+        h = b = self.hi[t]
+        after = [[] for _ in range(h + 1)]  # (F column, bytes) freed right after forward kk
+        for i in range(h + 1):
+            if i in z.reads[b]:
+                continue  # freed after the backward unless carried
+            later = [x for x in z.cons[i] if x <= h]
+            total = [(c(t + 1, i), 1), (k(t, i), -1), (r(t, i), -1)]
+            for kk in [i] + later:
+                col = self.F[t, i, kk] = self._new()
+                total.append((({col: 1}, 0), 1))
+                for x in later:
+                    if x > kk:
+                        row([(({col: 1}, 0), 1), (r(t, x), 1)], high=1)
+                after[kk].append((col, z.out[i]))
+            row(total, low=0, high=0)
+        grads = sum(z.out[j] for j in range(h + 1) if z.maxcons[j] is not None and z.maxcons[j] > h)
+        level = [(({}, z.base + grads), 1)]
+        level += [(k(t, i), z.out[i]) for i in range(h + 1)] + [(s(t - 1, i), z.sv[i]) for i in range(h + 1)]
+        for kk in range(h + 1):
+            level += [(r(t, kk), z.out[kk]), (s(t, kk), z.sv[kk]), (s(t - 1, kk), -z.sv[kk])]
+            u = self.U[t, kk] = self._new(integer=False, high=np.inf)
+            self.u_defs.append((u, level))
+            row(level + [(({u: 1}, 0), -1)], low=0, high=0)
+            self._cap([(({u: 1}, 0), 1), (r(t, kk), z.wsf[kk])])
+            level = [(({u: 1}, 0), 1)] + [(({col: 1}, 0), -size) for col, size in after[kk]]
+        self._cap(level + [(({}, z.new_grads[b] + z.wsb[b]), 1)])
 
     # ---- building ----------------------------------------------------------------------
 
