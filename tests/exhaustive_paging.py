@@ -276,8 +276,12 @@ def _random_cases(sizes, seed):
 if __name__ == "__main__":  # pragma: no cover - a report, run by hand
     import sys
 
-    for label, sizes, every in (("n=3..5", [3, 4, 5] * 8, 1), ("n=6", [6] * int(sys.argv[1] if len(sys.argv) > 1 else 6), 3)):
-        s = compare_unrestricted(_random_cases(sizes, 7), every=every)
+    # python -m tests.exhaustive_paging [CHAINS_OF_6 [EVERY [SEED]]]
+    args = [int(a) for a in sys.argv[1:]] + [8, 3, 7][len(sys.argv) - 1 :]
+    for label, sizes, every in (("n=3..5", [3, 4, 5] * 8, 1), ("n=6", [6] * args[0], args[1])):
+        if not sizes:
+            continue
+        s = compare_unrestricted(_random_cases(sizes, args[2]), every=every)
         gaps = s["gaps"]
         print(
             f"{label}: {len(sizes)} chains, {s['budgets']} budgets; unrestricted cheaper at {s['beaten']} "
