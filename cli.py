@@ -18,6 +18,7 @@ from planner import extras
 from planner.budget import OPTIMIZER_FACTORS, activation_budget
 from planner.files import atomic_output
 from planner.errors import (
+    DeviceError,
     InfeasibleError,
     InternalError,
     MissingExtraError,
@@ -84,7 +85,7 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError) as exc:
+        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_NO)
@@ -232,13 +233,6 @@ def _infeasible_message(exc, budget):
     return text
 
 
-memory_option = click.option(
-    "--memory",
-    "-m",
-    type=SIZE,
-    required=True,
-    help="Device memory for the whole training step: bytes, or e.g. 256MB, 1.5GiB.",
-)
 optimizer_option = click.option(
     "--optimizer",
     type=click.Choice(sorted(OPTIMIZER_FACTORS)),
@@ -249,6 +243,70 @@ optimizer_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Write one JSON document to stdout and nothing else there."
 )
+device_option = click.option(
+    "--device",
+    "device_name",
+    metavar="NAME|FILE",
+    help="A built-in device (edgeplan devices) or an edgeplan-device/1 file: its memory "
+    "(--memory overrides it) and its storage, which adds the paging strategies.",
+)
+memory_option = click.option(
+    "--memory",
+    "-m",
+    type=SIZE,
+    help="Device memory for the whole training step: bytes, or e.g. 256MB, 1.5GiB "
+    "(needed unless --device gives it).",
+)
+
+
+def _device_memory(model, memory, device_name, err, *, need_memory=True):
+    """(memory in bytes or None, storage or None) from --memory and --device; exit 2 on bad input."""
+    from planner.device import load_device
+
+    storage = None
+    if device_name is not None:
+        device = load_device(device_name)
+        storage = device.storage
+        if memory is None:
+            memory = device.memory_bytes
+        err.print(
+            f"device [bold]{escape(_clean(device.name))}[/bold]: memory {_bytes(device.memory_bytes)}"
+            + (" (overridden by --memory)" if memory != device.memory_bytes else "")
+            + (f", storage {_storage_text(storage)}" if storage is not None else ", no storage")
+        )
+    if memory is None and need_memory:
+        _fail(err, "give --memory SIZE or --device NAME|FILE", EXIT_BAD)
+    solvers.check_storage(model, storage)
+    return memory, storage
+
+
+def _rate(bytes_per_s):
+    return f"{format_size(round(bytes_per_s))}/s"
+
+
+def _seconds(value):
+    if value == 0:
+        return "0"
+    for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if value >= factor:
+            return f"{value / factor:.4g} {unit}"
+    return f"{value / 1e-9:.4g} ns"
+
+
+def _storage_text(storage):
+    text = (
+        f"read {_rate(storage.read_bytes_per_s)} + {_seconds(storage.read_latency_s)}, "
+        f"write {_rate(storage.write_bytes_per_s)} + {_seconds(storage.write_latency_s)}"
+    )
+    return text + (f", {format_size(storage.bytes)}" if storage.bytes is not None else "")
+
+
+def _paging_text(result, model):
+    """``transfer 1.2 ms, 3 pageouts, 3 pageins`` for a paging schedule, else ''."""
+    if not result.pages:
+        return ""
+    unit = f" {model.time_unit}" if model.time_unit else ""
+    return f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -272,6 +330,7 @@ def main():
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @memory_option
+@device_option
 @click.option(
     "--strategy",
     "-s",
@@ -296,18 +355,20 @@ def main():
     help="milp: give up proving optimality after this many seconds and keep the best schedule found "
     "(default 60 with --strategy milp; auto runs milp on DAGs only, for 1 s, unless this is given).",
 )
-def solve(model_path, memory, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
-    """Find the best schedule for MODEL that fits --memory.
+def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
+    """Find the best schedule for MODEL that fits --memory (or --device).
 
-    Writes the schedule (edgeplan-schedule/1) to -o FILE, or to stdout;
-    a summary goes to stderr.
+    Writes the schedule (edgeplan-schedule/1; /2 when it pages to the
+    --device's storage) to -o FILE, or to stdout; a summary goes to stderr.
 
     \b
-    Example:
+    Examples:
       edgeplan solve examples/resnet18.json --memory 256MB -o schedule.json
+      edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
     """
     _, err = _consoles(True)
     model = _load_model_or_exit(model_path, err)
+    memory, storage = _device_memory(model, memory, device_name, err)
     options = {"segments": segments, "snapshots": snapshots, "time_limit": time_limit}
     solvers.check_options(model, strategy, options)
     budget = _budget_or_exit(model, memory, optimizer, err)
@@ -315,7 +376,7 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
     names = solvers.applicable(model, options, include_missing=True) if strategy == "auto" else [strategy]
     _skip_missing(names, err, named=strategy != "auto")
     try:
-        solution = solvers.solve(model, budget.activation_bytes, strategy, **options)
+        solution = solvers.solve(model, budget.activation_bytes, strategy, storage=storage, **options)
     except InfeasibleError as exc:
         _fail(err, _infeasible_message(exc, budget), EXIT_NO, **_infeasible_fields(exc, budget))
     except (NotApplicableError, TooLargeError) as exc:
@@ -325,8 +386,8 @@ def solve(model_path, memory, strategy, optimizer, output, as_json, segments, sn
     r = solution.result
     err.print(
         f"strategy [bold]{solution.strategy}[/bold] {escape(json.dumps(solution.params))}: "
-        f"peak {_bytes(r.peak_bytes)}, overhead {r.overhead:.1%}, {r.forwards} forwards, "
-        f"{len(solution.ops)} ops, solved in {solution.solve_seconds:.2f} s"
+        f"peak {_bytes(r.peak_bytes)}, overhead {r.overhead:.1%}, {r.forwards} forwards"
+        f"{escape(_paging_text(r, model))}, {len(solution.ops)} ops, solved in {solution.solve_seconds:.2f} s"
     )
     if output:
         try:
@@ -406,9 +467,16 @@ def _progress(err, total, label):
     return bar, hook
 
 
-def _compare_rows(outcomes, budget):
-    """Outcomes in table order: feasible by compute (then ops), then by the memory they need."""
-    feasible = sorted((o for o in outcomes if o.feasible), key=lambda o: (o.solution.result.compute, len(o.solution.ops)))
+def _compare_rows(outcomes, budget, *, paging=False):
+    """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
+
+    With ``paging`` (a storage was given) rows also have ``transfer``,
+    ``pageouts`` and ``pageins``.
+    """
+    feasible = sorted(
+        (o for o in outcomes if o.feasible),
+        key=lambda o: (o.solution.result.compute + o.solution.result.transfer, len(o.solution.ops)),
+    )
     rest = sorted(
         (o for o in outcomes if not o.feasible),
         key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
@@ -434,6 +502,12 @@ def _compare_rows(outcomes, budget):
                 "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
             }
         )
+        if paging:
+            rows[-1].update(
+                transfer=r.transfer if r else None,
+                pageouts=r.pageouts if r else None,
+                pageins=r.pageins if r else None,
+            )
     return rows
 
 
@@ -475,6 +549,8 @@ def _compare_table(rows, width=124):
         name = ("* " if row["best"] else "  ") + escape(row["strategy"])
         if row["feasible"]:
             params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+            if row.get("pageouts"):
+                params = f"{row['pageouts']} out/{row['pageins']} in" + (", " + params if params else "")
             add(
                 name, "yes", format_size(row["peak_bytes"]), f"{row['peak_bytes']:,}",
                 f"{row['overhead']:.1%}", str(row["forwards"]), seconds, short(params),
@@ -496,11 +572,12 @@ def _compare_table(rows, width=124):
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @memory_option
+@device_option
 @optimizer_option
 @strategies_option
 @_tuning_options
 @json_option
-def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, time_limit, as_json):
+def compare(model_path, memory, device_name, optimizer, strategies, segments_, snapshots_, time_limit, as_json):
     """Run every applicable strategy on MODEL at --memory and show them side by side.
 
     One row per strategy, the feasible ones by compute (the best marked),
@@ -514,21 +591,27 @@ def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, ti
       edgeplan compare examples/resnet18.json --memory 256MB
       edgeplan compare examples/mobilenet_v2.json --memory 300MB --strategies dp,revolve,sequential
       edgeplan compare examples/resnet18.json --memory 256MB --json
+      edgeplan compare examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
     """
     out, err = _consoles(as_json)
     model = _load_model_or_exit(model_path, err)
+    memory, storage = _device_memory(model, memory, device_name, err)
     options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
     solvers.check_options(model, strategies, options)
     budget = _budget_or_exit(model, memory, optimizer, err)
-    names = strategies if strategies is not None else solvers.applicable(model, options, include_missing=True)
+    names = (
+        strategies if strategies is not None
+        else solvers.applicable(model, options, storage=storage, include_missing=True)
+    )
     names = _skip_missing(names, err, named=strategies is not None)
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     display, hook = _progress(err, len(names), "solving")
     with display:
         outcomes = solvers.run_all(
-            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook
+            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
+            storage=storage,
         )
-    rows = _compare_rows(outcomes, budget)
+    rows = _compare_rows(outcomes, budget, paging=storage is not None)
     code = EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -543,7 +626,8 @@ def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, ti
     if best:
         out.print(
             f"* best: [bold]{escape(best['strategy'])}[/bold], {best['overhead']:.1%} extra compute "
-            f"(edgeplan solve --strategy auto picks it)"
+            + ("and transfer " if storage is not None else "")
+            + "(edgeplan solve --strategy auto picks it)"
         )
     else:
         least = [row["least_memory_bytes"] for row in rows if row["least_memory_bytes"] is not None]
@@ -562,9 +646,10 @@ def compare(model_path, memory, optimizer, strategies, segments_, snapshots_, ti
 @strategies_option
 @optimizer_option
 @_tuning_options
+@device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
-def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapshots_, time_limit, plot_path, as_json):
+def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapshots_, time_limit, device_name, plot_path, as_json):
     """Memory/overhead curve: every strategy at --steps memory sizes.
 
     Sizes are device memory for the whole step (activations + fixed memory),
@@ -577,21 +662,34 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
       edgeplan sweep examples/mobilenet_v2.json
       edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --steps 6 --strategies dp,revolve,sequential
       edgeplan sweep examples/resnet18.json --json --plot resnet18.png
+      edgeplan sweep examples/vgg16_bn.json --device jetson-tx2-8gb
+
+    With --device, the device's storage adds the paging strategies and --to
+    defaults to the device memory when that is less than store-all's.
     """
     from planner import sweep as sweeping
 
     out, err = _consoles(as_json)
     model = _load_model_or_exit(model_path, err)
+    device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
     if plot_path:
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
     solvers.check_options(model, strategies, options)
-    names = strategies if strategies is not None else solvers.applicable(model, options, include_missing=True)
+    names = (
+        strategies if strategies is not None
+        else solvers.applicable(model, options, storage=storage, include_missing=True)
+    )
     names = _skip_missing(names, err, named=strategies is not None)
     shared = {}  # work the strategies keep across the sizes (dp's tables)
-    span = sweeping.memory_range(model, optimizer=optimizer, strategies=strategies, options=options, shared=shared)
+    span = sweeping.memory_range(
+        model, optimizer=optimizer, strategies=strategies, options=options, shared=shared, storage=storage
+    )
     low = span.least_memory_bytes if low is None else low
-    high = span.store_all_memory_bytes if high is None else high
+    if high is None:
+        high = span.store_all_memory_bytes
+        if device_memory is not None:
+            high = max(min(high, device_memory), low)
     if low > high:
         _fail(err, f"--from {low:,} bytes is above --to {high:,} bytes", EXIT_BAD)
     sizes = sweeping.budgets(low, high, steps)
@@ -599,7 +697,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
     with display:
         points = sweeping.sweep(
             model, sizes, optimizer=optimizer, strategies=strategies, options=options, progress=hook,
-            shared=shared,
+            shared=shared, storage=storage,
         )
     if plot_path:
         from planner.plot import write_png
@@ -632,22 +730,63 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
     for size in sizes:
         row = [p for p in points if p.memory_bytes == size]
         feasible = [p for p in row if p.feasible]
-        best = min((p.compute for p in feasible), default=None)
+        best = min((p.overhead for p in feasible), default=None)  # with transfer, when paging
         cells = []
         for p in row:
             if not p.feasible:
                 cells.append("[dim]- [/dim]")
-            elif p.compute == best:
+            elif p.overhead == best:
                 cells.append(f"[bold green]{p.overhead:.1%}*[/bold green]")
             else:
                 cells.append(f"{p.overhead:.1%} ")
         table.add_row(format_size(size), *cells)
     out.print(table)
-    out.print("overhead = extra compute over one forward and one backward per layer; - = does not fit; * = best")
+    out.print(
+        "overhead = extra compute" + (" and transfer" if storage is not None else "")
+        + " over one forward and one backward per layer; - = does not fit; * = best"
+    )
     out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
     if plot_path:
         out.file.flush()
         err.print(f"wrote {escape(_clean(plot_path))}")
+
+
+@main.command()
+@json_option
+def devices(as_json):
+    """List the built-in devices that --device NAME takes.
+
+    Each has the memory a training step may use and the storage that layer
+    outputs can be paged to (read and write rates, latency per transfer),
+    with the source of its figures.  --json gives their edgeplan-device/1
+    documents; write one to a file and edit it for your own device.
+
+    \b
+    Examples:
+      edgeplan devices
+      edgeplan devices --json
+      edgeplan solve examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
+    """
+    from planner.device import PRESETS
+
+    out, _ = _consoles(as_json)
+    if as_json:
+        sys.stdout.write(json.dumps([d.to_dict() for d in PRESETS.values()], indent=2) + "\n")
+        return
+    table = Table(header_style="bold")
+    for col, justify in (("device", "left"), ("memory", "right"), ("read", "right"), ("read latency", "right"),
+                         ("write", "right"), ("write latency", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for d in PRESETS.values():
+        st = d.storage
+        cells = ["-"] * 4 if st is None else [
+            _rate(st.read_bytes_per_s), _seconds(st.read_latency_s),
+            _rate(st.write_bytes_per_s), _seconds(st.write_latency_s),
+        ]
+        table.add_row(escape(d.name), format_size(d.memory_bytes), *cells)
+    _wide(out).print(table)
+    for d in PRESETS.values():
+        out.print(f"{escape(d.name)}: {escape(d.source)}")
 
 
 @main.command(name="simulate")
@@ -661,11 +800,12 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
 )
 @json_option
 def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_json):
-    """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md).
+    """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md, paging included).
 
     Exits 1 when the schedule is invalid, was made for another model
     (fingerprint), or does not fit --memory; 0 otherwise (always 0 with
-    --exit-zero).  A CI gate: regenerate nothing, just check.
+    --exit-zero).  A CI gate: regenerate nothing, just check.  An
+    edgeplan-schedule/2 is replayed with the storage it names.
 
     \b
     Example:
@@ -680,7 +820,7 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
     except ModelMismatchError as exc:
         fields = {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
         _fail(err, str(exc), EXIT_OK if exit_zero else EXIT_NO, **fields)
-    result = simulate(model, schedule.ops)
+    result = simulate(model, schedule.ops, storage=schedule.storage)
     problems = []
     if not result.valid:
         problems.append(str(result.error))
@@ -710,6 +850,8 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
             "forwards": result.forwards,
             "fingerprint_matches": schedule.fingerprint == model.fingerprint,
         }
+        if schedule.storage is not None:
+            doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
         if memory is not None:
             doc["memory_bytes"] = memory
             doc["budget_bytes"] = budget.activation_bytes
@@ -724,7 +866,7 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
         out.print(
             f"peak {_bytes(result.peak_bytes)}, compute {result.compute:.6g} "
             f"(baseline {result.baseline_compute:.6g}, overhead {result.overhead:.1%}), "
-            f"{result.forwards} forwards"
+            f"{result.forwards} forwards{escape(_paging_text(result, model))}"
         )
         if ok:
             out.print("[green]valid[/green]" + (" and fits" if memory is not None else ""))
@@ -885,6 +1027,8 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
 
     document = read_json_file(schedule_path, error=ScheduleFormatError, what="schedule file")
     schedule = schedule_from_dict(document, model, source_name=schedule_path)
+    if schedule.storage is not None:
+        _fail(err, f"{schedule_path}: verify does not run paging schedules ({schedule.format}) yet", EXIT_BAD)
     result = simulate(model, schedule.ops)
     if not result.valid:
         _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)

@@ -8,6 +8,7 @@
     +-- OptionError               a strategy option unknown or out of range (exit 2)
     +-- NotApplicableError        the strategy does not fit the model's shape (exit 2)
     |   +-- MissingExtraError     an optional dependency is not installed (exit 2)
+    +-- DeviceError               bad device file or device name     (CLI exit 2)
     +-- TooLargeError             the problem exceeds a strategy's size limits (exit 2)
     +-- ScheduleError             a schedule breaks the replay rules (an answer: exit 1)
     |   +-- ModelMismatchError    the schedule was made for another model (exit 1)
@@ -32,6 +33,7 @@ __all__ = [
     "OptionError",
     "MissingExtraError",
     "ModelMismatchError",
+    "DeviceError",
 ]
 
 
@@ -101,6 +103,8 @@ class InternalError(EdgeplanError):
 
 class SolverBug(InternalError):
     """A solver produced a schedule the simulator rejects: a bug in the solver."""
+
+
 class OptionError(EdgeplanError, ValueError):
     """A strategy option is unknown or out of range (``--segments 50`` on 10 layers).
 
@@ -132,3 +136,7 @@ class ModelMismatchError(ScheduleError):
 
     An answer, not bad input: the schedule does not apply to this model (exit 1).
     """
+
+
+class DeviceError(EdgeplanError):
+    """A device file (``edgeplan-device/1``) or device name is bad (the CLI exits 2)."""

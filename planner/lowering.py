@@ -34,7 +34,9 @@ def insert_frees(model, ops):
     ----------
     model : planner.model.Model
     ops : iterable of Op
-        Forward and backward ops in execution order.
+        Forward and backward ops in execution order, and any ``pageout`` and
+        ``pagein`` (SPEC section 5): a pageout reads the output, a pagein
+        starts a new lifetime of it, as a forward does.
 
     Returns
     -------
@@ -52,7 +54,8 @@ def insert_frees(model, ops):
     schedule that forwards the sink more than once cannot keep that rule, and
     the simulator rejects its lowering.
     """
-    FREE, FORWARD = OpKind.FREE, OpKind.FORWARD
+    FREE, FORWARD, BACKWARD = OpKind.FREE, OpKind.FORWARD, OpKind.BACKWARD
+    PAGEIN = OpKind.PAGEIN
     compute = [op for op in ops if op.kind is not FREE]
     layers = model.layers
     # Per layer: outputs its forward reads, outputs its backward reads, and the
@@ -86,8 +89,16 @@ def insert_frees(model, ops):
             else:
                 end = i
             used = reads_f[i]
-        else:
+        elif op.kind is BACKWARD:
             used = reads_b[i]
+        elif op.kind is PAGEIN:
+            if i in live_later:
+                live_later.discard(i)
+            else:
+                end = i
+            used = ()
+        else:  # pageout reads the output
+            used = (i,)
         for j in used:
             if j not in live_later:
                 live_later.add(j)
@@ -110,7 +121,7 @@ def insert_frees(model, ops):
             if op.save:
                 for j in holds[i]:
                     hold[j] += 1
-        else:
+        elif op.kind is BACKWARD:
             for j in holds[i]:
                 hold[j] -= 1
                 if not hold[j] and j in blocked:

@@ -1,4 +1,8 @@
-"""Schedules: the op vocabulary, the Schedule record and ``edgeplan-schedule/1`` I/O.
+"""Schedules: the op vocabulary, the Schedule record and ``edgeplan-schedule/1`` and ``/2`` I/O.
+
+A schedule with paging ops (``pageout``, ``pagein``; SPEC section 5) is an
+``edgeplan-schedule/2`` and carries its :class:`~planner.device.Storage`; any
+other is an ``edgeplan-schedule/1``, written exactly as before paging existed.
 
 Ops are a closed vocabulary (:class:`OpKind`) of frozen dataclasses that name
 layers by index.  Op objects are interned: ``forward(3, save=True)`` returns the
@@ -10,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
+from planner.device import storage_from_dict
 from planner.errors import ModelMismatchError, ScheduleFormatError
 from planner.files import atomic_output
 from planner.model import read_json_file
@@ -17,25 +22,36 @@ from planner.schemas import check_schedule_document
 
 __all__ = [
     "SCHEDULE_FORMAT",
+    "SCHEDULE_FORMAT_PAGING",
+    "PAGING_KINDS",
     "OpKind",
     "Op",
     "forward",
     "backward",
     "free",
+    "pageout",
+    "pagein",
     "Schedule",
     "load_schedule",
     "schedule_from_dict",
 ]
 
 SCHEDULE_FORMAT = "edgeplan-schedule/1"
+SCHEDULE_FORMAT_PAGING = "edgeplan-schedule/2"
 
 
 class OpKind(Enum):
-    """The three ops of SPEC section 2."""
+    """The three ops of SPEC section 2 and the two paging ops of section 5."""
 
     FORWARD = "forward"
     BACKWARD = "backward"
     FREE = "free"
+    PAGEOUT = "pageout"
+    PAGEIN = "pagein"
+
+
+#: The op kinds that make a schedule an ``edgeplan-schedule/2``.
+PAGING_KINDS = frozenset({OpKind.PAGEOUT, OpKind.PAGEIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +81,27 @@ def free(layer):
     return Op(OpKind.FREE, layer)
 
 
+@lru_cache(maxsize=None)
+def pageout(layer):
+    """The interned op ``{"op": "pageout", "layer": layer}`` (write the output to storage)."""
+    return Op(OpKind.PAGEOUT, layer)
+
+
+@lru_cache(maxsize=None)
+def pagein(layer):
+    """The interned op ``{"op": "pagein", "layer": layer}`` (read the output back)."""
+    return Op(OpKind.PAGEIN, layer)
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """A schedule for one model, as written to ``edgeplan-schedule/1`` files.
+    """A schedule for one model, as written to ``edgeplan-schedule/1`` and ``/2`` files.
 
     ``predicted`` holds ``peak_bytes``, ``compute``, ``baseline_compute``,
-    ``overhead`` and ``forwards`` exactly as the simulator computed them.
+    ``overhead`` and ``forwards`` exactly as the simulator computed them (and
+    ``transfer``, ``pageouts``, ``pageins`` for a paging schedule).
+    ``storage`` (a :class:`~planner.device.Storage`) is set exactly when the
+    ops page: the schedule is then an ``edgeplan-schedule/2``.
     """
 
     model_name: str
@@ -80,31 +111,52 @@ class Schedule:
     params: dict = field(default_factory=dict)
     budget_bytes: int = None
     predicted: dict = field(default_factory=dict)
+    storage: object = None
+
+    @property
+    def format(self):
+        """``edgeplan-schedule/2`` with a storage (paging ops), else ``/1``."""
+        return SCHEDULE_FORMAT if self.storage is None else SCHEDULE_FORMAT_PAGING
 
     def header(self):
         """Every field of the file but ``ops``, in the order they are written."""
-        return {
-            "format": SCHEDULE_FORMAT,
+        head = {
+            "format": self.format,
             "model": {"name": self.model_name, "fingerprint": self.fingerprint},
             "strategy": self.strategy,
             "params": self.params,
             "budget_bytes": self.budget_bytes,
-            "predicted": self.predicted,
         }
+        if self.storage is not None:
+            head["storage"] = self.storage.to_dict()
+        head["predicted"] = self.predicted
+        return head
 
     def iter_json(self, model):
         """Yield the file's text in chunks: the header, then one op per line.
 
         The output is deterministic: the same schedule gives the same bytes.
+
+        Raises
+        ------
+        ValueError
+            A paging op in a schedule without a storage (it cannot be an
+            ``edgeplan-schedule/1``).
         """
         head = json.dumps(self.header(), indent=2, sort_keys=False, ensure_ascii=False)
         yield head[:-2] + ',\n  "ops": ['
         names = [json.dumps(layer.name, ensure_ascii=False) for layer in model.layers]
         sep = "\n    "
+        paging_forbidden = self.storage is None
         for n, op in enumerate(self.ops):
             if op.kind is OpKind.FORWARD:
                 text = f'{{"op": "forward", "layer": {names[op.layer]}, "save": {"true" if op.save else "false"}}}'
             else:
+                if paging_forbidden and op.kind in PAGING_KINDS:
+                    raise ValueError(
+                        f"op #{n} is a {op.kind.value}: a schedule with paging ops needs a "
+                        f"storage ({SCHEDULE_FORMAT_PAGING})"
+                    )
                 text = f'{{"op": "{op.kind.value}", "layer": {names[op.layer]}}}'
             yield (sep if n == 0 else "," + sep) + text
         yield "\n  ]\n}\n" if self.ops else "]\n}\n"
@@ -117,7 +169,7 @@ class Schedule:
 
 
 def load_schedule(path, model):
-    """Read an ``edgeplan-schedule/1`` file for ``model``.
+    """Read an ``edgeplan-schedule/1`` or ``/2`` file for ``model``.
 
     Raises
     ------
@@ -181,11 +233,19 @@ def _build_schedule(document, model, source_name):
 
     if not isinstance(document, dict):
         fail(f"the top level must be a JSON object, not {type(document).__name__}")
-    if document.get("format") != SCHEDULE_FORMAT:
-        got = document.get("format")
+    got = document.get("format")
+    if got not in (SCHEDULE_FORMAT, SCHEDULE_FORMAT_PAGING):
         fail(
-            f"field 'format': expected \"{SCHEDULE_FORMAT}\", got "
+            f"field 'format': expected \"{SCHEDULE_FORMAT}\" or \"{SCHEDULE_FORMAT_PAGING}\", got "
             + ("nothing" if got is None else json.dumps(got)[:40])
+        )
+    paging = got == SCHEDULE_FORMAT_PAGING
+    storage = None
+    if paging:
+        if "storage" not in document:
+            fail(f"field 'storage': missing (an {SCHEDULE_FORMAT_PAGING} names its storage)")
+        storage = storage_from_dict(
+            document["storage"], error=ScheduleFormatError, source_name=source_name
         )
     info = document.get("model")
     if not isinstance(info, dict):
@@ -215,8 +275,10 @@ def _build_schedule(document, model, source_name):
             fail(f"op #{n}: must be an object")
         kind = raw.get("op")
         layer = raw.get("layer")
-        if kind not in ("forward", "backward", "free"):
-            fail(f"op #{n}: field 'op': unknown op {json.dumps(kind)[:40]} (forward, backward or free)")
+        if kind not in _OP_NAMES and not (paging and kind in _PAGING_NAMES):
+            if kind in _PAGING_NAMES:
+                fail(f"op #{n}: field 'op': {kind} needs format \"{SCHEDULE_FORMAT_PAGING}\" and a storage")
+            fail(f"op #{n}: field 'op': unknown op {json.dumps(kind)[:40]} ({_op_words(paging)})")
         if not isinstance(layer, str):
             fail(f"op #{n}: field 'layer': must be a layer name")
         if layer not in index:
@@ -230,8 +292,12 @@ def _build_schedule(document, model, source_name):
             ops.append(forward(i, save))
         elif kind == "backward":
             ops.append(backward(i))
-        else:
+        elif kind == "free":
             ops.append(free(i))
+        elif kind == "pageout":
+            ops.append(pageout(i))
+        else:
+            ops.append(pagein(i))
     return Schedule(
         model_name=info["name"],
         fingerprint=info["fingerprint"],
@@ -240,4 +306,15 @@ def _build_schedule(document, model, source_name):
         budget_bytes=budget,
         predicted=predicted,
         ops=tuple(ops),
+        storage=storage,
     )
+
+
+_OP_NAMES = ("forward", "backward", "free")
+_PAGING_NAMES = ("pageout", "pagein")
+
+
+def _op_words(paging):
+    if paging:
+        return "forward, backward, free, pageout or pagein"
+    return "forward, backward or free"

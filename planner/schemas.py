@@ -31,12 +31,15 @@ __all__ = [
     "validator",
     "check_model_document",
     "check_schedule_document",
+    "check_device_document",
 ]
 
 #: Format name -> schema file name inside ``planner/schemas/``.
 SCHEMA_NAMES = {
     "edgeplan-model/1": "model.schema.json",
     "edgeplan-schedule/1": "schedule.schema.json",
+    "edgeplan-schedule/2": "schedule.schema.json",
+    "edgeplan-device/1": "device.schema.json",
 }
 
 _TYPE_WORDS = {
@@ -166,13 +169,15 @@ def _where(path, document, missing, *, item_key, item_word):
     return parts
 
 
-def _check(document, fmt, *, source_name, error, item_key, item_word):
+def _check(document, fmts, *, source_name, error, item_key, item_word):
+    fmts = (fmts,) if isinstance(fmts, str) else tuple(fmts)
     if not isinstance(document, dict):
         raise error(f"{source_name}: the top level must be a JSON object, not {type(document).__name__}")
-    if document.get("format") != fmt:  # the format first: it says which rules apply at all
+    if document.get("format") not in fmts:  # the format first: it says which rules apply at all
         got = "missing" if "format" not in document else f"got {_describe(document['format'])}"
-        raise error(f"{source_name}: field 'format': expected {_describe(fmt)}, {got}")
-    exc = _violation(document, SCHEMA_NAMES[fmt])
+        expected = " or ".join(_describe(fmt) for fmt in fmts)
+        raise error(f"{source_name}: field 'format': expected {expected}, {got}")
+    exc = _violation(document, SCHEMA_NAMES[document["format"]])
     if exc is None:
         return
     missing, what = _explain(exc)
@@ -228,6 +233,23 @@ def check_schedule_document(document, *, source_name="<schedule>"):
     calls it first, then resolves the layer names against the model.
     """
     _check(
-        document, "edgeplan-schedule/1", source_name=source_name, error=ScheduleFormatError,
-        item_key="ops", item_word="op",
+        document, ("edgeplan-schedule/1", "edgeplan-schedule/2"), source_name=source_name,
+        error=ScheduleFormatError, item_key="ops", item_word="op",
     )
+
+
+def check_device_document(document, *, source_name="<device>"):
+    """Validate a parsed device document against ``device.schema.json``.
+
+    Raises
+    ------
+    DeviceError
+        At the first violation, naming the file and the field.
+
+    Notes
+    -----
+    :func:`planner.device.device_from_dict` calls it first.
+    """
+    from planner.errors import DeviceError
+
+    _check(document, ("edgeplan-device/1",), source_name=source_name, error=DeviceError, item_key="", item_word="")

@@ -1,4 +1,4 @@
-"""THE simulator: replays a schedule exactly as SPEC section 3 says.
+"""THE simulator: replays a schedule exactly as SPEC sections 3 and 5 say.
 
 Every schedule any solver emits goes through :func:`simulate` before it is
 written; its numbers are the ones edgeplan reports.  Nothing here depends on a
@@ -9,6 +9,7 @@ import math
 from array import array
 from dataclasses import dataclass
 
+from planner.device import time_scale
 from planner.errors import ScheduleError
 from planner.schedule import OpKind
 
@@ -17,6 +18,8 @@ __all__ = ["SimulationResult", "simulate", "replay"]
 _FORWARD = OpKind.FORWARD
 _BACKWARD = OpKind.BACKWARD
 _FREE = OpKind.FREE
+_PAGEOUT = OpKind.PAGEOUT
+_PAGEIN = OpKind.PAGEIN
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,17 @@ class SimulationResult:
     peak_index : int
         Index of the op at which the peak is reached (-1 for an empty schedule).
     compute, baseline_compute, overhead : float
+        ``overhead`` is ``(compute + transfer) / baseline_compute - 1``.
     forwards : int
         Number of forward ops.
     ops : int
         Number of ops replayed (up to the error, when invalid).
     timeline : array.array or None
         Memory after each op, including its workspace (only when asked for).
+    transfer : float
+        Time of every pageout and pagein (SPEC section 5), in the model's time unit.
+    pageouts, pageins : int
+        Number of pageout and pagein ops.
     """
 
     valid: bool
@@ -51,19 +59,32 @@ class SimulationResult:
     forwards: int
     ops: int
     timeline: object = None
+    transfer: float = 0.0
+    pageouts: int = 0
+    pageins: int = 0
+
+    @property
+    def pages(self):
+        """Whether the schedule has paging ops (it is then an ``edgeplan-schedule/2``)."""
+        return self.pageouts > 0 or self.pageins > 0
 
     def predicted(self):
-        """The ``predicted`` object of a schedule file."""
-        return {
+        """The ``predicted`` object of a schedule file (with the transfer fields for /2)."""
+        doc = {
             "peak_bytes": self.peak_bytes,
             "compute": self.compute,
             "baseline_compute": self.baseline_compute,
             "overhead": self.overhead,
             "forwards": self.forwards,
         }
+        if self.pages:
+            doc["transfer"] = self.transfer
+            doc["pageouts"] = self.pageouts
+            doc["pageins"] = self.pageins
+        return doc
 
 
-def simulate(model, ops, *, timeline=False):
+def simulate(model, ops, *, timeline=False, storage=None):
     """Replay ``ops`` on ``model`` and measure it.
 
     Parameters
@@ -73,12 +94,21 @@ def simulate(model, ops, *, timeline=False):
         Consumed once; a generator works, so long schedules can stream.
     timeline : bool, keyword-only
         Also record the memory after each op (as ``array('q')``).
+    storage : planner.device.Storage or None, keyword-only
+        Where ``pageout`` and ``pagein`` ops transfer to (SPEC section 5);
+        without one, a paging op is invalid.
 
     Returns
     -------
     SimulationResult
         ``valid`` is False and ``error`` says why at the first broken rule; the
         numbers then cover the ops before it.
+
+    Raises
+    ------
+    ModelError
+        If the ops page and the model's ``time_unit`` is not a time
+        (``s``, ``ms``, ``us``, ``ns``): transfer times cannot be converted.
 
     Notes
     -----
@@ -88,7 +118,8 @@ def simulate(model, ops, *, timeline=False):
     running op's workspace, measured after a forward's output and saved data
     are added and after a backward's new input gradients are allocated (and the
     sink's gradient, which appears at its backward).  The sink's output may
-    not be freed before the sink's backward: the loss reads it.
+    not be freed before the sink's backward: the loss reads it.  Paged copies (the set
+    P) do not count; a pagein adds the output to memory as a forward does.
     """
     layers = model.layers
     n = len(layers)
@@ -119,6 +150,11 @@ def simulate(model, ops, *, timeline=False):
     trace = array("q") if timeline else None
     error = None
     count = -1
+    in_p = [False] * n  # P: outputs paged out to storage
+    paged = 0  # sum(output_bytes of P)
+    runs_out = [0] * n  # pageout ops per layer
+    runs_in = [0] * n  # pagein ops per layer
+    capacity = None if storage is None or storage.bytes is None else storage.bytes
 
     def broken(index, op, message):
         name = layers[op.layer].name if 0 <= op.layer < n else str(op.layer)
@@ -214,8 +250,33 @@ def simulate(model, ops, *, timeline=False):
             if in_g[i]:
                 in_g[i] = False
                 mem -= out[i]
+            if in_p[i]:
+                in_p[i] = False
+                paged -= out[i]
             done[i] = True
             backwards += 1
+        elif kind is _PAGEOUT or kind is _PAGEIN:
+            message = _page_check(kind, i, in_a, in_p, done, storage)
+            if message is None and kind is _PAGEOUT:
+                if capacity is not None and paged + out[i] > capacity:
+                    message = (
+                        f"the storage is full: {paged + out[i]} bytes paged out, "
+                        f"more than its {capacity} bytes"
+                    )
+            if message is not None:
+                error = broken(count, op, message)
+                break
+            if kind is _PAGEOUT:
+                in_p[i] = True
+                paged += out[i]
+                runs_out[i] += 1
+                if trace is not None:
+                    trace.append(mem)
+                continue
+            in_a[i] = True
+            mem += out[i]
+            runs_in[i] += 1
+            now = mem
         else:  # pragma: no cover - OpKind is closed
             error = broken(count, op, f"unknown op {kind!r}")
             break
@@ -241,6 +302,7 @@ def simulate(model, ops, *, timeline=False):
         [t * k for t, k in zip(tf, runs_f) if k] + [t for t, d in zip(tb, done) if d]
     )
     baseline = model.baseline_compute
+    transfer, pageouts, pageins = _transfer(model, storage, runs_out, runs_in)
     return SimulationResult(
         valid=error is None,
         error=error,
@@ -248,11 +310,48 @@ def simulate(model, ops, *, timeline=False):
         peak_index=peak_index,
         compute=compute,
         baseline_compute=baseline,
-        overhead=(compute / baseline - 1.0) if baseline > 0 else 0.0,
+        overhead=((compute + transfer) / baseline - 1.0) if baseline > 0 else 0.0,
         forwards=forwards,
         ops=count,
         timeline=trace,
+        transfer=transfer,
+        pageouts=pageouts,
+        pageins=pageins,
     )
+
+
+def _page_check(kind, i, in_a, in_p, done, storage):
+    """Why a pageout or pagein of layer ``i`` breaks SPEC section 5, or None."""
+    if storage is None:
+        return "a paging op needs a storage (edgeplan-schedule/2), and none is given"
+    if kind is _PAGEOUT:
+        if not in_a[i]:
+            return "its output is not in memory"
+        if in_p[i]:
+            return "its output is already paged out"
+        return None
+    if not in_p[i]:
+        return "its output is not paged out"
+    if in_a[i]:
+        return "its output is already in memory"
+    if done[i]:
+        return "its backward has already run"
+    return None
+
+
+def _transfer(model, storage, runs_out, runs_in):
+    """(transfer time in the model's unit, pageouts, pageins), summed exactly per layer."""
+    pageouts = sum(runs_out)
+    pageins = sum(runs_in)
+    if not pageouts and not pageins:
+        return 0.0, 0, 0
+    scale = time_scale(model)
+    out = [layer.output_bytes for layer in model.layers]
+    seconds = math.fsum(
+        [storage.pageout_seconds(out[i]) * k for i, k in enumerate(runs_out) if k]
+        + [storage.pagein_seconds(out[i]) * k for i, k in enumerate(runs_in) if k]
+    )
+    return seconds * scale, pageouts, pageins
 
 
 def _first_missing(inputs, in_a):

@@ -33,6 +33,9 @@ class SweepPoint:
         ``peak_bytes`` is activation memory, like every budget.
     least_bytes : int or None
         When infeasible, the least activation budget the strategy needs (if known).
+    transfer : float or None
+        With a storage (paging, SPEC section 5): the schedule's transfer time,
+        which ``overhead`` includes; None without one.
     """
 
     memory_bytes: int
@@ -44,10 +47,11 @@ class SweepPoint:
     overhead: float = None
     forwards: int = None
     least_bytes: int = None
+    transfer: float = None
 
     def to_dict(self):
-        """The JSON object of ``edgeplan sweep --json``."""
-        return {
+        """The JSON object of ``edgeplan sweep --json`` (``transfer`` only when sweeping with a storage)."""
+        doc = {
             "memory_bytes": self.memory_bytes,
             "activation_bytes": self.activation_bytes,
             "strategy": self.strategy,
@@ -57,6 +61,9 @@ class SweepPoint:
             "compute": self.compute,
             "forwards": self.forwards,
         }
+        if self.transfer is not None:
+            doc["transfer"] = self.transfer
+        return doc
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class MemoryRange:
     store_all_peak_bytes: int
 
 
-def memory_range(model, *, optimizer="sgd", strategies=None, options=None, shared=None):
+def memory_range(model, *, optimizer="sgd", strategies=None, options=None, shared=None, storage=None):
     """From the least workable memory to the memory of plain autograd.
 
     Parameters
@@ -95,6 +102,8 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None, share
         Strategy options, as for :func:`planner.solvers.run_all`.
     shared : dict or None, keyword-only
         Work kept for :func:`sweep` on the same model (pass the same dict).
+    storage : planner.device.Storage or None, keyword-only
+        For paging strategies (SPEC section 5), which join the default set with it.
 
     Returns
     -------
@@ -111,7 +120,8 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None, share
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     known = [store_all]
     outcomes = solvers.run_all(
-        model, 0, strategies=strategies, options=options, time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared
+        model, 0, strategies=strategies, options=options, time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared,
+        storage=storage,
     )
     for outcome in outcomes:
         if outcome.feasible:
@@ -156,7 +166,9 @@ def budgets(low, high, steps):
     return sorted(sizes)
 
 
-def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, shared=None):
+def sweep(
+    model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, shared=None, storage=None
+):
     """Solve every strategy at every memory size.
 
     Parameters
@@ -178,6 +190,8 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
         Work kept across the sizes (and from :func:`memory_range` when it got
         the same dict): dp builds one table per octave of budgets instead of
         one per size.  The points are the same as without it.
+    storage : planner.device.Storage or None, keyword-only
+        For paging strategies (SPEC section 5), which join the default set with it.
 
     Returns
     -------
@@ -191,7 +205,7 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
     its cost grows with the number of octaves the sizes span, not with the
     number of sizes.
     """
-    names = solvers.applicable(model, options) if strategies is None else list(strategies)
+    names = solvers.applicable(model, options, storage=storage) if strategies is None else list(strategies)
     memories = list(memories)
     shared = {} if shared is None else shared
     shared["budgets"] = [activation_budget(model, memory, optimizer).activation_bytes for memory in memories]
@@ -211,7 +225,7 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
 
         outcomes = solvers.run_all(
             model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
-            time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared,
+            time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared, storage=storage,
         )
         for outcome in outcomes:
             if outcome.feasible:
@@ -225,6 +239,7 @@ def sweep(model, memories, *, optimizer="sgd", strategies=None, options=None, pr
                     compute=r.compute,
                     overhead=r.overhead,
                     forwards=r.forwards,
+                    transfer=r.transfer if storage is not None else None,
                 )
             else:
                 point = SweepPoint(

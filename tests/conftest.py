@@ -77,3 +77,29 @@ settings.register_profile("dev", max_examples=20, **_COMMON)
 settings.register_profile("ci", max_examples=100, **_COMMON)
 settings.register_profile("nightly", max_examples=2000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def schema_errors(document, filename):
+    """Every violation of ``document`` against a published schema, found by jsonschema itself.
+
+    jsonschema is the reference the package's fastjsonschema validator is held to.
+    """
+    import jsonschema
+
+    from planner.schemas import load_schema
+
+    return list(jsonschema.Draft202012Validator(load_schema(filename)).iter_errors(document))
+
+
+def fast_accepts(document, filename):
+    """True when the package's compiled (fastjsonschema) validator accepts ``document``."""
+    import fastjsonschema
+
+    from planner.schemas import validator
+
+    try:
+        validator(filename)(document)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
+

@@ -1,4 +1,4 @@
-"""An independent, deliberately naive replay of schedule *files* (SPEC section 3).
+"""An independent, deliberately naive replay of schedule *files* (SPEC sections 3 and 5).
 
 It reads the JSON documents themselves (names, not indices) and shares no code
 with planner.simulate, so tests can check the simulator and every solver
@@ -10,8 +10,16 @@ import hashlib
 import json
 
 
+_SECONDS = {"s": 1, "ms": 1000, "us": 1000000, "ns": 1000000000}
+
+
 def reference_replay(model_doc, schedule_doc):
-    """Return dict(valid, peak_bytes, compute, forwards, error) for parsed documents."""
+    """Return dict(valid, peak_bytes, compute, forwards, error) for parsed documents.
+
+    A paging schedule (``edgeplan-schedule/2``, its own ``storage`` object)
+    also gives ``transfer`` (in the model's time unit), ``pageouts``,
+    ``pageins`` and ``overhead`` (with the transfer).
+    """
     layers = {}
     order = []
     for pos, raw in enumerate(model_doc["layers"]):
@@ -31,7 +39,10 @@ def reference_replay(model_doc, schedule_doc):
         for p in prods:
             consumers[p].append(name)
     sink = [n for n in order if not consumers[n]][0]
-    A, S, G, D = set(), set(), set(), set()
+    A, S, G, D, P = set(), set(), set(), set(), set()
+    storage = schedule_doc.get("storage") if schedule_doc.get("format") == "edgeplan-schedule/2" else None
+    pageouts = pageins = 0
+    transfer_s = []
 
     def memory():
         return (
@@ -74,6 +85,7 @@ def reference_replay(model_doc, schedule_doc):
             peak = max(peak, memory() + e["workspace_backward"])
             S.discard(name)
             G.discard(name)
+            P.discard(name)
             D.add(name)
             compute += e["backward"]
         elif op["op"] == "free":
@@ -86,11 +98,40 @@ def reference_replay(model_doc, schedule_doc):
             if name == sink and name not in D:  # the loss reads it until the sink's backward
                 return {"valid": False, "error": k}
             A.discard(name)
+        elif op["op"] == "pageout" and storage is not None:
+            if name not in A or name in P:
+                return {"valid": False, "error": k}
+            P.add(name)
+            if "bytes" in storage and sum(layers[x]["output_bytes"] for x in P) > storage["bytes"]:
+                return {"valid": False, "error": k}
+            pageouts += 1
+            transfer_s.append(
+                storage.get("write_latency_s", 0) + e["output_bytes"] / storage["write_bytes_per_s"]
+            )
+        elif op["op"] == "pagein" and storage is not None:
+            if name not in P or name in A or name in D:
+                return {"valid": False, "error": k}
+            A.add(name)
+            peak = max(peak, memory())
+            pageins += 1
+            transfer_s.append(
+                storage.get("read_latency_s", 0) + e["output_bytes"] / storage["read_bytes_per_s"]
+            )
         else:
             return {"valid": False, "error": k}
     if D != set(order):
         return {"valid": False, "error": None}
-    return {"valid": True, "peak_bytes": peak, "compute": compute, "forwards": forwards, "error": None}
+    result = {"valid": True, "peak_bytes": peak, "compute": compute, "forwards": forwards, "error": None}
+    if storage is not None:
+        transfer = sum(transfer_s) * _SECONDS[model_doc["time_unit"]]
+        baseline = sum(e["forward"] + e["backward"] for e in layers.values())
+        result.update(
+            transfer=transfer,
+            pageouts=pageouts,
+            pageins=pageins,
+            overhead=(compute + transfer) / baseline - 1 if baseline > 0 else 0.0,
+        )
+    return result
 
 
 def replay_solution(model, solution):

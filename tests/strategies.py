@@ -17,7 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from planner.model import MODEL_FORMAT, model_from_dict
-from planner.schedule import backward, forward, free
+from planner.device import TIME_UNITS, Storage
+from planner.schedule import backward, forward, free, pagein, pageout
 
 __all__ = [
     "examples",
@@ -30,6 +31,9 @@ __all__ = [
     "store_all_peak",
     "op_sequences",
     "with_heavy_sink",
+    "storages",
+    "timed",
+    "paging_walks",
 ]
 
 
@@ -208,11 +212,12 @@ def budgets(draw, model, *, unlimited=True):
 
 
 @st.composite
-def op_sequences(draw, model, valid_ops):
+def op_sequences(draw, model, valid_ops, *, paging=False):
     """``valid_ops`` (a valid schedule) mutated a few times: many invalid, some valid.
 
     Mutations drop, duplicate, move or insert ops, flip ``save`` flags, or cut
     the schedule short.  For checking the simulator against the reference.
+    With ``paging``, inserted ops may be pageouts and pageins too.
     """
     ops = list(valid_ops)
     n = len(model)
@@ -221,6 +226,10 @@ def op_sequences(draw, model, valid_ops):
         st.builds(backward, st.integers(0, n - 1)),
         st.builds(free, st.integers(0, n - 1)),
     )
+    if paging:
+        any_op = st.one_of(
+            any_op, st.builds(pageout, st.integers(0, n - 1)), st.builds(pagein, st.integers(0, n - 1))
+        )
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["drop", "dup", "move", "insert", "flip", "cut"]))
         if not ops and kind != "insert":
@@ -239,4 +248,90 @@ def op_sequences(draw, model, valid_ops):
             ops[k] = forward(ops[k].layer, not ops[k].save)
         elif kind == "cut":
             ops = ops[:k]
+    return ops
+
+
+@st.composite
+def storages(draw, *, capacity_hint=None):
+    """A random :class:`~planner.device.Storage`: rates from 1 kB/s to 100 GB/s, latencies, capacity.
+
+    ``capacity_hint`` (bytes) centres the drawn capacity, when there is one.
+    """
+    rate = st.floats(1e3, 1e11, allow_nan=False, allow_infinity=False)
+    latency = st.one_of(st.just(0.0), st.floats(0.0, 0.05, allow_nan=False))
+    hint = max(int(capacity_hint or 10**6), 1)
+    capacity = st.one_of(st.none(), st.integers(1, 2 * hint))
+    return Storage(
+        draw(rate), draw(rate), read_latency_s=draw(latency), write_latency_s=draw(latency),
+        bytes=draw(capacity),
+    )
+
+
+def timed(docs):
+    """Model documents given a ``time_unit`` that is a time (paging needs one)."""
+    return st.tuples(docs, st.sampled_from(sorted(TIME_UNITS))).map(
+        lambda pair: dict(pair[0], time_unit=pair[1])
+    )
+
+
+@st.composite
+def paging_walks(draw, model, *, max_steps=None):
+    """A random walk of ops over the states of SPEC sections 3 and 5, paging ops included.
+
+    At each step one op is drawn among those that the walk's own, simple
+    reading of the rules enables (pageout and pagein among them), so most
+    walks are valid and many are complete; the simulator and the reference
+    replay must agree on each, whatever it is.  The sink's output is never
+    freed before its backward.
+    """
+    n = len(model)
+    layers = model.layers
+    A, S, P, D = set(), set(), set(), set()
+
+    def pinned(i):
+        if i in S and layers[i].needs_output:
+            return True
+        return any(c in S and layers[c].needs_inputs for c in model.consumers[i])
+
+    ops = []
+    for _ in range(max_steps or 8 * n + 8):
+        options = []
+        for i in range(n):
+            if i in D:
+                continue
+            if i in S and all(c in D for c in model.consumers[i]) and (
+                not layers[i].needs_inputs or all(j in A for j in layers[i].inputs)
+            ) and (not layers[i].needs_output or i in A):
+                options.append(backward(i))
+            if i not in A and all(j in A for j in layers[i].inputs):
+                options.append(forward(i, True) if i not in S else forward(i, False))
+                options.append(forward(i, False))
+            if i in P and i not in A:
+                options.append(pagein(i))
+        for i in range(n):
+            if i in A and i not in P:
+                options.append(pageout(i))
+            if i in A and not pinned(i) and (i != model.sink or i in D):
+                options.append(free(i))
+        if not options:
+            break
+        op = draw(st.sampled_from(options))
+        ops.append(op)
+        kind, i = op.kind.value, op.layer
+        if kind == "forward":
+            A.add(i)
+            if op.save:
+                S.add(i)
+        elif kind == "backward":
+            S.discard(i)
+            P.discard(i)
+            D.add(i)
+        elif kind == "free":
+            A.discard(i)
+        elif kind == "pageout":
+            P.add(i)
+        else:
+            A.add(i)
+        if len(D) == n:
+            break
     return ops

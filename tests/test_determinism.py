@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from planner.device import PRESETS
 from planner.model import load_model, model_from_dict
 from planner.solvers import STRATEGIES, applicable, solve
 from planner.synthetic import random_chain, random_dag
@@ -21,6 +22,7 @@ from tests.reference import spec_fingerprint
 from tests.conftest import RESNET18, ROOT, run_edgeplan
 
 OPTIONS = {"time_limit": 30.0}  # only strategies that take it get it
+STORAGE_DEVICE = "jetson-tx2-8gb"  # paging strategies run with its storage
 # Keys that would betray a run-dependent value in a schedule file.
 TIMING_KEY = re.compile(r"(^time$|second|elapsed|timestamp|date|duration|wall|clock|host|pid|seed)", re.I)
 
@@ -40,7 +42,7 @@ def _small_models(tmp_path):
     # auto (every strategy, milp included) on the DAG; the chain with dp alone keeps it quick.
     for model, strategy in ((chain, "dp"), (dag, "auto")):
         path = tmp_path / f"{model.name}.json"
-        path.write_text(json.dumps(model.to_dict()))
+        path.write_text(json.dumps(dict(model.to_dict(), time_unit="ms")))
         store_all = solve(model, None, "store-all").result.peak_bytes
         memory = store_all * 3 // 4 + model.params_bytes * 2
         pairs.append((path, memory, strategy))
@@ -93,18 +95,20 @@ def test_simulate_json_is_byte_identical(tmp_path):
 _DIGEST_SCRIPT = """
 import hashlib, json, sys
 from planner.model import model_from_dict
-from planner.solvers import applicable, solve
+from planner.solvers import STRATEGIES, applicable, solve
 from planner.errors import InfeasibleError
+from planner.device import PRESETS
+storage = PRESETS["STORAGE_DEVICE"].storage
 for path, budget in json.loads(sys.argv[1]):
     model = model_from_dict(json.load(open(path)))
-    for name in applicable(model):
-        options = {"time_limit": 30.0} if name == "milp" else {}
+    for name in applicable(model, storage=storage):
+        options = {"time_limit": 30.0} if "time_limit" in STRATEGIES[name].options else {}
         try:
-            text = "".join(solve(model, budget, name, **options).schedule.iter_json(model))
+            text = "".join(solve(model, budget, name, storage=storage, **options).schedule.iter_json(model))
         except InfeasibleError as exc:
             text = "infeasible %s" % exc.least_bytes
         print(path, name, hashlib.sha256(text.encode()).hexdigest())
-"""
+""".replace("STORAGE_DEVICE", STORAGE_DEVICE)
 
 
 def test_every_strategy_is_deterministic_across_hash_seeds(tmp_path):
@@ -128,7 +132,9 @@ def test_every_strategy_is_deterministic_across_hash_seeds(tmp_path):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_each_strategy_twice_in_one_process(name):
     model = random_dag(7, seed=11) if not STRATEGIES[name].chains_only else random_chain(9, seed=12)
-    assert name in applicable(model)
+    model = model_from_dict(dict(model.to_dict(), time_unit="ms"))
+    storage = PRESETS[STORAGE_DEVICE].storage
+    assert name in applicable(model, storage=storage)
     peak = solve(model, None, "store-all").result.peak_bytes
     options = {k: v for k, v in OPTIONS.items() if k in STRATEGIES[name].options}
     texts = []
@@ -136,7 +142,8 @@ def test_each_strategy_twice_in_one_process(name):
         # A fresh model object each time: no cached state may leak between solves.
         fresh = model_from_dict(json.loads(json.dumps(model.document)))
         try:
-            texts.append("".join(solve(fresh, peak * 3 // 4, name, **options).schedule.iter_json(fresh)))
+            solution = solve(fresh, peak * 3 // 4, name, storage=storage, **options)
+            texts.append("".join(solution.schedule.iter_json(fresh)))
         except Exception as exc:  # an infeasible answer must be deterministic too
             texts.append(f"{type(exc).__name__}: {exc} {getattr(exc, 'least_bytes', None)}")
     assert texts[0] == texts[1]

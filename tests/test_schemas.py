@@ -60,7 +60,8 @@ def test_schema_files_are_package_data():
     assert "planner = schemas/*.json" in setup
     assert {SCHEMA_NAMES[k] for k in SCHEMA_NAMES} == {p.name for p in (ROOT / "planner" / "schemas").glob("*.json")}
     assert load_schema("model.schema.json")["title"] == "edgeplan-model/1"
-    assert load_schema("schedule.schema.json")["title"] == "edgeplan-schedule/1"
+    assert load_schema("schedule.schema.json")["title"] == "edgeplan-schedule/2"
+    assert load_schema("device.schema.json")["title"] == "edgeplan-device/1"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

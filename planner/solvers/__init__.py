@@ -1,7 +1,9 @@
 """The solver registry: strategy name -> solver, and :func:`solve`.
 
 Every solver is a function ``fn(model, *, budget, **options) -> (ops, params)``
-that returns forward/backward ops (its decisions) and the parameters it used.
+that returns forward/backward ops (its decisions) and the parameters it used;
+a paging strategy (``needs_storage``) is also given ``storage=`` (a
+:class:`~planner.device.Storage`) and may return ``pageout``/``pagein`` ops.
 :func:`solve` lowers those ops with the shared lowering, replays them in the
 simulator, checks the budget and builds the :class:`~planner.schedule.Schedule`
 whose ``predicted`` numbers are the simulator's.  A solver never reports its
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 
 from planner import extras
+from planner.device import time_scale
 from planner.errors import (
     EdgeplanError,
     InfeasibleError,
@@ -42,6 +45,7 @@ __all__ = [
     "MILP_AUTO_MAX_LAYERS",
     "check_options",
     "missing_requirements",
+    "check_storage",
 ]
 
 
@@ -87,6 +91,10 @@ class Strategy:
         :func:`planner.extras.require` before it runs: a strategy whose
         module is missing is skipped by ``auto``, ``compare`` and ``sweep``,
         and is bad usage when named).
+    needs_storage : bool
+        A paging strategy (SPEC section 5): it runs only with a storage, is
+        called with ``storage=``, and joins the default set only when one is
+        given.
     """
 
     name: str
@@ -101,6 +109,7 @@ class Strategy:
     warm_starts: bool = False
     shares_work: bool = False
     requires: tuple = ()
+    needs_storage: bool = False
 
     def load(self):
         """The solver function."""
@@ -153,6 +162,19 @@ STRATEGIES = dict(
             warm_starts=True,
             requires=("scipy",),
         ),
+        # Paging strategies (SPEC section 5): only with a storage (--device).
+        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", needs_storage=True),
+        _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150),
+        _entry(
+            "milp-paging",
+            "milp_paging",
+            "milp_paging",
+            "exact mixed-integer program with recomputation and paging for any DAG, HiGHS (--time-limit SECONDS)",
+            options=("time_limit",),
+            emits_frees=True,
+            auto_max_layers=MILP_AUTO_MAX_LAYERS,
+            needs_storage=True,
+        ),
     ]
 )
 
@@ -195,7 +217,7 @@ def strategy_names():
     return list(STRATEGIES) + ["auto"]
 
 
-def applicable(model, options=None, *, include_missing=False):
+def applicable(model, options=None, *, storage=None, include_missing=False):
     """Names of the strategies that apply to ``model`` and run by default on it.
 
     The default set of ``auto``, ``compare`` and ``sweep``.  A strategy with
@@ -203,11 +225,14 @@ def applicable(model, options=None, *, include_missing=False):
     ``auto_dags_only`` only on DAGs, unless ``options`` give it one of its own
     options (``time_limit`` for milp): the user asked for it.  A strategy
     whose optional module is missing (:func:`missing_requirements`) is left out.
+    Paging strategies join only with a ``storage``.
     """
     options = options or {}
     names = []
     for s in STRATEGIES.values():
         if s.chains_only and not model.is_chain:
+            continue
+        if s.needs_storage and storage is None:
             continue
         asked = any(options.get(key) is not None for key in s.options)
         if not asked and s.auto_max_layers is not None and len(model) > s.auto_max_layers:
@@ -285,13 +310,27 @@ def _is_replayable(ops):
     return isinstance(ops, Sized) and isinstance(ops, Iterable) and not isinstance(ops, Iterator)
 
 
-def _run(model, budget, strategy, options, extra=None):
+def check_storage(model, storage):
+    """Raise :class:`~planner.errors.ModelError` if ``storage`` is given and ``model`` cannot page.
+
+    Paging needs a model whose ``time_unit`` is a time (SPEC section 5).
+    """
+    if storage is not None:
+        time_scale(model)
+
+
+def _run(model, budget, strategy, options, extra=None, storage=None):
     """Solve with one strategy, lower, replay, check the budget.
 
     ``extra`` are keyword arguments the registry adds (warm starts, the
     default set's time limit); they are not options of the user's.
     """
     extras.require(*strategy.requires, purpose=f"strategy {strategy.name!r}")
+    if strategy.needs_storage and storage is None:
+        raise NotApplicableError(
+            f"strategy {strategy.name!r} pages layer outputs to a storage, and none is given "
+            "(use --device)"
+        )
     fn = strategy.load()
     if strategy.chains_only and not model.is_chain:
         raise NotApplicableError(
@@ -301,6 +340,8 @@ def _run(model, budget, strategy, options, extra=None):
     started = time.perf_counter()
     kwargs = {k: v for k, v in options.items() if v is not None and k in strategy.options}
     kwargs = {**(extra or {}), **kwargs}
+    if strategy.needs_storage:
+        kwargs["storage"] = storage
     ops, params = fn(model, budget=budget, **kwargs)
     if not strategy.emits_frees:
         ops = tuple(insert_frees(model, ops))
@@ -308,7 +349,7 @@ def _run(model, budget, strategy, options, extra=None):
         ops = tuple(ops)
     # A replayable sequence (e.g. revolve's lazy ops) is simulated here and
     # regenerated when the schedule is written: long schedules are never held.
-    result = simulate(model, ops)
+    result = simulate(model, ops, storage=storage)
     seconds = time.perf_counter() - started
     if not result.valid:
         raise SolverBug(f"strategy {strategy.name!r} produced an invalid schedule: {result.error}")
@@ -326,6 +367,7 @@ def _run(model, budget, strategy, options, extra=None):
         budget_bytes=budget,
         predicted=result.predicted(),
         ops=ops,
+        storage=storage if result.pages else None,
     )
     return Solution(strategy.name, dict(params), schedule, result, ops, seconds)
 
@@ -343,13 +385,13 @@ def _warm_inputs(outcomes):
     }
 
 
-def _run_one(model, budget, name, options, extra, progress):
+def _run_one(model, budget, name, options, extra, progress, storage=None):
     strategy = STRATEGIES[name]
     if progress:
         progress(name, None)
     started = time.perf_counter()
     try:
-        solution = _run(model, budget, strategy, options, extra)
+        solution = _run(model, budget, strategy, options, extra, storage)
         outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
     except (InfeasibleError, NotApplicableError, TooLargeError) as exc:
         outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
@@ -359,7 +401,8 @@ def _run_one(model, budget, name, options, extra, progress):
 
 
 def run_all(
-    model, budget, *, strategies=None, options=None, progress=None, time_limit=AUTO_TIME_LIMIT, shared=None
+    model, budget, *, strategies=None, options=None, progress=None, time_limit=AUTO_TIME_LIMIT, shared=None,
+    storage=None,
 ):
     """Run several strategies and return one :class:`Outcome` each.
 
@@ -387,11 +430,14 @@ def run_all(
         strategies that share work (dp's tables) keep it there, each in its
         own entry; ``shared["budgets"]``, if set, announces the budgets the
         caller will ask for.
+    storage : planner.device.Storage or None, keyword-only
+        Given to paging strategies, which join the default set with it.
     """
     options = options or {}
     check_options(model, strategies, options)
+    check_storage(model, storage)
     default = strategies is None
-    names = applicable(model, options) if default else list(strategies)
+    names = applicable(model, options, storage=storage) if default else list(strategies)
     done = {}
     later = [name for name in names if STRATEGIES[name].warm_starts]
     for name in [n for n in names if n not in later] + later:
@@ -399,12 +445,12 @@ def run_all(
         extra = {}
         if strategy.warm_starts:
             extra = _warm_inputs(done.values())
-            if default and "time_limit" in strategy.options:
-                extra["time_limit"] = time_limit
+        if default and "time_limit" in strategy.options:
+            extra["time_limit"] = time_limit  # the default set's short budget; --time-limit wins
         if strategy.shares_work and shared is not None:
             extra["shared"] = mine = shared.setdefault(name, {})
             mine["budgets"] = shared.get("budgets", ())
-        done[name] = _run_one(model, budget, name, options, extra, progress)
+        done[name] = _run_one(model, budget, name, options, extra, progress, storage)
     return [done[name] for name in names]
 
 
@@ -418,7 +464,7 @@ def _best(outcomes):
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    best = min(feasible, key=lambda s: (s.result.compute, len(s.ops)))
+    best = min(feasible, key=lambda s: (s.result.compute + s.result.transfer, len(s.ops)))
     unproven = any(s.params.get("proven_optimal") is False for s in feasible)
     if unproven and "proven_optimal" not in best.params:
         params = dict(best.params, proven_optimal=False)
@@ -427,7 +473,7 @@ def _best(outcomes):
     return best
 
 
-def solve(model, budget, strategy="auto", *, progress=None, **options):
+def solve(model, budget, strategy="auto", *, progress=None, storage=None, **options):
     """Solve ``model`` for an activation ``budget`` with one strategy or ``auto``.
 
     Parameters
@@ -441,6 +487,9 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         (:func:`run_all`), the feasible schedule with the least compute, ties
         to fewer ops.  A strategy that takes warm starts (milp) gets the
         schedules of the other applicable strategies, solved first.
+    storage : planner.device.Storage or None, keyword-only
+        The second storage paging strategies page to (``--device``); ``auto``
+        then includes them.
     **options
         Strategy options (``segments``, ``snapshots``, ``time_limit``, ...).
 
@@ -461,6 +510,8 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
         out of range (also a ``ValueError``).
     MissingExtraError
         The strategy needs a module that is not installed.
+    ModelError
+        A ``storage`` is given and the model's ``time_unit`` is not a time.
     SolverBug
         The simulator rejected a solver's schedule (never expected).
     """
@@ -468,8 +519,9 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
     if strategy != "auto" and strategy not in STRATEGIES:
         raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
     check_options(model, strategy, options)
+    check_storage(model, storage)
     if strategy == "auto":
-        outcomes = run_all(model, budget, options=options, progress=progress)
+        outcomes = run_all(model, budget, options=options, progress=progress, storage=storage)
         best = _best(outcomes)
         if best is not None:
             return dataclasses.replace(best, solve_seconds=time.perf_counter() - started)
@@ -484,9 +536,9 @@ def solve(model, budget, strategy="auto", *, progress=None, **options):
     extra = None
     if chosen.warm_starts:
         others = [
-            name for name in applicable(model)
+            name for name in applicable(model, storage=storage)
             if name != strategy and not STRATEGIES[name].warm_starts
         ]
-        extra = _warm_inputs(run_all(model, budget, strategies=others))
-    solution = _run(model, budget, chosen, options, extra)
+        extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage))
+    solution = _run(model, budget, chosen, options, extra, storage)
     return dataclasses.replace(solution, solve_seconds=time.perf_counter() - started)

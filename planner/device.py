@@ -1,0 +1,257 @@
+"""Devices and their second storage (SPEC section 5): ``edgeplan-device/1``.
+
+A :class:`Storage` is where layer outputs can be paged out to and read back
+from (an SD card, eMMC, host memory for a GPU); a :class:`Device` is a memory
+size and optionally a storage.  :data:`PRESETS` are built-in devices named
+after what users own; :func:`load_device` takes a preset name or a device file.
+
+Transfer times are in seconds here; :func:`time_scale` converts them to a
+model's ``time_unit``.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import DeviceError, ModelError
+
+__all__ = [
+    "DEVICE_FORMAT",
+    "TIME_UNITS",
+    "Storage",
+    "Device",
+    "PRESETS",
+    "time_scale",
+    "storage_from_dict",
+    "device_from_dict",
+    "load_device",
+]
+
+DEVICE_FORMAT = "edgeplan-device/1"
+
+#: Model ``time_unit`` -> how many of it make one second.
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+_RATES = ("read_bytes_per_s", "write_bytes_per_s")
+_LATENCIES = ("read_latency_s", "write_latency_s")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A second, slower storage for paged layer outputs.
+
+    Attributes
+    ----------
+    read_bytes_per_s, write_bytes_per_s : float
+        Sustained rates, > 0.
+    read_latency_s, write_latency_s : float
+        Fixed cost of each transfer, >= 0.
+    bytes : int or None
+        Capacity: the paged outputs may never exceed it (None: unlimited).
+
+    Raises
+    ------
+    ValueError
+        On construction, naming the field that is out of range.
+    """
+
+    read_bytes_per_s: float
+    write_bytes_per_s: float
+    read_latency_s: float = 0.0
+    write_latency_s: float = 0.0
+    bytes: int = None
+
+    def __post_init__(self):
+        for key in _RATES:
+            value = getattr(self, key)
+            if not _is_number(value) or value <= 0:
+                raise ValueError(f"field 'storage.{key}': must be a number > 0, got {value!r}")
+        for key in _LATENCIES:
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"field 'storage.{key}': must be a number >= 0, got {value!r}")
+        cap = self.bytes
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
+            raise ValueError(f"field 'storage.bytes': must be an integer > 0 or absent, got {cap!r}")
+
+    def pageout_seconds(self, nbytes):
+        """Seconds to write ``nbytes``: ``write_latency_s + nbytes / write_bytes_per_s``."""
+        return self.write_latency_s + nbytes / self.write_bytes_per_s
+
+    def pagein_seconds(self, nbytes):
+        """Seconds to read ``nbytes`` back: ``read_latency_s + nbytes / read_bytes_per_s``."""
+        return self.read_latency_s + nbytes / self.read_bytes_per_s
+
+    def to_dict(self):
+        """The ``storage`` object of device and ``edgeplan-schedule/2`` files."""
+        doc = {key: getattr(self, key) for key in _RATES + _LATENCIES}
+        if self.bytes is not None:
+            doc["bytes"] = self.bytes
+        return doc
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device: the memory a training step may use, and an optional storage.
+
+    Attributes
+    ----------
+    name : str
+    memory_bytes : int
+        What ``--memory`` would give.
+    storage : Storage or None
+    source : str
+        Where the figures come from.
+    """
+
+    name: str
+    memory_bytes: int
+    storage: Storage = None
+    source: str = ""
+
+    def to_dict(self):
+        """The ``edgeplan-device/1`` document."""
+        doc = {"format": DEVICE_FORMAT, "name": self.name, "memory_bytes": self.memory_bytes}
+        if self.storage is not None:
+            doc["storage"] = self.storage.to_dict()
+        if self.source:
+            doc["source"] = self.source
+        return doc
+
+
+def time_scale(model):
+    """How many of ``model``'s time unit make one second.
+
+    Raises
+    ------
+    ModelError
+        If the model's ``time_unit`` is not ``s``, ``ms``, ``us`` or ``ns``:
+        paging costs are times, and cannot be added to other units.
+    """
+    unit = model.time_unit
+    if unit not in TIME_UNITS:
+        raise ModelError(
+            f"model {model.name!r}: paging needs a model whose time_unit is a time "
+            f"({', '.join(TIME_UNITS)}), got {unit!r}" + ("" if unit else " (none given)")
+        )
+    return TIME_UNITS[unit]
+
+
+def storage_from_dict(document, *, error=DeviceError, source_name="<device>"):
+    """A :class:`Storage` from a parsed ``storage`` object.
+
+    Parameters
+    ----------
+    document : object
+    error : type, keyword-only
+        The exception class to raise (:class:`~planner.errors.DeviceError`,
+        :class:`~planner.errors.ScheduleFormatError`).
+    source_name : str, keyword-only
+        The file name for messages.
+    """
+    if not isinstance(document, dict):
+        raise error(f"{source_name}: field 'storage': must be a JSON object")
+    kwargs = {}
+    for key in _RATES:
+        if key not in document:
+            raise error(f"{source_name}: field 'storage.{key}': missing")
+    for key in _RATES + _LATENCIES + ("bytes",):
+        if key in document:
+            kwargs[key] = document[key]
+    try:
+        return Storage(**kwargs)
+    except ValueError as exc:
+        raise error(f"{source_name}: {exc}") from None
+
+
+def device_from_dict(document, *, source_name="<device>"):
+    """A :class:`Device` from a parsed ``edgeplan-device/1`` document.
+
+    Raises
+    ------
+    DeviceError
+        Naming the file and the field, for anything the schema
+        (``device.schema.json``) rejects.
+    """
+    from planner.schemas import check_device_document
+
+    check_device_document(document, source_name=source_name)
+    storage = document.get("storage")
+    if storage is not None:
+        storage = storage_from_dict(storage, source_name=source_name)
+    return Device(
+        name=document["name"],
+        memory_bytes=document["memory_bytes"],
+        storage=storage,
+        source=document.get("source", ""),
+    )
+
+
+def load_device(name_or_path):
+    """A built-in preset by name, or an ``edgeplan-device/1`` file.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A key of :data:`PRESETS`, else a path.
+
+    Raises
+    ------
+    DeviceError
+        Neither a preset nor a readable, valid device file.
+    """
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    from planner.model import read_json_file
+
+    if not Path(key).exists():
+        raise DeviceError(
+            f"{key}: no such device file, and not a built-in device (one of: {', '.join(PRESETS)})"
+        )
+    document = read_json_file(key, error=DeviceError, what="device file")
+    return device_from_dict(document, source_name=key)
+
+
+_POET = (
+    "Patil et al., POET (ICML 2022), paging figures measured on the device; "
+    "memory_bytes: the board's RAM (pass --memory for what a training step may really use)"
+)
+
+#: Built-in devices, by name.
+PRESETS = {
+    d.name: d
+    for d in (
+        Device(
+            "rpi4-4gb-sd",
+            4 * 2**30,
+            Storage(45.5e6, 24.5e6, read_latency_s=5.1e-6, write_latency_s=18.5e-6),
+            "Raspberry Pi 4 Model B 4 GB with an SD card, write caching on. " + _POET,
+        ),
+        Device(
+            "jetson-tx2-8gb",
+            8 * 2**30,
+            Storage(108.5e6, 94.37e6, read_latency_s=0.54e-3, write_latency_s=2.396e-3),
+            "NVIDIA Jetson TX2 8 GB (memory shared by CPU and GPU), its eMMC. " + _POET,
+        ),
+        Device(
+            "cortex-m4f-sd",
+            256 * 2**10,
+            Storage(4.6e6, 4.44e6, read_latency_s=0.109e-3, write_latency_s=0.113e-3),
+            "Arm Cortex-M4F microcontroller (nRF52840 class, 256 KiB SRAM) with an SD card. "
+            + _POET,
+        ),
+        Device(
+            "gpu-a100-80gb-pcie4-host",
+            80 * 2**30,
+            Storage(25e9, 25e9, read_latency_s=10e-6, write_latency_s=10e-6),
+            "NVIDIA A100 80 GB PCIe, pinned host memory over PCIe 4.0 x16: 31.5 GB/s "
+            "theoretical each way, about 25 GB/s in practice; 10 us per copy is an estimate "
+            "of a synchronised cudaMemcpyAsync",
+        ),
+    )
+}

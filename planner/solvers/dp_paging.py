@@ -1,0 +1,676 @@
+"""``dp-paging``: the persistent chain DP with checkpoints paged to storage (SPEC section 5).
+
+The class is rotor's (Beaumont et al. 2019, see :mod:`planner.solvers.dp`):
+``Solve(s, t)`` reverses layers ``s..t`` given the checkpoint ``a[s-1]`` (the
+output of layer ``s - 1``; the model input for ``s = 0``) and, for ``t < n -
+1``, the gradient of ``a[t]``.  It does one of
+
+* ``F_all``: ``forward(s, save)``, ``Solve(s + 1, t)``, ``backward(s)``;
+* ``F_ck`` at ``s'``: ``forward(k, no save)`` for ``k = s..s'-1`` (``a[s-1]``
+  stays in memory), ``Solve(s', t)``, ``Solve(s, s'-1)``;
+* ``F_pg`` at ``s'`` (new): ``pageout(s-1)`` (unless ``a[s-1]`` is already
+  in storage), the same forwards, after which ``a[s-1]`` is freed,
+  ``Solve(s', t)`` without ``a[s-1]`` in memory, ``pagein(s-1)``, then
+  ``Solve(s, s'-1)`` with ``a[s-1]`` *paged*: a later ``F_pg`` of the same
+  checkpoint costs only its pagein.
+
+``F_pg`` is the heterogeneous-chain counterpart of H-Revolve's disk level
+(Herrmann & Pallez 2020; Aupy et al.'s Disk-Revolve): a checkpoint is written
+when the forward sweep leaves it and read back when the sweep returns to it,
+instead of occupying memory while the rest of its segment is reversed.  With
+``F_pg`` never chosen the class is exactly ``dp``'s, so ``dp-paging`` is never
+worse than ``dp``.
+
+A subproblem comes in three *modes* for ``a[s-1]``: *released* (freed after
+its last use inside), *pinned* (the caller's backward of ``s - 1`` reads it:
+``needs_output``; it can be neither freed nor paged) and *paged* (released,
+and already in storage).  Memory is counted exactly as the simulator does
+with the frees of :func:`lower` (every output freed right after its last
+read, the sink's output held until its backward), peaks relative to what the
+caller holds besides ``a[s-1]`` and the gradient of ``a[t]``:
+
+* ``F_all``: as in ``dp`` (forward peak ``p + g + o[s] + sv[s] + wf[s]``, the
+  rest on top of ``h p + sv[s]``, backward peak ``h p + sv[s] + [no[s] or
+  sink] o[s] + o[s] + p + wb[s]``, ``h`` = pinned or ``needs_inputs[s]``);
+* ``F_ck``: forward ``k`` peaks at ``p + g + [k > s] o[k-1] + o[k] + wf[k]``,
+  then ``Solve(s', t)`` on top of ``p``, then ``Solve(s, s'-1)``;
+* ``F_pg``: the same forwards, but ``p`` only counts during ``forward(s)``;
+  ``Solve(s', t)`` runs on top of nothing; the pagein adds ``p`` to the
+  ``g' = o[s'-1]`` left by the right part, which ``Solve(s, s'-1)``'s own
+  first forward already counts.
+
+The cost is compute plus transfer time: a pageout costs ``write_latency_s +
+o / write_bytes_per_s``, a pagein ``read_latency_s + o / read_bytes_per_s``,
+converted to the model's ``time_unit``.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.device import time_scale
+from planner.errors import InfeasibleError, NotApplicableError
+from planner.lowering import insert_frees
+from planner.schedule import OpKind, backward, forward, free, pagein, pageout
+
+__all__ = ["dp_paging", "lower", "transfer_costs"]
+
+_R, _N, _P = 0, 1, 2  # released, pinned, paged
+_ALL = 1  # choice codes: 0 none, 1 F_all, 2 + 2 j F_ck, 3 + 2 j F_pg (split s + 1 + j)
+
+# Exact byte grid when the tables have at most _EXACT_CELLS cells and the work
+# (n^3 / 6 x levels x 3 modes) is at most _WORK; a rounded grid is refined
+# (x2 at a time) within the same limits.
+_EXACT_CELLS = 4_000_000
+_WORK = 2e8
+_MAX_WORK = 1e9  # about 45 s of numpy
+_MAX_TABLE_BYTES = 1.5e9
+_MIN_LEVELS = 64
+_MAX_LEVELS = 10**6
+_SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+# --------------------------------------------------------------------------
+# Transfer costs and the lowering (frees) of paging schedules
+
+
+def transfer_costs(model, storage):
+    """Per-layer ``(pageout, pagein)`` times in the model's time unit, as numpy arrays.
+
+    Raises
+    ------
+    ModelError
+        The model's ``time_unit`` is not a time (``s``, ``ms``, ``us``, ``ns``).
+    """
+    scale = time_scale(model)
+    outs = [layer.output_bytes for layer in model.layers]
+    write = np.array([storage.pageout_seconds(o) * scale for o in outs])
+    read = np.array([storage.pagein_seconds(o) * scale for o in outs])
+    return write, read
+
+
+def lower(model, ops):
+    """The shared lowering of ``ops``, with the sink's output held until its backward.
+
+    :func:`planner.lowering.insert_frees` frees every output right after its
+    last read (a pagein starts a new lifetime, a pageout reads it); the loss
+    reads the sink's output, so it is freed after the sink's backward (SPEC
+    section 3), which is what the recurrence counts.
+
+    Returns
+    -------
+    list of Op
+    """
+    result = list(insert_frees(model, ops))
+    sink = model.sink
+    at = next((k for k, op in enumerate(result) if op.kind is OpKind.FREE and op.layer == sink), None)
+    back = next(k for k, op in enumerate(result) if op.kind is OpKind.BACKWARD and op.layer == sink)
+    if at is not None and at < back:
+        del result[at]
+        result.insert(back, free(sink))  # right after the backward (one index lower now)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Sizes and the per-subproblem formulas
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Sizes (grid units or bytes, int64), flags and what may be paged."""
+
+    o: np.ndarray
+    sv: np.ndarray
+    wf: np.ndarray
+    wb: np.ndarray
+    ni: np.ndarray
+    no: np.ndarray
+    pageable: np.ndarray  # pageable[i]: a[i] may be paged out
+
+    @property
+    def n(self):
+        return len(self.o)
+
+    def prev(self, s):
+        return int(self.o[s - 1]) if s > 0 else 0
+
+    def grad(self, t):
+        return int(self.o[t]) if t < self.n - 1 else 0
+
+    def can_page(self, s):
+        return s > 0 and self.o[s - 1] > 0 and bool(self.pageable[s - 1])
+
+    def modes(self, s):
+        """The modes that differ for a subproblem starting at ``s``."""
+        if s == 0 or self.o[s - 1] == 0:
+            return (_R,)
+        page = self.can_page(s)
+        modes = (_R, _N) if (page or not self.ni[s]) else (_R,)
+        return modes + ((_P,) if page else ())
+
+    def key(self, s, mode):
+        return mode if mode in self.modes(s) else _R
+
+    def sub_mode(self, s):
+        return _N if self.no[s] else _R
+
+    def all_need(self, s, t, mode):
+        """(peak of F_all's own ops, what stays during ``Solve(s + 1, t)``)."""
+        o, p = self.o, self.prev(s)
+        h = p if (mode == _N or self.ni[s]) else 0
+        own = o[s] if (self.no[s] or s == self.n - 1) else 0
+        need_f = p + self.grad(t) + o[s] + self.sv[s] + self.wf[s]
+        need_b = h + self.sv[s] + own + o[s] + p + self.wb[s]
+        return int(max(need_f, need_b)), int(h + self.sv[s])
+
+    def chain_peaks(self, s):
+        """(F_ck, F_pg) peaks of ``forward(k)`` for ``k = s..s+j``, without ``g``."""
+        o, wf, p = self.o, self.wf, self.prev(s)
+        first = int(o[s] + wf[s])
+        rest = o[s : self.n - 1] + o[s + 1 :] + wf[s + 1 :]
+        steps = np.concatenate(([first], rest)).astype(np.int64)
+        ck = np.maximum.accumulate(steps) + p
+        steps[0] += p
+        return ck, np.maximum.accumulate(steps)
+
+    def scaled(self, unit):
+        up = lambda a: -(-a // unit)  # noqa: E731
+        return _Chain(up(self.o), up(self.sv), up(self.wf), up(self.wb), self.ni, self.no, self.pageable)
+
+
+def _chain(model, pageable):
+    layers = model.layers
+
+    def arr(key):
+        return np.array([getattr(l, key) for l in layers], dtype=np.int64)
+
+    return _Chain(
+        arr("output_bytes"),
+        arr("saved_bytes"),
+        arr("workspace_forward"),
+        arr("workspace_backward"),
+        np.array([l.needs_inputs for l in layers], dtype=bool),
+        np.array([l.needs_output for l in layers], dtype=bool),
+        np.asarray(pageable, dtype=bool),
+    )
+
+
+@dataclass(frozen=True)
+class _Costs:
+    f: np.ndarray
+    b: np.ndarray
+    out: np.ndarray  # pageout time of a[i]
+    inn: np.ndarray  # pagein time of a[i]
+
+    def pg(self, s, mode):
+        """Transfer time of ``F_pg`` at ``s`` in ``mode``."""
+        return (0.0 if mode == _P else float(self.out[s - 1])) + float(self.inn[s - 1])
+
+
+# --------------------------------------------------------------------------
+# Decision trees: ("all", s, t, mode, child) or ("ck"|"pg", s, t, mode, split, right, left)
+
+
+def _tree_ops(tree):
+    """Forward/backward/paging ops of a decision tree, in execution order."""
+    ops = []
+    stack = [("node", 0)]
+    while stack:
+        kind, x = stack.pop()
+        if kind == "ops":
+            ops.extend(x)
+            continue
+        node = tree[x]
+        if node[0] == "all":
+            _, s, _t, _m, child = node
+            ops.append(forward(s, True))
+            stack.append(("ops", [backward(s)]))
+            if child >= 0:
+                stack.append(("node", child))
+            continue
+        kind_, s, _t, mode, split, right, left = node
+        if kind_ == "pg" and mode != _P:
+            ops.append(pageout(s - 1))
+        ops.extend(forward(k, False) for k in range(s, split))
+        stack.append(("node", left))
+        if kind_ == "pg":
+            stack.append(("ops", [pagein(s - 1)]))
+        stack.append(("node", right))
+    return ops
+
+
+def _tree_eval(tree, z, c):
+    """Exact (peak above ``input_bytes``, cost, storage peak bytes) of a tree."""
+    peak = [0] * len(tree)
+    cost = [0.0] * len(tree)
+    store = [0] * len(tree)  # storage peak in bytes while the node runs, paged a[s-1] excluded
+    for x in range(len(tree) - 1, -1, -1):
+        node = tree[x]
+        s, t, mode = node[1], node[2], node[3]
+        if node[0] == "all":
+            child = node[4]
+            need, off = z.all_need(s, t, mode)
+            cst = float(c.f[s] + c.b[s])
+            st = 0
+            if child >= 0:
+                need = max(need, off + peak[child])
+                cst += cost[child]
+                st = store[child]
+        else:
+            split, right, left = node[4], node[5], node[6]
+            ck, pg = z.chain_peaks(s)
+            g, p = z.grad(t), z.prev(s)
+            fch = float(np.sum(c.f[s:split]))
+            # The right part's paged checkpoint a[split-1] stays in storage until
+            # backward(split - 1), the left part's first backward (counted over
+            # the whole left part: an upper bound).
+            leak = int(z.o[split - 1]) if _pages_own(tree, right) else 0
+            st = max(store[right], store[left] + leak)
+            if node[0] == "ck":
+                need = max(g + int(ck[split - s - 1]), p + peak[right], peak[left])
+                cst = fch + cost[right] + cost[left]
+            else:
+                need = max(g + int(pg[split - s - 1]), peak[right], peak[left])
+                cst = fch + c.pg(s, mode) + cost[right] + cost[left]
+                # a[s-1] is in storage from here until the caller's backward(s - 1)
+                st += 0 if mode == _P else int(z.o[s - 1])
+        peak[x], cost[x], store[x] = int(need), cst, st
+    return peak[0], cost[0], store[0]
+
+
+def _pages_own(tree, x):
+    """Whether the subtree at ``x`` pages its own checkpoint ``a[s-1]``."""
+    while x >= 0:
+        node = tree[x]
+        if node[0] == "pg":
+            return True
+        if node[0] == "all":
+            return False
+        x = node[6]  # F_ck: the left part keeps the same checkpoint
+    return False
+
+
+# --------------------------------------------------------------------------
+# The memory-indexed table
+
+
+class _Table:
+    """``C(s, t, mode, m)`` for ``m = 0..W-1`` grid units, with the choices."""
+
+    def __init__(self, z, c, width):
+        n = z.n
+        self.z, self.c, self.W = z, c, width
+        self.val = {}  # (mode, s) -> (n - s, W) float64, row t - s
+        self.ch = {}
+        for s in range(n):
+            for mode in z.modes(s):
+                self.val[mode, s] = np.full((n - s, width), np.inf)
+                self.ch[mode, s] = np.zeros((n - s, width), dtype=np.int32)
+        self.by_t = [np.full((t + 1, width), np.inf) for t in range(n)]  # released rows
+        self.fsum = np.concatenate(([0.0], np.cumsum(c.f)))
+        self._fill()
+
+    def _fill(self):
+        z, c, W = self.z, self.c, self.W
+        n = z.n
+        cols = np.arange(W)
+        for s in range(n - 1, -1, -1):
+            p = z.prev(s)
+            if s < n - 1:
+                ck, pg = z.chain_peaks(s)
+            for t in range(s, n):
+                g = z.grad(t)
+                k = t - s
+                fch = self.fsum[s + 1 : t + 1] - self.fsum[s]
+                for mode in z.modes(s):
+                    row, ch = self.val[mode, s][k], self.ch[mode, s][k]
+                    need, off = z.all_need(s, t, mode)
+                    lo = max(need, off)
+                    if lo < W:
+                        if s == t:
+                            row[lo:] = c.f[s] + c.b[s]
+                        else:
+                            sub = self.val[z.key(s + 1, z.sub_mode(s)), s + 1][k - 1]
+                            row[lo:] = c.f[s] + c.b[s] + sub[lo - off : W - off]
+                        ch[lo:] = np.where(np.isfinite(row[lo:]), _ALL, 0)
+                    if s == t:
+                        continue
+                    rights = self.by_t[t][s + 1 : t + 1]
+                    lefts = self.val[mode, s][:k]
+                    if p < W:
+                        v = np.full((k, W), np.inf)
+                        v[:, p:] = rights[:, : W - p] + lefts[:, p:] + fch[:, None]
+                        v[cols[None, :] < (ck[:k] + g)[:, None]] = np.inf
+                        self._take(row, ch, v, 2)
+                    if mode != _N and z.can_page(s):
+                        v = rights + self.val[_P, s][:k] + (fch + c.pg(s, mode))[:, None]
+                        v[cols[None, :] < (pg[:k] + g)[:, None]] = np.inf
+                        self._take(row, ch, v, 3)
+                self.by_t[t][s] = self.val[_R, s][k]
+
+    @staticmethod
+    def _take(row, ch, v, code):
+        j = np.argmin(v, axis=0)
+        best = v[j, np.arange(v.shape[1])]
+        better = best < row
+        row[better] = best[better]
+        ch[better] = code + 2 * j[better]
+
+    def tree(self, m):
+        """The optimal tree of ``Solve(0, n-1)`` within ``m`` units, or None."""
+        z = self.z
+        if not np.isfinite(self.val[_R, 0][z.n - 1, m]):
+            return None
+        tree = []
+        stack = [(0, z.n - 1, _R, m, None)]
+        while stack:
+            s, t, mode, mm, slot = stack.pop()
+            x = len(tree)
+            if slot is not None:
+                slot[0][slot[1]] = x
+            code = int(self.ch[z.key(s, mode), s][t - s, mm])
+            if code == _ALL:
+                node = ["all", s, t, mode, -1]
+                tree.append(node)
+                if s < t:
+                    _, off = z.all_need(s, t, mode)
+                    stack.append((s + 1, t, z.sub_mode(s), mm - off, (node, 4)))
+                continue
+            if code < 2:  # pragma: no cover - the table said feasible
+                raise RuntimeError(f"dp-paging: no choice for Solve({s}, {t}, {mode}, {mm})")
+            split = s + 1 + (code - 2) // 2
+            paged = code % 2 == 1
+            node = ["pg" if paged else "ck", s, t, mode, split, -1, -1]
+            tree.append(node)
+            stack.append((s, split - 1, _P if paged else mode, mm, (node, 6)))
+            stack.append((split, t, _R, mm if paged else mm - z.prev(s), (node, 5)))
+        return [tuple(node) for node in tree]
+
+
+# --------------------------------------------------------------------------
+# Least peak (no memory axis)
+
+
+def _least_peak_tree(z, c):
+    """A least-peak tree of the class (ties: least cost), exact integers, O(n^3)."""
+    n = z.n
+    best = {}  # (mode, s, t) -> (peak, cost, option)
+    for s in range(n - 1, -1, -1):
+        p = z.prev(s)
+        if s < n - 1:
+            ck, pg = z.chain_peaks(s)
+        for t in range(s, n):
+            g = z.grad(t)
+            for mode in z.modes(s):
+                need, off = z.all_need(s, t, mode)
+                cost = float(c.f[s] + c.b[s])
+                if s < t:
+                    sp, sc, _ = best[z.key(s + 1, z.sub_mode(s)), s + 1, t]
+                    need, cost = max(need, off + sp), cost + sc
+                cand = [(need, cost, ("all",))]
+                for split in range(s + 1, t + 1):
+                    rp, rc, _ = best[_R, split, t]
+                    fch = float(np.sum(c.f[s:split]))
+                    lp, lc, _ = best[mode, s, split - 1]
+                    need = max(g + int(ck[split - s - 1]), p + rp, lp)
+                    cand.append((need, fch + rc + lc, ("ck", split)))
+                    if mode != _N and z.can_page(s):
+                        lp, lc, _ = best[_P, s, split - 1]
+                        need = max(g + int(pg[split - s - 1]), rp, lp)
+                        cand.append((need, fch + c.pg(s, mode) + rc + lc, ("pg", split)))
+                best[mode, s, t] = min(cand, key=lambda x: (x[0], x[1]))
+    tree = []
+    stack = [(0, n - 1, _R, None)]
+    while stack:
+        s, t, mode, slot = stack.pop()
+        x = len(tree)
+        if slot is not None:
+            slot[0][slot[1]] = x
+        option = best[z.key(s, mode), s, t][2]
+        if option[0] == "all":
+            node = ["all", s, t, mode, -1]
+            tree.append(node)
+            if s < t:
+                stack.append((s + 1, t, z.sub_mode(s), (node, 4)))
+            continue
+        kind, split = option
+        node = [kind, s, t, mode, split, -1, -1]
+        tree.append(node)
+        stack.append((s, split - 1, _P if kind == "pg" else mode, (node, 6)))
+        stack.append((split, t, _R, (node, 5)))
+    return [tuple(node) for node in tree]
+
+
+def _store_all_tree(z):
+    n = z.n
+    return [("all", s, n - 1, _R if s == 0 else z.sub_mode(s - 1), s + 1 if s < n - 1 else -1) for s in range(n)]
+
+
+# --------------------------------------------------------------------------
+# Solving
+
+
+def _grid_solve(z, c, avail, levels, params):
+    """Cheapest tree of the table within ``avail`` bytes: ``(cost, peak, store, tree)`` or None."""
+    n = z.n
+    unit = 0
+    for arr in (z.o, z.sv, z.wf, z.wb):
+        for v in arr:
+            unit = math.gcd(unit, int(v))
+    unit = unit or 1
+    width = avail // unit + 1
+    cells = 3 * n * (n + 1) / 2
+    if cells * width <= _EXACT_CELLS and n**3 / 2 * width <= _WORK:
+        params.update(grid="exact", unit_bytes=unit, levels=width)
+        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+    else:
+        # Rounded up: every size is overestimated, so a schedule of the table fits.
+        grid = levels
+        while cells * grid * 2 <= _EXACT_CELLS and n**3 / 2 * grid * 2 <= _WORK:
+            grid *= 2
+        # Long chains: fewer levels (dp's own answer is still taken when cheaper),
+        # down to _MIN_LEVELS; beyond, refused.
+        while grid > _MIN_LEVELS and (n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES):
+            grid //= 2
+        if n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES:
+            raise NotApplicableError(
+                f"dp-paging: a chain of {n} layers is too large for the O(n^3 x levels) "
+                "dynamic program; use dp, revolve or page-all"
+            )
+        unit = max(1, -(-avail // grid), unit)
+        width = avail // unit + 1
+        params.update(grid="rounded", unit_bytes=unit, levels=width)
+        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+    if tree is None:
+        return None
+    peak, cost, store = _tree_eval(tree, z, c)
+    return cost, peak, store, tree
+
+
+def _solve_mask(model, z, c, avail, levels, params):
+    """The grid solution, else the least-peak tree if it fits, else None (+ least peak)."""
+    found = _grid_solve(z, c, avail, levels, params)
+    if found is not None:
+        return found, None
+    least = _least_peak_tree(z, c)
+    peak, cost, store = _tree_eval(least, z, c)
+    if peak <= avail:
+        params.update(grid="least-peak")
+        return (cost, peak, store, least), None
+    return None, peak
+
+
+def _capacity_masks(z, tree, capacity):
+    """Sets of pageable layers whose outputs fit ``capacity`` together (greedy, two orders)."""
+    paged = sorted({node[1] - 1 for node in tree if node[0] == "pg"})
+    masks = []
+    for order in (sorted(paged, key=lambda i: -int(z.o[i])), sorted(paged, key=lambda i: int(z.o[i]))):
+        chosen, total = [], 0
+        for i in order:
+            if total + int(z.o[i]) <= capacity:
+                chosen.append(i)
+                total += int(z.o[i])
+        mask = np.zeros(z.n, dtype=bool)
+        mask[chosen] = True
+        masks.append(mask)
+    return masks
+
+
+def dp_paging(model, *, budget=None, storage=None, levels=500):
+    """Optimal persistent schedule of a chain with checkpoints paged to storage.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+        A chain.  With a ``storage``, its ``time_unit`` must be a time.
+    budget : int or None, keyword-only
+        Activation budget in bytes (``input_bytes`` included).  None: store-all.
+    storage : planner.device.Storage or None, keyword-only
+        Read/write speeds, latencies and optional capacity ``bytes``.  None:
+        no paging (``dp``'s class).
+    levels : int, keyword-only
+        Memory levels of the rounded grid (default 500), see Notes.
+
+    Returns
+    -------
+    ops : list of Op
+        Forward, backward, pageout, pagein and free ops (the frees of
+        :func:`lower`: every output freed right after its last read).
+    params : dict
+        ``grid`` (``"none"``, ``"exact"``, ``"rounded"``, ``"least-peak"``),
+        ``unit_bytes``, ``levels``, ``paged`` (layers whose output is paged
+        out), ``dp_cost`` (compute plus transfer) and ``dp_peak_bytes`` of
+        the returned schedule by the recurrence's own exact formulas (equal to
+        the simulator's), and ``storage_bound_bytes`` (an upper bound of the
+        bytes in storage at once).
+
+    Raises
+    ------
+    NotApplicableError
+        The model is not a chain, or too long for the table (above about 310
+        layers).
+    InfeasibleError
+        No schedule of the class fits; ``least_bytes`` is the class's exact
+        least peak (with paging).
+    ValueError
+        ``levels`` out of range.
+    ModelError
+        A storage is given and the model's time unit is not a time.
+
+    Notes
+    -----
+    The recurrence (module docstring) over ``C(s, t, mode, m)`` for ``m`` on a
+    memory grid: the exact byte grid (sizes divided by their gcd) when it has
+    at most 4e6 cells and 2e8 steps, the schedule then being optimal over the
+    class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
+    (``L = levels``, doubled while the limits allow, halved down to 64 while
+    the table would take more than 1e9 steps or 1.5 GB), so every schedule the
+    table returns fits, and ``dp``'s own answer is taken when it is cheaper,
+    so that ``dp-paging`` is never worse than ``dp``.  A storage capacity
+    (``storage.bytes``) that could be exceeded is met by restricting paging
+    to greedy subsets of the layers the unrestricted schedule pages whose
+    outputs fit the capacity together (not optimal then, always within it).
+
+    O(n^3 x levels) time (three modes, two options per split, vectorised with
+    numpy over the split and the memory axis), O(n^2 x levels) memory.
+
+    References
+    ----------
+    O. Beaumont, L. Eyraud-Dubois, J. Herrmann, A. Joly, A. Shilova, "Optimal
+    checkpointing for heterogeneous chains", INRIA hal-02352969, 2019.
+    J. Herrmann, G. Pallez, "H-Revolve: a framework for adjoint computation on
+    synchronous hierarchical platforms", ACM TOMS 46(2), 2020.
+    G. Aupy, J. Herrmann, P. Hovland, Y. Robert, "Optimal multistage algorithm
+    for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
+    """
+    if not model.is_chain:
+        raise NotApplicableError("dp-paging applies to chains only; this model is a DAG")
+    if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
+        raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
+    n = len(model)
+    f = np.array([float(l.forward) for l in model.layers])
+    b = np.array([float(l.backward) for l in model.layers])
+    if storage is None:
+        out = inn = np.zeros(n)
+        pageable = np.zeros(n, dtype=bool)
+    else:
+        out, inn = transfer_costs(model, storage)
+        pageable = np.ones(n, dtype=bool)
+    c = _Costs(f, b, out, inn)
+    z = _chain(model, pageable)
+    params = {"grid": "none", "unit_bytes": None, "levels": None}
+    sa = _store_all_tree(z)
+    sa_peak, sa_cost, _ = _tree_eval(sa, z, c)
+    if budget is None or sa_peak + model.input_bytes <= budget:
+        return _finish(model, sa, (sa_cost, sa_peak, 0), params)
+    avail = budget - model.input_bytes
+    if avail < 0:
+        lp = _tree_eval(_least_peak_tree(z, c), z, c)[0]
+        raise _infeasible(budget, lp + model.input_bytes)
+    found, least = _solve_mask(model, z, c, avail, levels, params)
+    capacity = None if storage is None else getattr(storage, "bytes", None)
+    if found is not None and capacity is not None and found[2] > capacity:
+        candidates = []
+        for mask in _capacity_masks(z, found[3], capacity):
+            zm = _chain(model, mask)
+            sub = dict(params)
+            got, _ = _solve_mask(model, zm, c, avail, levels, sub)
+            if got is not None and got[2] <= capacity:
+                candidates.append((got, zm, sub))
+        if not candidates:  # pragma: no cover - the empty mask is dp's class, which fitted
+            raise RuntimeError("dp-paging: no schedule within the storage capacity")
+        found, z, params = min(candidates, key=lambda x: x[0][0])
+        params = dict(params, capacity_restricted=True)
+    if params["grid"] == "rounded" or found is None:
+        found = _maybe_plain_dp(model, budget, found, z, c)
+    if found is None:
+        raise _infeasible(budget, least + model.input_bytes)
+    cost, peak, store, tree = found
+    return _finish(model, tree, (cost, peak, store), params)
+
+
+def _infeasible(budget, least):
+    return InfeasibleError(
+        f"dp-paging: no schedule fits {budget} bytes of activation memory; the least peak of a "
+        f"persistent schedule with paging is {least} bytes",
+        least_bytes=least,
+    )
+
+
+def _maybe_plain_dp(model, budget, found, z, c):
+    """``found``, or ``dp``'s schedule when that is cheaper (rounded grids only).
+
+    ``dp``'s ops are measured by the simulator after :func:`lower`.
+    """
+    from planner.simulate import simulate
+    from planner.solvers.dp import dp  # its public function: the class without paging
+
+    try:
+        ops, _ = dp(model, budget=budget)
+    except (InfeasibleError, NotApplicableError):
+        return found
+    ops = lower(model, ops)
+    result = simulate(model, ops)
+    if not result.valid or result.peak_bytes > budget:
+        return found
+    if found is None or result.compute < found[0]:
+        return result.compute, result.peak_bytes - model.input_bytes, 0, ops
+    return found
+
+
+def _finish(model, tree, evaluated, params):
+    cost, peak, store = evaluated
+    if tree and isinstance(tree[0], tuple):
+        ops = lower(model, _tree_ops(tree))
+    else:  # already lowered ops (dp's schedule)
+        ops = tree
+    paged = sorted({op.layer for op in ops if op.kind.value == "pageout"})
+    params = dict(params)
+    params.update(
+        paged=[model.layers[i].name for i in paged],
+        dp_cost=cost,
+        dp_peak_bytes=peak + model.input_bytes,
+        storage_bound_bytes=store,
+    )
+    return ops, params

@@ -1,0 +1,159 @@
+"""Tests of ``milp-paging``: recomputation and paging for any DAG by a mixed-integer program."""
+
+import numpy as np
+import pytest
+
+from planner.device import PRESETS, Storage
+from planner.errors import InfeasibleError, ModelError
+from planner.model import model_from_dict
+from planner.simulate import simulate
+from planner.solvers import solve
+from planner.solvers.dp_paging import dp_paging
+from planner.solvers.milp_paging import _Program, milp_paging
+from planner.synthetic import random_chain, random_dag
+from tests.exhaustive_paging import lower_holding_sink, optimal_schedule
+from tests.reference import replay_solution
+
+LIMIT = 20.0
+
+
+def _timed(model, unit="ms"):
+    doc = model.to_dict()
+    doc["time_unit"] = unit
+    return model_from_dict(doc)
+
+
+def _storage(seed, *, capacity=None):
+    rng = np.random.default_rng(seed)
+    return Storage(
+        read_bytes_per_s=float(rng.uniform(2e6, 1e8)),
+        write_bytes_per_s=float(rng.uniform(2e6, 1e8)),
+        read_latency_s=float(rng.uniform(0, 3e-3)),
+        write_latency_s=float(rng.uniform(0, 3e-3)),
+        bytes=capacity,
+    )
+
+
+def _top(model):
+    """Store-all's peak with the sink's output held until its backward (SPEC section 3)."""
+    n = len(model)
+    from planner.schedule import backward, forward
+
+    ops = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    return simulate(model, lower_holding_sink(model, ops)).peak_bytes
+
+
+def _measure(model, ops, storage):
+    """Simulator's (peak, cost) of ``ops`` re-lowered with the sink held (what milp-paging counts)."""
+    result = simulate(model, lower_holding_sink(model, ops), storage=storage)
+    assert result.valid, result.error
+    return result.peak_bytes, result.compute + result.transfer
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_between_the_unrestricted_optimum_and_dp_paging_on_small_chains(seed):
+    model = _timed(random_chain(4 + seed % 2, 700 + seed))
+    storage = _storage(700 + seed)
+    top = _top(model)
+    for frac in (0.55, 0.7, 0.85):
+        budget = int(top * frac)
+        try:
+            dp_ops, dp_params = dp_paging(model, budget=budget, storage=storage)
+        except InfeasibleError:
+            continue
+        ops, params = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+        peak, cost = _measure(model, ops, storage)
+        assert peak <= budget
+        assert cost <= dp_params["dp_cost"] * (1 + 1e-9)  # dp-paging's schedules are in its space
+        if params["proven_optimal"]:
+            best, _ = optimal_schedule(model, budget, storage)
+            assert best <= cost * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dags_fit_and_are_never_worse_than_page_all_or_store_all(seed):
+    model = _timed(random_dag(7 + seed, 800 + seed, skip=0.5))
+    storage = _storage(800 + seed)
+    top = _top(model)
+    for frac in (0.6, 0.8, 1.0):
+        budget = int(top * frac)
+        try:
+            sol = solve(model, budget, "milp-paging", storage=storage, time_limit=LIMIT)
+        except InfeasibleError:
+            continue
+        assert sol.result.valid and sol.result.peak_bytes <= budget
+        ref = replay_solution(model, sol)
+        assert ref["valid"] and ref["peak_bytes"] == sol.result.peak_bytes
+        cost = sol.result.compute + sol.result.transfer
+        for other in ("page-all", "store-all", "chen-greedy"):
+            try:
+                o = solve(model, budget, other, storage=storage)
+            except InfeasibleError:
+                continue
+            assert cost <= (o.result.compute + o.result.transfer) * (1 + 1e-9), other
+
+
+def test_never_worse_than_dp_and_dp_paging_on_a_chain():
+    model = _timed(random_chain(12, 17))
+    storage = PRESETS["jetson-tx2-8gb"].storage
+    top = _top(model)
+    for frac in (0.45, 0.65):
+        budget = int(top * frac)
+        ops, params = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+        result = simulate(model, ops, storage=storage)
+        assert result.valid and result.peak_bytes <= budget
+        cost = result.compute + result.transfer
+        for name in ("dp", "dp-paging", "page-all"):
+            try:
+                o = solve(model, budget, name, storage=storage)
+            except InfeasibleError:
+                continue
+            assert cost <= (o.result.compute + o.result.transfer) * (1 + 1e-9), name
+        assert params["start"] is not None
+
+
+def test_encode_decode_round_trip_of_dp_paging_schedules():
+    model = _timed(random_chain(8, 18))
+    storage = _storage(3)
+    form = _Program(model, storage, 1e3)
+    top = _top(model)
+    encoded = 0
+    for frac in (0.5, 0.6, 0.75):
+        budget = int(top * frac)
+        try:
+            ops, params = dp_paging(model, budget=budget, storage=storage)
+        except InfeasibleError:
+            continue
+        x = form.encode(ops, budget // form.unit)
+        assert x is not None
+        encoded += 1
+        peak, cost = _measure(model, form.decode(x), storage)
+        assert peak <= budget
+        assert cost == pytest.approx(params["dp_cost"], rel=1e-12)
+        assert float(form.cost @ x) + model.baseline_compute == pytest.approx(cost, rel=1e-9)
+        assert form.encode(ops, (peak - 1) // form.unit) is None or form.unit > 1  # the memory rows bind
+    assert encoded
+
+
+def test_storage_capacity():
+    model = _timed(random_chain(8, 19))
+    storage = _storage(4, capacity=min(l.output_bytes for l in model.layers))
+    budget = int(_top(model) * 0.6)
+    try:
+        ops, _ = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+    except InfeasibleError:
+        return
+    result = simulate(model, ops, storage=storage)
+    assert result.valid, result.error  # the simulator rejects a pageout beyond the capacity
+    assert result.peak_bytes <= budget
+
+
+def test_infeasible_and_errors():
+    model = _timed(random_dag(6, 5))
+    storage = _storage(5)
+    with pytest.raises(InfeasibleError):
+        milp_paging(model, budget=model.input_bytes, storage=storage, time_limit=LIMIT)
+    with pytest.raises(ValueError, match="time-limit"):
+        milp_paging(model, budget=10, storage=storage, time_limit=-1)
+    with pytest.raises(ModelError, match="time_unit"):
+        milp_paging(random_dag(6, 5), budget=10, storage=storage)
