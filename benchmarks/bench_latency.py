@@ -18,9 +18,10 @@ or three layers whose last layer also reads the block's input), each at 30% and
 fraction, rounded up).
 
 ``--root DIR`` imports ``cli`` and ``planner`` from another checkout (the
-baseline: today's ``main``); ``--save FILE`` writes the raw results as JSON and
-``--baseline FILE`` reads such a file to report each case's ratio of times
-and of ``auto``'s compute against it.  The table is printed and, unless
+baseline: ``main`` before this change); ``--save FILE`` writes the raw results
+as JSON and ``--baseline FILE`` (default: benchmarks/latency_baseline.json,
+that baseline's ``solve`` results) reads such a file to report each case's
+ratio of ``auto``'s compute and of the solve time against it.  The table is printed and, unless
 ``--no-write``, written into docs/benchmarks.md (section "Default latency").
 Targets (issue 10) on the project's 2-core machine: solve <= 2 s, compare
 <= 5 s, sweep <= 10 s, auto's compute within 1% of the baseline's.
@@ -43,6 +44,12 @@ HERE = Path(__file__).resolve().parents[1]
 SECTION = "## Default latency (benchmarks/bench_latency.py)"
 FRACTIONS = (0.3, 0.6)
 TARGETS = {"solve": 2.0, "compare": 5.0, "sweep": 10.0}
+# `solve` of every case on main at 3b95e85 (before this change: auto ran milp up
+# to 60 s on models of up to 100 layers), made with
+#   git worktree add --detach ../latency-base 3b95e85
+#   python benchmarks/bench_latency.py --root ../latency-base --commands solve \
+#       --save benchmarks/latency_baseline.json --no-write
+BASELINE = HERE / "benchmarks" / "latency_baseline.json"
 
 
 # ---- synthetic models (plain dicts, so that any checkout can read them) ---------------
@@ -254,7 +261,10 @@ def main(argv=None):
     parser.add_argument("--commands", default="solve,compare,sweep")
     parser.add_argument("--cases", default=None, help="only these case names, comma-separated")
     parser.add_argument("--save", type=Path, help="write the raw results as JSON")
-    parser.add_argument("--baseline", type=Path, help="raw results of the baseline (from --save)")
+    parser.add_argument(
+        "--baseline", type=Path, default=BASELINE if BASELINE.exists() else None,
+        help="raw results of the baseline (from --save; default benchmarks/latency_baseline.json)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args(argv)
     commands = set(args.commands.split(","))
