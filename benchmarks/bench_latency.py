@@ -216,7 +216,7 @@ def _fmt(entry, target):
 
 
 def report(results, baseline=None):
-    """The markdown table, and the list of missed targets."""
+    """The markdown table and the missed targets: by wall time, by CPU time."""
     base = {(b["case"], b["fraction"]): b for b in baseline or []}
     header = [
         "case", "layers", "budget", "solve s", "compare s", "sweep s (12 pts)", "auto strategy", "auto compute"
@@ -224,7 +224,7 @@ def report(results, baseline=None):
     if baseline:
         header += ["vs today: compute", "vs today: solve time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    missed = []
+    missed, cpu_missed = [], []
     for r in results:
         solve, compare, swept = r.get("solve", {}), r.get("compare", {}), r.get("sweep", {})
         compute = solve.get("compute")
@@ -238,6 +238,9 @@ def report(results, baseline=None):
             seconds = r.get(command, {}).get("seconds")
             if seconds is not None and seconds > target:
                 missed.append(f"{r['case']} at {r['fraction']:.0%}: {command} {seconds:.2f} s > {target} s")
+            cpu = r.get(command, {}).get("cpu")
+            if cpu is not None and cpu > target:
+                cpu_missed.append(f"{r['case']} at {r['fraction']:.0%}: {command} {cpu:.2f} s CPU > {target} s")
         if baseline:
             b = base.get((r["case"], r["fraction"]), {}).get("solve", {})
             if b.get("compute") and compute is not None:
@@ -252,7 +255,7 @@ def report(results, baseline=None):
                 row.append("both infeasible" if b else "-")
             row.append(f"{solve['seconds'] / b['seconds']:.3f}" if b.get("seconds") and solve.get("seconds") else "-")
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines), missed
+    return "\n".join(lines), missed, cpu_missed
 
 
 def main(argv=None):
@@ -275,7 +278,7 @@ def main(argv=None):
     if args.save:
         args.save.write_text(json.dumps(results, indent=1))
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    table, missed = report(results, baseline)
+    table, missed, cpu_missed = report(results, baseline)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
     text = (
@@ -288,7 +291,13 @@ def main(argv=None):
         "auto's compute and the solve time, as ratios from the same machine.\n\n"
         + table
         + "\n\n"
-        + ("Missed (wall time): " + "; ".join(missed) if missed else "Every target met.")
+        + ("Missed (wall time): " + "; ".join(missed) if missed else "Every target met (wall time).")
+        + "\n\n"
+        + ("Missed (CPU time): " + "; ".join(cpu_missed) if cpu_missed else "Every CPU time is within its target.")
+        + "\n\nPolicy measured: auto/compare/sweep leave milp out on chains and run it on DAGs of up "
+        "to 100 layers for 0.5 s (sweep: 0.25 s per size), warm-started; dp's rounded tables are "
+        "shared across sweep sizes (one per octave of budgets).  \"not proven\": milp ran out of "
+        "time, so the schedule says `proven_optimal: false`."
     )
     print(SECTION + "\n\n" + text)
     if not args.no_write:
