@@ -353,7 +353,7 @@ def main():
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="milp: give up proving optimality after this many seconds and keep the best schedule found "
-    "(default 60 with --strategy milp; auto runs milp on DAGs only, for 1 s, unless this is given).",
+    "(default 60 with --strategy milp; auto runs milp on DAGs only, for 0.5 s, unless this is given).",
 )
 def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
     """Find the best schedule for MODEL that fits --memory (or --device).
@@ -432,7 +432,7 @@ def _tuning_options(fn):
     fn = click.option(
         "--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
         help="milp: stop the solver after this many seconds (by default milp runs on DAGs only, "
-        "briefly: 1 s, in sweep 0.25 s per size; with this, on every model, for this long).",
+        "briefly: 0.5 s, in sweep 0.25 s per size; with this, on every model, for this long).",
     )(fn)
     fn = click.option(
         "--snapshots", "snapshots_", type=click.IntRange(min=0),

@@ -123,7 +123,7 @@ class Strategy:
 # warm-started with the schedules the others found.  --strategy milp, or a
 # --time-limit, runs the exact search on any model, for as long as asked.
 MILP_AUTO_MAX_LAYERS = 100
-AUTO_TIME_LIMIT = 1.0
+AUTO_TIME_LIMIT = 0.5
 SWEEP_TIME_LIMIT = 0.25
 
 

@@ -729,7 +729,10 @@ def dp(model, *, budget=None, levels=500, shared=None):
             unit = math.gcd(unit, int(v))
     unit = unit or 1
     exact_levels = avail // unit + 1 if avail >= 0 else 0
-    if avail >= 0 and n * n * exact_levels <= _EXACT_CELLS and n**3 / 6 * exact_levels <= _WORK:
+    known = shared.get("least") if shared is not None else None
+    if known is not None and known[1] > avail:
+        found = None  # below the least peak of the class: no table can find a schedule
+    elif avail >= 0 and n * n * exact_levels <= _EXACT_CELLS and n**3 / 6 * exact_levels <= _WORK:
         # Exact: every size is a whole number of units, nothing is rounded.
         tree = _exact_table(z, f, b, unit, exact_levels, shared).tree(exact_levels - 1)
         if tree is not None:

@@ -417,7 +417,7 @@ class _Store:
 
 def _pareto(r, c):
     """Indices of the points no other point beats in both (ties: one), by increasing r."""
-    order = np.argsort(r)
+    order = np.argsort(r, kind="stable")  # the fronts come in sorted runs: timsort is fastest
     cs = c[order]
     keep = np.ones(len(cs), dtype=bool)
     keep[1:] = cs[1:] < np.minimum.accumulate(cs)[:-1]
