@@ -114,6 +114,8 @@ class Stage:
         The parameters the stage reads (for ``params_bytes``).
     buffers : list of torch.Tensor
         Buffers it may update (BatchNorm running statistics).
+    loss : bool
+        A loss stage (the sink), called as ``fn(*tensors, target)``.
     """
 
     name: str
@@ -121,6 +123,7 @@ class Stage:
     inputs: tuple
     params: list = field(default_factory=list)
     buffers: list = field(default_factory=list)
+    loss: bool = False
 
 
 def parse_shape(text):
