@@ -58,3 +58,51 @@ def bn_dropout_chain():
         channels = 8
     layers += [nn.Flatten(), nn.Linear(8 * 8 * 8, 10)]
     return nn.Sequential(*layers)
+
+
+class ForkNet(nn.Module):
+    """One wide tensor read by three convolutions whose outputs are summed: a gradient made three times.
+
+    The stem's output is read by ``a``, ``b`` and ``c``; in the backward each
+    of them makes its own gradient for it, and all but the first coexist with
+    the one held (docs/fidelity.md, "the DAG gap").
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 4, 3, padding=1)
+        self.b = nn.Conv2d(16, 4, 3, padding=1)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.a(h) + self.b(h) + self.c(h)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def fork_net():
+    return ForkNet()
+
+
+class AliasNet(nn.Module):
+    """``add``'s backward hands one tensor to both its inputs, and a later consumer adds into one of them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l0 = nn.Linear(6, 6)
+        self.a = nn.Linear(6, 6)
+        self.c = nn.Linear(6, 6)
+
+    def forward(self, x):
+        z = torch.tanh(self.l0(x))
+        a = self.a(z)
+        c = self.c(z)  # between a and the add: its backward runs after the add's
+        return (a + z) * c
+
+
+def alias_net():
+    return AliasNet()

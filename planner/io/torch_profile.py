@@ -958,6 +958,7 @@ def profile_model(
         root.load_state_dict(snapshot)
         for p in root.parameters():
             p.grad = old_grads.get(id(p))
+    _count_second_gradients(stage_list, fields)
     mode = "ops" if stage_list and not _is_chain(stage_list) else "modules"
     source = (
         f"edgeplan profile --estimate: torch {torch.__version__}, FakeTensorMode + FlopCounterMode "
@@ -978,6 +979,29 @@ def profile_model(
     }
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
+
+
+def _count_second_gradients(stage_list, fields):
+    """Add to ``workspace_backward`` the fresh gradient a later consumer's backward makes.
+
+    A layer read by several others gets one gradient contribution from each
+    consumer's backward.  The first to run allocates the gradient (SPEC
+    section 3 counts it once, in G); every later one makes a new tensor of the
+    same size, which autograd (and the executor) adds into the held one only
+    when that backward has finished: both exist during it.  Backwards run in
+    decreasing layer order in every edgeplan schedule, so the first consumer
+    is the one with the highest index; each other consumer's backward
+    workspace grows by the producer's ``output_bytes``.  See docs/fidelity.md
+    ("the DAG gap").
+    """
+    consumers = {}
+    for j, stage in enumerate(stage_list):
+        for p in set(stage.inputs):
+            if p >= 0:
+                consumers.setdefault(p, []).append(j)
+    for p, readers in consumers.items():
+        for j in sorted(readers)[:-1]:
+            fields[j]["workspace_backward"] += fields[p]["output_bytes"]
 
 
 def _is_chain(stage_list):

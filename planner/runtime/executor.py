@@ -341,11 +341,21 @@ class StepRunner:
                 continue
             store = self.input_grads if p < 0 else self.grads
             key = -1 - p if p < 0 else p
-            if key in store:
-                store[key].add_(box[0])
-            else:
+            if key not in store:
                 store[key] = box[0]
+            elif self._shared(store[key]):
+                store[key] = store[key] + box[0]
+            else:
+                store[key].add_(box[0])
             box.clear()
+
+    def _shared(self, g):
+        """Whether another held gradient is the same storage (a backward that passed its gradient through)."""
+        ptr = g.untyped_storage().data_ptr()
+        return sum(
+            1 for v in (*self.grads.values(), *self.input_grads.values())
+            if v.untyped_storage().data_ptr() == ptr
+        ) > 1
 
 
 def _call(stage, tensors, target):
