@@ -756,7 +756,7 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")
 @click.option("--steps", type=click.IntRange(1, 10000), default=1, show_default=True,
-              help="SGD steps per run (schedule, then plain autograd), from the same start.")
+              help="SGD steps per run (plain autograd, then the schedule), from the same start.")
 @click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
               help="Learning rate of those steps.")
 @json_option

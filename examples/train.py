@@ -142,6 +142,8 @@ def main(argv=None):
     # The measured peaks include the embeddings and the loss, which the model file does not describe.
     print(f"measured peak of a step: plain {plain_measured:,} B, scheduled {measured:,} B "
           f"({measured / plain_measured:.0%} of plain)")
+    print(f"  predicted for the blocks and head: plain {plain_peak:,} B, scheduled {r.peak_bytes:,} B; "
+          "the measured peaks also hold the loss (logits-sized) and the embeddings' tensors")
     diff = max(
         (p - q).abs().max().item()
         for p, q in zip(

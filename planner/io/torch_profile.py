@@ -991,8 +991,9 @@ def _count_second_gradients(stage_list, fields):
     when that backward has finished: both exist during it.  Backwards run in
     decreasing layer order in every edgeplan schedule, so the first consumer
     is the one with the highest index; each other consumer's backward
-    workspace grows by the producer's ``output_bytes``.  See docs/fidelity.md
-    ("the DAG gap").
+    workspace grows by the producer's ``output_bytes``, unless the first is
+    ``consumer + producer`` (then SPEC already counts that room, see below).
+    See docs/fidelity.md ("the DAG gap").
     """
     consumers = {}
     for j, stage in enumerate(stage_list):
@@ -1000,8 +1001,24 @@ def _count_second_gradients(stage_list, fields):
             if p >= 0:
                 consumers.setdefault(p, []).append(j)
     for p, readers in consumers.items():
-        for j in sorted(readers)[:-1]:
+        readers = sorted(readers)
+        last = stage_list[readers[-1]]
+        for j in readers[:-1]:
+            if _passes_gradient(last) and set(last.inputs) == {p, j} and (
+                fields[j]["output_bytes"] == fields[p]["output_bytes"]
+            ):
+                # ``last`` is ``j + p``: its backward hands one tensor to both, which SPEC
+                # counts twice until j's backward has run, exactly the fresh gradient's room.
+                continue
             fields[j]["workspace_backward"] += fields[p]["output_bytes"]
+
+
+def _passes_gradient(stage):
+    """Whether the stage is a sum whose backward hands its output gradient to its inputs as is."""
+    fn = stage.fn
+    call = getattr(fn, "call", None)
+    torch = require_torch()
+    return call in (operator.add, torch.add) or getattr(call, "name", None) == "add"
 
 
 def _is_chain(stage_list):

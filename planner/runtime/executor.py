@@ -38,7 +38,8 @@ A recomputed stage starts from the RNG state of its first forward (kept as
 bytes, outside the allocator), so dropout masks match; its buffers (BatchNorm
 running statistics) are put back to what they were before its first forward
 and, after it, to what the first forward left, so they are updated once per
-step.  The RNG state the step leaves behind is the one a plain step leaves.
+step.  A recomputation puts the RNG state back as it found it, so the step
+leaves it where a plain step does.
 """
 
 from planner.errors import ModelError, ScheduleError
@@ -175,7 +176,6 @@ class StepRunner:
         self.meta = {}  # (shape, dtype) of each output, from its first forward
         self.sink_grad = None
         self.sink_output = None
-        self.end_rng = None
         self.count = 0
 
     # ------------------------------------------------------------ the two parts
@@ -183,7 +183,6 @@ class StepRunner:
     def forward_part(self):
         """Run the ops before the first backward; return the sink's output (detached)."""
         self._run(0, self.plan.split)
-        self.end_rng = _rng_bytes(self.device) if self.plan.recomputed else None
         sink = self.plan.sink
         if sink not in self.saved:
             raise ScheduleError(
@@ -204,8 +203,6 @@ class StepRunner:
         """Run the ops from the first backward on (the sink's gradient is ``sink_grad``)."""
         with torch.enable_grad():
             self._run(self.plan.split, len(self.plan.ops))
-        if self.end_rng is not None:  # recomputations moved the RNG: a plain step leaves it here
-            _set_rng(self.end_rng, self.device)
         pending = [(self.inputs[k], g) for k, g in sorted(self.input_grads.items())]
         self.input_grads.clear()
         if pending:

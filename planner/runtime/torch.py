@@ -17,6 +17,7 @@ the steps after the first (the first runs under the memory profiler), or the
 first's when there is one step.
 """
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -176,7 +177,14 @@ def _train(step, params, *, steps, lr, device, torch):
         step(first=True)
         peak_box["seconds"] = time.perf_counter() - t0
 
-    _, peak, _ = allocation_trace(first, device)
+    # No garbage collection inside the trace: freeing tensors of an earlier step there
+    # would read as memory of this one.
+    gc.collect()
+    gc.disable()
+    try:
+        _, peak, _ = allocation_trace(first, device)
+    finally:
+        gc.enable()
     grads = [p.grad.detach().clone() for p in params]
     times = []
     for k in range(steps):
