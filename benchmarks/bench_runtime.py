@@ -188,7 +188,9 @@ def main(argv=None):
             "the methods timed in turn in each round). A step is a forward and a backward, no optimizer. "
             "Measured overhead is the step time over plain autograd's, minus 1; predicted overhead is the "
             "schedule's, from the stage times `edgeplan profile` measured. checkpoint_sequential runs "
-            "the segments of the `sequential` schedule.\n\n" + text + "\n\n"
+            "the segments of the `sequential` schedule; the executor-vs-checkpoint_sequential rows are the median "
+            "of the per-round ratios of the two, run back to back (the per-method medians can differ from it "
+            "when the load changes between rounds).\n\n" + text + "\n\n"
             + (f"Executor on the `sequential` schedule against `checkpoint_sequential` on the same "
                f"segments: median {statistics.median(ratios):+.1%}, max {max(ratios):+.1%}.\n" if ratios else "")
         )
