@@ -985,21 +985,28 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
 @stages_option
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")
+@click.option("--steps", type=click.IntRange(1, 10000), default=1, show_default=True,
+              help="SGD steps per run (plain autograd, then the schedule), from the same start.")
+@click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+              help="Learning rate of those steps.")
 @json_option
-def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed, as_json):
-    """Run SCHEDULE on the real model and compare it with plain autograd.
+def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
+    """Train with SCHEDULE on the real model and compare with plain autograd.
 
-    Executes the schedule's ops in order on TARGET's stages (forward with or
-    without save, backward, free), compares every parameter gradient with
-    plain autograd on the same input and seed, and measures the peak memory
-    of the run from the allocator.  Exits 0 when the gradients match (within
-    1e-5 for float32), 1 otherwise.  Imports and runs TARGET's code, and only
-    that.  Needs PyTorch: pip install edgeplan[torch].
+    Runs --steps SGD steps twice from the same start, input and seed: under
+    the training executor running the schedule's ops (forward with or
+    without save, backward, free) on TARGET's stages, and under plain
+    autograd.  Compares the first step's parameter gradients, the buffers and
+    the final parameters (within 1e-5 for float32), and reports the measured
+    peak of a step (allocator) and the mean step time of each run.  Exits 0
+    when they match and the measured peak is within 2% of the budget the
+    schedule was planned for (budget_bytes), 1 otherwise.  Imports and runs
+    TARGET's code, and only that.  Needs PyTorch: pip install edgeplan[torch].
 
     \b
     Example:
       edgeplan verify examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 \\
-          --schedule schedule.json --model tiny_cnn.json
+          --schedule schedule.json --model tiny_cnn.json --steps 5
     """
     extras.require("torch", purpose="edgeplan verify")
     _quiet_torch()
@@ -1029,39 +1036,45 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
     schedule = schedule_from_dict(document, model, source_name=schedule_path)
     if schedule.storage is not None:
         _fail(err, f"{schedule_path}: verify does not run paging schedules ({schedule.format}) yet", EXIT_BAD)
+    if model_path and schedule.fingerprint != model.fingerprint:
+        _fail(err, f"{schedule_path}: the schedule was made for another model (fingerprint "
+              f"{schedule.fingerprint}, {model_path} is {model.fingerprint})", EXIT_NO)
     result = simulate(model, schedule.ops)
     if not result.valid:
         _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)
-    if model_path:
-        predicted = result.peak_bytes
-        if schedule.fingerprint != model.fingerprint:
-            err.print(
-                f"[yellow]warning:[/yellow] the schedule was made for another model file "
-                f"(fingerprint {escape(schedule.fingerprint)}, {escape(_clean(model_path))} is "
-                f"{escape(model.fingerprint)})"
-            )
-    else:
-        predicted = schedule.predicted.get("peak_bytes")
-        if not isinstance(predicted, int) or isinstance(predicted, bool):
-            predicted = None
+    predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
+    if not isinstance(predicted, int) or isinstance(predicted, bool):
+        predicted = None
     with contextlib.redirect_stdout(sys.stderr):
-        r = run_verify(obj, shape, schedule.ops, dtype=dtype, stages=stages,
-                       names=[layer.name for layer in model.layers], predicted=predicted,
-                       seed=seed, device=device)
+        r = run_verify(obj, shape, schedule.ops, dtype=dtype, stages=stages, names=[layer.name for layer in model.layers],
+                       model=model if model_path else None, predicted=predicted, seed=seed, device=device,
+                       steps=steps, lr=lr, budget=schedule.budget_bytes)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
     else:
-        out.print(f"schedule {escape(_clean(schedule_path))}: {r.ops} ops, strategy {escape(_clean(schedule.strategy))}, on {r.device}")
-        out.print(f"grads_match: {str(r.grads_match).lower()}")
-        out.print(f"max_abs_diff: {r.max_abs_diff:.3g}")
-        out.print(f"buffers_match: {str(r.buffers_match).lower()}")
-        out.print(f"measured_peak_bytes: {_bytes(r.measured_peak_bytes)}")
-        if r.predicted_peak_bytes is not None:
-            out.print(f"predicted_peak_bytes: {_bytes(r.predicted_peak_bytes)} (measured {r.relative_error:+.1%})")
-        out.print(f"plain autograd (store-all) measured: {_bytes(r.reference_peak_bytes)}")
+        _print_verify(out, r, schedule_path, schedule.strategy)
     if not r.grads_match:
-        err.print(f"[red]gradients differ from plain autograd[/red] (max abs diff {r.max_abs_diff:.3g})")
-    sys.exit(EXIT_OK if r.grads_match else EXIT_NO)
+        err.print(f"[red]training differs from plain autograd[/red] (gradients {r.max_abs_diff:.3g}, "
+                  f"parameters after {r.steps} steps {r.max_param_diff:.3g})")
+    if r.fits_budget is False:
+        err.print(f"[red]measured peak {r.measured_peak_bytes:,} bytes exceeds the schedule's budget of "
+                  f"{r.budget_bytes:,} bytes by more than 2%[/red]")
+    sys.exit(EXIT_OK if r.ok else EXIT_NO)
+
+
+def _print_verify(out, r, schedule_path, strategy):
+    out.print(f"schedule {escape(_clean(schedule_path))}: {r.ops} ops, strategy {escape(_clean(strategy))}, on {r.device}")
+    out.print(f"grads_match: {str(r.grads_match).lower()}")
+    out.print(f"max_abs_diff: {r.max_abs_diff:.3g}")
+    out.print(f"buffers_match: {str(r.buffers_match).lower()}")
+    out.print(f"steps: {r.steps} (lr {r.lr:g}), max_param_diff: {r.max_param_diff:.3g}")
+    out.print(f"measured_peak_bytes: {_bytes(r.measured_peak_bytes)}")
+    if r.predicted_peak_bytes is not None:
+        out.print(f"predicted_peak_bytes: {_bytes(r.predicted_peak_bytes)} (measured {r.relative_error:+.1%})")
+    if r.budget_bytes is not None:
+        out.print(f"budget_bytes: {_bytes(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
+    out.print(f"plain autograd (store-all) measured: {_bytes(r.reference_peak_bytes)}")
+    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
 
 
 class NamedShapeType(click.ParamType):

@@ -74,7 +74,8 @@ def test_without_rng_restore_recomputation_gives_wrong_gradients(monkeypatch):
     shape = (8, 3, 4, 4)
     model = model_from_dict(profile_model(dropout_mlp(), shape, repeats=1))
     solution = solvers.solve(model, None, "sequential", segments=4)
-    monkeypatch.setattr(runtime, "_set_rng_state", lambda state, device, torch: None)
+    import planner.runtime.executor as executor
+    monkeypatch.setattr(executor, "_set_rng", lambda state, device: None)
     result = runtime.verify(dropout_mlp(), shape, solution.ops, names=[l.name for l in model.layers])
     assert not result.grads_match and result.max_abs_diff > 1e-3
 
@@ -101,8 +102,11 @@ def test_names_must_match_and_bad_schedules_are_caught(cnn_model):
         runtime.verify(deeper_cnn(), SHAPE, ops, names=names[:-1])
     with pytest.raises(ScheduleError, match="an input is not in memory"):
         runtime.verify(deeper_cnn(), SHAPE, [forward(1, True)], names=names)
-    with pytest.raises(ScheduleError, match="saved data is not in memory"):
+    with pytest.raises(ScheduleError, match="does not compute the sink"):
         runtime.verify(deeper_cnn(), SHAPE, [forward(0, False), backward(0)], names=names)
+    unsaved = [forward(0, False) if op == forward(0, True) else op for op in ops]
+    with pytest.raises(ScheduleError, match="saved data is not in memory"):
+        runtime.verify(deeper_cnn(), SHAPE, unsaved, names=names)
 
 
 def test_the_sink_output_is_held_until_its_backward():
@@ -171,3 +175,69 @@ def test_cli_verify_invalid_schedule_exits_1(tmp_path, cnn_model):
     result = CliRunner().invoke(main, ["verify", FACTORY, "--input", ",".join(map(str, SHAPE)),
                                        "--schedule", str(sched), "--model", str(model_path)])
     assert result.exit_code == 1 and "invalid schedule" in result.output
+
+
+def _solve_to(tmp_path, cnn_model, memory="1GB"):
+    model_path = tmp_path / "m.json"
+    model_path.write_text(json.dumps(cnn_model.document))
+    sched = tmp_path / "s.json"
+    result = CliRunner().invoke(main, ["solve", str(model_path), "--memory", memory, "--strategy", "dp",
+                                       "-o", str(sched)])
+    assert result.exit_code == 0, result.output
+    return model_path, sched
+
+
+def test_cli_verify_steps_and_the_budget_exit_code(tmp_path, cnn_model):
+    full = solvers.solve(cnn_model, None, "store-all").result.peak_bytes
+    memory = str(full // 2 + 2 * cnn_model.params_bytes)  # half the activations, plus SGD's fixed memory
+    model_path, sched = _solve_to(tmp_path, cnn_model, memory)
+    args = ["verify", FACTORY, "--input", ",".join(map(str, SHAPE)), "--schedule", str(sched),
+            "--model", str(model_path)]
+    result = CliRunner().invoke(main, args + ["--steps", "3", "--lr", "0.1", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["steps"] == 3 and doc["lr"] == 0.1
+    assert doc["grads_match"] is True and doc["max_param_diff"] <= 1e-5
+    assert doc["step_seconds"] > 0 and doc["reference_step_seconds"] > 0
+    assert doc["budget_bytes"] <= full // 2 and doc["fits_budget"] is True
+    assert doc["measured_peak_bytes"] <= doc["budget_bytes"] * 1.02
+    assert doc["measured_peak_bytes"] < doc["reference_peak_bytes"]
+    # The same ops with a budget below what they measure: a negative answer, exit 1.
+    schedule = json.loads(sched.read_text())
+    schedule["budget_bytes"] = int(doc["measured_peak_bytes"] / 1.05)
+    sched.write_text(json.dumps(schedule))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "exceeds the schedule's budget" in result.output and "fits within 2%: false" in result.output
+
+
+def test_cli_verify_refuses_a_schedule_for_another_model(tmp_path, cnn_model):
+    model_path, sched = _solve_to(tmp_path, cnn_model)
+    other = json.loads(model_path.read_text())
+    other["layers"][0]["output_bytes"] += 4
+    other_path = tmp_path / "other.json"
+    other_path.write_text(json.dumps(other))
+    result = CliRunner().invoke(main, ["verify", FACTORY, "--input", ",".join(map(str, SHAPE)),
+                                       "--schedule", str(sched), "--model", str(other_path)])
+    assert result.exit_code == 1 and "made for another model" in result.output
+    assert "Traceback" not in result.output
+    # A model file profiled for another input shape: bad input, exit 2.
+    result = CliRunner().invoke(main, ["verify", FACTORY, "--input", "2,3,16,16", "--schedule", str(sched),
+                                       "--model", str(model_path)])
+    assert result.exit_code == 2 and "was profiled for" in result.output
+
+
+def test_example_train_reaches_the_parameters_of_plain_training():
+    import subprocess
+    import sys
+
+    root = str(ROOT)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--steps", "3"],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    diff = float(next(l for l in lines if l.startswith("max abs difference")).rsplit(" ", 1)[1])
+    assert diff <= 1e-5
+    peaks = next(l for l in lines if l.startswith("measured peak"))
+    plain, scheduled = (int(p.split(" B")[0].replace(",", "")) for p in peaks.split("plain ")[1].split(", scheduled "))
+    assert scheduled < 0.6 * plain

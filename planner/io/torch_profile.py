@@ -114,6 +114,8 @@ class Stage:
         The parameters the stage reads (for ``params_bytes``).
     buffers : list of torch.Tensor
         Buffers it may update (BatchNorm running statistics).
+    loss : bool
+        A loss stage (the sink), called as ``fn(*tensors, target)``.
     """
 
     name: str
@@ -121,6 +123,7 @@ class Stage:
     inputs: tuple
     params: list = field(default_factory=list)
     buffers: list = field(default_factory=list)
+    loss: bool = False
 
 
 def parse_shape(text):
@@ -955,6 +958,7 @@ def profile_model(
         root.load_state_dict(snapshot)
         for p in root.parameters():
             p.grad = old_grads.get(id(p))
+    _count_second_gradients(stage_list, fields)
     mode = "ops" if stage_list and not _is_chain(stage_list) else "modules"
     source = (
         f"edgeplan profile --estimate: torch {torch.__version__}, FakeTensorMode + FlopCounterMode "
@@ -975,6 +979,46 @@ def profile_model(
     }
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
+
+
+def _count_second_gradients(stage_list, fields):
+    """Add to ``workspace_backward`` the fresh gradient a later consumer's backward makes.
+
+    A layer read by several others gets one gradient contribution from each
+    consumer's backward.  The first to run allocates the gradient (SPEC
+    section 3 counts it once, in G); every later one makes a new tensor of the
+    same size, which autograd (and the executor) adds into the held one only
+    when that backward has finished: both exist during it.  Backwards run in
+    decreasing layer order in every edgeplan schedule, so the first consumer
+    is the one with the highest index; each other consumer's backward
+    workspace grows by the producer's ``output_bytes``, unless the first is
+    ``consumer + producer`` (then SPEC already counts that room, see below).
+    See docs/fidelity.md ("the DAG gap").
+    """
+    consumers = {}
+    for j, stage in enumerate(stage_list):
+        for p in set(stage.inputs):
+            if p >= 0:
+                consumers.setdefault(p, []).append(j)
+    for p, readers in consumers.items():
+        readers = sorted(readers)
+        last = stage_list[readers[-1]]
+        for j in readers[:-1]:
+            if _passes_gradient(last) and set(last.inputs) == {p, j} and (
+                fields[j]["output_bytes"] == fields[p]["output_bytes"]
+            ):
+                # ``last`` is ``j + p``: its backward hands one tensor to both, which SPEC
+                # counts twice until j's backward has run, exactly the fresh gradient's room.
+                continue
+            fields[j]["workspace_backward"] += fields[p]["output_bytes"]
+
+
+def _passes_gradient(stage):
+    """Whether the stage is a sum whose backward hands its output gradient to its inputs as is."""
+    fn = stage.fn
+    call = getattr(fn, "call", None)
+    torch = require_torch()
+    return call in (operator.add, torch.add) or getattr(call, "name", None) == "add"
 
 
 def _is_chain(stage_list):

@@ -1,50 +1,38 @@
-"""Run an edgeplan schedule in PyTorch and check it against plain autograd.
+"""Check an edgeplan schedule on the real model against plain autograd: :func:`verify`.
 
-:func:`run_schedule` executes a schedule's ops, in order, on the real stages of
-a model (the layers of its model file, see
-:func:`planner.io.torch_profile.build_stages`):
+:func:`verify` builds the stages ``edgeplan profile`` measured
+(:func:`planner.io.torch_profile.prepare`), then trains ``steps`` SGD steps
+twice from the same start, seed and input: with plain autograd over the
+stages, and with the schedule run by the training executor
+(:mod:`planner.runtime.executor`, the code a training loop uses).  It compares
+the first step's parameter gradients and the buffers (BatchNorm running
+statistics), and the parameters after the last step.  The sink's gradient is
+a seeded random tensor, or the loss's own when the model's sink is a loss.
 
-- ``forward L save=true``: L runs on its inputs entered into autograd
-  through a node that holds no tensor and hands the input gradients back,
-  keeping its autograd graph (what autograd saves is its saved data); only the
-  graph's gradient edge is kept, not the output tensor, so that ``free``
-  really drops the output;
-- ``forward L save=false``: L runs under ``torch.no_grad()``;
-- ``backward L``: ``torch.autograd.backward`` from L's gradient edge with L's
-  output gradient; the gradients of its inputs are handed to their producers
-  (summed when a producer has several consumers); parameter gradients
-  accumulate as usual;
-- ``free L``: drops L's output.
-
-Every forward of a stage, the first and each recomputation, starts from the
-RNG state the stage saw in the reference run (set before it runs; no fork,
-whose saved state would be an allocation of its own), so
-dropout masks are reproduced.  BatchNorm running statistics are handled by
-snapshot and restore: a recomputation starts from the buffers the stage's
-first forward saw and the buffers are put back to what the first forward left,
-so running statistics are updated exactly once, as in plain autograd (the
-final buffers are compared with the reference too).
-
-:func:`verify` runs plain autograd on the same input, seed and upstream
-gradient, runs the schedule, and compares every parameter gradient; it
-measures the peak memory of the schedule's run from the allocator (see
-:func:`planner.io.torch_profile.allocation_trace`).
+Memory is the allocator's peak during the first step of each run, above what
+was allocated before it, plus the model input (as ``peak_bytes`` counts it;
+see :func:`planner.io.torch_profile.allocation_trace`); parameter gradients
+are allocated before the step (fixed memory).  Step times are wall times of
+the steps after the first (the first runs under the memory profiler), or the
+first's when there is one step.
 """
 
+import gc
+import time
 from dataclasses import dataclass
 
-from planner.errors import ModelError, ScheduleError
+from planner.errors import ModelError
 from planner.io.torch_profile import (
     allocation_trace,
     prepare,
     require_torch,
     seed_function,
 )
-from planner.schedule import OpKind
 
-__all__ = ["VerifyResult", "run_schedule", "reference_step", "verify", "GRAD_TOLERANCE"]
+__all__ = ["VerifyResult", "verify", "GRAD_TOLERANCE", "MEMORY_TOLERANCE"]
 
 GRAD_TOLERANCE = 1e-5
+MEMORY_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -54,24 +42,35 @@ class VerifyResult:
     Attributes
     ----------
     grads_match : bool
-        Every parameter gradient within ``GRAD_TOLERANCE x max(1, max |g|)``
-        of plain autograd's, and the final buffers equal.
+        Every first-step parameter gradient within ``GRAD_TOLERANCE x
+        max(1, max |g|)`` of plain autograd's, the buffers equal, and the
+        parameters after the last step within the same tolerance.
     max_abs_diff : float
-        Largest absolute difference over every parameter gradient.
+        Largest absolute difference over every first-step parameter gradient.
     buffers_match : bool
-        Running statistics (and other buffers) equal plain autograd's.
+        Running statistics (and other buffers) equal plain autograd's at the end.
     measured_peak_bytes : int
-        Peak allocator memory of the schedule's run above what was allocated
-        before it, plus the model input (as ``peak_bytes`` counts it).
+        Peak allocator memory of the schedule's first step above what was
+        allocated before it, plus the model input (as ``peak_bytes`` counts it).
     predicted_peak_bytes : int or None
         The simulator's ``peak_bytes`` for the schedule.
     reference_peak_bytes : int
         The same measurement for a plain autograd step (input included).
     ops : int
-        Ops executed.
+        Ops executed in one step.
     device : str
     op_peaks : list of int or None
         With ``timeline``: the measured peak during each op (input included).
+    steps : int
+        SGD steps per run.
+    lr : float
+        Their learning rate.
+    max_param_diff : float
+        Largest absolute difference between the parameters after the last step.
+    step_seconds, reference_step_seconds : float
+        Mean wall time of a step: under the schedule, under plain autograd.
+    budget_bytes : int or None
+        The activation budget the schedule was planned for.
     """
 
     grads_match: bool
@@ -83,6 +82,12 @@ class VerifyResult:
     ops: int
     device: str
     op_peaks: list = None
+    steps: int = 1
+    lr: float = 0.0
+    max_param_diff: float = 0.0
+    step_seconds: float = 0.0
+    reference_step_seconds: float = 0.0
+    budget_bytes: object = None
 
     @property
     def relative_error(self):
@@ -90,6 +95,18 @@ class VerifyResult:
         if not self.predicted_peak_bytes:
             return None
         return self.measured_peak_bytes / self.predicted_peak_bytes - 1.0
+
+    @property
+    def fits_budget(self):
+        """Measured peak within ``budget_bytes x (1 + MEMORY_TOLERANCE)`` (None without a budget)."""
+        if self.budget_bytes is None:
+            return None
+        return self.measured_peak_bytes <= self.budget_bytes * (1.0 + MEMORY_TOLERANCE)
+
+    @property
+    def ok(self):
+        """The verdict: gradients, buffers and parameters match, and the budget holds."""
+        return self.grads_match and self.fits_budget is not False
 
     def to_dict(self):
         return {
@@ -100,266 +117,17 @@ class VerifyResult:
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "relative_error": self.relative_error,
             "reference_peak_bytes": self.reference_peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "memory_tolerance": MEMORY_TOLERANCE,
+            "fits_budget": self.fits_budget,
+            "steps": self.steps,
+            "lr": self.lr,
+            "max_param_diff": self.max_param_diff,
+            "step_seconds": self.step_seconds,
+            "reference_step_seconds": self.reference_step_seconds,
             "ops": self.ops,
             "device": self.device,
         }
-
-
-def _upstream_gradient(shape, dtype, device, seed, torch):
-    """The loss gradient for the sink's output, made in place (no temporary on ``device``)."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(shape, generator=gen, dtype=dtype).to(device=device)
-
-
-def _rng_state(device, torch):
-    state = [torch.get_rng_state()]
-    if device.type == "cuda":
-        state.append(torch.cuda.get_rng_state(device))
-    return state
-
-
-def _set_rng_state(state, device, torch):
-    torch.set_rng_state(state[0])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[1], device)
-
-
-def _copy_into(targets, values):
-    for t, v in zip(targets, values):
-        t.data.copy_(v)
-
-
-def reference_step(stages, x, *, seed, device, record=True):
-    """Plain autograd over the stages (no detaching) on ``x``; upstream gradient seeded.
-
-    record : bool, keyword-only
-        Keep the RNG states and buffers (False: a plain step, to measure it).
-
-    Returns
-    -------
-    dict
-        ``rng``: the RNG state before each stage, ``buffers_before`` /
-        ``buffers_after``: each stage's buffers around its forward, and
-        ``output_meta``: (shape, dtype) of each output.  Parameter gradients
-        are accumulated into ``.grad`` as usual.
-    """
-    torch = require_torch()
-    torch.manual_seed(seed)
-    rng, before, after, meta = [], [], [], []
-    outputs = []
-    last_use = {}
-    for k, stage in enumerate(stages):
-        for p in stage.inputs:
-            last_use[p] = k
-    for k, stage in enumerate(stages):
-        if record:
-            rng.append(_rng_state(device, torch))
-            before.append([b.detach().clone() for b in stage.buffers])
-        args = [x if p == -1 else outputs[p] for p in stage.inputs]
-        y = stage.fn(*args)
-        if not isinstance(y, torch.Tensor):
-            raise ModelError(f"stage {stage.name!r} did not return a tensor")
-        if record:
-            after.append([b.detach().clone() for b in stage.buffers])
-            meta.append((tuple(y.shape), y.dtype))
-        outputs.append(y)
-        del args, y
-        for p in stage.inputs:  # drop what no later stage reads, as a plain forward does
-            if p != -1 and last_use[p] == k:
-                outputs[p] = None
-    sink = outputs[-1]
-    del outputs
-    grad = _upstream_gradient(sink.shape, sink.dtype, device, seed, torch)
-    if sink.requires_grad:
-        torch.autograd.backward([sink], [grad])
-    return {"rng": rng, "buffers_before": before, "buffers_after": after, "output_meta": meta}
-
-
-def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
-    """Execute ``ops`` on the stages.
-
-    Parameters
-    ----------
-    stages : list of Stage
-    x : torch.Tensor
-        The model input (does not require grad).
-    ops : sequence of planner.schedule.Op
-        A valid schedule for a model whose layers are these stages.
-    reference : dict
-        What :func:`reference_step` returned (RNG states, buffers).
-    seed : int, keyword-only
-    device : torch.device, keyword-only
-    on_op : callable or None, keyword-only
-        Called with the op's index after each op.
-
-    Returns
-    -------
-    int
-        Number of ops executed.
-
-    Raises
-    ------
-    ScheduleError
-        An op whose tensors are missing (the schedule breaks SPEC section 3).
-
-    Notes
-    -----
-    O(ops) stage calls.  Parameter gradients accumulate into ``.grad``.
-    """
-    torch = require_torch()
-
-    outputs = {}  # A
-    saved = {}  # S: leaves and the gradient edge of the output
-    grads = {}  # G
-    first_done = set()
-    sink = len(stages) - 1
-    meta = reference["output_meta"]
-
-    def missing(n, op, what):
-        return ScheduleError(
-            f"op #{n} ({op.kind.value} {stages[op.layer].name}): {what}", index=n,
-            layer=stages[op.layer].name,
-        )
-
-    entry = _entry_function(torch)
-    anchor = torch.zeros((), device=device, requires_grad=True)
-    ops = list(ops)
-    seed_value = seed
-    seed = seed_function(torch)
-    early_free = set()
-    sink_pending = True  # the sink's backward has not run: the loss holds its output
-    count = 0
-    for n, op in enumerate(ops):
-        i = op.layer
-        stage = stages[i]
-        if op.kind is OpKind.FREE:
-            if n in early_free:
-                pass
-            elif i == sink and sink_pending:
-                raise missing(n, op, "the sink's output is read by the loss until the sink's backward")
-            elif outputs.pop(i, None) is None:
-                raise missing(n, op, "its output is not in memory")
-        elif op.kind is OpKind.FORWARD:
-            try:
-                tensors = [x if p == -1 else outputs[p] for p in stage.inputs]
-            except KeyError:
-                raise missing(n, op, "an input is not in memory") from None
-            first = i not in first_done
-            _set_rng_state(reference["rng"][i], device, torch)
-            if not first:
-                _copy_into(stage.buffers, reference["buffers_before"][i])
-            if op.save:
-                boxes, entries = _enter(stage, tensors, entry, anchor)
-                y = stage.fn(*entries)
-                gbox = []
-                root = seed(y, gbox.pop) if y.requires_grad else None
-                saved[i] = (boxes, root, gbox)
-                outputs[i] = y.detach()
-                del y, entries, root
-            else:
-                with torch.no_grad():
-                    outputs[i] = stage.fn(*tensors)
-            del tensors
-            if not first:
-                _copy_into(stage.buffers, reference["buffers_after"][i])
-            first_done.add(i)
-        else:
-            if i not in saved:
-                raise missing(n, op, "its saved data is not in memory")
-            boxes, root, gbox = saved.pop(i)
-            if i == sink:
-                shape, dtype = meta[i]
-                gbox.append(_upstream_gradient(shape, dtype, device, seed_value, torch))
-            else:
-                g = grads.pop(i, None)
-                if g is None:
-                    shape, dtype = meta[i]
-                    g = torch.zeros(shape, dtype=dtype, device=device)
-                gbox.append(g)
-                del g
-            if i != sink:
-                _free_early(ops, n, outputs, early_free)
-            if root is not None:
-                root.backward()
-            gbox.clear()
-            del root, gbox
-            _hand_back(stage, boxes, grads)
-            del boxes
-            if i == sink:
-                sink_pending = False
-        count += 1
-        if on_op is not None:
-            on_op(n)
-    return count
-
-
-def _free_early(ops, n, outputs, early_free):
-    """Drop the output of op ``n``'s layer now if a free of it follows that backward.
-
-    A free of L among the ones that follow L's backward is done as autograd does
-    it: the output goes as soon as the backward has used it (``early_free``
-    records the free, which then does nothing).  Not for the sink: the loss
-    holds its output until the sink's backward has run (SPEC section 3).
-    """
-    i = ops[n].layer
-    k = n + 1
-    while k < len(ops) and ops[k].kind is OpKind.FREE:
-        if ops[k].layer == i and i in outputs:
-            del outputs[i]
-            early_free.add(k)
-            return
-        k += 1
-
-
-def _hand_back(stage, boxes, grads):
-    """Move each input gradient to its producer (summed over consumers)."""
-    for p, box in zip(stage.inputs, boxes):
-        if p == -1 or not box or box[0] is None:
-            continue
-        if p in grads:
-            grads[p].add_(box[0])
-        else:
-            grads[p] = box[0]
-        box.clear()
-
-
-def _enter(stage, tensors, entry, anchor):
-    """The stage's inputs entered into autograd, and one gradient box per input.
-
-    A function of its own so that no loop variable outlives the call and keeps
-    an input alive after its ``free``.
-    """
-    boxes = [[] for _ in tensors]
-    entries = [
-        entry(t, anchor, box) if p != -1 and t.is_floating_point() else t
-        for p, t, box in zip(stage.inputs, tensors, boxes)
-    ]
-    return boxes, entries
-
-
-def _entry_function(torch):
-    """An autograd entry point that hands its input's gradient to a box.
-
-    A stage run with save reads its inputs through it, instead of through
-    leaves that require grad: a leaf is held by its ``AccumulateGrad`` node for
-    as long as the graph lives, which would keep a producer's output alive
-    after ``free`` even when the stage's backward does not read it.  The node
-    made here holds no tensor; ``anchor`` (a scalar that requires grad) only
-    makes its output require grad.
-    """
-
-    class _Entry(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t, anchor, box):
-            ctx.box = box
-            return t.detach()
-
-        @staticmethod
-        def backward(ctx, grad):
-            ctx.box.append(grad)
-            return None, None, None
-
-    return _Entry.apply
 
 
 def _per_op_peaks(trace, marks, x_bytes):
@@ -378,14 +146,76 @@ def _per_op_peaks(trace, marks, x_bytes):
     return peaks
 
 
-def _measure(fn, device, x_bytes):
-    _, peak, _ = allocation_trace(fn, device)
-    return peak + x_bytes
+def _upstream(out, seed, torch):
+    """A provider of the sink's gradient: seeded, made when the backward reaches it."""
+    shape, dtype, device = out.shape, out.dtype, out.device
+
+    def make():
+        gen = torch.Generator().manual_seed(seed + 1)
+        return torch.randn(shape, generator=gen, dtype=dtype).to(device=device)
+
+    return make
+
+
+def _backward_from(out, stage_list, seed, torch):
+    """The step's backward: the loss's own, or a seeded gradient the engine owns."""
+    if getattr(stage_list[-1], "loss", False):
+        out.backward()
+    elif out.requires_grad:
+        seed_function(torch)(out, _upstream(out, seed, torch)).backward()
+
+
+def _train(step, params, *, steps, lr, device, torch):
+    """Run ``steps`` SGD steps of ``step()``; return (first grads, peak, mean seconds).
+
+    The first step runs under the allocator trace; the later ones are timed.
+    """
+    peak_box = {}
+
+    def first():
+        t0 = time.perf_counter()
+        step(first=True)
+        peak_box["seconds"] = time.perf_counter() - t0
+
+    # No garbage collection inside the trace: freeing tensors of an earlier step there
+    # would read as memory of this one.
+    gc.collect()
+    gc.disable()
+    try:
+        _, peak, _ = allocation_trace(first, device)
+    finally:
+        gc.enable()
+    grads = [p.grad.detach().clone() for p in params]
+    times = []
+    for k in range(steps):
+        if k:
+            t0 = time.perf_counter()
+            step(first=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad, alpha=-lr)
+                p.grad.zero_()
+    seconds = sum(times) / len(times) if times else peak_box["seconds"]
+    return grads, peak, seconds
+
+
+def _max_diff(a, b):
+    diff, ok = 0.0, True
+    for x, r in zip(a, b):
+        d = (x - r).abs().max().item() if x.numel() else 0.0
+        scale = max(1.0, r.abs().max().item() if r.numel() else 0.0)
+        diff = max(diff, d)
+        ok = ok and d <= GRAD_TOLERANCE * scale
+    return diff, ok
 
 
 def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
-           seed=0, device="cpu", timeline=False):
-    """Run a schedule on a real model and compare it with plain autograd.
+           seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
+           target=None):
+    """Train on a real model with a schedule and with plain autograd, and compare.
 
     Parameters
     ----------
@@ -404,7 +234,18 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     seed : int, keyword-only
     device : str, keyword-only
     timeline : bool, keyword-only
-        Also record the measured peak during each op (CPU only).
+        Also record the measured peak during each op of the first step (CPU only).
+    steps : int, keyword-only
+        SGD steps per run, from the same start.
+    lr : float, keyword-only
+        Their learning rate.
+    budget : int or None, keyword-only
+        The schedule's ``budget_bytes``, checked against the measured peak.
+    model : planner.model.Model, keyword-only
+        The model file: its names (instead of ``names``), its loss, and its
+        ``input_bytes`` and ``output_bytes`` (checked as the stages run).
+    target : torch.Tensor, keyword-only
+        The loss's target, when the model's sink is a loss.
 
     Returns
     -------
@@ -419,87 +260,95 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
 
     Notes
     -----
-    Two training steps (reference, then the schedule), each under an
-    allocator trace; O(ops) stage calls.
+    ``2 x steps`` training steps; O(ops) stage calls per scheduled step.
     """
+    from planner.runtime.executor import StepRunner, _Plan, _with_loss, check_names, plain_forward
+
     torch = require_torch()
     torch_dtype, dev, x, root, stage_list = prepare(obj, shape, dtype=dtype, stages=stages, seed=seed, device=device)
-    if names is not None:
-        got = [s.name for s in stage_list]
-        if list(names) != got:
-            diff = next((k for k, (a, b) in enumerate(zip(names, got)) if a != b), min(len(names), len(got)))
+    expected = None
+    if model is not None:
+        stage_list = _with_loss(stage_list, model)
+        names = [layer.name for layer in model.layers]
+        expected = [layer.output_bytes for layer in model.layers]
+        if x.numel() * x.element_size() != model.input_bytes:
             raise ModelError(
-                f"the model file does not describe this TARGET: {len(names)} layers vs "
-                f"{len(got)} stages; first difference at #{diff}: "
-                f"{names[diff] if diff < len(names) else '(none)'!r} vs "
-                f"{got[diff] if diff < len(got) else '(none)'!r} (profile it with the same "
-                "--input and --stages)"
+                f"input {'x'.join(map(str, shape))} {dtype} is {x.numel() * x.element_size()} bytes; "
+                f"the model file was profiled for {model.input_bytes}: use the same --input"
             )
+    if names is not None:
+        try:
+            check_names(names, stage_list)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace("this model", "this TARGET", 1)) from None
     params = [p for p in root.parameters() if p.requires_grad]
     initial = {k: v.detach().clone() for k, v in root.state_dict().items()}
     for p in params:  # gradients are fixed memory: allocated before the step
         p.grad = torch.zeros_like(p)
     x_bytes = x.numel() * x.element_size()
+    plan = _Plan(stage_list, ops)
+    anchor = torch.zeros((), device=dev, requires_grad=True)
+    marks, count = [], {}
 
-    try:
-        reference = reference_step(stage_list, x, seed=seed, device=dev)
-    except RuntimeError as exc:
-        raise ModelError(f"the reference step failed: {str(exc).splitlines()[0]}") from None
-    ref_grads = [p.grad.detach().clone() for p in params]
-    ref_state = {k: v.detach().clone() for k, v in root.state_dict().items()}
+    def plain(first):
+        out = plain_forward(stage_list, (x,), target)
+        _backward_from(out, stage_list, seed, torch)
 
-    def restart():
+    def scheduled(first, traced=False):
+        on_op = (lambda n: marks.append(time.time_ns())) if traced else None
+        if on_op:
+            marks.append(time.time_ns())
+        runner = StepRunner(stage_list, plan, (x,), target, anchor=anchor, device=dev,
+                            expected_bytes=expected, on_op=on_op)
+        out = runner.attach(runner.forward_part())
+        _backward_from(out, stage_list, seed, torch)
+        count["n"] = runner.count
+
+    def run(step, what):
         root.load_state_dict(initial)
         for p in params:
             p.grad.zero_()
+        torch.manual_seed(seed)
+        try:
+            grads, peak, seconds = _train(step, params, steps=steps, lr=lr, device=dev, torch=torch)
+        except RuntimeError as exc:
+            raise ModelError(f"{what} failed: {str(exc).splitlines()[0]}") from None
+        state = {k: v.detach().clone() for k, v in root.state_dict().items()}
+        return grads, peak + x_bytes, seconds, state
 
-    # The same plain step again, without bookkeeping, for its memory.
-    restart()
-    reference_peak = _measure(
-        lambda: reference_step(stage_list, x, seed=seed, device=dev, record=False), dev, x_bytes
-    )
-    restart()
-    count_box = {}
-    marks = []
-
-    def run():
-        import time
-
-        marks.append(time.time_ns())
-        count_box["n"] = run_schedule(
-            stage_list, x, ops, reference, seed=seed, device=dev,
-            on_op=(lambda n: marks.append(time.time_ns())) if timeline else None,
-        )
-
-    outer_rng = _rng_state(dev, torch)
-    try:
-        _, peak, _, trace = allocation_trace(run, dev, events=True)
-    except RuntimeError as exc:  # a stage failing under the schedule (dtype, device, ...)
-        raise ModelError(f"running the schedule failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        _set_rng_state(outer_rng, dev, torch)
-    measured = peak + x_bytes
-    op_peaks = _per_op_peaks(trace, marks, x_bytes) if timeline and trace else None
-    max_diff = 0.0
-    ok = True
-    for p, r in zip(params, ref_grads):
-        diff = (p.grad - r).abs().max().item() if p.grad.numel() else 0.0
-        scale = max(1.0, r.abs().max().item() if r.numel() else 0.0)
-        max_diff = max(max_diff, diff)
-        if not diff <= GRAD_TOLERANCE * scale:
-            ok = False
-    state = root.state_dict()
+    ref_grads, ref_peak, ref_seconds, ref_state = run(plain, "the plain autograd step")
+    trace_box = {"trace": None}
+    if timeline:
+        # The timeline needs the allocator's events: one more scheduled step, traced.
+        root.load_state_dict(initial)
+        torch.manual_seed(seed)
+        _, _, _, trace = allocation_trace(lambda: scheduled(True, traced=True), dev, events=True)
+        trace_box["trace"] = trace
+        del trace
+        for p in params:
+            p.grad.zero_()
+    grads, measured, seconds, state = run(scheduled, "running the schedule")
+    op_peaks = _per_op_peaks(trace_box["trace"], marks, x_bytes) if trace_box["trace"] else None
+    max_diff, grads_ok = _max_diff(grads, ref_grads)
+    param_names = [k for k, v in root.named_parameters() if v.requires_grad]
+    param_diff, params_ok = _max_diff([state[k] for k in param_names], [ref_state[k] for k in param_names])
     buffers_ok = all(
         torch.equal(state[k], ref_state[k]) for k, _ in root.named_buffers() if k in state
     )
     return VerifyResult(
-        grads_match=ok and buffers_ok,
+        grads_match=grads_ok and buffers_ok and params_ok,
         max_abs_diff=float(max_diff),
         buffers_match=buffers_ok,
         measured_peak_bytes=int(measured),
         predicted_peak_bytes=predicted,
-        reference_peak_bytes=int(reference_peak),
-        ops=count_box.get("n", 0),
+        reference_peak_bytes=int(ref_peak),
+        ops=count.get("n", 0),
         device=str(dev),
         op_peaks=op_peaks,
+        steps=steps,
+        lr=lr,
+        max_param_diff=float(param_diff),
+        step_seconds=seconds,
+        reference_step_seconds=ref_seconds,
+        budget_bytes=budget,
     )
