@@ -39,6 +39,7 @@ from planner.io.torch_profile import (
     prepare,
     require_torch,
     seed_function,
+    stage_inputs,
 )
 from planner.schedule import OpKind
 
@@ -129,8 +130,24 @@ def _copy_into(targets, values):
         t.data.copy_(v)
 
 
-def reference_step(stages, x, *, seed, device, record=True):
+def _run_stage(stage, tensors, target):
+    return stage.fn(*tensors, target) if stage.loss else stage.fn(*tensors)
+
+
+def _sink_gradient(stages, shape, dtype, device, seed, torch):
+    """The loss's own gradient (1) for a loss sink; a seeded random one otherwise."""
+    if stages[-1].loss:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return _upstream_gradient(shape, dtype, device, seed, torch)
+
+
+def reference_step(stages, x, *, seed, device, record=True, target=None):
     """Plain autograd over the stages (no detaching) on ``x``; upstream gradient seeded.
+
+    x : torch.Tensor or tuple of torch.Tensor
+        The model inputs.
+    target : torch.Tensor or None, keyword-only
+        What a loss stage reads besides the output.
 
     record : bool, keyword-only
         Keep the RNG states and buffers (False: a plain step, to measure it).
@@ -145,6 +162,7 @@ def reference_step(stages, x, *, seed, device, record=True):
     """
     torch = require_torch()
     torch.manual_seed(seed)
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
     rng, before, after, meta = [], [], [], []
     outputs = []
     last_use = {}
@@ -155,8 +173,8 @@ def reference_step(stages, x, *, seed, device, record=True):
         if record:
             rng.append(_rng_state(device, torch))
             before.append([b.detach().clone() for b in stage.buffers])
-        args = [x if p == -1 else outputs[p] for p in stage.inputs]
-        y = stage.fn(*args)
+        args = stage_inputs(stage, outputs, xs)
+        y = _run_stage(stage, args, target)
         if not isinstance(y, torch.Tensor):
             raise ModelError(f"stage {stage.name!r} did not return a tensor")
         if record:
@@ -165,24 +183,26 @@ def reference_step(stages, x, *, seed, device, record=True):
         outputs.append(y)
         del args, y
         for p in stage.inputs:  # drop what no later stage reads, as a plain forward does
-            if p != -1 and last_use[p] == k:
+            if p >= 0 and last_use[p] == k:
                 outputs[p] = None
     sink = outputs[-1]
     del outputs
-    grad = _upstream_gradient(sink.shape, sink.dtype, device, seed, torch)
+    grad = _sink_gradient(stages, sink.shape, sink.dtype, device, seed, torch)
     if sink.requires_grad:
         torch.autograd.backward([sink], [grad])
     return {"rng": rng, "buffers_before": before, "buffers_after": after, "output_meta": meta}
 
 
-def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
+def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None, target=None):
     """Execute ``ops`` on the stages.
 
     Parameters
     ----------
     stages : list of Stage
-    x : torch.Tensor
-        The model input (does not require grad).
+    x : torch.Tensor or tuple of torch.Tensor
+        The model inputs (do not require grad).
+    target : torch.Tensor or None, keyword-only
+        What a loss stage reads besides the output.
     ops : sequence of planner.schedule.Op
         A valid schedule for a model whose layers are these stages.
     reference : dict
@@ -207,6 +227,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
     O(ops) stage calls.  Parameter gradients accumulate into ``.grad``.
     """
     torch = require_torch()
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
 
     outputs = {}  # A
     saved = {}  # S: leaves and the gradient edge of the output
@@ -238,7 +259,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
                 raise missing(n, op, "its output is not in memory")
         elif op.kind is OpKind.FORWARD:
             try:
-                tensors = [x if p == -1 else outputs[p] for p in stage.inputs]
+                tensors = stage_inputs(stage, outputs, xs)
             except KeyError:
                 raise missing(n, op, "an input is not in memory") from None
             first = i not in first_done
@@ -247,7 +268,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
                 _copy_into(stage.buffers, reference["buffers_before"][i])
             if op.save:
                 boxes, entries = _enter(stage, tensors, entry, anchor)
-                y = stage.fn(*entries)
+                y = _run_stage(stage, entries, target)
                 gbox = []
                 root = seed(y, gbox.pop) if y.requires_grad else None
                 saved[i] = (boxes, root, gbox)
@@ -255,7 +276,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
                 del y, entries, root
             else:
                 with torch.no_grad():
-                    outputs[i] = stage.fn(*tensors)
+                    outputs[i] = _run_stage(stage, tensors, target)
             del tensors
             if not first:
                 _copy_into(stage.buffers, reference["buffers_after"][i])
@@ -266,7 +287,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
             boxes, root, gbox = saved.pop(i)
             if i == sink:
                 shape, dtype = meta[i]
-                gbox.append(_upstream_gradient(shape, dtype, device, seed_value, torch))
+                gbox.append(_sink_gradient(stages, shape, dtype, device, seed_value, torch))
             else:
                 g = grads.pop(i, None)
                 if g is None:
@@ -299,7 +320,7 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None):
 def _hand_back(stage, boxes, grads):
     """Move each input gradient to its producer (summed over consumers)."""
     for p, box in zip(stage.inputs, boxes):
-        if p == -1 or not box or box[0] is None:
+        if p < 0 or not box or box[0] is None:
             continue
         if p in grads:
             grads[p].add_(box[0])
@@ -316,7 +337,7 @@ def _enter(stage, tensors, entry, anchor):
     """
     boxes = [[] for _ in tensors]
     entries = [
-        entry(t, anchor, box) if p != -1 and t.is_floating_point() else t
+        entry(t, anchor, box) if p >= 0 and t.is_floating_point() else t
         for p, t, box in zip(stage.inputs, tensors, boxes)
     ]
     return boxes, entries
@@ -369,15 +390,16 @@ def _measure(fn, device, x_bytes):
 
 
 def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
-           seed=0, device="cpu", timeline=False):
+           seed=0, device="cpu", timeline=False, loss=None):
     """Run a schedule on a real model and compare it with plain autograd.
 
     Parameters
     ----------
     obj : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (same ``stages`` mode).
-    shape : tuple of int
-        The input shape.
+    shape : str, sequence of InputSpec, or tuple of int
+        The example (see :func:`planner.io.torch_profile.make_example`): the
+        input shape, the ``--input`` specs or ``--example FILE.py:FUNC``.
     ops : sequence of planner.schedule.Op
         A valid schedule (check it with the simulator first).
     dtype, stages : str, keyword-only
@@ -390,6 +412,8 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     device : str, keyword-only
     timeline : bool, keyword-only
         Also record the measured peak during each op (CPU only).
+    loss : str or None, keyword-only
+        The model file's ``loss``: its last stage runs it on the target.
 
     Returns
     -------
@@ -408,7 +432,9 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     allocator trace; O(ops) stage calls.
     """
     torch = require_torch()
-    torch_dtype, dev, x, root, stage_list = prepare(obj, shape, dtype=dtype, stages=stages, seed=seed, device=device)
+    torch_dtype, dev, x, root, stage_list, target = prepare(
+        obj, shape, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss
+    )
     if names is not None:
         got = [s.name for s in stage_list]
         if list(names) != got:
@@ -424,10 +450,10 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     initial = {k: v.detach().clone() for k, v in root.state_dict().items()}
     for p in params:  # gradients are fixed memory: allocated before the step
         p.grad = torch.zeros_like(p)
-    x_bytes = x.numel() * x.element_size()
+    x_bytes = sum(t.numel() * t.element_size() for t in list(x) + ([target] if target is not None else []))
 
     try:
-        reference = reference_step(stage_list, x, seed=seed, device=dev)
+        reference = reference_step(stage_list, x, seed=seed, device=dev, target=target)
     except RuntimeError as exc:
         raise ModelError(f"the reference step failed: {str(exc).splitlines()[0]}") from None
     ref_grads = [p.grad.detach().clone() for p in params]
@@ -441,7 +467,8 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     # The same plain step again, without bookkeeping, for its memory.
     restart()
     reference_peak = _measure(
-        lambda: reference_step(stage_list, x, seed=seed, device=dev, record=False), dev, x_bytes
+        lambda: reference_step(stage_list, x, seed=seed, device=dev, record=False, target=target),
+        dev, x_bytes,
     )
     restart()
     count_box = {}
@@ -452,7 +479,7 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
 
         marks.append(time.time_ns())
         count_box["n"] = run_schedule(
-            stage_list, x, ops, reference, seed=seed, device=dev,
+            stage_list, x, ops, reference, seed=seed, device=dev, target=target,
             on_op=(lambda n: marks.append(time.time_ns())) if timeline else None,
         )
 
