@@ -239,19 +239,27 @@ def _saved(stage, tensors, target, excluded, torch):
     return int(saved_bytes), bool(needs_inputs), bool(needs_output)
 
 
-def _workspace_backward(y, leaves, *, device, caller_holds_gradient, torch):
-    """Peak of a backward on a fresh graph above what was allocated before it, input gradients excluded."""
+def _workspaces(stage, tensors, target, *, device, caller_holds_gradient, torch):
+    """``(workspace_forward, workspace_backward)`` of the stage on a fresh graph.
+
+    One function, so that no frame but this one holds the output: in the
+    default convention the graph alone must hold it during the backward.
+    """
+    # Forward workspace: the peak during the forward minus what stays after it.
+    leaves = _leaves(tensors, stage)
+    y, peak, end = allocation_trace(lambda: _call(stage, leaves, target), device)
+    workspace_forward = max(0, peak - end)
     if not y.requires_grad:
-        return 0
+        return workspace_forward, 0
     if caller_holds_gradient:
         g = torch.ones_like(y)
 
-        def run_backward():
+        def run_held():
             torch.autograd.backward([y], [g])
             return sum(tensor_bytes(t.grad) for t in leaves if t.grad is not None)
 
-        grads_bytes, peak, _ = allocation_trace(run_backward, device)
-        return max(0, peak - grads_bytes)
+        grads_bytes, peak, _ = allocation_trace(run_held, device)
+        return workspace_forward, max(0, peak - grads_bytes)
     # Run as a chained backward runs it: the output gradient is created inside
     # the backward and owned by the engine, and the output is held only by the
     # graph, so both are released as soon as the stage's last op has used them.
@@ -264,7 +272,7 @@ def _workspace_backward(y, leaves, *, device, caller_holds_gradient, torch):
         return sum(tensor_bytes(t.grad) for t in leaves if t.grad is not None)
 
     grads_bytes, peak, _ = allocation_trace(run_backward, device)
-    return max(0, peak - out_bytes - grads_bytes)
+    return workspace_forward, max(0, peak - out_bytes - grads_bytes)
 
 
 def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_gradient=False):
@@ -281,14 +289,9 @@ def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_
     forward, backward, output = _timed(stage, tensors, target, repeats=repeats, device=device, torch=torch)
     saved_bytes, needs_inputs, needs_output = _saved(stage, tensors, target, excluded, torch)
 
-    # Forward workspace: the peak during the forward minus what stays after it.
-    leaves = _leaves(tensors, stage)
-    y, peak, end = allocation_trace(lambda: _call(stage, leaves, target), device)
-    workspace_forward = max(0, peak - end)
-    workspace_backward = _workspace_backward(
-        y, leaves, device=device, caller_holds_gradient=caller_holds_gradient, torch=torch
+    workspace_forward, workspace_backward = _workspaces(
+        stage, tensors, target, device=device, caller_holds_gradient=caller_holds_gradient, torch=torch
     )
-    del y, leaves
     fields = {
         "forward": forward,
         "backward": backward,

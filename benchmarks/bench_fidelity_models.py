@@ -1,0 +1,167 @@
+"""Fidelity on four models written the usual way, the loss in the model.
+
+A small GPT (split ``qkv``, causal SDPA, tied LM head, cross-entropy), a BERT-like
+encoder (the padding mask a second input, a GEGLU whose split point comes from a
+shape), a ResNet with skips and a U-Net with concatenations, all from
+``tests/models_torch.py``, are profiled by ``edgeplan profile --loss`` (in both
+``--stages`` granularities) and the predicted peak (``peak_bytes - input_bytes``)
+is compared with the allocator's peak of real CPU training steps:
+
+- plain autograd: ``loss(model(*inputs), target).backward()``, against
+  ``store-all``;
+- ``checkpoint_sequential(..., use_reentrant=False)`` over the model's chain of
+  stages (the user's blocks and the code between them, the loss last) where
+  ``--stages modules`` gives a chain, against ``sequential --segments s``.
+
+Parameters and their gradients are allocated before each step, so neither side
+counts them.  Writes the table into docs/fidelity.md (section "Four models
+written the usual way").
+
+Run: ``python benchmarks/bench_fidelity_models.py [--no-write]`` (a few minutes on 2 cores).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _docs import write_section  # noqa: E402
+
+from planner import solvers  # noqa: E402
+from planner.model import model_from_dict  # noqa: E402
+
+DOC = os.path.join(ROOT, "docs", "fidelity.md")
+SECTION = "## 6. Four models written the usual way (the loss in the model)"
+EXAMPLES = os.path.join(ROOT, "tests", "models_torch.py")
+
+# (label, factory, --loss, segment counts for checkpoint_sequential in modules mode)
+CASES = (
+    ("small GPT", "small_gpt", "cross_entropy", (2, 3, 4)),
+    ("BERT-like", "small_bert", "cross_entropy", ()),
+    ("ResNet", "resnet", "cross_entropy", (2, 3, 4)),
+    ("U-Net", "unet", "mse", ()),
+)
+
+
+def _zero_grads(params, torch):
+    for p in params:
+        p.grad = torch.zeros_like(p)
+
+
+def measured_plain(prep, loss_fn):
+    """Allocator peak of one plain autograd step of the user's model."""
+    import torch
+
+    from planner.io.torch_profile import allocation_trace
+
+    net = prep.root
+    _zero_grads(net.parameters(), torch)
+
+    def step():
+        loss_fn(net(*prep.inputs), prep.target).backward()
+
+    _, peak, _ = allocation_trace(step, prep.device)
+    return peak
+
+
+def measured_checkpoint(prep, segments):
+    """Allocator peak of ``checkpoint_sequential`` over the stages (the loss the last one)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    from planner.io.torch_profile import allocation_trace
+
+    stages = prep.stages
+    functions = [s.fn for s in stages[:-1]] + [lambda y: stages[-1].fn(y, prep.target)]
+    _zero_grads(prep.root.parameters(), torch)
+
+    def step():
+        checkpoint_sequential(functions, segments, prep.inputs[0], use_reentrant=False).backward()
+
+    _, peak, _ = allocation_trace(step, prep.device)
+    return peak
+
+
+def predicted(model, segments):
+    if segments == 0:
+        sol = solvers.solve(model, None, "store-all")
+    else:
+        sol = solvers.solve(model, None, "sequential", segments=segments)
+    return sol.result.peak_bytes - model.input_bytes
+
+
+def run_case(label, factory, loss, counts):
+    import tests.models_torch as models
+    from planner.io.torch_profile import make_loss, prepare, profile_model
+
+    example = f"{EXAMPLES}:{factory}_example"
+    rows, times = [], {}
+    for mode in ("ops", "modules"):
+        t0 = time.perf_counter()
+        doc = profile_model(getattr(models, factory)(), example, stages=mode, loss=loss, name=factory, repeats=1)
+        times[mode] = time.perf_counter() - t0
+        model = model_from_dict(doc)
+        prep = prepare(getattr(models, factory)(), example, dtype="float32", stages=mode, seed=0,
+                       device="cpu", loss=loss)
+        real = measured_plain(prep, make_loss(loss))
+        rows.append((label, mode, len(model), "store-all", predicted(model, 0), real))
+        if mode == "modules" and model.is_chain:
+            for s in counts:
+                real = measured_checkpoint(prep, s)
+                rows.append((label, mode, len(model), f"sequential s={s}", predicted(model, s), real))
+    return rows, times
+
+
+def table(rows, times):
+    lines = [
+        "| model | --stages | layers | strategy | predicted | measured | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, mode, n, strategy, p, m in rows:
+        lines.append(f"| {label} | {mode} | {n} | {strategy} | {p:,} | {m:,} | {p / m - 1:+.2%} |")
+    worst = max(abs(p / m - 1) for *_, p, m in rows)
+    lines.append("")
+    lines.append(f"Largest |error|: {worst:.2%}.")
+    lines.append("")
+    lines.append("Profiling time (`repeats=1`, one run of each stage timed, on this machine):")
+    lines.append("")
+    lines.append("| model | ops | modules |")
+    lines.append("|---|---|---|")
+    for label, t in times.items():
+        lines.append(f"| {label} | {t['ops']:.1f} s | {t['modules']:.1f} s |")
+    return "\n".join(lines), worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/fidelity.md")
+    args = parser.parse_args()
+    import torch
+
+    rows, times = [], {}
+    for label, factory, loss, counts in CASES:
+        r, t = run_case(label, factory, loss, counts)
+        rows += r
+        times[label] = t
+    text, worst = table(rows, times)
+    header = (
+        f"Measured {datetime.date.today().isoformat()}, torch {torch.__version__}, "
+        f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), by "
+        "`python benchmarks/bench_fidelity_models.py`. Predicted is `peak_bytes - input_bytes` "
+        "of the profiled model (the loss its sink); measured is the allocator's peak of the real "
+        "step above what was allocated before it (parameters, gradients, inputs, target)."
+    )
+    print(text)
+    if not args.no_write:
+        write_section(SECTION, header + "\n\n" + text, DOC)
+    return 0 if worst <= 0.03 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
