@@ -98,6 +98,13 @@ def _tracer_class(torch, fx):
             self.scopes.append((self.path_of_module(m), type(m).__name__))
             try:
                 return super().call_module(m, forward, args, kwargs)
+            except Exception as exc:
+                if not hasattr(exc, "edgeplan_scope"):
+                    try:
+                        exc.edgeplan_scope = self.scopes[-1]
+                    except AttributeError:  # pragma: no cover - an exception without a __dict__
+                        pass
+                raise
             finally:
                 self.scopes.pop()
 
@@ -238,10 +245,10 @@ def concrete_trace(root, inputs, *, blocks):
     except ModelError:
         raise
     except Exception as exc:  # torch.fx or the model's own code on the example
-        path, kind = tracer.scopes[-1]
+        path, kind = getattr(exc, "edgeplan_scope", tracer.scopes[-1])
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ModelError(
-            f"cannot trace {_where(path, kind)}: {type(exc).__name__}: {first}"
+            f"tracing {_where(path, kind)} on the example failed: {type(exc).__name__}: {first}"
         ) from None
     return graph, tracer.values
 
