@@ -339,3 +339,13 @@ def unet_example(batch=4, size=64):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(batch, 3, size, size, generator=gen)
     return x, torch.randn(batch, 2, size, size, generator=gen)
+
+
+def tiny_bert():
+    """:class:`SmallBERT` small enough for CLI tests."""
+    torch.manual_seed(0)
+    return SmallBERT(vocab=100, d=16, heads=2, layers=2, max_len=16, classes=3)
+
+
+def tiny_bert_example():
+    return small_bert_example(batch=2, tokens=16, vocab=100, classes=3)

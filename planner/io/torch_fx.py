@@ -25,6 +25,9 @@ _INPLACE_FUNCTIONS = {
     operator.ior: operator.or_,
 }
 _DATA_METHODS = ("item", "tolist", "numpy", "data_ptr")
+_SHAPE_ATTRIBUTES = ("shape", "ndim", "dtype", "device", "is_cuda", "layout")
+_SHAPE_METHODS = ("size", "dim", "numel", "nelement", "stride", "element_size", "is_contiguous",
+                  "is_floating_point", "get_device", "ndimension")
 _CONTAINERS = ("ModuleList", "ModuleDict", "Sequential")
 
 
@@ -58,6 +61,16 @@ def _tracer_class(torch, fx):
 
         def __len__(self):
             return len(self.tracer.values.get(self.node))
+
+        def __getattr__(self, k):
+            if k in _SHAPE_ATTRIBUTES:
+                value = self.tracer.values.get(self.node)
+                if isinstance(value, torch.Tensor):
+                    return getattr(value, k)  # a constant for the profiled shapes
+            return super().__getattr__(k)
+
+        def __setitem__(self, key, value):
+            self.tracer.refuse("an in-place write x[...] = ... (assign a new tensor instead)")
 
     class ConcreteTracer(fx.Tracer):
         def __init__(self, root, inputs, blocks):
@@ -108,6 +121,16 @@ def _tracer_class(torch, fx):
             finally:
                 self.scopes.pop()
 
+        def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+            node = super().create_node(kind, target, args, kwargs, name, type_expr)
+            if kind == "get_attr":  # also the tensors fx stores on the root (_tensor_constant0)
+                self.evaluating = True
+                try:
+                    self.values[node] = _attr(self.root_module, target)
+                finally:
+                    self.evaluating = False
+            return node
+
         def getattr(self, attr, attr_val, parameter_proxy_cache):
             if self.evaluating:
                 return attr_val
@@ -118,6 +141,11 @@ def _tracer_class(torch, fx):
             return (obj[i] for i in range(len(value)))
 
         def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+            if kind == "call_method" and target in _SHAPE_METHODS:
+                value = self._value(args[0])
+                if isinstance(value, torch.Tensor):  # x.size(), x.dim(): constants, no node
+                    rest = fx.node.map_aggregate(args[1:], self._value)
+                    return getattr(value, target)(*rest, **fx.node.map_aggregate(kwargs, self._value))
             proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
             self.values[proxy.node] = self._evaluate(proxy.node, kind, target, args, kwargs)
             return proxy
@@ -298,8 +326,19 @@ def _classify(graph, values, torch):
 
 
 def _is_view(node, value, values, torch):
+    """``value`` shares its storage with a tensor among the node's arguments.
+
+    For a piece of a tuple (``getitem``), the arguments of the op that made the
+    tuple: a ``split`` piece is a view, an output of a module returning two new
+    tensors is not.
+    """
+    sources = node.all_input_nodes
+    if node.op == "call_function" and node.target is operator.getitem and sources:
+        container = sources[0]
+        if not isinstance(values.get(container), torch.Tensor):
+            sources = container.all_input_nodes
     bases = set()
-    for a in node.all_input_nodes:
+    for a in sources:
         bases.update(_storage(t) for t in _tensors_in(values.get(a), torch) if t.untyped_storage().nbytes())
     return value.untyped_storage().nbytes() > 0 and _storage(value) in bases
 

@@ -143,7 +143,11 @@ def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
 
 
 def _layer_doc(stage, stages, fields):
-    inputs = [INPUT if p < 0 else stages[p].name for p in stage.inputs]
+    inputs = []
+    for p in stage.inputs:  # a layer that reads several model inputs lists "input" once
+        name = INPUT if p < 0 else stages[p].name
+        if name not in inputs:
+            inputs.append(name)
     return {"name": stage.name, "inputs": inputs, **fields}
 
 
