@@ -12,7 +12,7 @@ from planner.errors import ModelError
 from planner.io import unique_names
 from planner.io.torch_inputs import require_torch
 
-__all__ = ["fx_stages", "concrete_trace"]
+__all__ = ["fx_stages", "concrete_trace", "no_inplace", "node_call"]
 
 _INPLACE_FUNCTIONS = {
     operator.iadd: operator.add,
@@ -35,8 +35,8 @@ def _where(module_path, module_type):
     return f"module {module_path!r} ({module_type})" if module_path else f"the model ({module_type})"
 
 
-def _tracer_class(torch, fx):
-    """A :class:`torch.fx.Tracer` that evaluates every node on the example as it records it."""
+def _proxy_class(torch, fx):
+    """A :class:`torch.fx.Proxy` that turns into its concrete value where Python needs one."""
 
     class ConcreteProxy(fx.Proxy):
         """A proxy that turns into its concrete value where Python needs a number."""
@@ -71,6 +71,13 @@ def _tracer_class(torch, fx):
 
         def __setitem__(self, key, value):
             self.tracer.refuse("an in-place write x[...] = ... (assign a new tensor instead)")
+
+    return ConcreteProxy
+
+
+def _tracer_class(torch, fx):
+    """A :class:`torch.fx.Tracer` that evaluates every node on the example as it records it."""
+    ConcreteProxy = _proxy_class(torch, fx)
 
     class ConcreteTracer(fx.Tracer):
         def __init__(self, root, inputs, blocks):
@@ -253,7 +260,7 @@ def concrete_trace(root, inputs, *, blocks):
     import torch.fx as fx
 
     for sub in root.modules():
-        _no_inplace(sub)
+        no_inplace(sub)
     tracer = _tracer_class(torch, fx)(root, inputs, blocks)
     names = list(inspect.signature(root.forward).parameters.items())
     if len(inputs) > len(names) and not any(p.kind is inspect.Parameter.VAR_POSITIONAL for _, p in names):
@@ -278,10 +285,14 @@ def concrete_trace(root, inputs, *, blocks):
         raise ModelError(
             f"tracing {_where(path, kind)} on the example failed: {type(exc).__name__}: {first}"
         ) from None
+    for name in set(tracer.tensor_attrs.values()):  # fx's copies of tensor constants on the root
+        if name.startswith("_tensor_constant") and name in root.__dict__:
+            delattr(root, name)
     return graph, tracer.values
 
 
-def _no_inplace(module):
+def no_inplace(module):
+    """Turn ``inplace=True`` off on a module that would write into its input."""
     if hasattr(module, "inplace") and getattr(module, "inplace") is True:
         module.inplace = False
 

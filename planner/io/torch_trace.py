@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from planner.errors import ModelError
 from planner.io import unique_names
+from planner.io.torch_fx import fx_stages, no_inplace
 from planner.io.torch_inputs import require_torch
 from planner.io.torch_loss import LOSS_NAME, check_loss_value
 
@@ -84,12 +85,6 @@ def is_chain(stage_list):
     return all(s.inputs == ((i - 1,) if i else (-1,)) for i, s in enumerate(stage_list))
 
 
-def _no_inplace(module):
-    """Turn ``inplace=True`` off on a module that would write into its input."""
-    if hasattr(module, "inplace") and getattr(module, "inplace") is True:
-        module.inplace = False
-
-
 def _chain_stages(children):
     names = []
     for key, child in children:
@@ -97,7 +92,7 @@ def _chain_stages(children):
         names.append(f"L{key}_{cls}" if str(key).isdigit() else str(key))
     stages = []
     for i, ((_, child), name) in enumerate(zip(children, unique_names(names))):
-        _no_inplace(child)
+        no_inplace(child)
         stages.append(
             Stage(
                 name=name,
@@ -201,8 +196,6 @@ def build_stages(obj, stages="auto", example=None, loss=None):
             root = nn.Sequential(*obj)
         if not example:
             raise ModelError(f"--stages {mode} needs the model's inputs (--input or --example)")
-        from planner.io.torch_fx import fx_stages
-
         stage_list = fx_stages(root, example, blocks=(mode == "modules"))
     if loss is not None:
         _append_loss(stage_list, loss)
