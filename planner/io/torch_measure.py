@@ -3,7 +3,8 @@
 Each stage runs on its real inputs, on the device, and is measured exactly as
 docs/format.md defines the fields:
 
-- ``output_bytes``: bytes of the stage's output tensor;
+- ``output_bytes``: bytes of the storage the stage's output keeps alive (its
+  numel x element size, or more when it is a view of a larger buffer);
 - ``saved_bytes``: bytes of the distinct storages autograd saves for the
   stage's backward (``torch.autograd.graph.saved_tensors_hooks``), parameters,
   buffers and the loss target (held by the caller) excluded, minus the
@@ -275,6 +276,14 @@ def _workspaces(stage, tensors, target, *, device, caller_holds_gradient, torch)
     return workspace_forward, max(0, peak - out_bytes - grads_bytes)
 
 
+def _output_bytes(output, tensors):
+    """What the output keeps alive: its whole storage (F.mse_loss returns a 0-d tensor over an
+    output-sized buffer), unless that storage is an input's (a view: counted by its producer)."""
+    if any(_storage_key(output) == _storage_key(t) for t in tensors):
+        return tensor_bytes(output)
+    return max(tensor_bytes(output), _storage_bytes(output))
+
+
 def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_gradient=False):
     """Measure one stage on its real inputs; return (layer fields, output tensor).
 
@@ -295,7 +304,7 @@ def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_
     fields = {
         "forward": forward,
         "backward": backward,
-        "output_bytes": tensor_bytes(output),
+        "output_bytes": _output_bytes(output, tensors),
         "saved_bytes": saved_bytes,
         "needs_inputs": needs_inputs,
         "needs_output": needs_output,

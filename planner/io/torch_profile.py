@@ -168,7 +168,22 @@ def _measure_all(prep, *, repeats, caller_holds_gradient):
             raise ModelError(f"stage {stage.name!r} failed: {type(exc).__name__}: {first}") from None
         outputs[i] = out
         fields.append(f)
-    return fields
+    return fields, _held_by_loss_value(prep, fields, outputs)
+
+
+def _held_by_loss_value(prep, fields, outputs):
+    """Bytes the loss value keeps alive beyond its scalar, moved from the loss layer to input_bytes.
+
+    The caller holds the loss value until the step ends (``loss.backward()``, then logs it),
+    longer than any layer's output lives; ``F.mse_loss`` returns a 0-d tensor over an
+    output-sized buffer.
+    """
+    if not prep.stages or not prep.stages[-1].loss:
+        return 0
+    scalar = tensor_bytes(outputs[len(prep.stages) - 1])
+    surplus = fields[-1]["output_bytes"] - scalar
+    fields[-1]["output_bytes"] = scalar
+    return surplus
 
 
 def _describe(tensors):
@@ -246,7 +261,8 @@ def profile_model(
     -------
     dict
         A validated ``edgeplan-model/1`` document.  ``input_bytes`` counts the
-        inputs and the target (the caller holds both for the whole step).
+        inputs, the target and what the loss value keeps alive beyond its
+        scalar (the caller holds them for the whole step).
 
     Raises
     ------
@@ -266,10 +282,11 @@ def profile_model(
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
     try:
+        held = 0
         if estimate:
             fields = estimate_stages(root, prep.stages, prep.inputs, prep.target)
         else:
-            fields = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
+            fields, held = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
     finally:
         root.load_state_dict(snapshot)
         for p in root.parameters():
@@ -277,13 +294,13 @@ def profile_model(
     seen = set()
     for stage, f in zip(prep.stages, fields):
         f["params_bytes"] = params_bytes(stage.params, seen)
-    held = list(prep.inputs) + ([prep.target] if prep.target is not None else [])
+    by_caller = list(prep.inputs) + ([prep.target] if prep.target is not None else [])
     doc = {
         "format": MODEL_FORMAT,
         "name": name,
         "time_unit": "flop" if estimate else "ms",
         "source": _source(prep, estimate=estimate, repeats=repeats, dtype=dtype, loss=loss),
-        "input_bytes": int(sum(tensor_bytes(t) for t in held)),
+        "input_bytes": int(sum(tensor_bytes(t) for t in by_caller) + held),
         "layers": [_layer_doc(s, prep.stages, f) for s, f in zip(prep.stages, fields)],
     }
     if loss is not None:

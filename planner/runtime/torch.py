@@ -255,6 +255,8 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None, target=
         if op.kind is OpKind.FREE:
             if n in early_free:
                 pass
+            elif i == sink and stage.loss and i in outputs:
+                loss_value = outputs.pop(i)  # noqa: F841 - a training loop holds the loss to the end
             elif outputs.pop(i, None) is None:
                 raise missing(n, op, "its output is not in memory")
         elif op.kind is OpKind.FORWARD:
@@ -301,7 +303,10 @@ def run_schedule(stages, x, ops, reference, *, seed, device, on_op=None, target=
                     # A free of L among the ones that follow its backward is done
                     # as autograd does it: the output goes as soon as the
                     # backward has used it.
-                    del outputs[i]
+                    if i == sink and stage.loss:
+                        loss_value = outputs.pop(i)  # noqa: F841 - held to the end, as a training loop does
+                    else:
+                        del outputs[i]
                     early_free.add(k)
                     break
                 k += 1
