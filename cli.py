@@ -706,8 +706,10 @@ dtype_option = click.option(
 )
 stages_option = click.option(
     "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
-    help="modules: the children of an nn.Sequential form a chain; ops: a DAG of torch.fx ops; "
-    "auto: modules for a Sequential, ops otherwise.",
+    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
+    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
+    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
+    "otherwise (docs/costs.md).",
 )
 device_option = click.option(
     "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
