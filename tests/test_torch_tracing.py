@@ -275,6 +275,35 @@ def test_small_gpt_store_all_within_3_percent_of_a_real_step(stages):
     assert abs(_store_all_peak(doc) / measured - 1) < 0.03
 
 
+def test_resnet_blocks_sequential_within_3_percent_of_checkpoint_sequential():
+    """--stages modules makes the ResNet a chain of its blocks; checkpoint_sequential over it."""
+    import tests.models_torch as models
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    def factory():
+        torch.manual_seed(0)
+        return models.ResNet(width=8)
+
+    spec = [parse_input("2x3x32x32")]
+    doc = profile_model(factory(), spec, stages="modules", repeats=1, loss="cross_entropy")
+    model = model_from_dict(doc)
+    assert model.is_chain and _names(doc)[4:6] == ["layer1_0", "layer1_1"]
+    prep = prepare(factory(), spec, dtype="float32", stages="modules", seed=0, device="cpu", loss="cross_entropy")
+    for p in prep.root.parameters():
+        p.grad = torch.zeros_like(p)
+    stages = prep.stages
+    functions = [s.fn for s in stages[:-1]] + [lambda y: stages[-1].fn(y, prep.target)]
+    _, measured, _ = allocation_trace(
+        lambda: checkpoint_sequential(  # no RNG state: 5 kB per segment, no layer (fidelity.md 3.3)
+            functions, 3, prep.inputs[0], use_reentrant=False, preserve_rng_state=False
+        ).backward(),
+        torch.device("cpu"),
+    )
+    solution = solvers.solve(model, None, "sequential", segments=3)
+    predicted = solution.result.peak_bytes - model.input_bytes
+    assert abs(predicted / measured - 1) < 0.03, (predicted, measured)
+
+
 # ---------------------------------------------------------------- the loss
 
 
