@@ -102,15 +102,7 @@ def _tracer_class(torch, fx):
         def is_leaf_module(self, m, qualified_name):
             if not self.blocks:
                 return super().is_leaf_module(m, qualified_name)
-            if type(m).__name__ in _CONTAINERS and type(m).__module__.startswith("torch.nn"):
-                return False
-            parts = qualified_name.split(".")
-            parent = self.root_module
-            for part in parts[:-1]:
-                parent = getattr(parent, part)
-                if type(parent).__name__ not in _CONTAINERS:
-                    return False
-            return True
+            return _is_block(self.root_module, m, qualified_name)
 
         def call_module(self, m, forward, args, kwargs):
             if self.evaluating:  # a module run for its value, inside the tracer's patches
@@ -170,11 +162,7 @@ def _tracer_class(torch, fx):
             kw = fx.node.map_aggregate(kwargs, self._value)
             self.evaluating = True
             try:
-                if kind == "get_attr":
-                    return _attr(self.root_module, target)
-                call = node_call(node, self.root_module)
-                with torch.no_grad():
-                    return call(*vals, **_out_of_place_kwargs(kw))
+                return _run_node(node, kind, target, vals, kw, self.root_module, torch)
             finally:
                 self.evaluating = False
 
@@ -186,6 +174,27 @@ def _tracer_class(torch, fx):
             return a
 
     return ConcreteTracer
+
+
+def _is_block(root, m, qualified_name):
+    """``--stages modules``: ``m`` is a child of the root or an item of a container right under it."""
+    if type(m).__name__ in _CONTAINERS and type(m).__module__.startswith("torch.nn"):
+        return False
+    parent = root
+    for part in qualified_name.split(".")[:-1]:
+        parent = getattr(parent, part)
+        if type(parent).__name__ not in _CONTAINERS:
+            return False
+    return True
+
+
+def _run_node(node, kind, target, vals, kwargs, root, torch):
+    """A node's value on the example (no grad; in-place ops run out of place)."""
+    if kind == "get_attr":
+        return _attr(root, target)
+    call = node_call(node, root)
+    with torch.no_grad():
+        return call(*vals, **_out_of_place_kwargs(kwargs))
 
 
 def _attr(root, target):
