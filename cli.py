@@ -875,20 +875,49 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
     sys.exit(EXIT_OK if ok or exit_zero else EXIT_NO)
 
 
-class ShapeType(click.ParamType):
-    """SHAPE: comma-separated positive sizes, batch first (8,3,224,224)."""
+class InputType(click.ParamType):
+    """SHAPE[:DTYPE[:HIGH]]: one model input (4x128:int64:5000; 8,3,224,224)."""
 
-    name = "SHAPE"
+    name = "SHAPE[:DTYPE[:HIGH]]"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
+        if not isinstance(value, str):
             return value
-        from planner.io.torch_profile import parse_shape
+        from planner.io.torch_profile import parse_input
 
         try:
-            return parse_shape(value)
+            return parse_input(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def example_options(fn):
+    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
+    fn = click.option(
+        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
+        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
+        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
+        "default, the model file's.",
+    )(fn)
+    fn = click.option(
+        "--example", metavar="FILE.py:FUNC",
+        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
+    )(fn)
+    return click.option(
+        "--input", "inputs", type=InputType(), multiple=True,
+        help="One input, batch first: SHAPE[:DTYPE[:HIGH]], e.g. 8,3,224,224 or 4x128:int64:5000 "
+        "(integers drawn in [0, HIGH), floats from a normal distribution). Repeat for several "
+        "inputs, passed in order.",
+    )(fn)
+
+
+def _example_spec(inputs, example):
+    """``--example`` or the ``--input`` specs; exactly one of them (usage error otherwise)."""
+    if inputs and example:
+        raise click.UsageError("give --input or --example, not both")
+    if not inputs and not example:
+        raise click.UsageError("give the model's inputs: --input SHAPE[:DTYPE[:HIGH]] or --example FILE.py:FUNC")
+    return example or list(inputs)
 
 
 def _quiet_torch():
@@ -900,18 +929,16 @@ def _quiet_torch():
 
 
 target_argument = click.argument("target", metavar="TARGET")
-shape_option = click.option(
-    "--input", "shape", type=ShapeType(), required=True,
-    help="Input shape, batch first: 8,3,224,224.",
-)
 dtype_option = click.option(
     "--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
     default="float32", show_default=True, help="Data type the model runs in.",
 )
 stages_option = click.option(
     "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
-    help="modules: the children of an nn.Sequential form a chain; ops: a DAG of torch.fx ops; "
-    "auto: modules for a Sequential, ops otherwise.",
+    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
+    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
+    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
+    "otherwise (docs/costs.md).",
 )
 device_option = click.option(
     "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
@@ -921,7 +948,7 @@ device_option = click.option(
 
 @main.command()
 @target_argument
-@shape_option
+@example_options
 @dtype_option
 @stages_option
 @click.option("--estimate", is_flag=True, help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")
@@ -930,31 +957,36 @@ device_option = click.option(
 @device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
-def profile(target, shape, dtype, stages, estimate, repeats, name, device, output, as_json):
+def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, name, device, output, as_json):
     """Profile a PyTorch model into a model file (edgeplan-model/1).
 
     TARGET is path/to/file.py:factory or package.module:factory; the factory
     returns an nn.Module (an nn.Sequential or a list of modules profiles as a
-    chain of stages).  Each stage runs on its real input: times, output and
-    saved sizes, workspaces.  This imports and runs TARGET's code, and only
-    that.  Needs PyTorch: pip install edgeplan[torch].
+    chain of stages; any other module is traced with torch.fx, see
+    docs/costs.md).  Each stage runs on its real inputs: times, output and
+    saved sizes, workspaces.  With --loss the loss is the model's last layer.
+    This imports and runs TARGET's code, and only that.  Needs PyTorch: pip
+    install edgeplan[torch].
 
     \b
-    Example:
+    Examples:
       edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
+      edgeplan profile gpt.py:gpt --input 4x128:int64:5000 --loss cross_entropy -o gpt.json
     """
     extras.require("torch", purpose="edgeplan profile")
     _quiet_torch()
-    from planner.io.torch_profile import profile_target
+    from planner.io.torch_profile import LOSS_NOT_MODELLED, profile_target
 
+    spec = _example_spec(inputs, example)
     out, err = _consoles(True)
-    options = {"dtype": dtype, "stages": stages, "estimate": estimate, "repeats": repeats, "device": device}
+    options = {"dtype": dtype, "stages": stages, "estimate": estimate, "repeats": repeats,
+               "device": device, "loss": loss}
     if name:
         options["name"] = name
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
-        doc = profile_target(target, shape, **options)
+        doc = profile_target(target, spec, **options)
     text = json.dumps(doc, indent=2) + "\n"
     layers = doc["layers"]
     kind = "chain" if all(
@@ -965,6 +997,8 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
         f"{_bytes(doc['input_bytes'])}, activations {_bytes(sum(l['output_bytes'] for l in layers))}, "
         f"params {_bytes(sum(l['params_bytes'] for l in layers))}"
     )
+    if loss is None:
+        err.print(f"[yellow]note:[/yellow] {LOSS_NOT_MODELLED}")
     if output:
         with atomic_output(output) as f:
             f.write(text)
@@ -976,7 +1010,7 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
 
 @main.command()
 @target_argument
-@shape_option
+@example_options
 @click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False), required=True,
               help="The schedule to run (edgeplan-schedule/1).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
@@ -990,18 +1024,19 @@ def profile(target, shape, dtype, stages, estimate, repeats, name, device, outpu
 @click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
               help="Learning rate of those steps.")
 @json_option
-def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
+def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
 
-    Runs --steps SGD steps twice from the same start, input and seed: under
+    Runs --steps SGD steps twice from the same start, inputs and seed: under
     the training executor running the schedule's ops (forward with or
     without save, backward, free) on TARGET's stages, and under plain
-    autograd.  Compares the first step's parameter gradients, the buffers and
-    the final parameters (within 1e-5 for float32), and reports the measured
-    peak of a step (allocator) and the mean step time of each run.  Exits 0
-    when they match and the measured peak is within 2% of the budget the
-    schedule was planned for (budget_bytes), 1 otherwise.  Imports and runs
-    TARGET's code, and only that.  Needs PyTorch: pip install edgeplan[torch].
+    autograd.  A model with a loss (--loss, or the model file's) runs it on
+    the target.  Compares the first step's parameter gradients, the buffers
+    and the final parameters (within 1e-5 for float32), and reports the
+    measured peak of a step (allocator) and the mean step time of each run.
+    Exits 0 when they match and the measured peak is within 2% of the budget
+    the schedule was planned for (budget_bytes), 1 otherwise.  Imports and
+    runs TARGET's code, and only that.  Needs PyTorch: pip install edgeplan[torch].
 
     \b
     Example:
@@ -1017,18 +1052,20 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
 
     import contextlib
 
+    spec = _example_spec(inputs, example)
     out, err = _consoles(as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         obj = load_target(target)
     if model_path:
         model = _load_model_or_exit(model_path, err)
+        loss = loss or (model.document or {}).get("loss")
     else:
         # Only the layer names and the graph are needed: estimate, nothing runs.
         import copy
 
         with contextlib.redirect_stdout(sys.stderr):
-            doc = profile_model(copy.deepcopy(obj), shape, dtype=dtype, stages=stages, estimate=True,
-                                name=target.rpartition(":")[2])
+            doc = profile_model(copy.deepcopy(obj), spec, dtype=dtype, stages=stages, estimate=True,
+                                name=target.rpartition(":")[2], loss=loss, seed=seed)
         model = model_from_dict(doc, source_name=f"profile of {target}")
     from planner.model import read_json_file
 
@@ -1046,9 +1083,10 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
     with contextlib.redirect_stdout(sys.stderr):
-        r = run_verify(obj, shape, schedule.ops, dtype=dtype, stages=stages, names=[layer.name for layer in model.layers],
-                       model=model if model_path else None, predicted=predicted, seed=seed, device=device,
-                       steps=steps, lr=lr, budget=schedule.budget_bytes)
+        r = run_verify(obj, spec, schedule.ops, dtype=dtype, stages=stages,
+                       names=[layer.name for layer in model.layers],
+                       model=model if model_path else None, predicted=predicted, seed=seed,
+                       device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
     else:

@@ -145,8 +145,10 @@ def test_auto_picks_modules_for_sequential_and_ops_otherwise():
     assert [s.inputs for s in chain] == [(-1,), (0,)]
     _, dag = build_stages(skip_net(), "auto", example=x)
     assert len(dag) > 4
-    with pytest.raises(ModelError, match="--stages modules needs an nn.Sequential"):
-        build_stages(skip_net(), "modules", example=x)
+    # modules on ordinary code: the children are stages, the code between them one stage per op
+    # (the flatten, a view, is folded into fc).
+    _, blocks = build_stages(skip_net(), "modules", example=x)
+    assert [s.name for s in blocks] == ["conv1", "bn", "relu", "conv2", "add", "relu_1", "fc"]
 
 
 def test_stage_that_does_not_return_a_tensor():

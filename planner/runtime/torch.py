@@ -212,17 +212,18 @@ def _max_diff(a, b):
     return diff, ok
 
 
-def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
+def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
            seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
-           target=None):
+           target=None, loss=None):
     """Train on a real model with a schedule and with plain autograd, and compare.
 
     Parameters
     ----------
     obj : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (same ``stages`` mode).
-    shape : tuple of int
-        The input shape.
+    example : tuple of int, sequence of InputSpec, or str
+        The inputs, as :func:`planner.io.torch_profile.make_example` takes them
+        (a shape, ``--input`` specs, or ``FILE.py:FUNC``).
     ops : sequence of planner.schedule.Op
         A valid schedule (check it with the simulator first).
     dtype, stages : str, keyword-only
@@ -245,7 +246,11 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
         The model file: its names (instead of ``names``), its loss, and its
         ``input_bytes`` and ``output_bytes`` (checked as the stages run).
     target : torch.Tensor, keyword-only
-        The loss's target, when the model's sink is a loss.
+        The loss's target, when the model's sink is a loss (default: the
+        example's target).
+    loss : str or None, keyword-only
+        A ``--loss`` kind (default: the model file's ``loss``): the last stage
+        runs it on the target.
 
     Returns
     -------
@@ -265,16 +270,23 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     from planner.runtime.executor import StepRunner, _Plan, _with_loss, check_names, plain_forward
 
     torch = require_torch()
-    torch_dtype, dev, x, root, stage_list = prepare(obj, shape, dtype=dtype, stages=stages, seed=seed, device=device)
+    if loss is None and model is not None:
+        loss = (model.document or {}).get("loss")
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
+    dev, inputs, root, stage_list = prep.device, prep.inputs, prep.root, prep.stages
+    target = prep.target if target is None else target
+    by_caller = list(inputs) + ([target] if target is not None else [])
+    x_bytes = sum(t.numel() * t.element_size() for t in by_caller)
     expected = None
     if model is not None:
         stage_list = _with_loss(stage_list, model)
         names = [layer.name for layer in model.layers]
         expected = [layer.output_bytes for layer in model.layers]
-        if x.numel() * x.element_size() != model.input_bytes:
+        # input_bytes also holds what the loss value keeps beyond its scalar (a loss model).
+        if x_bytes > model.input_bytes or (loss is None and x_bytes != model.input_bytes):
             raise ModelError(
-                f"input {'x'.join(map(str, shape))} {dtype} is {x.numel() * x.element_size()} bytes; "
-                f"the model file was profiled for {model.input_bytes}: use the same --input"
+                f"the inputs are {x_bytes} bytes; the model file was profiled for "
+                f"{model.input_bytes}: use the same --input/--example"
             )
     if names is not None:
         try:
@@ -285,20 +297,19 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     initial = {k: v.detach().clone() for k, v in root.state_dict().items()}
     for p in params:  # gradients are fixed memory: allocated before the step
         p.grad = torch.zeros_like(p)
-    x_bytes = x.numel() * x.element_size()
     plan = _Plan(stage_list, ops)
     anchor = torch.zeros((), device=dev, requires_grad=True)
     marks, count = [], {}
 
     def plain(first):
-        out = plain_forward(stage_list, (x,), target)
+        out = plain_forward(stage_list, inputs, target)
         _backward_from(out, stage_list, seed, torch)
 
     def scheduled(first, traced=False):
         on_op = (lambda n: marks.append(time.time_ns())) if traced else None
         if on_op:
             marks.append(time.time_ns())
-        runner = StepRunner(stage_list, plan, (x,), target, anchor=anchor, device=dev,
+        runner = StepRunner(stage_list, plan, inputs, target, anchor=anchor, device=dev,
                             expected_bytes=expected, on_op=on_op)
         out = runner.attach(runner.forward_part())
         _backward_from(out, stage_list, seed, torch)

@@ -1,0 +1,202 @@
+"""Cutting a PyTorch model into stages (the layers of the model file).
+
+Two granularities (``--stages``):
+
+- ``modules``: an ``nn.Sequential`` (or a list of modules) is a chain of its
+  children; any other module is traced by ``torch.fx`` with its *blocks* as
+  leaves (the children of the root, and the items of the containers
+  ``ModuleList``, ``ModuleDict``, ``Sequential`` directly under it), and the
+  code between the blocks becomes one stage per op;
+- ``ops``: ``torch.fx`` with its default leaves (the modules of ``torch.nn``):
+  one stage per call of a ``torch.nn`` module, function or tensor method.
+
+The tracer is :class:`torch.fx.Tracer` run *concretely*: every node is also
+evaluated on the example inputs as it is recorded, so Python numbers computed
+from shapes (``n = x.shape[-1]``, ``C // self.n_head``, ``if T > 1``) are the
+constants they are for the profiled shapes.  Then the nodes are sorted out:
+
+- a tensor node that depends on a model input and does not share its storage
+  with an argument is a **stage**;
+- views (``view``, ``transpose``, slicing, ``split``/``chunk``/``unbind``
+  pieces: nodes that share an argument's storage), tuples of tensors, and
+  tensors that depend on no input (``arange``, ``zeros``, buffers, a
+  position embedding of an ``arange``, parameters read directly) are
+  **folded** into each stage that consumes them: the stage recomputes them from
+  its inputs, so their bytes are counted once, in the storage they view;
+- a piece of a tuple that is not a view (a module returning two new tensors)
+  is a stage that runs the op and keeps that piece;
+- everything else (ints, sizes, dtypes, devices) is a constant.
+
+What cannot be traced this way is a :class:`ModelError` of one line naming the
+construct and the module: control flow on a tensor's values, a tensor's value
+used as a Python number, an in-place write whose result is not used, a model
+that does not return one tensor, and anything else ``torch.fx`` rejects.
+"""
+
+from dataclasses import dataclass, field
+
+from planner.errors import ModelError
+from planner.io import unique_names
+from planner.io.torch_fx import fx_stages, no_inplace
+from planner.io.torch_inputs import require_torch
+from planner.io.torch_loss import LOSS_NAME, check_loss_value
+
+__all__ = ["Stage", "build_stages", "STAGE_MODES", "input_index", "is_chain"]
+
+STAGE_MODES = ("auto", "modules", "ops")
+
+@dataclass
+class Stage:
+    """One layer of the model file, as something PyTorch can run.
+
+    Attributes
+    ----------
+    name : str
+        The layer name.
+    fn : callable
+        ``fn(*tensors) -> tensor``: the stage's forward on its input tensors;
+        a loss stage is called as ``fn(*tensors, target)``.
+    inputs : tuple of int
+        In the order ``fn`` takes them: ``i >= 0`` is the output of stage
+        ``i``, ``-1 - k`` the ``k``-th model input (``-1``: the first).
+    params : list of torch.nn.Parameter
+        The parameters the stage reads (for ``params_bytes``).
+    buffers : list of torch.Tensor
+        Buffers it reads or updates (BatchNorm running statistics).
+    loss : bool
+        The loss: the last stage (the sink), called with the target too.
+    """
+
+    name: str
+    fn: object
+    inputs: tuple
+    params: list = field(default_factory=list)
+    buffers: list = field(default_factory=list)
+    loss: bool = False
+
+
+def input_index(p):
+    """The model input a stage input ``p < 0`` stands for (``-1`` -> 0, ``-2`` -> 1)."""
+    return -1 - p
+
+
+def is_chain(stage_list):
+    """Stage ``i`` reads exactly stage ``i - 1`` (the first reads the first input)."""
+    return all(s.inputs == ((i - 1,) if i else (-1,)) for i, s in enumerate(stage_list))
+
+
+def _chain_stages(children):
+    names = []
+    for key, child in children:
+        cls = type(child).__name__
+        names.append(f"L{key}_{cls}" if str(key).isdigit() else str(key))
+    stages = []
+    for i, ((_, child), name) in enumerate(zip(children, unique_names(names))):
+        no_inplace(child)
+        stages.append(
+            Stage(
+                name=name,
+                fn=child,
+                inputs=(i - 1,) if i else (-1,),
+                params=list(child.parameters()),
+                buffers=list(child.buffers()),
+            )
+        )
+    return stages
+
+
+class _LossFn:
+    """``fn(output, target)``: the loss of a loss stage, checked to return a scalar."""
+
+    def __init__(self, loss, kind):
+        self.loss = loss
+        self.kind = kind
+
+    def __call__(self, output, target):
+        value = self.loss(output, target)
+        check_loss_value(value, self.kind)
+        return value.reshape(())
+
+
+def _append_loss(stage_list, loss):
+    """Append the loss stage (named ``loss``; a model stage of that name is renamed)."""
+    names = unique_names([s.name for s in stage_list] + [LOSS_NAME])
+    if names[-1] != LOSS_NAME:
+        taken = set(names)
+        for s in stage_list:
+            if s.name == LOSS_NAME:
+                k = 1
+                while f"{LOSS_NAME}_{k}" in taken:
+                    k += 1
+                s.name = f"{LOSS_NAME}_{k}"
+                taken.add(s.name)
+    kind = getattr(loss, "__name__", "loss").lstrip("_")
+    stage_list.append(Stage(name=LOSS_NAME, fn=_LossFn(loss, kind), inputs=(len(stage_list) - 1,), loss=True))
+    return stage_list
+
+
+def build_stages(obj, stages="auto", example=None, loss=None):
+    """Cut a module into stages.
+
+    Parameters
+    ----------
+    obj : torch.nn.Module or list of torch.nn.Module
+    stages : {"auto", "modules", "ops"}
+        See the module docstring.  ``auto``: modules for a Sequential or a
+        list, ops otherwise.
+    example : torch.Tensor or tuple of torch.Tensor
+        The model inputs (needed to trace: shapes are constants).
+    loss : callable or None
+        ``loss(output, target) -> scalar``: appended as the last stage (the
+        sink), named ``loss``, with ``loss=True``.
+
+    Returns
+    -------
+    root : torch.nn.Module
+        A module holding every parameter (for state snapshots).
+    stages : list of Stage
+        In a topological order; the last one is the sink.
+
+    Raises
+    ------
+    ModelError
+        A module that cannot be cut this way, with one line naming the
+        construct and the module.
+
+    Notes
+    -----
+    In-place modules (``inplace=True``) and in-place operators are made
+    out-of-place: each stage owns its output, as the model file says.  The
+    module's state (BatchNorm statistics) is restored after tracing.  One
+    forward on the example; O(nodes) afterwards.
+    """
+    torch = require_torch()
+    nn = torch.nn
+    if stages not in STAGE_MODES:
+        raise ModelError(f"--stages must be one of {', '.join(STAGE_MODES)}, got {stages!r}")
+    if isinstance(example, torch.Tensor):
+        example = (example,)
+    example = tuple(example or ())
+    sequential = isinstance(obj, (list, tuple, nn.Sequential))
+    root = nn.ModuleList(obj) if isinstance(obj, (list, tuple)) else obj
+    mode = ("modules" if sequential else "ops") if stages == "auto" else stages
+    if mode == "modules" and sequential:
+        children = [(str(i), m) for i, m in enumerate(obj)] if isinstance(obj, (list, tuple)) else list(
+            obj.named_children()
+        )
+        if not children:
+            raise ModelError("the model has no stages (an empty nn.Sequential)")
+        if len(example) > 1:
+            raise ModelError(
+                f"a chain of modules takes one input, the example has {len(example)}: use --stages ops"
+            )
+        stage_list = _chain_stages(children)
+    else:
+        if isinstance(obj, (list, tuple)):
+            root = nn.Sequential(*obj)
+        if not example:
+            raise ModelError(f"--stages {mode} needs the model's inputs (--input or --example)")
+        stage_list = fx_stages(root, example, blocks=(mode == "modules"))
+    if loss is not None:
+        _append_loss(stage_list, loss)
+    return root, stage_list
