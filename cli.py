@@ -14,25 +14,23 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from planner import extras, render, report
-from planner.budget import OPTIMIZER_FACTORS
+from planner import extras, render, report, solvers
+from planner.cli_params import (
+    device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
+    quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
+    SIZE, import_options, measure_options, strategy_option, training_options, verify_files_options,
+)
+from planner import sweep as sweeping
+from planner.device import PRESETS, load_device
 from planner.files import atomic_output
 from planner.errors import (
-    DeviceError,
-    InfeasibleError,
-    InternalError,
-    ModelError,
-    ModelMismatchError,
-    NotApplicableError,
-    OptionError,
-    ScheduleError,
-    ScheduleFormatError,
-    TooLargeError,
+    DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
+    ScheduleError, ScheduleFormatError, TooLargeError,
 )
 from planner.model import load_model
+from planner.plot import write_png
 from planner.schedule import load_schedule
-from planner.sizes import SizeError, parse_size
-from planner import solvers
+from planner.sizes import SizeError
 
 __all__ = ["main"]
 
@@ -53,7 +51,6 @@ class _Group(click.Group):
     pipes pass through to click; under ``--json`` a usage error also writes
     ``{"error": ...}`` to stdout.
     """
-
     def parse_args(self, ctx, args):
         # Known before the command parses its options, so that a usage error
         # in them still gets its JSON document.
@@ -92,23 +89,6 @@ def _internal_message(exc):
     """One line for a bug: the exception's type and its message, whitespace folded."""
     text = " ".join(str(exc).split())[:500]
     return f"internal error: {type(exc).__name__}: {text} (this is a bug in edgeplan; please report it)"
-
-
-class SizeType(click.ParamType):
-    """SIZE: bytes, or a number with kB/MB/GB/TB or KiB/MiB/GiB/TiB."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except SizeError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE = SizeType()
 
 
 def _consoles(as_json):
@@ -156,36 +136,8 @@ def _write_data(text, output, as_json, err):
         sys.stdout.flush()
 
 
-optimizer_option = click.option(
-    "--optimizer",
-    type=click.Choice(sorted(OPTIMIZER_FACTORS)),
-    default="sgd",
-    show_default=True,
-    help="Fixed memory = parameters x 2 (sgd: weights, gradients) or x 4 (adam: plus two moments).",
-)
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Write one JSON document to stdout and nothing else there."
-)
-device_option = click.option(
-    "--device",
-    "device_name",
-    metavar="NAME|FILE",
-    help="A built-in device (edgeplan devices) or an edgeplan-device/1 file: its memory "
-    "(--memory overrides it) and its storage, which adds the paging strategies.",
-)
-memory_option = click.option(
-    "--memory",
-    "-m",
-    type=SIZE,
-    help="Device memory for the whole training step: bytes, or e.g. 256MB, 1.5GiB "
-    "(needed unless --device gives it).",
-)
-
-
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
     """(memory in bytes or None, storage or None) from --memory and --device; exit 2 on bad input."""
-    from planner.device import load_device
-
     storage = None
     if device_name is not None:
         device = load_device(device_name)
@@ -196,55 +148,6 @@ def _device_memory(model, memory, device_name, err, *, need_memory=True):
         _fail(err, "give --memory SIZE or --device NAME|FILE", EXIT_BAD)
     solvers.check_storage(model, storage)
     return memory, storage
-
-
-def _strategy_list(ctx, param, value):
-    """--strategies a,b,c: registered names, in the order given (exit 2 otherwise)."""
-    if value is None:
-        return None
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    if not names:
-        raise click.BadParameter("name at least one strategy", ctx, param)
-    unknown = [n for n in names if n not in solvers.STRATEGIES]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown strategy {', '.join(repr(n) for n in unknown)}; choose from "
-            f"{', '.join(solvers.STRATEGIES)}",
-            ctx,
-            param,
-        )
-    return list(dict.fromkeys(names))
-
-
-strategies_option = click.option(
-    "--strategies",
-    metavar="A,B,...",
-    callback=_strategy_list,
-    help="Only these strategies, comma-separated (default: every applicable one).",
-)
-
-
-def _tuning_options(fn):
-    """--segments, --snapshots, --time-limit (declared once): passed to the strategies as ``options``."""
-    def options(ctx, param, value):
-        known = ctx.params.setdefault("options", {"segments": None, "snapshots": None, "time_limit": None})
-        known[param.name] = value
-
-    fn = click.option(
-        "--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-        callback=options, expose_value=False,
-        help="milp: give up proving optimality after this many seconds and keep the best schedule found "
-        "(default 60 with --strategy milp; auto, compare and sweep run milp on DAGs only, briefly: 0.5 s, "
-        "in sweep 0.25 s per size, unless this is given).",
-    )(fn)
-    fn = click.option(
-        "--snapshots", "snapshots", type=click.IntRange(min=0), callback=options, expose_value=False,
-        help="revolve: layer outputs held as checkpoints at once (the model input is free).",
-    )(fn)
-    return click.option(
-        "--segments", "segments", type=click.IntRange(min=1), callback=options, expose_value=False,
-        help="sequential: number of segments.",
-    )(fn)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -264,22 +167,16 @@ def main():
     With --json, stdout holds one JSON document whatever the exit code.
     """
 
+
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @memory_option
 @device_option
-@click.option(
-    "--strategy",
-    "-s",
-    type=click.Choice(solvers.strategy_names()),
-    default="auto",
-    show_default=True,
-    help="Which solver; auto tries every applicable one and keeps the least compute.",
-)
+@strategy_option
 @optimizer_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schedule to this file.")
 @json_option
-@_tuning_options
+@tuning_options
 def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, options):
     """Find the best schedule for MODEL that fits --memory (or --device).
 
@@ -291,14 +188,13 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
       edgeplan solve examples/resnet18.json --memory 256MB -o schedule.json
       edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
     """
-
     _, err = _consoles(True)
     model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategy, options)
     budget = report.check_budget(model, memory, optimizer)
     render.header(err, model, budget)
-    _strategies(model, [strategy], options, storage, err, named=strategy != "auto")
+    _strategies(model, [strategy], options, None, err, named=strategy != "auto")
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, storage=storage, **options)
     except InfeasibleError as exc:
@@ -323,7 +219,7 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
 @device_option
 @optimizer_option
 @strategies_option
-@_tuning_options
+@tuning_options
 @json_option
 def compare(model_path, memory, device_name, optimizer, strategies, options, as_json):
     """Run every applicable strategy on MODEL at --memory and show them side by side.
@@ -341,7 +237,6 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
       edgeplan compare examples/resnet18.json --memory 256MB --json
       edgeplan compare examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
     """
-
     out, err = _consoles(as_json)
     model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
@@ -351,10 +246,8 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     display, hook = render.progress(err, len(names), "solving")
     with display:
-        outcomes = solvers.run_all(
-            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
-            storage=storage,
-        )
+        outcomes = solvers.run_all(model, budget.activation_bytes, strategies=strategies, options=options,
+                                   progress=hook, storage=storage)
     rows = report.compare_rows(outcomes, budget, paging=storage is not None)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -370,7 +263,7 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
 @click.option("--steps", type=click.IntRange(min=2, max=1000), default=12, show_default=True, help="Number of memory sizes.")
 @strategies_option
 @optimizer_option
-@_tuning_options
+@tuning_options
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
@@ -392,9 +285,6 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
     With --device, the device's storage adds the paging strategies and --to
     defaults to the device memory when that is less than store-all's.
     """
-
-    from planner import sweep as sweeping
-
     out, err = _consoles(as_json)
     model = load_model(model_path)
     device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
@@ -420,8 +310,6 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
 
 
 def _plot(points, plot_path, model, plan, err):
-    from planner.plot import write_png
-
     try:
         write_png(
             points, plot_path, title=f"{model.name}: recomputation overhead against memory ({plan.optimizer})",
@@ -447,9 +335,6 @@ def devices(as_json):
       edgeplan devices --json
       edgeplan solve examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
     """
-
-    from planner.device import PRESETS
-
     out, _ = _consoles(as_json)
     if as_json:
         sys.stdout.write(json.dumps([d.to_dict() for d in PRESETS.values()], indent=2) + "\n")
@@ -479,7 +364,6 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
     Example:
       edgeplan simulate examples/resnet18.json schedule.json --memory 256MB
     """
-
     out, err = _consoles(as_json)
     model = load_model(model_path)
     try:
@@ -491,80 +375,8 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
         sys.stdout.write(json.dumps(verdict.to_dict(), indent=2) + "\n")
     else:
         render.simulate_report(out, verdict, schedule_path, model)
-    for problem in verdict.problems:
-        err.print(f"[red]invalid:[/red] {escape(problem)}")
+    render.problems(err, verdict.problems)
     sys.exit(EXIT_OK if verdict.ok or exit_zero else EXIT_NO)
-
-
-class InputType(click.ParamType):
-    """SHAPE[:DTYPE[:HIGH]]: one model input (4x128:int64:5000; 8,3,224,224)."""
-
-    name = "SHAPE[:DTYPE[:HIGH]]"
-
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        from planner.io.torch_profile import parse_input
-
-        try:
-            return parse_input(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def example_options(fn):
-    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
-    fn = click.option(
-        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
-        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
-        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
-        "default, the model file's.",
-    )(fn)
-    fn = click.option(
-        "--example", metavar="FILE.py:FUNC",
-        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
-    )(fn)
-    return click.option(
-        "--input", "inputs", type=InputType(), multiple=True,
-        help="One input, batch first: SHAPE[:DTYPE[:HIGH]], e.g. 8,3,224,224 or 4x128:int64:5000 "
-        "(integers drawn in [0, HIGH), floats from a normal distribution). Repeat for several "
-        "inputs, passed in order.",
-    )(fn)
-
-
-def _example_spec(inputs, example):
-    """``--example`` or the ``--input`` specs; exactly one of them (usage error otherwise)."""
-    if inputs and example:
-        raise click.UsageError("give --input or --example, not both")
-    if not inputs and not example:
-        raise click.UsageError("give the model's inputs: --input SHAPE[:DTYPE[:HIGH]] or --example FILE.py:FUNC")
-    return example or list(inputs)
-
-
-def _quiet_torch():
-    """Keep PyTorch's C++ log lines (allocator notes while profiling) off stderr."""
-    import os
-
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-
-
-target_argument = click.argument("target", metavar="TARGET")
-dtype_option = click.option(
-    "--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
-    default="float32", show_default=True, help="Data type the model runs in.",
-)
-stages_option = click.option(
-    "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
-    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
-    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
-    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
-    "otherwise (docs/costs.md).",
-)
-run_device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-    help="Where to run.",
-)
 
 
 @main.command()
@@ -572,9 +384,7 @@ run_device_option = click.option(
 @example_options
 @dtype_option
 @stages_option
-@click.option("--estimate", is_flag=True, help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")
-@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs per stage (median).")
-@click.option("--name", help="Model name (default: the factory's name).")
+@measure_options
 @run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
@@ -594,37 +404,27 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
       edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
       edgeplan profile gpt.py:gpt --input 4x128:int64:5000 --loss cross_entropy -o gpt.json
     """
-
     extras.require("torch", purpose="edgeplan profile")
-    _quiet_torch()
-    from planner.io.torch_profile import LOSS_NOT_MODELLED, profile_target
+    quiet_torch()
+    from planner.io.torch_profile import profile_target
 
-    spec = _example_spec(inputs, example)
+    spec = example_spec(inputs, example)
     _, err = _consoles(True)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
                              device=device, loss=loss, **({"name": name} if name else {}))
-    render.profile_line(err, doc, is_chain=report.is_chain_document(doc))
-    if loss is None:
-        err.print(f"[yellow]note:[/yellow] {LOSS_NOT_MODELLED}")
+    render.profile_line(err, doc, is_chain=report.is_chain_document(doc), loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
 
 
 @main.command()
 @target_argument
 @example_options
-@click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False), required=True,
-              help="The schedule to run (edgeplan-schedule/1).")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="The model file the schedule was made for (checks the fingerprint and predicts the peak).")
+@verify_files_options
 @dtype_option
 @stages_option
 @run_device_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")
-@click.option("--steps", type=click.IntRange(1, 10000), default=1, show_default=True,
-              help="SGD steps per run (plain autograd, then the schedule), from the same start.")
-@click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
-              help="Learning rate of those steps.")
+@training_options
 @json_option
 def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
@@ -645,12 +445,11 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
       edgeplan verify examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 \\
           --schedule schedule.json --model tiny_cnn.json --steps 5
     """
-
     extras.require("torch", purpose="edgeplan verify")
-    _quiet_torch()
+    quiet_torch()
     from planner.runtime.prepare import check_and_run, target_and_model
 
-    spec = _example_spec(inputs, example)
+    spec = example_spec(inputs, example)
     out, err = _consoles(as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         obj, model, loss = target_and_model(target, spec, model_path=model_path, loss=loss, dtype=dtype,
@@ -669,37 +468,10 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     sys.exit(EXIT_OK if r.ok else EXIT_NO)
 
 
-class NamedShapeType(click.ParamType):
-    """NAME:SHAPE: an ONNX graph input and its shape, batch first (input:8,3,224,224)."""
-
-    name = "NAME:SHAPE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        name, sep, dims = str(value).rpartition(":")
-        if not sep or not name:
-            self.fail(f"{value!r}: expected NAME:SHAPE, e.g. input:8,3,224,224", param, ctx)
-        try:
-            shape = tuple(int(d) for d in dims.replace(" ", "").split(","))
-        except ValueError:
-            shape = ()
-        if not shape or any(d < 1 for d in shape):
-            self.fail(f"{value!r}: SHAPE must be positive integers separated by commas", param, ctx)
-        return name, shape
-
-
 @main.command(name="import")
 @click.argument("file_path", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file (edgeplan-model/1) here.")
-@click.option(
-    "--from", "source_format", type=click.Choice(["checkmate", "onnx"]),
-    help="The format of FILE (default: from its extension: .onnx is onnx, .json is checkmate).",
-)
-@click.option(
-    "--input", "inputs", type=NamedShapeType(), multiple=True,
-    help="onnx: the shape of a graph input whose shape is not fixed in the file (repeatable).",
-)
+@import_options
 @json_option
 def import_cmd(file_path, output, source_format, inputs, as_json):
     """Convert a model from another tool into a model file (edgeplan-model/1).
@@ -714,7 +486,6 @@ def import_cmd(file_path, output, source_format, inputs, as_json):
       edgeplan import "VGG16 (MLSys)_256_(224, 224, 3)_train_nx.json" -o vgg16.json
       edgeplan import resnet18.onnx --input input:8,3,224,224 -o resnet18.json
     """
-
     from planner.io import import_file
 
     _, err = _consoles(True)

@@ -16,7 +16,7 @@ from planner.sizes import format_size
 __all__ = [
     "clean", "bytes_text", "rate", "seconds", "storage_text", "paging_text", "wide", "header",
     "model_line", "device_line", "solution_line", "progress", "compare_table", "compare_report",
-    "sweep_report", "devices_report", "simulate_report", "verify_report", "verify_problems", "profile_line",
+    "sweep_report", "devices_report", "simulate_report", "problems", "verify_report", "verify_problems", "profile_line",
     "import_line",
 ]
 
@@ -271,6 +271,12 @@ def simulate_report(out, verdict, schedule_path, model):
         out.print("[green]valid[/green]" + (" and fits" if verdict.budget is not None else ""))
 
 
+def problems(err, texts):
+    """``invalid: ...``, one line per problem of a schedule."""
+    for text in texts:
+        err.print(f"[red]invalid:[/red] {escape(text)}")
+
+
 def verify_report(out, r, schedule_path, strategy):
     """``edgeplan verify``'s text: one ``key: value`` line per measurement."""
     out.print(f"schedule {escape(clean(schedule_path))}: {r.ops} ops, strategy {escape(clean(strategy))}, on {r.device}")
@@ -297,8 +303,8 @@ def verify_problems(err, r):
                   f"{r.budget_bytes:,} bytes by more than 2%[/red]")
 
 
-def profile_line(err, doc, *, is_chain):
-    """The summary of a profiled model document."""
+def profile_line(err, doc, *, is_chain, loss_given):
+    """The summary of a profiled model document, and a note when its loss is not modelled."""
     layers = doc["layers"]
     err.print(
         f"model [bold]{escape(clean(doc['name']))}[/bold]: {len(layers)} layers, "
@@ -306,6 +312,10 @@ def profile_line(err, doc, *, is_chain):
         f"{bytes_text(doc['input_bytes'])}, activations {bytes_text(sum(l['output_bytes'] for l in layers))}, "
         f"params {bytes_text(sum(l['params_bytes'] for l in layers))}"
     )
+    if not loss_given:
+        from planner.io.torch_profile import LOSS_NOT_MODELLED
+
+        err.print(f"[yellow]note:[/yellow] {LOSS_NOT_MODELLED}")
 
 
 def import_line(err, imported, file_path):
