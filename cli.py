@@ -6,35 +6,31 @@ invalid or does not fit); 2 bad usage or a bad input file; 3 an internal error
 130 interrupted (Ctrl-C).
 """
 
+import contextlib
 import json
 import sys
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from planner import extras
-from planner.budget import OPTIMIZER_FACTORS, activation_budget
+from planner import extras, render, report, solvers
+from planner.cli_params import (
+    device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
+    quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
+    SIZE, import_options, measure_options, strategy_option, training_options, verify_files_options,
+)
+from planner import sweep as sweeping
+from planner.device import PRESETS, load_device
 from planner.files import atomic_output
 from planner.errors import (
-    DeviceError,
-    InfeasibleError,
-    InternalError,
-    MissingExtraError,
-    ModelError,
-    ModelMismatchError,
-    NotApplicableError,
-    OptionError,
-    ScheduleError,
-    ScheduleFormatError,
-    TooLargeError,
+    DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
+    ScheduleError, ScheduleFormatError, TooLargeError,
 )
 from planner.model import load_model
+from planner.plot import write_png
 from planner.schedule import load_schedule
-from planner.simulate import simulate
-from planner.sizes import SizeError, format_size, parse_size
-from planner import solvers
+from planner.sizes import SizeError
 
 __all__ = ["main"]
 
@@ -44,27 +40,17 @@ EXIT_OK, EXIT_NO, EXIT_BAD = 0, 1, 2
 # code, one line on stderr, and no traceback.
 EXIT_INTERNAL = 3
 
-_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))
-_CONTROL[127] = None
-
-
-def _clean(text):
-    """``text`` with terminal control characters (ESC, CR, ...) shown as ``\\xNN``."""
-    if not any(ord(ch) in _CONTROL for ch in text):
-        return text
-    return "".join(f"\\x{ord(ch):02x}" if ord(ch) in _CONTROL else ch for ch in text)
-
 
 class _Group(click.Group):
     """The command group; turns any exception a command lets through into one line.
 
     Errors edgeplan raises on purpose keep their exit code (bad input 2,
-    negative answer 1); Ctrl-C exits 130; anything else exits
-    :data:`EXIT_INTERNAL` with the exception's type and message.  click's own
-    exits, usage errors and broken pipes pass through to click; under
-    ``--json`` a usage error also writes ``{"error": ...}`` to stdout.
+    negative answer 1, with the answer's JSON fields when it has them);
+    Ctrl-C exits 130; anything else exits :data:`EXIT_INTERNAL` with the
+    exception's type and message.  click's own exits, usage errors and broken
+    pipes pass through to click; under ``--json`` a usage error also writes
+    ``{"error": ...}`` to stdout.
     """
-
     def parse_args(self, ctx, args):
         # Known before the command parses its options, so that a usage error
         # in them still gets its JSON document.
@@ -88,7 +74,7 @@ class _Group(click.Group):
         except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
-            _fail(_consoles(True)[1], str(exc), EXIT_NO)
+            _fail(_consoles(True)[1], str(exc), EXIT_NO, **getattr(exc, "fields", {}))
         except InternalError as exc:
             _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
         except KeyboardInterrupt:
@@ -105,39 +91,11 @@ def _internal_message(exc):
     return f"internal error: {type(exc).__name__}: {text} (this is a bug in edgeplan; please report it)"
 
 
-class SizeType(click.ParamType):
-    """SIZE: bytes, or a number with kB/MB/GB/TB or KiB/MiB/GiB/TiB."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except SizeError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE = SizeType()
-
-
 def _consoles(as_json):
     """(data console, people console): people's text goes to stderr under --json."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = err if as_json else Console(highlight=False, soft_wrap=True)
     return out, err
-
-
-def _bytes(n):
-    return f"{n:,} bytes ({format_size(n)})"
-
-
-def _load_model_or_exit(path, err):
-    try:
-        return load_model(path)
-    except ModelError as exc:
-        _fail(err, str(exc), EXIT_BAD)
 
 
 _JSON_KEY = "edgeplan.json"
@@ -153,160 +111,43 @@ def _json_error(message, **fields):
 
 def _fail(err, message, code, **fields):
     """One error line on stderr (and the JSON document under --json), then exit ``code``."""
-    err.print(f"[red]error:[/red] {escape(_clean(message))}")
+    err.print(f"[red]error:[/red] {escape(render.clean(message))}")
     _json_error(message, **fields)
     sys.exit(code)
 
 
-def _skip_missing(names, err, *, named):
-    """``names`` less the strategies whose optional modules are missing.
-
-    Named by the user (``--strategy``, ``--strategies``), such a strategy is
-    bad usage (exit 2); in the default set it is skipped with a note.
-    """
-    kept = []
-    for name in names:
-        try:
-            extras.require(*solvers.STRATEGIES[name].requires, purpose=f"strategy {name!r}")
-        except MissingExtraError as exc:
-            if named:
-                _fail(err, str(exc), EXIT_BAD)
-            err.print(f"[yellow]note:[/yellow] skipped {escape(str(exc))}")
-            continue
-        kept.append(name)
-    return kept
+def _strategies(model, strategies, options, storage, err, *, named):
+    """The strategies to run (``strategies``, or the applicable ones) less those missing a module."""
+    names = strategies if named else solvers.applicable(model, options, storage=storage, include_missing=True)
+    names, notes = report.available(names, named=named)
+    for note in notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    return names
 
 
-def _budget_or_exit(model, memory, optimizer, err):
-    budget = activation_budget(model, memory, optimizer)
-    if budget.activation_bytes < 0:
-        # The least memory that works: what the default strategies need at a zero budget.
-        outcomes = solvers.run_all(model, 0)
-        least = min((o.least_bytes for o in outcomes if o.least_bytes is not None), default=None)
-        least_memory = budget.memory_for(least) if least is not None else None
-        _fail(
-            err,
-            f"--memory {memory:,} bytes is less than the fixed memory: parameters "
-            f"{model.params_bytes:,} bytes x {OPTIMIZER_FACTORS[optimizer]} ({optimizer}) = "
-            f"{budget.fixed_bytes:,} bytes, before any activation"
-            + (f"; the least memory that works is {_bytes(least_memory)}" if least_memory else ""),
-            EXIT_NO,
-            feasible=False,
-            memory_bytes=memory,
-            fixed_bytes=budget.fixed_bytes,
-            least_activation_bytes=least,
-            least_memory_bytes=least_memory,
-        )
-    return budget
-
-
-def _infeasible_fields(exc, budget):
-    """The JSON fields of an infeasible answer: the least memory that works, when known."""
-    least = exc.least_bytes
-    return {
-        "feasible": False,
-        "memory_bytes": budget.memory_bytes,
-        "budget_bytes": budget.activation_bytes,
-        "least_activation_bytes": least,
-        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
-    }
-
-
-def _header(console, model, budget):
-    kind = "chain" if model.is_chain else "DAG"
-    console.print(f"model [bold]{escape(_clean(model.name))}[/bold]: {len(model)} layers, {kind}")
-    console.print(
-        f"memory {_bytes(budget.memory_bytes)} = fixed {_bytes(budget.fixed_bytes)} "
-        f"(params x{OPTIMIZER_FACTORS[budget.optimizer]}, {budget.optimizer}) "
-        f"+ activation budget {_bytes(budget.activation_bytes)}"
-    )
-
-
-def _infeasible_message(exc, budget):
-    """An InfeasibleError's message, plus the least memory (fixed memory included) that works."""
-    text = str(exc)
-    if exc.least_bytes is not None:
-        text += (
-            f"\nthe least memory that works: {_bytes(budget.memory_for(exc.least_bytes))} "
-            f"(activations {_bytes(exc.least_bytes)} + fixed {_bytes(budget.fixed_bytes)})"
-        )
-    return text
-
-
-optimizer_option = click.option(
-    "--optimizer",
-    type=click.Choice(sorted(OPTIMIZER_FACTORS)),
-    default="sgd",
-    show_default=True,
-    help="Fixed memory = parameters x 2 (sgd: weights, gradients) or x 4 (adam: plus two moments).",
-)
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Write one JSON document to stdout and nothing else there."
-)
-device_option = click.option(
-    "--device",
-    "device_name",
-    metavar="NAME|FILE",
-    help="A built-in device (edgeplan devices) or an edgeplan-device/1 file: its memory "
-    "(--memory overrides it) and its storage, which adds the paging strategies.",
-)
-memory_option = click.option(
-    "--memory",
-    "-m",
-    type=SIZE,
-    help="Device memory for the whole training step: bytes, or e.g. 256MB, 1.5GiB "
-    "(needed unless --device gives it).",
-)
+def _write_data(text, output, as_json, err):
+    """``text`` to ``output`` (atomically) and, under --json or without ``output``, to stdout."""
+    if output:
+        with atomic_output(output) as f:
+            f.write(text)
+        err.print(f"wrote {escape(render.clean(output))}")
+    if as_json or not output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
     """(memory in bytes or None, storage or None) from --memory and --device; exit 2 on bad input."""
-    from planner.device import load_device
-
     storage = None
     if device_name is not None:
         device = load_device(device_name)
         storage = device.storage
-        if memory is None:
-            memory = device.memory_bytes
-        err.print(
-            f"device [bold]{escape(_clean(device.name))}[/bold]: memory {_bytes(device.memory_bytes)}"
-            + (" (overridden by --memory)" if memory != device.memory_bytes else "")
-            + (f", storage {_storage_text(storage)}" if storage is not None else ", no storage")
-        )
+        memory = device.memory_bytes if memory is None else memory
+        render.device_line(err, device, memory)
     if memory is None and need_memory:
         _fail(err, "give --memory SIZE or --device NAME|FILE", EXIT_BAD)
     solvers.check_storage(model, storage)
     return memory, storage
-
-
-def _rate(bytes_per_s):
-    return f"{format_size(round(bytes_per_s))}/s"
-
-
-def _seconds(value):
-    if value == 0:
-        return "0"
-    for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if value >= factor:
-            return f"{value / factor:.4g} {unit}"
-    return f"{value / 1e-9:.4g} ns"
-
-
-def _storage_text(storage):
-    text = (
-        f"read {_rate(storage.read_bytes_per_s)} + {_seconds(storage.read_latency_s)}, "
-        f"write {_rate(storage.write_bytes_per_s)} + {_seconds(storage.write_latency_s)}"
-    )
-    return text + (f", {format_size(storage.bytes)}" if storage.bytes is not None else "")
-
-
-def _paging_text(result, model):
-    """``transfer 1.2 ms, 3 pageouts, 3 pageins`` for a paging schedule, else ''."""
-    if not result.pages:
-        return ""
-    unit = f" {model.time_unit}" if model.time_unit else ""
-    return f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -331,31 +172,12 @@ def main():
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @memory_option
 @device_option
-@click.option(
-    "--strategy",
-    "-s",
-    type=click.Choice(solvers.strategy_names()),
-    default="auto",
-    show_default=True,
-    help="Which solver; auto tries every applicable one and keeps the least compute.",
-)
+@strategy_option
 @optimizer_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schedule to this file.")
 @json_option
-@click.option("--segments", type=click.IntRange(min=1), help="sequential: number of segments.")
-@click.option(
-    "--snapshots",
-    type=click.IntRange(min=0),
-    help="revolve: layer outputs held as checkpoints at once (the model input is free).",
-)
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="milp: give up proving optimality after this many seconds and keep the best schedule found "
-    "(default 60 with --strategy milp; auto runs milp on DAGs only, for 0.5 s, unless this is given).",
-)
-def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, segments, snapshots, time_limit):
+@tuning_options
+def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, options):
     """Find the best schedule for MODEL that fits --memory (or --device).
 
     Writes the schedule (edgeplan-schedule/1; /2 when it pages to the
@@ -367,28 +189,19 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
       edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
     """
     _, err = _consoles(True)
-    model = _load_model_or_exit(model_path, err)
+    model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
-    options = {"segments": segments, "snapshots": snapshots, "time_limit": time_limit}
     solvers.check_options(model, strategy, options)
-    budget = _budget_or_exit(model, memory, optimizer, err)
-    _header(err, model, budget)
-    names = solvers.applicable(model, options, include_missing=True) if strategy == "auto" else [strategy]
-    _skip_missing(names, err, named=strategy != "auto")
+    budget = report.check_budget(model, memory, optimizer)
+    render.header(err, model, budget)
+    _strategies(model, [strategy], options, None, err, named=strategy != "auto")
     try:
         solution = solvers.solve(model, budget.activation_bytes, strategy, storage=storage, **options)
     except InfeasibleError as exc:
-        _fail(err, _infeasible_message(exc, budget), EXIT_NO, **_infeasible_fields(exc, budget))
-    except (NotApplicableError, TooLargeError) as exc:
-        _fail(err, str(exc), EXIT_BAD)
+        raise report.infeasible(exc, budget) from None
     except ValueError as exc:
         _fail(err, str(exc), EXIT_BAD)
-    r = solution.result
-    err.print(
-        f"strategy [bold]{solution.strategy}[/bold] {escape(json.dumps(solution.params))}: "
-        f"peak {_bytes(r.peak_bytes)}, overhead {r.overhead:.1%}, {r.forwards} forwards"
-        f"{escape(_paging_text(r, model))}, {len(solution.ops)} ops, solved in {solution.solve_seconds:.2f} s"
-    )
+    render.solution_line(err, solution, model)
     if output:
         try:
             solution.schedule.write(output, model)
@@ -396,177 +209,8 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
             _fail(err, f"{output}: cannot write: {exc.strerror or exc}", EXIT_BAD)
         err.print(f"wrote {escape(output)}")
     if as_json or not output:
-        for chunk in solution.schedule.iter_json(model):
-            sys.stdout.write(chunk)
+        sys.stdout.writelines(solution.schedule.iter_json(model))
         sys.stdout.flush()
-
-
-def _strategy_list(ctx, param, value):
-    """--strategies a,b,c: registered names, in the order given (exit 2 otherwise)."""
-    if value is None:
-        return None
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    if not names:
-        raise click.BadParameter("name at least one strategy", ctx, param)
-    unknown = [n for n in names if n not in solvers.STRATEGIES]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown strategy {', '.join(repr(n) for n in unknown)}; choose from "
-            f"{', '.join(solvers.STRATEGIES)}",
-            ctx,
-            param,
-        )
-    return list(dict.fromkeys(names))
-
-
-strategies_option = click.option(
-    "--strategies",
-    metavar="A,B,...",
-    callback=_strategy_list,
-    help="Only these strategies, comma-separated (default: every applicable one).",
-)
-
-
-def _tuning_options(fn):
-    """--segments, --snapshots, --time-limit: passed to the strategies that take them."""
-    fn = click.option(
-        "--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-        help="milp: stop the solver after this many seconds (by default milp runs on DAGs only, "
-        "briefly: 0.5 s, in sweep 0.25 s per size; with this, on every model, for this long).",
-    )(fn)
-    fn = click.option(
-        "--snapshots", "snapshots_", type=click.IntRange(min=0),
-        help="revolve: layer outputs held as checkpoints at once.",
-    )(fn)
-    fn = click.option("--segments", "segments_", type=click.IntRange(min=1), help="sequential: number of segments.")(fn)
-    return fn
-
-
-def _progress(err, total, label):
-    """A rich progress bar on stderr while strategies solve (terminals only), and its hook."""
-    from contextlib import nullcontext
-
-    if not err.is_terminal:
-        return nullcontext(), None
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=err, transient=True,
-    )
-    task = bar.add_task(label, total=total)
-
-    def hook(*args):
-        *where, name, outcome = args
-        prefix = f"{format_size(where[0])}: " if where else ""
-        if outcome is None:
-            bar.update(task, description=f"{label}: {prefix}{name}")
-        else:
-            bar.advance(task)
-
-    return bar, hook
-
-
-def _compare_rows(outcomes, budget, *, paging=False):
-    """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
-
-    With ``paging`` (a storage was given) rows also have ``transfer``,
-    ``pageouts`` and ``pageins``.
-    """
-    feasible = sorted(
-        (o for o in outcomes if o.feasible),
-        key=lambda o: (o.solution.result.compute + o.solution.result.transfer, len(o.solution.ops)),
-    )
-    rest = sorted(
-        (o for o in outcomes if not o.feasible),
-        key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
-    )
-    rows = []
-    for k, o in enumerate(feasible + rest):
-        r = o.solution.result if o.feasible else None
-        least = o.least_bytes
-        rows.append(
-            {
-                "strategy": o.strategy,
-                "feasible": o.feasible,
-                "best": o.feasible and k == 0,
-                "peak_bytes": r.peak_bytes if r else None,
-                "compute": r.compute if r else None,
-                "overhead": r.overhead if r else None,
-                "forwards": r.forwards if r else None,
-                "params": o.solution.params if r else None,
-                "solve_seconds": round(o.solve_seconds, 6),
-                "least_activation_bytes": least,
-                "least_memory_bytes": budget.memory_for(least) if least is not None else None,
-                "error": None if r else str(o.error),
-                "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
-            }
-        )
-        if paging:
-            rows[-1].update(
-                transfer=r.transfer if r else None,
-                pageouts=r.pageouts if r else None,
-                pageins=r.pageins if r else None,
-            )
-    return rows
-
-
-def _wide(console):
-    """Logs and pipes get 124 columns (rich assumes 80), so tables are not squeezed."""
-    if not console.is_terminal and console.width < 124:
-        console.width = 124
-    return console
-
-
-def _compare_table(rows, width=124):
-    """The rich table of ``edgeplan compare``: * marks the best feasible row.
-
-    Narrow terminals drop the notes column (under 124 columns) and the exact
-    byte counts (under 100); ``--json`` always has everything.
-    """
-    from rich import box
-
-    columns = (
-        ("strategy", "left"), ("fits", "left"), ("peak", "right"), ("peak bytes", "right"),
-        ("overhead", "right"), ("forwards", "right"), ("solve time", "right"), ("params / notes", "left"),
-    )
-    keep = [width >= 124 or col != "params / notes" for col, _ in columns]
-    keep = [k and (width >= 100 or col != "peak bytes") for k, (col, _) in zip(keep, columns)]
-    table = Table(box=box.SIMPLE_HEAVY, header_style="bold", pad_edge=False)
-    for (col, justify), k in zip(columns, keep):
-        if k:
-            table.add_column(col, justify=justify, no_wrap=True)
-
-    def add(*cells, style=None):
-        table.add_row(*(c for c, k in zip(cells, keep) if k), style=style)
-
-    def short(text, limit=26):
-        text = _clean(" ".join(text.split()))
-        return escape(text if len(text) <= limit else text[: limit - 3] + "...")
-
-    for row in rows:
-        seconds = f"{row['solve_seconds']:.3f} s"
-        name = ("* " if row["best"] else "  ") + escape(row["strategy"])
-        if row["feasible"]:
-            params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-            if row.get("pageouts"):
-                params = f"{row['pageouts']} out/{row['pageins']} in" + (", " + params if params else "")
-            add(
-                name, "yes", format_size(row["peak_bytes"]), f"{row['peak_bytes']:,}",
-                f"{row['overhead']:.1%}", str(row["forwards"]), seconds, short(params),
-                style="bold green" if row["best"] else None,
-            )
-        elif row["least_memory_bytes"] is not None:
-            add(
-                name, "no", f"needs {format_size(row['least_memory_bytes'])}",
-                f"{row['least_memory_bytes']:,}", "", "", seconds, "least memory that works",
-                style="dim",
-            )
-        else:
-            strategy = solvers.STRATEGIES[row["strategy"]]
-            note = "n/a: chains only" if not row["applicable"] and strategy.chains_only else short(row["error"])
-            add(name, "no", "", "", "", "", seconds, note, style="dim")
-    return table
 
 
 @main.command()
@@ -575,9 +219,9 @@ def _compare_table(rows, width=124):
 @device_option
 @optimizer_option
 @strategies_option
-@_tuning_options
+@tuning_options
 @json_option
-def compare(model_path, memory, device_name, optimizer, strategies, segments_, snapshots_, time_limit, as_json):
+def compare(model_path, memory, device_name, optimizer, strategies, options, as_json):
     """Run every applicable strategy on MODEL at --memory and show them side by side.
 
     One row per strategy, the feasible ones by compute (the best marked),
@@ -594,48 +238,22 @@ def compare(model_path, memory, device_name, optimizer, strategies, segments_, s
       edgeplan compare examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
     """
     out, err = _consoles(as_json)
-    model = _load_model_or_exit(model_path, err)
+    model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
-    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
     solvers.check_options(model, strategies, options)
-    budget = _budget_or_exit(model, memory, optimizer, err)
-    names = (
-        strategies if strategies is not None
-        else solvers.applicable(model, options, storage=storage, include_missing=True)
-    )
-    names = _skip_missing(names, err, named=strategies is not None)
+    budget = report.check_budget(model, memory, optimizer)
+    names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
-    display, hook = _progress(err, len(names), "solving")
+    display, hook = render.progress(err, len(names), "solving")
     with display:
-        outcomes = solvers.run_all(
-            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
-            storage=storage,
-        )
-    rows = _compare_rows(outcomes, budget, paging=storage is not None)
-    code = EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO
+        outcomes = solvers.run_all(model, budget.activation_bytes, strategies=strategies, options=options,
+                                   progress=hook, storage=storage)
+    rows = report.compare_rows(outcomes, budget, paging=storage is not None)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        sys.exit(code)
-    _header(_wide(out), model, budget)
-    out.print(
-        f"store-all (no recomputation) peak {_bytes(store_all)}: needs --memory "
-        f"{_bytes(budget.memory_for(store_all))}"
-    )
-    out.print(_compare_table(rows, out.width))
-    best = next((row for row in rows if row["best"]), None)
-    if best:
-        out.print(
-            f"* best: [bold]{escape(best['strategy'])}[/bold], {best['overhead']:.1%} extra compute "
-            + ("and transfer " if storage is not None else "")
-            + "(edgeplan solve --strategy auto picks it)"
-        )
     else:
-        least = [row["least_memory_bytes"] for row in rows if row["least_memory_bytes"] is not None]
-        out.print(
-            "[red]no strategy fits[/red]"
-            + (f"; the least memory that works is {_bytes(min(least))}" if least else "")
-        )
-    sys.exit(code)
+        render.compare_report(out, model, budget, rows, store_all=store_all, paging=storage is not None)
+    sys.exit(EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO)
 
 
 @main.command()
@@ -645,11 +263,11 @@ def compare(model_path, memory, device_name, optimizer, strategies, segments_, s
 @click.option("--steps", type=click.IntRange(min=2, max=1000), default=12, show_default=True, help="Number of memory sizes.")
 @strategies_option
 @optimizer_option
-@_tuning_options
+@tuning_options
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
-def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapshots_, time_limit, device_name, plot_path, as_json):
+def sweep(model_path, low, high, steps, strategies, optimizer, options, device_name, plot_path, as_json):
     """Memory/overhead curve: every strategy at --steps memory sizes.
 
     Sizes are device memory for the whole step (activations + fixed memory),
@@ -667,88 +285,38 @@ def sweep(model_path, low, high, steps, strategies, optimizer, segments_, snapsh
     With --device, the device's storage adds the paging strategies and --to
     defaults to the device memory when that is less than store-all's.
     """
-    from planner import sweep as sweeping
-
     out, err = _consoles(as_json)
-    model = _load_model_or_exit(model_path, err)
+    model = load_model(model_path)
     device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
     if plot_path:
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
-    options = {"segments": segments_, "snapshots": snapshots_, "time_limit": time_limit}
     solvers.check_options(model, strategies, options)
-    names = (
-        strategies if strategies is not None
-        else solvers.applicable(model, options, storage=storage, include_missing=True)
-    )
-    names = _skip_missing(names, err, named=strategies is not None)
-    shared = {}  # work the strategies keep across the sizes (dp's tables)
-    span = sweeping.memory_range(
-        model, optimizer=optimizer, strategies=strategies, options=options, shared=shared, storage=storage
-    )
-    low = span.least_memory_bytes if low is None else low
-    if high is None:
-        high = span.store_all_memory_bytes
-        if device_memory is not None:
-            high = max(min(high, device_memory), low)
-    if low > high:
-        _fail(err, f"--from {low:,} bytes is above --to {high:,} bytes", EXIT_BAD)
-    sizes = sweeping.budgets(low, high, steps)
-    display, hook = _progress(err, len(sizes) * len(names), "sweeping")
+    names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
+    plan = sweeping.plan(model, low=low, high=high, steps=steps, optimizer=optimizer, strategies=strategies,
+                         options=options, storage=storage, device_memory=device_memory)
+    display, hook = render.progress(err, len(plan.sizes) * len(names), "sweeping")
     with display:
-        points = sweeping.sweep(
-            model, sizes, optimizer=optimizer, strategies=strategies, options=options, progress=hook,
-            shared=shared, storage=storage,
-        )
+        points = sweeping.sweep(model, plan.sizes, optimizer=optimizer, strategies=strategies, options=options,
+                                progress=hook, shared=plan.shared, storage=storage)
     if plot_path:
-        from planner.plot import write_png
-
-        try:
-            write_png(
-                points, plot_path, title=f"{model.name}: recomputation overhead against memory ({optimizer})",
-                store_all_memory=span.store_all_memory_bytes, fixed_bytes=span.fixed_bytes,
-            )
-        except OSError as exc:
-            _fail(err, f"{plot_path}: cannot write: {exc.strerror or exc}", EXIT_BAD)
+        _plot(points, plot_path, model, plan, err)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
-        if plot_path:
-            err.print(f"wrote {escape(_clean(plot_path))}")
-        return
-    from planner.plot import text_chart
-
-    kind = "chain" if model.is_chain else "DAG"
-    _wide(out).print(f"model [bold]{escape(_clean(model.name))}[/bold]: {len(model)} layers, {kind}")
-    out.print(
-        f"fixed memory {_bytes(span.fixed_bytes)} (params x{OPTIMIZER_FACTORS[optimizer]}, {optimizer}); "
-        f"store-all needs {_bytes(span.store_all_memory_bytes)}; least that works "
-        f"{_bytes(span.least_memory_bytes)}"
-    )
-    table = Table(header_style="bold")
-    table.add_column("memory", justify="right", no_wrap=True)
-    for name in names:
-        table.add_column(escape(name), justify="right", no_wrap=True)
-    for size in sizes:
-        row = [p for p in points if p.memory_bytes == size]
-        feasible = [p for p in row if p.feasible]
-        best = min((p.overhead for p in feasible), default=None)  # with transfer, when paging
-        cells = []
-        for p in row:
-            if not p.feasible:
-                cells.append("[dim]- [/dim]")
-            elif p.overhead == best:
-                cells.append(f"[bold green]{p.overhead:.1%}*[/bold green]")
-            else:
-                cells.append(f"{p.overhead:.1%} ")
-        table.add_row(format_size(size), *cells)
-    out.print(table)
-    out.print(
-        "overhead = extra compute" + (" and transfer" if storage is not None else "")
-        + " over one forward and one backward per layer; - = does not fit; * = best"
-    )
-    out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
-    if plot_path:
+    else:
+        render.sweep_report(out, model, plan, points, names=names, best=sweeping.best_overheads(points))
         out.file.flush()
-        err.print(f"wrote {escape(_clean(plot_path))}")
+    if plot_path:
+        err.print(f"wrote {escape(render.clean(plot_path))}")
+
+
+def _plot(points, plot_path, model, plan, err):
+    try:
+        write_png(
+            points, plot_path, title=f"{model.name}: recomputation overhead against memory ({plan.optimizer})",
+            store_all_memory=plan.span.store_all_memory_bytes, fixed_bytes=plan.span.fixed_bytes,
+        )
+    except OSError as exc:
+        _fail(err, f"{plot_path}: cannot write: {exc.strerror or exc}", EXIT_BAD)
 
 
 @main.command()
@@ -767,26 +335,11 @@ def devices(as_json):
       edgeplan devices --json
       edgeplan solve examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
     """
-    from planner.device import PRESETS
-
     out, _ = _consoles(as_json)
     if as_json:
         sys.stdout.write(json.dumps([d.to_dict() for d in PRESETS.values()], indent=2) + "\n")
-        return
-    table = Table(header_style="bold")
-    for col, justify in (("device", "left"), ("memory", "right"), ("read", "right"), ("read latency", "right"),
-                         ("write", "right"), ("write latency", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    for d in PRESETS.values():
-        st = d.storage
-        cells = ["-"] * 4 if st is None else [
-            _rate(st.read_bytes_per_s), _seconds(st.read_latency_s),
-            _rate(st.write_bytes_per_s), _seconds(st.write_latency_s),
-        ]
-        table.add_row(escape(d.name), format_size(d.memory_bytes), *cells)
-    _wide(out).print(table)
-    for d in PRESETS.values():
-        out.print(f"{escape(d.name)}: {escape(d.source)}")
+    else:
+        render.devices_report(out, list(PRESETS.values()))
 
 
 @main.command(name="simulate")
@@ -812,138 +365,18 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
       edgeplan simulate examples/resnet18.json schedule.json --memory 256MB
     """
     out, err = _consoles(as_json)
-    model = _load_model_or_exit(model_path, err)
+    model = load_model(model_path)
     try:
         schedule = load_schedule(schedule_path, model)
-    except ScheduleFormatError as exc:
-        _fail(err, str(exc), EXIT_BAD)
     except ModelMismatchError as exc:
-        fields = {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
-        _fail(err, str(exc), EXIT_OK if exit_zero else EXIT_NO, **fields)
-    result = simulate(model, schedule.ops, storage=schedule.storage)
-    problems = []
-    if not result.valid:
-        problems.append(str(result.error))
-    if schedule.fingerprint != model.fingerprint:
-        problems.append(
-            f"the schedule was made for another model (fingerprint {schedule.fingerprint}, "
-            f"this model is {model.fingerprint})"
-        )
-    fits = None
-    budget = None
-    if memory is not None:
-        budget = activation_budget(model, memory, optimizer)
-        fits = result.valid and result.peak_bytes <= budget.activation_bytes
-        if result.valid and not fits:
-            problems.append(
-                f"peak {result.peak_bytes:,} bytes does not fit the activation budget of "
-                f"{budget.activation_bytes:,} bytes (memory {memory:,} minus fixed {budget.fixed_bytes:,})"
-            )
-    ok = not problems
+        _fail(err, str(exc), EXIT_OK if exit_zero else EXIT_NO, **report.mismatch_fields(exc))
+    verdict = report.check_schedule(model, schedule, memory=memory, optimizer=optimizer)
     if as_json:
-        doc = {
-            "valid": result.valid,
-            "peak_bytes": result.peak_bytes,
-            "compute": result.compute,
-            "baseline_compute": result.baseline_compute,
-            "overhead": result.overhead,
-            "forwards": result.forwards,
-            "fingerprint_matches": schedule.fingerprint == model.fingerprint,
-        }
-        if schedule.storage is not None:
-            doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
-        if memory is not None:
-            doc["memory_bytes"] = memory
-            doc["budget_bytes"] = budget.activation_bytes
-            doc["fits"] = fits
-        if not result.valid:
-            doc["error"] = str(result.error)
-        if problems:
-            doc["problems"] = problems
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(json.dumps(verdict.to_dict(), indent=2) + "\n")
     else:
-        out.print(f"schedule {escape(_clean(schedule_path))}: {len(schedule.ops)} ops, strategy {escape(_clean(schedule.strategy))}")
-        out.print(
-            f"peak {_bytes(result.peak_bytes)}, compute {result.compute:.6g} "
-            f"(baseline {result.baseline_compute:.6g}, overhead {result.overhead:.1%}), "
-            f"{result.forwards} forwards{escape(_paging_text(result, model))}"
-        )
-        if ok:
-            out.print("[green]valid[/green]" + (" and fits" if memory is not None else ""))
-    for problem in problems:
-        err.print(f"[red]invalid:[/red] {escape(problem)}")
-    sys.exit(EXIT_OK if ok or exit_zero else EXIT_NO)
-
-
-class InputType(click.ParamType):
-    """SHAPE[:DTYPE[:HIGH]]: one model input (4x128:int64:5000; 8,3,224,224)."""
-
-    name = "SHAPE[:DTYPE[:HIGH]]"
-
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        from planner.io.torch_profile import parse_input
-
-        try:
-            return parse_input(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def example_options(fn):
-    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
-    fn = click.option(
-        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
-        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
-        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
-        "default, the model file's.",
-    )(fn)
-    fn = click.option(
-        "--example", metavar="FILE.py:FUNC",
-        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
-    )(fn)
-    return click.option(
-        "--input", "inputs", type=InputType(), multiple=True,
-        help="One input, batch first: SHAPE[:DTYPE[:HIGH]], e.g. 8,3,224,224 or 4x128:int64:5000 "
-        "(integers drawn in [0, HIGH), floats from a normal distribution). Repeat for several "
-        "inputs, passed in order.",
-    )(fn)
-
-
-def _example_spec(inputs, example):
-    """``--example`` or the ``--input`` specs; exactly one of them (usage error otherwise)."""
-    if inputs and example:
-        raise click.UsageError("give --input or --example, not both")
-    if not inputs and not example:
-        raise click.UsageError("give the model's inputs: --input SHAPE[:DTYPE[:HIGH]] or --example FILE.py:FUNC")
-    return example or list(inputs)
-
-
-def _quiet_torch():
-    """Keep PyTorch's C++ log lines (allocator notes while profiling) off stderr."""
-    import os
-
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-
-
-target_argument = click.argument("target", metavar="TARGET")
-dtype_option = click.option(
-    "--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
-    default="float32", show_default=True, help="Data type the model runs in.",
-)
-stages_option = click.option(
-    "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
-    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
-    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
-    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
-    "otherwise (docs/costs.md).",
-)
-device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-    help="Where to run.",
-)
+        render.simulate_report(out, verdict, schedule_path, model)
+    render.problems(err, verdict.problems)
+    sys.exit(EXIT_OK if verdict.ok or exit_zero else EXIT_NO)
 
 
 @main.command()
@@ -951,10 +384,8 @@ device_option = click.option(
 @example_options
 @dtype_option
 @stages_option
-@click.option("--estimate", is_flag=True, help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")
-@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs per stage (median).")
-@click.option("--name", help="Model name (default: the factory's name).")
-@device_option
+@measure_options
+@run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
 def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, name, device, output, as_json):
@@ -974,55 +405,26 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
       edgeplan profile gpt.py:gpt --input 4x128:int64:5000 --loss cross_entropy -o gpt.json
     """
     extras.require("torch", purpose="edgeplan profile")
-    _quiet_torch()
-    from planner.io.torch_profile import LOSS_NOT_MODELLED, profile_target
+    quiet_torch()
+    from planner.io.torch_profile import profile_target
 
-    spec = _example_spec(inputs, example)
-    out, err = _consoles(True)
-    options = {"dtype": dtype, "stages": stages, "estimate": estimate, "repeats": repeats,
-               "device": device, "loss": loss}
-    if name:
-        options["name"] = name
-    import contextlib
-
+    spec = example_spec(inputs, example)
+    _, err = _consoles(True)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
-        doc = profile_target(target, spec, **options)
-    text = json.dumps(doc, indent=2) + "\n"
-    layers = doc["layers"]
-    kind = "chain" if all(
-        l["inputs"] == (["input"] if k == 0 else [layers[k - 1]["name"]]) for k, l in enumerate(layers)
-    ) else "DAG"
-    err.print(
-        f"model [bold]{escape(_clean(doc['name']))}[/bold]: {len(layers)} layers, {kind}, input "
-        f"{_bytes(doc['input_bytes'])}, activations {_bytes(sum(l['output_bytes'] for l in layers))}, "
-        f"params {_bytes(sum(l['params_bytes'] for l in layers))}"
-    )
-    if loss is None:
-        err.print(f"[yellow]note:[/yellow] {LOSS_NOT_MODELLED}")
-    if output:
-        with atomic_output(output) as f:
-            f.write(text)
-        err.print(f"wrote {escape(_clean(output))}")
-    if as_json or not output:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
+                             device=device, loss=loss, **({"name": name} if name else {}))
+    render.profile_line(err, doc, is_chain=report.is_chain_document(doc), loss_given=loss is not None)
+    _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
 
 
 @main.command()
 @target_argument
 @example_options
-@click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False), required=True,
-              help="The schedule to run (edgeplan-schedule/1).")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="The model file the schedule was made for (checks the fingerprint and predicts the peak).")
+@verify_files_options
 @dtype_option
 @stages_option
-@device_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")
-@click.option("--steps", type=click.IntRange(1, 10000), default=1, show_default=True,
-              help="SGD steps per run (plain autograd, then the schedule), from the same start.")
-@click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
-              help="Learning rate of those steps.")
+@run_device_option
+@training_options
 @json_option
 def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
@@ -1044,108 +446,32 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
           --schedule schedule.json --model tiny_cnn.json --steps 5
     """
     extras.require("torch", purpose="edgeplan verify")
-    _quiet_torch()
-    from planner.io.torch_profile import load_target, profile_model
-    from planner.model import model_from_dict
-    from planner.runtime.torch import verify as run_verify
-    from planner.schedule import schedule_from_dict
+    quiet_torch()
+    from planner.runtime.prepare import check_and_run, target_and_model
 
-    import contextlib
-
-    spec = _example_spec(inputs, example)
+    spec = example_spec(inputs, example)
     out, err = _consoles(as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
-        obj = load_target(target)
-    if model_path:
-        model = _load_model_or_exit(model_path, err)
-        loss = loss or (model.document or {}).get("loss")
-    else:
-        # Only the layer names and the graph are needed: estimate, nothing runs.
-        import copy
-
-        with contextlib.redirect_stdout(sys.stderr):
-            doc = profile_model(copy.deepcopy(obj), spec, dtype=dtype, stages=stages, estimate=True,
-                                name=target.rpartition(":")[2], loss=loss, seed=seed)
-        model = model_from_dict(doc, source_name=f"profile of {target}")
-    from planner.model import read_json_file
-
-    document = read_json_file(schedule_path, error=ScheduleFormatError, what="schedule file")
-    schedule = schedule_from_dict(document, model, source_name=schedule_path)
+        obj, model, loss = target_and_model(target, spec, model_path=model_path, loss=loss, dtype=dtype,
+                                            stages=stages, seed=seed)
+    schedule = load_schedule(schedule_path, model)
     if schedule.storage is not None:
         _fail(err, f"{schedule_path}: verify does not run paging schedules ({schedule.format}) yet", EXIT_BAD)
-    if model_path and schedule.fingerprint != model.fingerprint:
-        _fail(err, f"{schedule_path}: the schedule was made for another model (fingerprint "
-              f"{schedule.fingerprint}, {model_path} is {model.fingerprint})", EXIT_NO)
-    result = simulate(model, schedule.ops)
-    if not result.valid:
-        _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)
-    predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
-    if not isinstance(predicted, int) or isinstance(predicted, bool):
-        predicted = None
     with contextlib.redirect_stdout(sys.stderr):
-        r = run_verify(obj, spec, schedule.ops, dtype=dtype, stages=stages,
-                       names=[layer.name for layer in model.layers],
-                       model=model if model_path else None, predicted=predicted, seed=seed,
-                       device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss)
+        r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,
+                          loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
     else:
-        _print_verify(out, r, schedule_path, schedule.strategy)
-    if not r.grads_match:
-        err.print(f"[red]training differs from plain autograd[/red] (gradients {r.max_abs_diff:.3g}, "
-                  f"parameters after {r.steps} steps {r.max_param_diff:.3g})")
-    if r.fits_budget is False:
-        err.print(f"[red]measured peak {r.measured_peak_bytes:,} bytes exceeds the schedule's budget of "
-                  f"{r.budget_bytes:,} bytes by more than 2%[/red]")
+        render.verify_report(out, r, schedule_path, schedule.strategy)
+    render.verify_problems(err, r)
     sys.exit(EXIT_OK if r.ok else EXIT_NO)
-
-
-def _print_verify(out, r, schedule_path, strategy):
-    out.print(f"schedule {escape(_clean(schedule_path))}: {r.ops} ops, strategy {escape(_clean(strategy))}, on {r.device}")
-    out.print(f"grads_match: {str(r.grads_match).lower()}")
-    out.print(f"max_abs_diff: {r.max_abs_diff:.3g}")
-    out.print(f"buffers_match: {str(r.buffers_match).lower()}")
-    out.print(f"steps: {r.steps} (lr {r.lr:g}), max_param_diff: {r.max_param_diff:.3g}")
-    out.print(f"measured_peak_bytes: {_bytes(r.measured_peak_bytes)}")
-    if r.predicted_peak_bytes is not None:
-        out.print(f"predicted_peak_bytes: {_bytes(r.predicted_peak_bytes)} (measured {r.relative_error:+.1%})")
-    if r.budget_bytes is not None:
-        out.print(f"budget_bytes: {_bytes(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
-    out.print(f"plain autograd (store-all) measured: {_bytes(r.reference_peak_bytes)}")
-    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
-
-
-class NamedShapeType(click.ParamType):
-    """NAME:SHAPE: an ONNX graph input and its shape, batch first (input:8,3,224,224)."""
-
-    name = "NAME:SHAPE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        name, sep, dims = str(value).rpartition(":")
-        if not sep or not name:
-            self.fail(f"{value!r}: expected NAME:SHAPE, e.g. input:8,3,224,224", param, ctx)
-        try:
-            shape = tuple(int(d) for d in dims.replace(" ", "").split(","))
-        except ValueError:
-            shape = ()
-        if not shape or any(d < 1 for d in shape):
-            self.fail(f"{value!r}: SHAPE must be positive integers separated by commas", param, ctx)
-        return name, shape
 
 
 @main.command(name="import")
 @click.argument("file_path", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file (edgeplan-model/1) here.")
-@click.option(
-    "--from", "source_format", type=click.Choice(["checkmate", "onnx"]),
-    help="The format of FILE (default: from its extension: .onnx is onnx, .json is checkmate).",
-)
-@click.option(
-    "--input", "inputs", type=NamedShapeType(), multiple=True,
-    help="onnx: the shape of a graph input whose shape is not fixed in the file (repeatable).",
-)
+@import_options
 @json_option
 def import_cmd(file_path, output, source_format, inputs, as_json):
     """Convert a model from another tool into a model file (edgeplan-model/1).
@@ -1163,27 +489,9 @@ def import_cmd(file_path, output, source_format, inputs, as_json):
     from planner.io import import_file
 
     _, err = _consoles(True)
-    try:
-        imported = import_file(file_path, source_format=source_format, input_shapes=dict(inputs) or None)
-    except ModelError as exc:
-        _fail(err, str(exc), EXIT_BAD)
-    model = imported.model
-    err.print(
-        f"imported {escape(_clean(file_path))} ({imported.source_format}): model "
-        f"[bold]{escape(_clean(model.name))}[/bold], {len(model)} layers, "
-        f"{'chain' if model.is_chain else 'DAG'}, backward costs "
-        + ("[yellow]estimated[/yellow]" if imported.estimated else "from the file")
-    )
-    if model.source:
-        err.print(f"source: {escape(_clean(model.source))}")
-    text = json.dumps(imported.document, indent=2, ensure_ascii=False) + "\n"
-    if output:
-        with atomic_output(output) as f:
-            f.write(text)
-        err.print(f"wrote {escape(_clean(output))}")
-    if as_json or not output:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    imported = import_file(file_path, source_format=source_format, input_shapes=dict(inputs) or None)
+    render.import_line(err, imported, file_path)
+    _write_data(json.dumps(imported.document, indent=2, ensure_ascii=False) + "\n", output, as_json, err)
 
 
 if __name__ == "__main__":  # pragma: no cover

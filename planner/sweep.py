@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from planner import solvers
 from planner.budget import activation_budget
+from planner.errors import OptionError
 
-__all__ = ["SweepPoint", "MemoryRange", "memory_range", "budgets", "sweep"]
+__all__ = ["SweepPoint", "MemoryRange", "SweepPlan", "memory_range", "budgets", "plan", "sweep", "best_overheads"]
 
 
 @dataclass(frozen=True)
@@ -251,3 +252,74 @@ def sweep(
                 )
             points.append(point)
     return points
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The memory sizes of a sweep and what :func:`plan` learnt on the way.
+
+    Attributes
+    ----------
+    span : MemoryRange
+    sizes : list of int
+        Device memory sizes, increasing.
+    optimizer : str
+    storage : planner.device.Storage or None
+    shared : dict
+        Work kept for :func:`sweep` (pass it on).
+    """
+
+    span: MemoryRange
+    sizes: list
+    optimizer: str
+    storage: object
+    shared: dict
+
+
+def plan(model, *, low=None, high=None, steps=12, optimizer="sgd", strategies=None, options=None,
+         storage=None, device_memory=None):
+    """The sizes ``edgeplan sweep`` solves at: ``steps`` sizes from ``low`` to ``high``.
+
+    Parameters
+    ----------
+    low, high : int or None, keyword-only
+        Default: the least memory any strategy trains with, and what
+        store-all needs (at most ``device_memory`` when given, never below ``low``).
+    steps : int, keyword-only
+    optimizer, strategies, options, storage : keyword-only
+        As for :func:`sweep`.
+    device_memory : int or None, keyword-only
+        The memory of the ``--device``.
+
+    Returns
+    -------
+    SweepPlan
+
+    Raises
+    ------
+    OptionError
+        If ``low`` is above ``high``.
+    """
+    shared = {}  # work the strategies keep across the sizes (dp's tables)
+    span = memory_range(
+        model, optimizer=optimizer, strategies=strategies, options=options, shared=shared, storage=storage
+    )
+    low = span.least_memory_bytes if low is None else low
+    if high is None:
+        high = span.store_all_memory_bytes
+        if device_memory is not None:
+            high = max(min(high, device_memory), low)
+    if low > high:
+        raise OptionError(f"--from {low:,} bytes is above --to {high:,} bytes")
+    return SweepPlan(span=span, sizes=budgets(low, high, steps), optimizer=optimizer, storage=storage,
+                     shared=shared)
+
+
+def best_overheads(points):
+    """``{memory_bytes: least overhead of a feasible point, or None}`` (transfer included when paging)."""
+    best = {}
+    for p in points:
+        best.setdefault(p.memory_bytes, None)
+        if p.feasible and (best[p.memory_bytes] is None or p.overhead < best[p.memory_bytes]):
+            best[p.memory_bytes] = p.overhead
+    return best

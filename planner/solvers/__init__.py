@@ -542,3 +542,11 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
         extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage))
     solution = _run(model, budget, chosen, options, extra, storage)
     return dataclasses.replace(solution, solve_seconds=time.perf_counter() - started)
+
+
+def best(outcomes):
+    """The registry's choice among ``outcomes`` (what ``solve --strategy auto`` returns), or None.
+
+    The public name of :func:`_best`, for ``edgeplan compare``'s best row.
+    """
+    return _best(outcomes)

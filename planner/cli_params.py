@@ -1,0 +1,253 @@
+"""The click parameter types and options that the ``edgeplan`` commands share (cli.py).
+
+Each option is declared once here, with its help text; parsing only: what an
+option means is the library's business.
+"""
+
+import click
+
+from planner import solvers
+from planner.budget import OPTIMIZER_FACTORS
+from planner.sizes import SizeError, parse_size
+
+__all__ = [
+    "SIZE", "SizeType", "InputType", "NamedShapeType", "optimizer_option", "json_option", "device_option",
+    "memory_option", "strategies_option", "tuning_options", "example_options", "example_spec", "quiet_torch",
+    "target_argument", "dtype_option", "stages_option", "run_device_option", "strategy_option",
+    "verify_files_options", "training_options", "measure_options", "import_options",
+]
+
+
+class SizeType(click.ParamType):
+    """SIZE: bytes, or a number with kB/MB/GB/TB or KiB/MiB/GiB/TiB."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except SizeError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+optimizer_option = click.option(
+    "--optimizer",
+    type=click.Choice(sorted(OPTIMIZER_FACTORS)),
+    default="sgd",
+    show_default=True,
+    help="Fixed memory = parameters x 2 (sgd: weights, gradients) or x 4 (adam: plus two moments).",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Write one JSON document to stdout and nothing else there."
+)
+device_option = click.option(
+    "--device",
+    "device_name",
+    metavar="NAME|FILE",
+    help="A built-in device (edgeplan devices) or an edgeplan-device/1 file: its memory "
+    "(--memory overrides it) and its storage, which adds the paging strategies.",
+)
+memory_option = click.option(
+    "--memory",
+    "-m",
+    type=SIZE,
+    help="Device memory for the whole training step: bytes, or e.g. 256MB, 1.5GiB "
+    "(needed unless --device gives it).",
+)
+
+
+def strategy_list(ctx, param, value):
+    """--strategies a,b,c: registered names, in the order given (exit 2 otherwise)."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise click.BadParameter("name at least one strategy", ctx, param)
+    unknown = [n for n in names if n not in solvers.STRATEGIES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown strategy {', '.join(repr(n) for n in unknown)}; choose from "
+            f"{', '.join(solvers.STRATEGIES)}",
+            ctx,
+            param,
+        )
+    return list(dict.fromkeys(names))
+
+
+strategies_option = click.option(
+    "--strategies",
+    metavar="A,B,...",
+    callback=strategy_list,
+    help="Only these strategies, comma-separated (default: every applicable one).",
+)
+
+
+def tuning_options(fn):
+    """--segments, --snapshots, --time-limit (declared once): passed to the strategies as ``options``."""
+    def options(ctx, param, value):
+        known = ctx.params.setdefault("options", {"segments": None, "snapshots": None, "time_limit": None})
+        known[param.name] = value
+
+    fn = click.option(
+        "--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        callback=options, expose_value=False,
+        help="milp: give up proving optimality after this many seconds and keep the best schedule found "
+        "(default 60 with --strategy milp; auto, compare and sweep run milp on DAGs only, briefly: 0.5 s, "
+        "in sweep 0.25 s per size, unless this is given).",
+    )(fn)
+    fn = click.option(
+        "--snapshots", "snapshots", type=click.IntRange(min=0), callback=options, expose_value=False,
+        help="revolve: layer outputs held as checkpoints at once (the model input is free).",
+    )(fn)
+    return click.option(
+        "--segments", "segments", type=click.IntRange(min=1), callback=options, expose_value=False,
+        help="sequential: number of segments.",
+    )(fn)
+
+
+class InputType(click.ParamType):
+    """SHAPE[:DTYPE[:HIGH]]: one model input (4x128:int64:5000; 8,3,224,224)."""
+
+    name = "SHAPE[:DTYPE[:HIGH]]"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        from planner.io.torch_profile import parse_input
+
+        try:
+            return parse_input(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def example_options(fn):
+    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
+    fn = click.option(
+        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
+        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
+        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
+        "default, the model file's.",
+    )(fn)
+    fn = click.option(
+        "--example", metavar="FILE.py:FUNC",
+        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
+    )(fn)
+    return click.option(
+        "--input", "inputs", type=InputType(), multiple=True,
+        help="One input, batch first: SHAPE[:DTYPE[:HIGH]], e.g. 8,3,224,224 or 4x128:int64:5000 "
+        "(integers drawn in [0, HIGH), floats from a normal distribution). Repeat for several "
+        "inputs, passed in order.",
+    )(fn)
+
+
+def example_spec(inputs, example):
+    """``--example`` or the ``--input`` specs; exactly one of them (usage error otherwise)."""
+    if inputs and example:
+        raise click.UsageError("give --input or --example, not both")
+    if not inputs and not example:
+        raise click.UsageError("give the model's inputs: --input SHAPE[:DTYPE[:HIGH]] or --example FILE.py:FUNC")
+    return example or list(inputs)
+
+
+def quiet_torch():
+    """Keep PyTorch's C++ log lines (allocator notes while profiling) off stderr."""
+    import os
+
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+
+target_argument = click.argument("target", metavar="TARGET")
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
+    default="float32", show_default=True, help="Data type the model runs in.",
+)
+stages_option = click.option(
+    "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
+    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
+    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
+    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
+    "otherwise (docs/costs.md).",
+)
+run_device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    help="Where to run.",
+)
+
+
+class NamedShapeType(click.ParamType):
+    """NAME:SHAPE: an ONNX graph input and its shape, batch first (input:8,3,224,224)."""
+
+    name = "NAME:SHAPE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, dims = str(value).rpartition(":")
+        if not sep or not name:
+            self.fail(f"{value!r}: expected NAME:SHAPE, e.g. input:8,3,224,224", param, ctx)
+        try:
+            shape = tuple(int(d) for d in dims.replace(" ", "").split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape):
+            self.fail(f"{value!r}: SHAPE must be positive integers separated by commas", param, ctx)
+        return name, shape
+
+
+strategy_option = click.option(
+    "--strategy",
+    "-s",
+    type=click.Choice(solvers.strategy_names()),
+    default="auto",
+    show_default=True,
+    help="Which solver; auto tries every applicable one and keeps the least compute.",
+)
+
+
+def verify_files_options(fn):
+    """--schedule and --model: what verify runs and the model it was made for."""
+    fn = click.option("--model", "model_path", type=click.Path(dir_okay=False),
+                      help="The model file the schedule was made for (checks the fingerprint and predicts the peak).")(fn)
+    fn = click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False), required=True,
+                      help="The schedule to run (edgeplan-schedule/1).")(fn)
+    return fn
+
+
+def training_options(fn):
+    """--seed, --steps, --lr: the SGD steps verify trains with."""
+    fn = click.option("--lr", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+                      help="Learning rate of those steps.")(fn)
+    fn = click.option("--steps", type=click.IntRange(1, 10000), default=1, show_default=True,
+                      help="SGD steps per run (plain autograd, then the schedule), from the same start.")(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input and the RNG.")(fn)
+    return fn
+
+
+def measure_options(fn):
+    """--estimate, --repeats, --name: how profile measures and names the model."""
+    fn = click.option("--name", help="Model name (default: the factory's name).")(fn)
+    fn = click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True,
+                      help="Timed runs per stage (median).")(fn)
+    fn = click.option("--estimate", is_flag=True,
+                      help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")(fn)
+    return fn
+
+
+def import_options(fn):
+    """--from and --input: the format of an imported file and its input shapes."""
+    fn = click.option(
+        "--input", "inputs", type=NamedShapeType(), multiple=True,
+        help="onnx: the shape of a graph input whose shape is not fixed in the file (repeatable).",
+    )(fn)
+    fn = click.option(
+        "--from", "source_format", type=click.Choice(["checkmate", "onnx"]),
+        help="The format of FILE (default: from its extension: .onnx is onnx, .json is checkmate).",
+    )(fn)
+    return fn

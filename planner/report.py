@@ -1,0 +1,253 @@
+"""The answers the ``edgeplan`` commands give, decided here where tests reach them.
+
+:func:`check_budget` refuses a memory below the fixed memory (with the least
+memory that works), :func:`infeasible` adds the least memory to a solver's
+:class:`~planner.errors.InfeasibleError`, :func:`compare_rows` is the table of
+``edgeplan compare`` with the registry's best marked, :func:`check_schedule`
+is ``edgeplan simulate``'s valid / fingerprint / fits verdict, and
+:func:`available` drops the strategies whose optional modules are missing.
+The CLI prints these answers and maps them to exit codes.
+"""
+
+from dataclasses import dataclass
+
+from planner import extras, solvers
+from planner.budget import OPTIMIZER_FACTORS, activation_budget
+from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, TooLargeError
+from planner.sizes import format_size
+
+__all__ = [
+    "Refusal", "Verdict", "available", "check_budget", "infeasible", "compare_rows", "check_schedule",
+    "mismatch_fields", "is_chain_document",
+]
+
+
+def _bytes(n):
+    return f"{n:,} bytes ({format_size(n)})"
+
+
+class Refusal(InfeasibleError):
+    """A negative answer (exit 1) with the fields of its ``--json`` document.
+
+    Attributes
+    ----------
+    fields : dict
+        ``feasible``, the memory and the least memory that works, for ``{"error": ..., **fields}``.
+    """
+
+    def __init__(self, message, *, least_bytes=None, fields):
+        super().__init__(message, least_bytes=least_bytes)
+        self.fields = fields
+
+
+def available(names, *, named):
+    """``(kept, notes)``: ``names`` less the strategies whose optional modules are missing.
+
+    Raises
+    ------
+    MissingExtraError
+        If ``named`` (the user chose the strategies) and one of them misses a
+        module; in the default set such a strategy is skipped with a note.
+    """
+    kept, notes = [], []
+    for name in names:
+        try:
+            extras.require(*solvers.STRATEGIES[name].requires, purpose=f"strategy {name!r}")
+        except MissingExtraError as exc:
+            if named:
+                raise
+            notes.append(f"skipped {exc}")
+            continue
+        kept.append(name)
+    return kept, notes
+
+
+def check_budget(model, memory, optimizer):
+    """The :class:`~planner.budget.Budget` of ``memory``, or a :class:`Refusal` below the fixed memory.
+
+    The refusal names the least memory that works: what the default
+    strategies need at a zero activation budget.
+    """
+    budget = activation_budget(model, memory, optimizer)
+    if budget.activation_bytes >= 0:
+        return budget
+    outcomes = solvers.run_all(model, 0)
+    least = min((o.least_bytes for o in outcomes if o.least_bytes is not None), default=None)
+    least_memory = budget.memory_for(least) if least is not None else None
+    raise Refusal(
+        f"--memory {memory:,} bytes is less than the fixed memory: parameters "
+        f"{model.params_bytes:,} bytes x {OPTIMIZER_FACTORS[optimizer]} ({optimizer}) = "
+        f"{budget.fixed_bytes:,} bytes, before any activation"
+        + (f"; the least memory that works is {_bytes(least_memory)}" if least_memory else ""),
+        least_bytes=least,
+        fields={
+            "feasible": False,
+            "memory_bytes": memory,
+            "fixed_bytes": budget.fixed_bytes,
+            "least_activation_bytes": least,
+            "least_memory_bytes": least_memory,
+        },
+    )
+
+
+def infeasible(exc, budget):
+    """``exc`` (no schedule fits ``budget``) as a :class:`Refusal` naming the least memory that works."""
+    least = exc.least_bytes
+    text = str(exc)
+    if least is not None:
+        text += (
+            f"\nthe least memory that works: {_bytes(budget.memory_for(least))} "
+            f"(activations {_bytes(least)} + fixed {_bytes(budget.fixed_bytes)})"
+        )
+    return Refusal(text, least_bytes=least, fields={
+        "feasible": False,
+        "memory_bytes": budget.memory_bytes,
+        "budget_bytes": budget.activation_bytes,
+        "least_activation_bytes": least,
+        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+    })
+
+
+def compare_rows(outcomes, budget, *, paging=False):
+    """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
+
+    ``best`` marks the registry's own choice (:func:`planner.solvers.best`,
+    what ``solve --strategy auto`` returns).  With ``paging`` (a storage was
+    given) rows also have ``transfer``, ``pageouts`` and ``pageins``.
+    """
+    winner = solvers.best(outcomes)
+    feasible = sorted(
+        (o for o in outcomes if o.feasible),
+        key=lambda o: (o.solution.result.compute + o.solution.result.transfer, len(o.solution.ops)),
+    )
+    rest = sorted(
+        (o for o in outcomes if not o.feasible),
+        key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
+    )
+    return [_row(o, budget, best=winner is not None and o.strategy == winner.strategy, paging=paging)
+            for o in feasible + rest]
+
+
+def _row(o, budget, *, best, paging):
+    r = o.solution.result if o.feasible else None
+    least = o.least_bytes
+    row = {
+        "strategy": o.strategy,
+        "feasible": o.feasible,
+        "best": best,
+        "peak_bytes": r.peak_bytes if r else None,
+        "compute": r.compute if r else None,
+        "overhead": r.overhead if r else None,
+        "forwards": r.forwards if r else None,
+        "params": o.solution.params if r else None,
+        "solve_seconds": round(o.solve_seconds, 6),
+        "least_activation_bytes": least,
+        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+        "error": None if r else str(o.error),
+        "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
+    }
+    if paging:
+        row.update(
+            transfer=r.transfer if r else None,
+            pageouts=r.pageouts if r else None,
+            pageins=r.pageins if r else None,
+        )
+    return row
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``edgeplan simulate``'s answer on one schedule.
+
+    Attributes
+    ----------
+    schedule : planner.schedule.Schedule
+    result : planner.simulate.SimulationResult
+    fingerprint_matches : bool
+    budget : planner.budget.Budget or None
+        When a memory was given.
+    fits : bool or None
+        The schedule is valid and its peak fits ``budget`` (None without one).
+    problems : tuple of str
+        Empty when the schedule is valid, for this model, and fits.
+    """
+
+    schedule: object
+    result: object
+    fingerprint_matches: bool
+    budget: object
+    fits: object
+    problems: tuple
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    def to_dict(self):
+        """The ``--json`` document."""
+        result = self.result
+        doc = {
+            "valid": result.valid,
+            "peak_bytes": result.peak_bytes,
+            "compute": result.compute,
+            "baseline_compute": result.baseline_compute,
+            "overhead": result.overhead,
+            "forwards": result.forwards,
+            "fingerprint_matches": self.fingerprint_matches,
+        }
+        if self.schedule.storage is not None:
+            doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
+        if self.budget is not None:
+            doc["memory_bytes"] = self.budget.memory_bytes
+            doc["budget_bytes"] = self.budget.activation_bytes
+            doc["fits"] = self.fits
+        if not result.valid:
+            doc["error"] = str(result.error)
+        if self.problems:
+            doc["problems"] = list(self.problems)
+        return doc
+
+
+def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
+    """Replay ``schedule`` on ``model``: valid, made for this model, and within ``memory``?
+
+    Returns
+    -------
+    Verdict
+    """
+    from planner.simulate import simulate
+
+    result = simulate(model, schedule.ops, storage=schedule.storage)
+    problems = []
+    if not result.valid:
+        problems.append(str(result.error))
+    matches = schedule.fingerprint == model.fingerprint
+    if not matches:
+        problems.append(
+            f"the schedule was made for another model (fingerprint {schedule.fingerprint}, "
+            f"this model is {model.fingerprint})"
+        )
+    fits = budget = None
+    if memory is not None:
+        budget = activation_budget(model, memory, optimizer)
+        fits = result.valid and result.peak_bytes <= budget.activation_bytes
+        if result.valid and not fits:
+            problems.append(
+                f"peak {result.peak_bytes:,} bytes does not fit the activation budget of "
+                f"{budget.activation_bytes:,} bytes (memory {memory:,} minus fixed {budget.fixed_bytes:,})"
+            )
+    return Verdict(schedule=schedule, result=result, fingerprint_matches=matches, budget=budget, fits=fits,
+                   problems=tuple(problems))
+
+
+def mismatch_fields(exc):
+    """The ``--json`` fields of a schedule made for another model (``ModelMismatchError``)."""
+    return {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
+
+
+def is_chain_document(doc):
+    """True when layer ``k`` of a model document reads exactly layer ``k - 1`` (the first, the input)."""
+    layers = doc["layers"]
+    return all(
+        layer["inputs"] == (["input"] if k == 0 else [layers[k - 1]["name"]]) for k, layer in enumerate(layers)
+    )

@@ -1,0 +1,65 @@
+"""What ``edgeplan verify`` runs on: the target, its model, and the checks before training.
+
+:func:`target_and_model` loads the target and the model its schedule was made
+for (the ``--model`` file, or an estimate profile that runs nothing);
+:func:`check_and_run` refuses a schedule made for another model or invalid,
+predicts the peak and runs :func:`planner.runtime.torch.verify`.  Needs PyTorch.
+"""
+
+import copy
+
+from planner.errors import ModelMismatchError, ScheduleError
+
+__all__ = ["target_and_model", "check_and_run"]
+
+
+def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0):
+    """``(obj, model, loss)``: the target's object, its model, and the loss to train with.
+
+    With ``model_path`` the model is that file and ``loss`` defaults to the
+    file's; without, only the layer names and the graph are needed, so the
+    model is an estimate profile (nothing runs).
+    """
+    from planner.io.torch_profile import load_target, profile_model
+    from planner.model import load_model, model_from_dict
+
+    obj = load_target(target)
+    if model_path:
+        model = load_model(model_path)
+        return obj, model, loss or (model.document or {}).get("loss")
+    doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True,
+                        name=target.rpartition(":")[2], loss=loss, seed=seed)
+    return obj, model_from_dict(doc, source_name=f"profile of {target}"), loss
+
+
+def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=None, loss=None, dtype="float32",
+                  stages="auto", device="cpu", seed=0, steps=1, lr=0.01):
+    """Check ``schedule`` against ``model``, then train with it and with plain autograd.
+
+    Returns
+    -------
+    planner.runtime.torch.VerifyResult
+
+    Raises
+    ------
+    ModelMismatchError
+        If ``model_path`` was given and the schedule's fingerprint is another model's.
+    ScheduleError
+        If the simulator rejects the schedule.
+    """
+    from planner.runtime.torch import verify
+    from planner.simulate import simulate
+
+    if model_path and schedule.fingerprint != model.fingerprint:
+        raise ModelMismatchError(f"{schedule_path}: the schedule was made for another model (fingerprint "
+                                 f"{schedule.fingerprint}, {model_path} is {model.fingerprint})")
+    result = simulate(model, schedule.ops)
+    if not result.valid:
+        raise ScheduleError(f"{schedule_path}: invalid schedule: {result.error}")
+    predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
+    if not isinstance(predicted, int) or isinstance(predicted, bool):
+        predicted = None
+    return verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
+                  names=[layer.name for layer in model.layers],
+                  model=model if model_path else None, predicted=predicted, seed=seed,
+                  device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss)
