@@ -1,6 +1,9 @@
 """The registry's default policy (planner.solvers): which strategies auto runs where, milp's
 warm starts and time limits, proven_optimal, and the time solve reports."""
 
+import ast
+import pathlib
+
 import pytest
 
 from planner import solvers
@@ -153,6 +156,35 @@ def test_the_milp_module_does_not_import_the_registry():
     source = open(milp_module.__file__, encoding="utf-8").read()
     assert "from planner import solvers" not in source
     assert "import planner.solvers" not in source
+
+
+def _imports_the_registry(path):
+    """The lines of ``path`` that import planner.solvers itself (the registry), lazily or not."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [node.lineno for alias in node.names if alias.name == "planner.solvers"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module == "planner.solvers" or (node.level == 1 and not node.module):
+                found.append(node.lineno)
+            elif node.module == "planner" and any(alias.name == "solvers" for alias in node.names):
+                found.append(node.lineno)
+    return found
+
+
+def test_no_solver_imports_the_registry():
+    modules = sorted(pathlib.Path(milp_module.__file__).parent.glob("*.py"))
+    solvers_only = [path for path in modules if path.name != "__init__.py"]
+    assert {path.stem for path in solvers_only} >= {"milp", "milp_paging", "dp", "chen"}
+    found = {path.name: _imports_the_registry(path) for path in solvers_only}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+
+
+def test_the_registry_check_catches_a_lazy_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from planner import solvers\n    import planner.solvers\n")
+    assert _imports_the_registry(probe) == [2, 3]
 
 
 # ---- proven_optimal and the time solve reports ----------------------------------------------

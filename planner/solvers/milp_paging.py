@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.device import time_scale
-from planner.errors import EdgeplanError, InfeasibleError
+from planner.errors import InfeasibleError
 from planner.lowering import insert_frees
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
@@ -38,7 +38,7 @@ _SCIPY_MISSING = "milp-paging needs scipy (HiGHS): pip install edgeplan[milp] (o
 _START_STRATEGIES = ("store-all", "page-all", "dp", "dp-paging", "chen-greedy", "reforward", "revolve", "sqrt-n")
 
 
-def milp_paging(model, *, budget=None, storage, time_limit=None):
+def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None):
     """Least compute-plus-transfer schedule within ``budget``, recomputing and paging.
 
     Parameters
@@ -50,8 +50,14 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
     storage : planner.device.Storage, keyword-only
         Transfer figures and optional capacity.
     time_limit : float or None, keyword-only
-        Seconds for the whole call (default 60), the other strategies' warm
-        starts included.
+        Seconds for the whole call (default 60).
+    warm_starts : iterable of (str, ops), keyword-only
+        Schedules other strategies found (the registry hands them in, as for
+        ``milp``); those of the strategies in ``_START_STRATEGIES`` that fit
+        are encoded and the best is HiGHS' starting incumbent.
+    others_least_bytes : int or None, keyword-only
+        The least budget another strategy is known to need, reported when
+        the time runs out before the least-peak program is solved.
 
     Returns
     -------
@@ -125,7 +131,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
         import scipy.optimize  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError(_SCIPY_MISSING) from None
-    starts, others_least = _other_schedules(model, budget, storage)
+    starts = _fitting_starts(model, budget, storage, warm_starts)
+    others_least = others_least_bytes
     form = _Program(model, storage, scale)
     params["stages"] = n
     cap = budget // form.unit
@@ -205,34 +212,23 @@ def _check_limit(time_limit):
     return float(limit)
 
 
-def _other_schedules(model, budget, storage):
-    """The warm starts: ``[(cost, ops, name)]`` of the strategies that fit, best first,
-    and the least ``least_bytes`` of those that do not.
+def _fitting_starts(model, budget, storage, warm_starts):
+    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit, best first.
 
     Each is measured again with the sink's output held until its backward
     (SPEC section 3), as the program counts it.
     """
-    from planner import solvers  # the registry; imported here, it imports this module
-
-    found, least = [], None
-    names = solvers.applicable(model, storage=storage)
+    offered = {name: ops for name, ops in warm_starts if name in _START_STRATEGIES}
+    found = []
     for name in _START_STRATEGIES:
-        if name not in names:
+        if name not in offered:
             continue
-        try:
-            sol = solvers.solve(model, budget, name, storage=storage)
-        except InfeasibleError as exc:
-            if exc.least_bytes is not None and (least is None or exc.least_bytes < least):
-                least = exc.least_bytes
-            continue
-        except (EdgeplanError, ValueError, RuntimeError):
-            continue  # not applicable here, or another strategy's bug
-        ops = _hold_sink(model, sol.ops)
+        ops = _hold_sink(model, offered[name])
         result = simulate(model, ops, storage=storage)
         if result.valid and result.peak_bytes <= budget:
             found.append((result.compute + result.transfer, ops, name))
     found.sort(key=lambda item: item[0])
-    return found, least
+    return found
 
 
 def _hold_sink(model, ops):
