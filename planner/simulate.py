@@ -39,7 +39,7 @@ class SimulationResult:
         ``overhead`` is ``(compute + transfer) / baseline_compute - 1``.
     forwards : int
         Number of forward ops.
-    ops : int
+    n_ops : int
         Number of ops replayed (up to the error, when invalid).
     timeline : array.array or None
         Memory after each op, including its workspace (only when asked for).
@@ -57,7 +57,7 @@ class SimulationResult:
     baseline_compute: float
     overhead: float
     forwards: int
-    ops: int
+    n_ops: int
     timeline: object = None
     transfer: float = 0.0
     pageouts: int = 0
@@ -312,7 +312,7 @@ def simulate(model, ops, *, timeline=False, storage=None):
         baseline_compute=baseline,
         overhead=((compute + transfer) / baseline - 1.0) if baseline > 0 else 0.0,
         forwards=forwards,
-        ops=count,
+        n_ops=count,
         timeline=trace,
         transfer=transfer,
         pageouts=pageouts,

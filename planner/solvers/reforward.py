@@ -61,7 +61,7 @@ class ReforwardPlan:
     peak_bytes : int
         The peak the dynamic program's memory model predicts (the simulator
         measures the same after :func:`planner.lowering.insert_frees`).
-    least_peak_bytes : int
+    least_bytes : int
         The least peak of any re-forwarding schedule of the model.
     recompute : float
         Forward time of the re-forwarded layers (compute minus baseline).
@@ -75,7 +75,7 @@ class ReforwardPlan:
 
     segments: tuple
     peak_bytes: int
-    least_peak_bytes: int
+    least_bytes: int
     recompute: float
     units: int
     exact: bool = True
