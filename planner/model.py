@@ -17,6 +17,7 @@ import networkx as nx
 
 from planner.errors import ModelError
 from planner.schemas import check_model_document
+from planner.sizes import MAX_BYTES
 
 __all__ = [
     "MODEL_FORMAT",
@@ -31,7 +32,6 @@ __all__ = [
 
 MODEL_FORMAT = "edgeplan-model/1"
 INPUT = "input"
-MAX_BYTES = 2**62
 MAX_FILE_BYTES = 256 * 1024 * 1024
 # Times beyond this would overflow to infinity once summed over many
 # recomputations; no real cost model comes near it.

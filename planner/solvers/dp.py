@@ -40,12 +40,12 @@ over a memory grid (see :func:`dp`, Notes), vectorised over the grid and the
 split ``s'`` with numpy.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
+from planner.lowering import size_dtype, size_unit, store_all_ops
 from planner.schedule import backward, forward
 
 __all__ = ["dp"]
@@ -126,10 +126,7 @@ class _Sizes:
 
 def _sizes(model):
     layers = model.layers
-    total = model.input_bytes + sum(
-        l.output_bytes * 3 + l.saved_bytes + l.workspace_forward + l.workspace_backward for l in layers
-    )
-    dtype = np.int64 if total < 2**62 else object
+    dtype = size_dtype(model)
 
     def arr(key):
         return np.array([getattr(l, key) for l in layers], dtype=dtype)
@@ -708,7 +705,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     f = [float(layer.forward) for layer in model.layers]
     b = [float(layer.backward) for layer in model.layers]
     z = _sizes(model)
-    ops_all = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    ops_all = store_all_ops(model)
     sa_peak, sa_cost = _tree_peak_cost(_store_all_tree(z), z, f, b)
     params = {"grid": "none", "unit_bytes": None, "levels": None}
     if budget is None or sa_peak + model.input_bytes <= budget:
@@ -723,11 +720,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
             "or chen-greedy"
         )
     avail = budget - model.input_bytes
-    unit = 0
-    for arr in (z.o, z.sv, z.wf, z.wb):
-        for v in arr:
-            unit = math.gcd(unit, int(v))
-    unit = unit or 1
+    unit = size_unit(model, with_input=False)
     exact_levels = avail // unit + 1 if avail >= 0 else 0
     known = shared.get("least") if shared is not None else None
     if known is not None and known[1] > avail:

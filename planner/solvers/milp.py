@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import insert_frees
+from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
 
@@ -155,7 +155,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     limit = _check_limit(time_limit)
     _import_highs()  # before the clock starts: a cold import of scipy takes a good part of a second
     deadline = time.perf_counter() + limit
-    plain = _store_all_ops(model)
+    plain = store_all_ops(model)
     if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
         return plain, {"time_limit": limit, "stages": 0, "proven_optimal": True, "start": None}
     starts = _fitting_starts(model, budget, warm_starts)
@@ -281,7 +281,7 @@ def _least_peak(form, deadline, others_least=None):
     left = deadline - time.perf_counter()
     if left <= 0.05:
         return False, others_least
-    start = form.encode(_store_all_ops(form.model), None)
+    start = form.encode(store_all_ops(form.model), None)
     res = form.solve(cap=None, time_limit=0.95 * left - 0.2, start=start)
     if res.x is None:  # pragma: no cover - the start is a solution
         return False, others_least
@@ -292,11 +292,6 @@ def _least_peak(form, deadline, others_least=None):
     if others_least is not None and others_least < result.peak_bytes:
         return False, others_least
     return res.status == _Status.OPTIMAL and form.T == form.n, result.peak_bytes
-
-
-def _store_all_ops(model):
-    n = len(model)
-    return [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
 
 
 def _required_boundaries(n, ops):
@@ -389,11 +384,7 @@ class _Formulation:
         self.blocks = blocks
         T = len(blocks)
         self.T = T
-        unit = model.input_bytes
-        for layer in layers:
-            for value in (layer.output_bytes, layer.saved_bytes, layer.workspace_forward, layer.workspace_backward):
-                unit = math.gcd(unit, value)
-        self.unit = unit = unit or 1
+        self.unit = unit = size_unit(model)
         out = [layer.output_bytes // unit for layer in layers]
         saved = [layer.saved_bytes // unit for layer in layers]
         wsf = [layer.workspace_forward // unit for layer in layers]

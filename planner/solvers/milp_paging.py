@@ -24,7 +24,7 @@ import numpy as np
 
 from planner.device import time_scale
 from planner.errors import InfeasibleError
-from planner.lowering import insert_frees
+from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
 
@@ -122,7 +122,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     deadline = time.perf_counter() + limit
     scale = time_scale(model)
     n = len(model)
-    plain = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
     plain = _hold_sink(model, plain)
     if budget is None or simulate(model, plain).peak_bytes <= budget:
@@ -243,15 +243,6 @@ def _hold_sink(model, ops):
     return ops
 
 
-def _unit(model):
-    """The gcd of every size of the model (1 if all are 0)."""
-    unit = model.input_bytes
-    for l in model.layers:
-        for v in (l.output_bytes, l.saved_bytes, l.workspace_forward, l.workspace_backward):
-            unit = math.gcd(unit, v)
-    return unit or 1
-
-
 @dataclass(frozen=True)
 class _Sizes:
     """Sizes in units, and what each backward reads, holds and allocates."""
@@ -311,7 +302,7 @@ class _Program:
     def __init__(self, model, storage, scale):
         self.model = model
         n = self.n = len(model)
-        self.unit = _unit(model)
+        self.unit = size_unit(model)
         z = self.z = _Sizes.of(model, self.unit)
         self.stage_of = [n - i for i in range(n)]
         self.hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer

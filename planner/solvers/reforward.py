@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import RECOMPUTE, STORE, segments_to_ops
+from planner.lowering import RECOMPUTE, STORE, segments_to_ops, size_dtype
 
 __all__ = ["reforward", "reforward_plan", "ReforwardPlan", "splitting_units"]
 
@@ -581,12 +581,7 @@ def reforward_plan(model, *, budget=None, front_cap=None):
     if front_cap is None:
         front_cap = max(FRONT_CAP, min(512, 16_000_000 // len(ranges) ** 2))
     units = _Units(model, ranges)
-    total = model.input_bytes + sum(
-        3 * layer.output_bytes + layer.saved_bytes + layer.workspace_forward
-        + layer.workspace_backward
-        for layer in model.layers
-    )
-    dtype = np.int64 if total < (1 << 61) else object
+    dtype = size_dtype(model, headroom=2)
     t = _arrays(units, dtype)
     base = model.input_bytes
     relative, f = _least_peak(t, dtype)

@@ -132,10 +132,18 @@ def binomial_split(l, c):
     return max(hi, 1)
 
 
+def _revolve_snapshots(n, snapshots):
+    """``--snapshots C`` as revolve's ``c``: ``C + 1`` (the start state), C clamped to ``n - 1``.
+
+    More than ``n - 1`` checkpoints cannot be used on ``n`` layers.
+    """
+    return min(snapshots, max(n - 1, 0)) + 1
+
+
 def _tasks_check(n, snapshots):
     if not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 0:
         raise ValueError(f"--snapshots must be an integer >= 0, got {snapshots!r}")
-    return min(snapshots, max(n - 1, 0)) + 1
+    return _revolve_snapshots(n, snapshots)
 
 
 def revolve_ops(model, snapshots, *, frees=True):
@@ -283,7 +291,7 @@ def balanced_snapshots(l):
 
 def _op_count(n, snapshots):
     """Forward, backward and free ops of the schedule, from the closed form."""
-    c = min(snapshots, max(n - 1, 0)) + 1
+    c = _revolve_snapshots(n, snapshots)
     forwards = n + numforw(n, c)
     frees = forwards  # every output made is freed again
     return forwards + n + frees
