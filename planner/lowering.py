@@ -24,6 +24,7 @@ __all__ = [
     "size_dtype",
     "size_unit",
     "store_all_ops",
+    "splitting_vertices",
     "hold_segment_inputs",
     "STORE",
     "RECOMPUTE",
@@ -198,6 +199,32 @@ def size_unit(model, *, with_input=True):
         for value in (layer.output_bytes, layer.saved_bytes, layer.workspace_forward, layer.workspace_backward):
             unit = math.gcd(unit, value)
     return unit or 1
+
+
+def splitting_vertices(model, *, input_edges):
+    """Layers ``v`` that no edge ``p -> c`` with ``p < v < c`` jumps over, in increasing order.
+
+    Every path through the topological order then climbs through ``v``: of the
+    layers up to ``v``, only ``v``'s output is read later.  With
+    ``input_edges`` a layer reading the model input counts as an edge from
+    position -1 (reforward's units); without, the input is not a layer output
+    (chen-greedy's split points).  The sink is always one.
+
+    Notes
+    -----
+    O(n + edges): a suffix minimum of each layer's earliest producer.
+    """
+    layers = model.layers
+    cuts = []
+    suffix_min = len(layers)  # min over c > v of the earliest producer of c
+    for v in range(len(layers) - 1, -1, -1):
+        if suffix_min >= v:
+            cuts.append(v)
+        layer = layers[v]
+        producers = layer.inputs + ((-1,) if input_edges and layer.uses_input else ())
+        suffix_min = min(suffix_min, min(producers, default=v))
+    cuts.reverse()
+    return cuts
 
 
 class ChainArrays:

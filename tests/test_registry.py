@@ -219,3 +219,31 @@ def test_solve_reports_the_time_of_the_whole_call():
     best = solvers.solve(dag, budget, progress=hook)
     assert len(seen) == len(solvers.applicable(dag))
     assert best.solve_seconds >= sum(o.solve_seconds for o in seen)
+
+
+# ---- applicability: decided by the registry, marked on the solvers ------------------------------
+
+
+@pytest.mark.parametrize("name", list(solvers.STRATEGIES))
+def test_chains_only_is_declared_once_and_the_solver_carries_the_same_mark(name):
+    strategy = solvers.STRATEGIES[name]
+    assert getattr(strategy.load(), "chains_only", False) is strategy.chains_only
+
+
+def test_a_direct_call_of_a_chains_only_solver_refuses_a_dag_before_it_runs():
+    from planner.errors import NotApplicableError
+    from planner.model import chains_only
+
+    calls = []
+
+    @chains_only("probe")
+    def probe(model, *, budget=None):
+        calls.append(model)
+        return [], {}
+
+    with pytest.raises(NotApplicableError, match="probe applies to chains only"):
+        probe(random_dag(8, 7), budget=None)
+    assert calls == []
+    chain = random_chain(4, 2)
+    assert probe(chain) == ([], {}) and calls == [chain]
+    assert probe.__name__ == "probe" and probe.chains_only is True

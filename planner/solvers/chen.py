@@ -24,6 +24,7 @@ from planner.lowering import (
     fits_int64,
     insert_frees,
     segments_to_ops,
+    splitting_vertices,
 )
 from planner.simulate import simulate
 
@@ -55,22 +56,9 @@ def split_points(model):
 
     Notes
     -----
-    O(n + edges): a prefix maximum of each layer's last consumer.
+    O(n + edges), by :func:`planner.lowering.splitting_vertices`.
     """
-    n = len(model)
-    last = [-1] * n
-    for j, layer in enumerate(model.layers):
-        for i in layer.inputs:
-            if j > last[i]:
-                last[i] = j
-    result = []
-    reach = -1  # the furthest consumer of any layer before v
-    for v in range(n - 1):
-        if reach <= v:
-            result.append(v)
-        if last[v] > reach:
-            reach = last[v]
-    return result
+    return [v for v in splitting_vertices(model, input_edges=False) if v < len(model) - 1]
 
 
 def greedy_checkpoints(costs, candidates, segment_budget):

@@ -44,8 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
+from planner.errors import InfeasibleError, TooLargeError
 from planner.lowering import size_dtype, size_unit, store_all_ops
+from planner.model import chains_only
 from planner.schedule import backward, forward
 
 __all__ = ["dp"]
@@ -612,6 +613,7 @@ def _least_peak(z, f, b, shared):
     return found
 
 
+@chains_only("dp")
 def dp(model, *, budget=None, levels=500, shared=None):
     """Optimal persistent schedule of a heterogeneous chain (rotor's dynamic program).
 
@@ -692,8 +694,6 @@ def dp(model, *, budget=None, levels=500, shared=None):
     checkpointing for heterogeneous chains: how to train deep neural networks
     with limited memory", INRIA report hal-02352969, 2019 (rotor).
     """
-    if not model.is_chain:
-        raise NotApplicableError("dp applies to chains only; this model is a DAG")
     _check_levels(levels)
     if shared is not None and shared.get("model") is not model:
         announced = shared.get("budgets", ())

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import RECOMPUTE, STORE, segments_to_ops, size_dtype
+from planner.lowering import RECOMPUTE, STORE, segments_to_ops, size_dtype, splitting_vertices
 
 __all__ = ["reforward", "reforward_plan", "ReforwardPlan", "splitting_units"]
 
@@ -100,24 +100,12 @@ def splitting_units(model):
     Layer ``v`` is a splitting vertex exactly when no edge ``p -> c`` (the
     model input counting as position -1) has ``p < v < c``: every path then
     climbs through ``v``, and every layer before ``v`` is its ancestor and every
-    layer after it its descendant.  A suffix minimum over each layer's
-    earliest producer finds them all in O(n + edges).
+    layer after it its descendant.  :func:`planner.lowering.splitting_vertices`
+    finds them all in O(n + edges).
     """
-    layers = model.layers
-    n = len(layers)
-    earliest = [
-        min(layer.inputs + ((-1,) if layer.uses_input else ())) for layer in layers
-    ]
     units = []
-    suffix_min = n  # min over c > v of earliest[c]
-    cuts = []
-    for v in range(n - 1, -1, -1):
-        if suffix_min >= v:
-            cuts.append(v)
-        suffix_min = min(suffix_min, earliest[v])
-    cuts.reverse()
     start = 0
-    for v in cuts:
+    for v in splitting_vertices(model, input_edges=True):
         units.append((start, v + 1))
         start = v + 1
     return units

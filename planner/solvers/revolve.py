@@ -20,7 +20,8 @@ through the simulator without ever being held as a list.
 
 import math
 
-from planner.errors import InfeasibleError, NotApplicableError, OptionError
+from planner.errors import InfeasibleError, OptionError
+from planner.model import chains_only
 from planner.schedule import backward, forward, free
 from planner.simulate import simulate
 
@@ -347,6 +348,7 @@ class _LazyOps:
         return self._count
 
 
+@chains_only("revolve")
 def revolve(model, *, budget=None, snapshots=None):
     """Binomial checkpointing (Griewank and Walther's revolve) on a chain.
 
@@ -398,8 +400,6 @@ def revolve(model, *, budget=None, snapshots=None):
     checkpointing for the reverse or adjoint mode of computational
     differentiation", ACM TOMS 26(1):19-45, 2000.
     """
-    if not model.is_chain:
-        raise NotApplicableError("revolve applies to chains only; this model is a DAG")
     n = len(model)
     if snapshots is not None:
         _tasks_check(n, snapshots)
