@@ -93,7 +93,10 @@ def simulate(model, ops, *, timeline=False, storage=None):
     ops : iterable of planner.schedule.Op
         Consumed once; a generator works, so long schedules can stream.
     timeline : bool, keyword-only
-        Also record the memory after each op (as ``array('q')``).
+        Also record the memory after each op (as ``array('q')``).  Kept for
+        checking a schedule op by op (the simulator tests compare it with
+        the reference replay's memory at every op); it costs one append per
+        op only when asked for.
     storage : planner.device.Storage or None, keyword-only
         Where ``pageout`` and ``pagein`` ops transfer to (SPEC section 5);
         without one, a paging op is invalid.
@@ -373,7 +376,11 @@ def _holder_message(model, i, in_s):
 
 
 def replay(model, ops):
-    """Simulate and raise the :class:`ScheduleError` if the schedule is invalid."""
+    """Simulate and raise the :class:`ScheduleError` if the schedule is invalid.
+
+    For callers that treat an invalid schedule as a bug rather than an answer
+    (benchmarks/bench_fidelity.py replays hand-made PyTorch frees with it).
+    """
     result = simulate(model, ops)
     if not result.valid:
         raise result.error

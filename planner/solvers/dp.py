@@ -625,7 +625,10 @@ def dp(model, *, budget=None, levels=500, shared=None):
         Activation budget in bytes (``input_bytes`` included, as ``peak_bytes``).
         None: no recomputation (the store-all schedule, the least compute).
     levels : int, keyword-only
-        Memory levels of the rounded grid (default 500); see Notes.
+        Memory levels of the rounded grid (default 500); see Notes.  A
+        library and benchmark knob (benchmarks/bench_dp.py ``--levels``): the
+        registry, hence :func:`planner.solvers.solve` and the CLI, always uses
+        the default, because the grid is refined near the budget anyway.
     shared : dict or None, keyword-only
         Work kept across calls on the same model (``sweep`` passes one dict
         for all its memory sizes): the rounded table of each octave of
