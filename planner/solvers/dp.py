@@ -299,6 +299,33 @@ def _prefix_groups(q):
     return np.flatnonzero(np.diff(q)) + 1
 
 
+def _split_minimum(tmp, cur, q, starts, g, k, cols):
+    """``cur[m]``: the least ``tmp[j, m]`` over the splits ``j < k`` allowed at level ``m``.
+
+    Row ``j`` (split ``s + 1 + j``) is allowed where ``m - p >= g + q[j]``; ``cur`` is
+    inf where none is.  ``starts`` are where ``q`` grows (:func:`_prefix_groups`): few
+    groups are reduced one slice each, many by a running minimum.
+    """
+    h = len(cur)
+    cur.fill(np.inf)
+    groups = [x for x in starts if x < k] if starts and starts[0] < k else []
+    if len(groups) <= _MAX_GROUPS:
+        lo_c = g + q[0]
+        for stop in groups + [k]:
+            hi_c = (g + q[stop]) if stop < k else h
+            a = lo_c if lo_c > 0 else 0
+            c = hi_c if hi_c < h else h
+            if a < c:
+                np.minimum.reduce(tmp[:stop, a:c], axis=0, out=cur[a:c])
+            lo_c = hi_c
+    else:
+        np.minimum.accumulate(tmp, axis=0, out=tmp)
+        allowed = np.searchsorted(np.array(q[:k]) + g, cols[:h], side="right")
+        ok = allowed > 0
+        cur[ok] = tmp[allowed[ok] - 1, cols[:h][ok]]
+    return cur
+
+
 class _Table:
     """``C(s, t, mode, m)`` for ``m = 0..W-1`` grid units, with reconstruction.
 
@@ -347,7 +374,6 @@ class _Table:
         buf = np.empty((n, W), dtype=self.by_t[0].dtype)
         best = np.empty(W)
         cols = np.arange(W)
-        reduce_min = np.minimum.reduce
         for s in range(n - 1, -1, -1):
             p = z.prev(s)
             modes = _modes(z, s)
@@ -395,24 +421,7 @@ class _Table:
                             tmp = buf[:k, :h]
                             left = self.by_s[s] if rows is None else rows
                             np.add(self.by_t[t][s + 1 : t + 1, :h], left[:k, p:hi], out=tmp)
-                            # row j (split s+1+j) is allowed where m - p >= g + q[j]
-                            cur = best[:h]
-                            cur.fill(np.inf)
-                            groups = [x for x in starts if x < k] if starts and starts[0] < k else []
-                            if len(groups) <= _MAX_GROUPS:
-                                lo_c = g + q[0]
-                                for stop in groups + [k]:
-                                    hi_c = (g + q[stop]) if stop < k else h
-                                    a = lo_c if lo_c > 0 else 0
-                                    c = hi_c if hi_c < h else h
-                                    if a < c:
-                                        reduce_min(tmp[:stop, a:c], axis=0, out=cur[a:c])
-                                    lo_c = hi_c
-                            else:
-                                np.minimum.accumulate(tmp, axis=0, out=tmp)
-                                allowed = np.searchsorted(np.array(q[:k]) + g, cols[:h], side="right")
-                                ok = allowed > 0
-                                cur[ok] = tmp[allowed[ok] - 1, cols[:h][ok]]
+                            cur = _split_minimum(tmp, best[:h], q, starts, g, k, cols)
                             cur -= fsum[s]
                             np.minimum(out[p:hi], cur, out=out[p:hi])
                     if rows is None:
