@@ -13,6 +13,12 @@ of the undirected graph (the model input left out: it is always in memory) at
 which the order can be cut, plus the first layer when only its output
 crosses; on a chain, every layer but the last.  Cutting only there is what
 makes a segment's recomputation need nothing but its checkpoint.
+
+Names: the strategy is ``chen-greedy`` and its function ``chen_greedy`` (the
+same name as a Python identifier); the module is named after the paper, as
+``revolve`` is, because it also holds the paper's building blocks
+(:func:`split_points`, :func:`greedy_checkpoints`) that tests and benchmarks
+import from here.
 """
 
 from planner.errors import InfeasibleError
