@@ -16,11 +16,7 @@ recomputation.
 """
 
 import enum
-import math
-import os
-import tempfile
 import time
-import warnings
 
 import numpy as np
 
@@ -28,6 +24,7 @@ from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
+from planner.solvers._highs import check_time_limit, run_highs
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
 
@@ -163,12 +160,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
 
 
 def _check_limit(time_limit):
-    limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
-    if not (math.isfinite(limit) and limit > 0):
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
-    return float(limit)
+    return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
 def _fitting_starts(model, budget, warm_starts):
@@ -640,8 +632,6 @@ class _Formulation:
         ``start`` (variable values from :meth:`encode`) is handed to HiGHS as
         its first incumbent through a solution file.
         """
-        from scipy.optimize import Bounds, LinearConstraint, milp as highs
-
         cost = self.cost.copy()
         lb = self.lb.copy()
         ub = self.ub.copy()
@@ -659,36 +649,11 @@ class _Formulation:
             "mip_rel_gap": gap,
             "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
         }
-        path = None
-        try:
-            if start is not None:
-                start = start.copy()
-                if cap is not None:
-                    start[self.peak_col] = cap
-                path = self._write_start(start, float(cost @ start))
-                options["read_solution_file"] = path
-            with warnings.catch_warnings():
-                # scipy warns that it passes read_solution_file to HiGHS verbatim
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return highs(
-                    cost,
-                    integrality=self.integrality,
-                    bounds=Bounds(lb, ub),
-                    constraints=LinearConstraint(self.A, self.lo, self.up),
-                    options=options,
-                )
-        finally:
-            if path is not None:
-                os.unlink(path)
-
-    @staticmethod
-    def _write_start(x, objective):
-        fd, path = tempfile.mkstemp(prefix="edgeplan-milp-", suffix=".sol")
-        with os.fdopen(fd, "w") as f:
-            f.write("Model status\nFeasible\n\n# Primal solution values\nFeasible\n")
-            f.write(f"Objective {objective!r}\n# Columns {len(x)}\n")
-            f.write("".join(f"c{j} {value!r}\n" for j, value in enumerate(x.tolist())))
-        return path
+        if start is not None:
+            start = start.copy()
+            if cap is not None:
+                start[self.peak_col] = cap
+        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 

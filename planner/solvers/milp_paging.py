@@ -13,11 +13,7 @@ outputs, saved data, gradients, holds, workspaces, the sink's output held
 until its backward).  The objective is recomputation plus transfer time.
 """
 
-import math
-import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +23,7 @@ from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
+from planner.solvers._highs import check_time_limit, run_highs
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
@@ -204,12 +201,7 @@ def _least_peak(form, storage, deadline, others_least):
 
 
 def _check_limit(time_limit):
-    limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
-    if not (math.isfinite(limit) and limit > 0):
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
-    return float(limit)
+    return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
 def _fitting_starts(model, budget, storage, warm_starts):
@@ -480,8 +472,6 @@ class _Program:
     def solve(self, *, cap, time_limit, start=None):
         """HiGHS: least recomputation plus transfer within ``cap`` units (``start`` as incumbent),
         or with ``cap=None`` the least peak."""
-        from scipy.optimize import Bounds, LinearConstraint, milp as highs
-
         lb, ub, cost, gap = self.lb.copy(), self.ub.copy(), self.cost, _MIP_REL_GAP
         if cap is None:  # least peak, proven to the unit
             cost = np.zeros(len(self.lb))
@@ -494,25 +484,10 @@ class _Program:
             "mip_rel_gap": gap,
             "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
         }
-        path = None
-        try:
-            if start is not None:
-                start = start.copy()
-                start[self.peak] = cap
-                path = _write_start(start, float(cost @ start))
-                options["read_solution_file"] = path
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # read_solution_file is passed verbatim
-                return highs(
-                    cost,
-                    integrality=self.integrality,
-                    bounds=Bounds(lb, ub),
-                    constraints=LinearConstraint(self.A, self.lo, self.up),
-                    options=options,
-                )
-        finally:
-            if path is not None:
-                os.unlink(path)
+        if start is not None:
+            start = start.copy()
+            start[self.peak] = cap
+        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-paging-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 
@@ -657,10 +632,3 @@ class _Program:
         return True
 
 
-def _write_start(x, objective):
-    fd, path = tempfile.mkstemp(prefix="edgeplan-milp-paging-", suffix=".sol")
-    with os.fdopen(fd, "w") as f:
-        f.write("Model status\nFeasible\n\n# Primal solution values\nFeasible\n")
-        f.write(f"Objective {objective!r}\n# Columns {len(x)}\n")
-        f.write("".join(f"c{j} {value!r}\n" for j, value in enumerate(x.tolist())))
-    return path
