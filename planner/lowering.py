@@ -8,9 +8,12 @@ topological order into stored and recomputed segments (the checkpoint-set
 strategies: store-all, sequential, sqrt(n), Chen's greedy, re-forwarding).
 """
 
+import math
+
 import numpy as np
 
 from planner.schedule import OpKind, backward, forward, free
+from planner.sizes import int64_safe
 
 __all__ = [
     "insert_frees",
@@ -18,6 +21,10 @@ __all__ = [
     "chain_segments_peak",
     "ChainArrays",
     "fits_int64",
+    "size_dtype",
+    "size_unit",
+    "store_all_ops",
+    "splitting_vertices",
     "hold_segment_inputs",
     "STORE",
     "RECOMPUTE",
@@ -177,6 +184,47 @@ def segments_to_ops(model, segments):
             ops.extend(forward(i, True) for i in range(start, stop))
         ops.extend(backward(i) for i in range(stop - 1, start - 1, -1))
     return ops
+
+
+def store_all_ops(model):
+    """Every forward with save, then every backward: plain autograd's ops (before frees)."""
+    return segments_to_ops(model, [(0, len(model.layers), STORE)])
+
+
+def size_unit(model, *, with_input=True):
+    """The gcd of every layer size of ``model`` (and of ``input_bytes`` unless ``with_input`` is
+    false); 1 if all are 0.  Sizes divided by it are exact integers (milp's rows, dp's grid)."""
+    unit = model.input_bytes if with_input else 0
+    for layer in model.layers:
+        for value in (layer.output_bytes, layer.saved_bytes, layer.workspace_forward, layer.workspace_backward):
+            unit = math.gcd(unit, value)
+    return unit or 1
+
+
+def splitting_vertices(model, *, input_edges):
+    """Layers ``v`` that no edge ``p -> c`` with ``p < v < c`` jumps over, in increasing order.
+
+    Every path through the topological order then climbs through ``v``: of the
+    layers up to ``v``, only ``v``'s output is read later.  With
+    ``input_edges`` a layer reading the model input counts as an edge from
+    position -1 (reforward's units); without, the input is not a layer output
+    (chen-greedy's split points).  The sink is always one.
+
+    Notes
+    -----
+    O(n + edges): a suffix minimum of each layer's earliest producer.
+    """
+    layers = model.layers
+    cuts = []
+    suffix_min = len(layers)  # min over c > v of the earliest producer of c
+    for v in range(len(layers) - 1, -1, -1):
+        if suffix_min >= v:
+            cuts.append(v)
+        layer = layers[v]
+        producers = layer.inputs + ((-1,) if input_edges and layer.uses_input else ())
+        suffix_min = min(suffix_min, min(producers, default=v))
+    cuts.reverse()
+    return cuts
 
 
 class ChainArrays:
@@ -339,4 +387,14 @@ def fits_int64(model):
         + max(x.workspace_forward for x in layers)
         + max(x.workspace_backward for x in layers)
     )
-    return bound < 2**62
+    return int64_safe(bound)
+
+
+def size_dtype(model, *, headroom=1):
+    """``np.int64`` for the solvers' size arrays of ``model``, or ``object`` (Python ints) when
+    ``headroom`` sums of every output three times, saved data and workspaces could overflow it."""
+    total = model.input_bytes + sum(
+        3 * layer.output_bytes + layer.saved_bytes + layer.workspace_forward + layer.workspace_backward
+        for layer in model.layers
+    )
+    return np.int64 if int64_safe(total, headroom=headroom) else object

@@ -9,14 +9,16 @@ that order everywhere inside the library; names appear only at the edges
 import hashlib
 import json
 import math
+import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import networkx as nx
 
-from planner.errors import ModelError
+from planner.errors import ModelError, NotApplicableError
 from planner.schemas import check_model_document
+from planner.sizes import MAX_BYTES
 
 __all__ = [
     "MODEL_FORMAT",
@@ -27,11 +29,11 @@ __all__ = [
     "model_from_dict",
     "read_json_file",
     "fingerprint",
+    "chains_only",
 ]
 
 MODEL_FORMAT = "edgeplan-model/1"
 INPUT = "input"
-MAX_BYTES = 2**62
 MAX_FILE_BYTES = 256 * 1024 * 1024
 # Times beyond this would overflow to infinity once summed over many
 # recomputations; no real cost model comes near it.
@@ -690,3 +692,30 @@ def _check_size(obj, key, *, required, fail):
     if value > MAX_BYTES:
         fail(f"{_describe(value)} is beyond 2**62 bytes", fieldname=key)
     return value
+
+
+def chains_only(strategy):
+    """Decorator: the solver ``fn(model, ...)`` of ``strategy`` refuses DAGs.
+
+    The registry decides applicability before any solver runs (its
+    ``Strategy.chains_only``, which a test keeps equal to this mark); the
+    decorator keeps a direct call on a DAG from running, with the same kind
+    of error (networkx's ``not_implemented_for``).
+
+    Raises
+    ------
+    NotApplicableError
+        From the decorated function, when its model is not a chain.
+    """
+
+    def mark(fn):
+        @functools.wraps(fn)
+        def solver(model, *args, **kwargs):
+            if not model.is_chain:
+                raise NotApplicableError(f"{strategy} applies to chains only; {model.name!r} is a DAG")
+            return fn(model, *args, **kwargs)
+
+        solver.chains_only = True
+        return solver
+
+    return mark

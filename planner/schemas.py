@@ -24,6 +24,7 @@ from functools import lru_cache
 from importlib import resources
 
 from planner.errors import ModelError, ScheduleFormatError
+from planner.sizes import MAX_BYTES
 
 __all__ = [
     "SCHEMA_NAMES",
@@ -115,7 +116,7 @@ def _explain(exc):
     if rule == "exclusiveMinimum":
         return None, f"must be > {expected}, got {_describe(value)}"
     if rule == "maximum":
-        if expected == 2**62:
+        if expected == MAX_BYTES:
             return None, f"{_describe(value)} is beyond 2**62 bytes"
         return None, f"must be <= {expected}, got {_describe(value)}"
     if rule == "minLength":

@@ -39,7 +39,7 @@ class SimulationResult:
         ``overhead`` is ``(compute + transfer) / baseline_compute - 1``.
     forwards : int
         Number of forward ops.
-    ops : int
+    n_ops : int
         Number of ops replayed (up to the error, when invalid).
     timeline : array.array or None
         Memory after each op, including its workspace (only when asked for).
@@ -57,7 +57,7 @@ class SimulationResult:
     baseline_compute: float
     overhead: float
     forwards: int
-    ops: int
+    n_ops: int
     timeline: object = None
     transfer: float = 0.0
     pageouts: int = 0
@@ -93,7 +93,10 @@ def simulate(model, ops, *, timeline=False, storage=None):
     ops : iterable of planner.schedule.Op
         Consumed once; a generator works, so long schedules can stream.
     timeline : bool, keyword-only
-        Also record the memory after each op (as ``array('q')``).
+        Also record the memory after each op (as ``array('q')``).  Kept for
+        checking a schedule op by op (the simulator tests compare it with
+        the reference replay's memory at every op); it costs one append per
+        op only when asked for.
     storage : planner.device.Storage or None, keyword-only
         Where ``pageout`` and ``pagein`` ops transfer to (SPEC section 5);
         without one, a paging op is invalid.
@@ -127,8 +130,6 @@ def simulate(model, ops, *, timeline=False, storage=None):
     saved = [layer.saved_bytes for layer in layers]
     wsf = [layer.workspace_forward for layer in layers]
     wsb = [layer.workspace_backward for layer in layers]
-    tf = [layer.forward for layer in layers]
-    tb = [layer.backward for layer in layers]
     ins = [layer.inputs for layer in layers]
     need_in = [layer.needs_inputs for layer in layers]
     need_out = [layer.needs_output for layer in layers]
@@ -166,16 +167,8 @@ def simulate(model, ops, *, timeline=False, storage=None):
         kind = op.kind
         i = op.layer
         if kind is _FREE:
-            if not in_a[i]:
-                error = broken(count, op, "its output is not in memory")
-                break
-            if hold[i]:
-                error = broken(count, op, _holder_message(model, i, in_s))
-                break
-            if i == sink and not done[i]:
-                error = broken(
-                    count, op, "the sink's output is read by the loss until the sink's backward"
-                )
+            if not in_a[i] or hold[i] or (i == sink and not done[i]):
+                error = broken(count, op, _free_problem(model, i, in_a, in_s, hold))
                 break
             in_a[i] = False
             mem -= out[i]
@@ -183,19 +176,9 @@ def simulate(model, ops, *, timeline=False, storage=None):
                 trace.append(mem)
             continue
         if kind is _FORWARD:
-            if in_a[i]:
-                error = broken(count, op, "its output is already in memory")
-                break
-            if done[i]:
-                error = broken(count, op, "its backward has already run")
-                break
             save = op.save
-            if save and in_s[i]:
-                error = broken(count, op, "its saved data is already in memory")
-                break
-            missing = _first_missing(ins[i], in_a)
-            if missing is not None:
-                error = broken(count, op, f"input {layers[missing].name!r} is not in memory")
+            if in_a[i] or done[i] or (save and in_s[i]) or _first_missing(ins[i], in_a) is not None:
+                error = broken(count, op, _forward_problem(model, i, save, in_a, in_s, done))
                 break
             in_a[i] = True
             mem += out[i]
@@ -211,25 +194,11 @@ def simulate(model, ops, *, timeline=False, storage=None):
             runs_f[i] += 1
             forwards += 1
         elif kind is _BACKWARD:
-            if done[i]:
-                error = broken(count, op, "its backward has already run")
-                break
-            if not in_s[i]:
-                error = broken(count, op, "its saved data is not in memory (forward it with save first)")
-                break
-            if waiting[i]:
-                pending = [c for c in model.consumers[i] if not done[c]]
-                error = broken(
-                    count, op, f"the backward of its consumer {layers[pending[0]].name!r} has not run"
-                )
-                break
-            if need_in[i]:
-                missing = _first_missing(ins[i], in_a)
-                if missing is not None:
-                    error = broken(count, op, f"input {layers[missing].name!r} is not in memory")
-                    break
-            if need_out[i] and not in_a[i]:
-                error = broken(count, op, "its output is not in memory")
+            if (
+                done[i] or not in_s[i] or waiting[i] or (need_out[i] and not in_a[i])
+                or (need_in[i] and _first_missing(ins[i], in_a) is not None)
+            ):
+                error = broken(count, op, _backward_problem(model, i, in_a, in_s, done, waiting))
                 break
             if i == sink and not in_g[i]:
                 in_g[i] = True
@@ -288,31 +257,44 @@ def simulate(model, ops, *, timeline=False, storage=None):
     else:
         count += 1  # every op replayed
         if backwards != n:
-            first = next(k for k in range(n) if not done[k])
-            error = ScheduleError(
-                f"the schedule ends before every backward ran: {n - backwards} missing, "
-                f"the first is {layers[first].name!r}",
-                index=None,
-                layer=layers[first].name,
-            )
+            error = _unfinished(layers, done, n - backwards)
+    counts = {"peak": peak, "peak_index": peak_index, "forwards": forwards, "n_ops": count}
+    return _result(model, storage, error, counts, (runs_f, done, runs_out, runs_in), trace)
+
+
+def _unfinished(layers, done, missing):
+    """The error of a schedule that ends with ``missing`` backwards not run."""
+    first = next(k for k in range(len(layers)) if not done[k])
+    return ScheduleError(
+        f"the schedule ends before every backward ran: {missing} missing, "
+        f"the first is {layers[first].name!r}",
+        index=None,
+        layer=layers[first].name,
+    )
+
+
+def _result(model, storage, error, counts, runs, trace):
+    """The :class:`SimulationResult` of a replay: costs from the per-layer op counts ``runs``."""
+    runs_f, done, runs_out, runs_in = runs
     # Summed exactly (math.fsum) from per-layer counts, so the result does not
     # depend on the order of the ops and a schedule without recomputation has
     # exactly the baseline's compute (overhead 0.0, never -1e-16).
+    layers = model.layers
     compute = math.fsum(
-        [t * k for t, k in zip(tf, runs_f) if k] + [t for t, d in zip(tb, done) if d]
+        [l.forward * k for l, k in zip(layers, runs_f) if k] + [l.backward for l, d in zip(layers, done) if d]
     )
     baseline = model.baseline_compute
     transfer, pageouts, pageins = _transfer(model, storage, runs_out, runs_in)
     return SimulationResult(
         valid=error is None,
         error=error,
-        peak_bytes=peak,
-        peak_index=peak_index,
+        peak_bytes=counts["peak"],
+        peak_index=counts["peak_index"],
         compute=compute,
         baseline_compute=baseline,
         overhead=((compute + transfer) / baseline - 1.0) if baseline > 0 else 0.0,
-        forwards=forwards,
-        ops=count,
+        forwards=counts["forwards"],
+        n_ops=counts["n_ops"],
         timeline=trace,
         transfer=transfer,
         pageouts=pageouts,
@@ -354,6 +336,44 @@ def _transfer(model, storage, runs_out, runs_in):
     return seconds * scale, pageouts, pageins
 
 
+def _free_problem(model, i, in_a, in_s, hold):
+    """Why free ``i`` is invalid (the first rule broken, in the order the simulator checks)."""
+    if not in_a[i]:
+        return "its output is not in memory"
+    if hold[i]:
+        return _holder_message(model, i, in_s)
+    return "the sink's output is read by the loss until the sink's backward"
+
+
+def _forward_problem(model, i, save, in_a, in_s, done):
+    """Why forward ``i`` is invalid (the first rule broken)."""
+    if in_a[i]:
+        return "its output is already in memory"
+    if done[i]:
+        return "its backward has already run"
+    if save and in_s[i]:
+        return "its saved data is already in memory"
+    missing = _first_missing(model.layers[i].inputs, in_a)
+    return f"input {model.layers[missing].name!r} is not in memory"
+
+
+def _backward_problem(model, i, in_a, in_s, done, waiting):
+    """Why backward ``i`` is invalid (the first rule broken)."""
+    layers = model.layers
+    if done[i]:
+        return "its backward has already run"
+    if not in_s[i]:
+        return "its saved data is not in memory (forward it with save first)"
+    if waiting[i]:
+        pending = [c for c in model.consumers[i] if not done[c]]
+        return f"the backward of its consumer {layers[pending[0]].name!r} has not run"
+    if layers[i].needs_inputs:
+        missing = _first_missing(layers[i].inputs, in_a)
+        if missing is not None:
+            return f"input {layers[missing].name!r} is not in memory"
+    return "its output is not in memory"
+
+
 def _first_missing(inputs, in_a):
     """The first of ``inputs`` whose output is not in memory, or None."""
     for j in inputs:
@@ -373,7 +393,11 @@ def _holder_message(model, i, in_s):
 
 
 def replay(model, ops):
-    """Simulate and raise the :class:`ScheduleError` if the schedule is invalid."""
+    """Simulate and raise the :class:`ScheduleError` if the schedule is invalid.
+
+    For callers that treat an invalid schedule as a bug rather than an answer
+    (benchmarks/bench_fidelity.py replays hand-made PyTorch frees with it).
+    """
     result = simulate(model, ops)
     if not result.valid:
         raise result.error

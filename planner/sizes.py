@@ -8,7 +8,7 @@ and decimals allowed (``1.5GiB``).  Anything else is rejected (SPEC section 4).
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["parse_size", "format_size", "SizeError"]
+__all__ = ["parse_size", "format_size", "SizeError", "MAX_BYTES", "int64_safe"]
 
 _UNITS = {
     "kb": 1000,
@@ -27,6 +27,15 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 # Sizes beyond 2**62 bytes are refused: no device has them and they would
 # overflow the int64 arithmetic of the numpy-based solvers.
 MAX_BYTES = 2**62
+
+
+def int64_safe(total, *, headroom=1):
+    """Whether ``headroom`` sums of up to ``total`` bytes each stay below :data:`MAX_BYTES`.
+
+    The one overflow guard: below it numpy's int64 holds every sum the
+    solvers form, with room to spare; above it they compute with Python ints.
+    """
+    return total * headroom < MAX_BYTES
 
 
 class SizeError(ValueError):

@@ -99,7 +99,9 @@ def test_never_worse_than_dp_and_dp_paging_on_a_chain():
     top = _top(model)
     for frac in (0.45, 0.65):
         budget = int(top * frac)
-        ops, params = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+        # Through the registry, which hands milp-paging the other strategies' schedules.
+        sol = solve(model, budget, "milp-paging", storage=storage, time_limit=LIMIT)
+        ops, params = sol.ops, sol.params
         result = simulate(model, ops, storage=storage)
         assert result.valid and result.peak_bytes <= budget
         cost = result.compute + result.transfer

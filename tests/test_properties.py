@@ -303,7 +303,7 @@ def test_simulator_streams_a_generator_once():
             yield op
 
     result = simulate(model, stream())
-    assert result.valid and len(consumed) == len(ops) == result.ops
+    assert result.valid and len(consumed) == len(ops) == result.n_ops
     assert result.predicted() == simulate(model, list(ops)).predicted()
 
 

@@ -67,7 +67,7 @@ def _check_against_exhaustive(model):
     least = min(p for p, _ in found)
     plan = reforward_plan(model)
     result = _measure(model, plan.segments)
-    assert plan.least_peak_bytes == least
+    assert plan.least_bytes == least
     assert plan.peak_bytes == result.peak_bytes == least
     cheapest = min(c for p, c in found if p <= least)
     assert result.compute == pytest.approx(cheapest)
@@ -105,7 +105,7 @@ def test_heavy_sinks_match_exhaustive_search(seed):
     plan = reforward_plan(model)
     assert plan.segments[-1][2] == STORE
     head = model.layers[-1].output_bytes
-    assert plan.least_peak_bytes >= model.input_bytes + 2 * head
+    assert plan.least_bytes >= model.input_bytes + 2 * head
 
 
 @settings(max_examples=examples(15))
@@ -128,7 +128,7 @@ def test_dags_match_exhaustive_search_over_their_units(model):
     st.data(),
 )
 def test_predicted_peak_is_the_simulated_peak(model, data):
-    least = reforward_plan(model).least_peak_bytes
+    least = reforward_plan(model).least_bytes
     budget = data.draw(st.one_of(st.none(), st.integers(least, 2 * least + 1)))
     plan = reforward_plan(model, budget=budget)
     assert plan.peak_bytes == _measure(model, plan.segments).peak_bytes
@@ -140,9 +140,9 @@ def test_predicted_peak_is_the_simulated_peak(model, data):
 def test_predicted_peak_on_larger_random_models(n, seed):
     for model in (random_chain(n, seed), random_dag(n, seed, skip=0.05)):
         plan = reforward_plan(model)
-        assert plan.peak_bytes == plan.least_peak_bytes == _measure(model, plan.segments).peak_bytes
+        assert plan.peak_bytes == plan.least_bytes == _measure(model, plan.segments).peak_bytes
         store_all = solve(model, None, "store-all").result.peak_bytes
-        for budget in (plan.least_peak_bytes + (store_all - plan.least_peak_bytes) // 2, store_all):
+        for budget in (plan.least_bytes + (store_all - plan.least_bytes) // 2, store_all):
             fitted = reforward_plan(model, budget=budget)
             result = _measure(model, fitted.segments)
             assert fitted.peak_bytes == result.peak_bytes <= budget
@@ -151,7 +151,7 @@ def test_predicted_peak_on_larger_random_models(n, seed):
 
 def test_thinned_fronts_still_fit():
     model = random_chain(80, 3)
-    least = reforward_plan(model).least_peak_bytes
+    least = reforward_plan(model).least_bytes
     store_all = solve(model, None, "store-all").result.peak_bytes
     budget = (least + store_all) // 2
     exact = reforward_plan(model, budget=budget, front_cap=100_000)
@@ -202,7 +202,7 @@ def test_solutions_are_valid_fit_and_agree_with_the_reference(case):
     try:
         _check_solution(model, budget)
     except InfeasibleError as exc:
-        least = reforward_plan(model).least_peak_bytes
+        least = reforward_plan(model).least_bytes
         assert budget < least == exc.least_bytes
         _check_solution(model, exc.least_bytes)
 
@@ -213,12 +213,12 @@ def test_shared_models(name):
     assert model.is_chain
     plan = reforward_plan(model)
     store_all = _check_solution(model, None)  # least peak
-    assert store_all.result.peak_bytes == plan.least_peak_bytes
+    assert store_all.result.peak_bytes == plan.least_bytes
     full = solve(model, None, "store-all").result
-    assert plan.least_peak_bytes <= full.peak_bytes
+    assert plan.least_bytes <= full.peak_bytes
     previous = None
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        budget = int(plan.least_peak_bytes + frac * (full.peak_bytes - plan.least_peak_bytes))
+        budget = int(plan.least_bytes + frac * (full.peak_bytes - plan.least_bytes))
         solution = _check_solution(model, budget)
         if previous is not None:  # more memory never costs more compute
             assert solution.result.compute <= previous + 1e-9
@@ -230,7 +230,7 @@ def test_vgg16_least_peak_is_well_below_store_all():
     model = load_model(DATA / "models" / "vgg16-ops.json")
     plan = reforward_plan(model)
     full = solve(model, None, "store-all").result.peak_bytes
-    assert plan.least_peak_bytes < 0.6 * full
+    assert plan.least_bytes < 0.6 * full
     # each layer is recomputed at most once
     ops = solve(model, None, "reforward").ops
     forwards = [op.layer for op in ops if op.kind.value == "forward"]
@@ -239,7 +239,7 @@ def test_vgg16_least_peak_is_well_below_store_all():
 
 def test_infeasible_budget_names_the_least_peak():
     model = uniform_chain(10)
-    least = reforward_plan(model).least_peak_bytes
+    least = reforward_plan(model).least_bytes
     with pytest.raises(InfeasibleError, match=f"at least {least} bytes") as info:
         solve(model, least - 1, "reforward")
     assert info.value.least_bytes == least

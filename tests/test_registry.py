@@ -1,6 +1,9 @@
 """The registry's default policy (planner.solvers): which strategies auto runs where, milp's
 warm starts and time limits, proven_optimal, and the time solve reports."""
 
+import ast
+import pathlib
+
 import pytest
 
 from planner import solvers
@@ -155,6 +158,35 @@ def test_the_milp_module_does_not_import_the_registry():
     assert "import planner.solvers" not in source
 
 
+def _imports_the_registry(path):
+    """The lines of ``path`` that import planner.solvers itself (the registry), lazily or not."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [node.lineno for alias in node.names if alias.name == "planner.solvers"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module == "planner.solvers" or (node.level == 1 and not node.module):
+                found.append(node.lineno)
+            elif node.module == "planner" and any(alias.name == "solvers" for alias in node.names):
+                found.append(node.lineno)
+    return found
+
+
+def test_no_solver_imports_the_registry():
+    modules = sorted(pathlib.Path(milp_module.__file__).parent.glob("*.py"))
+    solvers_only = [path for path in modules if path.name != "__init__.py"]
+    assert {path.stem for path in solvers_only} >= {"milp", "milp_paging", "dp", "chen"}
+    found = {path.name: _imports_the_registry(path) for path in solvers_only}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+
+
+def test_the_registry_check_catches_a_lazy_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from planner import solvers\n    import planner.solvers\n")
+    assert _imports_the_registry(probe) == [2, 3]
+
+
 # ---- proven_optimal and the time solve reports ----------------------------------------------
 
 
@@ -187,3 +219,31 @@ def test_solve_reports_the_time_of_the_whole_call():
     best = solvers.solve(dag, budget, progress=hook)
     assert len(seen) == len(solvers.applicable(dag))
     assert best.solve_seconds >= sum(o.solve_seconds for o in seen)
+
+
+# ---- applicability: decided by the registry, marked on the solvers ------------------------------
+
+
+@pytest.mark.parametrize("name", list(solvers.STRATEGIES))
+def test_chains_only_is_declared_once_and_the_solver_carries_the_same_mark(name):
+    strategy = solvers.STRATEGIES[name]
+    assert getattr(strategy.load(), "chains_only", False) is strategy.chains_only
+
+
+def test_a_direct_call_of_a_chains_only_solver_refuses_a_dag_before_it_runs():
+    from planner.errors import NotApplicableError
+    from planner.model import chains_only
+
+    calls = []
+
+    @chains_only("probe")
+    def probe(model, *, budget=None):
+        calls.append(model)
+        return [], {}
+
+    with pytest.raises(NotApplicableError, match="probe applies to chains only"):
+        probe(random_dag(8, 7), budget=None)
+    assert calls == []
+    chain = random_chain(4, 2)
+    assert probe(chain) == ([], {}) and calls == [chain]
+    assert probe.__name__ == "probe" and probe.chains_only is True

@@ -254,7 +254,7 @@ def test_solve_streams_revolve_ops_without_holding_a_list(tmp_path):
     sol = solve(model, 10**12, "revolve", snapshots=5)
     assert not isinstance(sol.ops, (list, tuple))
     listed = list(sol.ops)
-    assert len(sol.ops) == len(listed) == sol.result.ops
+    assert len(sol.ops) == len(listed) == sol.result.n_ops
     again = simulate(model, listed)
     assert again.peak_bytes == sol.result.peak_bytes and again.compute == sol.result.compute
     path = tmp_path / "s.json"

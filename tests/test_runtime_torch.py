@@ -49,7 +49,7 @@ def test_store_all_matches_autograd_and_the_prediction(cnn_model):
 def test_sequential_schedules(cnn_model, segments):
     solution = solvers.solve(cnn_model, None, "sequential", segments=segments)
     result = _check(cnn_model, solution)
-    assert result.ops == len(solution.ops)
+    assert result.n_ops == len(solution.ops)
 
 
 def test_auto_at_half_of_store_all(cnn_model):

@@ -66,7 +66,7 @@ def test_memory_accounting_by_hand():
     assert r.peak_index == 7
     assert list(r.timeline) == [1108, 1301, 1701, 2301, 1501, 1601, 1201, 71201, 1]
     assert r.compute == 66 and r.baseline_compute == 66 and r.overhead == 0 and r.forwards == 3
-    assert r.ops == len(ops)
+    assert r.n_ops == len(ops)
 
 
 def test_sink_output_is_held_until_the_sink_backward():
@@ -205,4 +205,4 @@ def test_streams_a_generator_of_a_million_ops():
     r = simulate(m, ops())
     assert r.valid
     assert r.forwards == 333_335
-    assert r.ops == 666_670
+    assert r.n_ops == 666_670

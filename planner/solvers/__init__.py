@@ -173,6 +173,7 @@ STRATEGIES = dict(
             options=("time_limit",),
             emits_frees=True,
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
+            warm_starts=True,
             needs_storage=True,
         ),
     ]

@@ -13,6 +13,12 @@ of the undirected graph (the model input left out: it is always in memory) at
 which the order can be cut, plus the first layer when only its output
 crosses; on a chain, every layer but the last.  Cutting only there is what
 makes a segment's recomputation need nothing but its checkpoint.
+
+Names: the strategy is ``chen-greedy`` and its function ``chen_greedy`` (the
+same name as a Python identifier); the module is named after the paper, as
+``revolve`` is, because it also holds the paper's building blocks
+(:func:`split_points`, :func:`greedy_checkpoints`) that tests and benchmarks
+import from here.
 """
 
 from planner.errors import InfeasibleError
@@ -24,6 +30,7 @@ from planner.lowering import (
     fits_int64,
     insert_frees,
     segments_to_ops,
+    splitting_vertices,
 )
 from planner.simulate import simulate
 
@@ -55,22 +62,9 @@ def split_points(model):
 
     Notes
     -----
-    O(n + edges): a prefix maximum of each layer's last consumer.
+    O(n + edges), by :func:`planner.lowering.splitting_vertices`.
     """
-    n = len(model)
-    last = [-1] * n
-    for j, layer in enumerate(model.layers):
-        for i in layer.inputs:
-            if j > last[i]:
-                last[i] = j
-    result = []
-    reach = -1  # the furthest consumer of any layer before v
-    for v in range(n - 1):
-        if reach <= v:
-            result.append(v)
-        if last[v] > reach:
-            reach = last[v]
-    return result
+    return [v for v in splitting_vertices(model, input_edges=False) if v < len(model) - 1]
 
 
 def greedy_checkpoints(costs, candidates, segment_budget):

@@ -40,12 +40,13 @@ over a memory grid (see :func:`dp`, Notes), vectorised over the grid and the
 split ``s'`` with numpy.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
+from planner.errors import InfeasibleError, TooLargeError
+from planner.lowering import size_dtype, size_unit, store_all_ops
+from planner.model import chains_only
 from planner.schedule import backward, forward
 
 __all__ = ["dp"]
@@ -126,10 +127,7 @@ class _Sizes:
 
 def _sizes(model):
     layers = model.layers
-    total = model.input_bytes + sum(
-        l.output_bytes * 3 + l.saved_bytes + l.workspace_forward + l.workspace_backward for l in layers
-    )
-    dtype = np.int64 if total < 2**62 else object
+    dtype = size_dtype(model)
 
     def arr(key):
         return np.array([getattr(l, key) for l in layers], dtype=dtype)
@@ -301,6 +299,33 @@ def _prefix_groups(q):
     return np.flatnonzero(np.diff(q)) + 1
 
 
+def _split_minimum(tmp, cur, q, starts, g, k, cols):
+    """``cur[m]``: the least ``tmp[j, m]`` over the splits ``j < k`` allowed at level ``m``.
+
+    Row ``j`` (split ``s + 1 + j``) is allowed where ``m - p >= g + q[j]``; ``cur`` is
+    inf where none is.  ``starts`` are where ``q`` grows (:func:`_prefix_groups`): few
+    groups are reduced one slice each, many by a running minimum.
+    """
+    h = len(cur)
+    cur.fill(np.inf)
+    groups = [x for x in starts if x < k] if starts and starts[0] < k else []
+    if len(groups) <= _MAX_GROUPS:
+        lo_c = g + q[0]
+        for stop in groups + [k]:
+            hi_c = (g + q[stop]) if stop < k else h
+            a = lo_c if lo_c > 0 else 0
+            c = hi_c if hi_c < h else h
+            if a < c:
+                np.minimum.reduce(tmp[:stop, a:c], axis=0, out=cur[a:c])
+            lo_c = hi_c
+    else:
+        np.minimum.accumulate(tmp, axis=0, out=tmp)
+        allowed = np.searchsorted(np.array(q[:k]) + g, cols[:h], side="right")
+        ok = allowed > 0
+        cur[ok] = tmp[allowed[ok] - 1, cols[:h][ok]]
+    return cur
+
+
 class _Table:
     """``C(s, t, mode, m)`` for ``m = 0..W-1`` grid units, with reconstruction.
 
@@ -349,7 +374,6 @@ class _Table:
         buf = np.empty((n, W), dtype=self.by_t[0].dtype)
         best = np.empty(W)
         cols = np.arange(W)
-        reduce_min = np.minimum.reduce
         for s in range(n - 1, -1, -1):
             p = z.prev(s)
             modes = _modes(z, s)
@@ -397,24 +421,7 @@ class _Table:
                             tmp = buf[:k, :h]
                             left = self.by_s[s] if rows is None else rows
                             np.add(self.by_t[t][s + 1 : t + 1, :h], left[:k, p:hi], out=tmp)
-                            # row j (split s+1+j) is allowed where m - p >= g + q[j]
-                            cur = best[:h]
-                            cur.fill(np.inf)
-                            groups = [x for x in starts if x < k] if starts and starts[0] < k else []
-                            if len(groups) <= _MAX_GROUPS:
-                                lo_c = g + q[0]
-                                for stop in groups + [k]:
-                                    hi_c = (g + q[stop]) if stop < k else h
-                                    a = lo_c if lo_c > 0 else 0
-                                    c = hi_c if hi_c < h else h
-                                    if a < c:
-                                        reduce_min(tmp[:stop, a:c], axis=0, out=cur[a:c])
-                                    lo_c = hi_c
-                            else:
-                                np.minimum.accumulate(tmp, axis=0, out=tmp)
-                                allowed = np.searchsorted(np.array(q[:k]) + g, cols[:h], side="right")
-                                ok = allowed > 0
-                                cur[ok] = tmp[allowed[ok] - 1, cols[:h][ok]]
+                            cur = _split_minimum(tmp, best[:h], q, starts, g, k, cols)
                             cur -= fsum[s]
                             np.minimum(out[p:hi], cur, out=out[p:hi])
                     if rows is None:
@@ -615,6 +622,7 @@ def _least_peak(z, f, b, shared):
     return found
 
 
+@chains_only("dp")
 def dp(model, *, budget=None, levels=500, shared=None):
     """Optimal persistent schedule of a heterogeneous chain (rotor's dynamic program).
 
@@ -626,7 +634,10 @@ def dp(model, *, budget=None, levels=500, shared=None):
         Activation budget in bytes (``input_bytes`` included, as ``peak_bytes``).
         None: no recomputation (the store-all schedule, the least compute).
     levels : int, keyword-only
-        Memory levels of the rounded grid (default 500); see Notes.
+        Memory levels of the rounded grid (default 500); see Notes.  A
+        library and benchmark knob (benchmarks/bench_dp.py ``--levels``): the
+        registry, hence :func:`planner.solvers.solve` and the CLI, always uses
+        the default, because the grid is refined near the budget anyway.
     shared : dict or None, keyword-only
         Work kept across calls on the same model (``sweep`` passes one dict
         for all its memory sizes): the rounded table of each octave of
@@ -695,8 +706,6 @@ def dp(model, *, budget=None, levels=500, shared=None):
     checkpointing for heterogeneous chains: how to train deep neural networks
     with limited memory", INRIA report hal-02352969, 2019 (rotor).
     """
-    if not model.is_chain:
-        raise NotApplicableError("dp applies to chains only; this model is a DAG")
     _check_levels(levels)
     if shared is not None and shared.get("model") is not model:
         announced = shared.get("budgets", ())
@@ -708,7 +717,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     f = [float(layer.forward) for layer in model.layers]
     b = [float(layer.backward) for layer in model.layers]
     z = _sizes(model)
-    ops_all = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    ops_all = store_all_ops(model)
     sa_peak, sa_cost = _tree_peak_cost(_store_all_tree(z), z, f, b)
     params = {"grid": "none", "unit_bytes": None, "levels": None}
     if budget is None or sa_peak + model.input_bytes <= budget:
@@ -723,11 +732,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
             "or chen-greedy"
         )
     avail = budget - model.input_bytes
-    unit = 0
-    for arr in (z.o, z.sv, z.wf, z.wb):
-        for v in arr:
-            unit = math.gcd(unit, int(v))
-    unit = unit or 1
+    unit = size_unit(model, with_input=False)
     exact_levels = avail // unit + 1 if avail >= 0 else 0
     known = shared.get("least") if shared is not None else None
     if known is not None and known[1] > avail:

@@ -52,6 +52,7 @@ import numpy as np
 from planner.device import time_scale
 from planner.errors import InfeasibleError, NotApplicableError
 from planner.lowering import insert_frees
+from planner.model import chains_only
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 
 __all__ = ["dp_paging", "lower", "transfer_costs"]
@@ -517,6 +518,7 @@ def _capacity_masks(z, tree, capacity):
     return masks
 
 
+@chains_only("dp-paging")
 def dp_paging(model, *, budget=None, storage=None, levels=500):
     """Optimal persistent schedule of a chain with checkpoints paged to storage.
 
@@ -584,8 +586,6 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     G. Aupy, J. Herrmann, P. Hovland, Y. Robert, "Optimal multistage algorithm
     for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
     """
-    if not model.is_chain:
-        raise NotApplicableError("dp-paging applies to chains only; this model is a DAG")
     if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
         raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
     n = len(model)

@@ -16,18 +16,15 @@ recomputation.
 """
 
 import enum
-import math
-import os
-import tempfile
 import time
-import warnings
 
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import insert_frees
+from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
+from planner.solvers._highs import check_time_limit, run_highs
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
 
@@ -155,7 +152,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     limit = _check_limit(time_limit)
     _import_highs()  # before the clock starts: a cold import of scipy takes a good part of a second
     deadline = time.perf_counter() + limit
-    plain = _store_all_ops(model)
+    plain = store_all_ops(model)
     if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
         return plain, {"time_limit": limit, "stages": 0, "proven_optimal": True, "start": None}
     starts = _fitting_starts(model, budget, warm_starts)
@@ -163,12 +160,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
 
 
 def _check_limit(time_limit):
-    limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
-    if not (math.isfinite(limit) and limit > 0):
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
-    return float(limit)
+    return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
 def _fitting_starts(model, budget, warm_starts):
@@ -281,7 +273,7 @@ def _least_peak(form, deadline, others_least=None):
     left = deadline - time.perf_counter()
     if left <= 0.05:
         return False, others_least
-    start = form.encode(_store_all_ops(form.model), None)
+    start = form.encode(store_all_ops(form.model), None)
     res = form.solve(cap=None, time_limit=0.95 * left - 0.2, start=start)
     if res.x is None:  # pragma: no cover - the start is a solution
         return False, others_least
@@ -292,11 +284,6 @@ def _least_peak(form, deadline, others_least=None):
     if others_least is not None and others_least < result.peak_bytes:
         return False, others_least
     return res.status == _Status.OPTIMAL and form.T == form.n, result.peak_bytes
-
-
-def _store_all_ops(model):
-    n = len(model)
-    return [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
 
 
 def _required_boundaries(n, ops):
@@ -383,34 +370,41 @@ class _Formulation:
 
     def __init__(self, model, blocks):
         self.model = model
-        layers = model.layers
-        n = len(layers)
-        self.n = n
+        self.n = len(model.layers)
         self.blocks = blocks
-        T = len(blocks)
-        self.T = T
-        unit = model.input_bytes
-        for layer in layers:
-            for value in (layer.output_bytes, layer.saved_bytes, layer.workspace_forward, layer.workspace_backward):
-                unit = math.gcd(unit, value)
-        self.unit = unit = unit or 1
-        out = [layer.output_bytes // unit for layer in layers]
-        saved = [layer.saved_bytes // unit for layer in layers]
-        wsf = [layer.workspace_forward // unit for layer in layers]
-        wsb = [layer.workspace_backward // unit for layer in layers]
-        base = model.input_bytes // unit
-        inputs = [layer.inputs for layer in layers]
-        consumers = model.consumers
-        sink = model.sink
-        maxcons = [max(c) if c else None for c in consumers]
+        self.T = len(blocks)
+        self.unit = size_unit(model)
+        self._tables(model)
+        self._bound = self._peak_bound() * self.unit
+        self._cols = ([], [], [], [])  # lower bound, upper bound, integrality, cost
+        self._rows = ([], [], [], [], [])  # row, column, value, low, high
+        self._mem_rows = []
+        self.u_defs = []  # (U column, expression it equals), in evaluation order
+        self._variables()
+        self._logic_rows()
+        self._stage0_rows()
+        for t in range(1, self.T + 1):
+            self._stage_rows(t)
+        self._build()
 
+    def _tables(self, model):
+        """Sizes in units, the stage of every backward, what each backward reads and holds."""
+        layers = model.layers
+        n, unit, blocks = self.n, self.unit, self.blocks
+        self.out = out = [layer.output_bytes // unit for layer in layers]
+        self.saved = [layer.saved_bytes // unit for layer in layers]
+        self.wsf = [layer.workspace_forward // unit for layer in layers]
+        self.wsb = [layer.workspace_backward // unit for layer in layers]
+        self.base = model.input_bytes // unit
+        self.inputs = inputs = [layer.inputs for layer in layers]
+        sink = model.sink
+        self.maxcons = maxcons = [max(c) if c else None for c in model.consumers]
         stage_of = [0] * n  # the stage of each layer's backward
-        hi = [n - 1] + [block[0] for block in blocks] + [-1]  # hi[t]: highest live layer
+        self.hi = [n - 1] + [block[0] for block in blocks] + [-1]  # hi[t]: highest live layer
         for t, block in enumerate(blocks, start=1):
             for b in block:
                 stage_of[b] = t
         self.stage_of = stage_of
-        self.hi = hi
         reads = []  # the outputs each backward reads
         for b, layer in enumerate(layers):
             r = list(inputs[b]) if layer.needs_inputs else []
@@ -418,7 +412,8 @@ class _Formulation:
             if layer.needs_output or b == sink:
                 r.append(b)
             reads.append(r)
-        new_grads = [
+        self.reads = reads
+        self.new_grads = [
             sum(out[j] for j in inputs[b] if maxcons[j] == b) + (out[b] if b == sink else 0)
             for b in range(n)
         ]
@@ -429,75 +424,82 @@ class _Formulation:
                     holders[j].append(c)
             if layer.needs_output:
                 holders[c].append(c)
+        self.holders = holders
 
-        # A peak no schedule with this backward order can go below.
+    def _peak_bound(self):
+        """A peak (units) no schedule with this backward order can go below."""
+        out, saved, inputs, maxcons, reads = self.out, self.saved, self.inputs, self.maxcons, self.reads
+        base = self.base
         bound = 0
-        for k in range(n):
-            bound = max(bound, base + out[k] + saved[k] + sum(out[j] for j in inputs[k]) + wsf[k])
-        for b in range(n):
+        for k in range(self.n):
+            bound = max(bound, base + out[k] + saved[k] + sum(out[j] for j in inputs[k]) + self.wsf[k])
+        for b in range(self.n):
             grads = sum(out[j] for j in range(b + 1) if maxcons[j] is not None and maxcons[j] > b)
             bound = max(
                 bound,
-                base + grads + new_grads[b] + saved[b] + sum(out[j] for j in set(reads[b])) + wsb[b],
+                base + grads + self.new_grads[b] + saved[b] + sum(out[j] for j in set(reads[b])) + self.wsb[b],
             )
-        self._bound = bound * unit
+        return bound
 
-        # ---- variables ----------------------------------------------------------
-        lb, ub, integ, cost = [], [], [], []
+    def _new(self, integer=True, c=0.0, high=1.0):
+        lb, ub, integ, cost = self._cols
+        lb.append(0.0)
+        ub.append(high if integer else np.inf)
+        integ.append(1 if integer else 0)
+        cost.append(c)
+        return len(lb) - 1
 
-        def new(integer=True, c=0.0, high=1.0):
-            lb.append(0.0)
-            ub.append(high if integer else np.inf)
-            integ.append(1 if integer else 0)
-            cost.append(c)
-            return len(lb) - 1
-
+    def _variables(self):
+        layers = self.model.layers
+        new, stage_of, hi = self._new, self.stage_of, self.hi
         scale = sum(layer.forward for layer in layers) or 1.0
         P, R, K, F = {}, {}, {}, {}
-        for i in range(n):
+        for i in range(self.n):
             for t in range(stage_of[i]):
                 P[t, i] = new()
-        for t in range(1, T + 1):
+        for t in range(1, self.T + 1):
             for i in range(hi[t] + 1):
                 R[t, i] = new(c=layers[i].forward / scale)
                 K[t, i] = new()
         self.P, self.R, self.K, self.F = P, R, K, F
-        self.peak_col = peak = new(high=np.inf)  # an integer number of units
+        self.peak_col = new(high=np.inf)  # an integer number of units
 
-        def p(t, i):
-            if t < 0:
-                return (None, 0)
-            if t >= stage_of[i]:
-                return (None, 1)
-            return (P[t, i], None)
-
-        def r(t, i):
-            return (None, 1) if t == 0 else (R[t, i], None)
-
-        def k(t, i):
-            if 1 <= t <= T and i <= hi[t]:
-                return (K[t, i], None)
+    def _p(self, t, i):
+        if t < 0:
             return (None, 0)
+        if t >= self.stage_of[i]:
+            return (None, 1)
+        return (self.P[t, i], None)
 
-        rows_r, rows_c, rows_v, lo, up = [], [], [], [], []
-        mem_rows = []
-        u_defs = []  # (U column, expression it equals), in evaluation order
+    def _r(self, t, i):
+        return (None, 1) if t == 0 else (self.R[t, i], None)
 
-        def row(expr, low, high):
-            index = len(lo)
-            rows_r.extend([index] * len(expr.cols))
-            rows_c.extend(expr.cols)
-            rows_v.extend(expr.vals)
-            lo.append(low - expr.const)
-            up.append(high - expr.const)
-            return index
+    def _k(self, t, i):
+        if 1 <= t <= self.T and i <= self.hi[t]:
+            return (self.K[t, i], None)
+        return (None, 0)
 
-        def capped(expr):
-            # every memory row reads "expr <= peak"; the peak is fixed to the
-            # cap, or minimised
-            expr.add(_var(peak), -1)
-            mem_rows.append(row(expr, -np.inf, 0.0))
+    def _row(self, expr, low, high):
+        rows_r, rows_c, rows_v, lo, up = self._rows
+        index = len(lo)
+        rows_r.extend([index] * len(expr.cols))
+        rows_c.extend(expr.cols)
+        rows_v.extend(expr.vals)
+        lo.append(low - expr.const)
+        up.append(high - expr.const)
+        return index
 
+    def _capped(self, expr):
+        # every memory row reads "expr <= peak"; the peak is fixed to the
+        # cap, or minimised
+        expr.add(_var(self.peak_col), -1)
+        self._mem_rows.append(self._row(expr, -np.inf, 0.0))
+
+    def _logic_rows(self):
+        """Saved data, outputs, the sink and holds: which ops may run where."""
+        p, r, k, row = self._p, self._r, self._k, self._row
+        n, T, hi, stage_of, inputs, reads = self.n, self.T, self.hi, self.stage_of, self.inputs, self.reads
+        sink = self.model.sink
         # ---- saved data: made once, by the stage of its backward -------------------
         for i in range(n):
             for t in range(1, stage_of[i] + 1):
@@ -514,7 +516,7 @@ class _Formulation:
                 # an output is kept into t + 1 only if it is there in t
                 if i <= hi[t + 1]:
                     row(_Expr().add(k(t + 1, i), 1).add(k(t, i), -1).add(r(t, i), -1), -np.inf, 0.0)
-            for b in blocks[t - 1]:
+            for b in self.blocks[t - 1]:
                 for j in set(reads[b]):
                     row(_Expr().add(k(t, j), 1).add(r(t, j), 1), 1.0, np.inf)
         # ---- the sink: forwarded once, in stage 0, and kept until its backward -------
@@ -522,13 +524,16 @@ class _Formulation:
         row(_Expr().add(k(stage_of[sink], sink), 1), 1.0, np.inf)
         # ---- holds: saved data keeps the outputs its backward reads ------------------
         for i in range(n):
-            for c in holders[i]:
+            for c in self.holders[i]:
                 for t in range(stage_of[c]):
                     row(_Expr().add(k(t + 1, i), 1).add(p(t, c), -1), 0.0, np.inf)
 
-        # ---- memory of stage 0: every forward once, in order ---------------------------
-        for kk in range(n):
-            e = _Expr(base + out[kk] + wsf[kk])
+    def _stage0_rows(self):
+        """Memory of stage 0: every forward once, in order."""
+        p, k = self._p, self._k
+        out, saved, maxcons = self.out, self.saved, self.maxcons
+        for kk in range(self.n):
+            e = _Expr(self.base + out[kk] + self.wsf[kk])
             for i in range(kk + 1):
                 e.add(p(0, i), saved[i])
             for i in range(kk):
@@ -536,72 +541,84 @@ class _Formulation:
                     e.const += out[i]
                 else:
                     e.add(k(1, i), out[i])
-            capped(e)
+            self._capped(e)
 
-        # ---- memory of stages 1..T -----------------------------------------------------
-        for t in range(1, T + 1):
-            h = hi[t]
-            block = blocks[t - 1]
-            position = {b: m for m, b in enumerate(block)}
-            free_after_fwd = [[] for _ in range(h + 1)]  # (F column, bytes)
-            free_after_bwd = [[] for _ in block]  # (layer, its K[t + 1] reference)
-            for i in range(h + 1):
-                carried = k(t + 1, i)
-                readers = [b for b in block if i in reads[b]]
-                if readers:
-                    # freed after the last backward of the stage that reads it
-                    # unless kept; presence is forced by the read rows
-                    free_after_bwd[max(position[b] for b in readers)].append((i, carried))
-                    continue
-                later = [c for c in consumers[i] if c <= h]
-                # at most one free per present output, none when kept
-                total = _Expr().add(carried, 1).add(k(t, i), -1).add(r(t, i), -1)
-                for kk in [i] + later:
-                    f = new()
-                    F[t, i, kk] = f
-                    total.add(_var(f), 1)
-                    row(_Expr().add(_var(f), 1).add(r(t, kk), -1), -np.inf, 0.0)
-                    for c in later:
-                        if c > kk:
-                            row(_Expr().add(_var(f), 1).add(r(t, c), 1), -np.inf, 1.0)
-                    free_after_fwd[kk].append((f, out[i]))
-                row(total, -np.inf, 0.0)
-            grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
-            level = _Expr(base + grads)
-            for i in range(h + 1):
-                level.add(k(t, i), out[i])
-                level.add(p(t - 1, i), saved[i])
-            for kk in range(h + 1):
-                level.add(r(t, kk), out[kk]).add(p(t, kk), saved[kk]).add(p(t - 1, kk), -saved[kk])
-                u = new(integer=False)
-                u_defs.append((u, level))
-                row(level.copy().add(_var(u), -1), 0.0, 0.0)
-                capped(_Expr().add(_var(u), 1).add(r(t, kk), wsf[kk]))
-                level = _Expr().add(_var(u), 1)
-                for f, size in free_after_fwd[kk]:
-                    level.add(_var(f), -size)
-            for m, b in enumerate(block):
-                level.const += new_grads[b]
-                peak_e = level.copy()
-                peak_e.const += wsb[b]
-                capped(peak_e)
-                level.const -= saved[b] + out[b]  # its saved data and its gradient go
-                for i, carried in free_after_bwd[m]:
-                    level.const -= out[i]
-                    level.add(carried, out[i])
+    def _stage_frees(self, t):
+        """The free variables of stage ``t``: per forward, the (F column, bytes) it frees after
+        it, and per backward of the stage, the (layer, K[t + 1] reference) freed after it."""
+        r, k, row, new = self._r, self._k, self._row, self._new
+        h = self.hi[t]
+        block = self.blocks[t - 1]
+        position = {b: m for m, b in enumerate(block)}
+        free_after_fwd = [[] for _ in range(h + 1)]  # (F column, bytes)
+        free_after_bwd = [[] for _ in block]  # (layer, its K[t + 1] reference)
+        for i in range(h + 1):
+            carried = k(t + 1, i)
+            readers = [b for b in block if i in self.reads[b]]
+            if readers:
+                # freed after the last backward of the stage that reads it
+                # unless kept; presence is forced by the read rows
+                free_after_bwd[max(position[b] for b in readers)].append((i, carried))
+                continue
+            later = [c for c in self.model.consumers[i] if c <= h]
+            # at most one free per present output, none when kept
+            total = _Expr().add(carried, 1).add(k(t, i), -1).add(r(t, i), -1)
+            for kk in [i] + later:
+                f = new()
+                self.F[t, i, kk] = f
+                total.add(_var(f), 1)
+                row(_Expr().add(_var(f), 1).add(r(t, kk), -1), -np.inf, 0.0)
+                for c in later:
+                    if c > kk:
+                        row(_Expr().add(_var(f), 1).add(r(t, c), 1), -np.inf, 1.0)
+                free_after_fwd[kk].append((f, self.out[i]))
+            row(total, -np.inf, 0.0)
+        return free_after_fwd, free_after_bwd
 
-        nvars = len(lb)
+    def _stage_rows(self, t):
+        """Memory of stage ``t``: its forwards (a running level per forward), then its backwards."""
+        p, r, k, row = self._p, self._r, self._k, self._row
+        out, saved, maxcons = self.out, self.saved, self.maxcons
+        free_after_fwd, free_after_bwd = self._stage_frees(t)
+        h = self.hi[t]
+        grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
+        level = _Expr(self.base + grads)
+        for i in range(h + 1):
+            level.add(k(t, i), out[i])
+            level.add(p(t - 1, i), saved[i])
+        for kk in range(h + 1):
+            level.add(r(t, kk), out[kk]).add(p(t, kk), saved[kk]).add(p(t - 1, kk), -saved[kk])
+            u = self._new(integer=False)
+            self.u_defs.append((u, level))
+            row(level.copy().add(_var(u), -1), 0.0, 0.0)
+            self._capped(_Expr().add(_var(u), 1).add(r(t, kk), self.wsf[kk]))
+            level = _Expr().add(_var(u), 1)
+            for f, size in free_after_fwd[kk]:
+                level.add(_var(f), -size)
+        for m, b in enumerate(self.blocks[t - 1]):
+            level.const += self.new_grads[b]
+            peak_e = level.copy()
+            peak_e.const += self.wsb[b]
+            self._capped(peak_e)
+            level.const -= saved[b] + out[b]  # its saved data and its gradient go
+            for i, carried in free_after_bwd[m]:
+                level.const -= out[i]
+                level.add(carried, out[i])
+
+    def _build(self):
         from scipy.sparse import csr_array
 
-        self.A = csr_array((rows_v, (rows_r, rows_c)), shape=(len(lo), nvars))
+        lb, ub, integ, cost = self._cols
+        rows_r, rows_c, rows_v, lo, up = self._rows
+        self.A = csr_array((rows_v, (rows_r, rows_c)), shape=(len(lo), len(lb)))
         self.lo = np.array(lo, dtype=float)
         self.up = np.array(up, dtype=float)
         self.lb = np.array(lb)
         self.ub = np.array(ub)
         self.integrality = np.array(integ)
         self.cost = np.array(cost)
-        self.mem_rows = np.array(mem_rows, dtype=int)
-        self.u_defs = u_defs
+        self.mem_rows = np.array(self._mem_rows, dtype=int)
+        del self._cols, self._rows, self._mem_rows
 
     def lower_bound(self):
         """A peak (bytes) below which no schedule with this backward order exists."""
@@ -615,8 +632,6 @@ class _Formulation:
         ``start`` (variable values from :meth:`encode`) is handed to HiGHS as
         its first incumbent through a solution file.
         """
-        from scipy.optimize import Bounds, LinearConstraint, milp as highs
-
         cost = self.cost.copy()
         lb = self.lb.copy()
         ub = self.ub.copy()
@@ -634,36 +649,11 @@ class _Formulation:
             "mip_rel_gap": gap,
             "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
         }
-        path = None
-        try:
-            if start is not None:
-                start = start.copy()
-                if cap is not None:
-                    start[self.peak_col] = cap
-                path = self._write_start(start, float(cost @ start))
-                options["read_solution_file"] = path
-            with warnings.catch_warnings():
-                # scipy warns that it passes read_solution_file to HiGHS verbatim
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return highs(
-                    cost,
-                    integrality=self.integrality,
-                    bounds=Bounds(lb, ub),
-                    constraints=LinearConstraint(self.A, self.lo, self.up),
-                    options=options,
-                )
-        finally:
-            if path is not None:
-                os.unlink(path)
-
-    @staticmethod
-    def _write_start(x, objective):
-        fd, path = tempfile.mkstemp(prefix="edgeplan-milp-", suffix=".sol")
-        with os.fdopen(fd, "w") as f:
-            f.write("Model status\nFeasible\n\n# Primal solution values\nFeasible\n")
-            f.write(f"Objective {objective!r}\n# Columns {len(x)}\n")
-            f.write("".join(f"c{j} {value!r}\n" for j, value in enumerate(x.tolist())))
-        return path
+        if start is not None:
+            start = start.copy()
+            if cap is not None:
+                start[self.peak_col] = cap
+        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 

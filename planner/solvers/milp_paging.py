@@ -13,20 +13,17 @@ outputs, saved data, gradients, holds, workspaces, the sink's output held
 until its backward).  The objective is recomputation plus transfer time.
 """
 
-import math
-import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from planner.device import time_scale
-from planner.errors import EdgeplanError, InfeasibleError
-from planner.lowering import insert_frees
+from planner.errors import InfeasibleError
+from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
+from planner.solvers._highs import check_time_limit, run_highs
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
@@ -38,7 +35,7 @@ _SCIPY_MISSING = "milp-paging needs scipy (HiGHS): pip install edgeplan[milp] (o
 _START_STRATEGIES = ("store-all", "page-all", "dp", "dp-paging", "chen-greedy", "reforward", "revolve", "sqrt-n")
 
 
-def milp_paging(model, *, budget=None, storage, time_limit=None):
+def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None):
     """Least compute-plus-transfer schedule within ``budget``, recomputing and paging.
 
     Parameters
@@ -50,8 +47,14 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
     storage : planner.device.Storage, keyword-only
         Transfer figures and optional capacity.
     time_limit : float or None, keyword-only
-        Seconds for the whole call (default 60), the other strategies' warm
-        starts included.
+        Seconds for the whole call (default 60).
+    warm_starts : iterable of (str, ops), keyword-only
+        Schedules other strategies found (the registry hands them in, as for
+        ``milp``); those of the strategies in ``_START_STRATEGIES`` that fit
+        are encoded and the best is HiGHS' starting incumbent.
+    others_least_bytes : int or None, keyword-only
+        The least budget another strategy is known to need, reported when
+        the time runs out before the least-peak program is solved.
 
     Returns
     -------
@@ -116,7 +119,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
     deadline = time.perf_counter() + limit
     scale = time_scale(model)
     n = len(model)
-    plain = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
     plain = _hold_sink(model, plain)
     if budget is None or simulate(model, plain).peak_bytes <= budget:
@@ -125,7 +128,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None):
         import scipy.optimize  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError(_SCIPY_MISSING) from None
-    starts, others_least = _other_schedules(model, budget, storage)
+    starts = _fitting_starts(model, budget, storage, warm_starts)
+    others_least = others_least_bytes
     form = _Program(model, storage, scale)
     params["stages"] = n
     cap = budget // form.unit
@@ -197,42 +201,26 @@ def _least_peak(form, storage, deadline, others_least):
 
 
 def _check_limit(time_limit):
-    limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
-    if not (math.isfinite(limit) and limit > 0):
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
-    return float(limit)
+    return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
-def _other_schedules(model, budget, storage):
-    """The warm starts: ``[(cost, ops, name)]`` of the strategies that fit, best first,
-    and the least ``least_bytes`` of those that do not.
+def _fitting_starts(model, budget, storage, warm_starts):
+    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit, best first.
 
     Each is measured again with the sink's output held until its backward
     (SPEC section 3), as the program counts it.
     """
-    from planner import solvers  # the registry; imported here, it imports this module
-
-    found, least = [], None
-    names = solvers.applicable(model, storage=storage)
+    offered = {name: ops for name, ops in warm_starts if name in _START_STRATEGIES}
+    found = []
     for name in _START_STRATEGIES:
-        if name not in names:
+        if name not in offered:
             continue
-        try:
-            sol = solvers.solve(model, budget, name, storage=storage)
-        except InfeasibleError as exc:
-            if exc.least_bytes is not None and (least is None or exc.least_bytes < least):
-                least = exc.least_bytes
-            continue
-        except (EdgeplanError, ValueError, RuntimeError):
-            continue  # not applicable here, or another strategy's bug
-        ops = _hold_sink(model, sol.ops)
+        ops = _hold_sink(model, offered[name])
         result = simulate(model, ops, storage=storage)
         if result.valid and result.peak_bytes <= budget:
             found.append((result.compute + result.transfer, ops, name))
     found.sort(key=lambda item: item[0])
-    return found, least
+    return found
 
 
 def _hold_sink(model, ops):
@@ -245,15 +233,6 @@ def _hold_sink(model, ops):
         ops.pop(at)
         ops.insert(back, free(sink))
     return ops
-
-
-def _unit(model):
-    """The gcd of every size of the model (1 if all are 0)."""
-    unit = model.input_bytes
-    for l in model.layers:
-        for v in (l.output_bytes, l.saved_bytes, l.workspace_forward, l.workspace_backward):
-            unit = math.gcd(unit, v)
-    return unit or 1
 
 
 @dataclass(frozen=True)
@@ -315,7 +294,7 @@ class _Program:
     def __init__(self, model, storage, scale):
         self.model = model
         n = self.n = len(model)
-        self.unit = _unit(model)
+        self.unit = size_unit(model)
         z = self.z = _Sizes.of(model, self.unit)
         self.stage_of = [n - i for i in range(n)]
         self.hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer
@@ -493,8 +472,6 @@ class _Program:
     def solve(self, *, cap, time_limit, start=None):
         """HiGHS: least recomputation plus transfer within ``cap`` units (``start`` as incumbent),
         or with ``cap=None`` the least peak."""
-        from scipy.optimize import Bounds, LinearConstraint, milp as highs
-
         lb, ub, cost, gap = self.lb.copy(), self.ub.copy(), self.cost, _MIP_REL_GAP
         if cap is None:  # least peak, proven to the unit
             cost = np.zeros(len(self.lb))
@@ -507,25 +484,10 @@ class _Program:
             "mip_rel_gap": gap,
             "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
         }
-        path = None
-        try:
-            if start is not None:
-                start = start.copy()
-                start[self.peak] = cap
-                path = _write_start(start, float(cost @ start))
-                options["read_solution_file"] = path
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # read_solution_file is passed verbatim
-                return highs(
-                    cost,
-                    integrality=self.integrality,
-                    bounds=Bounds(lb, ub),
-                    constraints=LinearConstraint(self.A, self.lo, self.up),
-                    options=options,
-                )
-        finally:
-            if path is not None:
-                os.unlink(path)
+        if start is not None:
+            start = start.copy()
+            start[self.peak] = cap
+        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-paging-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 
@@ -670,10 +632,3 @@ class _Program:
         return True
 
 
-def _write_start(x, objective):
-    fd, path = tempfile.mkstemp(prefix="edgeplan-milp-paging-", suffix=".sol")
-    with os.fdopen(fd, "w") as f:
-        f.write("Model status\nFeasible\n\n# Primal solution values\nFeasible\n")
-        f.write(f"Objective {objective!r}\n# Columns {len(x)}\n")
-        f.write("".join(f"c{j} {value!r}\n" for j, value in enumerate(x.tolist())))
-    return path

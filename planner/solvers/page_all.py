@@ -1,6 +1,7 @@
 """``page-all``: POET's paging-only baseline, no recomputation (SPEC section 5)."""
 
-from planner.schedule import backward, forward, pagein, pageout
+from planner.lowering import store_all_ops
+from planner.schedule import pagein, pageout
 
 __all__ = ["page_all"]
 
@@ -66,7 +67,7 @@ def page_all(model, *, budget=None, storage):
         paged.add(i)
         for position in stretches:
             pageins_before.setdefault(position, []).append(i)
-    base = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
+    base = store_all_ops(model)
     ops = []
     for position, op in enumerate(base):
         ops.extend(pagein(i) for i in pageins_before.get(position, ()))

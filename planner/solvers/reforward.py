@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import RECOMPUTE, STORE, segments_to_ops
+from planner.lowering import RECOMPUTE, STORE, segments_to_ops, size_dtype, splitting_vertices
 
 __all__ = ["reforward", "reforward_plan", "ReforwardPlan", "splitting_units"]
 
@@ -61,7 +61,7 @@ class ReforwardPlan:
     peak_bytes : int
         The peak the dynamic program's memory model predicts (the simulator
         measures the same after :func:`planner.lowering.insert_frees`).
-    least_peak_bytes : int
+    least_bytes : int
         The least peak of any re-forwarding schedule of the model.
     recompute : float
         Forward time of the re-forwarded layers (compute minus baseline).
@@ -75,7 +75,7 @@ class ReforwardPlan:
 
     segments: tuple
     peak_bytes: int
-    least_peak_bytes: int
+    least_bytes: int
     recompute: float
     units: int
     exact: bool = True
@@ -100,24 +100,12 @@ def splitting_units(model):
     Layer ``v`` is a splitting vertex exactly when no edge ``p -> c`` (the
     model input counting as position -1) has ``p < v < c``: every path then
     climbs through ``v``, and every layer before ``v`` is its ancestor and every
-    layer after it its descendant.  A suffix minimum over each layer's
-    earliest producer finds them all in O(n + edges).
+    layer after it its descendant.  :func:`planner.lowering.splitting_vertices`
+    finds them all in O(n + edges).
     """
-    layers = model.layers
-    n = len(layers)
-    earliest = [
-        min(layer.inputs + ((-1,) if layer.uses_input else ())) for layer in layers
-    ]
     units = []
-    suffix_min = n  # min over c > v of earliest[c]
-    cuts = []
-    for v in range(n - 1, -1, -1):
-        if suffix_min >= v:
-            cuts.append(v)
-        suffix_min = min(suffix_min, earliest[v])
-    cuts.reverse()
     start = 0
-    for v in cuts:
+    for v in splitting_vertices(model, input_edges=True):
         units.append((start, v + 1))
         start = v + 1
     return units
@@ -581,12 +569,7 @@ def reforward_plan(model, *, budget=None, front_cap=None):
     if front_cap is None:
         front_cap = max(FRONT_CAP, min(512, 16_000_000 // len(ranges) ** 2))
     units = _Units(model, ranges)
-    total = model.input_bytes + sum(
-        3 * layer.output_bytes + layer.saved_bytes + layer.workspace_forward
-        + layer.workspace_backward
-        for layer in model.layers
-    )
-    dtype = np.int64 if total < (1 << 61) else object
+    dtype = size_dtype(model, headroom=2)
     t = _arrays(units, dtype)
     base = model.input_bytes
     relative, f = _least_peak(t, dtype)

@@ -20,7 +20,8 @@ through the simulator without ever being held as a list.
 
 import math
 
-from planner.errors import InfeasibleError, NotApplicableError, OptionError
+from planner.errors import InfeasibleError, OptionError
+from planner.model import chains_only
 from planner.schedule import backward, forward, free
 from planner.simulate import simulate
 
@@ -132,10 +133,18 @@ def binomial_split(l, c):
     return max(hi, 1)
 
 
+def _revolve_snapshots(n, snapshots):
+    """``--snapshots C`` as revolve's ``c``: ``C + 1`` (the start state), C clamped to ``n - 1``.
+
+    More than ``n - 1`` checkpoints cannot be used on ``n`` layers.
+    """
+    return min(snapshots, max(n - 1, 0)) + 1
+
+
 def _tasks_check(n, snapshots):
     if not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 0:
         raise ValueError(f"--snapshots must be an integer >= 0, got {snapshots!r}")
-    return min(snapshots, max(n - 1, 0)) + 1
+    return _revolve_snapshots(n, snapshots)
 
 
 def revolve_ops(model, snapshots, *, frees=True):
@@ -283,7 +292,7 @@ def balanced_snapshots(l):
 
 def _op_count(n, snapshots):
     """Forward, backward and free ops of the schedule, from the closed form."""
-    c = min(snapshots, max(n - 1, 0)) + 1
+    c = _revolve_snapshots(n, snapshots)
     forwards = n + numforw(n, c)
     frees = forwards  # every output made is freed again
     return forwards + n + frees
@@ -339,6 +348,7 @@ class _LazyOps:
         return self._count
 
 
+@chains_only("revolve")
 def revolve(model, *, budget=None, snapshots=None):
     """Binomial checkpointing (Griewank and Walther's revolve) on a chain.
 
@@ -390,8 +400,6 @@ def revolve(model, *, budget=None, snapshots=None):
     checkpointing for the reverse or adjoint mode of computational
     differentiation", ACM TOMS 26(1):19-45, 2000.
     """
-    if not model.is_chain:
-        raise NotApplicableError("revolve applies to chains only; this model is a DAG")
     n = len(model)
     if snapshots is not None:
         _tasks_check(n, snapshots)

@@ -1,6 +1,6 @@
 """``sequential``: PyTorch's ``checkpoint_sequential``, reproduced faithfully."""
 
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import InfeasibleError
 from planner.lowering import (
     RECOMPUTE,
     STORE,
@@ -11,6 +11,7 @@ from planner.lowering import (
     insert_frees,
     segments_to_ops,
 )
+from planner.model import chains_only
 from planner.simulate import simulate
 
 __all__ = ["sequential", "sequential_segments"]
@@ -39,6 +40,7 @@ def _lowered(model, segments):
     return hold_segment_inputs(insert_frees(model, segments_to_ops(model, segments)), segments)
 
 
+@chains_only("sequential")
 def sequential(model, *, budget=None, segments=None):
     """PyTorch's ``checkpoint_sequential(..., use_reentrant=False)`` on a chain.
 
@@ -76,10 +78,6 @@ def sequential(model, *, budget=None, segments=None):
     :mod:`planner.lowering`, or the simulator when sizes could overflow
     int64), O(n^2) when every count has to be tried.
     """
-    if not model.is_chain:
-        raise NotApplicableError(
-            "sequential (checkpoint_sequential) applies to chains only; this model is a DAG"
-        )
     n = len(model)
     if segments is not None:
         if not isinstance(segments, int) or isinstance(segments, bool) or not 1 <= segments <= n:

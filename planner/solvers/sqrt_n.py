@@ -2,8 +2,8 @@
 
 import math
 
-from planner.errors import NotApplicableError
 from planner.lowering import RECOMPUTE, STORE, segments_to_ops
+from planner.model import chains_only
 
 __all__ = ["sqrt_n", "sqrt_n_segments"]
 
@@ -39,6 +39,7 @@ def sqrt_n_segments(n):
     return result
 
 
+@chains_only("sqrt-n")
 def sqrt_n(model, *, budget=None):
     """Chen et al.'s sqrt(n) strategy on a chain.
 
@@ -76,9 +77,5 @@ def sqrt_n(model, *, budget=None):
     T. Chen, B. Xu, C. Zhang and C. Guestrin, "Training Deep Nets with
     Sublinear Memory Cost", arXiv:1604.06174, 2016, section 4.
     """
-    if not model.is_chain:
-        raise NotApplicableError(
-            "sqrt-n applies to chains only; this model is a DAG (chen-greedy handles DAGs)"
-        )
     segments = sqrt_n_segments(len(model))
     return segments_to_ops(model, segments), {"segments": len(segments)}

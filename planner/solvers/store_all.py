@@ -1,6 +1,6 @@
 """``store-all``: plain autograd, no recomputation."""
 
-from planner.lowering import STORE, segments_to_ops
+from planner.lowering import store_all_ops
 
 __all__ = ["store_all"]
 
@@ -27,4 +27,4 @@ def store_all(model, *, budget=None):
     -----
     O(n) for n layers.
     """
-    return segments_to_ops(model, [(0, len(model), STORE)]), {}
+    return store_all_ops(model), {}
