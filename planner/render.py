@@ -279,7 +279,7 @@ def problems(err, texts):
 
 def verify_report(out, r, schedule_path, strategy):
     """``edgeplan verify``'s text: one ``key: value`` line per measurement."""
-    out.print(f"schedule {escape(clean(schedule_path))}: {r.ops} ops, strategy {escape(clean(strategy))}, on {r.device}")
+    out.print(f"schedule {escape(clean(schedule_path))}: {r.n_ops} ops, strategy {escape(clean(strategy))}, on {r.device}")
     out.print(f"grads_match: {str(r.grads_match).lower()}")
     out.print(f"max_abs_diff: {r.max_abs_diff:.3g}")
     out.print(f"buffers_match: {str(r.buffers_match).lower()}")

@@ -90,11 +90,6 @@ class VerifyResult:
     budget_bytes: object = None
 
     @property
-    def ops(self):
-        """``n_ops`` under its old name, read by cli.py's verify until the CLI thinning renames it there."""
-        return self.n_ops
-
-    @property
     def relative_error(self):
         """``measured / predicted - 1`` (None without a prediction)."""
         if not self.predicted_peak_bytes:
