@@ -1034,21 +1034,20 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
 
     document = read_json_file(schedule_path, error=ScheduleFormatError, what="schedule file")
     schedule = schedule_from_dict(document, model, source_name=schedule_path)
-    if schedule.storage is not None:
-        _fail(err, f"{schedule_path}: verify does not run paging schedules ({schedule.format}) yet", EXIT_BAD)
     if model_path and schedule.fingerprint != model.fingerprint:
         _fail(err, f"{schedule_path}: the schedule was made for another model (fingerprint "
               f"{schedule.fingerprint}, {model_path} is {model.fingerprint})", EXIT_NO)
-    result = simulate(model, schedule.ops)
+    result = simulate(model, schedule.ops, storage=schedule.storage)
     if not result.valid:
         _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)
+    transfer = _predicted_transfer_seconds(model, schedule, result)
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
     with contextlib.redirect_stdout(sys.stderr):
         r = run_verify(obj, shape, schedule.ops, dtype=dtype, stages=stages, names=[layer.name for layer in model.layers],
                        model=model if model_path else None, predicted=predicted, seed=seed, device=device,
-                       steps=steps, lr=lr, budget=schedule.budget_bytes)
+                       steps=steps, lr=lr, budget=schedule.budget_bytes, predicted_transfer=transfer)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
     else:
@@ -1075,6 +1074,19 @@ def _print_verify(out, r, schedule_path, strategy):
         out.print(f"budget_bytes: {_bytes(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
     out.print(f"plain autograd (store-all) measured: {_bytes(r.reference_peak_bytes)}")
     out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
+    if r.pageouts or r.pageins:
+        predicted = "" if r.predicted_transfer_seconds is None else f", predicted {r.predicted_transfer_seconds * 1000:.2f} ms"
+        out.print(f"transfer: {r.transfer_seconds * 1000:.2f} ms measured{predicted} "
+                  f"({r.pageouts} pageouts, {r.pageins} pageins)")
+
+
+def _predicted_transfer_seconds(model, schedule, result):
+    """The simulator's transfer time in seconds (None without paging or a time unit)."""
+    if schedule.storage is None or not result.pages:
+        return None
+    from planner.device import time_scale
+
+    return result.transfer / time_scale(model)
 
 
 class NamedShapeType(click.ParamType):

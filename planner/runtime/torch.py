@@ -71,6 +71,13 @@ class VerifyResult:
         Mean wall time of a step: under the schedule, under plain autograd.
     budget_bytes : int or None
         The activation budget the schedule was planned for.
+    pageouts, pageins : int
+        Paging ops run in one step (SPEC section 5).
+    transfer_seconds : float
+        Mean wall time of a step's pageouts and pageins (files in a temporary
+        directory on the CPU, pinned host memory on CUDA).
+    predicted_transfer_seconds : float or None
+        What the schedule's storage figures predict for them.
     """
 
     grads_match: bool
@@ -88,6 +95,10 @@ class VerifyResult:
     step_seconds: float = 0.0
     reference_step_seconds: float = 0.0
     budget_bytes: object = None
+    pageouts: int = 0
+    pageins: int = 0
+    transfer_seconds: float = 0.0
+    predicted_transfer_seconds: object = None
 
     @property
     def relative_error(self):
@@ -127,6 +138,10 @@ class VerifyResult:
             "reference_step_seconds": self.reference_step_seconds,
             "ops": self.ops,
             "device": self.device,
+            "pageouts": self.pageouts,
+            "pageins": self.pageins,
+            "transfer_seconds": self.transfer_seconds,
+            "predicted_transfer_seconds": self.predicted_transfer_seconds,
         }
 
 
@@ -214,7 +229,7 @@ def _max_diff(a, b):
 
 def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
            seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
-           target=None):
+           target=None, predicted_transfer=None):
     """Train on a real model with a schedule and with plain autograd, and compare.
 
     Parameters
@@ -246,6 +261,9 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
         ``input_bytes`` and ``output_bytes`` (checked as the stages run).
     target : torch.Tensor, keyword-only
         The loss's target, when the model's sink is a loss.
+    predicted_transfer : float or None, keyword-only
+        The predicted seconds of the schedule's pageouts and pageins, echoed
+        next to the measured ones.
 
     Returns
     -------
@@ -288,7 +306,7 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
     x_bytes = x.numel() * x.element_size()
     plan = _Plan(stage_list, ops)
     anchor = torch.zeros((), device=dev, requires_grad=True)
-    marks, count = [], {}
+    marks, count, transfers = [], {}, []
 
     def plain(first):
         out = plain_forward(stage_list, (x,), target)
@@ -303,6 +321,9 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
         out = runner.attach(runner.forward_part())
         _backward_from(out, stage_list, seed, torch)
         count["n"] = runner.count
+        count["pageouts"], count["pageins"] = runner.pager.pageouts, runner.pager.pageins
+        if not traced:
+            transfers.append(runner.pager.seconds)
 
     def run(step, what):
         root.load_state_dict(initial)
@@ -351,4 +372,8 @@ def verify(obj, shape, ops, *, dtype="float32", stages="auto", names=None, predi
         step_seconds=seconds,
         reference_step_seconds=ref_seconds,
         budget_bytes=budget,
+        pageouts=count.get("pageouts", 0),
+        pageins=count.get("pageins", 0),
+        transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
+        predicted_transfer_seconds=predicted_transfer,
     )
