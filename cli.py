@@ -1037,10 +1037,15 @@ def verify(target, shape, schedule_path, model_path, dtype, stages, device, seed
     if model_path and schedule.fingerprint != model.fingerprint:
         _fail(err, f"{schedule_path}: the schedule was made for another model (fingerprint "
               f"{schedule.fingerprint}, {model_path} is {model.fingerprint})", EXIT_NO)
-    result = simulate(model, schedule.ops, storage=schedule.storage)
+    replayed = model
+    if schedule.storage is not None and not model_path:  # estimated: times in flop; only validity and memory used
+        import dataclasses
+
+        replayed = dataclasses.replace(model, time_unit="s")
+    result = simulate(replayed, schedule.ops, storage=schedule.storage)
     if not result.valid:
         _fail(err, f"{schedule_path}: invalid schedule: {result.error}", EXIT_NO)
-    transfer = _predicted_transfer_seconds(model, schedule, result)
+    transfer = _predicted_transfer_seconds(model, schedule)
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
@@ -1080,13 +1085,14 @@ def _print_verify(out, r, schedule_path, strategy):
                   f"({r.pageouts} pageouts, {r.pageins} pageins)")
 
 
-def _predicted_transfer_seconds(model, schedule, result):
-    """The simulator's transfer time in seconds (None without paging or a time unit)."""
-    if schedule.storage is None or not result.pages:
+def _predicted_transfer_seconds(model, schedule):
+    """Seconds the schedule's storage figures give its pageouts and pageins (None without storage)."""
+    st = schedule.storage
+    if st is None:
         return None
-    from planner.device import time_scale
-
-    return result.transfer / time_scale(model)
+    out = [layer.output_bytes for layer in model.layers]
+    return sum(st.pageout_seconds(out[op.layer]) if op.kind.value == "pageout" else st.pagein_seconds(out[op.layer])
+               for op in schedule.ops if op.kind.value in ("pageout", "pagein"))
 
 
 class NamedShapeType(click.ParamType):
