@@ -32,7 +32,11 @@ code):
   gradient, made inside the backward so that the engine owns it and frees it
   as soon as it is used; the input gradients go to their producers (summed
   when a producer has several consumers);
-- ``free L``: drops L's output.
+- ``free L``: drops L's output;
+- ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
+  file in a temporary directory (CPU) or to pinned host memory (CUDA), and
+  back into a new tensor that takes the output's place (see :class:`_Pager`);
+  the directory goes when the step ends, also on an error or an interrupt.
 
 A recomputed stage starts from the RNG state of its first forward (kept as
 bytes, outside the allocator), so dropout masks match; its buffers (BatchNorm
