@@ -455,8 +455,6 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
         obj, model, loss = target_and_model(target, spec, model_path=model_path, loss=loss, dtype=dtype,
                                             stages=stages, seed=seed)
     schedule = load_schedule(schedule_path, model)
-    if schedule.storage is not None:
-        _fail(err, f"{schedule_path}: verify does not run paging schedules ({schedule.format}) yet", EXIT_BAD)
     with contextlib.redirect_stdout(sys.stderr):
         r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,
                           loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr)

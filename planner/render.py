@@ -291,6 +291,10 @@ def verify_report(out, r, schedule_path, strategy):
         out.print(f"budget_bytes: {bytes_text(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
     out.print(f"plain autograd (store-all) measured: {bytes_text(r.reference_peak_bytes)}")
     out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
+    if r.pageouts or r.pageins:
+        predicted = "" if r.predicted_transfer_seconds is None else f", predicted {r.predicted_transfer_seconds * 1000:.2f} ms"
+        out.print(f"transfer: {r.transfer_seconds * 1000:.2f} ms measured{predicted} "
+                  f"({r.pageouts} pageouts, {r.pageins} pageins)")
 
 
 def verify_problems(err, r):

@@ -32,7 +32,11 @@ code):
   gradient, made inside the backward so that the engine owns it and frees it
   as soon as it is used; the input gradients go to their producers (summed
   when a producer has several consumers);
-- ``free L``: drops L's output.
+- ``free L``: drops L's output;
+- ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
+  file in a temporary directory (CPU) or to pinned host memory (CUDA), and
+  back into a new tensor that takes the output's place (see :class:`_Pager`);
+  the directory goes when the step ends, also on an error or an interrupt.
 
 A recomputed stage starts from the RNG state of its first forward (kept as
 bytes, outside the allocator), so dropout masks match; its buffers (BatchNorm
@@ -41,6 +45,10 @@ and, after it, to what the first forward left, so they are updated once per
 step.  A recomputation puts the RNG state back as it found it, so the step
 leaves it where a plain step does.
 """
+
+import os
+import tempfile
+import time
 
 from planner.errors import ModelError, ScheduleError
 from planner.io.torch_profile import build_stages, require_torch, seed_function
@@ -104,6 +112,82 @@ def _set_rng(state, device):
     torch.set_rng_state(torch.frombuffer(state[0], dtype=torch.uint8))
     if device.type == "cuda":
         torch.cuda.set_rng_state(torch.frombuffer(state[1], dtype=torch.uint8), device)
+
+
+class _Pager:
+    """Where a step's paged outputs live: files in a temporary directory (CPU), pinned host memory (CUDA).
+
+    The directory is made at the first pageout and removed by :meth:`close`
+    (the step calls it when it ends, also on an error or an interrupt), and
+    by its finalizer should the step be dropped before its backward.  A file
+    holds the tensor's raw bytes, written from and read into the tensor's own
+    memory (no copy in between, so a pageout allocates nothing and a pagein
+    exactly the output).  ``seconds`` sums the wall time of every transfer.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.dir = None
+        self.copies = {}  # layer -> (path or pinned tensor, shape, dtype)
+        self.seconds = 0.0
+        self.pageouts = 0
+        self.pageins = 0
+
+    @property
+    def path(self):
+        """The temporary directory (None before the first pageout or after close)."""
+        return None if self.dir is None else self.dir.name
+
+    def pageout(self, i, y):
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            host.copy_(y)
+            torch.cuda.synchronize(self.device)
+            self.copies[i] = (host, y.shape, y.dtype)
+        else:
+            if self.dir is None:
+                self.dir = tempfile.TemporaryDirectory(prefix="edgeplan-paging-")
+            path = os.path.join(self.dir.name, f"{i}.bin")
+            with open(path, "wb") as f:
+                f.write(memoryview(_raw(y)))
+            self.copies[i] = (path, y.shape, y.dtype)
+        self.seconds += time.perf_counter() - t0
+        self.pageouts += 1
+
+    def pagein(self, i):
+        t0 = time.perf_counter()
+        where, shape, dtype = self.copies[i]
+        y = torch.empty(shape, dtype=dtype, device=self.device)
+        if self.device.type == "cuda":
+            y.copy_(where)
+            torch.cuda.synchronize(self.device)
+        else:
+            view = memoryview(_raw(y))
+            with open(where, "rb") as f:
+                got = f.readinto(view)
+            if got != view.nbytes:
+                raise OSError(f"paged file {where}: read {got} of {view.nbytes} bytes")
+        self.seconds += time.perf_counter() - t0
+        self.pageins += 1
+        return y
+
+    def drop(self, i):
+        """Forget layer ``i``'s copy (its backward ran: nothing reads it again)."""
+        entry = self.copies.pop(i, None)
+        if entry is not None and isinstance(entry[0], str):
+            os.remove(entry[0])
+
+    def close(self):
+        self.copies.clear()
+        if self.dir is not None:
+            self.dir.cleanup()
+            self.dir = None
+
+
+def _raw(t):
+    """A contiguous CPU tensor's bytes as a numpy array sharing its memory."""
+    return t.detach().reshape(-1).view(torch.uint8).numpy()
 
 
 class _Entry(torch.autograd.Function):
@@ -188,12 +272,17 @@ class StepRunner:
         self.sink_grad = None
         self.sink_output = None
         self.count = 0
+        self.pager = _Pager(device)  # P: paged outputs (SPEC section 5)
 
     # ------------------------------------------------------------ the two parts
 
     def forward_part(self):
         """Run the ops before the first backward; return the sink's output (detached)."""
-        self._run(0, self.plan.split)
+        try:
+            self._run(0, self.plan.split)
+        except BaseException:
+            self.pager.close()
+            raise
         sink = self.plan.sink
         if sink not in self.saved:
             raise ScheduleError(
@@ -212,8 +301,11 @@ class StepRunner:
 
     def finish(self):
         """Run the ops from the first backward on (the sink's gradient is ``sink_grad``)."""
-        with torch.enable_grad():
-            self._run(self.plan.split, len(self.plan.ops))
+        try:
+            with torch.enable_grad():
+                self._run(self.plan.split, len(self.plan.ops))
+        finally:
+            self.pager.close()
         pending = [(self.inputs[k], g) for k, g in sorted(self.input_grads.items())]
         self.input_grads.clear()
         if pending:
@@ -234,6 +326,10 @@ class StepRunner:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
                 self._forward(n, op)
+            elif op.kind is OpKind.PAGEOUT:
+                self._pageout(n, op)
+            elif op.kind is OpKind.PAGEIN:
+                self._pagein(n, op)
             else:
                 early = self.plan.early_free.get(n)
                 if early is not None and op.layer in self.outputs:
@@ -309,6 +405,25 @@ class StepRunner:
         if i == self.plan.sink:
             self.sink_output = self.outputs[i]
 
+    def _pageout(self, n, op):
+        i = op.layer
+        if i not in self.outputs:
+            raise self._missing(n, op, "its output is not in memory")
+        if i in self.pager.copies:
+            raise self._missing(n, op, "its output is already paged out")
+        self.pager.pageout(i, self.outputs[i])
+
+    def _pagein(self, n, op):
+        # The copy comes back as the output itself: the stages that read it
+        # enter it into autograd as they enter any held output (a detached
+        # tensor, see _enter), and a backward reads its own saved graph.
+        i = op.layer
+        if i not in self.pager.copies:
+            raise self._missing(n, op, "its output is not paged out")
+        if i in self.outputs:
+            raise self._missing(n, op, "its output is already in memory")
+        self.outputs[i] = self.pager.pagein(i)
+
     def _check_bytes(self, i):
         if self.expected_bytes is None:
             return
@@ -325,6 +440,7 @@ class StepRunner:
         if i not in self.saved:
             raise self._missing(n, op, "its saved data is not in memory")
         boxes, root, gbox = self.saved.pop(i)
+        self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
         if i == self.plan.sink:
             g, self.sink_grad = self.sink_grad, None
         else:

@@ -7,10 +7,12 @@ predicts the peak and runs :func:`planner.runtime.torch.verify`.  Needs PyTorch.
 """
 
 import copy
+import dataclasses
 
 from planner.errors import ModelMismatchError, ScheduleError
+from planner.schedule import OpKind
 
-__all__ = ["target_and_model", "check_and_run"]
+__all__ = ["target_and_model", "check_and_run", "predicted_transfer_seconds"]
 
 
 def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0):
@@ -53,7 +55,11 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     if model_path and schedule.fingerprint != model.fingerprint:
         raise ModelMismatchError(f"{schedule_path}: the schedule was made for another model (fingerprint "
                                  f"{schedule.fingerprint}, {model_path} is {model.fingerprint})")
-    result = simulate(model, schedule.ops)
+    replayed = model
+    if schedule.storage is not None and not model_path:
+        # An estimated model's times are FLOPs; only validity and memory are used here.
+        replayed = dataclasses.replace(model, time_unit="s")
+    result = simulate(replayed, schedule.ops, storage=schedule.storage)
     if not result.valid:
         raise ScheduleError(f"{schedule_path}: invalid schedule: {result.error}")
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
@@ -62,4 +68,18 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     return verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
                   names=[layer.name for layer in model.layers],
                   model=model if model_path else None, predicted=predicted, seed=seed,
-                  device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss)
+                  device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
+                  predicted_transfer=predicted_transfer_seconds(model, schedule))
+
+
+def predicted_transfer_seconds(model, schedule):
+    """Seconds the schedule's storage figures give its pageouts and pageins (None without storage)."""
+    st = schedule.storage
+    if st is None:
+        return None
+    out = [layer.output_bytes for layer in model.layers]
+    return sum(
+        st.pageout_seconds(out[op.layer]) if op.kind is OpKind.PAGEOUT else st.pagein_seconds(out[op.layer])
+        for op in schedule.ops
+        if op.kind in (OpKind.PAGEOUT, OpKind.PAGEIN)
+    )

@@ -71,6 +71,13 @@ class VerifyResult:
         Mean wall time of a step: under the schedule, under plain autograd.
     budget_bytes : int or None
         The activation budget the schedule was planned for.
+    pageouts, pageins : int
+        Paging ops run in one step (SPEC section 5).
+    transfer_seconds : float
+        Mean wall time of a step's pageouts and pageins (files in a temporary
+        directory on the CPU, pinned host memory on CUDA).
+    predicted_transfer_seconds : float or None
+        What the schedule's storage figures predict for them.
     """
 
     grads_match: bool
@@ -88,6 +95,10 @@ class VerifyResult:
     step_seconds: float = 0.0
     reference_step_seconds: float = 0.0
     budget_bytes: object = None
+    pageouts: int = 0
+    pageins: int = 0
+    transfer_seconds: float = 0.0
+    predicted_transfer_seconds: object = None
 
     @property
     def relative_error(self):
@@ -127,6 +138,10 @@ class VerifyResult:
             "reference_step_seconds": self.reference_step_seconds,
             "ops": self.n_ops,
             "device": self.device,
+            "pageouts": self.pageouts,
+            "pageins": self.pageins,
+            "transfer_seconds": self.transfer_seconds,
+            "predicted_transfer_seconds": self.predicted_transfer_seconds,
         }
 
 
@@ -214,7 +229,7 @@ def _max_diff(a, b):
 
 def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
            seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
-           target=None, loss=None):
+           target=None, loss=None, predicted_transfer=None):
     """Train on a real model with a schedule and with plain autograd, and compare.
 
     Parameters
@@ -251,6 +266,9 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     loss : str or None, keyword-only
         A ``--loss`` kind (default: the model file's ``loss``): the last stage
         runs it on the target.
+    predicted_transfer : float or None, keyword-only
+        The predicted seconds of the schedule's pageouts and pageins, echoed
+        next to the measured ones.
 
     Returns
     -------
@@ -299,7 +317,7 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         p.grad = torch.zeros_like(p)
     plan = _Plan(stage_list, ops)
     anchor = torch.zeros((), device=dev, requires_grad=True)
-    marks, count = [], {}
+    marks, count, transfers = [], {}, []
 
     def plain(first):
         out = plain_forward(stage_list, inputs, target)
@@ -314,6 +332,9 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         out = runner.attach(runner.forward_part())
         _backward_from(out, stage_list, seed, torch)
         count["n"] = runner.count
+        count["pageouts"], count["pageins"] = runner.pager.pageouts, runner.pager.pageins
+        if not traced:
+            transfers.append(runner.pager.seconds)
 
     def run(step, what):
         root.load_state_dict(initial)
@@ -362,4 +383,8 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         step_seconds=seconds,
         reference_step_seconds=ref_seconds,
         budget_bytes=budget,
+        pageouts=count.get("pageouts", 0),
+        pageins=count.get("pageins", 0),
+        transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
+        predicted_transfer_seconds=predicted_transfer,
     )
