@@ -111,10 +111,10 @@ def model_files(workdir):
     data = HERE / "tests" / "data"
     if not data.is_dir():
         data = HERE.parent / "shared" / "models"
-    for p in sorted(data.glob("*.json")):
+    for p in sorted(data.rglob("*.json")):  # tests/data/models/*.json
         try:
             if json.loads(p.read_text()).get("format") == "edgeplan-model/1":
-                files.append((f"{data.name}/{p.stem}", p))
+                files.append((f"{p.parent.name}/{p.stem}", p))
         except (OSError, ValueError):
             continue
     for name, doc in (
