@@ -9,7 +9,12 @@ import os
 import tempfile
 import warnings
 
-__all__ = ["check_time_limit", "run_highs"]
+__all__ = ["check_time_limit", "run_highs", "solve_capped"]
+
+#: Relative MIP gap at which HiGHS stops (the least-peak program closes it exactly).
+MIP_REL_GAP = 1e-4
+#: Presolve only below this many variables: above, it costs more than it saves.
+PRESOLVE_MAX_VARS = 10_000
 
 
 def check_time_limit(time_limit, default):
@@ -55,6 +60,33 @@ def run_highs(form, cost, lb, ub, options, start=None, *, prefix):
     finally:
         if path is not None:
             os.unlink(path)
+
+
+def solve_capped(form, cost, peak_col, *, cap, time_limit, start=None, prefix):
+    """HiGHS on ``form``: the least ``cost`` with the peak column fixed at ``cap`` units,
+    or, with ``cap=None``, the least peak (proven to the unit: the peak is an integer).
+
+    ``form`` has ``lb``, ``ub`` and the rows :func:`run_highs` reads; ``start``
+    (variable values) is the first incumbent, its peak set to ``cap``.
+    """
+    import numpy as np
+
+    lb, ub, gap = form.lb.copy(), form.ub.copy(), MIP_REL_GAP
+    if cap is None:
+        cost = np.zeros(len(form.lb))
+        cost[peak_col] = 1.0
+        gap = 0.0
+    else:
+        lb[peak_col] = ub[peak_col] = cap
+    options = {
+        "time_limit": max(time_limit, 0.01),
+        "mip_rel_gap": gap,
+        "presolve": len(form.lb) <= PRESOLVE_MAX_VARS,
+    }
+    if start is not None and cap is not None:
+        start = start.copy()
+        start[peak_col] = cap
+    return run_highs(form, cost, lb, ub, options, start, prefix=prefix)
 
 
 def _write_start(x, objective, prefix):

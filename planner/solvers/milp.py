@@ -24,7 +24,7 @@ from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
-from planner.solvers._highs import check_time_limit, run_highs
+from planner.solvers._highs import check_time_limit, solve_capped
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
 
@@ -36,12 +36,6 @@ DEFAULT_TIME_LIMIT = 60.0
 # T = max(_MIN_STAGES, _STAGE_WORK // n), about 12,500 variables.
 _STAGE_WORK = 5000
 _MIN_STAGES = 15
-# HiGHS' presolve takes longer than it saves above this many variables.
-_PRESOLVE_MAX_VARS = 10_000
-
-# HiGHS stops when its best schedule is within this fraction of its bound on
-# the recomputation time.
-_MIP_REL_GAP = 1e-4
 
 
 
@@ -632,28 +626,8 @@ class _Formulation:
         ``start`` (variable values from :meth:`encode`) is handed to HiGHS as
         its first incumbent through a solution file.
         """
-        cost = self.cost.copy()
-        lb = self.lb.copy()
-        ub = self.ub.copy()
-        gap = _MIP_REL_GAP
-        if cap is None:
-            # least peak, proven to the byte: the peak is an integer number of
-            # units, so HiGHS closes the gap exactly
-            cost[:] = 0.0
-            cost[self.peak_col] = 1.0
-            gap = 0.0
-        else:
-            lb[self.peak_col] = ub[self.peak_col] = cap
-        options = {
-            "time_limit": max(time_limit, 0.01),
-            "mip_rel_gap": gap,
-            "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
-        }
-        if start is not None:
-            start = start.copy()
-            if cap is not None:
-                start[self.peak_col] = cap
-        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-")
+        return solve_capped(self, self.cost, self.peak_col, cap=cap, time_limit=time_limit, start=start,
+                            prefix="edgeplan-milp-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 

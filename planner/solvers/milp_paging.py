@@ -23,13 +23,11 @@ from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
-from planner.solvers._highs import check_time_limit, run_highs
+from planner.solvers._highs import check_time_limit, solve_capped
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
 DEFAULT_TIME_LIMIT = 60.0
-_MIP_REL_GAP = 1e-4
-_PRESOLVE_MAX_VARS = 10_000
 _SCIPY_MISSING = "milp-paging needs scipy (HiGHS): pip install edgeplan[milp] (or edgeplan[all])"
 # The strategies whose schedules are offered as starting incumbents.
 _START_STRATEGIES = ("store-all", "page-all", "dp", "dp-paging", "chen-greedy", "reforward", "revolve", "sqrt-n")
@@ -472,22 +470,8 @@ class _Program:
     def solve(self, *, cap, time_limit, start=None):
         """HiGHS: least recomputation plus transfer within ``cap`` units (``start`` as incumbent),
         or with ``cap=None`` the least peak."""
-        lb, ub, cost, gap = self.lb.copy(), self.ub.copy(), self.cost, _MIP_REL_GAP
-        if cap is None:  # least peak, proven to the unit
-            cost = np.zeros(len(self.lb))
-            cost[self.peak] = 1.0
-            gap = 0.0
-        else:
-            lb[self.peak] = ub[self.peak] = cap
-        options = {
-            "time_limit": max(time_limit, 0.01),
-            "mip_rel_gap": gap,
-            "presolve": len(self.lb) <= _PRESOLVE_MAX_VARS,
-        }
-        if start is not None:
-            start = start.copy()
-            start[self.peak] = cap
-        return run_highs(self, cost, lb, ub, options, start, prefix="edgeplan-milp-paging-")
+        return solve_capped(self, self.cost, self.peak, cap=cap, time_limit=time_limit, start=start,
+                            prefix="edgeplan-milp-paging-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 
