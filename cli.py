@@ -27,7 +27,7 @@ from planner.errors import (
     DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
     ScheduleError, ScheduleFormatError, TooLargeError,
 )
-from planner.model import load_model
+from planner.model import load_model, model_from_dict
 from planner.plot import write_png
 from planner.schedule import load_schedule
 from planner.sizes import SizeError
@@ -413,7 +413,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
                              device=device, loss=loss, **({"name": name} if name else {}))
-    render.profile_line(err, doc, is_chain=report.is_chain_document(doc), loss_given=loss is not None)
+    render.profile_line(err, doc, is_chain=model_from_dict(doc).is_chain, loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
 
 

@@ -18,7 +18,7 @@ from planner.sizes import format_size
 
 __all__ = [
     "Refusal", "Verdict", "available", "check_budget", "infeasible", "compare_rows", "check_schedule",
-    "mismatch_fields", "is_chain_document",
+    "mismatch_fields",
 ]
 
 
@@ -243,11 +243,3 @@ def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
 def mismatch_fields(exc):
     """The ``--json`` fields of a schedule made for another model (``ModelMismatchError``)."""
     return {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
-
-
-def is_chain_document(doc):
-    """True when layer ``k`` of a model document reads exactly layer ``k - 1`` (the first, the input)."""
-    layers = doc["layers"]
-    return all(
-        layer["inputs"] == (["input"] if k == 0 else [layers[k - 1]["name"]]) for k, layer in enumerate(layers)
-    )

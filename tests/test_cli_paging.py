@@ -3,17 +3,11 @@
 import json
 
 import pytest
-from click.testing import CliRunner
-
-from cli import main
 from planner.device import PRESETS
 from planner.solvers import STRATEGIES
+from tests.conftest import run
 
 PAGING = {name for name, s in STRATEGIES.items() if s.needs_storage}
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """planner.report and sweep.plan: the answers the CLI prints, reached without a terminal."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -9,16 +8,14 @@ from hypothesis import given, settings
 from planner import report, solvers, sweep
 from planner.budget import activation_budget
 from planner.errors import InfeasibleError, OptionError
-from planner.model import load_model
+from planner.model import load_model, model_from_dict
 from planner.simulate import simulate
+from tests.conftest import RESNET18
 from tests.strategies import models
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def resnet():
-    return load_model(ROOT / "examples" / "resnet18.json")
+    return load_model(RESNET18)
 
 
 @settings(max_examples=25, deadline=None)
@@ -96,7 +93,11 @@ def test_best_overheads_is_the_least_feasible_overhead():
     assert sweep.best_overheads(points) == {10: None, 20: 0.25}
 
 
-def test_is_chain_document():
+def test_is_chain_of_a_profiled_document():
+    """profile's summary line says chain or DAG from the document, through Model.is_chain."""
+    def doc(layers):
+        return {"format": "edgeplan-model/1", "name": "m", "input_bytes": 1,
+                "layers": [dict(layer, forward=1.0, backward=1.0, output_bytes=1) for layer in layers]}
     layers = [{"name": "a", "inputs": ["input"]}, {"name": "b", "inputs": ["a"]}]
-    assert report.is_chain_document({"layers": layers})
-    assert not report.is_chain_document({"layers": layers + [{"name": "c", "inputs": ["a"]}]})
+    assert model_from_dict(doc(layers)).is_chain
+    assert not model_from_dict(doc(layers + [{"name": "c", "inputs": ["a", "b"]}])).is_chain
