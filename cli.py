@@ -192,13 +192,13 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
     model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategy, options)
-    budget = report.check_budget(model, memory, optimizer)
-    render.header(err, model, budget)
+    split = report.check_memory(model, memory, optimizer)
+    render.header(err, model, split)
     _strategies(model, [strategy], options, None, err, named=strategy != "auto")
     try:
-        solution = solvers.solve(model, budget.activation_bytes, strategy, storage=storage, **options)
+        solution = solvers.solve(model, split.activation_bytes, strategy, storage=storage, **options)
     except InfeasibleError as exc:
-        raise report.infeasible(exc, budget) from None
+        raise report.infeasible(exc, split) from None
     except ValueError as exc:
         _fail(err, str(exc), EXIT_BAD)
     render.solution_line(err, solution, model)
@@ -241,18 +241,18 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
     model = load_model(model_path)
     memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategies, options)
-    budget = report.check_budget(model, memory, optimizer)
+    split = report.check_memory(model, memory, optimizer)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     display, hook = render.progress(err, len(names), "solving")
     with display:
-        outcomes = solvers.run_all(model, budget.activation_bytes, strategies=strategies, options=options,
+        outcomes = solvers.run_all(model, split.activation_bytes, strategies=strategies, options=options,
                                    progress=hook, storage=storage)
-    rows = report.compare_rows(outcomes, budget, paging=storage is not None)
+    rows = report.compare_rows(outcomes, split, paging=storage is not None)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
-        render.compare_report(out, model, budget, rows, store_all=store_all, paging=storage is not None)
+        render.compare_report(out, model, split, rows, store_all=store_all, paging=storage is not None)
     sys.exit(EXIT_OK if any(row["feasible"] for row in rows) else EXIT_NO)
 
 

@@ -170,7 +170,7 @@ def run_all_cases(root, commands, only=None):
 
     from cli import main
     from planner import solvers
-    from planner.budget import activation_budget
+    from planner.budget import split_memory
     from planner.model import load_model
 
     try:  # warm the imports a real run pays once (scipy's HiGHS)
@@ -184,7 +184,7 @@ def run_all_cases(root, commands, only=None):
             if only and name not in only:
                 continue
             model = load_model(path)
-            fixed = activation_budget(model, 0).fixed_bytes
+            fixed = split_memory(model, 0).fixed_bytes
             store_all = solvers.solve(model, None, "store-all").result.peak_bytes
             kind = "chain" if model.is_chain else "DAG"
             for fraction in FRACTIONS:

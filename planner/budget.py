@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-__all__ = ["OPTIMIZER_FACTORS", "Budget", "activation_budget"]
+__all__ = ["OPTIMIZER_FACTORS", "MemorySplit", "split_memory"]
 
 # Bytes of fixed memory per parameter byte: weights and gradients for SGD,
 # plus two moments for Adam.
@@ -10,7 +10,7 @@ OPTIMIZER_FACTORS = {"sgd": 2, "adam": 4}
 
 
 @dataclass(frozen=True)
-class Budget:
+class MemorySplit:
     """The device memory split into fixed memory and the activation budget."""
 
     memory_bytes: int
@@ -27,7 +27,7 @@ class Budget:
         return activation_bytes + self.fixed_bytes
 
 
-def activation_budget(model, memory_bytes, optimizer="sgd"):
+def split_memory(model, memory_bytes, optimizer="sgd"):
     """Split ``memory_bytes`` for ``model`` trained with ``optimizer``.
 
     Parameters
@@ -38,9 +38,9 @@ def activation_budget(model, memory_bytes, optimizer="sgd"):
 
     Returns
     -------
-    Budget
+    MemorySplit
     """
     if optimizer not in OPTIMIZER_FACTORS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
     fixed = model.params_bytes * OPTIMIZER_FACTORS[optimizer]
-    return Budget(memory_bytes=memory_bytes, fixed_bytes=fixed, optimizer=optimizer)
+    return MemorySplit(memory_bytes=memory_bytes, fixed_bytes=fixed, optimizer=optimizer)

@@ -77,12 +77,12 @@ def model_line(console, model):
     console.print(f"model [bold]{escape(clean(model.name))}[/bold]: {len(model)} layers, {kind}")
 
 
-def header(console, model, budget):
+def header(console, model, split):
     model_line(console, model)
     console.print(
-        f"memory {bytes_text(budget.memory_bytes)} = fixed {bytes_text(budget.fixed_bytes)} "
-        f"(params x{OPTIMIZER_FACTORS[budget.optimizer]}, {budget.optimizer}) "
-        f"+ activation budget {bytes_text(budget.activation_bytes)}"
+        f"memory {bytes_text(split.memory_bytes)} = fixed {bytes_text(split.fixed_bytes)} "
+        f"(params x{OPTIMIZER_FACTORS[split.optimizer]}, {split.optimizer}) "
+        f"+ activation budget {bytes_text(split.activation_bytes)}"
     )
 
 
@@ -184,12 +184,12 @@ def compare_table(rows, width=124):
     return table
 
 
-def compare_report(out, model, budget, rows, *, store_all, paging):
+def compare_report(out, model, split, rows, *, store_all, paging):
     """``edgeplan compare``'s text: the header, store-all's need, the table, the best row."""
-    header(wide(out), model, budget)
+    header(wide(out), model, split)
     out.print(
         f"store-all (no recomputation) peak {bytes_text(store_all)}: needs --memory "
-        f"{bytes_text(budget.memory_for(store_all))}"
+        f"{bytes_text(split.memory_for(store_all))}"
     )
     out.print(compare_table(rows, out.width))
     best = next((row for row in rows if row["best"]), None)
@@ -268,7 +268,7 @@ def simulate_report(out, verdict, schedule_path, model):
         f"{result.forwards} forwards{escape(paging_text(result, model))}"
     )
     if verdict.ok:
-        out.print("[green]valid[/green]" + (" and fits" if verdict.budget is not None else ""))
+        out.print("[green]valid[/green]" + (" and fits" if verdict.split is not None else ""))
 
 
 def problems(err, texts):

@@ -1,6 +1,6 @@
 """The answers the ``edgeplan`` commands give, decided here where tests reach them.
 
-:func:`check_budget` refuses a memory below the fixed memory (with the least
+:func:`check_memory` refuses a memory below the fixed memory (with the least
 memory that works), :func:`infeasible` adds the least memory to a solver's
 :class:`~planner.errors.InfeasibleError`, :func:`compare_rows` is the table of
 ``edgeplan compare`` with the registry's best marked, :func:`check_schedule`
@@ -12,12 +12,12 @@ The CLI prints these answers and maps them to exit codes.
 from dataclasses import dataclass
 
 from planner import extras, solvers
-from planner.budget import OPTIMIZER_FACTORS, activation_budget
+from planner.budget import OPTIMIZER_FACTORS, split_memory
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, TooLargeError
 from planner.sizes import format_size
 
 __all__ = [
-    "Refusal", "Verdict", "available", "check_budget", "infeasible", "compare_rows", "check_schedule",
+    "Refusal", "Verdict", "available", "check_memory", "infeasible", "compare_rows", "check_schedule",
     "mismatch_fields",
 ]
 
@@ -62,53 +62,53 @@ def available(names, *, named):
     return kept, notes
 
 
-def check_budget(model, memory, optimizer):
-    """The :class:`~planner.budget.Budget` of ``memory``, or a :class:`Refusal` below the fixed memory.
+def check_memory(model, memory, optimizer):
+    """The :class:`~planner.budget.MemorySplit` of ``memory``, or a :class:`Refusal` below the fixed memory.
 
     The refusal names the least memory that works: what the default
     strategies need at a zero activation budget.
     """
-    budget = activation_budget(model, memory, optimizer)
-    if budget.activation_bytes >= 0:
-        return budget
+    split = split_memory(model, memory, optimizer)
+    if split.activation_bytes >= 0:
+        return split
     outcomes = solvers.run_all(model, 0)
     least = min((o.least_bytes for o in outcomes if o.least_bytes is not None), default=None)
-    least_memory = budget.memory_for(least) if least is not None else None
+    least_memory = split.memory_for(least) if least is not None else None
     raise Refusal(
         f"--memory {memory:,} bytes is less than the fixed memory: parameters "
         f"{model.params_bytes:,} bytes x {OPTIMIZER_FACTORS[optimizer]} ({optimizer}) = "
-        f"{budget.fixed_bytes:,} bytes, before any activation"
+        f"{split.fixed_bytes:,} bytes, before any activation"
         + (f"; the least memory that works is {_bytes(least_memory)}" if least_memory else ""),
         least_bytes=least,
         fields={
             "feasible": False,
             "memory_bytes": memory,
-            "fixed_bytes": budget.fixed_bytes,
+            "fixed_bytes": split.fixed_bytes,
             "least_activation_bytes": least,
             "least_memory_bytes": least_memory,
         },
     )
 
 
-def infeasible(exc, budget):
+def infeasible(exc, split):
     """``exc`` (no schedule fits ``budget``) as a :class:`Refusal` naming the least memory that works."""
     least = exc.least_bytes
     text = str(exc)
     if least is not None:
         text += (
-            f"\nthe least memory that works: {_bytes(budget.memory_for(least))} "
-            f"(activations {_bytes(least)} + fixed {_bytes(budget.fixed_bytes)})"
+            f"\nthe least memory that works: {_bytes(split.memory_for(least))} "
+            f"(activations {_bytes(least)} + fixed {_bytes(split.fixed_bytes)})"
         )
     return Refusal(text, least_bytes=least, fields={
         "feasible": False,
-        "memory_bytes": budget.memory_bytes,
-        "budget_bytes": budget.activation_bytes,
+        "memory_bytes": split.memory_bytes,
+        "budget_bytes": split.activation_bytes,
         "least_activation_bytes": least,
-        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+        "least_memory_bytes": split.memory_for(least) if least is not None else None,
     })
 
 
-def compare_rows(outcomes, budget, *, paging=False):
+def compare_rows(outcomes, split, *, paging=False):
     """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
 
     ``best`` marks the registry's own choice (:func:`planner.solvers.best`,
@@ -124,11 +124,11 @@ def compare_rows(outcomes, budget, *, paging=False):
         (o for o in outcomes if not o.feasible),
         key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
     )
-    return [_row(o, budget, best=winner is not None and o.strategy == winner.strategy, paging=paging)
+    return [_row(o, split, best=winner is not None and o.strategy == winner.strategy, paging=paging)
             for o in feasible + rest]
 
 
-def _row(o, budget, *, best, paging):
+def _row(o, split, *, best, paging):
     r = o.solution.result if o.feasible else None
     least = o.least_bytes
     row = {
@@ -142,7 +142,7 @@ def _row(o, budget, *, best, paging):
         "params": o.solution.params if r else None,
         "solve_seconds": round(o.solve_seconds, 6),
         "least_activation_bytes": least,
-        "least_memory_bytes": budget.memory_for(least) if least is not None else None,
+        "least_memory_bytes": split.memory_for(least) if least is not None else None,
         "error": None if r else str(o.error),
         "applicable": not isinstance(o.error, (NotApplicableError, TooLargeError)),
     }
@@ -164,10 +164,10 @@ class Verdict:
     schedule : planner.schedule.Schedule
     result : planner.simulate.SimulationResult
     fingerprint_matches : bool
-    budget : planner.budget.Budget or None
+    split : planner.budget.MemorySplit or None
         When a memory was given.
     fits : bool or None
-        The schedule is valid and its peak fits ``budget`` (None without one).
+        The schedule is valid and its peak fits ``split``'s activation budget (None without one).
     problems : tuple of str
         Empty when the schedule is valid, for this model, and fits.
     """
@@ -175,7 +175,7 @@ class Verdict:
     schedule: object
     result: object
     fingerprint_matches: bool
-    budget: object
+    split: object
     fits: object
     problems: tuple
 
@@ -197,9 +197,9 @@ class Verdict:
         }
         if self.schedule.storage is not None:
             doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
-        if self.budget is not None:
-            doc["memory_bytes"] = self.budget.memory_bytes
-            doc["budget_bytes"] = self.budget.activation_bytes
+        if self.split is not None:
+            doc["memory_bytes"] = self.split.memory_bytes
+            doc["budget_bytes"] = self.split.activation_bytes
             doc["fits"] = self.fits
         if not result.valid:
             doc["error"] = str(result.error)
@@ -227,16 +227,16 @@ def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
             f"the schedule was made for another model (fingerprint {schedule.fingerprint}, "
             f"this model is {model.fingerprint})"
         )
-    fits = budget = None
+    fits = split = None
     if memory is not None:
-        budget = activation_budget(model, memory, optimizer)
-        fits = result.valid and result.peak_bytes <= budget.activation_bytes
+        split = split_memory(model, memory, optimizer)
+        fits = result.valid and result.peak_bytes <= split.activation_bytes
         if result.valid and not fits:
             problems.append(
                 f"peak {result.peak_bytes:,} bytes does not fit the activation budget of "
-                f"{budget.activation_bytes:,} bytes (memory {memory:,} minus fixed {budget.fixed_bytes:,})"
+                f"{split.activation_bytes:,} bytes (memory {memory:,} minus fixed {split.fixed_bytes:,})"
             )
-    return Verdict(schedule=schedule, result=result, fingerprint_matches=matches, budget=budget, fits=fits,
+    return Verdict(schedule=schedule, result=result, fingerprint_matches=matches, split=split, fits=fits,
                    problems=tuple(problems))
 
 

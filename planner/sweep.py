@@ -1,7 +1,7 @@
 """Memory/overhead curves: how much recomputation each strategy needs at each memory size.
 
 :func:`memory_range` finds the interesting interval (from the least memory any
-strategy can train with to the memory plain autograd needs), :func:`budgets`
+strategy can train with to the memory plain autograd needs), :func:`memory_sizes`
 spreads sizes over it and :func:`sweep` solves every strategy at every size.
 Every point is a schedule the simulator replayed, exactly as ``edgeplan
 solve`` would write it.
@@ -10,10 +10,10 @@ solve`` would write it.
 from dataclasses import dataclass
 
 from planner import solvers
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.errors import OptionError
 
-__all__ = ["SweepPoint", "MemoryRange", "SweepPlan", "memory_range", "budgets", "plan", "sweep", "best_overheads"]
+__all__ = ["SweepPoint", "MemoryRange", "SweepPlan", "memory_range", "memory_sizes", "plan", "sweep", "best_overheads"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None, share
     one solve per strategy.  A strategy that cannot say is left out; when none
     can, the range starts at the store-all memory.
     """
-    fixed = activation_budget(model, 0, optimizer).fixed_bytes
+    fixed = split_memory(model, 0, optimizer).fixed_bytes
     store_all = solvers.solve(model, None, "store-all").result.peak_bytes
     known = [store_all]
     outcomes = solvers.run_all(
@@ -137,7 +137,7 @@ def memory_range(model, *, optimizer="sgd", strategies=None, options=None, share
     )
 
 
-def budgets(low, high, steps):
+def memory_sizes(low, high, steps):
     """``steps`` memory sizes evenly spread from ``low`` to ``high``, both included.
 
     Parameters
@@ -209,13 +209,13 @@ def sweep(
     names = solvers.applicable(model, options, storage=storage) if strategies is None else list(strategies)
     memories = list(memories)
     shared = {} if shared is None else shared
-    shared["budgets"] = [activation_budget(model, memory, optimizer).activation_bytes for memory in memories]
+    shared["budgets"] = [split_memory(model, memory, optimizer).activation_bytes for memory in memories]
     points = []
     for memory in memories:
-        budget = activation_budget(model, memory, optimizer)
-        if budget.activation_bytes < 0:
+        split = split_memory(model, memory, optimizer)
+        if split.activation_bytes < 0:
             points.extend(
-                SweepPoint(memory, budget.activation_bytes, name, False) for name in names
+                SweepPoint(memory, split.activation_bytes, name, False) for name in names
             )
             continue
         hook = None
@@ -225,7 +225,7 @@ def sweep(
                 progress(_memory, name, outcome)
 
         outcomes = solvers.run_all(
-            model, budget.activation_bytes, strategies=strategies, options=options, progress=hook,
+            model, split.activation_bytes, strategies=strategies, options=options, progress=hook,
             time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared, storage=storage,
         )
         for outcome in outcomes:
@@ -233,7 +233,7 @@ def sweep(
                 r = outcome.solution.result
                 point = SweepPoint(
                     memory,
-                    budget.activation_bytes,
+                    split.activation_bytes,
                     outcome.strategy,
                     True,
                     peak_bytes=r.peak_bytes,
@@ -245,7 +245,7 @@ def sweep(
             else:
                 point = SweepPoint(
                     memory,
-                    budget.activation_bytes,
+                    split.activation_bytes,
                     outcome.strategy,
                     False,
                     least_bytes=outcome.least_bytes,
@@ -311,7 +311,7 @@ def plan(model, *, low=None, high=None, steps=12, optimizer="sgd", strategies=No
             high = max(min(high, device_memory), low)
     if low > high:
         raise OptionError(f"--from {low:,} bytes is above --to {high:,} bytes")
-    return SweepPlan(span=span, sizes=budgets(low, high, steps), optimizer=optimizer, storage=storage,
+    return SweepPlan(span=span, sizes=memory_sizes(low, high, steps), optimizer=optimizer, storage=storage,
                      shared=shared)
 
 

@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planner import solvers  # noqa: E402
-from planner.budget import activation_budget  # noqa: E402
+from planner.budget import split_memory  # noqa: E402
 from planner.model import load_model  # noqa: E402
 from planner.sizes import parse_size  # noqa: E402
 
@@ -51,7 +51,7 @@ def regenerate(out_dir, *, cases=CASES):
     written = []
     for model_file, memory in cases:
         model = load_model(ROOT / "examples" / model_file)
-        budget = activation_budget(model, parse_size(memory), "sgd")
+        budget = split_memory(model, parse_size(memory), "sgd")
         solution = solvers.solve(model, budget.activation_bytes, "auto")
         path = out_dir / reference_name(model_file, memory)
         solution.schedule.write(path, model)

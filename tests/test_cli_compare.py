@@ -5,7 +5,7 @@ import json
 import pytest
 
 from planner import solvers
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.model import load_model
 from planner.synthetic import random_dag
 from tests.conftest import EXAMPLES, RESNET18, run
@@ -41,7 +41,7 @@ def test_compare_table_names_every_applicable_strategy(chain52):
     r = run("compare", path, "--memory", MEMORY52)
     assert r.exit_code == 0, r.output
     text = r.stdout
-    budget = activation_budget(model, MEMORY52_BYTES)
+    budget = split_memory(model, MEMORY52_BYTES)
     # the header: model, resolved budget, fixed memory, store-all peak
     assert "vgg16_bn" in text and "52 layers, chain" in text
     assert "30,000,000 bytes" in text
@@ -67,7 +67,7 @@ def test_compare_table_names_every_applicable_strategy(chain52):
 def test_compare_json_rows(chain52, chain52_json):
     model, _ = chain52
     rows = chain52_json
-    budget = activation_budget(model, MEMORY52_BYTES)
+    budget = split_memory(model, MEMORY52_BYTES)
     assert {row["strategy"] for row in rows} == set(solvers.applicable(model))
     for row in rows:
         assert {"strategy", "feasible", "peak_bytes", "compute", "overhead", "solve_seconds"} <= set(row)
@@ -90,7 +90,7 @@ def test_compare_json_rows(chain52, chain52_json):
 
 def test_compare_rows_agree_with_simulator_and_reference(chain52, chain52_json):
     model, _ = chain52
-    budget = activation_budget(model, MEMORY52_BYTES)
+    budget = split_memory(model, MEMORY52_BYTES)
     for row in chain52_json:
         if not row["feasible"] or row["strategy"] == "milp":
             continue  # milp under a time limit need not repeat itself exactly

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from planner import solvers
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.errors import MissingExtraError, ModelMismatchError, OptionError
 from planner.extras import missing, require
 from planner.model import load_model
@@ -253,7 +253,7 @@ def test_solve_json_on_exit_1_gives_the_least_memory_that_works():
     assert "no strategy fits" in doc["error"] and "least memory that works" in doc["error"]
     least = doc["least_memory_bytes"]
     model = load_model(RESNET18)
-    assert least == doc["least_activation_bytes"] + activation_budget(model, least, "sgd").fixed_bytes
+    assert least == doc["least_activation_bytes"] + split_memory(model, least, "sgd").fixed_bytes
     assert run("solve", RESNET18, "--memory", least, "--json").exit_code == 0
     assert run("solve", RESNET18, "--memory", least - 1, "--json").exit_code == 1
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.model import load_model
 from planner.sizes import parse_size
 from tests.conftest import ROOT
@@ -54,7 +54,7 @@ def test_reference_schedule_replays_and_gates(model_file, memory, path):
     model_path = ROOT / "examples" / model_file
     model = load_model(model_path)
     doc = json.loads(path.read_text())
-    budget = activation_budget(model, parse_size(memory))
+    budget = split_memory(model, parse_size(memory))
     assert doc["model"]["fingerprint"] == model.fingerprint
     assert doc["budget_bytes"] == budget.activation_bytes
     ref = reference_replay(json.loads(model_path.read_text()), doc)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 
 from planner import report, solvers, sweep
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.errors import InfeasibleError, OptionError
 from planner.model import load_model, model_from_dict
 from planner.simulate import simulate
@@ -23,7 +23,7 @@ def resnet():
 def test_compare_best_row_is_the_registry_choice(model):
     """The starred row is what ``solve --strategy auto`` returns, and it is the first feasible row."""
     peak = solvers.solve(model, None, "store-all").result.peak_bytes
-    budget = activation_budget(model, peak * 3 // 4 + model.params_bytes * 2, "sgd")
+    budget = split_memory(model, peak * 3 // 4 + model.params_bytes * 2, "sgd")
     outcomes = solvers.run_all(model, budget.activation_bytes)
     rows = report.compare_rows(outcomes, budget)
     best = [row for row in rows if row["best"]]
@@ -36,21 +36,21 @@ def test_compare_best_row_is_the_registry_choice(model):
     assert all(row["feasible"] for row in rows[: sum(r["feasible"] for r in rows)])
 
 
-def test_check_budget_refuses_memory_below_the_fixed_memory(resnet):
-    fixed = activation_budget(resnet, 0, "adam").fixed_bytes
+def test_check_memory_refuses_memory_below_the_fixed_memory(resnet):
+    fixed = split_memory(resnet, 0, "adam").fixed_bytes
     with pytest.raises(report.Refusal, match=r"less than the fixed memory.*least memory that works") as info:
-        report.check_budget(resnet, fixed - 1, "adam")
+        report.check_memory(resnet, fixed - 1, "adam")
     fields = info.value.fields
     assert fields["feasible"] is False and fields["fixed_bytes"] == fixed
     assert fields["least_memory_bytes"] == fields["least_activation_bytes"] + fixed
     # The least memory it names works: a schedule fits at exactly that memory.
-    budget = report.check_budget(resnet, fields["least_memory_bytes"], "adam")
+    budget = report.check_memory(resnet, fields["least_memory_bytes"], "adam")
     solution = solvers.solve(resnet, budget.activation_bytes)
     assert solution.result.peak_bytes <= budget.activation_bytes
 
 
 def test_infeasible_names_the_least_memory(resnet):
-    budget = activation_budget(resnet, resnet.params_bytes * 2 + 10, "sgd")
+    budget = split_memory(resnet, resnet.params_bytes * 2 + 10, "sgd")
     refusal = report.infeasible(InfeasibleError("no", least_bytes=1000), budget)
     assert refusal.least_bytes == 1000 and refusal.fields["least_memory_bytes"] == 1000 + budget.fixed_bytes
     assert f"{1000 + budget.fixed_bytes:,} bytes" in str(refusal)

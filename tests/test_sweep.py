@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from planner import solvers
-from planner.budget import activation_budget
+from planner.budget import split_memory
 from planner.plot import text_chart
-from planner.sweep import SweepPoint, budgets, memory_range, sweep
+from planner.sweep import SweepPoint, memory_range, memory_sizes, sweep
 from planner.errors import InfeasibleError
 from planner.model import MODEL_FORMAT, model_from_dict
 from planner.synthetic import random_chain, random_dag
@@ -24,15 +24,15 @@ from tests.reference import replay_solution
 MONOTONE = ("store-all", "sequential", "dp")
 
 
-def test_budgets_spread_and_include_both_ends():
-    assert budgets(100, 200, 5) == [100, 125, 150, 175, 200]
-    assert budgets(100, 100, 12) == [100]
-    assert budgets(7, 9, 12) == [7, 8, 9]
-    assert budgets(0, 10, 1) == [10]
+def test_memory_sizes_spread_and_include_both_ends():
+    assert memory_sizes(100, 200, 5) == [100, 125, 150, 175, 200]
+    assert memory_sizes(100, 100, 12) == [100]
+    assert memory_sizes(7, 9, 12) == [7, 8, 9]
+    assert memory_sizes(0, 10, 1) == [10]
     with pytest.raises(ValueError, match="above the upper end"):
-        budgets(5, 4, 3)
+        memory_sizes(5, 4, 3)
     with pytest.raises(ValueError, match="at least 1"):
-        budgets(1, 2, 0)
+        memory_sizes(1, 2, 0)
 
 
 def test_memory_range_on_resnet18():
@@ -45,7 +45,7 @@ def test_memory_range_on_resnet18():
     assert span.store_all_memory_bytes == store_all + span.fixed_bytes
     assert span.least_memory_bytes <= span.store_all_memory_bytes
     # at the least memory, some strategy really fits
-    least = activation_budget(model, span.least_memory_bytes).activation_bytes
+    least = split_memory(model, span.least_memory_bytes).activation_bytes
     assert solvers.solve(model, least, "auto").result.peak_bytes <= least
     adam = memory_range(model, optimizer="adam", strategies=["store-all"])
     assert adam.fixed_bytes == 4 * model.params_bytes
@@ -57,7 +57,7 @@ def test_curves_of_monotone_strategies_never_rise():
     names = [n for n in MONOTONE if n in solvers.STRATEGIES]
     assert {"store-all", "sequential"} <= set(names)  # never an empty test
     span = memory_range(model, strategies=names)
-    points = sweep(model, budgets(span.least_memory_bytes, span.store_all_memory_bytes, 10), strategies=names)
+    points = sweep(model, memory_sizes(span.least_memory_bytes, span.store_all_memory_bytes, 10), strategies=names)
     assert len(points) == 10 * len(names)
     for name in names:
         curve = [p for p in points if p.strategy == name]
@@ -87,7 +87,7 @@ def test_dp_curve_when_registered_is_the_lowest_monotone_curve():
         pytest.skip("dp is not registered (the monotone test above still runs)")
     model = random_chain(12, 5)
     span = memory_range(model, strategies=["dp", "sequential"])
-    points = sweep(model, budgets(span.least_memory_bytes, span.store_all_memory_bytes, 8),
+    points = sweep(model, memory_sizes(span.least_memory_bytes, span.store_all_memory_bytes, 8),
                    strategies=["dp", "sequential"])
     by = {(p.memory_bytes, p.strategy): p for p in points}
     for memory in {p.memory_bytes for p in points}:
@@ -181,7 +181,7 @@ def _odd_chain(n, seed):
 @pytest.mark.parametrize("model", [_odd_chain(30, 1), random_chain(16, 2), random_dag(12, 3)], ids=["rounded", "chain", "dag"])
 def test_sweep_points_equal_solving_each_point_separately(model):
     span = memory_range(model)
-    sizes = budgets(span.least_memory_bytes, span.store_all_memory_bytes, 12)
+    sizes = memory_sizes(span.least_memory_bytes, span.store_all_memory_bytes, 12)
     points = sweep(model, sizes)
     names = solvers.applicable(model)
     assert len(points) == len(sizes) * len(names)
