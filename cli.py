@@ -18,7 +18,8 @@ from planner import extras, render, report, solvers
 from planner.cli_params import (
     device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
     quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
-    SIZE, import_options, measure_options, strategy_option, training_options, verify_files_options,
+    SIZE, import_options, measure_options, strategy_option, timeline_option, training_options,
+    verify_files_options,
 )
 from planner import sweep as sweeping
 from planner.device import PRESETS, load_device
@@ -351,8 +352,9 @@ def devices(as_json):
     "--exit-zero", is_flag=True,
     help="Report problems but exit 0 (bad input files still exit 2): for CI steps that only warn.",
 )
+@timeline_option
 @json_option
-def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_json):
+def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeline_path, as_json):
     """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md, paging included).
 
     Exits 1 when the schedule is invalid, was made for another model
@@ -363,6 +365,7 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
     \b
     Example:
       edgeplan simulate examples/resnet18.json schedule.json --memory 256MB
+      edgeplan simulate examples/resnet18.json schedule.json --timeline memory.csv
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
@@ -370,7 +373,10 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, as_jso
         schedule = load_schedule(schedule_path, model)
     except ModelMismatchError as exc:
         _fail(err, str(exc), EXIT_OK if exit_zero else EXIT_NO, **report.mismatch_fields(exc))
-    verdict = report.check_schedule(model, schedule, memory=memory, optimizer=optimizer)
+    verdict = report.check_schedule(model, schedule, memory=memory, optimizer=optimizer,
+                                    timeline=timeline_path is not None)
+    if timeline_path is not None:
+        _write_data(report.timeline_csv(model, schedule.ops, verdict.result.timeline), timeline_path, False, err)
     if as_json:
         sys.stdout.write(json.dumps(verdict.to_dict(), indent=2) + "\n")
     else:

@@ -201,6 +201,11 @@ class NamedShapeType(click.ParamType):
         return name, shape
 
 
+timeline_option = click.option(
+    "--timeline", "timeline_path", type=click.Path(dir_okay=False), metavar="FILE.csv",
+    help="Also write the memory at each op as CSV (index, op, layer, bytes), to plot or to find the peak.",
+)
+
 strategy_option = click.option(
     "--strategy",
     "-s",

@@ -18,7 +18,7 @@ from planner.sizes import format_size
 
 __all__ = [
     "Refusal", "Verdict", "available", "check_memory", "infeasible", "compare_rows", "check_schedule",
-    "mismatch_fields",
+    "mismatch_fields", "timeline_csv",
 ]
 
 
@@ -208,8 +208,11 @@ class Verdict:
         return doc
 
 
-def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
+def check_schedule(model, schedule, *, memory=None, optimizer="sgd", timeline=False):
     """Replay ``schedule`` on ``model``: valid, made for this model, and within ``memory``?
+
+    With ``timeline``, ``result.timeline`` holds the memory at each op
+    (:func:`timeline_csv` writes it).
 
     Returns
     -------
@@ -217,7 +220,7 @@ def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
     """
     from planner.simulate import simulate
 
-    result = simulate(model, schedule.ops, storage=schedule.storage)
+    result = simulate(model, schedule.ops, storage=schedule.storage, timeline=timeline)
     problems = []
     if not result.valid:
         problems.append(str(result.error))
@@ -243,3 +246,20 @@ def check_schedule(model, schedule, *, memory=None, optimizer="sgd"):
 def mismatch_fields(exc):
     """The ``--json`` fields of a schedule made for another model (``ModelMismatchError``)."""
     return {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
+
+
+def timeline_csv(model, ops, timeline):
+    """The memory at each op as CSV text: ``index,op,layer,bytes``, one row per op replayed.
+
+    ``bytes`` is what the simulator holds during the op, its workspace
+    included (SPEC section 3), so the largest row is the peak.  An invalid
+    schedule's rows stop at the op that broke a rule.
+    """
+    rows = ["index,op,layer,bytes"]
+    names = [layer.name for layer in model.layers]
+    for index, (op, held) in enumerate(zip(ops, timeline)):
+        name = names[op.layer]
+        if any(c in name for c in ',"\n\r'):
+            name = '"' + name.replace('"', '""') + '"'
+        rows.append(f"{index},{op.kind.value},{name},{held}")
+    return "\n".join(rows) + "\n"

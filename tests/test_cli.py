@@ -1,8 +1,11 @@
+import csv
+import io
 import json
 
 import pytest
 
 from tests.conftest import RESNET18, run
+
 
 def test_solve_prints_a_schedule_to_stdout():
     r = run("solve", RESNET18, "--memory", "256MB", "--json")
@@ -144,3 +147,46 @@ def test_help_has_an_example(command):
     r = run(command, "--help")
     assert r.exit_code == 0
     assert "Example" in r.stdout and f"edgeplan {command}" in r.stdout
+
+
+def test_simulate_timeline_csv_peaks_where_the_simulator_says(tmp_path):
+    path, table = tmp_path / "s.json", tmp_path / "memory.csv"
+    run("solve", RESNET18, "--memory", "256MB", "--strategy", "dp", "-o", path)
+    doc = json.loads(path.read_text())
+    r = run("simulate", RESNET18, path, "--timeline", table, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["peak_bytes"] == doc["predicted"]["peak_bytes"]  # stdout: the one document
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert [(row["op"], row["layer"]) for row in rows] == [(op["op"], op["layer"]) for op in doc["ops"]]
+    held = [int(row["bytes"]) for row in rows]
+    assert max(held) == doc["predicted"]["peak_bytes"]
+    assert [int(row["index"]) for row in rows] == list(range(len(doc["ops"])))
+
+
+def test_simulate_timeline_of_an_invalid_schedule_stops_at_the_error(tmp_path):
+    good, bad, table = tmp_path / "s.json", tmp_path / "bad.json", tmp_path / "memory.csv"
+    run("solve", RESNET18, "--memory", "1GB", "--strategy", "store-all", "-o", good)
+    doc = json.loads(good.read_text())
+    broken = next(k for k, op in enumerate(doc["ops"]) if op["op"] == "backward")
+    doc["ops"].insert(broken, {"op": "free", "layer": doc["ops"][broken]["layer"]})  # freed before its backward
+    bad.write_text(json.dumps(doc))
+    r = run("simulate", RESNET18, bad, "--timeline", table)
+    assert r.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert 0 < len(rows) <= broken + 1
+
+
+def test_timeline_csv_quotes_a_layer_name_with_a_comma():
+    from planner.model import model_from_dict
+    from planner.report import timeline_csv
+    from planner.simulate import simulate
+    from planner import solvers
+
+    model = model_from_dict({"format": "edgeplan-model/1", "name": "m", "input_bytes": 4, "layers": [
+        {"name": "a,b", "forward": 1.0, "backward": 1.0, "output_bytes": 8},
+        {"name": "c", "inputs": ["a,b"], "forward": 1.0, "backward": 1.0, "output_bytes": 8}]})
+    ops = solvers.solve(model, None, "store-all").ops
+    text = timeline_csv(model, ops, simulate(model, ops, timeline=True).timeline)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["index", "op", "layer", "bytes"]
+    assert [row[2] for row in rows[1:]] == [model.layers[op.layer].name for op in ops]
