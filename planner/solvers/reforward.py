@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.errors import InfeasibleError
+from planner.errors import InfeasibleError, OptionError
 from planner.lowering import RECOMPUTE, STORE, segments_to_ops, size_dtype, splitting_vertices
 
 __all__ = ["reforward", "reforward_plan", "ReforwardPlan", "splitting_units"]
@@ -564,7 +564,7 @@ def reforward_plan(model, *, budget=None, front_cap=None):
     if front_cap is not None and (
         not isinstance(front_cap, int) or isinstance(front_cap, bool) or front_cap < 2
     ):
-        raise ValueError(f"front_cap must be an integer of at least 2, got {front_cap!r}")
+        raise OptionError(f"front_cap must be an integer of at least 2, got {front_cap!r}")
     ranges = splitting_units(model)
     if front_cap is None:
         front_cap = max(FRONT_CAP, min(512, 16_000_000 // len(ranges) ** 2))

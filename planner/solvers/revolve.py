@@ -143,7 +143,7 @@ def _revolve_snapshots(n, snapshots):
 
 def _tasks_check(n, snapshots):
     if not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 0:
-        raise ValueError(f"--snapshots must be an integer >= 0, got {snapshots!r}")
+        raise OptionError(f"--snapshots must be an integer >= 0, got {snapshots!r}")
     return _revolve_snapshots(n, snapshots)
 
 
@@ -379,7 +379,7 @@ def revolve(model, *, budget=None, snapshots=None):
     ------
     NotApplicableError
         On a model that is not a chain.
-    ValueError
+    OptionError
         A negative ``snapshots``, or one whose schedule would exceed 3 x 10^7
         ops.
     InfeasibleError

@@ -1,6 +1,6 @@
 """``sequential``: PyTorch's ``checkpoint_sequential``, reproduced faithfully."""
 
-from planner.errors import InfeasibleError
+from planner.errors import InfeasibleError, OptionError
 from planner.lowering import (
     RECOMPUTE,
     STORE,
@@ -28,7 +28,7 @@ def sequential_segments(n, segments):
     list of (start, stop, mode)
     """
     if not 1 <= segments <= n:
-        raise ValueError(f"segments must be between 1 and the number of layers ({n}), got {segments}")
+        raise OptionError(f"segments must be between 1 and the number of layers ({n}), got {segments}")
     size = n // segments
     result = [(k * size, (k + 1) * size, RECOMPUTE) for k in range(segments - 1)]
     result.append(((segments - 1) * size, n, STORE))
@@ -81,7 +81,7 @@ def sequential(model, *, budget=None, segments=None):
     n = len(model)
     if segments is not None:
         if not isinstance(segments, int) or isinstance(segments, bool) or not 1 <= segments <= n:
-            raise ValueError(f"--segments must be between 1 and {n} (the number of layers)")
+            raise OptionError(f"--segments must be between 1 and {n} (the number of layers)")
         return _lowered(model, sequential_segments(n, segments)), {"segments": segments}
 
     # Recomputed forward time for each count; try the cheapest first.
