@@ -41,6 +41,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE))
+
+from planner.synthetic import random_document, random_layer  # noqa: E402
+
 SECTION = "## Default latency (benchmarks/bench_latency.py)"
 FRACTIONS = (0.3, 0.6)
 TARGETS = {"solve": 2.0, "compare": 5.0, "sweep": 10.0}
@@ -52,29 +56,23 @@ TARGETS = {"solve": 2.0, "compare": 5.0, "sweep": 10.0}
 BASELINE = HERE / "benchmarks" / "latency_baseline.json"
 
 
-# ---- synthetic models (plain dicts, so that any checkout can read them) ---------------
+# ---- synthetic models (this checkout's planner.synthetic, written as plain files, so that
+# ---- every checkout --root names is measured on the same models) ----------------------
 
 
 def _layer(rng, name, inputs=None):
-    layer = {
-        "name": name,
-        "forward": float(rng.integers(1, 20)),
-        "backward": float(rng.integers(1, 40)),
-        "output_bytes": int(rng.integers(1, 100)) * 1000,
-        "saved_bytes": int(rng.integers(0, 3)) * int(rng.integers(0, 100)) * 1000,
-        "needs_inputs": bool(rng.random() < 0.8),
-        "needs_output": bool(rng.random() < 0.4),
-        "workspace_forward": int(rng.integers(0, 2)) * int(rng.integers(0, 50)) * 1000,
-        "workspace_backward": int(rng.integers(0, 2)) * int(rng.integers(0, 50)) * 1000,
-        "params_bytes": int(rng.integers(0, 50)) * 1000,
-    }
+    layer = random_layer(rng, name)
     if inputs is not None:
         layer["inputs"] = inputs
     return layer
 
 
 def random_chain_doc(n, seed):
-    """A heterogeneous chain of ``n`` layers with random costs and flags."""
+    """A heterogeneous chain of ``n`` layers with random costs and flags.
+
+    Unlike :func:`planner.synthetic.random_chain` it draws the input size
+    before the layers: the baseline was measured on these cases.
+    """
     rng = np.random.default_rng(seed)
     return {
         "format": "edgeplan-model/1",
@@ -97,12 +95,7 @@ def resnet_dag_doc(n, seed):
             if k == depth - 1 and depth > 1:
                 inputs.append(block_in)  # the residual connection
             layers.append(_layer(rng, name, inputs))
-    return {
-        "format": "edgeplan-model/1",
-        "name": f"resnet-dag-{n}",
-        "input_bytes": int(rng.integers(1, 100)) * 1000,
-        "layers": layers,
-    }
+    return random_document(rng, f"resnet-dag-{n}", layers)
 
 
 def model_files(workdir):
@@ -163,9 +156,21 @@ def run_case(main, runner, path, memory, commands):
     return out
 
 
+def _import_from(root):
+    """``import cli`` and ``import planner`` load ``root``'s code from here on.
+
+    This checkout's planner is loaded already (for the synthetic cases): another
+    root's replaces it.
+    """
+    if root != HERE:
+        for name in [m for m in sys.modules if m in ("cli", "planner") or m.startswith("planner.")]:
+            del sys.modules[name]
+    sys.path.insert(0, str(root))
+
+
 def run_all_cases(root, commands, only=None):
     """Every case x fraction; returns a list of result dicts."""
-    sys.path.insert(0, str(root))
+    _import_from(root)
     from click.testing import CliRunner
 
     from cli import main

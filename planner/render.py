@@ -72,9 +72,13 @@ def wide(console):
     return console
 
 
+def _model_text(name, layers, is_chain, *, after_name=":"):
+    """``model [bold]NAME[/bold]: 12 layers, chain`` (or ``DAG``), the name escaped."""
+    return f"model [bold]{escape(clean(name))}[/bold]{after_name} {layers} layers, {'chain' if is_chain else 'DAG'}"
+
+
 def model_line(console, model):
-    kind = "chain" if model.is_chain else "DAG"
-    console.print(f"model [bold]{escape(clean(model.name))}[/bold]: {len(model)} layers, {kind}")
+    console.print(_model_text(model.name, len(model), model.is_chain))
 
 
 def header(console, model, split):
@@ -311,8 +315,7 @@ def profile_line(err, doc, *, is_chain, loss_given):
     """The summary of a profiled model document, and a note when its loss is not modelled."""
     layers = doc["layers"]
     err.print(
-        f"model [bold]{escape(clean(doc['name']))}[/bold]: {len(layers)} layers, "
-        f"{'chain' if is_chain else 'DAG'}, input "
+        f"{_model_text(doc['name'], len(layers), is_chain)}, input "
         f"{bytes_text(doc['input_bytes'])}, activations {bytes_text(sum(l['output_bytes'] for l in layers))}, "
         f"params {bytes_text(sum(l['params_bytes'] for l in layers))}"
     )
@@ -326,9 +329,8 @@ def import_line(err, imported, file_path):
     """The summary of an imported model."""
     model = imported.model
     err.print(
-        f"imported {escape(clean(file_path))} ({imported.source_format}): model "
-        f"[bold]{escape(clean(model.name))}[/bold], {len(model)} layers, "
-        f"{'chain' if model.is_chain else 'DAG'}, backward costs "
+        f"imported {escape(clean(file_path))} ({imported.source_format}): "
+        f"{_model_text(model.name, len(model), model.is_chain, after_name=',')}, backward costs "
         + ("[yellow]estimated[/yellow]" if imported.estimated else "from the file")
     )
     if model.source:

@@ -7,7 +7,7 @@ import numpy as np
 
 from planner.model import MODEL_FORMAT, model_from_dict
 
-__all__ = ["uniform_chain", "random_chain", "random_dag"]
+__all__ = ["uniform_chain", "random_chain", "random_dag", "random_layer", "random_document"]
 
 
 def _rng(seed):
@@ -38,7 +38,22 @@ def uniform_chain(n, *, output_bytes=100, forward=1.0, backward=2.0, input_bytes
     return model_from_dict(doc)
 
 
-def _random_layer(rng, name, *, workspaces=True):
+def random_layer(rng, name, *, workspaces=True):
+    """One layer of a model document, its costs, sizes and flags drawn from ``rng``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    name : str
+    workspaces : bool, keyword-only
+        Draw ``workspace_forward`` and ``workspace_backward`` too (else they
+        are left out, that is 0).
+
+    Returns
+    -------
+    dict
+        The layer's fields, without ``inputs``.
+    """
     layer = {
         "name": name,
         "forward": float(rng.integers(1, 20)),
@@ -55,17 +70,21 @@ def _random_layer(rng, name, *, workspaces=True):
     return layer
 
 
-def random_chain(n, seed=0, *, workspaces=True, name=None):
-    """A heterogeneous chain of ``n`` layers with random costs and flags."""
-    rng = _rng(seed)
-    layers = [_random_layer(rng, f"L{i}", workspaces=workspaces) for i in range(n)]
-    doc = {
+def random_document(rng, name, layers):
+    """The model document of ``layers``, its input size drawn from ``rng`` (after the layers')."""
+    return {
         "format": MODEL_FORMAT,
-        "name": name or f"random-chain-{n}",
+        "name": name,
         "input_bytes": int(rng.integers(1, 100)) * 1000,
         "layers": layers,
     }
-    return model_from_dict(doc)
+
+
+def random_chain(n, seed=0, *, workspaces=True, name=None):
+    """A heterogeneous chain of ``n`` layers with random costs and flags."""
+    rng = _rng(seed)
+    layers = [random_layer(rng, f"L{i}", workspaces=workspaces) for i in range(n)]
+    return model_from_dict(random_document(rng, name or f"random-chain-{n}", layers))
 
 
 def random_dag(n, seed=0, *, max_inputs=3, skip=0.3, workspaces=True, name=None):
@@ -78,7 +97,7 @@ def random_dag(n, seed=0, *, max_inputs=3, skip=0.3, workspaces=True, name=None)
     rng = _rng(seed)
     layers = []
     for i in range(n):
-        layer = _random_layer(rng, f"N{i}", workspaces=workspaces)
+        layer = random_layer(rng, f"N{i}", workspaces=workspaces)
         inputs = ["input"] if i == 0 else [f"N{i - 1}"]
         for _ in range(max_inputs - 1):
             if i >= 1 and rng.random() < skip:
@@ -88,10 +107,4 @@ def random_dag(n, seed=0, *, max_inputs=3, skip=0.3, workspaces=True, name=None)
                     inputs.append(producer)
         layer["inputs"] = inputs
         layers.append(layer)
-    doc = {
-        "format": MODEL_FORMAT,
-        "name": name or f"random-dag-{n}",
-        "input_bytes": int(rng.integers(1, 100)) * 1000,
-        "layers": layers,
-    }
-    return model_from_dict(doc)
+    return model_from_dict(random_document(rng, name or f"random-dag-{n}", layers))

@@ -103,3 +103,35 @@ def fast_accepts(document, filename):
         return False
     return True
 
+
+
+# ---- shared documents: a two-layer model, and a document with one item changed ----------
+
+TWO_LAYER_MODEL = {
+    "format": "edgeplan-model/1",
+    "name": "m",
+    "input_bytes": 10,
+    "layers": [
+        {"name": "a", "forward": 1, "backward": 2, "output_bytes": 100},
+        {"name": "b", "forward": 1, "backward": 2, "output_bytes": 50},
+    ],
+}
+"""A chain of two layers ``a`` and ``b`` (copy it before changing it)."""
+
+
+def mutated(document, path, value, *, delete):
+    """A deep copy of ``document`` with the item at ``path`` set to ``value``.
+
+    With ``delete``, a dict's item is removed instead (a list's is still set).
+    """
+    import copy
+
+    doc = copy.deepcopy(document)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if delete and isinstance(target, dict):
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return doc

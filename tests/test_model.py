@@ -9,17 +9,7 @@ from planner.errors import ModelError
 from planner.model import fingerprint, load_model, model_from_dict
 from tests.reference import spec_fingerprint
 from tests.conftest import DATA, EXAMPLES
-
-
-BASE = {
-    "format": "edgeplan-model/1",
-    "name": "m",
-    "input_bytes": 10,
-    "layers": [
-        {"name": "a", "forward": 1, "backward": 2, "output_bytes": 100},
-        {"name": "b", "forward": 1, "backward": 2, "output_bytes": 50},
-    ],
-}
+from tests.conftest import TWO_LAYER_MODEL as BASE
 
 
 def doc(**changes):

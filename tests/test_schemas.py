@@ -17,27 +17,13 @@ from planner import solvers
 from planner.errors import ModelError, ScheduleFormatError
 from planner.model import load_model, model_from_dict
 from planner.schedule import schedule_from_dict
-from planner.schemas import SCHEMA_NAMES, check_model_document, load_schema, validator
+from planner.schemas import SCHEMA_NAMES, check_model_document, load_schema
 from planner.synthetic import random_chain, random_dag, uniform_chain
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mutated, schema_errors
+from tests.conftest import TWO_LAYER_MODEL as BASE
+from tests.conftest import fast_accepts as is_valid  # the compiled validator the loaders use
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
-
-
-def is_valid(document, filename):
-    """The verdict of the compiled validator the loaders use."""
-    import fastjsonschema
-
-    try:
-        validator(filename)(document)
-    except fastjsonschema.JsonSchemaValueException:
-        return False
-    return True
-
-
-def schema_errors(document, filename):
-    """Every violation, found by jsonschema itself (the reference the fast validator is held to)."""
-    return list(jsonschema.Draft202012Validator(load_schema(filename)).iter_errors(document))
 
 
 def assert_valid(document, filename):
@@ -105,17 +91,6 @@ def test_cli_outputs_validate(tmp_path):
 
 
 # --- the loaders use the schema ------------------------------------------------------
-
-BASE = {
-    "format": "edgeplan-model/1",
-    "name": "m",
-    "input_bytes": 10,
-    "layers": [
-        {"name": "a", "forward": 1.0, "backward": 2.0, "output_bytes": 100},
-        {"name": "b", "forward": 1.0, "backward": 2.0, "output_bytes": 50},
-    ],
-}
-
 
 def layer_doc(**fields):
     doc = copy.deepcopy(BASE)
@@ -185,22 +160,10 @@ MODEL_PATHS = [("format",), ("name",), ("input_bytes",), ("layers",), ("time_uni
 ]
 
 
-def _mutate(document, path, value, delete):
-    doc = copy.deepcopy(document)
-    target = doc
-    for key in path[:-1]:
-        target = target[key]
-    if delete and isinstance(target, dict):
-        target.pop(path[-1], None)
-    else:
-        target[path[-1]] = value
-    return doc
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(MODEL_PATHS), JSON_VALUES, st.booleans())
 def test_fast_check_agrees_with_jsonschema_on_models(path, value, delete):
-    doc = _mutate(layer_doc(inputs=["a"]), path, value, delete)
+    doc = mutated(layer_doc(inputs=["a"]), path, value, delete=delete)
     expected = not schema_errors(doc, "model.schema.json")
     assert is_valid(doc, "model.schema.json") == expected
 
@@ -218,7 +181,7 @@ SCHEDULE_BASE = json.loads("".join(solvers.solve(_TWO, None, "store-all").schedu
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(SCHEDULE_PATHS), JSON_VALUES, st.booleans())
 def test_fast_check_agrees_with_jsonschema_on_schedules(path, value, delete):
-    doc = _mutate(SCHEDULE_BASE, path, value, delete)
+    doc = mutated(SCHEDULE_BASE, path, value, delete=delete)
     expected = not schema_errors(doc, "schedule.schema.json")
     assert is_valid(doc, "schedule.schema.json") == expected
 

@@ -21,7 +21,7 @@ from planner.schedule import (
     pageout,
     schedule_from_dict,
 )
-from tests.conftest import schema_errors
+from tests.conftest import mutated, schema_errors
 from planner.simulate import simulate
 from planner.solvers import solve
 from tests.reference import reference_replay
@@ -266,18 +266,6 @@ _PATHS_DEVICE = [("format",), ("name",), ("memory_bytes",), ("source",), ("stora
                  ("storage", "read_bytes_per_s"), ("storage", "write_latency_s"), ("storage", "bytes")]
 
 
-def _mutated(document, path, value, delete):
-    doc = json.loads(json.dumps(document))
-    target = doc
-    for key in path[:-1]:
-        target = target[key]
-    if delete and isinstance(target, dict):
-        target.pop(path[-1], None)
-    else:
-        target[path[-1]] = value
-    return doc
-
-
 @settings(max_examples=examples(200), deadline=None)
 @given(st.sampled_from(_PATHS_2 + [("device",) + p for p in _PATHS_DEVICE]), _VALUES, st.booleans())
 def test_fast_check_agrees_with_jsonschema(path, value, delete):
@@ -285,7 +273,7 @@ def test_fast_check_agrees_with_jsonschema(path, value, delete):
     from tests.conftest import fast_accepts
 
     if path[0] == "device":
-        filename, doc = "device.schema.json", _mutated(PRESETS["rpi4-4gb-sd"].to_dict(), path[1:], value, delete)
+        filename, doc = "device.schema.json", mutated(PRESETS["rpi4-4gb-sd"].to_dict(), path[1:], value, delete=delete)
     else:
-        filename, doc = "schedule.schema.json", _mutated(_doc()[1], path, value, delete)
+        filename, doc = "schedule.schema.json", mutated(_doc()[1], path, value, delete=delete)
     assert fast_accepts(doc, filename) == (not schema_errors(doc, filename))

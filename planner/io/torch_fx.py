@@ -4,6 +4,7 @@ See :mod:`planner.io.torch_trace` for what becomes a stage, what is folded,
 and what is refused.
 """
 
+import functools
 import inspect
 import operator
 from dataclasses import dataclass
@@ -35,145 +36,167 @@ def _where(module_path, module_type):
     return f"module {module_path!r} ({module_type})" if module_path else f"the model ({module_type})"
 
 
-def _proxy_class(torch, fx):
-    """A :class:`torch.fx.Proxy` that turns into its concrete value where Python needs one."""
+class _ConcreteValues:
+    """The methods of the tracer's proxy: it turns into its concrete value where Python needs one.
 
-    class ConcreteProxy(fx.Proxy):
-        """A proxy that turns into its concrete value where Python needs a number."""
+    Mixed into a :class:`torch.fx.Proxy` by :func:`_tracer_class`; ``tracer.torch``
+    is the torch module.
+    """
 
-        def _concrete(self, construct):
+    def _concrete(self, construct):
+        value = self.tracer.values.get(self.node)
+        if isinstance(value, self.tracer.torch.Tensor):
+            self.tracer.refuse(construct)
+        return value
+
+    def __bool__(self):
+        return bool(self._concrete("control flow on a tensor's values (if/while/and/or on a tensor)"))
+
+    def __index__(self):
+        return operator.index(self._concrete("a tensor's value used as an index"))
+
+    def __int__(self):
+        return int(self._concrete("a tensor's value used as a Python number (int(tensor))"))
+
+    def __float__(self):
+        return float(self._concrete("a tensor's value used as a Python number (float(tensor))"))
+
+    def __len__(self):
+        return len(self.tracer.values.get(self.node))
+
+    def __getattr__(self, k):
+        if k in _SHAPE_ATTRIBUTES:
             value = self.tracer.values.get(self.node)
-            if isinstance(value, torch.Tensor):
-                self.tracer.refuse(construct)
-            return value
+            if isinstance(value, self.tracer.torch.Tensor):
+                return getattr(value, k)  # a constant for the profiled shapes
+        return super().__getattr__(k)
 
-        def __bool__(self):
-            return bool(self._concrete("control flow on a tensor's values (if/while/and/or on a tensor)"))
-
-        def __index__(self):
-            return operator.index(self._concrete("a tensor's value used as an index"))
-
-        def __int__(self):
-            return int(self._concrete("a tensor's value used as a Python number (int(tensor))"))
-
-        def __float__(self):
-            return float(self._concrete("a tensor's value used as a Python number (float(tensor))"))
-
-        def __len__(self):
-            return len(self.tracer.values.get(self.node))
-
-        def __getattr__(self, k):
-            if k in _SHAPE_ATTRIBUTES:
-                value = self.tracer.values.get(self.node)
-                if isinstance(value, torch.Tensor):
-                    return getattr(value, k)  # a constant for the profiled shapes
-            return super().__getattr__(k)
-
-        def __setitem__(self, key, value):
-            self.tracer.refuse("an in-place write x[...] = ... (assign a new tensor instead)")
-
-    return ConcreteProxy
+    def __setitem__(self, key, value):
+        self.tracer.refuse("an in-place write x[...] = ... (assign a new tensor instead)")
 
 
-def _tracer_class(torch, fx):
-    """A :class:`torch.fx.Tracer` that evaluates every node on the example as it records it."""
-    ConcreteProxy = _proxy_class(torch, fx)
+class _Scopes:
+    """The tracer's place in the module tree: which modules are stages, and what messages name.
 
-    class ConcreteTracer(fx.Tracer):
-        def __init__(self, root, inputs, blocks):
-            super().__init__()
-            self.root_module = root
-            self.blocks = blocks
-            self.values = {}
-            self.evaluating = False
-            self.scopes = [("", type(root).__name__)]
-            forward = inspect.signature(root.forward).parameters
-            self.input_names = {}
-            for k, name in enumerate(list(forward)[: len(inputs)]):
-                self.input_names[name] = (k, inputs[k])
+    ``scopes[-1]`` is the ``(path, type name)`` of the module being traced; a
+    module called while :class:`_Evaluation` computes a value is run, not traced.
+    """
 
-        def refuse(self, construct):
-            path, kind = self.scopes[-1]
-            raise ModelError(f"cannot trace {construct} in {_where(path, kind)}")
+    def __init__(self, root, blocks):
+        super().__init__()
+        self.root_module = root
+        self.blocks = blocks
+        self.scopes = [("", type(root).__name__)]
 
-        def proxy(self, node):
-            return ConcreteProxy(node, self)
+    def refuse(self, construct):
+        path, kind = self.scopes[-1]
+        raise ModelError(f"cannot trace {construct} in {_where(path, kind)}")
 
-        def is_leaf_module(self, m, qualified_name):
-            if not self.blocks:
-                return super().is_leaf_module(m, qualified_name)
-            return _is_block(self.root_module, m, qualified_name)
+    def is_leaf_module(self, m, qualified_name):
+        if not self.blocks:
+            return super().is_leaf_module(m, qualified_name)
+        return _is_block(self.root_module, m, qualified_name)
 
-        def call_module(self, m, forward, args, kwargs):
-            if self.evaluating:  # a module run for its value, inside the tracer's patches
-                return forward(*args, **kwargs)
-            self.scopes.append((self.path_of_module(m), type(m).__name__))
-            try:
-                return super().call_module(m, forward, args, kwargs)
-            except Exception as exc:
-                if not hasattr(exc, "edgeplan_scope"):
-                    try:
-                        exc.edgeplan_scope = self.scopes[-1]
-                    except AttributeError:  # pragma: no cover - an exception without a __dict__
-                        pass
-                raise
-            finally:
-                self.scopes.pop()
-
-        def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
-            node = super().create_node(kind, target, args, kwargs, name, type_expr)
-            if kind == "get_attr":  # also the tensors fx stores on the root (_tensor_constant0)
-                self.evaluating = True
+    def call_module(self, m, forward, args, kwargs):
+        if self.evaluating:  # a module run for its value, inside the tracer's patches
+            return forward(*args, **kwargs)
+        self.scopes.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            if not hasattr(exc, "edgeplan_scope"):
                 try:
-                    self.values[node] = _attr(self.root_module, target)
-                finally:
-                    self.evaluating = False
-            return node
+                    exc.edgeplan_scope = self.scopes[-1]
+                except AttributeError:  # pragma: no cover - an exception without a __dict__
+                    pass
+            raise
+        finally:
+            self.scopes.pop()
 
-        def getattr(self, attr, attr_val, parameter_proxy_cache):
-            if self.evaluating:
-                return attr_val
-            return super().getattr(attr, attr_val, parameter_proxy_cache)
 
-        def iter(self, obj):
-            value = self.values.get(obj.node)
-            return (obj[i] for i in range(len(value)))
+class _Evaluation:
+    """The tracer evaluates every node on the example as it records it: ``values[node]``.
 
-        def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-            if kind == "call_method" and target in _SHAPE_METHODS:
-                value = self._value(args[0])
-                if isinstance(value, torch.Tensor):  # x.size(), x.dim(): constants, no node
-                    rest = fx.node.map_aggregate(args[1:], self._value)
-                    return getattr(value, target)(*rest, **fx.node.map_aggregate(kwargs, self._value))
-            proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-            self.values[proxy.node] = self._evaluate(proxy.node, kind, target, args, kwargs)
-            return proxy
+    Class attributes set by :func:`_tracer_class`: ``torch``, ``fx`` and
+    ``proxy_class``.
+    """
 
-        def _evaluate(self, node, kind, target, args, kwargs):
-            if kind == "placeholder":
-                if target in self.input_names:
-                    return self.input_names[target][1]
-                return args[0] if args else None
-            if kind == "output":
-                return None
-            if kind == "call_method" and target in _DATA_METHODS:
-                self.refuse(f"a tensor's value used as a Python number (.{target}())")
-            vals = fx.node.map_aggregate(args, self._value)
-            kw = fx.node.map_aggregate(kwargs, self._value)
+    def __init__(self, root, inputs, blocks):
+        super().__init__(root, blocks)
+        self.values = {}
+        self.evaluating = False
+        forward = inspect.signature(root.forward).parameters
+        self.input_names = {}
+        for k, name in enumerate(list(forward)[: len(inputs)]):
+            self.input_names[name] = (k, inputs[k])
+
+    def proxy(self, node):
+        return self.proxy_class(node, self)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind == "get_attr":  # also the tensors fx stores on the root (_tensor_constant0)
             self.evaluating = True
             try:
-                return _run_node(node, kind, target, vals, kw, self.root_module, torch)
+                self.values[node] = _attr(self.root_module, target)
             finally:
                 self.evaluating = False
+        return node
 
-        def _value(self, a):
-            if isinstance(a, fx.Proxy):
-                return self.values[a.node]
-            if isinstance(a, fx.Node):
-                return self.values[a]
-            return a
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self.evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
-    return ConcreteTracer
+    def iter(self, obj):
+        value = self.values.get(obj.node)
+        return (obj[i] for i in range(len(value)))
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        map_aggregate = self.fx.node.map_aggregate
+        if kind == "call_method" and target in _SHAPE_METHODS:
+            value = self._value(args[0])
+            if isinstance(value, self.torch.Tensor):  # x.size(), x.dim(): constants, no node
+                rest = map_aggregate(args[1:], self._value)
+                return getattr(value, target)(*rest, **map_aggregate(kwargs, self._value))
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        self.values[proxy.node] = self._evaluate(proxy.node, kind, target, args, kwargs)
+        return proxy
+
+    def _evaluate(self, node, kind, target, args, kwargs):
+        if kind == "placeholder":
+            if target in self.input_names:
+                return self.input_names[target][1]
+            return args[0] if args else None
+        if kind == "output":
+            return None
+        if kind == "call_method" and target in _DATA_METHODS:
+            self.refuse(f"a tensor's value used as a Python number (.{target}())")
+        vals = self.fx.node.map_aggregate(args, self._value)
+        kw = self.fx.node.map_aggregate(kwargs, self._value)
+        self.evaluating = True
+        try:
+            return _run_node(node, kind, target, vals, kw, self.root_module, self.torch)
+        finally:
+            self.evaluating = False
+
+    def _value(self, a):
+        if isinstance(a, self.fx.Proxy):
+            return self.values[a.node]
+        if isinstance(a, self.fx.Node):
+            return self.values[a]
+        return a
+
+
+@functools.cache
+def _tracer_class(torch, fx):
+    """A :class:`torch.fx.Tracer` that evaluates every node on the example as it records it.
+
+    Built on first use, so that this module imports without torch.
+    """
+    proxy = type("ConcreteProxy", (_ConcreteValues, fx.Proxy), {"__module__": __name__})
+    namespace = {"__module__": __name__, "torch": torch, "fx": fx, "proxy_class": proxy}
+    return type("ConcreteTracer", (_Evaluation, _Scopes, fx.Tracer), namespace)
 
 
 def _is_block(root, m, qualified_name):

@@ -175,6 +175,14 @@ def load_function(text, *, what):
     return getattr(module, attr)
 
 
+def _call_user(fn, *, what, label):
+    """``fn()``, the user's code: any failure is bad input, one line ``{what}: calling {label} failed: ...``."""
+    try:
+        return fn()
+    except Exception as exc:  # user code: report any failure as bad input
+        raise ModelError(f"{what}: calling {label} failed: {type(exc).__name__}: {exc}") from None
+
+
 def load_target(target):
     """Import TARGET and call its factory.
 
@@ -209,10 +217,7 @@ def load_target(target):
     if not isinstance(obj, torch.nn.Module):
         if not callable(obj):
             raise ModelError(f"{what}: {attr!r} is neither a factory nor an nn.Module")
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise ModelError(f"{what}: calling {attr}() failed: {type(exc).__name__}: {exc}") from None
+        obj = _call_user(obj, what=what, label=f"{attr}()")
     if isinstance(obj, (list, tuple)):
         if not obj or not all(isinstance(m, torch.nn.Module) for m in obj):
             raise ModelError(f"{what}: {attr}() must return an nn.Module or a list of modules")
@@ -240,10 +245,7 @@ def _example_from_function(text, *, dtype, device, torch):
     fn = load_function(text, what=what)
     if not callable(fn):
         raise ModelError(f"{what}: {text.rpartition(':')[2]!r} is not a function")
-    try:
-        result = fn()
-    except Exception as exc:
-        raise ModelError(f"{what}: calling it failed: {type(exc).__name__}: {exc}") from None
+    result = _call_user(fn, what=what, label="it")
     if not isinstance(result, tuple) or len(result) != 2:
         raise ModelError(f"{what}: it must return (inputs, target), got {type(result).__name__}")
     inputs, target = result
