@@ -104,7 +104,6 @@ def fast_accepts(document, filename):
     return True
 
 
-
 # ---- shared documents: a two-layer model, and a document with one item changed ----------
 
 TWO_LAYER_MODEL = {
@@ -135,3 +134,31 @@ def mutated(document, path, value, *, delete):
     else:
         target[path[-1]] = value
     return doc
+
+
+# The profiled training models of the executor's tests (test_executor.py,
+# test_runtime_paging.py): tests.models_train's chain and DAG, as model files.
+# Each test module profiles its own (module scope); torch is imported only here.
+
+CHAIN_SHAPE = (4, 3, 8, 8)
+DAG_SHAPE = (4, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """``bn_dropout_chain`` profiled for a ``CHAIN_SHAPE`` input (BatchNorm and dropout: a chain)."""
+    from planner.io.torch_profile import profile_model
+    from planner.model import model_from_dict
+    from tests.models_train import bn_dropout_chain
+
+    return model_from_dict(profile_model(bn_dropout_chain(), CHAIN_SHAPE, repeats=1, name="chain"))
+
+
+@pytest.fixture(scope="module")
+def dag():
+    """``resnet_dag`` profiled by ops for a ``DAG_SHAPE`` input (residual joins: a DAG)."""
+    from planner.io.torch_profile import profile_model
+    from planner.model import model_from_dict
+    from tests.models_train import resnet_dag
+
+    return model_from_dict(profile_model(resnet_dag(), DAG_SHAPE, repeats=1, stages="ops", name="dag"))

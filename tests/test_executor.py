@@ -11,21 +11,10 @@ from planner.errors import InfeasibleError, ModelError, NotApplicableError, Sche
 from planner.io.torch_profile import profile_model
 from planner.model import model_from_dict
 from planner.runtime.executor import ScheduledModule
+from tests.conftest import CHAIN_SHAPE, DAG_SHAPE
 from tests.models_train import bn_dropout_chain, resnet_dag
 
-CHAIN_SHAPE = (4, 3, 8, 8)
-DAG_SHAPE = (4, 3, 16, 16)
 MEMORY_TOLERANCE = 0.02  # issue 12: measured peak within 2% of predicted
-
-
-@pytest.fixture(scope="module")
-def chain():
-    return model_from_dict(profile_model(bn_dropout_chain(), CHAIN_SHAPE, repeats=1, name="chain"))
-
-
-@pytest.fixture(scope="module")
-def dag():
-    return model_from_dict(profile_model(resnet_dag(), DAG_SHAPE, repeats=1, stages="ops", name="dag"))
 
 
 def _schedule(model, fraction, strategy="auto", **options):

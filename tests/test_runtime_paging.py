@@ -23,22 +23,11 @@ from planner.model import model_from_dict
 from planner.runtime.executor import ScheduledModule, StepRunner, _Plan
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
+from tests.conftest import CHAIN_SHAPE, DAG_SHAPE
 from tests.models_train import bn_dropout_chain, fork_net, resnet_dag
 
-CHAIN_SHAPE = (4, 3, 8, 8)
-DAG_SHAPE = (4, 3, 16, 16)
 MEMORY_TOLERANCE = 0.02  # issue 14: measured peak within 2% of predicted
 FAST = Storage(20e9, 20e9)  # host-memory-like: paging is cheaper than recomputing a ms-timed layer
-
-
-@pytest.fixture(scope="module")
-def chain():
-    return model_from_dict(profile_model(bn_dropout_chain(), CHAIN_SHAPE, repeats=1, name="chain"))
-
-
-@pytest.fixture(scope="module")
-def dag():
-    return model_from_dict(profile_model(resnet_dag(), DAG_SHAPE, repeats=1, stages="ops", name="dag"))
 
 
 @pytest.fixture

@@ -62,9 +62,13 @@ __all__ = ["ScheduledModule", "StepRunner", "plain_forward"]
 
 
 class _Plan:
-    """What a schedule's ops need, computed once: the split point, recomputed stages, early frees."""
+    """What a schedule's ops need, computed once: the split point, recomputed stages, early frees.
+
+    It keeps the stages it was computed for (``stages``).
+    """
 
     def __init__(self, stages, ops):
+        self.stages = stages
         self.ops = tuple(ops)
         self.sink = len(stages) - 1
         self.split = next(
@@ -191,43 +195,30 @@ def _raw(t):
 
 
 class _Entry(torch.autograd.Function):
-    """An autograd entry point that hands its input's gradient to a box.
+    """An autograd entry point that hands the gradient reaching it to a callable.
 
-    A stage run with save reads its inputs through it, instead of through
-    leaves that require grad: a leaf is held by its ``AccumulateGrad`` node
-    for as long as the graph lives, which would keep a producer's output alive
-    after ``free`` even when the stage's backward does not read it.  The node
-    holds no tensor; ``anchor`` (a scalar that requires grad) only makes its
-    output require grad.
+    ``_Entry.apply(t, anchor, receive)`` is ``t`` (detached) entered into
+    autograd: its backward calls ``receive(grad)`` and passes nothing on.  A
+    stage run with save reads its inputs through it (``receive`` appends to a
+    gradient box), instead of through leaves that require grad: a leaf is held
+    by its ``AccumulateGrad`` node for as long as the graph lives, which would
+    keep a producer's output alive after ``free`` even when the stage's
+    backward does not read it.  The sink's output reaches the user through it
+    too (``receive`` queues the rest of the schedule, see
+    :meth:`StepRunner.attach`).  The node holds no tensor, and lets go of
+    ``receive`` once it has called it; ``anchor`` (a scalar that requires grad)
+    only makes its output require grad.
     """
 
     @staticmethod
-    def forward(ctx, t, anchor, box):
-        ctx.box = box
+    def forward(ctx, t, anchor, receive):
+        ctx.receive = receive
         return t.detach()
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.box.append(grad)
-        return None, None, None
-
-
-class _Boundary(torch.autograd.Function):
-    """The sink's output as the user sees it; its backward queues the rest of the schedule."""
-
-    @staticmethod
-    def forward(ctx, anchor, y, step):
-        ctx.step = step
-        return y.detach()
-
-    @staticmethod
-    def backward(ctx, grad):
-        step, ctx.step = ctx.step, None
-        step.sink_grad = grad
-        del grad
-        # Run after this backward call has released the user's loss graph
-        # and its own reference to the gradient.
-        torch.autograd.Variable._execution_engine.queue_callback(step.finish)
+        receive, ctx.receive = ctx.receive, None
+        receive(grad)
         return None, None, None
 
 
@@ -297,7 +288,14 @@ class StepRunner:
 
     def attach(self, y):
         """``y`` as a tensor whose backward runs the rest of the schedule."""
-        return _Boundary.apply(self.anchor, y, self)
+        return _Entry.apply(y, self.anchor, self._receive_sink_grad)
+
+    def _receive_sink_grad(self, grad):
+        self.sink_grad = grad
+        del grad
+        # Run after this backward call has released the user's loss graph
+        # and its own reference to the gradient.
+        torch.autograd.Variable._execution_engine.queue_callback(self.finish)
 
     def finish(self):
         """Run the ops from the first backward on (the sink's gradient is ``sink_grad``)."""
@@ -504,7 +502,7 @@ def _enter(stage, tensors, anchor):
     """
     boxes = [[] for _ in tensors]
     entries = [
-        _Entry.apply(t.detach(), anchor, box)  # no edge to the caller's graph: the box gets it
+        _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
         if t.is_floating_point() and (p >= 0 or t.requires_grad)
         else t
         for p, t, box in zip(stage.inputs, tensors, boxes)
@@ -608,8 +606,7 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
-        self._stages = None
-        self._plan = None
+        self._plan = None  # made with the stages, by _build
         self._anchors = {}
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
@@ -617,7 +614,7 @@ class ScheduledModule(nn.Module):
     @property
     def stages(self):
         """The stages (None before the first call when no example was given)."""
-        return self._stages
+        return None if self._plan is None else self._plan.stages
 
     def _build(self, inputs):
         example = inputs[0] if len(inputs) == 1 else inputs
@@ -632,7 +629,6 @@ class ScheduledModule(nn.Module):
         del buffers
         stage_list = _with_loss(stage_list, self._model)
         check_names([layer.name for layer in self._model.layers], stage_list)
-        self._stages = stage_list
         self._plan = _Plan(stage_list, self._schedule.ops)
 
     def _anchor(self, device):
@@ -652,13 +648,13 @@ class ScheduledModule(nn.Module):
     def forward(self, *inputs, target=None):
         if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
             raise ModelError("ScheduledModule takes the model's input tensors, positionally")
-        if self._stages is None:
+        if self._plan is None:
             self._build(inputs)
         if not (self.training and torch.is_grad_enabled()):
-            return plain_forward(self._stages, inputs, target)
+            return plain_forward(self._plan.stages, inputs, target)
         self._check_inputs(inputs)
         step = StepRunner(
-            self._stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
+            self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
             expected_bytes=[layer.output_bytes for layer in self._model.layers],
         )

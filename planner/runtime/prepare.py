@@ -9,8 +9,8 @@ predicts the peak and runs :func:`planner.runtime.torch.verify`.  Needs PyTorch.
 import copy
 import dataclasses
 
+from planner.device import time_scale
 from planner.errors import ModelMismatchError, ScheduleError
-from planner.schedule import OpKind
 
 __all__ = ["target_and_model", "check_and_run", "predicted_transfer_seconds"]
 
@@ -69,17 +69,15 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
                   names=[layer.name for layer in model.layers],
                   model=model if model_path else None, predicted=predicted, seed=seed,
                   device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
-                  predicted_transfer=predicted_transfer_seconds(model, schedule))
+                  predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage))
 
 
-def predicted_transfer_seconds(model, schedule):
-    """Seconds the schedule's storage figures give its pageouts and pageins (None without storage)."""
-    st = schedule.storage
-    if st is None:
+def predicted_transfer_seconds(model, result, storage):
+    """Seconds the simulator gives the pageouts and pageins it replayed (None without storage).
+
+    ``result`` is :func:`planner.simulate.simulate`'s for ``model`` and
+    ``storage``; its ``transfer`` is in the model's time unit.
+    """
+    if storage is None:
         return None
-    out = [layer.output_bytes for layer in model.layers]
-    return sum(
-        st.pageout_seconds(out[op.layer]) if op.kind is OpKind.PAGEOUT else st.pagein_seconds(out[op.layer])
-        for op in schedule.ops
-        if op.kind in (OpKind.PAGEOUT, OpKind.PAGEIN)
-    )
+    return result.transfer / time_scale(model) if result.pages else 0.0

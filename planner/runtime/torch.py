@@ -285,15 +285,80 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     -----
     ``2 x steps`` training steps; O(ops) stage calls per scheduled step.
     """
-    from planner.runtime.executor import StepRunner, _Plan, _with_loss, check_names, plain_forward
-
     torch = require_torch()
+    setup = _setup(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, names=names,
+                   model=model, target=target, loss=loss)
+    params = [p for p in setup.root.parameters() if p.requires_grad]
+    initial = {k: v.detach().clone() for k, v in setup.root.state_dict().items()}
+    for p in params:  # gradients are fixed memory: allocated before the step
+        p.grad = torch.zeros_like(p)
+    scheduled = _ScheduledStep(setup, ops, torch)
+
+    def run(step, what):
+        return _run(setup, step, what, params=params, initial=initial, steps=steps, lr=lr, torch=torch)
+
+    ref_grads, ref_peak, ref_seconds, ref_state = run(_PlainStep(setup, torch), "the plain autograd step")
+    op_peaks = _timeline(setup, scheduled, params=params, initial=initial, torch=torch) if timeline else None
+    grads, measured, seconds, state = run(scheduled, "running the schedule")
+    max_diff, grads_ok = _max_diff(grads, ref_grads)
+    param_names = [k for k, v in setup.root.named_parameters() if v.requires_grad]
+    param_diff, params_ok = _max_diff([state[k] for k in param_names], [ref_state[k] for k in param_names])
+    buffers_ok = all(
+        torch.equal(state[k], ref_state[k]) for k, _ in setup.root.named_buffers() if k in state
+    )
+    transfers = scheduled.transfers
+    return VerifyResult(
+        grads_match=grads_ok and buffers_ok and params_ok,
+        max_abs_diff=float(max_diff),
+        buffers_match=buffers_ok,
+        measured_peak_bytes=int(measured),
+        predicted_peak_bytes=predicted,
+        reference_peak_bytes=int(ref_peak),
+        n_ops=scheduled.n_ops,
+        device=str(setup.device),
+        op_peaks=op_peaks,
+        steps=steps,
+        lr=lr,
+        max_param_diff=float(param_diff),
+        step_seconds=seconds,
+        reference_step_seconds=ref_seconds,
+        budget_bytes=budget,
+        pageouts=scheduled.pageouts,
+        pageins=scheduled.pageins,
+        transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
+        predicted_transfer_seconds=predicted_transfer,
+    )
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What both runs of :func:`verify` share.
+
+    The prepared stages and their inputs, the seed of the sink's gradient,
+    ``x_bytes`` (what the caller holds through the step: inputs and target)
+    and ``expected`` (the model file's ``output_bytes`` per layer, or None).
+    """
+
+    device: object
+    inputs: tuple
+    root: object
+    stages: list
+    target: object
+    seed: int
+    x_bytes: int
+    expected: object
+
+
+def _setup(obj, example, *, dtype, stages, seed, device, names, model, target, loss):
+    """Prepare ``obj`` and check its stages and inputs against the model file or ``names``."""
+    from planner.runtime.executor import _with_loss, check_names
+
     if loss is None and model is not None:
         loss = (model.document or {}).get("loss")
     prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
-    dev, inputs, root, stage_list = prep.device, prep.inputs, prep.root, prep.stages
+    stage_list = prep.stages
     target = prep.target if target is None else target
-    by_caller = list(inputs) + ([target] if target is not None else [])
+    by_caller = list(prep.inputs) + ([target] if target is not None else [])
     x_bytes = sum(t.numel() * t.element_size() for t in by_caller)
     expected = None
     if model is not None:
@@ -311,80 +376,87 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
             check_names(names, stage_list)
         except ModelError as exc:
             raise ModelError(str(exc).replace("this model", "this TARGET", 1)) from None
-    params = [p for p in root.parameters() if p.requires_grad]
-    initial = {k: v.detach().clone() for k, v in root.state_dict().items()}
-    for p in params:  # gradients are fixed memory: allocated before the step
-        p.grad = torch.zeros_like(p)
-    plan = _Plan(stage_list, ops)
-    anchor = torch.zeros((), device=dev, requires_grad=True)
-    marks, count, transfers = [], {}, []
+    return _Setup(device=prep.device, inputs=prep.inputs, root=prep.root, stages=stage_list,
+                  target=target, seed=seed, x_bytes=x_bytes, expected=expected)
 
-    def plain(first):
-        out = plain_forward(stage_list, inputs, target)
-        _backward_from(out, stage_list, seed, torch)
 
-    def scheduled(first, traced=False):
-        on_op = (lambda n: marks.append(time.time_ns())) if traced else None
+class _PlainStep:
+    """A training step under plain autograd over the stages."""
+
+    def __init__(self, setup, torch):
+        self.setup = setup
+        self.torch = torch
+
+    def __call__(self, first):
+        from planner.runtime.executor import plain_forward
+
+        setup = self.setup
+        out = plain_forward(setup.stages, setup.inputs, setup.target)
+        _backward_from(out, setup.stages, setup.seed, self.torch)
+
+
+class _ScheduledStep:
+    """A training step under the schedule, run by the executor.
+
+    After each call ``n_ops``, ``pageouts`` and ``pageins`` count its ops, and
+    ``transfers`` lists the paging seconds of every untraced call; a traced
+    call (``traced=True``) appends the time of its start and of each op's end
+    to ``marks``.
+    """
+
+    def __init__(self, setup, ops, torch):
+        from planner.runtime.executor import _Plan
+
+        self.setup = setup
+        self.torch = torch
+        self.plan = _Plan(setup.stages, ops)
+        self.anchor = torch.zeros((), device=setup.device, requires_grad=True)
+        self.marks = []
+        self.transfers = []
+        self.n_ops = self.pageouts = self.pageins = 0
+
+    def __call__(self, first, traced=False):
+        from planner.runtime.executor import StepRunner
+
+        setup = self.setup
+        on_op = (lambda n: self.marks.append(time.time_ns())) if traced else None
         if on_op:
-            marks.append(time.time_ns())
-        runner = StepRunner(stage_list, plan, inputs, target, anchor=anchor, device=dev,
-                            expected_bytes=expected, on_op=on_op)
+            self.marks.append(time.time_ns())
+        runner = StepRunner(setup.stages, self.plan, setup.inputs, setup.target, anchor=self.anchor,
+                            device=setup.device, expected_bytes=setup.expected, on_op=on_op)
         out = runner.attach(runner.forward_part())
-        _backward_from(out, stage_list, seed, torch)
-        count["n"] = runner.count
-        count["pageouts"], count["pageins"] = runner.pager.pageouts, runner.pager.pageins
+        _backward_from(out, setup.stages, setup.seed, self.torch)
+        self.n_ops = runner.count
+        self.pageouts, self.pageins = runner.pager.pageouts, runner.pager.pageins
         if not traced:
-            transfers.append(runner.pager.seconds)
+            self.transfers.append(runner.pager.seconds)
 
-    def run(step, what):
-        root.load_state_dict(initial)
-        for p in params:
-            p.grad.zero_()
-        torch.manual_seed(seed)
-        try:
-            grads, peak, seconds = _train(step, params, steps=steps, lr=lr, device=dev, torch=torch)
-        except RuntimeError as exc:
-            raise ModelError(f"{what} failed: {str(exc).splitlines()[0]}") from None
-        state = {k: v.detach().clone() for k, v in root.state_dict().items()}
-        return grads, peak + x_bytes, seconds, state
 
-    ref_grads, ref_peak, ref_seconds, ref_state = run(plain, "the plain autograd step")
-    trace_box = {"trace": None}
-    if timeline:
-        # The timeline needs the allocator's events: one more scheduled step, traced.
-        root.load_state_dict(initial)
-        torch.manual_seed(seed)
-        _, _, _, trace = allocation_trace(lambda: scheduled(True, traced=True), dev, events=True)
-        trace_box["trace"] = trace
-        del trace
-        for p in params:
-            p.grad.zero_()
-    grads, measured, seconds, state = run(scheduled, "running the schedule")
-    op_peaks = _per_op_peaks(trace_box["trace"], marks, x_bytes) if trace_box["trace"] else None
-    max_diff, grads_ok = _max_diff(grads, ref_grads)
-    param_names = [k for k, v in root.named_parameters() if v.requires_grad]
-    param_diff, params_ok = _max_diff([state[k] for k in param_names], [ref_state[k] for k in param_names])
-    buffers_ok = all(
-        torch.equal(state[k], ref_state[k]) for k, _ in root.named_buffers() if k in state
-    )
-    return VerifyResult(
-        grads_match=grads_ok and buffers_ok and params_ok,
-        max_abs_diff=float(max_diff),
-        buffers_match=buffers_ok,
-        measured_peak_bytes=int(measured),
-        predicted_peak_bytes=predicted,
-        reference_peak_bytes=int(ref_peak),
-        n_ops=count.get("n", 0),
-        device=str(dev),
-        op_peaks=op_peaks,
-        steps=steps,
-        lr=lr,
-        max_param_diff=float(param_diff),
-        step_seconds=seconds,
-        reference_step_seconds=ref_seconds,
-        budget_bytes=budget,
-        pageouts=count.get("pageouts", 0),
-        pageins=count.get("pageins", 0),
-        transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
-        predicted_transfer_seconds=predicted_transfer,
-    )
+def _run(setup, step, what, *, params, initial, steps, lr, torch):
+    """``steps`` SGD steps of ``step`` from the start; (first grads, peak, seconds, state at the end).
+
+    The peak includes the caller's inputs (``x_bytes``).
+    """
+    setup.root.load_state_dict(initial)
+    for p in params:
+        p.grad.zero_()
+    torch.manual_seed(setup.seed)
+    try:
+        grads, peak, seconds = _train(step, params, steps=steps, lr=lr, device=setup.device, torch=torch)
+    except RuntimeError as exc:
+        raise ModelError(f"{what} failed: {str(exc).splitlines()[0]}") from None
+    state = {k: v.detach().clone() for k, v in setup.root.state_dict().items()}
+    return grads, peak + setup.x_bytes, seconds, state
+
+
+def _timeline(setup, scheduled, *, params, initial, torch):
+    """The measured peak during each op of one more scheduled step, traced (None on CUDA).
+
+    The step's gradients are zeroed after it; the next run starts from ``initial``.
+    """
+    setup.root.load_state_dict(initial)
+    torch.manual_seed(setup.seed)
+    _, _, _, trace = allocation_trace(lambda: scheduled(True, traced=True), setup.device, events=True)
+    for p in params:
+        p.grad.zero_()
+    return _per_op_peaks(trace, scheduled.marks, setup.x_bytes) if trace else None
