@@ -431,8 +431,10 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
 @stages_option
 @run_device_option
 @training_options
+@timeline_option
 @json_option
-def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr, as_json):
+def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr,
+           timeline_path, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
 
     Runs --steps SGD steps twice from the same start, inputs and seed: under
@@ -443,8 +445,10 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     and the final parameters (within 1e-5 for float32), and reports the
     measured peak of a step (allocator) and the mean step time of each run.
     Exits 0 when they match and the measured peak is within 2% of the budget
-    the schedule was planned for (budget_bytes), 1 otherwise.  Imports and
-    runs TARGET's code, and only that.  Needs PyTorch: pip install edgeplan[torch].
+    the schedule was planned for (budget_bytes), 1 otherwise.  --timeline
+    writes the predicted and the measured memory at each op (measured on
+    the CPU only).  Imports and runs TARGET's code, and only that.  Needs
+    PyTorch: pip install edgeplan[torch].
 
     \b
     Example:
@@ -463,7 +467,11 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     schedule = load_schedule(schedule_path, model)
     with contextlib.redirect_stdout(sys.stderr):
         r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,
-                          loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr)
+                          loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr,
+                          timeline=timeline_path is not None)
+    if timeline_path is not None:
+        csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [])
+        _write_data(csv_text, timeline_path, False, err)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
     else:

@@ -248,18 +248,25 @@ def mismatch_fields(exc):
     return {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
 
 
-def timeline_csv(model, ops, timeline):
+def timeline_csv(model, ops, timeline, *, measured=None):
     """The memory at each op as CSV text: ``index,op,layer,bytes``, one row per op replayed.
 
     ``bytes`` is what the simulator holds during the op, its workspace
     included (SPEC section 3), so the largest row is the peak.  An invalid
-    schedule's rows stop at the op that broke a rule.
+    schedule's rows stop at the op that broke a rule.  With ``measured`` (the
+    peak a real run measured during each op, ``VerifyResult.op_peaks``), a
+    column ``measured_bytes`` follows; it is empty where nothing was measured.
+    A measured window starts at the level the op before it left, so a
+    ``free`` row measures what was held just before the free.
     """
-    rows = ["index,op,layer,bytes"]
+    rows = ["index,op,layer,bytes" + (",measured_bytes" if measured is not None else "")]
     names = [layer.name for layer in model.layers]
     for index, (op, held) in enumerate(zip(ops, timeline)):
         name = names[op.layer]
         if any(c in name for c in ',"\n\r'):
             name = '"' + name.replace('"', '""') + '"'
-        rows.append(f"{index},{op.kind.value},{name},{held}")
+        row = f"{index},{op.kind.value},{name},{held}"
+        if measured is not None:
+            row += "," + (str(measured[index]) if index < len(measured) else "")
+        rows.append(row)
     return "\n".join(rows) + "\n"

@@ -241,3 +241,32 @@ def test_example_train_reaches_the_parameters_of_plain_training():
     peaks = next(l for l in lines if l.startswith("measured peak"))
     plain, scheduled = (int(p.split(" B")[0].replace(",", "")) for p in peaks.split("plain ")[1].split(", scheduled "))
     assert scheduled < 0.6 * plain
+
+
+def test_cli_verify_timeline_puts_the_measured_memory_beside_the_prediction(tmp_path, cnn_model):
+    """--timeline: one row per op, predicted and measured.  An op's measured window starts at
+    the level the op before it left, so it is bounded by the prediction of that op or its own,
+    within verify's 2% memory tolerance of the peak (the CPU allocator)."""
+    import csv
+    import io
+
+    model_path, sched, table = tmp_path / "m.json", tmp_path / "s.json", tmp_path / "memory.csv"
+    model_path.write_text(json.dumps(cnn_model.document))
+    runner = CliRunner()
+    result = runner.invoke(main, ["solve", str(model_path), "--memory", "1GB", "--strategy", "sequential",
+                                  "--segments", "3", "-o", str(sched)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["verify", FACTORY, "--input", ",".join(map(str, SHAPE)), "--schedule", str(sched),
+                                  "--model", str(model_path), "--timeline", str(table), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    ops = json.loads(sched.read_text())["ops"]
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert [(row["op"], row["layer"]) for row in rows] == [(op["op"], op["layer"]) for op in ops]
+    predicted = [int(row["bytes"]) for row in rows]
+    measured = [int(row["measured_bytes"]) for row in rows]
+    assert max(predicted) == doc["predicted_peak_bytes"]
+    for k, m in enumerate(measured):
+        bound = max(predicted[max(k - 1, 0):k + 1])
+        assert m - bound <= runtime.MEMORY_TOLERANCE * max(predicted), (k, rows[k])
+    assert max(measured) >= 0.9 * max(predicted)

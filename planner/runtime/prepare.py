@@ -35,8 +35,12 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
 
 
 def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=None, loss=None, dtype="float32",
-                  stages="auto", device="cpu", seed=0, steps=1, lr=0.01):
+                  stages="auto", device="cpu", seed=0, steps=1, lr=0.01, timeline=False):
     """Check ``schedule`` against ``model``, then train with it and with plain autograd.
+
+    With ``timeline``, the result's ``op_peaks`` holds the peak measured
+    during each op (on the CPU; None on CUDA) and ``predicted_op_peaks`` the
+    simulator's memory during each op.
 
     Returns
     -------
@@ -59,17 +63,21 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     if schedule.storage is not None and not model_path:
         # An estimated model's times are FLOPs; only validity and memory are used here.
         replayed = dataclasses.replace(model, time_unit="s")
-    result = simulate(replayed, schedule.ops, storage=schedule.storage)
+    result = simulate(replayed, schedule.ops, storage=schedule.storage, timeline=timeline)
     if not result.valid:
         raise ScheduleError(f"{schedule_path}: invalid schedule: {result.error}")
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
-    return verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
-                  names=[layer.name for layer in model.layers],
-                  model=model if model_path else None, predicted=predicted, seed=seed,
-                  device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
-                  predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage))
+    verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
+                      names=[layer.name for layer in model.layers],
+                      model=model if model_path else None, predicted=predicted, seed=seed,
+                      device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
+                      predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage),
+                      timeline=timeline)
+    if timeline:
+        verified = dataclasses.replace(verified, predicted_op_peaks=list(result.timeline))
+    return verified
 
 
 def predicted_transfer_seconds(model, result, storage):

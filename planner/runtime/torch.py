@@ -61,6 +61,9 @@ class VerifyResult:
     device : str
     op_peaks : list of int or None
         With ``timeline``: the measured peak during each op (input included).
+    predicted_op_peaks : list of int or None
+        With ``timeline`` (through :func:`planner.runtime.prepare.check_and_run`):
+        the simulator's memory during each op.
     steps : int
         SGD steps per run.
     lr : float
@@ -99,6 +102,7 @@ class VerifyResult:
     pageins: int = 0
     transfer_seconds: float = 0.0
     predicted_transfer_seconds: object = None
+    predicted_op_peaks: list = None
 
     @property
     def relative_error(self):
