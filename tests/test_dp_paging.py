@@ -1,6 +1,7 @@
 """Tests of ``dp-paging``: the persistent chain DP with checkpoints paged to storage."""
 
-import numpy as np
+from functools import partial
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,26 +15,13 @@ from planner.solvers.dp import dp
 from planner.solvers.dp_paging import dp_paging
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from tests.exhaustive_paging import class_optimum, class_schedules, lower_holding_sink, optimal_schedule
+from tests.paging_setup import random_storage, timed
 from tests.reference import replay_solution
 from tests.strategies import examples
 
 
-def _timed(model, unit="ms"):
-    doc = model.to_dict()
-    doc["time_unit"] = unit
-    return model_from_dict(doc)
-
-
-def _storage(seed, *, capacity=None):
-    """Random storage figures: transfers of a 50 kB output cost 0.5..25 ms (forwards: 1..19 ms)."""
-    rng = np.random.default_rng(seed)
-    return Storage(
-        read_bytes_per_s=float(rng.uniform(2e6, 1e8)),
-        write_bytes_per_s=float(rng.uniform(2e6, 1e8)),
-        read_latency_s=float(rng.choice([0.0, rng.uniform(0, 3e-3)])),
-        write_latency_s=float(rng.choice([0.0, rng.uniform(0, 3e-3)])),
-        bytes=capacity,
-    )
+# Transfers of a 50 kB output cost 0.5..25 ms (forwards: 1..19 ms); some latencies are 0.
+_storage = partial(random_storage, maybe_zero_latency=True)
 
 
 def _cost(result):
@@ -41,12 +29,12 @@ def _cost(result):
 
 
 def _small_chains():
-    yield _timed(uniform_chain(4)), _storage(0)
-    yield _timed(uniform_chain(5, output_bytes=7000, input_bytes=3000)), _storage(1)
+    yield timed(uniform_chain(4)), _storage(0)
+    yield timed(uniform_chain(5, output_bytes=7000, input_bytes=3000)), _storage(1)
     for seed in range(16):
-        yield _timed(random_chain(1 + seed % 6, seed)), _storage(50 + seed)
+        yield timed(random_chain(1 + seed % 6, seed)), _storage(50 + seed)
     for seed in range(4):
-        yield _timed(random_chain(4 + seed % 3, 200 + seed, workspaces=False), "s"), _storage(90 + seed)
+        yield timed(random_chain(4 + seed % 3, 200 + seed, workspaces=False), "s"), _storage(90 + seed)
 
 
 @pytest.mark.parametrize("model,storage", list(_small_chains()), ids=lambda x: getattr(x, "name", ""))
@@ -89,7 +77,7 @@ def test_paging_is_chosen_and_pays():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_unrestricted_search_is_never_worse(seed):
-    model = _timed(random_chain(3 + seed % 3, 400 + seed))
+    model = timed(random_chain(3 + seed % 3, 400 + seed))
     storage = _storage(500 + seed)
     schedules = class_schedules(model, storage)
     peaks = sorted({peak for peak, _, _ in schedules})
@@ -105,7 +93,7 @@ def test_unrestricted_search_is_never_worse(seed):
 @settings(max_examples=examples(40))
 @given(n=st.integers(1, 14), seed=st.integers(0, 10**6), frac=st.floats(0.3, 1.0))
 def test_never_worse_than_dp(n, seed, frac):
-    model = _timed(random_chain(n, seed))
+    model = timed(random_chain(n, seed))
     storage = _storage(seed)
     top = simulate(model, lower_holding_sink(model, dp(model, budget=None)[0])).peak_bytes
     budget = int(top * frac)
@@ -127,7 +115,7 @@ def test_never_worse_than_dp(n, seed, frac):
 
 
 def test_without_storage_is_dps_class():
-    model = _timed(random_chain(6, 7))
+    model = timed(random_chain(6, 7))
     schedules = [s for s in class_schedules(model, _storage(0)) if not any(op.kind.value == "pageout" for op in s[2])]
     for budget in sorted({p for p, _, _ in schedules}):
         ops, _ = dp_paging(model, budget=budget, storage=None)
@@ -137,7 +125,7 @@ def test_without_storage_is_dps_class():
 
 
 def test_rounded_grid_fits_and_is_never_worse_than_dp():
-    doc = _timed(random_chain(40, 11)).to_dict()
+    doc = timed(random_chain(40, 11)).to_dict()
     for k, layer in enumerate(doc["layers"]):
         layer["output_bytes"] += 7 * k + 1  # sizes without a common divisor: no exact grid
     model = model_from_dict(doc)
@@ -159,7 +147,7 @@ def test_rounded_grid_fits_and_is_never_worse_than_dp():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_storage_capacity_is_respected(seed):
-    model = _timed(random_chain(8, 600 + seed))
+    model = timed(random_chain(8, 600 + seed))
     free_storage = _storage(seed)
     top = simulate(model, lower_holding_sink(model, dp(model, budget=None)[0])).peak_bytes
     budget = int(top * 0.55)
@@ -180,7 +168,7 @@ def test_storage_capacity_is_respected(seed):
 
 
 def test_registry_and_reference_replay():
-    model = _timed(random_chain(10, 3))
+    model = timed(random_chain(10, 3))
     storage = PRESETS["rpi4-4gb-sd"].storage
     top = simulate(model, lower_holding_sink(model, dp(model, budget=None)[0])).peak_bytes
     for frac in (0.4, 0.6, 0.9):
@@ -198,10 +186,10 @@ def test_registry_and_reference_replay():
 def test_errors():
     storage = _storage(0)
     with pytest.raises(NotApplicableError, match="chains only"):
-        dag = _timed(random_dag(6, 1, skip=1.0))
+        dag = timed(random_dag(6, 1, skip=1.0))
         assert not dag.is_chain
         dp_paging(dag, budget=10**9, storage=storage)
     with pytest.raises(ModelError, match="time_unit"):
         dp_paging(random_chain(4, 1), budget=1, storage=storage)
     with pytest.raises(ValueError, match="levels"):
-        dp_paging(_timed(random_chain(4, 1)), budget=1, storage=storage, levels=1)
+        dp_paging(timed(random_chain(4, 1)), budget=1, storage=storage, levels=1)

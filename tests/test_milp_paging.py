@@ -1,46 +1,25 @@
 """Tests of ``milp-paging``: recomputation and paging for any DAG by a mixed-integer program."""
 
-import numpy as np
 import pytest
 
-from planner.device import PRESETS, Storage
+from planner.device import PRESETS
 from planner.errors import InfeasibleError, ModelError
-from planner.model import model_from_dict
+from planner.lowering import store_all_ops
 from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.dp_paging import dp_paging
 from planner.solvers.milp_paging import _Program, milp_paging
 from planner.synthetic import random_chain, random_dag
 from tests.exhaustive_paging import lower_holding_sink, optimal_schedule
+from tests.paging_setup import random_storage, timed
 from tests.reference import replay_solution
 
 LIMIT = 20.0
 
 
-def _timed(model, unit="ms"):
-    doc = model.to_dict()
-    doc["time_unit"] = unit
-    return model_from_dict(doc)
-
-
-def _storage(seed, *, capacity=None):
-    rng = np.random.default_rng(seed)
-    return Storage(
-        read_bytes_per_s=float(rng.uniform(2e6, 1e8)),
-        write_bytes_per_s=float(rng.uniform(2e6, 1e8)),
-        read_latency_s=float(rng.uniform(0, 3e-3)),
-        write_latency_s=float(rng.uniform(0, 3e-3)),
-        bytes=capacity,
-    )
-
-
 def _top(model):
     """Store-all's peak with the sink's output held until its backward (SPEC section 3)."""
-    n = len(model)
-    from planner.schedule import backward, forward
-
-    ops = [forward(i, True) for i in range(n)] + [backward(i) for i in range(n - 1, -1, -1)]
-    return simulate(model, lower_holding_sink(model, ops)).peak_bytes
+    return simulate(model, lower_holding_sink(model, store_all_ops(model))).peak_bytes
 
 
 def _measure(model, ops, storage):
@@ -52,8 +31,8 @@ def _measure(model, ops, storage):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_between_the_unrestricted_optimum_and_dp_paging_on_small_chains(seed):
-    model = _timed(random_chain(4 + seed % 2, 700 + seed))
-    storage = _storage(700 + seed)
+    model = timed(random_chain(4 + seed % 2, 700 + seed))
+    storage = random_storage(700 + seed)
     top = _top(model)
     for frac in (0.55, 0.7, 0.85):
         budget = int(top * frac)
@@ -72,8 +51,8 @@ def test_between_the_unrestricted_optimum_and_dp_paging_on_small_chains(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_dags_fit_and_are_never_worse_than_page_all_or_store_all(seed):
-    model = _timed(random_dag(7 + seed, 800 + seed, skip=0.5))
-    storage = _storage(800 + seed)
+    model = timed(random_dag(7 + seed, 800 + seed, skip=0.5))
+    storage = random_storage(800 + seed)
     top = _top(model)
     for frac in (0.6, 0.8, 1.0):
         budget = int(top * frac)
@@ -94,7 +73,7 @@ def test_dags_fit_and_are_never_worse_than_page_all_or_store_all(seed):
 
 
 def test_never_worse_than_dp_and_dp_paging_on_a_chain():
-    model = _timed(random_chain(12, 17))
+    model = timed(random_chain(12, 17))
     storage = PRESETS["jetson-tx2-8gb"].storage
     top = _top(model)
     for frac in (0.45, 0.65):
@@ -115,8 +94,8 @@ def test_never_worse_than_dp_and_dp_paging_on_a_chain():
 
 
 def test_encode_decode_round_trip_of_dp_paging_schedules():
-    model = _timed(random_chain(8, 18))
-    storage = _storage(3)
+    model = timed(random_chain(8, 18))
+    storage = random_storage(3)
     form = _Program(model, storage, 1e3)
     top = _top(model)
     encoded = 0
@@ -138,8 +117,8 @@ def test_encode_decode_round_trip_of_dp_paging_schedules():
 
 
 def test_storage_capacity():
-    model = _timed(random_chain(8, 19))
-    storage = _storage(4, capacity=min(l.output_bytes for l in model.layers))
+    model = timed(random_chain(8, 19))
+    storage = random_storage(4, capacity=min(l.output_bytes for l in model.layers))
     budget = int(_top(model) * 0.6)
     try:
         ops, _ = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
@@ -151,8 +130,8 @@ def test_storage_capacity():
 
 
 def test_infeasible_and_errors():
-    model = _timed(random_dag(6, 5))
-    storage = _storage(5)
+    model = timed(random_dag(6, 5))
+    storage = random_storage(5)
     with pytest.raises(InfeasibleError):
         milp_paging(model, budget=model.input_bytes, storage=storage, time_limit=LIMIT)
     with pytest.raises(ValueError, match="time-limit"):

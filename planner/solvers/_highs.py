@@ -1,20 +1,50 @@
-"""What ``milp`` and ``milp-paging`` share about HiGHS: the time limit and one call with a start.
+"""What ``milp`` and ``milp-paging`` share about HiGHS: the time limit, one call with a start,
+and the search for a decoded schedule that really fits the budget.
 
 Not a strategy (the registry lists none here): the two programs differ, the
-way they are handed to ``scipy.optimize.milp`` does not.
+way they are handed to ``scipy.optimize.milp`` and their answers checked does not.
 """
 
+import enum
 import math
 import os
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 
-__all__ = ["check_time_limit", "run_highs", "solve_capped"]
+__all__ = ["Status", "Fit", "check_time_limit", "fit_budget", "import_highs", "run_highs", "solve_capped", "timed_solve"]
 
 #: Relative MIP gap at which HiGHS stops (the least-peak program closes it exactly).
 MIP_REL_GAP = 1e-4
 #: Presolve only below this many variables: above, it costs more than it saves.
 PRESOLVE_MAX_VARS = 10_000
+
+
+class Status(enum.IntEnum):
+    """``scipy.optimize.milp``'s ``status`` codes, as its documentation lists them."""
+
+    OPTIMAL = 0
+    LIMIT = 1  # iteration or time limit reached
+    INFEASIBLE = 2
+    UNBOUNDED = 3
+    OTHER = 4
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What :func:`fit_budget` found.
+
+    ``status`` is HiGHS' last status (None when the time or the cap ran out
+    first); ``ops`` and ``result`` the first decoded schedule that fits and its
+    simulation (None when there is none); ``start`` the name of the warm
+    start that was HiGHS' first incumbent (None when none was encoded).
+    """
+
+    status: object = None
+    ops: object = None
+    result: object = None
+    start: str = None
 
 
 def check_time_limit(time_limit, default):
@@ -31,6 +61,14 @@ def check_time_limit(time_limit, default):
     if not (math.isfinite(limit) and limit > 0):
         raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
     return float(limit)
+
+
+def import_highs(missing):
+    """Import ``scipy.optimize`` (HiGHS), or raise ImportError(``missing``): the extra to install."""
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(missing) from None
 
 
 def run_highs(form, cost, lb, ub, options, start=None, *, prefix):
@@ -87,6 +125,70 @@ def solve_capped(form, cost, peak_col, *, cap, time_limit, start=None, prefix):
         start = start.copy()
         start[peak_col] = cap
     return run_highs(form, cost, lb, ub, options, start, prefix=prefix)
+
+
+def timed_solve(form, deadline, *, margin, cap, start=None):
+    """``form.solve`` at ``cap`` with the time left before ``deadline`` (None when none is left).
+
+    ``margin`` seconds are kept back: HiGHS overruns its limit a little (it
+    checks the clock between steps).
+    """
+    left = deadline - time.perf_counter()
+    if left <= 0.05:
+        return None
+    return form.solve(cap=cap, time_limit=0.95 * left - margin, start=start)
+
+
+def fit_budget(form, *, budget, starts, deadline, margin, measure):
+    """HiGHS on ``form`` at ``budget`` bytes until a decoded schedule really fits.
+
+    Parameters
+    ----------
+    form : the program
+        With ``unit`` (bytes per memory unit), ``encode(ops, cap)`` (variable
+        values, or None outside the search space) and ``solve`` (as
+        :func:`solve_capped`).
+    budget : int
+        Bytes; the program runs at ``budget // unit`` units.
+    starts : list of (cost, ops, name)
+        Warm starts that fit, best first; the first that encodes is HiGHS'
+        starting incumbent.
+    deadline, margin : float
+        As :func:`timed_solve`.
+    measure : callable
+        ``measure(x)``: ``(ops, result)``, the schedule of a solution and its
+        simulation (valid, else a RuntimeError: a formulation bug).
+
+    Returns
+    -------
+    Fit
+
+    Notes
+    -----
+    HiGHS' feasibility tolerance can let a memory row pass by a few units:
+    when the simulated peak exceeds the budget, the cap is tightened by the
+    excess and HiGHS runs again (without the start).
+    """
+    cap = budget // form.unit
+    start, name = None, None
+    for _, ops, offered in starts:
+        x = form.encode(ops, cap)
+        if x is not None:
+            start, name = x, offered
+            break
+    while True:
+        res = timed_solve(form, deadline, margin=margin, cap=cap, start=start)
+        if res is None:
+            return Fit(start=name)
+        if res.x is None:
+            return Fit(status=res.status, start=name)
+        ops, result = measure(res.x)
+        if result.peak_bytes <= budget:
+            return Fit(res.status, ops, result, name)
+        cap -= -(-(result.peak_bytes - budget) // form.unit) + 1
+        start = None
+        if cap < 0:  # pragma: no cover - tolerances are far smaller
+            return Fit(start=name)
 
 
 def _write_start(x, objective, prefix):

@@ -40,18 +40,16 @@ over a memory grid (see :func:`dp`, Notes), vectorised over the grid and the
 split ``s'`` with numpy.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from planner.errors import InfeasibleError, TooLargeError
 from planner.lowering import size_dtype, size_unit, store_all_ops
 from planner.model import chains_only
-from planner.schedule import backward, forward
+from planner.solvers._persistent import PINNED, RELEASED, ChainSizes, chain_arrays, check_levels
+from planner.solvers._persistent import build_tree, store_all_tree, tree_ops
 
 __all__ = ["dp"]
 
-_RELEASED, _PINNED = 0, 1
 # Exact byte grid when the table has at most _EXACT_CELLS cells (n^2 x levels)
 # and the work (n^3/6 x levels) is at most _WORK; a rounded grid is made finer
 # (x2 at a time) while it stays within the same limits.
@@ -63,7 +61,6 @@ _MAX_GROUPS = 16
 # than an edge planner should take.  1000 layers x 500 levels: 8e10, 2.2 GB.
 _MAX_WORK = 3e11
 _MAX_TABLE_BYTES = 4e9
-_MAX_LEVELS = 10**6
 # float64 tables up to this many cells, float32 above (choices only; the cost
 # reported is always re-summed in float64 along the schedule).
 _F64_CELLS = 20_000_000
@@ -72,119 +69,21 @@ _F64_CELLS = 20_000_000
 _MIN_GRID = 128
 
 
-@dataclass(frozen=True)
-class _Sizes:
-    """Per-layer sizes in grid units (or bytes), as int64 arrays."""
-
-    o: np.ndarray  # output bytes
-    sv: np.ndarray  # saved bytes
-    wf: np.ndarray
-    wb: np.ndarray
-    ni: np.ndarray  # needs_inputs (bool)
-    no: np.ndarray  # output in memory at its own backward: needs_output, or the sink
-
-    @property
-    def n(self):
-        return len(self.o)
-
-    def prev(self, s):
-        """Size of the checkpoint ``a[s-1]`` (0 for the model input)."""
-        return int(self.o[s - 1]) if s > 0 else 0
-
-    def grad(self, t):
-        """Gradient held when ``Solve(., t)`` starts (0 for the sink)."""
-        return int(self.o[t]) if t < self.n - 1 else 0
-
-    def held(self, s, mode):
-        """Whether ``a[s-1]`` stays until ``backward(s)`` in ``F_all``."""
-        return mode == _PINNED or bool(self.ni[s])
-
-    def all_need(self, s, t, mode):
-        """Peak of F_all's own forward and backward ops."""
-        o, p = self.o, self.prev(s)
-        h = p if self.held(s, mode) else 0
-        need_f = p + self.grad(t) + o[s] + self.sv[s] + self.wf[s]
-        need_b = h + self.sv[s] + (o[s] if self.no[s] else 0) + o[s] + p + self.wb[s]
-        return int(max(need_f, need_b)), int(h + self.sv[s])
-
-    def chain_peaks(self, s):
-        """``Q[j]``: peak of ``forward(k, False)`` for ``k = s..s+j`` (without ``a[s-1]``, ``g_t``)."""
-        o, wf = self.o, self.wf
-        first = o[s] + wf[s]
-        rest = o[s : self.n - 1] + o[s + 1 :] + wf[s + 1 :]
-        return np.maximum.accumulate(np.concatenate(([first], rest)))
-
-    def scaled(self, unit, rounding):
-        """Sizes in units of ``unit`` bytes, rounded up (``"up"``) or down."""
-        if rounding == "up":
-            conv = lambda a: -(-a // unit)  # noqa: E731
-        elif rounding == "nearest":
-            conv = lambda a: (a + unit // 2) // unit  # noqa: E731
-        else:
-            conv = lambda a: a // unit  # noqa: E731
-        return _Sizes(conv(self.o), conv(self.sv), conv(self.wf), conv(self.wb), self.ni, self.no)
-
-
 def _sizes(model):
-    layers = model.layers
-    dtype = size_dtype(model)
-
-    def arr(key):
-        return np.array([getattr(l, key) for l in layers], dtype=dtype)
-
-    # The loss reads the sink's output until the sink's backward (SPEC section
-    # 3): at that backward it is in memory as if the backward read it.
-    reads_own = np.array([l.needs_output for l in layers], dtype=bool)
-    reads_own[-1] = True
-    return _Sizes(
-        arr("output_bytes"),
-        arr("saved_bytes"),
-        arr("workspace_forward"),
-        arr("workspace_backward"),
-        np.array([l.needs_inputs for l in layers], dtype=bool),
-        reads_own,
-    )
+    """The chain's sizes in bytes (Python ints where int64 could overflow)."""
+    return ChainSizes(**chain_arrays(model, size_dtype(model)))
 
 
 def _modes(z, s):
     """Modes that differ for a subproblem starting at ``s``."""
     if s > 0 and not z.ni[s] and z.prev(s) > 0:
-        return (_RELEASED, _PINNED)
-    return (_RELEASED,)
-
-
-def _sub_mode(z, s):
-    """Mode of ``Solve(s + 1, t)`` inside ``F_all`` at ``s``."""
-    return _PINNED if z.no[s] else _RELEASED
+        return (RELEASED, PINNED)
+    return (RELEASED,)
 
 
 # --------------------------------------------------------------------------
-# Decision trees: nodes in pre-order; ("all", s, t, mode, child) or
-# ("ck", s, t, mode, split, right, left); children are node indices or -1.
-
-
-def _tree_ops(tree):
-    """Forward/backward ops of a decision tree, in execution order (iterative)."""
-    ops = []
-    stack = [("node", 0)]
-    while stack:
-        kind, x = stack.pop()
-        if kind == "op":
-            ops.append(x)
-            continue
-        node = tree[x]
-        if node[0] == "all":
-            _, s, _t, _m, child = node
-            ops.append(forward(s, True))
-            stack.append(("op", backward(s)))
-            if child >= 0:
-                stack.append(("node", child))
-        else:
-            _, s, _t, _m, split, right, left = node
-            ops.extend(forward(k, False) for k in range(s, split))
-            stack.append(("node", left))
-            stack.append(("node", right))
-    return ops
+# Decision trees (planner.solvers._persistent): ("all", s, t, mode, child) or
+# ("ck", s, t, mode, split, right, left).
 
 
 def _tree_peak_cost(tree, z, f, b):
@@ -223,16 +122,16 @@ def _least_peak_tree(z, f, b):
     n = z.n
     fsum = np.concatenate(([0.0], np.cumsum(f)))
     INF = np.iinfo(np.int64).max // 4 if z.o.dtype == np.int64 else float("inf")
-    pk = {_RELEASED: np.full((n, n), INF, dtype=z.o.dtype)}
-    cs = {_RELEASED: np.zeros((n, n))}
-    ch = {_RELEASED: np.zeros((n, n), dtype=np.int64)}
+    pk = {RELEASED: np.full((n, n), INF, dtype=z.o.dtype)}
+    cs = {RELEASED: np.zeros((n, n))}
+    ch = {RELEASED: np.zeros((n, n), dtype=np.int64)}
     pinned = {s for s in range(n) if len(_modes(z, s)) == 2}
-    pk[_PINNED] = np.full((n, n), INF, dtype=z.o.dtype)
-    cs[_PINNED] = np.zeros((n, n))
-    ch[_PINNED] = np.zeros((n, n), dtype=np.int64)
+    pk[PINNED] = np.full((n, n), INF, dtype=z.o.dtype)
+    cs[PINNED] = np.zeros((n, n))
+    ch[PINNED] = np.zeros((n, n), dtype=np.int64)
 
     def table(s, mode):
-        return mode if (mode == _PINNED and s in pinned) else _RELEASED
+        return mode if (mode == PINNED and s in pinned) else RELEASED
 
     # Column copies of the released tables (the right part C(s', t) for every s').
     pk_t = np.full((n, n), INF, dtype=z.o.dtype)
@@ -241,7 +140,7 @@ def _least_peak_tree(z, f, b):
         p = z.prev(s)
         if s < n - 1:
             q = z.chain_peaks(s)
-            sm = table(s + 1, _sub_mode(z, s))
+            sm = table(s + 1, z.sub_mode(s))
         for t in range(s, n):
             g = z.grad(t)
             k = t - s
@@ -265,29 +164,14 @@ def _least_peak_tree(z, f, b):
                 pk[mode][s, t] = best_p
                 cs[mode][s, t] = best_c
                 ch[mode][s, t] = best
-            pk_t[t, s] = pk[_RELEASED][s, t]
-            cs_t[t, s] = cs[_RELEASED][s, t]
+            pk_t[t, s] = pk[RELEASED][s, t]
+            cs_t[t, s] = cs[RELEASED][s, t]
 
-    tree = []
-    stack = [(0, n - 1, _RELEASED, None)]
-    while stack:
-        s, t, mode, slot = stack.pop()
-        tm = table(s, mode)
-        choice = int(ch[tm][s, t])
-        x = len(tree)
-        if slot is not None:
-            slot[0][slot[1]] = x
-        if choice < 0:
-            node = ["all", s, t, mode, -1]
-            tree.append(node)
-            if s < t:
-                stack.append((s + 1, t, _sub_mode(z, s), (node, 4)))
-        else:
-            node = ["ck", s, t, mode, choice, -1, -1]
-            tree.append(node)
-            stack.append((s, choice - 1, mode, (node, 6)))
-            stack.append((choice, t, _RELEASED, (node, 5)))
-    return [tuple(node) for node in tree]
+    def choose(s, t, mode, _m):
+        choice = int(ch[table(s, mode)][s, t])
+        return ("all", None) if choice < 0 else ("ck", choice)
+
+    return build_tree(z, choose)
 
 
 # --------------------------------------------------------------------------
@@ -353,13 +237,13 @@ class _Table:
 
     def value(self, s, t, mode, m):
         """``C(s, t, mode, m)`` as a Python float."""
-        if mode == _PINNED and s in self.pin:
+        if mode == PINNED and s in self.pin:
             return float(self.pin[s][t - s, m]) - self.fsum[t + 1]
         return float(self.by_t[t][s, m])
 
     def _shifted(self, s, mode):
         """``C(s, t) + fsum[t + 1]`` for ``t = s..n-1`` (rows)."""
-        if mode == _PINNED and s in self.pin:
+        if mode == PINNED and s in self.pin:
             return self.pin[s]
         return self.by_s[s]
 
@@ -377,12 +261,12 @@ class _Table:
         for s in range(n - 1, -1, -1):
             p = z.prev(s)
             modes = _modes(z, s)
-            sub = _sub_mode(z, s)
+            sub = z.sub_mode(s)
             fb = f[s] + b[s]
             if s < n - 1:
                 q = [int(v) for v in z.chain_peaks(s)]
                 starts = [int(v) for v in _prefix_groups(np.array(q))]
-                sub_sat = sat_pin[s + 1] if (sub == _PINNED and (s + 1) in sat_pin) else sat_rel[s + 1]
+                sub_sat = sat_pin[s + 1] if (sub == PINNED and (s + 1) in sat_pin) else sat_rel[s + 1]
                 sub_rows = self._shifted(s + 1, sub)
             # F_all's own peak: need_f0 + grad[t] and need_b; the rest runs on top of off
             per_mode = []
@@ -392,7 +276,7 @@ class _Table:
                 need_b = int(h + z.sv[s] + (z.o[s] if z.no[s] else 0) + z.o[s] + p + z.wb[s])
                 off = int(h + z.sv[s])
                 sat = [0] * n
-                if mode == _PINNED:
+                if mode == PINNED:
                     sat_pin[s] = sat
                     rows = self.pin[s]
                 else:
@@ -435,35 +319,16 @@ class _Table:
         n = z.n
         if not np.isfinite(self.by_t[n - 1][0, m]):
             return None
-        tree = []
-        stack = [(0, n - 1, _RELEASED, m, None)]
-        while stack:
-            s, t, mode, mm, slot = stack.pop()
-            x = len(tree)
-            if slot is not None:
-                slot[0][slot[1]] = x
-            choice = self._choose(s, t, mode, mm)
-            if choice < 0:
-                node = ["all", s, t, mode, -1]
-                tree.append(node)
-                if s < t:
-                    _, off = z.all_need(s, t, mode)
-                    stack.append((s + 1, t, _sub_mode(z, s), mm - off, (node, 4)))
-            else:
-                node = ["ck", s, t, mode, choice, -1, -1]
-                tree.append(node)
-                stack.append((s, choice - 1, mode, mm, (node, 6)))
-                stack.append((choice, t, _RELEASED, mm - z.prev(s), (node, 5)))
-        return [tuple(node) for node in tree]
+        return build_tree(z, self._choose, m)
 
     def _choose(self, s, t, mode, m):
-        """The option that attains ``C(s, t, mode, m)``: -1 for F_all, else the split."""
+        """The option that attains ``C(s, t, mode, m)``: ``("all", None)`` or ``("ck", split)``."""
         z, f, b = self.z, self.f, self.b
         need, off = z.all_need(s, t, mode)
         best, choice = np.inf, None
         if m >= need and m >= off:
-            best = f[s] + b[s] + (self.value(s + 1, t, _sub_mode(z, s), m - off) if s < t else 0.0)
-            choice = -1
+            best = f[s] + b[s] + (self.value(s + 1, t, z.sub_mode(s), m - off) if s < t else 0.0)
+            choice = ("all", None)
         p, g = z.prev(s), z.grad(t)
         if s < t and m >= p:
             k = t - s
@@ -476,27 +341,13 @@ class _Table:
                 )
                 j = int(np.argmin(v))
                 if v[j] < best:
-                    best, choice = v[j], s + 1 + j
+                    best, choice = v[j], ("ck", s + 1 + j)
         if choice is None:  # pragma: no cover - the table said feasible
             raise RuntimeError(f"dp: no option attains C({s}, {t}, {mode}, {m})")
         return choice
 
 
 # --------------------------------------------------------------------------
-
-
-def _store_all_tree(z):
-    """F_all at every layer: the store-all schedule as a decision tree."""
-    n = z.n
-    return [
-        ("all", s, n - 1, _RELEASED if s == 0 else _sub_mode(z, s - 1), s + 1 if s < n - 1 else -1)
-        for s in range(n)
-    ]
-
-
-def _check_levels(levels):
-    if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
-        raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
 
 
 def _grid(n, levels):
@@ -706,7 +557,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     checkpointing for heterogeneous chains: how to train deep neural networks
     with limited memory", INRIA report hal-02352969, 2019 (rotor).
     """
-    _check_levels(levels)
+    check_levels(levels)
     if shared is not None and shared.get("model") is not model:
         announced = shared.get("budgets", ())
         shared.clear()  # work kept for another model
@@ -718,7 +569,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     b = [float(layer.backward) for layer in model.layers]
     z = _sizes(model)
     ops_all = store_all_ops(model)
-    sa_peak, sa_cost = _tree_peak_cost(_store_all_tree(z), z, f, b)
+    sa_peak, sa_cost = _tree_peak_cost(store_all_tree(z), z, f, b)
     params = {"grid": "none", "unit_bytes": None, "levels": None}
     if budget is None or sa_peak + model.input_bytes <= budget:
         params.update(dp_compute=sa_cost, dp_peak_bytes=sa_peak + model.input_bytes)
@@ -744,7 +595,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
             peak, cost = _tree_peak_cost(tree, z, f, b)
             params.update(grid="exact", unit_bytes=unit, levels=exact_levels)
             params.update(dp_compute=cost, dp_peak_bytes=peak + model.input_bytes)
-            return _tree_ops(tree), params
+            return tree_ops(tree), params
         found = None
     else:
         found = _rounded_search(z, f, b, avail, levels, params, shared) if avail >= 0 else None
@@ -760,4 +611,4 @@ def dp(model, *, budget=None, levels=500, shared=None):
         params.update(grid="least-peak")
     cost, peak, tree = found
     params.update(dp_compute=cost, dp_peak_bytes=peak + model.input_bytes)
-    return _tree_ops(tree), params
+    return tree_ops(tree), params

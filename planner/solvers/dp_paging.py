@@ -44,20 +44,20 @@ o / write_bytes_per_s``, a pagein ``read_latency_s + o / read_bytes_per_s``,
 converted to the model's ``time_unit``.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from planner.device import time_scale
 from planner.errors import InfeasibleError, NotApplicableError
-from planner.lowering import insert_frees
+from planner.lowering import insert_frees, size_unit
 from planner.model import chains_only
-from planner.schedule import OpKind, backward, forward, free, pagein, pageout
+from planner.schedule import OpKind, free
+from planner.solvers._persistent import PAGED, PINNED, RELEASED, ChainSizes, chain_arrays, check_levels
+from planner.solvers._persistent import build_tree, store_all_tree, tree_ops
 
 __all__ = ["dp_paging", "lower", "transfer_costs"]
 
-_R, _N, _P = 0, 1, 2  # released, pinned, paged
 _ALL = 1  # choice codes: 0 none, 1 F_all, 2 + 2 j F_ck, 3 + 2 j F_pg (split s + 1 + j)
 
 # Exact byte grid when the tables have at most _EXACT_CELLS cells and the work
@@ -68,7 +68,6 @@ _WORK = 2e8
 _MAX_WORK = 1e9  # about 45 s of numpy
 _MAX_TABLE_BYTES = 1.5e9
 _MIN_LEVELS = 64
-_MAX_LEVELS = 10**6
 _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
@@ -118,26 +117,10 @@ def lower(model, ops):
 
 
 @dataclass(frozen=True)
-class _Chain:
+class _Chain(ChainSizes):
     """Sizes (grid units or bytes, int64), flags and what may be paged."""
 
-    o: np.ndarray
-    sv: np.ndarray
-    wf: np.ndarray
-    wb: np.ndarray
-    ni: np.ndarray
-    no: np.ndarray
     pageable: np.ndarray  # pageable[i]: a[i] may be paged out
-
-    @property
-    def n(self):
-        return len(self.o)
-
-    def prev(self, s):
-        return int(self.o[s - 1]) if s > 0 else 0
-
-    def grad(self, t):
-        return int(self.o[t]) if t < self.n - 1 else 0
 
     def can_page(self, s):
         return s > 0 and self.o[s - 1] > 0 and bool(self.pageable[s - 1])
@@ -145,56 +128,26 @@ class _Chain:
     def modes(self, s):
         """The modes that differ for a subproblem starting at ``s``."""
         if s == 0 or self.o[s - 1] == 0:
-            return (_R,)
+            return (RELEASED,)
         page = self.can_page(s)
-        modes = (_R, _N) if (page or not self.ni[s]) else (_R,)
-        return modes + ((_P,) if page else ())
+        modes = (RELEASED, PINNED) if (page or not self.ni[s]) else (RELEASED,)
+        return modes + ((PAGED,) if page else ())
 
     def key(self, s, mode):
-        return mode if mode in self.modes(s) else _R
+        return mode if mode in self.modes(s) else RELEASED
 
-    def sub_mode(self, s):
-        return _N if self.no[s] else _R
+    def split_peaks(self, s):
+        """(F_ck, F_pg) peaks of ``forward(k)`` for ``k = s..s+j``, without ``g``.
 
-    def all_need(self, s, t, mode):
-        """(peak of F_all's own ops, what stays during ``Solve(s + 1, t)``)."""
-        o, p = self.o, self.prev(s)
-        h = p if (mode == _N or self.ni[s]) else 0
-        own = o[s] if (self.no[s] or s == self.n - 1) else 0
-        need_f = p + self.grad(t) + o[s] + self.sv[s] + self.wf[s]
-        need_b = h + self.sv[s] + own + o[s] + p + self.wb[s]
-        return int(max(need_f, need_b)), int(h + self.sv[s])
-
-    def chain_peaks(self, s):
-        """(F_ck, F_pg) peaks of ``forward(k)`` for ``k = s..s+j``, without ``g``."""
-        o, wf, p = self.o, self.wf, self.prev(s)
-        first = int(o[s] + wf[s])
-        rest = o[s : self.n - 1] + o[s + 1 :] + wf[s + 1 :]
-        steps = np.concatenate(([first], rest)).astype(np.int64)
-        ck = np.maximum.accumulate(steps) + p
-        steps[0] += p
-        return ck, np.maximum.accumulate(steps)
-
-    def scaled(self, unit):
-        up = lambda a: -(-a // unit)  # noqa: E731
-        return _Chain(up(self.o), up(self.sv), up(self.wf), up(self.wb), self.ni, self.no, self.pageable)
+        ``F_ck`` holds ``a[s-1]`` throughout; ``F_pg`` only during ``forward(s)``.
+        """
+        q = self.chain_peaks(s).astype(np.int64)
+        p = self.prev(s)
+        return q + p, np.maximum(q, q[0] + p)
 
 
 def _chain(model, pageable):
-    layers = model.layers
-
-    def arr(key):
-        return np.array([getattr(l, key) for l in layers], dtype=np.int64)
-
-    return _Chain(
-        arr("output_bytes"),
-        arr("saved_bytes"),
-        arr("workspace_forward"),
-        arr("workspace_backward"),
-        np.array([l.needs_inputs for l in layers], dtype=bool),
-        np.array([l.needs_output for l in layers], dtype=bool),
-        np.asarray(pageable, dtype=bool),
-    )
+    return _Chain(**chain_arrays(model, np.int64), pageable=np.asarray(pageable, dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -206,39 +159,12 @@ class _Costs:
 
     def pg(self, s, mode):
         """Transfer time of ``F_pg`` at ``s`` in ``mode``."""
-        return (0.0 if mode == _P else float(self.out[s - 1])) + float(self.inn[s - 1])
+        return (0.0 if mode == PAGED else float(self.out[s - 1])) + float(self.inn[s - 1])
 
 
 # --------------------------------------------------------------------------
-# Decision trees: ("all", s, t, mode, child) or ("ck"|"pg", s, t, mode, split, right, left)
-
-
-def _tree_ops(tree):
-    """Forward/backward/paging ops of a decision tree, in execution order."""
-    ops = []
-    stack = [("node", 0)]
-    while stack:
-        kind, x = stack.pop()
-        if kind == "ops":
-            ops.extend(x)
-            continue
-        node = tree[x]
-        if node[0] == "all":
-            _, s, _t, _m, child = node
-            ops.append(forward(s, True))
-            stack.append(("ops", [backward(s)]))
-            if child >= 0:
-                stack.append(("node", child))
-            continue
-        kind_, s, _t, mode, split, right, left = node
-        if kind_ == "pg" and mode != _P:
-            ops.append(pageout(s - 1))
-        ops.extend(forward(k, False) for k in range(s, split))
-        stack.append(("node", left))
-        if kind_ == "pg":
-            stack.append(("ops", [pagein(s - 1)]))
-        stack.append(("node", right))
-    return ops
+# Decision trees (planner.solvers._persistent): ("all", s, t, mode, child) or
+# ("ck"|"pg", s, t, mode, split, right, left)
 
 
 def _tree_eval(tree, z, c):
@@ -260,7 +186,7 @@ def _tree_eval(tree, z, c):
                 st = store[child]
         else:
             split, right, left = node[4], node[5], node[6]
-            ck, pg = z.chain_peaks(s)
+            ck, pg = z.split_peaks(s)
             g, p = z.grad(t), z.prev(s)
             fch = float(np.sum(c.f[s:split]))
             # The right part's paged checkpoint a[split-1] stays in storage until
@@ -275,7 +201,7 @@ def _tree_eval(tree, z, c):
                 need = max(g + int(pg[split - s - 1]), peak[right], peak[left])
                 cst = fch + c.pg(s, mode) + cost[right] + cost[left]
                 # a[s-1] is in storage from here until the caller's backward(s - 1)
-                st += 0 if mode == _P else int(z.o[s - 1])
+                st += 0 if mode == PAGED else int(z.o[s - 1])
         peak[x], cost[x], store[x] = int(need), cst, st
     return peak[0], cost[0], store[0]
 
@@ -290,6 +216,22 @@ def _pages_own(tree, x):
             return False
         x = node[6]  # F_ck: the left part keeps the same checkpoint
     return False
+
+
+def _cells(z):
+    """``(s, t, p, g, ck, pg)`` for every ``Solve(s, t)`` in the order the recurrence fills them.
+
+    ``s`` from ``n - 1`` down, ``t`` from ``s`` up (every part a cell reads is
+    filled before it); ``p`` and ``g`` are ``a[s-1]``'s and the gradient's
+    sizes, ``ck`` and ``pg`` the forward chains' peaks (:meth:`_Chain.split_peaks`,
+    None where ``s`` is the sink).
+    """
+    n = z.n
+    for s in range(n - 1, -1, -1):
+        p = z.prev(s)
+        ck, pg = z.split_peaks(s) if s < n - 1 else (None, None)
+        for t in range(s, n):
+            yield s, t, p, z.grad(t), ck, pg
 
 
 # --------------------------------------------------------------------------
@@ -314,41 +256,35 @@ class _Table:
 
     def _fill(self):
         z, c, W = self.z, self.c, self.W
-        n = z.n
         cols = np.arange(W)
-        for s in range(n - 1, -1, -1):
-            p = z.prev(s)
-            if s < n - 1:
-                ck, pg = z.chain_peaks(s)
-            for t in range(s, n):
-                g = z.grad(t)
-                k = t - s
-                fch = self.fsum[s + 1 : t + 1] - self.fsum[s]
-                for mode in z.modes(s):
-                    row, ch = self.val[mode, s][k], self.ch[mode, s][k]
-                    need, off = z.all_need(s, t, mode)
-                    lo = max(need, off)
-                    if lo < W:
-                        if s == t:
-                            row[lo:] = c.f[s] + c.b[s]
-                        else:
-                            sub = self.val[z.key(s + 1, z.sub_mode(s)), s + 1][k - 1]
-                            row[lo:] = c.f[s] + c.b[s] + sub[lo - off : W - off]
-                        ch[lo:] = np.where(np.isfinite(row[lo:]), _ALL, 0)
+        for s, t, p, g, ck, pg in _cells(z):
+            k = t - s
+            fch = self.fsum[s + 1 : t + 1] - self.fsum[s]
+            for mode in z.modes(s):
+                row, ch = self.val[mode, s][k], self.ch[mode, s][k]
+                need, off = z.all_need(s, t, mode)
+                lo = max(need, off)
+                if lo < W:
                     if s == t:
-                        continue
-                    rights = self.by_t[t][s + 1 : t + 1]
-                    lefts = self.val[mode, s][:k]
-                    if p < W:
-                        v = np.full((k, W), np.inf)
-                        v[:, p:] = rights[:, : W - p] + lefts[:, p:] + fch[:, None]
-                        v[cols[None, :] < (ck[:k] + g)[:, None]] = np.inf
-                        self._take(row, ch, v, 2)
-                    if mode != _N and z.can_page(s):
-                        v = rights + self.val[_P, s][:k] + (fch + c.pg(s, mode))[:, None]
-                        v[cols[None, :] < (pg[:k] + g)[:, None]] = np.inf
-                        self._take(row, ch, v, 3)
-                self.by_t[t][s] = self.val[_R, s][k]
+                        row[lo:] = c.f[s] + c.b[s]
+                    else:
+                        sub = self.val[z.key(s + 1, z.sub_mode(s)), s + 1][k - 1]
+                        row[lo:] = c.f[s] + c.b[s] + sub[lo - off : W - off]
+                    ch[lo:] = np.where(np.isfinite(row[lo:]), _ALL, 0)
+                if s == t:
+                    continue
+                rights = self.by_t[t][s + 1 : t + 1]
+                lefts = self.val[mode, s][:k]
+                if p < W:
+                    v = np.full((k, W), np.inf)
+                    v[:, p:] = rights[:, : W - p] + lefts[:, p:] + fch[:, None]
+                    v[cols[None, :] < (ck[:k] + g)[:, None]] = np.inf
+                    self._take(row, ch, v, 2)
+                if mode != PINNED and z.can_page(s):
+                    v = rights + self.val[PAGED, s][:k] + (fch + c.pg(s, mode))[:, None]
+                    v[cols[None, :] < (pg[:k] + g)[:, None]] = np.inf
+                    self._take(row, ch, v, 3)
+            self.by_t[t][s] = self.val[RELEASED, s][k]
 
     @staticmethod
     def _take(row, ch, v, code):
@@ -361,32 +297,18 @@ class _Table:
     def tree(self, m):
         """The optimal tree of ``Solve(0, n-1)`` within ``m`` units, or None."""
         z = self.z
-        if not np.isfinite(self.val[_R, 0][z.n - 1, m]):
+        if not np.isfinite(self.val[RELEASED, 0][z.n - 1, m]):
             return None
-        tree = []
-        stack = [(0, z.n - 1, _R, m, None)]
-        while stack:
-            s, t, mode, mm, slot = stack.pop()
-            x = len(tree)
-            if slot is not None:
-                slot[0][slot[1]] = x
-            code = int(self.ch[z.key(s, mode), s][t - s, mm])
-            if code == _ALL:
-                node = ["all", s, t, mode, -1]
-                tree.append(node)
-                if s < t:
-                    _, off = z.all_need(s, t, mode)
-                    stack.append((s + 1, t, z.sub_mode(s), mm - off, (node, 4)))
-                continue
-            if code < 2:  # pragma: no cover - the table said feasible
-                raise RuntimeError(f"dp-paging: no choice for Solve({s}, {t}, {mode}, {mm})")
-            split = s + 1 + (code - 2) // 2
-            paged = code % 2 == 1
-            node = ["pg" if paged else "ck", s, t, mode, split, -1, -1]
-            tree.append(node)
-            stack.append((s, split - 1, _P if paged else mode, mm, (node, 6)))
-            stack.append((split, t, _R, mm if paged else mm - z.prev(s), (node, 5)))
-        return [tuple(node) for node in tree]
+        return build_tree(z, self._choice, m)
+
+    def _choice(self, s, t, mode, m):
+        """The option the table chose for ``Solve(s, t)`` in ``mode`` within ``m`` units."""
+        code = int(self.ch[self.z.key(s, mode), s][t - s, m])
+        if code == _ALL:
+            return "all", None
+        if code < 2:  # pragma: no cover - the table said feasible
+            raise RuntimeError(f"dp-paging: no choice for Solve({s}, {t}, {mode}, {m})")
+        return ("pg" if code % 2 == 1 else "ck"), s + 1 + (code - 2) // 2
 
 
 # --------------------------------------------------------------------------
@@ -395,71 +317,37 @@ class _Table:
 
 def _least_peak_tree(z, c):
     """A least-peak tree of the class (ties: least cost), exact integers, O(n^3)."""
-    n = z.n
     best = {}  # (mode, s, t) -> (peak, cost, option)
-    for s in range(n - 1, -1, -1):
-        p = z.prev(s)
-        if s < n - 1:
-            ck, pg = z.chain_peaks(s)
-        for t in range(s, n):
-            g = z.grad(t)
-            for mode in z.modes(s):
-                need, off = z.all_need(s, t, mode)
-                cost = float(c.f[s] + c.b[s])
-                if s < t:
-                    sp, sc, _ = best[z.key(s + 1, z.sub_mode(s)), s + 1, t]
-                    need, cost = max(need, off + sp), cost + sc
-                cand = [(need, cost, ("all",))]
-                for split in range(s + 1, t + 1):
-                    rp, rc, _ = best[_R, split, t]
-                    fch = float(np.sum(c.f[s:split]))
-                    lp, lc, _ = best[mode, s, split - 1]
-                    need = max(g + int(ck[split - s - 1]), p + rp, lp)
-                    cand.append((need, fch + rc + lc, ("ck", split)))
-                    if mode != _N and z.can_page(s):
-                        lp, lc, _ = best[_P, s, split - 1]
-                        need = max(g + int(pg[split - s - 1]), rp, lp)
-                        cand.append((need, fch + c.pg(s, mode) + rc + lc, ("pg", split)))
-                best[mode, s, t] = min(cand, key=lambda x: (x[0], x[1]))
-    tree = []
-    stack = [(0, n - 1, _R, None)]
-    while stack:
-        s, t, mode, slot = stack.pop()
-        x = len(tree)
-        if slot is not None:
-            slot[0][slot[1]] = x
-        option = best[z.key(s, mode), s, t][2]
-        if option[0] == "all":
-            node = ["all", s, t, mode, -1]
-            tree.append(node)
+    for s, t, p, g, ck, pg in _cells(z):
+        for mode in z.modes(s):
+            need, off = z.all_need(s, t, mode)
+            cost = float(c.f[s] + c.b[s])
             if s < t:
-                stack.append((s + 1, t, z.sub_mode(s), (node, 4)))
-            continue
-        kind, split = option
-        node = [kind, s, t, mode, split, -1, -1]
-        tree.append(node)
-        stack.append((s, split - 1, _P if kind == "pg" else mode, (node, 6)))
-        stack.append((split, t, _R, (node, 5)))
-    return [tuple(node) for node in tree]
-
-
-def _store_all_tree(z):
-    n = z.n
-    return [("all", s, n - 1, _R if s == 0 else z.sub_mode(s - 1), s + 1 if s < n - 1 else -1) for s in range(n)]
+                sp, sc, _ = best[z.key(s + 1, z.sub_mode(s)), s + 1, t]
+                need, cost = max(need, off + sp), cost + sc
+            cand = [(need, cost, ("all", None))]
+            for split in range(s + 1, t + 1):
+                rp, rc, _ = best[RELEASED, split, t]
+                fch = float(np.sum(c.f[s:split]))
+                lp, lc, _ = best[mode, s, split - 1]
+                need = max(g + int(ck[split - s - 1]), p + rp, lp)
+                cand.append((need, fch + rc + lc, ("ck", split)))
+                if mode != PINNED and z.can_page(s):
+                    lp, lc, _ = best[PAGED, s, split - 1]
+                    need = max(g + int(pg[split - s - 1]), rp, lp)
+                    cand.append((need, fch + c.pg(s, mode) + rc + lc, ("pg", split)))
+            best[mode, s, t] = min(cand, key=lambda x: (x[0], x[1]))
+    return build_tree(z, lambda s, t, mode, _m: best[z.key(s, mode), s, t][2])
 
 
 # --------------------------------------------------------------------------
 # Solving
 
 
-def _grid_solve(z, c, avail, levels, params):
+def _grid_solve(model, z, c, avail, levels, params):
     """Cheapest tree of the table within ``avail`` bytes: ``(cost, peak, store, tree)`` or None."""
     n = z.n
-    unit = 0
-    for arr in (z.o, z.sv, z.wf, z.wb):
-        for v in arr:
-            unit = math.gcd(unit, int(v))
-    unit = unit or 1
+    unit = size_unit(model, with_input=False)
     width = avail // unit + 1
     cells = 3 * n * (n + 1) / 2
     if cells * width <= _EXACT_CELLS and n**3 / 2 * width <= _WORK:
@@ -491,7 +379,7 @@ def _grid_solve(z, c, avail, levels, params):
 
 def _solve_mask(model, z, c, avail, levels, params):
     """The grid solution, else the least-peak tree if it fits, else None (+ least peak)."""
-    found = _grid_solve(z, c, avail, levels, params)
+    found = _grid_solve(model, z, c, avail, levels, params)
     if found is not None:
         return found, None
     least = _least_peak_tree(z, c)
@@ -586,8 +474,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     G. Aupy, J. Herrmann, P. Hovland, Y. Robert, "Optimal multistage algorithm
     for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
     """
-    if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
-        raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
+    check_levels(levels)
     n = len(model)
     f = np.array([float(l.forward) for l in model.layers])
     b = np.array([float(l.backward) for l in model.layers])
@@ -600,7 +487,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     c = _Costs(f, b, out, inn)
     z = _chain(model, pageable)
     params = {"grid": "none", "unit_bytes": None, "levels": None}
-    sa = _store_all_tree(z)
+    sa = store_all_tree(z)
     sa_peak, sa_cost, _ = _tree_eval(sa, z, c)
     if budget is None or sa_peak + model.input_bytes <= budget:
         return _finish(model, sa, (sa_cost, sa_peak, 0), params)
@@ -662,7 +549,7 @@ def _maybe_plain_dp(model, budget, found, z, c):
 def _finish(model, tree, evaluated, params):
     cost, peak, store = evaluated
     if tree and isinstance(tree[0], tuple):
-        ops = lower(model, _tree_ops(tree))
+        ops = lower(model, tree_ops(tree))
     else:  # already lowered ops (dp's schedule)
         ops = tree
     paged = sorted({op.layer for op in ops if op.kind.value == "pageout"})

@@ -15,7 +15,6 @@ simulator measures.  HiGHS, through ``scipy.optimize.milp``, minimises the
 recomputation.
 """
 
-import enum
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
-from planner.solvers._highs import check_time_limit, solve_capped
+from planner.solvers._highs import Fit, Status, check_time_limit, fit_budget, import_highs, solve_capped, timed_solve
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
 
@@ -37,16 +36,6 @@ DEFAULT_TIME_LIMIT = 60.0
 _STAGE_WORK = 5000
 _MIN_STAGES = 15
 
-
-
-class _Status(enum.IntEnum):
-    """``scipy.optimize.milp``'s ``status`` codes, as its documentation lists them."""
-
-    OPTIMAL = 0
-    LIMIT = 1  # iteration or time limit reached
-    INFEASIBLE = 2
-    UNBOUNDED = 3
-    OTHER = 4
 
 
 _SCIPY_MISSING = (
@@ -174,10 +163,7 @@ def _fitting_starts(model, budget, warm_starts):
 
 
 def _import_highs():
-    try:
-        import scipy.optimize  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(_SCIPY_MISSING) from None
+    import_highs(_SCIPY_MISSING)
 
 
 def _solve(model, budget, deadline, limit, starts=(), others_least=None):
@@ -202,47 +188,25 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
             f"({form.lower_bound()} bytes); " + _least_text(least, proven),
             least_bytes=least,
         )
-    cap = budget // form.unit
-    start = None
-    for compute, ops, name in starts:
-        x = form.encode(ops, cap)
-        if x is not None:
-            start = x
-            params["start"] = name
-            break
     best = (starts[0][0], starts[0][1], False) if starts else None
-    while budget >= form.lower_bound():
-        left = deadline - time.perf_counter()
-        if left <= 0.05:
-            break
-        # HiGHS overruns its limit a little (it checks the clock between steps)
-        res = form.solve(cap=cap, time_limit=0.95 * left - 0.2, start=start)
-        if res.x is None:
-            if res.status == _Status.INFEASIBLE and best is None:
-                proven, least = _least_peak(form, deadline, others_least)
-                raise InfeasibleError(
-                    f"milp: no schedule fits {budget} bytes of activation memory; "
-                    + _least_text(least, proven),
-                    least_bytes=least,
-                )
-            break
-        ops = form.decode(res.x)
-        result = simulate(model, insert_frees(model, ops))
-        if not result.valid:  # pragma: no cover - would be a formulation bug
-            raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
-        if result.peak_bytes <= budget:
-            proven = res.status == _Status.OPTIMAL and form.T == n
-            if best is None or result.compute <= best[0]:
-                best = (result.compute, ops, proven)
-            elif proven:
-                best = (best[0], best[1], True)  # the incumbent beats the search space
-            break
-        # HiGHS' feasibility tolerance let a memory row pass by a few units:
-        # tighten the cap by the excess and solve again.
-        cap -= -(-(result.peak_bytes - budget) // form.unit) + 1
-        start = None
-        if cap < 0:  # pragma: no cover - tolerances are far smaller
-            break
+    fit = Fit()
+    if budget >= form.lower_bound():
+        fit = fit_budget(
+            form, budget=budget, starts=starts, deadline=deadline, margin=0.2, measure=lambda x: _measure(form, x)
+        )
+    params["start"] = fit.start
+    if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
+        proven, least = _least_peak(form, deadline, others_least)
+        raise InfeasibleError(
+            f"milp: no schedule fits {budget} bytes of activation memory; " + _least_text(least, proven),
+            least_bytes=least,
+        )
+    if fit.ops is not None:
+        proven = fit.status == Status.OPTIMAL and form.T == n
+        if best is None or fit.result.compute <= best[0]:
+            best = (fit.result.compute, fit.ops, proven)
+        elif proven:
+            best = (best[0], best[1], True)  # the incumbent beats the search space
     if best is None:
         raise InfeasibleError(
             f"milp: no schedule fitting {budget} bytes found within the time limit of "
@@ -264,20 +228,25 @@ def _least_peak(form, deadline, others_least=None):
     The least budget is the simulated peak of its schedule, or
     ``others_least`` (another strategy's least budget) when that is lower.
     """
-    left = deadline - time.perf_counter()
-    if left <= 0.05:
-        return False, others_least
     start = form.encode(store_all_ops(form.model), None)
-    res = form.solve(cap=None, time_limit=0.95 * left - 0.2, start=start)
+    res = timed_solve(form, deadline, margin=0.2, cap=None, start=start)
+    if res is None:
+        return False, others_least
     if res.x is None:  # pragma: no cover - the start is a solution
         return False, others_least
-    ops = form.decode(res.x)
+    _, result = _measure(form, res.x)
+    if others_least is not None and others_least < result.peak_bytes:
+        return False, others_least
+    return res.status == Status.OPTIMAL and form.T == form.n, result.peak_bytes
+
+
+def _measure(form, x):
+    """The ops of solution ``x`` and their simulation with the shared lowering's frees."""
+    ops = form.decode(x)
     result = simulate(form.model, insert_frees(form.model, ops))
     if not result.valid:  # pragma: no cover - would be a formulation bug
         raise RuntimeError(f"milp decoded an invalid schedule: {result.error}")
-    if others_least is not None and others_least < result.peak_bytes:
-        return False, others_least
-    return res.status == _Status.OPTIMAL and form.T == form.n, result.peak_bytes
+    return ops, result
 
 
 def _required_boundaries(n, ops):

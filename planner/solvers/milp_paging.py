@@ -20,10 +20,11 @@ import numpy as np
 
 from planner.device import time_scale
 from planner.errors import InfeasibleError
-from planner.lowering import insert_frees, size_unit, store_all_ops
-from planner.schedule import OpKind, backward, forward, free, pagein, pageout
+from planner.lowering import size_unit, store_all_ops
+from planner.schedule import OpKind, backward, forward, pagein, pageout
 from planner.simulate import simulate
-from planner.solvers._highs import check_time_limit, solve_capped
+from planner.solvers._highs import Status, check_time_limit, fit_budget, import_highs, solve_capped, timed_solve
+from planner.solvers.dp_paging import lower
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
@@ -119,54 +120,30 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     n = len(model)
     plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
-    plain = _hold_sink(model, plain)
+    plain = lower(model, plain)
     if budget is None or simulate(model, plain).peak_bytes <= budget:
         return plain, params
-    try:
-        import scipy.optimize  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(_SCIPY_MISSING) from None
+    import_highs(_SCIPY_MISSING)
     starts = _fitting_starts(model, budget, storage, warm_starts)
     others_least = others_least_bytes
     form = _Program(model, storage, scale)
     params["stages"] = n
-    cap = budget // form.unit
-    start = None
-    for _, ops, name in starts:
-        x = form.encode(ops, cap)
-        if x is not None:
-            start, params["start"] = x, name
-            break
     best = (starts[0][0], starts[0][1], False, starts[0][2]) if starts else None
-    while True:
-        left = deadline - time.perf_counter()
-        if left <= 0.05:
-            break
-        res = form.solve(cap=cap, time_limit=0.95 * left - 0.1, start=start)
-        if res.x is None:
-            if res.status == 2 and best is None:
-                least = _least_peak(form, storage, deadline, others_least)
-                raise InfeasibleError(
-                    f"milp-paging: no schedule fits {budget} bytes of activation memory"
-                    + ("" if least is None else f"; the least it reaches is {least} bytes"),
-                    least_bytes=least,
-                )
-            break
-        ops = _hold_sink(model, form.decode(res.x))
-        result = simulate(model, ops, storage=storage)
-        if not result.valid:  # pragma: no cover - would be a formulation bug
-            raise RuntimeError(f"milp-paging decoded an invalid schedule: {result.error}")
-        if result.peak_bytes <= budget:
-            total = result.compute + result.transfer
-            proven = res.status == 0
-            if best is None or total <= best[0] * (1 + 1e-12):
-                best = (total, ops, proven, "milp")
-            break
-        # HiGHS' feasibility tolerance let a memory row pass: tighten the cap and solve again.
-        cap -= -(-(result.peak_bytes - budget) // form.unit) + 1
-        start = None
-        if cap < 0:  # pragma: no cover - tolerances are far smaller
-            break
+    fit = fit_budget(
+        form, budget=budget, starts=starts, deadline=deadline, margin=0.1, measure=lambda x: _measure(form, storage, x)
+    )
+    params["start"] = fit.start
+    if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
+        least = _least_peak(form, storage, deadline, others_least)
+        raise InfeasibleError(
+            f"milp-paging: no schedule fits {budget} bytes of activation memory"
+            + ("" if least is None else f"; the least it reaches is {least} bytes"),
+            least_bytes=least,
+        )
+    if fit.ops is not None:
+        total = fit.result.compute + fit.result.transfer
+        if best is None or total <= best[0] * (1 + 1e-12):
+            best = (total, fit.ops, fit.status == Status.OPTIMAL, "milp")
     if best is None:
         raise InfeasibleError(
             f"milp-paging: no schedule fitting {budget} bytes found within the time limit of "
@@ -185,17 +162,21 @@ def _least_peak(form, storage, deadline, others_least):
     Falls back to ``others_least`` (another strategy's least budget) when the
     time runs out first; None when neither is known.
     """
-    left = deadline - time.perf_counter()
-    if left <= 0.05:
+    res = timed_solve(form, deadline, margin=0.1, cap=None)
+    if res is None:
         return others_least
-    res = form.solve(cap=None, time_limit=0.95 * left - 0.1)
     if res.x is None:  # pragma: no cover - store-all is a solution; only a timeout gets here
         return others_least
-    ops = _hold_sink(form.model, form.decode(res.x))
+    return _measure(form, storage, res.x)[1].peak_bytes
+
+
+def _measure(form, storage, x):
+    """The ops of solution ``x`` (the shared lowering's frees, the sink held) and their simulation."""
+    ops = lower(form.model, form.decode(x))
     result = simulate(form.model, ops, storage=storage)
     if not result.valid:  # pragma: no cover - would be a formulation bug
         raise RuntimeError(f"milp-paging decoded an invalid schedule: {result.error}")
-    return result.peak_bytes
+    return ops, result
 
 
 def _check_limit(time_limit):
@@ -213,24 +194,12 @@ def _fitting_starts(model, budget, storage, warm_starts):
     for name in _START_STRATEGIES:
         if name not in offered:
             continue
-        ops = _hold_sink(model, offered[name])
+        ops = lower(model, offered[name])
         result = simulate(model, ops, storage=storage)
         if result.valid and result.peak_bytes <= budget:
             found.append((result.compute + result.transfer, ops, name))
     found.sort(key=lambda item: item[0])
     return found
-
-
-def _hold_sink(model, ops):
-    """``insert_frees(ops)`` with the sink's output freed after its backward (the loss reads it)."""
-    ops = list(insert_frees(model, ops))
-    sink = model.sink
-    at = next((k for k, op in enumerate(ops) if op.kind is OpKind.FREE and op.layer == sink), None)
-    back = next(k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD and op.layer == sink)
-    if at is not None and at < back:
-        ops.pop(at)
-        ops.insert(back, free(sink))
-    return ops
 
 
 @dataclass(frozen=True)
@@ -590,7 +559,7 @@ class _Program:
         """Set C and F from the frees of the sink-holding lowering; False if outside the space."""
         present, stage, seen, last_forward = set(), 0, 0, None
         starts = [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
-        for op in _hold_sink(self.model, ops):
+        for op in lower(self.model, ops):
             if op.kind is OpKind.FREE:
                 present.discard(op.layer)
                 if stage >= 1 and last_forward is not None:
