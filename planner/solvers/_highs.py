@@ -13,6 +13,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
+from planner.errors import OptionError
+
 __all__ = ["Status", "Fit", "check_time_limit", "fit_budget", "import_highs", "run_highs", "solve_capped", "timed_solve"]
 
 #: Relative MIP gap at which HiGHS stops (the least-peak program closes it exactly).
@@ -52,14 +54,14 @@ def check_time_limit(time_limit, default):
 
     Raises
     ------
-    ValueError
+    OptionError
         Not a positive finite number.
     """
     limit = default if time_limit is None else time_limit
     if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-        raise ValueError(f"--time-limit must be a number of seconds, got {time_limit!r}")
+        raise OptionError(f"--time-limit must be a number of seconds, got {time_limit!r}")
     if not (math.isfinite(limit) and limit > 0):
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
+        raise OptionError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
     return float(limit)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.errors import OptionError
 from planner.schedule import backward, forward, pagein, pageout
 
 __all__ = [
@@ -192,6 +193,6 @@ def store_all_tree(z):
 
 
 def check_levels(levels):
-    """Raise ValueError unless ``levels`` is an integer in ``[2, 10**6]``."""
+    """Raise OptionError unless ``levels`` is an integer in ``[2, 10**6]``."""
     if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= _MAX_LEVELS:
-        raise ValueError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")
+        raise OptionError(f"levels must be an integer >= 2 and <= {_MAX_LEVELS}, got {levels!r}")

@@ -519,7 +519,7 @@ def dp(model, *, budget=None, levels=500, shared=None):
     InfeasibleError
         When no persistent schedule fits; ``least_bytes`` is the least budget
         for which ``dp`` finds one (the exact least peak of the class).
-    ValueError
+    OptionError
         For ``levels`` below 2.
 
     Notes

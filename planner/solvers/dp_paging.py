@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.device import time_scale
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.lowering import insert_frees, size_unit
 from planner.model import chains_only
 from planner.schedule import OpKind, free
@@ -363,7 +363,7 @@ def _grid_solve(model, z, c, avail, levels, params):
         while grid > _MIN_LEVELS and (n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES):
             grid //= 2
         if n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES:
-            raise NotApplicableError(
+            raise TooLargeError(
                 f"dp-paging: a chain of {n} layers is too large for the O(n^3 x levels) "
                 "dynamic program; use dp, revolve or page-all"
             )
@@ -438,12 +438,13 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     Raises
     ------
     NotApplicableError
-        The model is not a chain, or too long for the table (above about 310
-        layers).
+        The model is not a chain.
+    TooLargeError
+        The chain is too long for the table (above about 310 layers).
     InfeasibleError
         No schedule of the class fits; ``least_bytes`` is the class's exact
         least peak (with paging).
-    ValueError
+    OptionError
         ``levels`` out of range.
     ModelError
         A storage is given and the model's time unit is not a time.
@@ -535,7 +536,7 @@ def _maybe_plain_dp(model, budget, found, z, c):
 
     try:
         ops, _ = dp(model, budget=budget)
-    except (InfeasibleError, NotApplicableError):
+    except (InfeasibleError, NotApplicableError, TooLargeError):
         return found
     ops = lower(model, ops)
     result = simulate(model, ops)

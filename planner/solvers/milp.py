@@ -92,7 +92,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
         (or ``others_least_bytes``).
     ImportError
         scipy is not installed.
-    ValueError
+    OptionError
         ``time_limit`` is not a positive finite number.
 
     Notes

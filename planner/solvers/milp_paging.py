@@ -77,7 +77,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
         the time ran out before any schedule was found.
     ModelError
         The model's time unit is not a time.
-    ValueError
+    OptionError
         ``time_limit`` is not a positive finite number.
 
     Notes
