@@ -105,6 +105,18 @@ class Model:
         return tuple(tuple(c) for c in result)
 
     @cached_property
+    def saved_reads(self):
+        """``saved_reads[i]``: the outputs ``i``'s saved data reads and its backward then reads.
+
+        Its own output with ``needs_output``, its inputs with ``needs_inputs``
+        (SPEC section 3): a forward of ``i`` with save pins them until ``i``'s backward.
+        """
+        return tuple(
+            ((i,) if layer.needs_output else ()) + (layer.inputs if layer.needs_inputs else ())
+            for i, layer in enumerate(self.layers)
+        )
+
+    @cached_property
     def sink(self):
         """Index of the layer whose output feeds the loss."""
         return len(self.layers) - 1
