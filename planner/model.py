@@ -434,11 +434,14 @@ def load_model(path):
     Returns
     -------
     Model
+        Built by :func:`model_from_dict` from the file's JSON, which it keeps
+        as ``document`` (the fingerprint is the one of the file as read).
 
     Raises
     ------
     ModelError
-        With a message naming the file, the layer and the field.
+        With a message naming the file, the layer and the field; also when
+        the file cannot be read or is not JSON (:func:`read_json_file`).
     """
     document = read_json_file(path, what="model file")
     return model_from_dict(document, source_name=str(path))
