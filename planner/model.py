@@ -172,28 +172,25 @@ class Model:
             doc["time_unit"] = self.time_unit
         if self.source:
             doc["source"] = self.source
-        layers = []
-        for layer in self.layers:
-            inputs = ([INPUT] if layer.uses_input else []) + [
-                self.layers[i].name for i in layer.inputs
-            ]
-            layers.append(
-                {
-                    "name": layer.name,
-                    "inputs": inputs,
-                    "forward": layer.forward,
-                    "backward": layer.backward,
-                    "output_bytes": layer.output_bytes,
-                    "saved_bytes": layer.saved_bytes,
-                    "needs_inputs": layer.needs_inputs,
-                    "needs_output": layer.needs_output,
-                    "workspace_forward": layer.workspace_forward,
-                    "workspace_backward": layer.workspace_backward,
-                    "params_bytes": layer.params_bytes,
-                }
-            )
-        doc["layers"] = layers
+        doc["layers"] = [_layer_document(layer, self.layers) for layer in self.layers]
         return doc
+
+
+def _layer_document(layer, layers):
+    """``layer`` as an entry of a model document's ``layers``, every field spelled out."""
+    return {
+        "name": layer.name,
+        "inputs": ([INPUT] if layer.uses_input else []) + [layers[i].name for i in layer.inputs],
+        "forward": layer.forward,
+        "backward": layer.backward,
+        "output_bytes": layer.output_bytes,
+        "saved_bytes": layer.saved_bytes,
+        "needs_inputs": layer.needs_inputs,
+        "needs_output": layer.needs_output,
+        "workspace_forward": layer.workspace_forward,
+        "workspace_backward": layer.workspace_backward,
+        "params_bytes": layer.params_bytes,
+    }
 
 
 # What decides a schedule's validity and memory, with its default (SPEC section
