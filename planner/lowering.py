@@ -61,29 +61,32 @@ def insert_frees(model, ops):
     schedule that forwards the sink more than once cannot keep that rule, and
     the simulator rejects its lowering.
     """
-    FREE, FORWARD, BACKWARD = OpKind.FREE, OpKind.FORWARD, OpKind.BACKWARD
-    PAGEIN = OpKind.PAGEIN
+    FREE = OpKind.FREE
     compute = [op for op in ops if op.kind is not FREE]
+    return _free_when_ended(model, compute, _lifetime_ends(model, compute))
+
+
+def _lifetime_ends(model, compute):
+    """Which lifetimes of outputs end at each op of ``compute``: the backward scan of :func:`insert_frees`.
+
+    Returns a list with one entry per op: None, the layer (an int) or layers (a
+    list) whose current output lifetime is last read by that op (ints keep the
+    garbage collector out of long runs).  A lifetime runs from a forward or
+    pagein of a layer to its next one; a forward or pagein that nothing reads
+    ends its own lifetime.
+    """
+    FORWARD, BACKWARD, PAGEIN = OpKind.FORWARD, OpKind.BACKWARD, OpKind.PAGEIN
     layers = model.layers
-    # Per layer: outputs its forward reads, outputs its backward reads, and the
-    # outputs that saved data holds after a forward with save (released by the
-    # backward).
+    # The outputs a forward reads, and those a backward reads.  The loss reads the
+    # sink's output until the sink's backward (SPEC section 3), so that backward
+    # counts as a read of it, whatever ``needs_output`` says.
     reads_f = [layer.inputs for layer in layers]
-    # The loss reads the sink's output until the sink's backward (SPEC section 3),
-    # so that backward counts as a read of it, whatever ``needs_output`` says.
     sink = model.sink
     reads_b = [
         (layer.inputs if layer.needs_inputs else ())
         + ((i,) if layer.needs_output or i == sink else ())
         for i, layer in enumerate(layers)
     ]
-    holds = [
-        ((i,) if layer.needs_output else ()) + (layer.inputs if layer.needs_inputs else ())
-        for i, layer in enumerate(layers)
-    ]
-
-    # ends[index]: the layer (an int) or layers (a list) whose current lifetime
-    # ends after op ``index``; ints keep the garbage collector out of long runs.
     ends = [None] * len(compute)
     live_later = set()
     for index in range(len(compute) - 1, -1, -1):
@@ -116,8 +119,19 @@ def insert_frees(model, ops):
                 else:
                     end.append(j)
         ends[index] = end
+    return ends
 
-    hold = [0] * len(layers)
+
+def _free_when_ended(model, compute, ends):
+    """``compute`` with each output freed after the op that ``ends`` says ends its lifetime.
+
+    The forward pass of :func:`insert_frees`: an output that saved data still
+    holds then (``model.saved_reads`` of a forward with save, until its
+    backward) is freed right after the backward that releases the hold.
+    """
+    FORWARD, BACKWARD = OpKind.FORWARD, OpKind.BACKWARD
+    holds = model.saved_reads
+    hold = [0] * len(model.layers)
     blocked = set()
     result = []
     append = result.append

@@ -105,6 +105,18 @@ class Model:
         return tuple(tuple(c) for c in result)
 
     @cached_property
+    def saved_reads(self):
+        """``saved_reads[i]``: the outputs ``i``'s saved data reads and its backward then reads.
+
+        Its own output with ``needs_output``, its inputs with ``needs_inputs``
+        (SPEC section 3): a forward of ``i`` with save pins them until ``i``'s backward.
+        """
+        return tuple(
+            ((i,) if layer.needs_output else ()) + (layer.inputs if layer.needs_inputs else ())
+            for i, layer in enumerate(self.layers)
+        )
+
+    @cached_property
     def sink(self):
         """Index of the layer whose output feeds the loss."""
         return len(self.layers) - 1
@@ -160,28 +172,25 @@ class Model:
             doc["time_unit"] = self.time_unit
         if self.source:
             doc["source"] = self.source
-        layers = []
-        for layer in self.layers:
-            inputs = ([INPUT] if layer.uses_input else []) + [
-                self.layers[i].name for i in layer.inputs
-            ]
-            layers.append(
-                {
-                    "name": layer.name,
-                    "inputs": inputs,
-                    "forward": layer.forward,
-                    "backward": layer.backward,
-                    "output_bytes": layer.output_bytes,
-                    "saved_bytes": layer.saved_bytes,
-                    "needs_inputs": layer.needs_inputs,
-                    "needs_output": layer.needs_output,
-                    "workspace_forward": layer.workspace_forward,
-                    "workspace_backward": layer.workspace_backward,
-                    "params_bytes": layer.params_bytes,
-                }
-            )
-        doc["layers"] = layers
+        doc["layers"] = [_layer_document(layer, self.layers) for layer in self.layers]
         return doc
+
+
+def _layer_document(layer, layers):
+    """``layer`` as an entry of a model document's ``layers``, every field spelled out."""
+    return {
+        "name": layer.name,
+        "inputs": ([INPUT] if layer.uses_input else []) + [layers[i].name for i in layer.inputs],
+        "forward": layer.forward,
+        "backward": layer.backward,
+        "output_bytes": layer.output_bytes,
+        "saved_bytes": layer.saved_bytes,
+        "needs_inputs": layer.needs_inputs,
+        "needs_output": layer.needs_output,
+        "workspace_forward": layer.workspace_forward,
+        "workspace_backward": layer.workspace_backward,
+        "params_bytes": layer.params_bytes,
+    }
 
 
 # What decides a schedule's validity and memory, with its default (SPEC section
@@ -422,11 +431,14 @@ def load_model(path):
     Returns
     -------
     Model
+        Built by :func:`model_from_dict` from the file's JSON, which it keeps
+        as ``document`` (the fingerprint is the one of the file as read).
 
     Raises
     ------
     ModelError
-        With a message naming the file, the layer and the field.
+        With a message naming the file, the layer and the field; also when
+        the file cannot be read or is not JSON (:func:`read_json_file`).
     """
     document = read_json_file(path, what="model file")
     return model_from_dict(document, source_name=str(path))

@@ -187,13 +187,14 @@ def load_schedule(path, model):
     return schedule_from_dict(document, model, source_name=str(path))
 
 
-def _check_same_model(info, model, source_name, n, layer):
+def _check_same_model(fields, model, source_name, n, layer):
     """Raise :class:`ModelMismatchError` when the schedule names another model."""
-    if info["fingerprint"] == model.fingerprint and info["name"] == model.name:
+    name, fingerprint = fields["model_name"], fields["fingerprint"]
+    if fingerprint == model.fingerprint and name == model.name:
         return
     raise ModelMismatchError(
-        f"{source_name}: the schedule was made for another model: {info['name'][:60]!r} "
-        f"({info['fingerprint'][:80]}), not {model.name[:60]!r} ({model.fingerprint}); "
+        f"{source_name}: the schedule was made for another model: {name[:60]!r} "
+        f"({fingerprint[:80]}), not {model.name[:60]!r} ({model.fingerprint}); "
         f"its op #{n} names layer {layer[:60]!r}, which {model.name[:60]!r} does not have",
         index=n,
         layer=layer,
@@ -227,91 +228,98 @@ def schedule_from_dict(document, model, *, source_name="<schedule>"):
 
 def _build_schedule(document, model, source_name):
     """The :class:`Schedule` of ``document``, or a :class:`ScheduleFormatError` naming its first defect."""
+    fields = _schedule_fields(document, source_name)
+    return Schedule(ops=_schedule_ops(document, model, fields, source_name), **fields)
 
-    def fail(message):
-        raise ScheduleFormatError(f"{source_name}: {message}")
 
+def _bad(source_name, message):
+    """The :class:`ScheduleFormatError` of a defect of the file ``source_name``."""
+    return ScheduleFormatError(f"{source_name}: {message}")
+
+
+def _schedule_fields(document, source_name):
+    """Every field of a :class:`Schedule` but ``ops``, checked in the order of the file format."""
     if not isinstance(document, dict):
-        fail(f"the top level must be a JSON object, not {type(document).__name__}")
+        raise _bad(source_name, f"the top level must be a JSON object, not {type(document).__name__}")
     got = document.get("format")
     if got not in (SCHEDULE_FORMAT, SCHEDULE_FORMAT_PAGING):
-        fail(
+        raise _bad(
+            source_name,
             f"field 'format': expected \"{SCHEDULE_FORMAT}\" or \"{SCHEDULE_FORMAT_PAGING}\", got "
-            + ("nothing" if got is None else json.dumps(got)[:40])
+            + ("nothing" if got is None else json.dumps(got)[:40]),
         )
-    paging = got == SCHEDULE_FORMAT_PAGING
     storage = None
-    if paging:
+    if got == SCHEDULE_FORMAT_PAGING:
         if "storage" not in document:
-            fail(f"field 'storage': missing (an {SCHEDULE_FORMAT_PAGING} names its storage)")
+            raise _bad(source_name, f"field 'storage': missing (an {SCHEDULE_FORMAT_PAGING} names its storage)")
         storage = storage_from_dict(
             document["storage"], error=ScheduleFormatError, source_name=source_name
         )
     info = document.get("model")
     if not isinstance(info, dict):
-        fail("field 'model': must be an object with 'name' and 'fingerprint'")
+        raise _bad(source_name, "field 'model': must be an object with 'name' and 'fingerprint'")
     for key in ("name", "fingerprint"):
         if not isinstance(info.get(key), str):
-            fail(f"field 'model.{key}': must be a string")
+            raise _bad(source_name, f"field 'model.{key}': must be a string")
     strategy = document.get("strategy", "")
     if not isinstance(strategy, str):
-        fail("field 'strategy': must be a string")
+        raise _bad(source_name, "field 'strategy': must be a string")
     params = document.get("params", {})
     if not isinstance(params, dict):
-        fail("field 'params': must be an object")
+        raise _bad(source_name, "field 'params': must be an object")
     budget = document.get("budget_bytes")
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
-        fail("field 'budget_bytes': must be an integer >= 0 or null")
+        raise _bad(source_name, "field 'budget_bytes': must be an integer >= 0 or null")
     predicted = document.get("predicted", {})
     if not isinstance(predicted, dict):
-        fail("field 'predicted': must be an object")
+        raise _bad(source_name, "field 'predicted': must be an object")
+    return {
+        "model_name": info["name"], "fingerprint": info["fingerprint"], "strategy": strategy,
+        "params": params, "budget_bytes": budget, "predicted": predicted, "storage": storage,
+    }
+
+
+def _schedule_ops(document, model, fields, source_name):
+    """The ops of ``document`` as a tuple of :class:`Op`, their layer names resolved in ``model``."""
+    paging = fields["storage"] is not None
     raw_ops = document.get("ops")
     if not isinstance(raw_ops, list):
-        fail("field 'ops': must be a list of ops")
+        raise _bad(source_name, "field 'ops': must be a list of ops")
     index = model.index
     ops = []
     for n, raw in enumerate(raw_ops):
         if not isinstance(raw, dict):
-            fail(f"op #{n}: must be an object")
+            raise _bad(source_name, f"op #{n}: must be an object")
         kind = raw.get("op")
         layer = raw.get("layer")
         if kind not in _OP_NAMES and not (paging and kind in _PAGING_NAMES):
             if kind in _PAGING_NAMES:
-                fail(f"op #{n}: field 'op': {kind} needs format \"{SCHEDULE_FORMAT_PAGING}\" and a storage")
-            fail(f"op #{n}: field 'op': unknown op {json.dumps(kind)[:40]} ({_op_words(paging)})")
+                raise _bad(
+                    source_name,
+                    f"op #{n}: field 'op': {kind} needs format \"{SCHEDULE_FORMAT_PAGING}\" and a storage",
+                )
+            raise _bad(
+                source_name, f"op #{n}: field 'op': unknown op {json.dumps(kind)[:40]} ({_op_words(paging)})"
+            )
         if not isinstance(layer, str):
-            fail(f"op #{n}: field 'layer': must be a layer name")
+            raise _bad(source_name, f"op #{n}: field 'layer': must be a layer name")
         if layer not in index:
-            _check_same_model(info, model, source_name, n, layer)
-            fail(f"op #{n}: field 'layer': the model has no layer {layer[:60]!r}")
+            _check_same_model(fields, model, source_name, n, layer)
+            raise _bad(source_name, f"op #{n}: field 'layer': the model has no layer {layer[:60]!r}")
         i = index[layer]
         if kind == "forward":
             save = raw.get("save")
             if not isinstance(save, bool):
-                fail(f"op #{n} ({layer[:60]!r}): field 'save': must be true or false")
+                raise _bad(source_name, f"op #{n} ({layer[:60]!r}): field 'save': must be true or false")
             ops.append(forward(i, save))
-        elif kind == "backward":
-            ops.append(backward(i))
-        elif kind == "free":
-            ops.append(free(i))
-        elif kind == "pageout":
-            ops.append(pageout(i))
         else:
-            ops.append(pagein(i))
-    return Schedule(
-        model_name=info["name"],
-        fingerprint=info["fingerprint"],
-        strategy=strategy,
-        params=params,
-        budget_bytes=budget,
-        predicted=predicted,
-        ops=tuple(ops),
-        storage=storage,
-    )
+            ops.append(_BY_NAME[kind](i))
+    return tuple(ops)
 
 
 _OP_NAMES = ("forward", "backward", "free")
 _PAGING_NAMES = ("pageout", "pagein")
+_BY_NAME = {"backward": backward, "free": free, "pageout": pageout, "pagein": pagein}
 
 
 def _op_words(paging):

@@ -126,49 +126,23 @@ def simulate(model, ops, *, timeline=False, storage=None):
     """
     layers = model.layers
     n = len(layers)
-    out = [layer.output_bytes for layer in layers]
-    saved = [layer.saved_bytes for layer in layers]
-    wsf = [layer.workspace_forward for layer in layers]
-    wsb = [layer.workspace_backward for layer in layers]
-    ins = [layer.inputs for layer in layers]
-    need_in = [layer.needs_inputs for layer in layers]
-    need_out = [layer.needs_output for layer in layers]
+    out, saved, wsf, wsb, ins = _columns(layers)
+    holds = model.saved_reads  # pinned by a forward with save until the backward
     sink = model.sink
-
-    in_a = [False] * n
-    in_s = [False] * n
-    in_g = [False] * n
-    done = [False] * n
+    # SPEC section 3's sets, as flags: A (outputs), S (saved data), G (gradients), D (backwards run).
+    in_a, in_s, in_g, done = ([False] * n for _ in range(4))
     hold = [0] * n  # saved data that reads layer i's output
     waiting = [len(c) for c in model.consumers]  # consumers whose backward has not run
-
-    mem = model.input_bytes
-    peak = mem
-    peak_index = -1
     runs_f = [0] * n  # forward ops per layer
-    forwards = 0
-    backwards = 0
+    paged = _Paged(storage, out)  # P, and the pageout and pagein ops per layer
+    in_p = paged.in_p
+    mem = peak = model.input_bytes
+    peak_index = count = -1
     trace = array("q") if timeline else None
-    error = None
-    count = -1
-    in_p = [False] * n  # P: outputs paged out to storage
-    paged = 0  # sum(output_bytes of P)
-    runs_out = [0] * n  # pageout ops per layer
-    runs_in = [0] * n  # pagein ops per layer
-    capacity = None if storage is None or storage.bytes is None else storage.bytes
-
-    def broken(index, op, message):
-        name = layers[op.layer].name if 0 <= op.layer < n else str(op.layer)
-        return ScheduleError(
-            f"op #{index} ({op.kind.value} {name}): {message}", index=index, layer=name
-        )
-
     for count, op in enumerate(ops):
-        kind = op.kind
-        i = op.layer
+        kind, i = op.kind, op.layer
         if kind is _FREE:
             if not in_a[i] or hold[i] or (i == sink and not done[i]):
-                error = broken(count, op, _free_problem(model, i, in_a, in_s, hold))
                 break
             in_a[i] = False
             mem -= out[i]
@@ -178,27 +152,18 @@ def simulate(model, ops, *, timeline=False, storage=None):
         if kind is _FORWARD:
             save = op.save
             if in_a[i] or done[i] or (save and in_s[i]) or _first_missing(ins[i], in_a) is not None:
-                error = broken(count, op, _forward_problem(model, i, save, in_a, in_s, done))
                 break
             in_a[i] = True
             mem += out[i]
             if save:
                 in_s[i] = True
                 mem += saved[i]
-                if need_out[i]:
-                    hold[i] += 1
-                if need_in[i]:
-                    for j in ins[i]:
-                        hold[j] += 1
+                for j in holds[i]:
+                    hold[j] += 1
             now = mem + wsf[i]
             runs_f[i] += 1
-            forwards += 1
         elif kind is _BACKWARD:
-            if (
-                done[i] or not in_s[i] or waiting[i] or (need_out[i] and not in_a[i])
-                or (need_in[i] and _first_missing(ins[i], in_a) is not None)
-            ):
-                error = broken(count, op, _backward_problem(model, i, in_a, in_s, done, waiting))
+            if done[i] or not in_s[i] or waiting[i] or _first_missing(holds[i], in_a) is not None:
                 break
             if i == sink and not in_g[i]:
                 in_g[i] = True
@@ -211,60 +176,105 @@ def simulate(model, ops, *, timeline=False, storage=None):
             now = mem + wsb[i]
             in_s[i] = False
             mem -= saved[i]
-            if need_out[i]:
-                hold[i] -= 1
-            if need_in[i]:
-                for j in ins[i]:
-                    hold[j] -= 1
+            for j in holds[i]:
+                hold[j] -= 1
             if in_g[i]:
                 in_g[i] = False
                 mem -= out[i]
             if in_p[i]:
-                in_p[i] = False
-                paged -= out[i]
+                paged.drop(i)
             done[i] = True
-            backwards += 1
         elif kind is _PAGEOUT or kind is _PAGEIN:
-            message = _page_check(kind, i, in_a, in_p, done, storage)
-            if message is None and kind is _PAGEOUT:
-                if capacity is not None and paged + out[i] > capacity:
-                    message = (
-                        f"the storage is full: {paged + out[i]} bytes paged out, "
-                        f"more than its {capacity} bytes"
-                    )
-            if message is not None:
-                error = broken(count, op, message)
+            if paged.move(kind, i, in_a, done) is not None:
                 break
-            if kind is _PAGEOUT:
-                in_p[i] = True
-                paged += out[i]
-                runs_out[i] += 1
-                if trace is not None:
-                    trace.append(mem)
-                continue
-            in_a[i] = True
-            mem += out[i]
-            runs_in[i] += 1
+            if kind is _PAGEIN:
+                in_a[i] = True
+                mem += out[i]
             now = mem
         else:  # pragma: no cover - OpKind is closed
-            error = broken(count, op, f"unknown op {kind!r}")
             break
         if now > peak:
             peak = now
             peak_index = count
         if trace is not None:
             trace.append(now)
-    else:
-        count += 1  # every op replayed
-        if backwards != n:
-            error = _unfinished(layers, done, n - backwards)
-    counts = {"peak": peak, "peak_index": peak_index, "forwards": forwards, "n_ops": count}
-    return _result(model, storage, error, counts, (runs_f, done, runs_out, runs_in), trace)
+    else:  # every op replayed
+        return _result(model, _unfinished(layers, done), (peak, peak_index, count + 1), (runs_f, done, paged), trace)
+    error = _op_error(model, count, op, (in_a, in_s, done, hold, waiting, paged))
+    return _result(model, error, (peak, peak_index, count), (runs_f, done, paged), trace)
 
 
-def _unfinished(layers, done, missing):
-    """The error of a schedule that ends with ``missing`` backwards not run."""
-    first = next(k for k in range(len(layers)) if not done[k])
+def _columns(layers):
+    """The per-layer lists the replay reads."""
+    return (
+        [layer.output_bytes for layer in layers],
+        [layer.saved_bytes for layer in layers],
+        [layer.workspace_forward for layer in layers],
+        [layer.workspace_backward for layer in layers],
+        [layer.inputs for layer in layers],
+    )
+
+
+class _Paged:
+    """The set P of a replay (outputs paged out to ``storage``) and its paging ops per layer."""
+
+    __slots__ = ("storage", "out", "in_p", "bytes", "runs_out", "runs_in")
+
+    def __init__(self, storage, out):
+        n = len(out)
+        self.storage = storage
+        self.out = out
+        self.in_p = [False] * n
+        self.bytes = 0  # sum(output_bytes of P)
+        self.runs_out = [0] * n
+        self.runs_in = [0] * n
+
+    def check(self, kind, i, in_a, done):
+        """Why a pageout or pagein of layer ``i`` breaks SPEC section 5, or None."""
+        return _page_check(kind, i, in_a, self.in_p, done, self.storage, self.bytes + self.out[i])
+
+    def move(self, kind, i, in_a, done):
+        """Record a pageout or pagein of layer ``i`` unless it breaks a rule; :meth:`check`'s answer."""
+        message = self.check(kind, i, in_a, done)
+        if message is None and kind is _PAGEOUT:
+            self.in_p[i] = True
+            self.bytes += self.out[i]
+            self.runs_out[i] += 1
+        elif message is None:
+            self.runs_in[i] += 1
+        return message
+
+    def drop(self, i):
+        """Layer ``i``'s backward ran: its paged copy is released."""
+        self.in_p[i] = False
+        self.bytes -= self.out[i]
+
+
+def _op_error(model, index, op, state):
+    """The :class:`ScheduleError` of op #``index``, which breaks a rule in ``state``."""
+    in_a, in_s, done, hold, waiting, paged = state
+    kind, i = op.kind, op.layer
+    if kind is _FREE:
+        message = _free_problem(model, i, in_a, in_s, hold)
+    elif kind is _FORWARD:
+        message = _forward_problem(model, i, op.save, in_a, in_s, done)
+    elif kind is _BACKWARD:
+        message = _backward_problem(model, i, in_a, in_s, done, waiting)
+    elif kind is _PAGEOUT or kind is _PAGEIN:
+        message = paged.check(kind, i, in_a, done)
+    else:  # pragma: no cover - OpKind is closed
+        message = f"unknown op {kind!r}"
+    layers = model.layers
+    name = layers[i].name if 0 <= i < len(layers) else str(i)
+    return ScheduleError(f"op #{index} ({kind.value} {name}): {message}", index=index, layer=name)
+
+
+def _unfinished(layers, done):
+    """The error of a schedule that ends before every backward ran, or None if none is missing."""
+    missing = done.count(False)
+    if not missing:
+        return None
+    first = done.index(False)
     return ScheduleError(
         f"the schedule ends before every backward ran: {missing} missing, "
         f"the first is {layers[first].name!r}",
@@ -273,9 +283,14 @@ def _unfinished(layers, done, missing):
     )
 
 
-def _result(model, storage, error, counts, runs, trace):
-    """The :class:`SimulationResult` of a replay: costs from the per-layer op counts ``runs``."""
-    runs_f, done, runs_out, runs_in = runs
+def _result(model, error, counts, runs, trace):
+    """The :class:`SimulationResult` of a replay.
+
+    ``counts`` is (peak, the op index at the peak, ops replayed); the costs come
+    from the per-layer op counts ``runs`` (forwards, backwards done, paging).
+    """
+    peak, peak_index, n_ops = counts
+    runs_f, done, paged = runs
     # Summed exactly (math.fsum) from per-layer counts, so the result does not
     # depend on the order of the ops and a schedule without recomputation has
     # exactly the baseline's compute (overhead 0.0, never -1e-16).
@@ -284,17 +299,17 @@ def _result(model, storage, error, counts, runs, trace):
         [l.forward * k for l, k in zip(layers, runs_f) if k] + [l.backward for l, d in zip(layers, done) if d]
     )
     baseline = model.baseline_compute
-    transfer, pageouts, pageins = _transfer(model, storage, runs_out, runs_in)
+    transfer, pageouts, pageins = _transfer(model, paged.storage, paged.runs_out, paged.runs_in)
     return SimulationResult(
         valid=error is None,
         error=error,
-        peak_bytes=counts["peak"],
-        peak_index=counts["peak_index"],
+        peak_bytes=peak,
+        peak_index=peak_index,
         compute=compute,
         baseline_compute=baseline,
         overhead=((compute + transfer) / baseline - 1.0) if baseline > 0 else 0.0,
-        forwards=counts["forwards"],
-        n_ops=counts["n_ops"],
+        forwards=sum(runs_f),
+        n_ops=n_ops,
         timeline=trace,
         transfer=transfer,
         pageouts=pageouts,
@@ -302,8 +317,11 @@ def _result(model, storage, error, counts, runs, trace):
     )
 
 
-def _page_check(kind, i, in_a, in_p, done, storage):
-    """Why a pageout or pagein of layer ``i`` breaks SPEC section 5, or None."""
+def _page_check(kind, i, in_a, in_p, done, storage, paged_after):
+    """Why a pageout or pagein of layer ``i`` breaks SPEC section 5, or None.
+
+    ``paged_after`` is the paged bytes a pageout would leave in ``storage``.
+    """
     if storage is None:
         return "a paging op needs a storage (edgeplan-schedule/2), and none is given"
     if kind is _PAGEOUT:
@@ -311,6 +329,11 @@ def _page_check(kind, i, in_a, in_p, done, storage):
             return "its output is not in memory"
         if in_p[i]:
             return "its output is already paged out"
+        if storage.bytes is not None and paged_after > storage.bytes:
+            return (
+                f"the storage is full: {paged_after} bytes paged out, "
+                f"more than its {storage.bytes} bytes"
+            )
         return None
     if not in_p[i]:
         return "its output is not paged out"

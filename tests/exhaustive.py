@@ -13,17 +13,18 @@ Two oracles, sharing no code with ``planner.solvers.dp``:
   (the sink's output is never freed before the sink's backward),
   weighted by its compute time; an op whose memory (workspace included) would
   exceed the budget is not allowed.  The schedule it returns is replayed by the
-  simulator before it is returned.
+  simulator before it is returned.  Its skeleton, :func:`search_all_schedules`,
+  also serves :mod:`tests.exhaustive_paging`, which adds pageouts and pageins.
 """
 
 import heapq
 import itertools
 
 from planner.lowering import insert_frees
-from planner.schedule import backward, forward, free
+from planner.schedule import OpKind, backward, forward, free
 from planner.simulate import simulate
 
-__all__ = ["persistent_schedules", "persistent_optimum", "optimal_schedule"]
+__all__ = ["persistent_schedules", "persistent_optimum", "optimal_schedule", "search_all_schedules"]
 
 
 def _solve_variants(s, t):
@@ -85,6 +86,26 @@ def optimal_schedule(model, budget):
     run: nothing can read it again) are freed at once, which never costs
     compute nor memory; every other free is a choice of the search.
     """
+    return search_all_schedules(model, budget)
+
+
+def search_all_schedules(model, budget, *, storage=None, more_moves=None):
+    """The Dijkstra search of :func:`optimal_schedule`, with room for more kinds of ops.
+
+    States are ``(A, S, P, D)`` as bit sets over the layers of a chain (``P``,
+    the paged copies, stays empty unless ``more_moves`` fills it); the edges are
+    every forward (with or without save), backward and free that SPEC section 3
+    allows, and for each layer ``i`` the ones ``more_moves(i, state, base, add)``
+    adds with ``add((time, peak, next_state, op))``, ``base`` being the memory
+    of ``state``.  An edge whose peak exceeds ``budget`` is not taken.
+
+    Returns
+    -------
+    (cost, ops) or None
+        ``cost`` is compute plus transfer; ``ops`` (the frees included) were
+        replayed by the simulator with ``storage``, are valid, cost ``cost``
+        and peak at most ``budget``.
+    """
     layers = model.layers
     n = len(layers)
     out = [l.output_bytes for l in layers]
@@ -97,23 +118,11 @@ def optimal_schedule(model, budget):
     no = [l.needs_output for l in layers]
     full = (1 << n) - 1
 
-    def bit(i):
-        return 1 << i
-
-    def grads(d):
-        # gradient of j is held once j + 1's backward ran and j's has not
-        return (d >> 1) & ~d & full
-
     def memory(a, s, d):
+        g = (d >> 1) & ~d & full  # gradient of j: j + 1's backward ran, j's has not
         total = model.input_bytes
-        g = grads(d)
         for i in range(n):
-            if a >> i & 1:
-                total += out[i]
-            if s >> i & 1:
-                total += saved[i]
-            if g >> i & 1:
-                total += out[i]
+            total += out[i] * ((a >> i & 1) + (g >> i & 1)) + saved[i] * (s >> i & 1)
         return total
 
     def held(i, s, d):
@@ -128,50 +137,74 @@ def optimal_schedule(model, budget):
     def canonical(a, d):
         for i in range(n):
             if (a >> i & 1) and (d >> i & 1) and (i == n - 1 or d >> (i + 1) & 1):
-                a &= ~bit(i)
+                a &= ~(1 << i)
         return a
 
-    start = (0, 0, 0)
-    if memory(*start) > budget:
+    def moves(state):
+        a, s, p, d = state
+        base = memory(a, s, d)
+        found = []
+        add = found.append
+        for i in range(n):
+            bit = 1 << i
+            input_ok = i == 0 or (a >> (i - 1) & 1)
+            if not (a & bit) and not (d & bit) and input_ok:
+                for save in (False, True):
+                    if save and (s & bit):
+                        continue
+                    peak = base + out[i] + (saved[i] if save else 0) + wf[i]
+                    nxt = (canonical(a | bit, d), (s | bit) if save else s, p, d)
+                    add((tf[i], peak, nxt, forward(i, save)))
+            if (s & bit) and not (d & bit) and (i == n - 1 or d >> (i + 1) & 1):
+                if (not ni[i] or input_ok) and (not no[i] or a & bit):
+                    # new gradient of the input; the sink's own gradient appears now
+                    peak = base + (out[i - 1] if i > 0 else 0) + (out[i] if i == n - 1 else 0) + wb[i]
+                    nd = d | bit
+                    add((tb[i], peak, (canonical(a, nd), s & ~bit, p & ~bit, nd), backward(i)))
+            if (a & bit) and not held(i, s, d):
+                add((0.0, base, (a & ~bit, s, p, d), free(i)))
+            if more_moves is not None:
+                more_moves(i, state, base, add)
+        return found
+
+    if memory(0, 0, 0) > budget:
         return None
+    found = _dijkstra((0, 0, 0, 0), lambda state: state[3] == full, moves, budget)
+    if found is None:
+        return None
+    cost, path = found
+    ops = _with_dead_frees(path, n)
+    sim = simulate(model, ops, storage=storage)
+    assert sim.valid, sim.error
+    assert sim.peak_bytes <= budget, (sim.peak_bytes, budget)
+    total = sim.compute + sim.transfer
+    assert abs(total - cost) <= 1e-9 * max(1.0, total), (total, cost)
+    return cost, ops
+
+
+def _dijkstra(start, is_goal, edges, budget):
+    """(cost, [(state, op, next state), ...]) of a cheapest path from ``start`` to a goal, or None.
+
+    ``edges(state)`` lists ``(time, peak, next_state, op)``; an edge whose
+    peak exceeds ``budget`` is not taken.
+    """
     dist = {start: 0.0}
     parent = {start: None}
     counter = itertools.count()
     heap = [(0.0, next(counter), start)]
-    goal = None
     while heap:
         cost, _, state = heapq.heappop(heap)
         if cost > dist[state]:
             continue
-        a, s, d = state
-        if d == full:
-            goal = state
-            break
-        base = memory(a, s, d)
-        moves = []
-        for i in range(n):
-            b = bit(i)
-            input_ok = i == 0 or (a >> (i - 1) & 1)
-            # forward i (with and without save)
-            if not (a & b) and not (d & b) and input_ok:
-                for save in (False, True):
-                    if save and (s & b):
-                        continue
-                    peak = base + out[i] + (saved[i] if save else 0) + wf[i]
-                    na, ns = a | b, (s | b) if save else s
-                    moves.append((tf[i], peak, (canonical(na, d), ns, d), forward(i, save)))
-            # backward i
-            if (s & b) and not (d & b) and (i == n - 1 or d >> (i + 1) & 1):
-                if (not ni[i] or input_ok) and (not no[i] or a & b):
-                    g_new = out[i - 1] if i > 0 else 0
-                    sink_grad = out[i] if i == n - 1 else 0
-                    peak = base + g_new + sink_grad + wb[i]
-                    nd = d | b
-                    moves.append((tb[i], peak, (canonical(a, nd), s & ~b, nd), backward(i)))
-            # free i
-            if (a & b) and not held(i, s, d):
-                moves.append((0.0, base, (a & ~b, s, d), free(i)))
-        for dt, peak, nxt, op in moves:
+        if is_goal(state):
+            path = []
+            while parent[state] is not None:
+                prev, op = parent[state]
+                path.append((prev, op, state))
+                state = prev
+            path.reverse()
+            return cost, path
+        for dt, peak, nxt, op in edges(state):
             if peak > budget:
                 continue
             c = cost + dt
@@ -179,26 +212,17 @@ def optimal_schedule(model, budget):
                 dist[nxt] = c
                 parent[nxt] = (state, op)
                 heapq.heappush(heap, (c, next(counter), nxt))
-    if goal is None:
-        return None
-    # Rebuild the op list, adding the canonical frees the search made implicitly.
-    path = []
-    state = goal
-    while parent[state] is not None:
-        prev, op = parent[state]
-        path.append((prev, op, state))
-        state = prev
-    path.reverse()
+    return None
+
+
+def _with_dead_frees(path, n):
+    """The ops of a search ``path``, with the frees of dead outputs the states made implicitly."""
     ops = []
     for prev, op, nxt in path:
         ops.append(op)
-        before = prev[0] | (bit(op.layer) if op.kind.value == "forward" else 0)
-        if op.kind.value == "free":
+        if op.kind is OpKind.FREE:
             continue
+        before = prev[0] | ((1 << op.layer) if op.kind in (OpKind.FORWARD, OpKind.PAGEIN) else 0)
         dropped = before & ~nxt[0]
         ops.extend(free(i) for i in range(n) if dropped >> i & 1)
-    sim = simulate(model, ops)
-    assert sim.valid, sim.error
-    assert sim.peak_bytes <= budget, (sim.peak_bytes, budget)
-    assert abs(sim.compute - dist[goal]) <= 1e-9 * max(1.0, sim.compute), (sim.compute, dist[goal])
-    return dist[goal], ops
+    return ops

@@ -19,12 +19,10 @@
 unrestricted optimum beats the class optimum on random chains.
 """
 
-import heapq
-import itertools
-
 from planner.lowering import insert_frees
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
+from tests.exhaustive import search_all_schedules
 
 __all__ = ["class_schedules", "class_optimum", "optimal_schedule", "lower_holding_sink"]
 
@@ -103,117 +101,25 @@ def optimal_schedule(model, budget, storage):
     -----
     Dead outputs (nothing can read them again: their backward and their
     consumer's have run) are freed at once; every other free is a choice.
+    The search is :func:`tests.exhaustive.search_all_schedules` (the one
+    over schedules without paging) with the pageouts and pageins added.
     """
-    layers = model.layers
-    n = len(layers)
-    out = [l.output_bytes for l in layers]
-    saved = [l.saved_bytes for l in layers]
-    wf = [l.workspace_forward for l in layers]
-    wb = [l.workspace_backward for l in layers]
-    tf = [l.forward for l in layers]
-    tb = [l.backward for l in layers]
-    ni = [l.needs_inputs for l in layers]
-    no = [l.needs_output for l in layers]
+    out = [l.output_bytes for l in model.layers]
     scale = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[model.time_unit]
     t_out = [(storage.write_latency_s + o / storage.write_bytes_per_s) * scale for o in out]
     t_in = [(storage.read_latency_s + o / storage.read_bytes_per_s) * scale for o in out]
     cap = storage.bytes
-    full = (1 << n) - 1
 
-    def memory(a, s, d):
-        g = (d >> 1) & ~d & full  # gradient of j: j + 1's backward ran, j's has not
-        total = model.input_bytes
-        for i in range(n):
-            total += out[i] * ((a >> i & 1) + (g >> i & 1)) + saved[i] * (s >> i & 1)
-        return total
-
-    def paged_bytes(p):
-        return sum(out[i] for i in range(n) if p >> i & 1)
-
-    def held(i, s, d):
-        if (s >> i & 1) and no[i]:
-            return True
-        if i == n - 1 and not d >> i & 1:
-            return True  # the loss reads the sink's output until its backward
-        return i + 1 < n and (s >> (i + 1) & 1) and ni[i + 1]
-
-    def canonical(a, d):
-        for i in range(n):
-            if (a >> i & 1) and (d >> i & 1) and (i == n - 1 or d >> (i + 1) & 1):
-                a &= ~(1 << i)
-        return a
-
-    start = (0, 0, 0, 0)
-    if memory(0, 0, 0) > budget:
-        return None
-    dist = {start: 0.0}
-    parent = {start: None}
-    counter = itertools.count()
-    heap = [(0.0, next(counter), start)]
-    goal = None
-    while heap:
-        cost, _, state = heapq.heappop(heap)
-        if cost > dist[state]:
-            continue
+    def paging_moves(i, state, base, add):
         a, s, p, d = state
-        if d == full:
-            goal = state
-            break
-        base = memory(a, s, d)
-        moves = []
-        for i in range(n):
-            bit = 1 << i
-            input_ok = i == 0 or (a >> (i - 1) & 1)
-            if not (a & bit) and not (d & bit) and input_ok:
-                for save in (False, True):
-                    if save and (s & bit):
-                        continue
-                    peak = base + out[i] + (saved[i] if save else 0) + wf[i]
-                    nxt = (canonical(a | bit, d), (s | bit) if save else s, p, d)
-                    moves.append((tf[i], peak, nxt, forward(i, save)))
-            if (s & bit) and not (d & bit) and (i == n - 1 or d >> (i + 1) & 1):
-                if (not ni[i] or input_ok) and (not no[i] or a & bit):
-                    peak = base + (out[i - 1] if i > 0 else 0) + (out[i] if i == n - 1 else 0) + wb[i]
-                    nd = d | bit
-                    moves.append((tb[i], peak, (canonical(a, nd), s & ~bit, p & ~bit, nd), backward(i)))
-            if (a & bit) and not held(i, s, d):
-                moves.append((0.0, base, (a & ~bit, s, p, d), free(i)))
-            if (a & bit) and not (p & bit) and not (d & bit):
-                if cap is None or paged_bytes(p) + out[i] <= cap:
-                    moves.append((t_out[i], base, (a, s, p | bit, d), pageout(i)))
-            if (p & bit) and not (a & bit) and not (d & bit):
-                moves.append((t_in[i], base + out[i], (a | bit, s, p, d), pagein(i)))
-        for dt, peak, nxt, op in moves:
-            if peak > budget:
-                continue
-            c = cost + dt
-            if c < dist.get(nxt, float("inf")):
-                dist[nxt] = c
-                parent[nxt] = (state, op)
-                heapq.heappush(heap, (c, next(counter), nxt))
-    if goal is None:
-        return None
-    path = []
-    state = goal
-    while parent[state] is not None:
-        prev, op = parent[state]
-        path.append((prev, op, state))
-        state = prev
-    path.reverse()
-    ops = []
-    for prev, op, nxt in path:
-        ops.append(op)
-        if op.kind is OpKind.FREE:
-            continue
-        before = prev[0] | ((1 << op.layer) if op.kind in (OpKind.FORWARD, OpKind.PAGEIN) else 0)
-        dropped = before & ~nxt[0]
-        ops.extend(free(i) for i in range(n) if dropped >> i & 1)
-    sim = simulate(model, ops, storage=storage)
-    assert sim.valid, sim.error
-    assert sim.peak_bytes <= budget, (sim.peak_bytes, budget)
-    total = sim.compute + sim.transfer
-    assert abs(total - dist[goal]) <= 1e-9 * max(1.0, total), (total, dist[goal])
-    return dist[goal], ops
+        bit = 1 << i
+        if (a & bit) and not (p & bit) and not (d & bit):
+            if cap is None or sum(o for k, o in enumerate(out) if p >> k & 1) + out[i] <= cap:
+                add((t_out[i], base, (a, s, p | bit, d), pageout(i)))
+        if (p & bit) and not (a & bit) and not (d & bit):
+            add((t_in[i], base + out[i], (a | bit, s, p, d), pagein(i)))
+
+    return search_all_schedules(model, budget, storage=storage, more_moves=paging_moves)
 
 
 def compare_unrestricted(cases, *, every=1):
