@@ -37,10 +37,10 @@ from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.device import PRESETS, TIME_UNITS  # noqa: E402
 from planner.errors import InfeasibleError  # noqa: E402
-from planner.lowering import store_all_ops  # noqa: E402
+from planner.lowering import insert_frees, store_all_ops  # noqa: E402
 from planner.model import load_model, model_from_dict  # noqa: E402
 from planner.simulate import simulate  # noqa: E402
-from planner.solvers.dp_paging import dp_paging, lower  # noqa: E402
+from planner.solvers.dp_paging import dp_paging  # noqa: E402
 from planner.solvers.page_all import page_all  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -60,12 +60,12 @@ GPU = "gpu-a100-80gb-pcie4-host"  # for the models timed on a GPU
 
 def store_all_peak(model):
     """Store-all's peak with the sink's output held until its backward (as the DP counts)."""
-    return simulate(model, lower(model, store_all_ops(model))).peak_bytes
+    return simulate(model, insert_frees(model, store_all_ops(model))).peak_bytes
 
 
 def measured(model, ops, storage):
     """(peak, overhead) of ``ops`` replayed by the simulator (sink held, as the DP counts)."""
-    result = simulate(model, lower(model, ops), storage=storage)
+    result = simulate(model, insert_frees(model, ops), storage=storage)
     assert result.valid, result.error
     return result.peak_bytes, result.overhead
 

@@ -25,8 +25,8 @@ A subproblem comes in three *modes* for ``a[s-1]``: *released* (freed after
 its last use inside), *pinned* (the caller's backward of ``s - 1`` reads it:
 ``needs_output``; it can be neither freed nor paged) and *paged* (released,
 and already in storage).  Memory is counted exactly as the simulator does
-with the frees of :func:`lower` (every output freed right after its last
-read, the sink's output held until its backward), peaks relative to what the
+with the frees of :func:`planner.lowering.insert_frees` (every output freed
+right after its last read, the sink's output held until its backward), peaks relative to what the
 caller holds besides ``a[s-1]`` and the gradient of ``a[t]``:
 
 * ``F_all``: as in ``dp`` (forward peak ``p + g + o[s] + sv[s] + wf[s]``, the
@@ -52,11 +52,10 @@ from planner.device import time_scale
 from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.lowering import insert_frees, size_unit
 from planner.model import chains_only
-from planner.schedule import OpKind, free
 from planner.solvers._persistent import PAGED, PINNED, RELEASED, ChainSizes, chain_arrays, check_levels
 from planner.solvers._persistent import build_tree, store_all_tree, tree_ops
 
-__all__ = ["dp_paging", "lower", "transfer_costs"]
+__all__ = ["dp_paging", "transfer_costs"]
 
 _ALL = 1  # choice codes: 0 none, 1 F_all, 2 + 2 j F_ck, 3 + 2 j F_pg (split s + 1 + j)
 
@@ -72,7 +71,7 @@ _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 # --------------------------------------------------------------------------
-# Transfer costs and the lowering (frees) of paging schedules
+# Transfer costs
 
 
 def transfer_costs(model, storage):
@@ -88,28 +87,6 @@ def transfer_costs(model, storage):
     write = np.array([storage.pageout_seconds(o) * scale for o in outs])
     read = np.array([storage.pagein_seconds(o) * scale for o in outs])
     return write, read
-
-
-def lower(model, ops):
-    """The shared lowering of ``ops``, with the sink's output held until its backward.
-
-    :func:`planner.lowering.insert_frees` frees every output right after its
-    last read (a pagein starts a new lifetime, a pageout reads it); the loss
-    reads the sink's output, so it is freed after the sink's backward (SPEC
-    section 3), which is what the recurrence counts.
-
-    Returns
-    -------
-    list of Op
-    """
-    result = list(insert_frees(model, ops))
-    sink = model.sink
-    at = next((k for k, op in enumerate(result) if op.kind is OpKind.FREE and op.layer == sink), None)
-    back = next(k for k, op in enumerate(result) if op.kind is OpKind.BACKWARD and op.layer == sink)
-    if at is not None and at < back:
-        del result[at]
-        result.insert(back, free(sink))  # right after the backward (one index lower now)
-    return result
 
 
 # --------------------------------------------------------------------------
@@ -426,7 +403,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     -------
     ops : list of Op
         Forward, backward, pageout, pagein and free ops (the frees of
-        :func:`lower`: every output freed right after its last read).
+        :func:`planner.lowering.insert_frees`: every output freed right after its last read).
     params : dict
         ``grid`` (``"none"``, ``"exact"``, ``"rounded"``, ``"least-peak"``),
         ``unit_bytes``, ``levels``, ``paged`` (layers whose output is paged
@@ -529,7 +506,7 @@ def _infeasible(budget, least):
 def _maybe_plain_dp(model, budget, found, z, c):
     """``found``, or ``dp``'s schedule when that is cheaper (rounded grids only).
 
-    ``dp``'s ops are measured by the simulator after :func:`lower`.
+    ``dp``'s ops are measured by the simulator after :func:`planner.lowering.insert_frees`.
     """
     from planner.simulate import simulate
     from planner.solvers.dp import dp  # its public function: the class without paging
@@ -538,7 +515,7 @@ def _maybe_plain_dp(model, budget, found, z, c):
         ops, _ = dp(model, budget=budget)
     except (InfeasibleError, NotApplicableError, TooLargeError):
         return found
-    ops = lower(model, ops)
+    ops = insert_frees(model, ops)
     result = simulate(model, ops)
     if not result.valid or result.peak_bytes > budget:
         return found
@@ -550,7 +527,7 @@ def _maybe_plain_dp(model, budget, found, z, c):
 def _finish(model, tree, evaluated, params):
     cost, peak, store = evaluated
     if tree and isinstance(tree[0], tuple):
-        ops = lower(model, tree_ops(tree))
+        ops = insert_frees(model, tree_ops(tree))
     else:  # already lowered ops (dp's schedule)
         ops = tree
     paged = sorted({op.layer for op in ops if op.kind.value == "pageout"})

@@ -20,11 +20,10 @@ import numpy as np
 
 from planner.device import time_scale
 from planner.errors import InfeasibleError
-from planner.lowering import size_unit, store_all_ops
+from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, pagein, pageout
 from planner.simulate import simulate
 from planner.solvers._highs import Status, check_time_limit, fit_budget, import_highs, solve_capped, timed_solve
-from planner.solvers.dp_paging import lower
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
@@ -120,7 +119,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     n = len(model)
     plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
-    plain = lower(model, plain)
+    plain = insert_frees(model, plain)
     if budget is None or simulate(model, plain).peak_bytes <= budget:
         return plain, params
     import_highs(_SCIPY_MISSING)
@@ -171,8 +170,8 @@ def _least_peak(form, storage, deadline, others_least):
 
 
 def _measure(form, storage, x):
-    """The ops of solution ``x`` (the shared lowering's frees, the sink held) and their simulation."""
-    ops = lower(form.model, form.decode(x))
+    """The ops of solution ``x`` (the shared lowering's frees) and their simulation."""
+    ops = insert_frees(form.model, form.decode(x))
     result = simulate(form.model, ops, storage=storage)
     if not result.valid:  # pragma: no cover - would be a formulation bug
         raise RuntimeError(f"milp-paging decoded an invalid schedule: {result.error}")
@@ -194,7 +193,7 @@ def _fitting_starts(model, budget, storage, warm_starts):
     for name in _START_STRATEGIES:
         if name not in offered:
             continue
-        ops = lower(model, offered[name])
+        ops = insert_frees(model, offered[name])
         result = simulate(model, ops, storage=storage)
         if result.valid and result.peak_bytes <= budget:
             found.append((result.compute + result.transfer, ops, name))
@@ -556,10 +555,10 @@ class _Program:
         return stages
 
     def _encode_frees(self, x, ops, stages):
-        """Set C and F from the frees of the sink-holding lowering; False if outside the space."""
+        """Set C and F from the frees of the shared lowering; False if outside the space."""
         present, stage, seen, last_forward = set(), 0, 0, None
         starts = [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
-        for op in lower(self.model, ops):
+        for op in insert_frees(self.model, ops):
             if op.kind is OpKind.FREE:
                 present.discard(op.layer)
                 if stage >= 1 and last_forward is not None:
