@@ -20,7 +20,6 @@ an older one).  ``--quick`` runs small sizes only, for a smoke test.
 """
 
 import argparse
-import datetime
 import platform
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import markdown_table, publish, stamp  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.model import Layer, Model, load_model  # noqa: E402
@@ -50,12 +49,6 @@ FRACTIONS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 def strategies():
     names = ["store-all", "sequential", "sqrt-n", "chen-greedy", "revolve"]
     return names + (["dp"] if "dp" in STRATEGIES else [])
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def timed_solve(model, budget, name, **options):
@@ -93,7 +86,7 @@ def solve_times(sizes):
             row.append(text)
             print(f"  solve time n={n} {column}: {text}", file=sys.stderr)
         rows.append(row)
-    return table(["layers"] + columns, rows)
+    return markdown_table(["layers"] + columns, rows)
 
 
 def plain_uniform_chain(n):
@@ -119,7 +112,7 @@ def revolve_generation(sizes, snapshots=20):
         assert result.valid and result.forwards == n + numforw(n, snapshots + 1)
         rows.append([f"{n:,}", f"{count:,}", f"{result.forwards:,}", f"{generate:.2f}", f"{both:.2f}"])
         print(f"  revolve ops n={n}: {count} ops, {generate:.2f} s, streamed {both:.2f} s", file=sys.stderr)
-    return table(
+    return markdown_table(
         ["layers", "ops", "forwards (= l + numforw(l, 21))", "generate (s)", "generate + simulate, streamed (s)"],
         rows,
     )
@@ -145,7 +138,7 @@ def quality(models):
         blocks.append(
             f"**{label}** ({len(model)} layers, store-all peak {full:,} bytes): overhead at a budget "
             f"of x% of the store-all peak (`-`: infeasible); least budget as % of that peak.\n\n"
-            + table(header, rows)
+            + markdown_table(header, rows)
         )
     return "\n\n".join(blocks)
 
@@ -172,7 +165,7 @@ def against_sequential(models):
                 ]
             )
             print(f"  vs sequential {label} s={segments}: {rows[-1][3:]}", file=sys.stderr)
-    return table(["model", "segments", "peak (bytes)", "sequential time", "dp time at that peak"], rows)
+    return markdown_table(["model", "segments", "peak (bytes)", "sequential time", "dp time at that peak"], rows)
 
 
 def main():
@@ -191,7 +184,7 @@ def main():
     if args.quick:
         models = models[:1]
 
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = stamp()
     times = solve_times(sizes)
     generation = revolve_generation(revolve_sizes)
     quality_text = quality(models)
@@ -234,10 +227,7 @@ a plain step (1 + overhead), and dp's at a budget equal to that peak.
 
 {versus}
 """
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, DOC)
-        print(f"wrote the section to {DOC}", file=sys.stderr)
+    publish(SECTION, text, write=not args.no_write, path=DOC)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ against its budget.
 """
 
 import argparse
-import datetime
 import math
 import platform
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import markdown_table, publish, stamp  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner import solvers  # noqa: E402
 from planner.errors import InfeasibleError  # noqa: E402
@@ -42,12 +41,6 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## DAG strategies on the Checkmate graphs"
 GRAPHS = ["VGG16", "VGG19", "MobileNet", "ResNet50", "fcn_8_vgg", "segnet", "vgg_unet"]
 FRACTIONS = [0.9, 0.8]
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def cpsat_results():
@@ -117,7 +110,7 @@ def main():
     cpsat = cpsat_results()
     rows = []
     columns = []
-    started = datetime.datetime.now(datetime.timezone.utc)
+    when = stamp()
     for prefix in [g.strip() for g in args.graphs.split(",") if g.strip()]:
         path = sorted(data.glob(f"{prefix} *_train_nx.json"))[0]
         stem = path.name[: -len("_nx.json")]
@@ -146,7 +139,7 @@ def main():
                     + [cell(results[c]) if c in results else "n/a (chains only)" for c in order]
                     + [proven, moccasin])
     text = "\n".join([
-        f"Measured {started:%Y-%m-%d %H:%M} UTC with `python benchmarks/bench_dag.py "
+        f"Measured {when} with `python benchmarks/bench_dag.py "
         f"--time-limit {args.time_limit:g}` on a 2-core shared x86 box (Python "
         f"{platform.python_version()}); other jobs ran at the same time, so compare solve times "
         "within a row, not across runs.",
@@ -165,7 +158,7 @@ def main():
         "The last column is Moccasin's CP-SAT (C = 2, 2 cores, 60-90 s per phase) from "
         "`derived_cpsat_runs.csv`.",
         "",
-        table(header, body),
+        markdown_table(header, body),
         "",
         "How the memory models differ: Moccasin counts the output of every node of the "
         "training graph (forward outputs, the loss and the gradients, which are the "
@@ -181,10 +174,7 @@ def main():
         "On graphs above 70 layers milp merges consecutive backwards into fewer stages "
         "(MobileNet, ResNet50), so its optimum there is not proven for the full search space.",
     ])
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, DOC)
-        print(f"wrote the section to {DOC}", file=sys.stderr)
+    publish(SECTION, text, write=not args.no_write, path=DOC)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks._docs import write_section  # noqa: E402
+from benchmarks._docs import markdown_table, write_section  # noqa: E402
 from planner import solvers  # noqa: E402
 from planner.errors import InfeasibleError, NotApplicableError  # noqa: E402
 from planner.io.torch_profile import profile_model  # noqa: E402
@@ -74,17 +74,14 @@ def run(quick):
 
 
 def table(rows):
-    lines = [
-        "| model | layers | budget | strategy | predicted | measured | error | plain autograd | grads |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["model", "layers", "budget", "strategy", "predicted", "measured", "error", "plain autograd", "grads"]
+    body = []
     for label, n, fraction, strategy, predicted, r in rows:
         budget = "none" if fraction is None else f"{fraction:.0%} of store-all"
-        lines.append(
-            f"| {label} | {n} | {budget} | {strategy} | {predicted:,} | {r.measured_peak_bytes:,} "
-            f"| {r.relative_error:+.2%} | {r.reference_peak_bytes:,} | {'exact' if r.max_abs_diff == 0 else f'{r.max_abs_diff:.1e}'} |"
-        )
-    return "\n".join(lines)
+        grads = "exact" if r.max_abs_diff == 0 else f"{r.max_abs_diff:.1e}"
+        body.append([label, n, budget, strategy, f"{predicted:,}", f"{r.measured_peak_bytes:,}",
+                     f"{r.relative_error:+.2%}", f"{r.reference_peak_bytes:,}", grads])
+    return markdown_table(header, body)
 
 
 def main(argv=None):

@@ -24,7 +24,6 @@ against its budget.
 """
 
 import argparse
-import datetime
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import markdown_table, publish, stamp  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.errors import InfeasibleError  # noqa: E402
 from planner.model import load_model, model_from_dict  # noqa: E402
@@ -47,12 +46,6 @@ SECTION = "## reforward"
 SIZES = [100, 500, 2000]
 FRACTIONS = [0.25, 0.5, 0.75]
 MODELS = ["vgg16-ops", "vgg16", "resnet18", "resnet18-cpu", "mobilenet_v2-cpu"]
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def timed(model, budget, strategy="reforward"):
@@ -135,15 +128,15 @@ def main():
     args = parser.parse_args()
     sizes = SIZES[:1] if args.quick else SIZES
     levels = [f"{f:.0%} of the way" for f in FRACTIONS]
-    scale = table(
+    scale = markdown_table(
         ["model", "layers", "units", "least peak: solve", "least / store-all"] + levels,
         scale_rows(sizes),
     )
-    quality = table(
+    quality = markdown_table(
         ["model", "layers", "units", "least / store-all", "least peak: solve"] + levels,
         model_rows(),
     )
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = stamp()
     text = f"""## reforward
 
 `python benchmarks/bench_reforward.py` on {date}, Python {platform.python_version()}, a 2-core
@@ -170,9 +163,7 @@ all schedules) on chains.
 
 {quality}
 """
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, DOC)
+    publish(SECTION, text, write=not args.no_write, path=DOC)
 
 
 if __name__ == "__main__":

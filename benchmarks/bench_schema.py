@@ -13,7 +13,6 @@ Usage::
 """
 
 import argparse
-import datetime
 import platform
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import stamp, write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.model import model_from_dict  # noqa: E402
 from planner.schemas import load_schema, validator  # noqa: E402
@@ -69,7 +68,7 @@ def main():
     ]
     print("\n".join(header), flush=True)
     rows = run([1_000, 5_000, 20_000], repeats=3)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = stamp()
     text = (
         f"Date: {when}. Machine: {platform.machine()}, Python {platform.python_version()}, a shared "
         "2-core box: read the ratios within a row.\n\n"

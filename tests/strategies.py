@@ -33,6 +33,7 @@ __all__ = [
     "with_heavy_sink",
     "storages",
     "timed",
+    "paging_cases",
     "paging_walks",
 ]
 
@@ -272,6 +273,21 @@ def timed(docs):
     return st.tuples(docs, st.sampled_from(sorted(TIME_UNITS))).map(
         lambda pair: dict(pair[0], time_unit=pair[1])
     )
+
+
+@st.composite
+def paging_cases(draw, *, max_layers=8, dag=True):
+    """A timed model document, its model, and a storage sized around the model's outputs.
+
+    The setup of the paging properties: the document is drawn by
+    :func:`model_docs` (``dag=False``: chains only) and given a time unit by
+    :func:`timed`; the storage's capacity is drawn around the sum of the
+    layers' outputs (:func:`storages`).  Returns ``(doc, model, storage)``.
+    """
+    doc = draw(timed(model_docs(max_layers=max_layers, dag=dag)))
+    model = model_from_dict(doc)
+    storage = draw(storages(capacity_hint=sum(x.output_bytes for x in model.layers)))
+    return doc, model, storage
 
 
 @st.composite

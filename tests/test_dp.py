@@ -12,9 +12,9 @@ from planner.simulate import simulate
 from planner.solvers import applicable, run_all, solve
 from planner.solvers.dp import dp
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.checks import check_fits_and_replays
 from tests.conftest import DATA
 from tests.exhaustive import optimal_schedule, persistent_optimum, persistent_schedules
-from tests.reference import replay_solution
 from tests.strategies import chains, examples, store_all_peak, with_heavy_sink
 
 REAL = ["resnet18", "vgg16", "resnet18-cpu", "mobilenet_v2-cpu"]
@@ -31,12 +31,7 @@ def _check(model, budget):
     assert sim.valid
     assert sol.result.compute == pytest.approx(sol.params["dp_compute"], rel=1e-9)
     assert sol.result.peak_bytes == sol.params["dp_peak_bytes"]
-    if budget is not None:
-        assert sol.result.peak_bytes <= budget
-    ref = replay_solution(model, sol)
-    assert ref["valid"]
-    assert ref["peak_bytes"] == sol.result.peak_bytes
-    assert ref["compute"] == pytest.approx(sol.result.compute)
+    check_fits_and_replays(model, sol, budget)
     return sol
 
 

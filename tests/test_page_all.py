@@ -11,7 +11,7 @@ from planner.model import model_from_dict
 from planner.schedule import OpKind
 from planner.solvers import solve
 from tests.reference import replay_solution
-from tests.strategies import examples, model_docs, storages, timed
+from tests.strategies import examples, paging_cases
 
 STORAGE = Storage(1e6, 1e6, read_latency_s=1e-3, write_latency_s=1e-3)
 
@@ -80,9 +80,7 @@ def test_page_all_is_store_all_when_saved_data_pins_every_read():
 @settings(max_examples=examples(60))
 @given(data=st.data())
 def test_page_all_on_random_models(data):
-    doc = data.draw(timed(model_docs(max_layers=10)), label="model")
-    model = model_from_dict(doc)
-    storage = data.draw(storages(capacity_hint=sum(x.output_bytes for x in model.layers)))
+    _, model, storage = data.draw(paging_cases(max_layers=10), label="model")
     paged = solve(model, None, "page-all", storage=storage)
     plain = solve(model, None, "store-all")
     r = paged.result

@@ -21,7 +21,7 @@ from tests.conftest import schema_errors
 from planner.simulate import simulate
 from planner.solvers import STRATEGIES, applicable, run_all, solve
 from tests.reference import replay_solution
-from tests.strategies import budgets, examples, model_docs, storages, timed
+from tests.strategies import budgets, examples, paging_cases
 
 PAGING = sorted(name for name, s in STRATEGIES.items() if s.needs_storage)
 MAX_LAYERS = {"milp-paging": 5}
@@ -64,11 +64,8 @@ def test_paging_strategy_contract(name):
     @settings(max_examples=examples(25))
     @given(data=st.data())
     def run(data):
-        doc = data.draw(
-            timed(model_docs(max_layers=MAX_LAYERS.get(name, 8), dag=not chains_only)), label="model"
-        )
-        model = model_from_dict(doc)
-        storage = data.draw(storages(capacity_hint=sum(x.output_bytes for x in model.layers)))
+        cases = paging_cases(max_layers=MAX_LAYERS.get(name, 8), dag=not chains_only)
+        _, model, storage = data.draw(cases, label="model")
         assert name in applicable(model, storage=storage)
         budget = data.draw(budgets(model), label="budget")
         try:

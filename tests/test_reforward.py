@@ -18,8 +18,8 @@ from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.reforward import reforward, reforward_plan, splitting_units
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.checks import check_fits_and_replays
 from tests.conftest import DATA
-from tests.reference import replay_solution
 from tests.strategies import budgets, chains, dags, examples, with_heavy_sink
 
 SHARED_MODELS = ["vgg16-ops", "vgg16", "resnet18", "resnet18-cpu", "mobilenet_v2-cpu"]
@@ -183,12 +183,7 @@ def test_huge_sizes_use_exact_integers():
 def _check_solution(model, budget):
     solution = solve(model, budget, "reforward")
     assert solution.result.valid
-    if budget is not None:
-        assert solution.result.peak_bytes <= budget
-    ref = replay_solution(model, solution)
-    assert ref["valid"]
-    assert ref["peak_bytes"] == solution.result.peak_bytes
-    assert ref["compute"] == pytest.approx(solution.result.compute)
+    ref = check_fits_and_replays(model, solution, budget)
     assert ref["forwards"] == solution.result.forwards
     return solution
 

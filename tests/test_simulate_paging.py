@@ -25,7 +25,7 @@ from tests.conftest import mutated, schema_errors
 from planner.simulate import simulate
 from planner.solvers import solve
 from tests.reference import reference_replay
-from tests.strategies import examples, model_docs, op_sequences, paging_walks, storages, timed
+from tests.strategies import examples, model_docs, op_sequences, paging_cases, paging_walks, timed
 
 # 1 MB/s each way, 1 ms and 2 ms latencies: a 1000-byte output takes 2 ms to read, 3 ms to write.
 STORAGE = Storage(1e6, 1e6, read_latency_s=1e-3, write_latency_s=2e-3)
@@ -222,9 +222,7 @@ def _compare(doc, storage, ops):
 @settings(max_examples=examples(300))
 @given(data=st.data())
 def test_simulator_agrees_with_reference_on_random_paging_walks(data):
-    doc = data.draw(timed(model_docs(max_layers=7)), label="model")
-    model = model_from_dict(doc)
-    storage = data.draw(storages(capacity_hint=sum(x.output_bytes for x in model.layers)))
+    doc, model, storage = data.draw(paging_cases(max_layers=7), label="model")
     ops = data.draw(paging_walks(model), label="ops")
     _compare(doc, storage, ops)
     mutated = data.draw(op_sequences(model, ops, paging=True), label="mutated")

@@ -2,11 +2,12 @@ import math
 
 import pytest
 
-from planner.errors import InfeasibleError, NotApplicableError
+from planner.errors import NotApplicableError
 from planner.lowering import RECOMPUTE, STORE
 from planner.solvers import solve
 from planner.solvers.sqrt_n import sqrt_n_segments
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.checks import check_least_budget_is_own_peak
 from tests.reference import replay_solution
 
 
@@ -52,12 +53,7 @@ def test_memory_grows_like_sqrt_n():
 
 
 def test_budget_is_checked_and_dags_refused():
-    model = random_chain(30, 2)
-    peak = solve(model, None, "sqrt-n").result.peak_bytes
-    assert solve(model, peak, "sqrt-n").result.peak_bytes == peak
-    with pytest.raises(InfeasibleError) as info:
-        solve(model, peak - 1, "sqrt-n")
-    assert info.value.least_bytes == peak
+    check_least_budget_is_own_peak(random_chain(30, 2), "sqrt-n")
     with pytest.raises(NotApplicableError, match="chains only"):
         solve(random_dag(8, 1), None, "sqrt-n")
 

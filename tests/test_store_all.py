@@ -5,6 +5,7 @@ import pytest
 from planner.model import load_model
 from planner.solvers import solve
 from planner.synthetic import random_chain, random_dag
+from tests.checks import check_least_budget_is_own_peak
 from tests.conftest import DATA
 from tests.reference import replay_solution
 
@@ -32,11 +33,4 @@ def test_store_all_matches_the_gpu_measurement(name):
 
 
 def test_budget_is_checked():
-    m = random_chain(10, 1)
-    peak = solve(m, None, "store-all").result.peak_bytes
-    assert solve(m, peak, "store-all").result.peak_bytes == peak
-    from planner.errors import InfeasibleError
-
-    with pytest.raises(InfeasibleError) as info:
-        solve(m, peak - 1, "store-all")
-    assert info.value.least_bytes == peak
+    check_least_budget_is_own_peak(random_chain(10, 1), "store-all")
