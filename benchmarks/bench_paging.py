@@ -25,7 +25,6 @@ docs/benchmarks.md.
 """
 
 import argparse
-import datetime
 import platform
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _docs import write_section  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import stamp, write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
 from planner.device import PRESETS, TIME_UNITS  # noqa: E402
 from planner.errors import InfeasibleError  # noqa: E402
@@ -201,7 +200,7 @@ def main(argv=None):
         if not gpu_timed and args.slowdown:
             sens.append((model.name, sensitivity(model, args.devices[0], remat)))
             print(sens[-1], flush=True)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = stamp()
     intro = (
         f"Run {when} on {platform.machine()} ({platform.system()}, Python {platform.python_version()}) "
         "with `python benchmarks/bench_paging.py`. Overhead = (compute + transfer) / baseline - 1 from "
