@@ -22,11 +22,11 @@ from planner.cli_params import (
     verify_files_options,
 )
 from planner import sweep as sweeping
-from planner.device import PRESETS, load_device
+from planner.device import PRESETS
 from planner.files import atomic_output
 from planner.errors import (
     DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
-    ScheduleError, ScheduleFormatError, TooLargeError,
+    OutputError, ScheduleError, ScheduleFormatError, TooLargeError,
 )
 from planner.model import load_model, model_from_dict
 from planner.plot import write_png
@@ -72,7 +72,8 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError) as exc:
+        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError,
+                OutputError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_BAD)
         except (InfeasibleError, ScheduleError) as exc:
             _fail(_consoles(True)[1], str(exc), EXIT_NO, **getattr(exc, "fields", {}))
@@ -138,16 +139,10 @@ def _write_data(text, output, as_json, err):
 
 
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
-    """(memory in bytes or None, storage or None) from --memory and --device; exit 2 on bad input."""
-    storage = None
-    if device_name is not None:
-        device = load_device(device_name)
-        storage = device.storage
-        memory = device.memory_bytes if memory is None else memory
+    """(memory in bytes or None, storage or None) from --memory and --device, the device said on stderr."""
+    memory, storage, device = report.device_memory(model, memory, device_name, need_memory=need_memory)
+    if device is not None:
         render.device_line(err, device, memory)
-    if memory is None and need_memory:
-        _fail(err, "give --memory SIZE or --device NAME|FILE", EXIT_BAD)
-    solvers.check_storage(model, storage)
     return memory, storage
 
 
@@ -200,14 +195,9 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
         solution = solvers.solve(model, split.activation_bytes, strategy, storage=storage, **options)
     except InfeasibleError as exc:
         raise report.infeasible(exc, split) from None
-    except ValueError as exc:
-        _fail(err, str(exc), EXIT_BAD)
     render.solution_line(err, solution, model)
     if output:
-        try:
-            solution.schedule.write(output, model)
-        except OSError as exc:
-            _fail(err, f"{output}: cannot write: {exc.strerror or exc}", EXIT_BAD)
+        solution.schedule.write(output, model)
         err.print(f"wrote {escape(output)}")
     if as_json or not output:
         sys.stdout.writelines(solution.schedule.iter_json(model))
@@ -300,7 +290,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
         points = sweeping.sweep(model, plan.sizes, optimizer=optimizer, strategies=strategies, options=options,
                                 progress=hook, shared=plan.shared, storage=storage)
     if plot_path:
-        _plot(points, plot_path, model, plan, err)
+        _plot(points, plot_path, model, plan)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
     else:
@@ -310,14 +300,9 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
         err.print(f"wrote {escape(render.clean(plot_path))}")
 
 
-def _plot(points, plot_path, model, plan, err):
-    try:
-        write_png(
-            points, plot_path, title=f"{model.name}: recomputation overhead against memory ({plan.optimizer})",
-            store_all_memory=plan.span.store_all_memory_bytes, fixed_bytes=plan.span.fixed_bytes,
-        )
-    except OSError as exc:
-        _fail(err, f"{plot_path}: cannot write: {exc.strerror or exc}", EXIT_BAD)
+def _plot(points, plot_path, model, plan):
+    write_png(points, plot_path, title=f"{model.name}: recomputation overhead against memory ({plan.optimizer})",
+              store_all_memory=plan.span.store_all_memory_bytes, fixed_bytes=plan.span.fixed_bytes)
 
 
 @main.command()

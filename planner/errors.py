@@ -9,6 +9,7 @@
     +-- NotApplicableError        the strategy does not fit the model's shape (exit 2)
     |   +-- MissingExtraError     an optional dependency is not installed (exit 2)
     +-- DeviceError               bad device file or device name     (CLI exit 2)
+    +-- OutputError               an output file cannot be written   (CLI exit 2)
     +-- TooLargeError             the problem exceeds a strategy's size limits (exit 2)
     +-- ScheduleError             a schedule breaks the replay rules (an answer: exit 1)
     |   +-- ModelMismatchError    the schedule was made for another model (exit 1)
@@ -34,6 +35,7 @@ __all__ = [
     "MissingExtraError",
     "ModelMismatchError",
     "DeviceError",
+    "OutputError",
 ]
 
 
@@ -140,3 +142,7 @@ class ModelMismatchError(ScheduleError):
 
 class DeviceError(EdgeplanError):
     """A device file (``edgeplan-device/1``) or device name is bad (the CLI exits 2)."""
+
+
+class OutputError(EdgeplanError):
+    """An output file cannot be written (a missing directory, a directory, no permission, a full disk)."""

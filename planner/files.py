@@ -4,6 +4,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+from planner.errors import OutputError
+
 __all__ = ["atomic_output"]
 
 
@@ -24,11 +26,20 @@ def atomic_output(path, *, binary=False):
     Yields
     ------
     file object
+
+    Raises
+    ------
+    OutputError
+        ``path`` cannot be written (``PATH: cannot write: REASON``), also
+        when the body's writes fail with an ``OSError`` (a full disk).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".edgeplan-", suffix=suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgeplan-", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         if binary:
             f = os.fdopen(fd, "wb")
@@ -40,7 +51,13 @@ def atomic_output(path, *, binary=False):
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # writing, flushing or moving into place
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path, exc):
+    return OutputError(f"{path}: cannot write: {exc.strerror or exc}")

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
-from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, TooLargeError
+from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
 from planner.sizes import format_size
 
 __all__ = [
     "Refusal", "Verdict", "available", "check_memory", "infeasible", "compare_rows", "check_schedule",
-    "mismatch_fields", "timeline_csv",
+    "mismatch_fields", "timeline_csv", "device_memory",
 ]
 
 
@@ -270,3 +270,29 @@ def timeline_csv(model, ops, timeline, *, measured=None):
             row += "," + (str(measured[index]) if index < len(measured) else "")
         rows.append(row)
     return "\n".join(rows) + "\n"
+
+
+def device_memory(model, memory, device_name, *, need_memory=True):
+    """``(memory, storage, device)`` from ``--memory`` and ``--device``: ``--memory`` wins.
+
+    ``device`` is None without ``--device``; ``memory`` is the device's
+    unless ``--memory`` was given.
+
+    Raises
+    ------
+    OptionError
+        Neither was given and ``need_memory``.
+    DeviceError, ModelError
+        A bad device; a storage with a model whose time unit is not a time.
+    """
+    from planner.device import load_device
+
+    device = storage = None
+    if device_name is not None:
+        device = load_device(device_name)
+        storage = device.storage
+        memory = device.memory_bytes if memory is None else memory
+    if memory is None and need_memory:
+        raise OptionError("give --memory SIZE or --device NAME|FILE")
+    solvers.check_storage(model, storage)
+    return memory, storage, device

@@ -190,3 +190,18 @@ def test_timeline_csv_quotes_a_layer_name_with_a_comma():
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["index", "op", "layer", "bytes"]
     assert [row[2] for row in rows[1:]] == [model.layers[op.layer].name for op in ops]
+
+
+def test_every_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path):
+    """solve -o, simulate --timeline and import -o share one message (planner.files, OutputError)."""
+    schedule = tmp_path / "s.json"
+    assert run("solve", RESNET18, "--memory", "256MB", "-o", schedule).exit_code == 0
+    missing = tmp_path / "no" / "out"
+    for args in (("solve", RESNET18, "--memory", "256MB", "-o", missing),
+                 ("simulate", RESNET18, schedule, "--timeline", missing)):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "Traceback" not in r.output
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "cannot write" in errors[0], (args, r.stderr)
+    assert not (tmp_path / "no").exists()
