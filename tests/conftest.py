@@ -106,15 +106,17 @@ def fast_accepts(document, filename):
 
 # ---- shared documents: a two-layer model, and a document with one item changed ----------
 
-TWO_LAYER_MODEL = {
-    "format": "edgeplan-model/1",
-    "name": "m",
-    "input_bytes": 10,
-    "layers": [
-        {"name": "a", "forward": 1, "backward": 2, "output_bytes": 100},
-        {"name": "b", "forward": 1, "backward": 2, "output_bytes": 50},
-    ],
-}
+def chain_document(name, layers, *, input_bytes=10):
+    """A chain's model document from ``(name, forward, backward, output_bytes)`` tuples."""
+    return {
+        "format": "edgeplan-model/1",
+        "name": name,
+        "input_bytes": input_bytes,
+        "layers": [{"name": n, "forward": f, "backward": b, "output_bytes": o} for n, f, b, o in layers],
+    }
+
+
+TWO_LAYER_MODEL = chain_document("m", [("a", 1, 2, 100), ("b", 1, 2, 50)])
 """A chain of two layers ``a`` and ``b`` (copy it before changing it)."""
 
 

@@ -10,6 +10,7 @@ from planner.simulate import replay, simulate
 from planner.errors import ScheduleError
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from planner.solvers import solve
+from tests.conftest import chain_document
 from tests.reference import reference_replay
 
 
@@ -73,17 +74,7 @@ def test_sink_output_is_held_until_the_sink_backward():
     # The sink is the largest tensor and its backward does not read its output
     # (needs_output false), like an LM head whose logits feed a cross-entropy:
     # the loss still holds it, and the peak at the sink's backward counts it.
-    m = model_from_dict(
-        {
-            "format": "edgeplan-model/1",
-            "name": "lm",
-            "input_bytes": 10,
-            "layers": [
-                {"name": "body", "forward": 1, "backward": 1, "output_bytes": 100},
-                {"name": "head", "forward": 1, "backward": 1, "output_bytes": 5000},
-            ],
-        }
-    )
+    m = model_from_dict(chain_document("lm", [("body", 1, 1, 100), ("head", 1, 1, 5000)]))
     early = [forward(0, True), forward(1, True), free(1), backward(1), free(0), backward(0)]
     r = simulate(m, early)
     assert not r.valid and r.error.index == 2 and r.error.layer == "head"
