@@ -185,7 +185,7 @@ def simulate(model, ops, *, timeline=False, storage=None):
                 paged.drop(i)
             done[i] = True
         elif kind is _PAGEOUT or kind is _PAGEIN:
-            if paged.move(kind, i, in_a, done) is not None:
+            if not paged.move(kind, i, in_a, done):
                 break
             if kind is _PAGEIN:
                 in_a[i] = True
@@ -218,11 +218,12 @@ def _columns(layers):
 class _Paged:
     """The set P of a replay (outputs paged out to ``storage``) and its paging ops per layer."""
 
-    __slots__ = ("storage", "out", "in_p", "bytes", "runs_out", "runs_in")
+    __slots__ = ("storage", "capacity", "out", "in_p", "bytes", "runs_out", "runs_in")
 
     def __init__(self, storage, out):
         n = len(out)
         self.storage = storage
+        self.capacity = None if storage is None else storage.bytes  # None: unlimited
         self.out = out
         self.in_p = [False] * n
         self.bytes = 0  # sum(output_bytes of P)
@@ -234,15 +235,24 @@ class _Paged:
         return _page_check(kind, i, in_a, self.in_p, done, self.storage, self.bytes + self.out[i])
 
     def move(self, kind, i, in_a, done):
-        """Record a pageout or pagein of layer ``i`` unless it breaks a rule; :meth:`check`'s answer."""
-        message = self.check(kind, i, in_a, done)
-        if message is None and kind is _PAGEOUT:
-            self.in_p[i] = True
-            self.bytes += self.out[i]
+        """Record a pageout or pagein of layer ``i``; False, recording nothing, if it breaks a rule.
+
+        The rules of :func:`_page_check` (which says which one broke), tested
+        inline: this runs once per paging op of the replay.
+        """
+        in_p, storage, capacity = self.in_p, self.storage, self.capacity
+        if kind is _PAGEOUT:
+            after = self.bytes + self.out[i]
+            if storage is None or not in_a[i] or in_p[i] or (capacity is not None and after > capacity):
+                return False
+            in_p[i] = True
+            self.bytes = after
             self.runs_out[i] += 1
-        elif message is None:
-            self.runs_in[i] += 1
-        return message
+            return True
+        if storage is None or not in_p[i] or in_a[i] or done[i]:
+            return False
+        self.runs_in[i] += 1
+        return True
 
     def drop(self, i):
         """Layer ``i``'s backward ran: its paged copy is released."""
