@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
+from planner.device import load_device
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
 from planner.sizes import format_size
 
@@ -285,8 +286,6 @@ def device_memory(model, memory, device_name, *, need_memory=True):
     DeviceError, ModelError
         A bad device; a storage with a model whose time unit is not a time.
     """
-    from planner.device import load_device
-
     device = storage = None
     if device_name is not None:
         device = load_device(device_name)
