@@ -9,6 +9,8 @@ is ``edgeplan simulate``'s valid / fingerprint / fits verdict, and
 The CLI prints these answers and maps them to exit codes.
 """
 
+import csv
+import io
 from dataclasses import dataclass
 
 from planner import extras, solvers
@@ -92,7 +94,10 @@ def check_memory(model, memory, optimizer):
 
 
 def infeasible(exc, split):
-    """``exc`` (no schedule fits ``budget``) as a :class:`Refusal` naming the least memory that works."""
+    """``exc`` (no schedule fits ``split``'s activation budget) as a :class:`Refusal`.
+
+    The refusal names the least memory that works.
+    """
     least = exc.least_bytes
     text = str(exc)
     if least is not None:
@@ -260,17 +265,16 @@ def timeline_csv(model, ops, timeline, *, measured=None):
     A measured window starts at the level the op before it left, so a
     ``free`` row measures what was held just before the free.
     """
-    rows = ["index,op,layer,bytes" + (",measured_bytes" if measured is not None else "")]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "op", "layer", "bytes"] + (["measured_bytes"] if measured is not None else []))
     names = [layer.name for layer in model.layers]
     for index, (op, held) in enumerate(zip(ops, timeline)):
-        name = names[op.layer]
-        if any(c in name for c in ',"\n\r'):
-            name = '"' + name.replace('"', '""') + '"'
-        row = f"{index},{op.kind.value},{name},{held}"
+        row = [index, op.kind.value, names[op.layer], held]
         if measured is not None:
-            row += "," + (str(measured[index]) if index < len(measured) else "")
-        rows.append(row)
-    return "\n".join(rows) + "\n"
+            row.append(measured[index] if index < len(measured) else "")
+        writer.writerow(row)
+    return text.getvalue()
 
 
 def device_memory(model, memory, device_name, *, need_memory=True):
