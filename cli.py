@@ -397,7 +397,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
     """
     extras.require("torch", purpose="edgeplan profile")
     quiet_torch()
-    from planner.io.torch_profile import profile_target
+    from planner.torch.profile import profile_target
 
     spec = example_spec(inputs, example)
     _, err = _consoles(True)
@@ -442,7 +442,7 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     """
     extras.require("torch", purpose="edgeplan verify")
     quiet_torch()
-    from planner.runtime.prepare import check_and_run, target_and_model
+    from planner.torch.prepare import check_and_run, target_and_model
 
     spec = example_spec(inputs, example)
     out, err = _consoles(as_json)

@@ -4,7 +4,7 @@ Chains and DAGs from ``tests/models_torch.py`` and ``tests/models_train.py``,
 profiled by ``edgeplan profile`` here; every applicable strategy at two
 budgets (60% and 80% of store-all; store-all itself with none).  Each
 schedule runs one training step through
-:class:`planner.runtime.executor.ScheduledModule` (``edgeplan verify``), whose
+:class:`planner.torch.executor.ScheduledModule` (``edgeplan verify``), whose
 allocator peak is compared with the simulator's ``peak_bytes``; the gradients
 are compared with plain autograd.  The table goes into docs/fidelity.md.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 from benchmarks._docs import markdown_table, write_section  # noqa: E402
 from planner import solvers  # noqa: E402
 from planner.errors import InfeasibleError, NotApplicableError  # noqa: E402
-from planner.io.torch_profile import profile_model  # noqa: E402
+from planner.torch.profile import profile_model  # noqa: E402
 from planner.model import model_from_dict  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "fidelity.md")
@@ -51,7 +51,7 @@ def _cases(quick):
 
 
 def run(quick):
-    from planner.runtime.torch import verify
+    from planner.torch.verify import verify
 
     rows = []
     for label, factory, shape, stages in _cases(quick):

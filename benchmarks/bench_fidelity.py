@@ -12,7 +12,7 @@ Part 2 (CPU, measured here): a ResNet-18-shaped chain and a VGG-like chain
 profiler's default); each prediction is compared with the allocator peak of
 the real step: plain autograd and ``checkpoint_sequential`` (input requires
 grad, as in the GPU files), and edgeplan's runtime executing the same
-schedule (``planner.runtime.torch``).
+schedule (``planner.torch.verify``).
 
 Run: ``python benchmarks/bench_fidelity.py [--quick]`` (a few minutes on 2 cores).
 """
@@ -104,8 +104,10 @@ def cpu_rows(quick):
     import torch
     from torch.utils.checkpoint import checkpoint_sequential
 
-    from planner.io.torch_profile import allocation_trace, profile_model
-    from planner.runtime.torch import verify
+    from planner.torch.measure import allocation_trace
+
+    from planner.torch.profile import profile_model
+    from planner.torch.verify import verify
     from tests.models_torch import resnet_chain, small_cnn
 
     cases = [("resnet-like", resnet_chain, (4, 3, 96, 96), (0, 2, 3, 4, 8))]

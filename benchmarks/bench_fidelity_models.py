@@ -75,7 +75,7 @@ def measured_plain(prep, loss_fn):
     """Allocator peak of one plain autograd step of the user's model."""
     import torch
 
-    from planner.io.torch_profile import allocation_trace
+    from planner.torch.measure import allocation_trace
 
     net = prep.root
     _zero_grads(net.parameters(), torch)
@@ -92,7 +92,7 @@ def measured_checkpoint(prep, segments):
     import torch
     from torch.utils.checkpoint import checkpoint_sequential
 
-    from planner.io.torch_profile import allocation_trace
+    from planner.torch.measure import allocation_trace
 
     stages = prep.stages
     functions = [s.fn for s in stages[:-1]] + [lambda y: stages[-1].fn(y, prep.target)]
@@ -126,7 +126,8 @@ def allocated_before(prep):
 
 def run_case(label, factory, loss, counts):
     import tests.models_torch as models
-    from planner.io.torch_profile import make_loss, prepare, profile_model
+    from planner.torch.loss import make_loss
+    from planner.torch.profile import prepare, profile_model
 
     example = f"{EXAMPLES}:{factory}_example"
     rows, times = [], {}
@@ -150,7 +151,8 @@ def run_case(label, factory, loss, counts):
 def big_gpt_time():
     """Seconds to profile a 16 M-parameter GPT (``gpt_20m``) with the loss, default repeats."""
     import tests.models_torch as models
-    from planner.io.torch_profile import parse_input, profile_model
+    from planner.torch.inputs import parse_input
+    from planner.torch.profile import profile_model
 
     net = models.gpt_20m()
     n_params = sum(p.numel() for p in net.parameters())

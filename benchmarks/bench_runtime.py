@@ -9,7 +9,7 @@ training step (forward, backward, no optimizer) is timed for:
 - plain autograd;
 - ``torch.utils.checkpoint.checkpoint_sequential(..., use_reentrant=False)``
   with the segments of the ``sequential`` schedule;
-- :class:`planner.runtime.executor.ScheduledModule` running the
+- :class:`planner.torch.executor.ScheduledModule` running the
   ``sequential``, ``dp``, ``revolve`` and ``reforward`` schedules.
 
 The methods are timed in turn within each round, and each time is the median
@@ -24,7 +24,6 @@ Run: ``python benchmarks/bench_runtime.py [--rounds N] [--quick] [--no-write]``.
 """
 
 import argparse
-import copy
 import datetime
 import os
 import platform
@@ -41,9 +40,9 @@ from torch.utils.checkpoint import checkpoint_sequential  # noqa: E402
 from benchmarks._docs import write_section  # noqa: E402
 from planner import solvers  # noqa: E402
 from planner.errors import InfeasibleError  # noqa: E402
-from planner.io.torch_profile import profile_model  # noqa: E402
+from planner.torch.profile import profile_model  # noqa: E402
 from planner.model import model_from_dict  # noqa: E402
-from planner.runtime.executor import ScheduledModule  # noqa: E402
+from planner.torch.executor import ScheduledModule  # noqa: E402
 
 STRATEGIES = ("sequential", "dp", "revolve", "reforward")
 

@@ -13,7 +13,7 @@ output) requires grad; its gradient flows back into the embeddings.
 The script profiles the scheduled part (``edgeplan profile`` does the same),
 plans a schedule for half of what plain autograd needs, then trains two copies
 from the same start on the same batches: one plainly, one through
-:class:`planner.runtime.executor.ScheduledModule`, with the same AdamW and
+:class:`planner.torch.executor.ScheduledModule`, with the same AdamW and
 cross-entropy.  It prints both loss curves, the measured peak of a step of
 each, and the largest difference between the parameters at the end, and
 exits 1 when that is above 1e-5.
@@ -31,9 +31,10 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from planner import solvers  # noqa: E402
-from planner.io.torch_profile import allocation_trace, profile_model  # noqa: E402
+from planner.torch.measure import allocation_trace
+from planner.torch.profile import profile_model  # noqa: E402
 from planner.model import model_from_dict  # noqa: E402
-from planner.runtime.executor import ScheduledModule  # noqa: E402
+from planner.torch.executor import ScheduledModule  # noqa: E402
 
 VOCAB, WIDTH, HEADS, LAYERS, CONTEXT, BATCH = 512, 128, 4, 4, 64, 8
 

@@ -118,7 +118,7 @@ class InputType(click.ParamType):
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
-        from planner.io.torch_profile import parse_input
+        from planner.torch.inputs import parse_input
 
         try:
             return parse_input(value)

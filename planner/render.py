@@ -320,7 +320,7 @@ def profile_line(err, doc, *, is_chain, loss_given):
         f"params {bytes_text(sum(l['params_bytes'] for l in layers))}"
     )
     if not loss_given:
-        from planner.io.torch_profile import LOSS_NOT_MODELLED
+        from planner.torch.profile import LOSS_NOT_MODELLED
 
         err.print(f"[yellow]note:[/yellow] {LOSS_NOT_MODELLED}")
 

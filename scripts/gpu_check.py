@@ -6,7 +6,7 @@ Usage::
     python scripts/gpu_check.py cpu    # the same cases on the CPU (a dry run of the script)
 
 It profiles small models on the GPU, plans schedules (recomputation, and paging to pinned host
-memory), runs them with ``planner.runtime.torch.verify`` on CUDA and compares the measured
+memory), runs them with ``planner.torch.verify.verify`` on CUDA and compares the measured
 ``torch.cuda.max_memory_allocated`` peak and the gradients with the simulator and plain
 autograd.  The CPU test suite covers the same code paths on the CPU; this script exists because
 the pinned-host-memory paging path and CUDA memory can only be measured on a GPU.
@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from planner import solvers  # noqa: E402
 from planner.device import Storage  # noqa: E402
-from planner.io.torch_profile import profile_model  # noqa: E402
+from planner.torch.profile import profile_model  # noqa: E402
 from planner.model import model_from_dict  # noqa: E402
-from planner.runtime import torch as runtime  # noqa: E402
+from planner.torch import verify as runtime  # noqa: E402
 from tests.models_torch import deeper_cnn  # noqa: E402
 from tests.models_train import bn_dropout_chain, resnet_dag  # noqa: E402
 

@@ -149,7 +149,7 @@ DAG_SHAPE = (4, 3, 16, 16)
 @pytest.fixture(scope="module")
 def chain():
     """``bn_dropout_chain`` profiled for a ``CHAIN_SHAPE`` input (BatchNorm and dropout: a chain)."""
-    from planner.io.torch_profile import profile_model
+    from planner.torch.profile import profile_model
     from planner.model import model_from_dict
     from tests.models_train import bn_dropout_chain
 
@@ -159,7 +159,7 @@ def chain():
 @pytest.fixture(scope="module")
 def dag():
     """``resnet_dag`` profiled by ops for a ``DAG_SHAPE`` input (residual joins: a DAG)."""
-    from planner.io.torch_profile import profile_model
+    from planner.torch.profile import profile_model
     from planner.model import model_from_dict
     from tests.models_train import resnet_dag
 

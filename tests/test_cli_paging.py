@@ -144,7 +144,7 @@ def test_verify_runs_paging_schedules(tmp_path):
     pytest.importorskip("torch")
     import os
 
-    from planner.io.torch_profile import profile_model
+    from planner.torch.profile import profile_model
     from planner.model import model_from_dict
     from planner.schedule import OpKind, Schedule, pageout
     from planner.simulate import simulate

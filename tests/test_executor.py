@@ -1,16 +1,16 @@
-"""Tests for planner.runtime.executor: training under a schedule matches plain training."""
+"""Tests for planner.torch.executor: training under a schedule matches plain training."""
 
 import copy
 
 import pytest
 import torch
 
-import planner.runtime.torch as runtime
+import planner.torch.verify as runtime
 from planner import solvers
 from planner.errors import InfeasibleError, ModelError, NotApplicableError, ScheduleError
-from planner.io.torch_profile import profile_model
+from planner.torch.profile import profile_model
 from planner.model import model_from_dict
-from planner.runtime.executor import ScheduledModule
+from planner.torch.executor import ScheduledModule
 from tests.conftest import CHAIN_SHAPE, DAG_SHAPE
 from tests.models_train import bn_dropout_chain, resnet_dag
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import planner.runtime.torch as runtime
+import planner.torch.verify as runtime
 from cli import main
 from planner import solvers
 from planner.device import Storage, time_scale
 from planner.errors import ScheduleError
-from planner.io.torch_profile import prepare, profile_model
+from planner.torch.profile import prepare, profile_model
 from planner.model import model_from_dict
-from planner.runtime.executor import ScheduledModule, StepRunner, _Plan
+from planner.torch.executor import ScheduledModule, StepRunner, _Plan
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
 from tests.conftest import CHAIN_SHAPE, DAG_SHAPE

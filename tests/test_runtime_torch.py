@@ -1,16 +1,15 @@
-"""Tests for planner.runtime.torch and ``edgeplan verify`` (CPU, tiny models)."""
+"""Tests for planner.torch.verify and ``edgeplan verify`` (CPU, tiny models)."""
 
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-import planner.runtime.torch as runtime
+import planner.torch.verify as runtime
 from cli import main
 from planner import solvers
 from planner.errors import ModelError, ScheduleError
-from planner.io.torch_profile import profile_model
+from planner.torch.profile import profile_model
 from planner.model import model_from_dict
 from planner.schedule import OpKind, backward, forward, free
 from tests.conftest import ROOT
@@ -74,7 +73,7 @@ def test_without_rng_restore_recomputation_gives_wrong_gradients(monkeypatch):
     shape = (8, 3, 4, 4)
     model = model_from_dict(profile_model(dropout_mlp(), shape, repeats=1))
     solution = solvers.solve(model, None, "sequential", segments=4)
-    import planner.runtime.executor as executor
+    import planner.torch.executor as executor
     monkeypatch.setattr(executor, "_set_rng", lambda state, device: None)
     result = runtime.verify(dropout_mlp(), shape, solution.ops, names=[l.name for l in model.layers])
     assert not result.grads_match and result.max_abs_diff > 1e-3

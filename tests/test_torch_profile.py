@@ -1,4 +1,4 @@
-"""Tests for planner.io.torch_profile and ``edgeplan profile`` (CPU, tiny models)."""
+"""Tests for planner.torch.profile and ``edgeplan profile`` (CPU, tiny models)."""
 
 import json
 
@@ -10,13 +10,10 @@ from torch import nn
 from cli import main
 from planner import solvers
 from planner.errors import ModelError
-from planner.io.torch_profile import (
-    allocation_trace,
-    build_stages,
-    load_target,
-    parse_shape,
-    profile_model,
-)
+from planner.torch.capture import build_stages
+from planner.torch.inputs import load_target, parse_shape
+from planner.torch.measure import allocation_trace
+from planner.torch.profile import profile_model
 from planner.model import model_from_dict
 from tests.conftest import EXAMPLES
 from tests.models_torch import skip_net

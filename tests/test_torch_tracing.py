@@ -6,23 +6,17 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
 from cli import main
 from planner import solvers
 from planner.errors import ModelError
-from planner.io.torch_profile import (
-    InputSpec,
-    allocation_trace,
-    build_stages,
-    make_example,
-    make_loss,
-    parse_input,
-    prepare,
-    profile_model,
-)
+from planner.torch.capture import build_stages
+from planner.torch.inputs import InputSpec, make_example, parse_input
+from planner.torch.loss import make_loss
+from planner.torch.measure import allocation_trace
+from planner.torch.profile import prepare, profile_model
 from planner.model import model_from_dict
 from tests.reference import replay_solution
 

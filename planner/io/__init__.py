@@ -2,7 +2,7 @@
 
 * :mod:`planner.io.checkmate`: Checkmate / Moccasin graphs (networkx node-link JSON).
 * :mod:`planner.io.onnx`: ONNX models (the ``onnx`` extra).
-* :mod:`planner.io.torch_profile`: profiling PyTorch models (the ``torch`` extra).
+* :mod:`planner.torch.profile`: profiling PyTorch models (the ``torch`` extra).
 
 Each importer returns an ``edgeplan-model/1`` document (a dict) that
 :func:`planner.model.model_from_dict` validates; :func:`import_file` picks the

@@ -1,11 +1,8 @@
 """Profile a PyTorch model into an ``edgeplan-model/1`` document.
 
-This module is the front of the PyTorch adapter; the parts live in
-:mod:`planner.io.torch_inputs` (TARGET, ``--input``, ``--example``),
-:mod:`planner.io.torch_trace` and :mod:`planner.io.torch_fx` (stages),
-:mod:`planner.io.torch_loss` (the loss as the sink) and
-:mod:`planner.io.torch_measure` (what each stage costs).  Their public names
-are all importable from here.
+The parts live beside it in :mod:`planner.torch`: ``inputs`` (TARGET,
+``--input``, ``--example``), ``capture`` and ``fx_trace`` (stages), ``loss``
+(the loss as the sink) and ``measure`` (what each stage costs).
 
 Only the one TARGET named by the user is imported (see :func:`load_target`).
 torch is imported inside the functions: ``pip install edgeplan[torch]``.
@@ -14,58 +11,26 @@ torch is imported inside the functions: ``pip install edgeplan[torch]``.
 from typing import NamedTuple
 
 from planner.errors import ModelError
-from planner.io.torch_inputs import (
+from planner.model import INPUT, MODEL_FORMAT, model_from_dict
+from planner.torch.capture import build_stages
+from planner.torch.inputs import (
     FLOAT_DTYPES,
-    InputSpec,
-    load_function,
     load_target,
     make_example,
-    parse_input,
-    parse_shape,
     require_torch,
     torch_device,
 )
-from planner.io.torch_loss import LOSS_KINDS, LOSS_NAME, default_target, make_loss
-from planner.io.torch_measure import (
-    allocation_trace,
+from planner.torch.loss import default_target, make_loss
+from planner.torch.measure import (
     estimate_stages,
     measure_stage,
     params_bytes,
-    seed_function,
     stage_inputs,
     tensor_bytes,
 )
-from planner.io.torch_trace import STAGE_MODES, Stage, build_stages, input_index, is_chain
-from planner.model import INPUT, MODEL_FORMAT, model_from_dict
+from planner.torch.stages import is_chain
 
-__all__ = [
-    "Stage",
-    "InputSpec",
-    "Prepared",
-    "parse_shape",
-    "parse_input",
-    "load_target",
-    "load_function",
-    "make_example",
-    "make_loss",
-    "default_target",
-    "build_stages",
-    "prepare",
-    "profile_model",
-    "profile_target",
-    "require_torch",
-    "torch_device",
-    "allocation_trace",
-    "seed_function",
-    "stage_inputs",
-    "input_index",
-    "is_chain",
-    "STAGE_MODES",
-    "LOSS_KINDS",
-    "LOSS_NAME",
-    "DTYPES",
-    "LOSS_NOT_MODELLED",
-]
+__all__ = ["Prepared", "prepare", "profile_model", "profile_target", "DTYPES", "LOSS_NOT_MODELLED"]
 
 DTYPES = FLOAT_DTYPES
 LOSS_NOT_MODELLED = (

@@ -51,9 +51,11 @@ import tempfile
 import time
 
 from planner.errors import ModelError, ScheduleError
-from planner.io.torch_profile import build_stages, require_torch, seed_function
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
+from planner.torch.capture import build_stages
+from planner.torch.inputs import require_torch
+from planner.torch.measure import seed_function
 
 torch = require_torch()
 nn = torch.nn
@@ -563,7 +565,7 @@ class ScheduledModule(nn.Module):
     schedule : planner.schedule.Schedule or str
         The schedule (or its path); it must carry the model's fingerprint.
     stages : {"auto", "modules", "ops"}, keyword-only
-        As for :func:`planner.io.torch_profile.build_stages`.
+        As for :func:`planner.torch.profile.build_stages`.
     example : torch.Tensor or tuple, keyword-only
         An input to cut the stages with now; otherwise the first call's.
 
@@ -671,7 +673,7 @@ def _with_loss(stage_list, model):
     spec = (model.document or {}).get("loss")
     if spec is None or (stage_list and getattr(stage_list[-1], "loss", False)):
         return stage_list
-    from planner.io.torch_profile import Stage
+    from planner.torch.stages import Stage
 
     fn = _LOSSES.get(spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None)
     if fn is None:

@@ -37,7 +37,7 @@ import sys
 import time
 
 from planner.errors import ModelError
-from planner.io.torch_inputs import require_torch
+from planner.torch.inputs import require_torch
 
 __all__ = [
     "allocation_trace",

@@ -1,6 +1,6 @@
 """``torch.fx``, run concretely, and the stages made from its graph.
 
-See :mod:`planner.io.torch_trace` for what becomes a stage, what is folded,
+See :mod:`planner.torch.capture` for what becomes a stage, what is folded,
 and what is refused.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from planner.errors import ModelError
 from planner.io import unique_names
-from planner.io.torch_inputs import require_torch
+from planner.torch.inputs import require_torch
 
 __all__ = ["fx_stages", "concrete_trace", "no_inplace", "node_call"]
 
@@ -344,7 +344,7 @@ def _storage(t):
 
 
 def _classify(graph, values, torch):
-    """``kind[node]``: input, const, fold or stage (see :mod:`planner.io.torch_trace`)."""
+    """``kind[node]``: input, const, fold or stage (see :mod:`planner.torch.capture`)."""
     kinds, dep = {}, {}
     for n in graph.nodes:
         v = values.get(n)
@@ -449,7 +449,7 @@ def fx_stages(root, inputs, *, blocks):
     list of Stage
     """
     torch = require_torch()
-    from planner.io.torch_trace import Stage
+    from planner.torch.stages import Stage
 
     state = {k: v.detach().clone() for k, v in root.state_dict().items()}
     try:

@@ -3,7 +3,7 @@
 :func:`target_and_model` loads the target and the model its schedule was made
 for (the ``--model`` file, or an estimate profile that runs nothing);
 :func:`check_and_run` refuses a schedule made for another model or invalid,
-predicts the peak and runs :func:`planner.runtime.torch.verify`.  Needs PyTorch.
+predicts the peak and runs :func:`planner.torch.verify.verify`.  Needs PyTorch.
 """
 
 import copy
@@ -22,8 +22,9 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
     file's; without, only the layer names and the graph are needed, so the
     model is an estimate profile (nothing runs).
     """
-    from planner.io.torch_profile import load_target, profile_model
     from planner.model import load_model, model_from_dict
+    from planner.torch.inputs import load_target
+    from planner.torch.profile import profile_model
 
     obj = load_target(target)
     if model_path:
@@ -44,7 +45,7 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
 
     Returns
     -------
-    planner.runtime.torch.VerifyResult
+    planner.torch.verify.VerifyResult
 
     Raises
     ------
@@ -53,8 +54,8 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     ScheduleError
         If the simulator rejects the schedule.
     """
-    from planner.runtime.torch import verify
     from planner.simulate import simulate
+    from planner.torch.verify import verify
 
     if model_path and schedule.fingerprint != model.fingerprint:
         raise ModelMismatchError(f"{schedule_path}: the schedule was made for another model (fingerprint "

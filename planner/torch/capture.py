@@ -33,56 +33,14 @@ used as a Python number, an in-place write whose result is not used, a model
 that does not return one tensor, and anything else ``torch.fx`` rejects.
 """
 
-from dataclasses import dataclass, field
-
 from planner.errors import ModelError
 from planner.io import unique_names
-from planner.io.torch_fx import fx_stages, no_inplace
-from planner.io.torch_inputs import require_torch
-from planner.io.torch_loss import LOSS_NAME, check_loss_value
+from planner.torch.fx_trace import fx_stages, no_inplace
+from planner.torch.inputs import require_torch
+from planner.torch.loss import LOSS_NAME, check_loss_value
+from planner.torch.stages import STAGE_MODES, Stage
 
-__all__ = ["Stage", "build_stages", "STAGE_MODES", "input_index", "is_chain"]
-
-STAGE_MODES = ("auto", "modules", "ops")
-
-@dataclass
-class Stage:
-    """One layer of the model file, as something PyTorch can run.
-
-    Attributes
-    ----------
-    name : str
-        The layer name.
-    fn : callable
-        ``fn(*tensors) -> tensor``: the stage's forward on its input tensors;
-        a loss stage is called as ``fn(*tensors, target)``.
-    inputs : tuple of int
-        In the order ``fn`` takes them: ``i >= 0`` is the output of stage
-        ``i``, ``-1 - k`` the ``k``-th model input (``-1``: the first).
-    params : list of torch.nn.Parameter
-        The parameters the stage reads (for ``params_bytes``).
-    buffers : list of torch.Tensor
-        Buffers it reads or updates (BatchNorm running statistics).
-    loss : bool
-        The loss: the last stage (the sink), called with the target too.
-    """
-
-    name: str
-    fn: object
-    inputs: tuple
-    params: list = field(default_factory=list)
-    buffers: list = field(default_factory=list)
-    loss: bool = False
-
-
-def input_index(p):
-    """The model input a stage input ``p < 0`` stands for (``-1`` -> 0, ``-2`` -> 1)."""
-    return -1 - p
-
-
-def is_chain(stage_list):
-    """Stage ``i`` reads exactly stage ``i - 1`` (the first reads the first input)."""
-    return all(s.inputs == ((i - 1,) if i else (-1,)) for i, s in enumerate(stage_list))
+__all__ = ["build_stages"]
 
 
 def _chain_stages(children):

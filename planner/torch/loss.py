@@ -8,7 +8,7 @@ backward, which allocates the logits' gradient.
 """
 
 from planner.errors import ModelError
-from planner.io.torch_inputs import load_function, require_torch
+from planner.torch.inputs import load_function, require_torch
 
 __all__ = ["LOSS_KINDS", "LOSS_NAME", "make_loss", "default_target", "check_loss_value"]
 

@@ -285,7 +285,7 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
     (tuple of torch.Tensor, torch.Tensor or None)
         The inputs and the target (None from ``--input``: a loss that needs one
         gets a random target of the output's shape, see
-        :func:`planner.io.torch_loss.default_target`).
+        :func:`planner.torch.loss.default_target`).
 
     Raises
     ------

@@ -1,17 +1,17 @@
 """Check an edgeplan schedule on the real model against plain autograd: :func:`verify`.
 
 :func:`verify` builds the stages ``edgeplan profile`` measured
-(:func:`planner.io.torch_profile.prepare`), then trains ``steps`` SGD steps
+(:func:`planner.torch.profile.prepare`), then trains ``steps`` SGD steps
 twice from the same start, seed and input: with plain autograd over the
 stages, and with the schedule run by the training executor
-(:mod:`planner.runtime.executor`, the code a training loop uses).  It compares
+(:mod:`planner.torch.executor`, the code a training loop uses).  It compares
 the first step's parameter gradients and the buffers (BatchNorm running
 statistics), and the parameters after the last step.  The sink's gradient is
 a seeded random tensor, or the loss's own when the model's sink is a loss.
 
 Memory is the allocator's peak during the first step of each run, above what
 was allocated before it, plus the model input (as ``peak_bytes`` counts it;
-see :func:`planner.io.torch_profile.allocation_trace`); parameter gradients
+see :func:`planner.torch.profile.allocation_trace`); parameter gradients
 are allocated before the step (fixed memory).  Step times are wall times of
 the steps after the first (the first runs under the memory profiler), or the
 first's when there is one step.
@@ -22,12 +22,9 @@ import time
 from dataclasses import dataclass
 
 from planner.errors import ModelError
-from planner.io.torch_profile import (
-    allocation_trace,
-    prepare,
-    require_torch,
-    seed_function,
-)
+from planner.torch.inputs import require_torch
+from planner.torch.measure import allocation_trace, seed_function
+from planner.torch.profile import prepare
 
 __all__ = ["VerifyResult", "verify", "GRAD_TOLERANCE", "MEMORY_TOLERANCE"]
 
@@ -62,7 +59,7 @@ class VerifyResult:
     op_peaks : list of int or None
         With ``timeline``: the measured peak during each op (input included).
     predicted_op_peaks : list of int or None
-        With ``timeline`` (through :func:`planner.runtime.prepare.check_and_run`):
+        With ``timeline`` (through :func:`planner.torch.prepare.check_and_run`):
         the simulator's memory during each op.
     steps : int
         SGD steps per run.
@@ -241,12 +238,12 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     obj : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (same ``stages`` mode).
     example : tuple of int, sequence of InputSpec, or str
-        The inputs, as :func:`planner.io.torch_profile.make_example` takes them
+        The inputs, as :func:`planner.torch.profile.make_example` takes them
         (a shape, ``--input`` specs, or ``FILE.py:FUNC``).
     ops : sequence of planner.schedule.Op
         A valid schedule (check it with the simulator first).
     dtype, stages : str, keyword-only
-        As for :func:`planner.io.torch_profile.profile_model`.
+        As for :func:`planner.torch.profile.profile_model`.
     names : list of str, keyword-only
         The model file's layer names: they must be the stages' names, in order.
     predicted : int, keyword-only
@@ -355,7 +352,7 @@ class _Setup:
 
 def _setup(obj, example, *, dtype, stages, seed, device, names, model, target, loss):
     """Prepare ``obj`` and check its stages and inputs against the model file or ``names``."""
-    from planner.runtime.executor import _with_loss, check_names
+    from planner.torch.executor import _with_loss, check_names
 
     if loss is None and model is not None:
         loss = (model.document or {}).get("loss")
@@ -392,7 +389,7 @@ class _PlainStep:
         self.torch = torch
 
     def __call__(self, first):
-        from planner.runtime.executor import plain_forward
+        from planner.torch.executor import plain_forward
 
         setup = self.setup
         out = plain_forward(setup.stages, setup.inputs, setup.target)
@@ -409,7 +406,7 @@ class _ScheduledStep:
     """
 
     def __init__(self, setup, ops, torch):
-        from planner.runtime.executor import _Plan
+        from planner.torch.executor import _Plan
 
         self.setup = setup
         self.torch = torch
@@ -420,7 +417,7 @@ class _ScheduledStep:
         self.n_ops = self.pageouts = self.pageins = 0
 
     def __call__(self, first, traced=False):
-        from planner.runtime.executor import StepRunner
+        from planner.torch.executor import StepRunner
 
         setup = self.setup
         on_op = (lambda n: self.marks.append(time.time_ns())) if traced else None
