@@ -379,7 +379,7 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
 @run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
-def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, name, device, output, as_json):
+def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, threads, name, device, output, as_json):
     """Profile a PyTorch model into a model file (edgeplan-model/1).
 
     TARGET is path/to/file.py:factory or package.module:factory; the factory
@@ -402,7 +402,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
     spec = example_spec(inputs, example)
     _, err = _consoles(True)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
-        doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
+        doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats, threads=threads,
                              device=device, loss=loss, **({"name": name} if name else {}))
     render.profile_line(err, doc, is_chain=model_from_dict(doc).is_chain, loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)

@@ -236,10 +236,12 @@ def training_options(fn):
 
 
 def measure_options(fn):
-    """--estimate, --repeats, --name: how profile measures and names the model."""
+    """--estimate, --repeats, --threads, --name: how profile measures and names the model."""
     fn = click.option("--name", help="Model name (default: the factory's name).")(fn)
-    fn = click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True,
-                      help="Timed runs per stage (median).")(fn)
+    fn = click.option("--threads", type=click.IntRange(1, 1024),
+                      help="Threads torch computes with while timing (default: torch's own setting).")(fn)
+    fn = click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True,
+                      help="Timed rounds, each running every stage once; a stage keeps its median.")(fn)
     fn = click.option("--estimate", is_flag=True,
                       help="Count FLOPs on fake tensors instead of running (FakeTensorMode).")(fn)
     return fn

@@ -319,6 +319,13 @@ def profile_line(err, doc, *, is_chain, loss_given):
         f"{bytes_text(doc['input_bytes'])}, activations {bytes_text(sum(l['output_bytes'] for l in layers))}, "
         f"params {bytes_text(sum(l['params_bytes'] for l in layers))}"
     )
+    timing = doc.get("timing")
+    if timing:
+        spread = sorted(timing["spread"])
+        err.print(
+            f"times: median of {timing['rounds']} interleaved rounds, {timing['threads']} thread(s); spread "
+            f"(interquartile / median) {100 * spread[len(spread) // 2]:.0f}% median, {100 * spread[-1]:.0f}% max"
+        )
     if not loss_given:
         from planner.torch.profile import LOSS_NOT_MODELLED
 

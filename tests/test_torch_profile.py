@@ -202,3 +202,47 @@ def test_cli_profile_bad_input_exits_2(tmp_path):
     result = runner.invoke(main, ["profile", f"{TINY}:tiny_cnn", "--input", "2,5,32,32", "-o", str(out)])
     assert result.exit_code == 2 and "failed" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_robust_time_is_the_median_and_says_the_spread():
+    from planner.torch.measure import robust_time
+
+    assert robust_time([]) == (0.0, 0.0)
+    assert robust_time([4.0]) == (4.0, 0.0)
+    middle, spread = robust_time([1.0, 1.0, 1.0, 1.0, 50.0])  # one burst of load
+    assert middle == 1.0 and spread == 0.0
+    middle, spread = robust_time([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert middle == 3.0 and spread == pytest.approx((4.0 - 2.0) / 3.0)
+
+
+def test_a_burst_of_load_lands_on_one_round_of_many_stages_not_on_one_stage(monkeypatch):
+    """Identical stages get identical times although a burst slows every run in its window."""
+    import time
+
+    from planner.torch import measure
+    from planner.torch.stages import Stage
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def fake_counter():  # each reading advances 1 ms; readings 40-59 are under a 100x burst
+        clock["calls"] += 1
+        clock["now"] += 0.1 if 40 <= clock["calls"] < 60 else 0.001
+        return clock["now"]
+
+    block = nn.Linear(4, 4)
+    stage_list = [Stage(name=f"s{i}", fn=block, inputs=((i - 1,) if i else (-1,))) for i in range(4)]
+    x = torch.randn(2, 4)
+    monkeypatch.setattr(time, "perf_counter", fake_counter)
+    forward, backward = measure.time_stages(stage_list, [(x,)] * 4, [None] * 4, rounds=5, device=torch.device("cpu"))
+    times = [measure.robust_time(f)[0] for f in forward] + [measure.robust_time(b)[0] for b in backward]
+    assert all(len(f) == 5 for f in forward)
+    assert times == [pytest.approx(1.0)] * 8
+
+
+def test_profile_reports_rounds_threads_and_spread():
+    before = torch.get_num_threads()
+    doc = profile_model(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), (2, 3), repeats=3, threads=1)
+    assert doc["timing"]["rounds"] == 3 and doc["timing"]["threads"] == 1
+    assert len(doc["timing"]["spread"]) == 2 and all(s >= 0 for s in doc["timing"]["spread"])
+    assert "1 thread, times: median of 3 interleaved rounds, spread" in doc["source"]
+    assert torch.get_num_threads() == before  # restored

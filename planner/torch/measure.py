@@ -195,30 +195,61 @@ def _sync(device, torch):
         torch.cuda.synchronize(device)
 
 
-def _timed(stage, tensors, target, *, repeats, device, torch):
-    """Median forward and backward times (ms) of ``repeats`` runs, and the output (detached)."""
-    fwd_times, bwd_times = [], []
-    y = None
-    for _ in range(max(1, repeats)):
-        leaves = _leaves(tensors, stage)
+def _time_once(stage, tensors, target, *, device, torch):
+    """One forward and one backward of ``stage``, timed: ``(forward_ms, backward_ms or None, output)``."""
+    leaves = _leaves(tensors, stage)
+    _sync(device, torch)
+    t0 = time.perf_counter()
+    y = _call(stage, leaves, target)
+    _sync(device, torch)
+    forward = (time.perf_counter() - t0) * 1000.0
+    _check_output(stage, y, torch)
+    backward = None
+    if y.requires_grad:
+        g = torch.ones_like(y)
         _sync(device, torch)
-        t0 = time.perf_counter()
-        y = _call(stage, leaves, target)
+        t2 = time.perf_counter()
+        torch.autograd.backward([y], [g])
         _sync(device, torch)
-        t1 = time.perf_counter()
-        _check_output(stage, y, torch)
-        fwd_times.append((t1 - t0) * 1000.0)
-        if y.requires_grad:
-            g = torch.ones_like(y)
-            _sync(device, torch)
-            t2 = time.perf_counter()
-            torch.autograd.backward([y], [g])
-            _sync(device, torch)
-            bwd_times.append((time.perf_counter() - t2) * 1000.0)
-        del leaves
-    forward = round(statistics.median(fwd_times), 6)
-    backward = round(statistics.median(bwd_times), 6) if bwd_times else 0.0
+        backward = (time.perf_counter() - t2) * 1000.0
     return forward, backward, y.detach()
+
+
+def robust_time(samples):
+    """``(median, spread)`` of timing samples (ms); spread = interquartile range / median (0 if alone).
+
+    The median of samples taken in interleaved rounds (:func:`time_stages`) is
+    what a stage costs when load on a busy machine comes in bursts: a burst
+    lands on a few rounds of many stages rather than on every sample of one.
+    """
+    if not samples:
+        return 0.0, 0.0
+    middle = statistics.median(samples)
+    if len(samples) < 2 or middle <= 0:
+        return round(middle, 6), 0.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return round(middle, 6), (q3 - q1) / middle
+
+
+def time_stages(stage_list, tensors, targets, *, rounds, device):
+    """Forward and backward samples (ms) of every stage, ``rounds`` interleaved rounds.
+
+    Each round times every stage once, in order, on its real inputs
+    (``tensors[i]``; ``targets[i]`` for a loss stage, else None), after one
+    untimed warm-up round.  Returns two lists of sample lists, one per stage
+    (a stage whose output needs no gradient has no backward samples).
+    """
+    torch = require_torch()
+    forward = [[] for _ in stage_list]
+    backward = [[] for _ in stage_list]
+    for r in range(rounds + 1):
+        for i, stage in enumerate(stage_list):
+            f, b, _ = _time_once(stage, tensors[i], targets[i], device=device, torch=torch)
+            if r:  # round 0 warms caches and the allocator up
+                forward[i].append(f)
+                if b is not None:
+                    backward[i].append(b)
+    return forward, backward
 
 
 def _saved(stage, tensors, target, excluded, torch):
@@ -284,8 +315,10 @@ def _output_bytes(output, tensors):
     return max(tensor_bytes(output), _storage_bytes(output))
 
 
-def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_gradient=False):
+def measure_stage(stage, tensors, *, device, target=None, caller_holds_gradient=False):
     """Measure one stage on its real inputs; return (layer fields, output tensor).
+
+    Its times are one run's; :func:`time_stages` takes the robust ones.
 
     ``params_bytes`` is left out: it depends on the stages before (see
     :func:`params_bytes`).  A loss stage is called with ``target``.
@@ -295,7 +328,7 @@ def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_
     excluded = {_storage_key(p) for p in list(stage.params) + list(stage.buffers)}
     if target is not None:
         excluded.add(_storage_key(target))
-    forward, backward, output = _timed(stage, tensors, target, repeats=repeats, device=device, torch=torch)
+    forward, backward, output = _time_once(stage, tensors, target, device=device, torch=torch)
     saved_bytes, needs_inputs, needs_output = _saved(stage, tensors, target, excluded, torch)
 
     workspace_forward, workspace_backward = _workspaces(
@@ -303,7 +336,7 @@ def measure_stage(stage, tensors, *, repeats, device, target=None, caller_holds_
     )
     fields = {
         "forward": forward,
-        "backward": backward,
+        "backward": backward or 0.0,
         "output_bytes": _output_bytes(output, tensors),
         "saved_bytes": saved_bytes,
         "needs_inputs": needs_inputs,

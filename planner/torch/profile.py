@@ -25,8 +25,10 @@ from planner.torch.measure import (
     estimate_stages,
     measure_stage,
     params_bytes,
+    robust_time,
     stage_inputs,
     tensor_bytes,
+    time_stages,
 )
 from planner.torch.stages import is_chain
 
@@ -117,13 +119,13 @@ def _layer_doc(stage, stages, fields):
 
 
 def _measure_all(prep, *, repeats, caller_holds_gradient):
-    fields, outputs = [], {}
+    fields, outputs, tensors, targets = [], {}, [], []
     for i, stage in enumerate(prep.stages):
-        tensors = stage_inputs(stage, outputs, prep.inputs)
+        tensors.append(stage_inputs(stage, outputs, prep.inputs))
+        targets.append(prep.target if stage.loss else None)
         try:
             f, out = measure_stage(
-                stage, tensors, repeats=repeats, device=prep.device,
-                target=prep.target if stage.loss else None,
+                stage, tensors[i], device=prep.device, target=targets[i],
                 caller_holds_gradient=caller_holds_gradient,
             )
         except ModelError:
@@ -133,7 +135,12 @@ def _measure_all(prep, *, repeats, caller_holds_gradient):
             raise ModelError(f"stage {stage.name!r} failed: {type(exc).__name__}: {first}") from None
         outputs[i] = out
         fields.append(f)
-    return fields, _held_by_loss_value(prep, fields, outputs)
+    spreads = []
+    for f, forward, backward in zip(fields, *time_stages(prep.stages, tensors, targets, rounds=repeats,
+                                                          device=prep.device)):
+        (f["forward"], fs), (f["backward"], bs) = robust_time(forward), robust_time(backward)
+        spreads.append(max(fs, bs))
+    return fields, _held_by_loss_value(prep, fields, outputs), spreads
 
 
 def _held_by_loss_value(prep, fields, outputs):
@@ -155,7 +162,7 @@ def _describe(tensors):
     return ", ".join(f"{list(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in tensors)
 
 
-def _source(prep, *, estimate, repeats, dtype, loss):
+def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=()):
     torch = require_torch()
     what = f"inputs {_describe(prep.inputs)}"
     if prep.target is not None:
@@ -171,8 +178,17 @@ def _source(prep, *, estimate, repeats, dtype, loss):
     mode = "ops" if n and not is_chain(prep.stages) else "modules"
     return (
         f"edgeplan profile: torch {torch.__version__} on {_device_name(prep.device)}, {what}, "
-        f"{dtype}, {n} stages ({mode}), times: median of {max(1, repeats)} runs"
+        f"{dtype}, {n} stages ({mode}), {threads} thread{'s' if threads != 1 else ''}, times: median of "
+        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}"
     )
+
+
+def _spread_text(spreads):
+    """The timing spread of a profile, in words: median and largest over the stages."""
+    if not spreads:
+        return "none"
+    ordered = sorted(spreads)
+    return f"{100 * ordered[len(ordered) // 2]:.0f}% median, {100 * ordered[-1]:.0f}% max (interquartile / median)"
 
 
 def profile_model(
@@ -182,7 +198,8 @@ def profile_model(
     dtype="float32",
     stages="auto",
     estimate=False,
-    repeats=3,
+    repeats=5,
+    threads=None,
     name="model",
     device="cpu",
     seed=0,
@@ -205,7 +222,14 @@ def profile_model(
     estimate : bool, keyword-only
         Count FLOPs on fake tensors instead of running (time unit ``flop``).
     repeats : int, keyword-only
-        Timed runs per stage; the median is kept.
+        Timed rounds: each round runs every stage once, in order, after one
+        warm-up round; each stage keeps the median of its rounds.  Spreading a
+        stage's runs over rounds keeps a burst of load on a busy machine from
+        landing on all of them.
+    threads : int or None, keyword-only
+        Threads torch computes with while profiling (``torch.set_num_threads``;
+        restored afterwards); None keeps torch's setting.  Fewer threads than
+        cores time steadily on a shared machine.
     name : str, keyword-only
         The model name.
     device : str, keyword-only
@@ -237,8 +261,8 @@ def profile_model(
 
     Notes
     -----
-    Each stage runs ``repeats + 3`` times (timing, saved tensors, forward and
-    backward memory); O(stages) profiler sessions.  Train mode is used
+    Each stage runs ``repeats + 4`` times (warm-up and timing rounds, saved
+    tensors, forward and backward memory); O(stages) profiler sessions.  Train mode is used
     (BatchNorm batch statistics, dropout on); the module's state (parameters,
     buffers, gradients) is restored afterwards.
     """
@@ -246,13 +270,19 @@ def profile_model(
     root = prep.root
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
+    torch = require_torch()
+    old_threads = torch.get_num_threads()
     try:
-        held = 0
+        held, spreads = 0, []
+        if threads:
+            torch.set_num_threads(threads)
         if estimate:
             fields = estimate_stages(root, prep.stages, prep.inputs, prep.target)
         else:
-            fields, held = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
+            fields, held, spreads = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
+        used_threads = torch.get_num_threads()
     finally:
+        torch.set_num_threads(old_threads)
         root.load_state_dict(snapshot)
         for p in root.parameters():
             p.grad = old_grads.get(id(p))
@@ -265,12 +295,16 @@ def profile_model(
         "format": MODEL_FORMAT,
         "name": name,
         "time_unit": "flop" if estimate else "ms",
-        "source": _source(prep, estimate=estimate, repeats=repeats, dtype=dtype, loss=loss),
+        "source": _source(prep, estimate=estimate, repeats=repeats, dtype=dtype, loss=loss, threads=used_threads,
+                          spreads=spreads),
         "input_bytes": int(sum(tensor_bytes(t) for t in by_caller) + held),
         "layers": [_layer_doc(s, prep.stages, f) for s, f in zip(prep.stages, fields)],
     }
     if loss is not None:
         doc["loss"] = loss
+    if spreads:
+        doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
+                         "spread": [round(x, 4) for x in spreads]}
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
 
