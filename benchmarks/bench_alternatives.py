@@ -1,0 +1,309 @@
+"""edgeplan against the alternatives users have, at equal measured memory, in one run.
+
+Contenders, each measured the same way in a process of its own (one thread,
+the CPU allocator's peak of a training step above what was allocated before
+it, with the parameter gradients already allocated; the median step time of
+``--steps`` steps after two warm-up steps):
+
+- ``eager``: plain autograd, everything kept;
+- ``hf-gc``: Hugging Face's ``gradient_checkpointing_enable()`` (transformers
+  models only), non-reentrant;
+- ``ckpt-block``: ``torch.utils.checkpoint`` around each block (the children
+  of the model's longest ``ModuleList`` or ``Sequential``);
+- ``compile-B``: ``torch.compile`` with
+  ``torch._functorch.config.activation_memory_budget = B``, B in 0.3/0.5/0.7;
+- ``edgeplan@C``: :func:`planner.fit` planned for contender C's measured peak
+  (the memory C used, given to ``fit`` as the whole step's memory), eager or
+  compiled (``compile=True``, against the compiled contenders);
+- ``edgeplan@least``: ``fit`` at the least memory its plan works with.
+
+A step is ``loss_fn(model(**batch), target).backward()`` (the edgeplan rows
+run the loss as the model file's last layer).  Every row prints its measured
+peak and step time, its time over eager's, and for edgeplan the overhead the
+plan predicted beside the measured one.
+
+Run: ``python benchmarks/bench_alternatives.py [--models gpt2,bert] [--quick] [--no-compile] [--no-write]``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks._docs import markdown_table, publish, stamp  # noqa: E402
+
+HEADING = "## Against the alternatives at equal memory (bench_alternatives.py)"
+BUDGETS = (0.3, 0.5, 0.7)
+HF = ("gpt2", "bert", "llama", "vit", "resnet")
+
+
+# ----------------------------------------------------------------- the models
+
+def _hf(name):
+    """A transformers model of benchmark size (random weights, no hub), its batch and target."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    batch, seq, hidden, vocab, layers = 4, 128, 128, 2000, 4
+
+    def tokens():
+        return torch.randint(0, vocab, (batch, seq), generator=g)
+
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=hidden, n_layer=layers, n_head=4,
+                                      bos_token_id=0, eos_token_id=0, use_cache=False)
+        return transformers.GPT2LMHeadModel(cfg), {"input_ids": tokens()}, tokens()
+    if name == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
+                                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=seq)
+        return transformers.LlamaForCausalLM(cfg), {"input_ids": tokens()}, tokens()
+    if name == "bert":
+        cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                      num_attention_heads=4, intermediate_size=4 * hidden,
+                                      max_position_embeddings=seq, num_labels=3)
+        mask = torch.ones(batch, seq, dtype=torch.int64)
+        mask[1:, seq // 2:] = 0
+        return (transformers.BertForSequenceClassification(cfg), {"input_ids": tokens(), "attention_mask": mask},
+                torch.randint(0, 3, (batch,), generator=g))
+    images = torch.randn(batch, 3, 64, 64, generator=g)
+    labels = torch.randint(0, 3, (batch,), generator=g)
+    if name == "vit":
+        cfg = transformers.ViTConfig(image_size=64, patch_size=8, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=4, intermediate_size=4 * hidden, num_labels=3)
+        return transformers.ViTForImageClassification(cfg), {"pixel_values": images}, labels
+    if name == "resnet":
+        cfg = transformers.ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[2, 2, 2, 2],
+                                        layer_type="basic", num_labels=3)
+        return transformers.ResNetForImageClassification(cfg), {"pixel_values": images}, labels
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def _plain(name):
+    """The ordinary models of tests/models_torch.py: a GPT-like model and a ResNet, with their examples."""
+    from tests import models_torch
+
+    if name not in ("small_gpt", "resnet"):
+        raise SystemExit(f"unknown model {name!r}")
+    x, target = getattr(models_torch, f"{name}_example")()
+    return getattr(models_torch, name)(), {"x": x}, target
+
+
+def build(name):
+    return _hf(name) if name in HF else _plain(name)
+
+
+def _logits(out):
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _loss(out, target):
+    import torch
+
+    logits = _logits(out)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+# ------------------------------------------------------------ one contender
+
+def _call(model, kwargs):
+    if list(kwargs) == ["x"]:
+        return model(kwargs["x"])
+    return model(**kwargs)
+
+
+def _blocks(model):
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))]
+    return max(lists, key=len) if lists else []
+
+
+def _checkpoint_blocks(model):
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    for block in _blocks(model):
+        forward = block.forward
+
+        def wrapped(*args, _forward=forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = functools.update_wrapper(wrapped, forward)
+
+
+def _contender_step(model, kwargs, target, contender):
+    import torch
+
+    if contender == "hf-gc":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif contender == "ckpt-block":
+        _checkpoint_blocks(model)
+    elif contender.startswith("compile-"):
+        torch._functorch.config.activation_memory_budget = float(contender.split("-")[1])
+        compiled = torch.compile(model)
+        return lambda: _loss(_call(compiled, kwargs), target).backward(), None
+    return lambda: _loss(_call(model, kwargs), target).backward(), None
+
+
+def _edgeplan_step(model, kwargs, target, memory, compiled):
+    from planner import fit
+
+    example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
+    wrapped = fit(model, example, memory=memory, loss="cross_entropy", compile=compiled)
+    predicted = wrapped.schedule.predicted
+    if list(kwargs) == ["x"]:
+        step = lambda: wrapped(kwargs["x"], target=target).backward()  # noqa: E731
+    else:
+        step = lambda: wrapped(**kwargs, target=target).backward()  # noqa: E731
+    return step, {"predicted_overhead": predicted.get("overhead"), "predicted_peak": predicted.get("peak_bytes"),
+                  "strategy": wrapped.schedule.strategy}
+
+
+def _least_memory(model, kwargs, target):
+    from planner import fit
+    from planner.errors import InfeasibleError
+
+    example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
+    try:
+        fit(model, example, memory=1, loss="cross_entropy")
+    except InfeasibleError as exc:
+        return exc.least_memory
+    raise SystemExit("fit accepted 1 byte of memory")
+
+
+def child(spec):
+    """Measure one contender in this process: prints one JSON line."""
+    import torch
+
+    from planner.torch.measure import allocation_trace
+
+    torch.set_num_threads(1)
+    model, kwargs, target = build(spec["model"])
+    model.train()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    extra = None
+    started = time.perf_counter()
+    if spec["contender"].startswith("edgeplan"):
+        memory = spec["memory"]
+        if memory == "least":
+            memory = _least_memory(build(spec["model"])[0], kwargs, target)
+        step, extra = _edgeplan_step(model, kwargs, target, memory, spec.get("compiled", False))
+        extra["memory"] = memory
+    else:
+        step, extra = _contender_step(model, kwargs, target, spec["contender"])
+    for _ in range(2):  # warm-up (compilation) and the parameter gradients' first allocation
+        step()
+    setup = time.perf_counter() - started
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.zero_()
+    _, peak, _ = allocation_trace(step, torch.device("cpu"))
+    times = []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    print(json.dumps({"peak": peak, "ms": statistics.median(times), "params": params, "setup_s": setup,
+                      **(extra or {})}))
+
+
+def run_child(spec):
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:160]}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------ the table
+
+def _mb(b):
+    return f"{b / 1e6:.2f}"
+
+
+def measure_model(name, *, steps, compiled):
+    contenders = ["eager"] + (["hf-gc"] if name in HF else []) + ["ckpt-block"]
+    if compiled:
+        contenders += [f"compile-{b}" for b in BUDGETS]
+    rows, found = [], {}
+    for c in contenders:
+        found[c] = run_child({"model": name, "contender": c, "steps": steps})
+        print(f"  {name} {c}: {found[c]}", file=sys.stderr)
+    eager = found["eager"]
+    for c in contenders:
+        r = found[c]
+        rows.append([name, c, "-" if "error" in r else _mb(r["peak"]), "-" if "error" in r else f"{r['ms']:.1f}",
+                     "-" if "error" in r or "error" in eager else f"{r['ms'] / eager['ms']:.2f}x", "", "",
+                     r.get("error", "")])
+    for c in contenders[1:] + ["least"]:
+        base = found.get(c)
+        if base is not None and "error" in base:
+            continue
+        memory = "least" if c == "least" else 2 * base["params"] + base["peak"]
+        compile_rows = [False] + ([True] if compiled and c.startswith("compile-") else [])
+        for as_compiled in compile_rows:
+            label = f"edgeplan{'-compiled' if as_compiled else ''}@{c}"
+            r = run_child({"model": name, "contender": label, "memory": memory, "steps": steps,
+                           "compiled": as_compiled})
+            print(f"  {name} {label}: {r}", file=sys.stderr)
+            found[label] = r
+            if "error" in r:
+                rows.append([name, label, "-", "-", "-", "", "", r["error"]])
+                continue
+            vs = "" if base is None else f"{r['ms'] / base['ms']:.2f}x of {c}"
+            predicted = r.get("predicted_overhead")
+            rows.append([name, label, _mb(r["peak"]), f"{r['ms']:.1f}", f"{r['ms'] / eager['ms']:.2f}x",
+                         "-" if predicted is None else f"{100 * predicted:.1f}%",
+                         f"{100 * (r['ms'] / eager['ms'] - 1):.1f}%", vs])
+    return rows, found
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--models", default=",".join(HF + ("small_gpt", "resnet")))
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="gpt2 and small_gpt, 3 steps, no compile")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile and compiled edgeplan")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(json.loads(args.child))
+    import torch
+
+    models = ["gpt2", "small_gpt"] if args.quick else args.models.split(",")
+    steps = 3 if args.quick else args.steps
+    compiled = not (args.quick or args.no_compile)
+    rows = []
+    for name in models:
+        rows += measure_model(name, steps=steps, compiled=compiled)[0]
+    header = ["model", "run", "peak MB", "step ms", "vs eager", "predicted overhead", "measured overhead", "notes"]
+    text = "\n".join([
+        HEADING, "",
+        f"`python benchmarks/bench_alternatives.py` ({stamp()}, torch {torch.__version__}, {platform.machine()} "
+        f"CPU, one thread, each run in its own process; peak = the CPU allocator's peak of one step above what was "
+        f"allocated before it, parameter gradients allocated; step = median of {steps} steps after 2 warm-up "
+        f"steps). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
+        f"parameters and their gradients); `vs` compares it with C in the same run.",
+        "",
+        markdown_table(header, rows),
+    ])
+    publish(HEADING, text, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
