@@ -9,7 +9,9 @@ from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.dp_paging import dp_paging
 from planner.solvers.milp_paging import _Program, milp_paging
+from planner.model import model_from_dict
 from planner.synthetic import random_chain, random_dag
+from tests.conftest import fork_document
 from tests.exhaustive_paging import lower_holding_sink, optimal_schedule
 from tests.paging_setup import random_storage, timed
 from tests.reference import replay_solution
@@ -138,3 +140,23 @@ def test_infeasible_and_errors():
         milp_paging(model, budget=10, storage=storage, time_limit=-1)
     with pytest.raises(ModelError, match="time_unit"):
         milp_paging(random_dag(6, 5), budget=10, storage=storage)
+
+
+def test_a_fork_counts_the_fresh_gradient():
+    # a (5000) is read by b and c; b's backward, after c's, adds a fresh gradient of a.
+    model = timed(model_from_dict(fork_document()))
+    storage = random_storage(6)
+    form = _Program(model, storage, 1e3)
+    plain = store_all_ops(model)
+    peak = _top(model)
+    assert peak == 1 + 5000 + 5000 + 10 + 5000
+    assert form.unit == 1
+    assert form.encode(plain, peak) is not None
+    assert form.encode(plain, peak - 1) is None  # the row of b's backward holds the fresh gradient
+    solution = solve(model, peak, "milp-paging", storage=storage, time_limit=LIMIT)
+    ref = replay_solution(model, solution)
+    assert ref["valid"] and ref["peak_bytes"] == solution.result.peak_bytes == peak
+    # b's backward reads a and holds a's gradient and the fresh one: no paging goes below that
+    with pytest.raises(InfeasibleError) as caught:
+        solve(model, peak - 1, "milp-paging", storage=storage, time_limit=LIMIT)
+    assert caught.value.least_bytes == peak
