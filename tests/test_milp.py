@@ -247,6 +247,36 @@ def test_program_alone_matches_the_exhaustive_optimum_on_small_chains(seed):
         assert params["proven_optimal"] is True
 
 
+def test_exhaustive_search_counts_the_fresh_gradient_of_a_fork():
+    # Over every schedule: the second backward of a's consumers holds a (5000), its gradient and
+    # the fresh one, and that consumer's gradient (10 or 20); without the fresh gradient 10,011
+    # bytes would do.
+    model = model_from_dict(fork_document())
+    assert optimal_schedule(model, 15010) is None
+    assert optimal_schedule(model, 15011) is not None
+    with pytest.raises(InfeasibleError) as caught:
+        _core(model, 15010)
+    assert caught.value.least_bytes == 15011
+
+
+@settings(max_examples=examples(20))
+@given(model=dags(min_layers=3, max_layers=6), frac=st.sampled_from([0.9, 0.75, 0.6]))
+def test_program_alone_never_beats_the_exhaustive_optimum_on_small_dags(model, frac):
+    # The search over every schedule replays its answer with the simulator and checks that it
+    # counted the same peak; milp's search space is a part of it, so milp never does better.
+    budget = int(_store_all_peak(model) * frac)
+    best = optimal_schedule(model, budget)
+    if best is None:
+        with pytest.raises(InfeasibleError):
+            _core(model, budget)
+        return
+    try:
+        result, _ = _core(model, budget)
+    except InfeasibleError:
+        return  # the best schedule is outside milp's search space
+    assert result.compute >= best[0] * (1 - 1e-9)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_never_beaten_on_chains_and_dags(seed):
     for model in (random_chain(9, seed), random_dag(10, seed)):

@@ -51,6 +51,26 @@ def test_between_the_unrestricted_optimum_and_dp_paging_on_small_chains(seed):
             assert best <= cost * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("seed", [903, 906, 907, 919])  # DAGs with two or three layers read twice or more
+def test_never_below_the_unrestricted_optimum_on_small_dags(seed):
+    # The search over every schedule (paging included) checks its peak against the simulator's.
+    model = timed(random_dag(5, seed, skip=0.5))
+    assert any(len(c) > 1 for c in model.consumers)
+    storage = random_storage(seed)
+    top = _top(model)
+    for frac in (0.7, 0.8, 0.9):
+        budget = int(top * frac)
+        found = optimal_schedule(model, budget, storage)
+        try:
+            ops, _ = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+        except InfeasibleError:
+            continue
+        assert found is not None
+        peak, cost = _measure(model, ops, storage)
+        assert peak <= budget
+        assert found[0] <= cost * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_dags_fit_and_are_never_worse_than_page_all_or_store_all(seed):
     model = timed(random_dag(7 + seed, 800 + seed, skip=0.5))
