@@ -127,13 +127,13 @@ class Model:
         consumer's backward already started, and adds into them (SPEC section
         3): they count in its peak and are gone when it ends.  Chains have none.
         """
+        out = [layer.output_bytes for layer in self.layers]
         highest = [max(c) if c else None for c in self.consumers]
-        sink = self.sink
         new, fresh = [], []
         for b, layer in enumerate(self.layers):
-            first = [j for j in layer.inputs if highest[j] == b]
-            new.append(sum(self.layers[j].output_bytes for j in first) + (layer.output_bytes if b == sink else 0))
-            fresh.append(sum(self.layers[j].output_bytes for j in layer.inputs if highest[j] != b))
+            own = out[b] if b == self.sink else 0
+            new.append(own + sum(out[j] for j in layer.inputs if highest[j] == b))
+            fresh.append(sum(out[j] for j in layer.inputs if highest[j] != b))
         return tuple(new), tuple(fresh)
 
     @cached_property

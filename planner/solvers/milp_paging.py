@@ -10,7 +10,8 @@ and runs the backward of layer ``n - t``.  Binary variables say what happens
 where; the memory of every op is a linear expression in them, counted as the
 simulator counts it with the shared lowering's frees (SPEC sections 3 and 5:
 outputs, saved data, gradients and the fresh ones a backward adds into them,
-holds, workspaces, the sink's output held until its backward).  The objective is recomputation plus transfer time.
+holds, workspaces, the sink's output held until its backward).  The objective
+is recomputation plus transfer time.
 """
 
 import time
