@@ -117,6 +117,26 @@ class Model:
         )
 
     @cached_property
+    def reverse_order_gradients(self):
+        """``(new, fresh)``: gradient bytes of each backward when backwards run in reverse topological order.
+
+        ``new[b]`` is what ``b``'s backward allocates and keeps: the gradients
+        of its inputs whose highest consumer is ``b`` (the first of their
+        consumers' backwards to run), and the sink's own.  ``fresh[b]`` is the
+        fresh gradients it makes of its other inputs, whose gradient a later
+        consumer's backward already started, and adds into them (SPEC section
+        3): they count in its peak and are gone when it ends.  Chains have none.
+        """
+        out = [layer.output_bytes for layer in self.layers]
+        highest = [max(c) if c else None for c in self.consumers]
+        new, fresh = [], []
+        for b, layer in enumerate(self.layers):
+            own = out[b] if b == self.sink else 0
+            new.append(own + sum(out[j] for j in layer.inputs if highest[j] == b))
+            fresh.append(sum(out[j] for j in layer.inputs if highest[j] != b))
+        return tuple(new), tuple(fresh)
+
+    @cached_property
     def sink(self):
         """Index of the layer whose output feeds the loss."""
         return len(self.layers) - 1

@@ -120,9 +120,15 @@ def simulate(model, ops, *, timeline=False, storage=None):
     A) + sum(saved_bytes of S) + sum(output_bytes of G)``; the peak adds the
     running op's workspace, measured after a forward's output and saved data
     are added and after a backward's new input gradients are allocated (and the
-    sink's gradient, which appears at its backward).  The sink's output may
-    not be freed before the sink's backward: the loss reads it.  Paged copies (the set
-    P) do not count; a pagein adds the output to memory as a forward does.
+    sink's gradient, which appears at its backward).  An input whose gradient
+    is already in G (a layer with several consumers, one of whose backwards
+    ran) gets a fresh gradient of its output size, added into the held one as
+    autograd does: it counts in that backward's peak and is gone after it.
+    Which backward makes it is decided by the state, not by the graph: the
+    first consumer's backward to run starts the gradient, every later one
+    makes a fresh one.  The sink's output may not be freed before the sink's
+    backward: the loss reads it.  Paged copies (the set P) do not count; a
+    pagein adds the output to memory as a forward does.
     """
     layers = model.layers
     n = len(layers)
@@ -168,12 +174,15 @@ def simulate(model, ops, *, timeline=False, storage=None):
             if i == sink and not in_g[i]:
                 in_g[i] = True
                 mem += out[i]
+            fresh = 0  # gradients made and added into ones an earlier backward started
             for j in ins[i]:
-                if not in_g[j]:
+                if in_g[j]:
+                    fresh += out[j]
+                else:
                     in_g[j] = True
                     mem += out[j]
                 waiting[j] -= 1
-            now = mem + wsb[i]
+            now = mem + fresh + wsb[i]
             in_s[i] = False
             mem -= saved[i]
             for j in holds[i]:

@@ -120,6 +120,24 @@ TWO_LAYER_MODEL = chain_document("m", [("a", 1, 2, 100), ("b", 1, 2, 50)])
 """A chain of two layers ``a`` and ``b`` (copy it before changing it)."""
 
 
+def fork_document(*, input_bytes=1, trunk=5000, left=10, right=20, sink=40):
+    """A fork's model document: ``a`` (the trunk) read by ``b`` and ``c``, both read by ``d``.
+
+    ``a``'s gradient is started by the first of ``b`` and ``c`` whose backward
+    runs; the other's backward makes a fresh gradient of ``a``'s size (SPEC
+    section 3).  The sizes are ``output_bytes``; times are 1.
+    """
+    layers = [
+        {"name": "a", "inputs": ["input"], "output_bytes": trunk},
+        {"name": "b", "inputs": ["a"], "output_bytes": left},
+        {"name": "c", "inputs": ["a"], "output_bytes": right},
+        {"name": "d", "inputs": ["b", "c"], "output_bytes": sink},
+    ]
+    for layer in layers:
+        layer.update(forward=1, backward=1)
+    return {"format": "edgeplan-model/1", "name": "fork", "input_bytes": input_bytes, "layers": layers}
+
+
 def mutated(document, path, value, *, delete):
     """A deep copy of ``document`` with the item at ``path`` set to ``value``.
 

@@ -1,4 +1,4 @@
-"""Exhaustive searches used as oracles for the ``dp`` strategy (small chains only).
+"""Exhaustive searches used as oracles for ``dp`` (small chains) and ``milp`` (small chains and DAGs).
 
 Two oracles, sharing no code with ``planner.solvers.dp``:
 
@@ -6,14 +6,17 @@ Two oracles, sharing no code with ``planner.solvers.dp``:
   chain (a kept checkpoint stays until its segment is fully reversed: the
   class of Beaumont et al. 2019), lowers each with the shared
   :func:`planner.lowering.insert_frees` and measures it with the simulator.
-* :func:`optimal_schedule` is a Dijkstra search over ALL valid schedules: the
-  states are the simulator's sets ``A`` (outputs held), ``S`` (saved data held)
-  and ``D`` (backwards done), ``G`` is derived from them; every forward (with
-  or without save), backward and free allowed by SPEC section 3 is an edge
-  (the sink's output is never freed before the sink's backward),
-  weighted by its compute time; an op whose memory (workspace included) would
+* :func:`optimal_schedule` is a Dijkstra search over ALL valid schedules of a
+  chain or a DAG: the states are the simulator's sets ``A`` (outputs held),
+  ``S`` (saved data held) and ``D`` (backwards done), ``G`` is derived from
+  them (a layer one of whose consumers' backwards ran and whose own has not);
+  every forward (with or without save), backward and free allowed by SPEC
+  section 3 is an edge (the sink's output is never freed before the sink's
+  backward), weighted by its compute time; an op whose memory (workspace, and
+  for a backward the new and fresh gradients of its inputs, included) would
   exceed the budget is not allowed.  The schedule it returns is replayed by the
-  simulator before it is returned.  Its skeleton, :func:`search_all_schedules`,
+  simulator, which must measure the peak the search counted, before it is
+  returned.  Its skeleton, :func:`search_all_schedules`,
   also serves :mod:`tests.exhaustive_paging`, which adds pageouts and pageins.
 """
 
@@ -66,12 +69,12 @@ def persistent_optimum(schedules, budget):
 
 
 def optimal_schedule(model, budget):
-    """Cheapest valid schedule of a chain within ``budget`` bytes, over ALL schedules.
+    """Cheapest valid schedule of a chain or DAG within ``budget`` bytes, over ALL schedules.
 
     Parameters
     ----------
     model : planner.model.Model
-        A chain of a few layers (the state space is exponential).
+        A chain or DAG of a few layers (the state space is exponential).
     budget : int
 
     Returns
@@ -82,8 +85,8 @@ def optimal_schedule(model, budget):
 
     Notes
     -----
-    Dead outputs (a layer whose backward and whose consumer's backward have
-    run: nothing can read it again) are freed at once, which never costs
+    Dead outputs (a layer whose backward has run, and so its consumers':
+    nothing can read it again) are freed at once, which never costs
     compute nor memory; every other free is a choice of the search.
     """
     return search_all_schedules(model, budget)
@@ -92,7 +95,7 @@ def optimal_schedule(model, budget):
 def search_all_schedules(model, budget, *, storage=None, more_moves=None):
     """The Dijkstra search of :func:`optimal_schedule`, with room for more kinds of ops.
 
-    States are ``(A, S, P, D)`` as bit sets over the layers of a chain (``P``,
+    States are ``(A, S, P, D)`` as bit sets over the layers (``P``,
     the paged copies, stays empty unless ``more_moves`` fills it); the edges are
     every forward (with or without save), backward and free that SPEC section 3
     allows, and for each layer ``i`` the ones ``more_moves(i, state, base, add)``
@@ -116,13 +119,25 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
     tb = [l.backward for l in layers]
     ni = [l.needs_inputs for l in layers]
     no = [l.needs_output for l in layers]
+    sink = n - 1
     full = (1 << n) - 1
 
+    def mask(indices):
+        return sum(1 << j for j in indices)
+
+    producers = [mask(l.inputs) for l in layers]
+    readers = [mask(c) for c in model.consumers]  # whose backward must run before i's
+    pinning = [mask(c for c in model.consumers[i] if ni[c]) for i in range(n)]  # saved data reading i
+    # A backward allocates the gradient of each input not in G and a fresh one of each input in
+    # G (SPEC section 3): either way every input's size counts in its peak.
+    grads_at = [sum(out[j] for j in l.inputs) + (out[i] if i == sink else 0) for i, l in enumerate(layers)]
+
     def memory(a, s, d):
-        g = (d >> 1) & ~d & full  # gradient of j: j + 1's backward ran, j's has not
         total = model.input_bytes
         for i in range(n):
-            total += out[i] * ((a >> i & 1) + (g >> i & 1)) + saved[i] * (s >> i & 1)
+            # the gradient of i: a consumer's backward ran, i's has not
+            g = (d & readers[i]) and not (d >> i & 1)
+            total += out[i] * ((a >> i & 1) + (1 if g else 0)) + saved[i] * (s >> i & 1)
         return total
 
     def held(i, s, d):
@@ -130,15 +145,13 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
         # before the sink's backward (the loss reads it)
         if (s >> i & 1) and no[i]:
             return True
-        if i == n - 1:
+        if i == sink:
             return not (d >> i & 1)
-        return (s >> (i + 1) & 1) and ni[i + 1]
+        return bool(s & pinning[i])
 
     def canonical(a, d):
-        for i in range(n):
-            if (a >> i & 1) and (d >> i & 1) and (i == n - 1 or d >> (i + 1) & 1):
-                a &= ~(1 << i)
-        return a
+        # an output whose backward ran is dead: its consumers' backwards ran before
+        return a & ~d
 
     def moves(state):
         a, s, p, d = state
@@ -147,7 +160,7 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
         add = found.append
         for i in range(n):
             bit = 1 << i
-            input_ok = i == 0 or (a >> (i - 1) & 1)
+            input_ok = (a & producers[i]) == producers[i]
             if not (a & bit) and not (d & bit) and input_ok:
                 for save in (False, True):
                     if save and (s & bit):
@@ -155,10 +168,9 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
                     peak = base + out[i] + (saved[i] if save else 0) + wf[i]
                     nxt = (canonical(a | bit, d), (s | bit) if save else s, p, d)
                     add((tf[i], peak, nxt, forward(i, save)))
-            if (s & bit) and not (d & bit) and (i == n - 1 or d >> (i + 1) & 1):
+            if (s & bit) and not (d & bit) and (d & readers[i]) == readers[i]:
                 if (not ni[i] or input_ok) and (not no[i] or a & bit):
-                    # new gradient of the input; the sink's own gradient appears now
-                    peak = base + (out[i - 1] if i > 0 else 0) + (out[i] if i == n - 1 else 0) + wb[i]
+                    peak = base + grads_at[i] + wb[i]
                     nd = d | bit
                     add((tb[i], peak, (canonical(a, nd), s & ~bit, p & ~bit, nd), backward(i)))
             if (a & bit) and not held(i, s, d):
@@ -176,6 +188,8 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
     ops = _with_dead_frees(path, n)
     sim = simulate(model, ops, storage=storage)
     assert sim.valid, sim.error
+    # the search counts memory as the simulator does, op by op
+    assert sim.peak_bytes == max([model.input_bytes] + [peak for *_, peak in path]), sim.peak_bytes
     assert sim.peak_bytes <= budget, (sim.peak_bytes, budget)
     total = sim.compute + sim.transfer
     assert abs(total - cost) <= 1e-9 * max(1.0, total), (total, cost)
@@ -183,7 +197,7 @@ def search_all_schedules(model, budget, *, storage=None, more_moves=None):
 
 
 def _dijkstra(start, is_goal, edges, budget):
-    """(cost, [(state, op, next state), ...]) of a cheapest path from ``start`` to a goal, or None.
+    """(cost, [(state, op, next state, peak), ...]) of a cheapest path from ``start`` to a goal, or None.
 
     ``edges(state)`` lists ``(time, peak, next_state, op)``; an edge whose
     peak exceeds ``budget`` is not taken.
@@ -199,8 +213,8 @@ def _dijkstra(start, is_goal, edges, budget):
         if is_goal(state):
             path = []
             while parent[state] is not None:
-                prev, op = parent[state]
-                path.append((prev, op, state))
+                prev, op, peak = parent[state]
+                path.append((prev, op, state, peak))
                 state = prev
             path.reverse()
             return cost, path
@@ -210,7 +224,7 @@ def _dijkstra(start, is_goal, edges, budget):
             c = cost + dt
             if c < dist.get(nxt, float("inf")):
                 dist[nxt] = c
-                parent[nxt] = (state, op)
+                parent[nxt] = (state, op, peak)
                 heapq.heappush(heap, (c, next(counter), nxt))
     return None
 
@@ -218,7 +232,7 @@ def _dijkstra(start, is_goal, edges, budget):
 def _with_dead_frees(path, n):
     """The ops of a search ``path``, with the frees of dead outputs the states made implicitly."""
     ops = []
-    for prev, op, nxt in path:
+    for prev, op, nxt, _ in path:
         ops.append(op)
         if op.kind is OpKind.FREE:
             continue

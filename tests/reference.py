@@ -80,9 +80,12 @@ def reference_replay(model_doc, schedule_doc):
                 return {"valid": False, "error": k}
             if name == sink:
                 G.add(name)
+            # An input whose gradient an earlier backward started gets a fresh
+            # gradient, added into the held one: it counts now and is gone after.
+            fresh = sum(layers[p]["output_bytes"] for p in producers[name] if p in G)
             for p in producers[name]:
                 G.add(p)
-            peak = max(peak, memory() + e["workspace_backward"])
+            peak = max(peak, memory() + fresh + e["workspace_backward"])
             S.discard(name)
             G.discard(name)
             P.discard(name)

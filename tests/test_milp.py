@@ -24,6 +24,7 @@ from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
 from planner.solvers.milp import _blocks, _Formulation, _least_peak, _solve, _stage_count, milp
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import fork_document
 from tests.exhaustive import optimal_schedule
 from tests.reference import replay_solution
 from tests.strategies import dags, examples, with_heavy_sink
@@ -149,6 +150,46 @@ def test_program_memory_equals_the_simulated_peak(data, model):
     assert form.decode(x) == ops
 
 
+def test_program_counts_the_fresh_gradient_of_a_fork():
+    # a (5000) is read by b and c; the backward of b (the second consumer's,
+    # in milp's reverse topological order) adds a fresh gradient of a.
+    model = model_from_dict(fork_document())
+    plain = [forward(i, True) for i in range(4)] + [backward(i) for i in range(3, -1, -1)]
+    peak = simulate(model, insert_frees(model, plain)).peak_bytes
+    # input, a and its gradient, b's gradient (b's output went after d's
+    # backward) and the fresh gradient of a
+    assert peak == 1 + 5000 + 5000 + 10 + 5000
+    form = _Formulation(model, _blocks(4, 4))
+    x = form.encode(plain, None)
+    assert x[form.peak_col] * form.unit == peak
+    assert form.lower_bound() == peak  # store-all reaches the bound: b's backward needs all that
+    assert form.encode(plain, peak // form.unit - 1) is None
+
+
+def test_schedules_of_a_fork_fit_their_budget():
+    # A large trunk read by two consumers: recomputing it between the two
+    # backwards only helps if the fresh gradient is counted, and every
+    # schedule milp makes fits under the rule.
+    doc = fork_document(trunk=3000, left=2000, right=2500, sink=100)
+    for layer in doc["layers"]:
+        layer["saved_bytes"] = 500
+    model = model_from_dict(doc)
+    peak = _store_all_peak(model)
+    for frac in (1.0, 0.9, 0.8):
+        budget = int(peak * frac)
+        try:
+            solution = solvers.solve(model, budget, "milp", time_limit=20)
+        except InfeasibleError as exc:
+            assert exc.least_bytes > budget
+            _check(model, solvers.solve(model, exc.least_bytes, "milp", time_limit=20))
+            continue
+        _check(model, solution)
+        form = _Formulation(model, _blocks(4, 4))
+        ops = [op for op in solution.ops if op.kind is not OpKind.FREE]
+        x = form.encode(ops, None)
+        assert x[form.peak_col] * form.unit == solution.result.peak_bytes
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_every_other_strategy_is_in_the_search_space(seed):
     for model in (random_chain(9, seed), random_dag(10, seed), with_heavy_sink(random_dag(8, seed))):
@@ -204,6 +245,36 @@ def test_program_alone_matches_the_exhaustive_optimum_on_small_chains(seed):
         result, params = _core(model, budget)
         assert result.compute == pytest.approx(best[0])
         assert params["proven_optimal"] is True
+
+
+def test_exhaustive_search_counts_the_fresh_gradient_of_a_fork():
+    # Over every schedule: the second backward of a's consumers holds a (5000), its gradient and
+    # the fresh one, and that consumer's gradient (10 or 20); without the fresh gradient 10,011
+    # bytes would do.
+    model = model_from_dict(fork_document())
+    assert optimal_schedule(model, 15010) is None
+    assert optimal_schedule(model, 15011) is not None
+    with pytest.raises(InfeasibleError) as caught:
+        _core(model, 15010)
+    assert caught.value.least_bytes == 15011
+
+
+@settings(max_examples=examples(20))
+@given(model=dags(min_layers=3, max_layers=6), frac=st.sampled_from([0.9, 0.75, 0.6]))
+def test_program_alone_never_beats_the_exhaustive_optimum_on_small_dags(model, frac):
+    # The search over every schedule replays its answer with the simulator and checks that it
+    # counted the same peak; milp's search space is a part of it, so milp never does better.
+    budget = int(_store_all_peak(model) * frac)
+    best = optimal_schedule(model, budget)
+    if best is None:
+        with pytest.raises(InfeasibleError):
+            _core(model, budget)
+        return
+    try:
+        result, _ = _core(model, budget)
+    except InfeasibleError:
+        return  # the best schedule is outside milp's search space
+    assert result.compute >= best[0] * (1 - 1e-9)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -276,7 +347,7 @@ def test_below_the_lower_bound_reports_the_least_peak():
         solvers.solve(model, least - 1, "milp", time_limit=20)
 
 
-@pytest.mark.parametrize("model", [random_chain(8, 2), random_dag(8, 3)], ids=["chain", "dag"])
+@pytest.mark.parametrize("model", [random_chain(8, 2), random_dag(8, 5)], ids=["chain", "dag"])
 def test_proven_infeasible_budget_reports_the_least_peak(model):
     form = _Formulation(model, _blocks(8, 8))
     proven, least = _least_peak(form, time.perf_counter() + 20)

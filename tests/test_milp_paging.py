@@ -9,7 +9,9 @@ from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.dp_paging import dp_paging
 from planner.solvers.milp_paging import _Program, milp_paging
+from planner.model import model_from_dict
 from planner.synthetic import random_chain, random_dag
+from tests.conftest import fork_document
 from tests.exhaustive_paging import lower_holding_sink, optimal_schedule
 from tests.paging_setup import random_storage, timed
 from tests.reference import replay_solution
@@ -47,6 +49,26 @@ def test_between_the_unrestricted_optimum_and_dp_paging_on_small_chains(seed):
         if params["proven_optimal"]:
             best, _ = optimal_schedule(model, budget, storage)
             assert best <= cost * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", [903, 906, 907, 919])  # DAGs with two or three layers read twice or more
+def test_never_below_the_unrestricted_optimum_on_small_dags(seed):
+    # The search over every schedule (paging included) checks its peak against the simulator's.
+    model = timed(random_dag(5, seed, skip=0.5))
+    assert any(len(c) > 1 for c in model.consumers)
+    storage = random_storage(seed)
+    top = _top(model)
+    for frac in (0.7, 0.8, 0.9):
+        budget = int(top * frac)
+        found = optimal_schedule(model, budget, storage)
+        try:
+            ops, _ = milp_paging(model, budget=budget, storage=storage, time_limit=LIMIT)
+        except InfeasibleError:
+            continue
+        assert found is not None
+        peak, cost = _measure(model, ops, storage)
+        assert peak <= budget
+        assert found[0] <= cost * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -138,3 +160,23 @@ def test_infeasible_and_errors():
         milp_paging(model, budget=10, storage=storage, time_limit=-1)
     with pytest.raises(ModelError, match="time_unit"):
         milp_paging(random_dag(6, 5), budget=10, storage=storage)
+
+
+def test_a_fork_counts_the_fresh_gradient():
+    # a (5000) is read by b and c; b's backward, after c's, adds a fresh gradient of a.
+    model = timed(model_from_dict(fork_document()))
+    storage = random_storage(6)
+    form = _Program(model, storage, 1e3)
+    plain = store_all_ops(model)
+    peak = _top(model)
+    assert peak == 1 + 5000 + 5000 + 10 + 5000
+    assert form.unit == 1
+    assert form.encode(plain, peak) is not None
+    assert form.encode(plain, peak - 1) is None  # the row of b's backward holds the fresh gradient
+    solution = solve(model, peak, "milp-paging", storage=storage, time_limit=LIMIT)
+    ref = replay_solution(model, solution)
+    assert ref["valid"] and ref["peak_bytes"] == solution.result.peak_bytes == peak
+    # b's backward reads a and holds a's gradient and the fresh one: no paging goes below that
+    with pytest.raises(InfeasibleError) as caught:
+        solve(model, peak - 1, "milp-paging", storage=storage, time_limit=LIMIT)
+    assert caught.value.least_bytes == peak

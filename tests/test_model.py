@@ -8,7 +8,7 @@ import pytest
 from planner.errors import ModelError
 from planner.model import fingerprint, load_model, model_from_dict
 from tests.reference import spec_fingerprint
-from tests.conftest import DATA, EXAMPLES
+from tests.conftest import DATA, EXAMPLES, fork_document
 from tests.conftest import TWO_LAYER_MODEL as BASE
 
 
@@ -40,6 +40,15 @@ def test_defaults_are_applied():
     assert m.consumers == ((1,), ())
     assert m.sink == 1
     assert m.baseline_compute == 6
+
+
+def test_reverse_order_gradients_of_a_fork():
+    # a is read by b and c: c's backward (the higher) starts a's gradient, b's makes a fresh one;
+    # d, the sink, allocates its own gradient and those of b and c.
+    model = model_from_dict(fork_document())
+    assert model.reverse_order_gradients == ((0, 0, 5000, 40 + 10 + 20), (0, 5000, 0, 0))
+    # a chain makes none: b, the sink, allocates its gradient (50) and a's (100)
+    assert model_from_dict(BASE).reverse_order_gradients == ((0, 150), (0, 0))
 
 
 def test_dag_with_skip():

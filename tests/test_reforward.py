@@ -19,7 +19,7 @@ from planner.solvers import solve
 from planner.solvers.reforward import reforward, reforward_plan, splitting_units
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from tests.checks import check_fits_and_replays
-from tests.conftest import DATA
+from tests.conftest import DATA, fork_document
 from tests.strategies import budgets, chains, dags, examples, with_heavy_sink
 
 SHARED_MODELS = ["vgg16-ops", "vgg16", "resnet18", "resnet18-cpu", "mobilenet_v2-cpu"]
@@ -134,6 +134,16 @@ def test_predicted_peak_is_the_simulated_peak(model, data):
     assert plan.peak_bytes == _measure(model, plan.segments).peak_bytes
     if budget is not None:
         assert plan.peak_bytes <= budget
+
+
+def test_predicted_peak_of_a_fork_counts_the_fresh_gradient():
+    # Two units, a and then b..d, whose entry a is read by b and c: the backward
+    # of b, the second of them, adds a fresh gradient of a (5000) into the one
+    # c's backward started.
+    model = model_from_dict(fork_document())
+    plan = reforward_plan(model)
+    assert plan.units == 2 and plan.least_bytes == 1 + 5000 + 5000 + 10 + 5000
+    assert plan.peak_bytes == _measure(model, plan.segments).peak_bytes
 
 
 @pytest.mark.parametrize("n,seed", [(60, 0), (120, 1)])

@@ -209,7 +209,7 @@ def test_auto_adds_nothing_when_no_exact_search_ran():
 
 def test_solve_reports_the_time_of_the_whole_call():
     dag = random_dag(14, 9)
-    budget = int(_store_all_peak(dag) * 0.7)
+    budget = int(_store_all_peak(dag) * 0.85)  # above the least peak (80%), below store-all
     seen = []
 
     def hook(name, outcome):

@@ -10,7 +10,7 @@ from planner.simulate import replay, simulate
 from planner.errors import ScheduleError
 from planner.synthetic import random_chain, random_dag, uniform_chain
 from planner.solvers import solve
-from tests.conftest import chain_document
+from tests.conftest import chain_document, fork_document
 from tests.reference import reference_replay
 
 
@@ -197,3 +197,58 @@ def test_streams_a_generator_of_a_million_ops():
     assert r.valid
     assert r.forwards == 333_335
     assert r.n_ops == 666_670
+
+
+def _fork_ops(first, second):
+    """Store-all on the fork of :func:`tests.conftest.fork_document`, ``first``'s backward before ``second``'s."""
+    return [
+        forward(0, True), forward(1, True), forward(2, True), forward(3, True),
+        backward(3), free(3),
+        backward(first), free(first),
+        backward(second), free(second),
+        backward(0), free(0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "first, second, peak",
+    [
+        # input 1, a (5000) and its gradient started by the first consumer's
+        # backward (5000), the second consumer's output and gradient, and the
+        # fresh gradient of a (5000) that the second consumer's backward adds in.
+        (2, 1, 1 + 5000 + 5000 + 10 + 10 + 5000),
+        (1, 2, 1 + 5000 + 5000 + 20 + 20 + 5000),
+    ],
+)
+def test_the_second_consumer_backward_makes_a_fresh_gradient(first, second, peak):
+    m = model_from_dict(fork_document())
+    ops = _fork_ops(first, second)
+    r = simulate(m, ops, timeline=True)
+    assert r.valid, r.error
+    # The peak is at the second consumer's backward; without the fresh gradient
+    # it would be 5000 lower (and reached at that same op).
+    assert r.peak_bytes == peak
+    assert r.peak_index == 8
+    # The fresh gradient is gone when the op ends: after it, a's gradient is held once.
+    kept = 1 + 5000 + 5000 + (10 if second == 1 else 20)
+    assert r.timeline[8] == peak and r.timeline[9] == kept - (10 if second == 1 else 20)
+    assert reference_replay(m.document, _doc(m, ops))["peak_bytes"] == peak
+
+
+def test_fresh_gradient_counts_with_the_backward_workspace():
+    doc = fork_document()
+    doc["layers"][1]["workspace_backward"] = 7
+    m = model_from_dict(doc)
+    ops = _fork_ops(2, 1)
+    r = simulate(m, ops)
+    assert r.peak_bytes == 1 + 5000 + 5000 + 10 + 10 + 5000 + 7
+    assert reference_replay(m.document, _doc(m, ops))["peak_bytes"] == r.peak_bytes
+
+
+def test_chains_make_no_fresh_gradient():
+    # Every layer of a chain has one consumer: each gradient is made once.
+    m = chain3()
+    ops = [forward(0, True), forward(1, True), forward(2, True),
+           backward(2), free(2), backward(1), free(1), backward(0), free(0)]
+    r = simulate(m, ops, timeline=True)
+    assert list(r.timeline) == [1108, 1301, 1701, 2301, 1501, 1601, 1201, 71201, 1]

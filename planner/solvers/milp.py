@@ -5,10 +5,11 @@ stages; binary variables say which layer is (re)computed in which stage, when
 each layer's saved data is made, which outputs are kept from one stage to the
 next and after which op each output is freed; the memory of every op is a
 linear expression in them.  The model follows edgeplan's semantics (SPEC
-section 3) exactly: outputs, saved data, gradients (the sink's included), the
-holds that saved data puts on the tensors its backward reads, the sink's
-output kept until the sink's backward (the loss reads it), workspaces and the
-model input.  The frees are the shared lowering's
+section 3) exactly: outputs, saved data, gradients (the sink's included, and
+the fresh gradient a backward makes for an input another consumer's backward
+already gave one), the holds that saved data puts on the tensors its backward
+reads, the sink's output kept until the sink's backward (the loss reads it),
+workspaces and the model input.  The frees are the shared lowering's
 (:func:`planner.lowering.insert_frees`, as early as possible), and for every
 schedule of the search space the formulation counts exactly the memory the
 simulator measures.  HiGHS, through ``scipy.optimize.milp``, minimises the
@@ -376,10 +377,12 @@ class _Formulation:
                 r.append(b)
             reads.append(r)
         self.reads = reads
-        self.new_grads = [
-            sum(out[j] for j in inputs[b] if maxcons[j] == b) + (out[b] if b == sink else 0)
-            for b in range(n)
-        ]
+        # Backwards run in reverse topological order: an input's gradient is
+        # started by its highest consumer's backward; each other consumer's
+        # backward makes a fresh one, counted in its peak only (SPEC section 3).
+        new, fresh = model.reverse_order_gradients
+        self.new_grads = [g // unit for g in new]
+        self.fresh_grads = [g // unit for g in fresh]
         holders = [[] for _ in range(n)]  # layers whose saved data holds i's output
         for c, layer in enumerate(layers):
             if layer.needs_inputs:
@@ -400,7 +403,8 @@ class _Formulation:
             grads = sum(out[j] for j in range(b + 1) if maxcons[j] is not None and maxcons[j] > b)
             bound = max(
                 bound,
-                base + grads + self.new_grads[b] + saved[b] + sum(out[j] for j in set(reads[b])) + self.wsb[b],
+                base + grads + self.new_grads[b] + self.fresh_grads[b] + saved[b]
+                + sum(out[j] for j in set(reads[b])) + self.wsb[b],
             )
         return bound
 
@@ -561,7 +565,7 @@ class _Formulation:
         for m, b in enumerate(self.blocks[t - 1]):
             level.const += self.new_grads[b]
             peak_e = level.copy()
-            peak_e.const += self.wsb[b]
+            peak_e.const += self.fresh_grads[b] + self.wsb[b]
             self._capped(peak_e)
             level.const -= saved[b] + out[b]  # its saved data and its gradient go
             for i, carried in free_after_bwd[m]:

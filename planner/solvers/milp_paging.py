@@ -9,8 +9,9 @@ recomputed output may be paged out right after its forward if it never was)
 and runs the backward of layer ``n - t``.  Binary variables say what happens
 where; the memory of every op is a linear expression in them, counted as the
 simulator counts it with the shared lowering's frees (SPEC sections 3 and 5:
-outputs, saved data, gradients, holds, workspaces, the sink's output held
-until its backward).  The objective is recomputation plus transfer time.
+outputs, saved data, gradients and the fresh ones a backward adds into them,
+holds, workspaces, the sink's output held until its backward).  The objective
+is recomputation plus transfer time.
 """
 
 import time
@@ -216,6 +217,7 @@ class _Sizes:
     reads: list  # outputs each backward reads (the sink's own included: the loss reads it)
     holders: list  # holders[i]: layers whose saved data holds i's output
     new_grads: list  # gradient bytes each backward allocates
+    fresh_grads: list  # fresh gradient bytes each backward adds into held ones (its peak only)
 
     @classmethod
     def of(cls, model, unit):
@@ -230,9 +232,7 @@ class _Sizes:
                 holders[j].append(b)
             if l.needs_output:
                 holders[b].append(b)
-        new_grads = [
-            sum(out[j] for j in layers[b].inputs if maxcons[j] == b) + (out[b] if b == sink else 0) for b in range(n)
-        ]
+        new_grads, fresh_grads = ([g // unit for g in grads] for grads in model.reverse_order_gradients)
         return cls(
             out,
             [l.saved_bytes // unit for l in layers],
@@ -245,6 +245,7 @@ class _Sizes:
             reads,
             holders,
             new_grads,
+            fresh_grads,
         )
 
 
@@ -389,7 +390,7 @@ class _Program:
             row(level + [(({u: 1}, 0), -1)], low=0, high=0)
             self._cap([(({u: 1}, 0), 1), (r(t, kk), z.wsf[kk])])
             level = [(({u: 1}, 0), 1)] + [(({col: 1}, 0), -size) for col, size in after[kk]]
-        self._cap(level + [(({}, z.new_grads[b] + z.wsb[b]), 1)])
+        self._cap(level + [(({}, z.new_grads[b] + z.fresh_grads[b] + z.wsb[b]), 1)])
 
     # ---- building ----------------------------------------------------------------------
 

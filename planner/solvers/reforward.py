@@ -219,11 +219,14 @@ def _unit_backward(model, lo, hi, x, sticky, keep):
     peak = _NEG
     for i in range(hi - 1, lo - 1, -1):
         layer = layers[i]
+        fresh = 0  # an input another backward gave a gradient gets a fresh one (SPEC section 3)
         for p in layer.inputs:
-            if p not in grads:
+            if p in grads:
+                fresh += layers[p].output_bytes
+            else:
                 grads.add(p)
                 mem += layers[p].output_bytes
-        peak = max(peak, mem + layer.workspace_backward)
+        peak = max(peak, mem + fresh + layer.workspace_backward)
         mem -= layer.saved_bytes + layer.output_bytes  # saved data, own gradient
         released = []
         if own[i - lo]:

@@ -289,7 +289,6 @@ def profile_model(
     seen = set()
     for stage, f in zip(prep.stages, fields):
         f["params_bytes"] = params_bytes(stage.params, seen)
-    _count_second_gradients(prep.stages, fields)
     by_caller = list(prep.inputs) + ([prep.target] if prep.target is not None else [])
     doc = {
         "format": MODEL_FORMAT,
@@ -323,49 +322,4 @@ def profile_target(target, example, **options):
     obj = load_target(target)
     options.setdefault("name", target.rpartition(":")[2])
     return profile_model(obj, example, **options)
-
-
-def _count_second_gradients(stage_list, fields):
-    """Add to ``workspace_backward`` the fresh gradient a later consumer's backward makes.
-
-    A layer read by several others gets one gradient contribution from each
-    consumer's backward.  The first to run allocates the gradient (SPEC
-    section 3 counts it once, in G); every later one makes a new tensor of the
-    same size, which autograd (and the executor) adds into the held one only
-    when that backward has finished: both exist during it.  Backwards run in
-    decreasing layer order in every edgeplan schedule, so the first consumer
-    is the one with the highest index; each other consumer's backward
-    workspace grows by the producer's ``output_bytes``, unless the first is
-    ``consumer + producer`` (then SPEC already counts that room).
-    See docs/fidelity.md ("the DAG gap").
-    """
-    consumers = {}
-    for j, stage in enumerate(stage_list):
-        for p in set(stage.inputs):
-            if p >= 0:
-                consumers.setdefault(p, []).append(j)
-    for p, readers in consumers.items():
-        readers = sorted(readers)
-        last = stage_list[readers[-1]]
-        for j in readers[:-1]:
-            if _passes_gradient(last) and set(last.inputs) == {p, j} and (
-                fields[j]["output_bytes"] == fields[p]["output_bytes"]
-            ):
-                # ``last`` is ``j + p``: its backward hands one tensor to both, which SPEC
-                # counts twice until j's backward has run, exactly the fresh gradient's room.
-                continue
-            fields[j]["workspace_backward"] += fields[p]["output_bytes"]
-
-
-def _passes_gradient(stage):
-    """Whether the stage is a sum whose backward hands its output gradient to its inputs as is."""
-    import operator
-
-    torch = require_torch()
-    expr = getattr(stage.fn, "expr", None)
-    call = getattr(expr, "call", None)
-    target = getattr(call, "target", None)
-    if target in (operator.add, torch.add):
-        return True
-    return getattr(call, "name", None) == "add"
 
