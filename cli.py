@@ -24,22 +24,18 @@ from planner.cli_params import (
 from planner import sweep as sweeping
 from planner.device import PRESETS
 from planner.files import atomic_output
-from planner.errors import (
-    DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
-    OutputError, ScheduleError, ScheduleFormatError, TooLargeError,
-)
+from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, InfeasibleError, ModelMismatchError
 from planner.model import load_model, model_from_dict
 from planner.plot import write_png
 from planner.schedule import load_schedule
-from planner.sizes import SizeError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_NO, EXIT_BAD = 0, 1, 2
-# An unexpected exception (a bug in edgeplan, or the machine running out of
-# memory) is neither an answer (1) nor the user's fault (2): it gets its own
-# code, one line on stderr, and no traceback.
-EXIT_INTERNAL = 3
+# The other codes are the exception classes' (planner.errors): an unexpected
+# exception (a bug in edgeplan, or the machine running out of memory) is
+# neither an answer (1) nor the user's fault (2): it gets EXIT_INTERNAL, one
+# line on stderr, and no traceback.
+EXIT_OK = 0
 
 
 class _Group(click.Group):
@@ -72,13 +68,10 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError,
-                OutputError) as exc:
-            _fail(_consoles(True)[1], str(exc), EXIT_BAD)
-        except (InfeasibleError, ScheduleError) as exc:
-            _fail(_consoles(True)[1], str(exc), EXIT_NO, **getattr(exc, "fields", {}))
-        except InternalError as exc:
-            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
+        except EdgeplanError as exc:  # each class says its exit code
+            message = _internal_message(exc) if exc.exit_code == EXIT_INTERNAL else str(exc)
+            fields = getattr(exc, "fields", {}) if exc.exit_code == EXIT_NO else {}
+            _fail(_consoles(True)[1], message, exc.exit_code, **fields)
         except KeyboardInterrupt:
             _fail(_consoles(True)[1], "interrupted", 130)  # the shell's code for SIGINT
         except MemoryError:

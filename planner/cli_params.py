@@ -88,26 +88,18 @@ strategies_option = click.option(
 
 
 def tuning_options(fn):
-    """--segments, --snapshots, --time-limit (declared once): passed to the strategies as ``options``."""
-    def options(ctx, param, value):
-        known = ctx.params.setdefault("options", {"segments": None, "snapshots": None, "time_limit": None})
-        known[param.name] = value
+    """One flag per strategy option of the registry (``solvers.OPTIONS``), collected into ``options``."""
+    def collect(ctx, param, value):
+        ctx.params.setdefault("options", dict.fromkeys(solvers.OPTIONS))[param.name] = value
 
-    fn = click.option(
-        "--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-        callback=options, expose_value=False,
-        help="milp: give up proving optimality after this many seconds and keep the best schedule found "
-        "(default 60 with --strategy milp; auto, compare and sweep run milp on DAGs only, briefly: 0.5 s, "
-        "in sweep 0.25 s per size, unless this is given).",
-    )(fn)
-    fn = click.option(
-        "--snapshots", "snapshots", type=click.IntRange(min=0), callback=options, expose_value=False,
-        help="revolve: layer outputs held as checkpoints at once (the model input is free).",
-    )(fn)
-    return click.option(
-        "--segments", "segments", type=click.IntRange(min=1), callback=options, expose_value=False,
-        help="sequential: number of segments.",
-    )(fn)
+    for option in reversed(list(solvers.OPTIONS.values())):
+        if option.kind is int:
+            kind = click.IntRange(min=option.low, min_open=option.low_open)
+        else:
+            kind = click.FloatRange(min=option.low, min_open=option.low_open)
+        fn = click.option(option.flag, option.name, type=kind, metavar=option.metavar, callback=collect,
+                          expose_value=False, help=option.help)(fn)
+    return fn
 
 
 class InputType(click.ParamType):
