@@ -22,9 +22,10 @@ from planner.cli_params import (
     verify_files_options,
 )
 from planner import sweep as sweeping
+from planner.api import plan
 from planner.device import PRESETS
 from planner.files import atomic_output
-from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, InfeasibleError, ModelMismatchError
+from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, ModelMismatchError
 from planner.model import load_model, model_from_dict
 from planner.plot import write_png
 from planner.schedule import load_schedule
@@ -178,22 +179,15 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
       edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
     """
     _, err = _consoles(True)
-    model = load_model(model_path)
-    memory, storage = _device_memory(model, memory, device_name, err)
-    solvers.check_options(model, strategy, options)
-    split = report.check_memory(model, memory, optimizer)
-    render.header(err, model, split)
-    _strategies(model, [strategy], options, None, err, named=strategy != "auto")
-    try:
-        solution = solvers.solve(model, split.activation_bytes, strategy, storage=storage, **options)
-    except InfeasibleError as exc:
-        raise report.infeasible(exc, split) from None
-    render.solution_line(err, solution, model)
+    result = plan(model_path, memory, strategy=strategy, optimizer=optimizer, device=device_name, **options)
+    render.plan_report(err, result)
+    if not result.success:
+        raise result.error
     if output:
-        solution.schedule.write(output, model)
+        result.schedule.write(output, result.model)
         err.print(f"wrote {escape(output)}")
     if as_json or not output:
-        sys.stdout.writelines(solution.schedule.iter_json(model))
+        sys.stdout.writelines(result.schedule.iter_json(result.model))
         sys.stdout.flush()
 
 

@@ -15,7 +15,7 @@ from planner.sizes import format_size
 
 __all__ = [
     "clean", "bytes_text", "rate", "seconds", "storage_text", "paging_text", "wide", "header",
-    "model_line", "device_line", "solution_line", "progress", "compare_table", "compare_report",
+    "model_line", "device_line", "solution_line", "plan_report", "progress", "compare_table", "compare_report",
     "sweep_report", "devices_report", "simulate_report", "problems", "verify_report", "verify_problems", "profile_line",
     "import_line",
 ]
@@ -98,6 +98,18 @@ def device_line(console, device, memory):
         + (" (overridden by --memory)" if memory != device.memory_bytes else "")
         + (f", storage {storage_text(storage)}" if storage is not None else ", no storage")
     )
+
+
+def plan_report(err, result):
+    """What ``edgeplan solve`` says on stderr about a :class:`~planner.api.PlanResult`."""
+    if result.device is not None:
+        device_line(err, result.device, result.split.memory_bytes)
+    if result.split.activation_bytes >= 0:
+        header(err, result.model, result.split)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if result.success:
+        solution_line(err, result.solution, result.model)
 
 
 def solution_line(console, solution, model):

@@ -46,6 +46,7 @@ __all__ = [
     "SWEEP_TIME_LIMIT",
     "MILP_AUTO_MAX_LAYERS",
     "check_options",
+    "check_strategy",
     "missing_requirements",
     "check_storage",
 ]
@@ -219,6 +220,12 @@ class Outcome:
 def strategy_names():
     """Every strategy name, ``auto`` included, in registry order."""
     return list(STRATEGIES) + ["auto"]
+
+
+def check_strategy(strategy):
+    """Raise :class:`OptionError` unless ``strategy`` is registered or ``auto``."""
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
 
 
 def applicable(model, options=None, *, storage=None, include_missing=False):
@@ -577,8 +584,7 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
         The simulator rejected a solver's schedule (never expected).
     """
     started = time.perf_counter()
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+    check_strategy(strategy)
     check_options(model, strategy, options)
     check_storage(model, storage)
     if strategy == "auto":
