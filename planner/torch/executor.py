@@ -638,10 +638,14 @@ class ScheduledModule(nn.Module):
             self._anchors[device] = torch.zeros((), device=device, requires_grad=True)
         return self._anchors[device]
 
-    def _check_inputs(self, inputs):
-        got = sum(t.numel() * t.element_size() for t in inputs)
-        if got != self._model.input_bytes:
-            shapes = ", ".join("x".join(map(str, t.shape)) + f" {t.dtype}" for t in inputs)
+    def _check_inputs(self, inputs, target):
+        # The model file's input_bytes counts the target too, and for a loss model what the
+        # loss value keeps beyond its scalar.
+        held = list(inputs) + ([target] if target is not None else [])
+        got = sum(t.numel() * t.element_size() for t in held)
+        loss = (self._model.document or {}).get("loss")
+        if got > self._model.input_bytes or (loss is None and got != self._model.input_bytes):
+            shapes = ", ".join("x".join(map(str, t.shape)) + f" {t.dtype}" for t in held)
             raise ModelError(
                 f"input {shapes} is {got} bytes; model {self._model.name!r} was profiled for "
                 f"{self._model.input_bytes} bytes of input: profile it for this input shape"
@@ -654,7 +658,7 @@ class ScheduledModule(nn.Module):
             self._build(inputs)
         if not (self.training and torch.is_grad_enabled()):
             return plain_forward(self._plan.stages, inputs, target)
-        self._check_inputs(inputs)
+        self._check_inputs(inputs, target)
         step = StepRunner(
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,

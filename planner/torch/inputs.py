@@ -240,9 +240,9 @@ def _random_input(spec, *, dtype, device, generator, torch):
 
 
 def _example_from_function(text, *, dtype, device, torch):
-    """Call ``FILE.py:FUNC``: ``(inputs, target)``, inputs a tensor or a tuple of tensors."""
-    what = f"--example {text!r}"
-    fn = load_function(text, what=what)
+    """Call ``FILE.py:FUNC`` (or FUNC itself): ``(inputs, target)``, inputs a tensor or a tuple of tensors."""
+    what = f"--example {text!r}" if isinstance(text, str) else "the example"
+    fn = text if callable(text) else load_function(text, what=what)
     if not callable(fn):
         raise ModelError(f"{what}: {text.rpartition(':')[2]!r} is not a function")
     result = _call_user(fn, what=what, label="it")
@@ -271,8 +271,8 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
 
     Parameters
     ----------
-    spec : str, sequence of InputSpec, or tuple of int
-        ``"FILE.py:FUNC"`` (``--example``), the parsed ``--input`` options
+    spec : str, callable, sequence of InputSpec, or tuple of int
+        ``"FILE.py:FUNC"`` (``--example``) or FUNC itself, the parsed ``--input`` options
         (passed positionally, in order), or one shape (one float input).
     dtype : str, keyword-only
         The model's dtype: float inputs (and float targets) are converted to it.
@@ -297,7 +297,7 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
     if dtype not in FLOAT_DTYPES:
         raise ModelError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     dev = device if isinstance(device, torch.device) else torch_device(device)
-    if isinstance(spec, str):
+    if isinstance(spec, str) or callable(spec):
         return _example_from_function(spec, dtype=dtype, device=dev, torch=torch)
     if isinstance(spec, tuple) and spec and all(isinstance(d, int) for d in spec):
         spec = [InputSpec(shape=spec)]
