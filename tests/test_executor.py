@@ -158,6 +158,7 @@ def test_a_foreign_schedule_or_input_is_refused_with_one_line(chain, dag):
 def test_a_loss_sink_returns_the_loss(chain):
     doc = copy.deepcopy(chain.document)
     doc["loss"] = "cross_entropy"
+    doc["input_bytes"] += CHAIN_SHAPE[0] * 8  # the caller holds the int64 target too
     doc["layers"].append({
         "name": "loss", "inputs": [doc["layers"][-1]["name"]], "forward": 0.01, "backward": 0.01,
         "output_bytes": 4, "saved_bytes": doc["layers"][-1]["output_bytes"], "needs_inputs": False,
