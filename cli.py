@@ -442,7 +442,8 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
                           loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr,
                           timeline=timeline_path is not None)
     if timeline_path is not None:
-        csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [])
+        csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [],
+                                       measured_seconds=r.op_seconds or [])
         _write_data(csv_text, timeline_path, False, err)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")

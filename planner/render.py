@@ -306,7 +306,11 @@ def verify_report(out, r, schedule_path, strategy):
     if r.budget_bytes is not None:
         out.print(f"budget_bytes: {bytes_text(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
     out.print(f"plain autograd (store-all) measured: {bytes_text(r.reference_peak_bytes)}")
-    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
+    overhead = "" if r.measured_overhead is None else f", overhead {r.measured_overhead:+.1%}"
+    if r.predicted_overhead is not None:
+        overhead += f" (predicted {r.predicted_overhead:+.1%})"
+    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain"
+              f"{overhead}")
     if r.pageouts or r.pageins:
         predicted = "" if r.predicted_transfer_seconds is None else f", predicted {r.predicted_transfer_seconds * 1000:.2f} ms"
         out.print(f"transfer: {r.transfer_seconds * 1000:.2f} ms measured{predicted} "

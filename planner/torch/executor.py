@@ -49,6 +49,7 @@ leaves it where a plain step does.
 import os
 import tempfile
 import time
+from typing import NamedTuple
 
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
@@ -60,7 +61,7 @@ from planner.torch.measure import seed_function
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["ScheduledModule", "StepRunner", "plain_forward"]
+__all__ = ["ScheduledModule", "StepReport", "StepRunner", "plain_forward"]
 
 
 class _Plan:
@@ -243,9 +244,12 @@ class StepRunner:
         stage's first forward.
     on_op : callable or None
         Called with the op's index after each op.
+    on_done : callable or None
+        Called with the runner when the step's last op has run.
     """
 
-    def __init__(self, stages, plan, inputs, target, *, anchor, device, expected_bytes=None, on_op=None):
+    def __init__(self, stages, plan, inputs, target, *, anchor, device, expected_bytes=None, on_op=None,
+                 on_done=None):
         self.stages = stages
         self.plan = plan
         self.inputs = inputs
@@ -254,6 +258,7 @@ class StepRunner:
         self.device = device
         self.expected_bytes = expected_bytes
         self.on_op = on_op
+        self.on_done = on_done
         self.outputs = {}  # A
         self.saved = {}  # S: (boxes, gradient edge, gradient box)
         self.grads = {}  # G
@@ -313,6 +318,8 @@ class StepRunner:
         if self.saved:
             names = ", ".join(self.stages[i].name for i in sorted(self.saved))
             raise ScheduleError(f"the schedule ends with saved data that no backward used: {names}")
+        if self.on_done is not None:
+            self.on_done(self)
 
     # ------------------------------------------------------------ ops
 
@@ -553,6 +560,15 @@ def check_names(model_names, stages):
     )
 
 
+class StepReport(NamedTuple):
+    """What the last step of a :class:`ScheduledModule` ran: ops, paging ops and their seconds."""
+
+    ops: int
+    pageouts: int
+    pageins: int
+    transfer_seconds: float
+
+
 class ScheduledModule(nn.Module):
     """The user's module, trained under an edgeplan schedule.
 
@@ -583,7 +599,10 @@ class ScheduledModule(nn.Module):
     ``wrapped(*inputs, target=None)`` returns the sink's output (the loss when
     the sink is a loss stage, which is called with ``target``).  In training
     mode with grad enabled it runs the schedule's forward part; its
-    ``backward()`` runs the rest.  Otherwise it runs the plain forward.  One
+    ``backward()`` runs the rest.  Otherwise it runs the plain forward.
+    ``on_op`` (None, or a callable) is called with each op's index as a step
+    runs; ``last_step`` is the :class:`StepReport` of the last step whose
+    backward ended.  One
     step costs the schedule's forwards and backwards plus, per recomputed
     stage, a copy of its buffers and of the RNG state.
     """
@@ -610,6 +629,8 @@ class ScheduledModule(nn.Module):
         self._mode = stages
         self._plan = None  # made with the stages, by _build
         self._anchors = {}
+        self.on_op = None  # called with each op's index as a step runs (verify's timeline)
+        self.last_step = None  # a StepReport, once a step's backward has ended
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
 
@@ -662,9 +683,14 @@ class ScheduledModule(nn.Module):
         step = StepRunner(
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
-            expected_bytes=[layer.output_bytes for layer in self._model.layers],
+            expected_bytes=[layer.output_bytes for layer in self._model.layers], on_op=self.on_op,
+            on_done=self._report,
         )
         return step.attach(step.forward_part())
+
+    def _report(self, step):
+        self.last_step = StepReport(ops=step.count, pageouts=step.pager.pageouts, pageins=step.pager.pageins,
+                                    transfer_seconds=step.pager.seconds)
 
 
 def _with_loss(stage_list, model):

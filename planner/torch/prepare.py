@@ -70,12 +70,10 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
-    verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
-                      names=[layer.name for layer in model.layers],
-                      model=model if model_path else None, predicted=predicted, seed=seed,
-                      device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
+    verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages, model=model, predicted=predicted,
+                      seed=seed, device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
                       predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage),
-                      timeline=timeline)
+                      predicted_overhead=result.overhead, timeline=timeline)
     if timeline:
         verified = dataclasses.replace(verified, predicted_op_peaks=list(result.timeline))
     return verified
