@@ -18,7 +18,7 @@ from planner import extras, render, report, solvers
 from planner.cli_params import (
     device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
     quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
-    SIZE, import_options, measure_options, strategy_option, timeline_option, training_options,
+    SIZE, sizes_option, import_options, measure_options, strategy_option, timeline_option, training_options,
     verify_files_options,
 )
 from planner import sweep as sweeping
@@ -238,15 +238,15 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--from", "low", type=SIZE, help="Smallest memory (default: the least memory any strategy trains with).")
 @click.option("--to", "high", type=SIZE, help="Largest memory (default: what store-all, plain autograd, needs).")
-@click.option("--steps", type=click.IntRange(min=2, max=1000), default=12, show_default=True, help="Number of memory sizes.")
+@sizes_option
 @strategies_option
 @optimizer_option
 @tuning_options
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
-def sweep(model_path, low, high, steps, strategies, optimizer, options, device_name, plot_path, as_json):
-    """Memory/overhead curve: every strategy at --steps memory sizes.
+def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_name, plot_path, as_json):
+    """Memory/overhead curve: every strategy at --sizes memory sizes.
 
     Sizes are device memory for the whole step (activations + fixed memory),
     evenly spread from --from to --to.  Prints a table and a text chart, or
@@ -256,7 +256,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
     \b
     Examples:
       edgeplan sweep examples/mobilenet_v2.json
-      edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --steps 6 --strategies dp,revolve,sequential
+      edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --sizes 6 --strategies dp,revolve,sequential
       edgeplan sweep examples/resnet18.json --json --plot resnet18.png
       edgeplan sweep examples/vgg16_bn.json --device jetson-tx2-8gb
 
@@ -270,7 +270,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
-    plan = sweeping.plan(model, low=low, high=high, steps=steps, optimizer=optimizer, strategies=strategies,
+    plan = sweeping.plan(model, low=low, high=high, steps=sizes, optimizer=optimizer, strategies=strategies,
                          options=options, storage=storage, device_memory=device_memory)
     display, hook = render.progress(err, len(plan.sizes) * len(names), "sweeping")
     with display:

@@ -13,7 +13,7 @@ from planner.sizes import SizeError, parse_size
 __all__ = [
     "SIZE", "SizeType", "InputType", "NamedShapeType", "optimizer_option", "json_option", "device_option",
     "memory_option", "strategies_option", "tuning_options", "example_options", "example_spec", "quiet_torch",
-    "target_argument", "dtype_option", "stages_option", "run_device_option", "strategy_option",
+    "target_argument", "dtype_option", "stages_option", "run_device_option", "renamed_option", "sizes_option", "strategy_option",
     "verify_files_options", "training_options", "measure_options", "import_options",
 ]
 
@@ -167,9 +167,38 @@ stages_option = click.option(
     "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
     "otherwise (docs/costs.md).",
 )
-run_device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-    help="Where to run.",
+def renamed_option(new, old, dest, *, default, help, **kwargs):
+    """Option ``new``, with ``old`` kept one release as a deprecated spelling (a line on stderr).
+
+    Both fill ``dest``; ``new`` wins when both are given.
+    """
+    def from_new(ctx, param, value):
+        return ctx.params.get(dest, default) if value is None else value
+
+    def from_old(ctx, param, value):
+        if value is None:
+            return
+        click.echo(f"warning: {old} is deprecated in 'edgeplan {ctx.info_name}': use {new} (the old "
+                   "spelling goes in the next release)", err=True)
+        if ctx.params.get(dest) is None or ctx.params.get(dest) == default:
+            ctx.params[dest] = value
+
+    def decorate(fn):
+        fn = click.option(old, f"{dest}_deprecated", callback=from_old, expose_value=False, hidden=True,
+                          help=f"Deprecated: use {new}.", **kwargs)(fn)
+        return click.option(new, dest, callback=from_new, help=f"{help}  [default: {default}]", **kwargs)(fn)
+
+    return decorate
+
+
+run_device_option = renamed_option(
+    "--on", "--device", "device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+    help="Where to run the model (--device, its old name, is deprecated: --device names a device preset "
+    "in solve, compare and sweep).",
+)
+sizes_option = renamed_option(
+    "--sizes", "--steps", "sizes", type=click.IntRange(min=2, max=1000), default=12,
+    help="Number of memory sizes (--steps, its old name, is deprecated: --steps counts training steps in verify).",
 )
 
 
