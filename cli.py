@@ -270,18 +270,18 @@ def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_n
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
-    plan = sweeping.plan(model, low=low, high=high, steps=sizes, optimizer=optimizer, strategies=strategies,
+    span = sweeping.plan(model, low=low, high=high, steps=sizes, optimizer=optimizer, strategies=strategies,
                          options=options, storage=storage, device_memory=device_memory)
-    display, hook = render.progress(err, len(plan.sizes) * len(names), "sweeping")
+    display, hook = render.progress(err, len(span.sizes) * len(names), "sweeping")
     with display:
-        points = sweeping.sweep(model, plan.sizes, optimizer=optimizer, strategies=strategies, options=options,
-                                progress=hook, shared=plan.shared, storage=storage)
+        points = sweeping.sweep(model, span.sizes, optimizer=optimizer, strategies=strategies, options=options,
+                                progress=hook, shared=span.shared, storage=storage)
     if plot_path:
-        _plot(points, plot_path, model, plan)
+        _plot(points, plot_path, model, span)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
     else:
-        render.sweep_report(out, model, plan, points, names=names, best=sweeping.best_overheads(points))
+        render.sweep_report(out, model, span, points, names=names, best=sweeping.best_overheads(points))
         out.file.flush()
     if plot_path:
         err.print(f"wrote {escape(render.clean(plot_path))}")
