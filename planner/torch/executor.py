@@ -38,30 +38,35 @@ code):
   back into a new tensor that takes the output's place (see :class:`_Pager`);
   the directory goes when the step ends, also on an error or an interrupt.
 
-A recomputed stage starts from the RNG state of its first forward (kept as
-bytes, outside the allocator), so dropout masks match; its buffers (BatchNorm
-running statistics) are put back to what they were before its first forward
+A recomputed stage that draws random numbers (``Stage.random``, or, without
+that flag, a stage whose first forward moved the RNG state) starts from the
+RNG state of its first forward (kept as bytes, outside the allocator), so
+dropout masks match; no other stage keeps a snapshot.  A recomputed stage's
+buffers (BatchNorm running statistics) are put back to what they were before its first forward
 and, after it, to what the first forward left, so they are updated once per
 step.  A recomputation puts the RNG state back as it found it, so the step
 leaves it where a plain step does.
+
+The sink's output is the caller's once returned: the executor keeps no
+reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
 import os
 import tempfile
 import time
-from typing import NamedTuple
 
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
 from planner.torch.capture import build_stages
 from planner.torch.inputs import require_torch
+from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import seed_function
 
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["ScheduledModule", "StepReport", "StepRunner", "plain_forward"]
+__all__ = ["ScheduledModule", "StepRunner", "plain_forward"]
 
 
 class _Plan:
@@ -82,6 +87,11 @@ class _Plan:
             if op.kind is OpKind.FORWARD:
                 counts[op.layer] = counts.get(op.layer, 0) + 1
         self.recomputed = frozenset(i for i, c in counts.items() if c > 1)
+        # Whether a recomputed stage draws random numbers: Stage.random when capture
+        # says, else learnt at its first run (did the RNG state move?).
+        self.random = {
+            i: bool(stages[i].random) for i in self.recomputed if getattr(stages[i], "random", None) is not None
+        }
         for n, op in enumerate(self.ops):  # SPEC section 3: the loss reads the sink's output
             if op.layer != self.sink or op.kind not in (OpKind.FREE, OpKind.BACKWARD):
                 continue
@@ -244,12 +254,9 @@ class StepRunner:
         stage's first forward.
     on_op : callable or None
         Called with the op's index after each op.
-    on_done : callable or None
-        Called with the runner when the step's last op has run.
     """
 
-    def __init__(self, stages, plan, inputs, target, *, anchor, device, expected_bytes=None, on_op=None,
-                 on_done=None):
+    def __init__(self, stages, plan, inputs, target, *, anchor, device, expected_bytes=None, on_op=None):
         self.stages = stages
         self.plan = plan
         self.inputs = inputs
@@ -258,7 +265,6 @@ class StepRunner:
         self.device = device
         self.expected_bytes = expected_bytes
         self.on_op = on_op
-        self.on_done = on_done
         self.outputs = {}  # A
         self.saved = {}  # S: (boxes, gradient edge, gradient box)
         self.grads = {}  # G
@@ -288,9 +294,13 @@ class StepRunner:
                 "with save",
                 layer=self.stages[sink].name,
             )
-        # The loss reads the sink's output until the sink's backward (SPEC section 3),
-        # whatever the schedule frees before.
+        # The sink's output is the caller's from here: a loss outside the model
+        # reads it and lets it go as plain autograd does; its backward reads
+        # what its own graph saved.  (SPEC section 3 counts it until the sink's
+        # backward: what a loss outside the model saves, a log-softmax of the
+        # logits' size, takes its place.)
         y, self.sink_output = self.sink_output, None
+        self.outputs.pop(sink, None)
         return y
 
     def attach(self, y):
@@ -318,8 +328,6 @@ class StepRunner:
         if self.saved:
             names = ", ".join(self.stages[i].name for i in sorted(self.saved))
             raise ScheduleError(f"the schedule ends with saved data that no backward used: {names}")
-        if self.on_done is not None:
-            self.on_done(self)
 
     # ------------------------------------------------------------ ops
 
@@ -329,7 +337,8 @@ class StepRunner:
         for n in range(start, end):
             op = ops[n]
             if op.kind is OpKind.FREE:
-                if n not in skip and self.outputs.pop(op.layer, None) is None:
+                # The sink's output is the caller's (see forward_part).
+                if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
                 self._forward(n, op)
@@ -364,9 +373,14 @@ class StepRunner:
             raise self._missing(n, op, "its output is already in memory")
         first = i not in self.done
         restore = None
+        learn = False
         if first and i in self.plan.recomputed:
-            self.first_rng[i] = _rng_bytes(self.device)
-            self.first_buffers[i] = [b.detach().clone() for b in stage.buffers]
+            random = self.plan.random.get(i)
+            if random is not False:
+                self.first_rng[i] = _rng_bytes(self.device)
+                learn = random is None
+            if stage.buffers:
+                self.first_buffers[i] = [b.detach().clone() for b in stage.buffers]
         elif not first:
             restore = self._enter_recompute(i, stage)
         try:
@@ -379,6 +393,10 @@ class StepRunner:
             if restore is not None:
                 self._leave_recompute(stage, restore)
         del tensors
+        if learn:
+            self.plan.random[i] = _rng_bytes(self.device) != self.first_rng[i]
+            if not self.plan.random[i]:
+                del self.first_rng[i]
         if first:
             self.done.add(i)
             y = self.outputs[i]
@@ -560,15 +578,6 @@ def check_names(model_names, stages):
     )
 
 
-class StepReport(NamedTuple):
-    """What the last step of a :class:`ScheduledModule` ran: ops, paging ops and their seconds."""
-
-    ops: int
-    pageouts: int
-    pageins: int
-    transfer_seconds: float
-
-
 class ScheduledModule(nn.Module):
     """The user's module, trained under an edgeplan schedule.
 
@@ -576,14 +585,28 @@ class ScheduledModule(nn.Module):
     ----------
     module : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (the same ``stages`` mode).
-    model : planner.model.Model or str
-        The model file the schedule was planned for (or its path).
-    schedule : planner.schedule.Schedule or str
+    model : planner.model.Model, str or os.PathLike
+        The model file the schedule was planned for (or its path); with a
+        ``loss`` field (``profile --loss``) the loss is the last stage, made
+        by :func:`planner.torch.loss.make_loss`.
+    schedule : planner.schedule.Schedule, str or os.PathLike
         The schedule (or its path); it must carry the model's fingerprint.
     stages : {"auto", "modules", "ops"}, keyword-only
         As for :func:`planner.torch.profile.build_stages`.
     example : torch.Tensor or tuple, keyword-only
         An input to cut the stages with now; otherwise the first call's.
+
+    Attributes
+    ----------
+    stages : list of Stage or None
+        The stages (None before the first call when no example was given).
+    on_op : callable or None
+        Called with each op's index after the op runs (``verify``'s per-op
+        timeline); set it before the call.
+    last_step : StepRunner or None
+        The last training call's step: ``count`` (ops run), ``pager``
+        (``pageouts``, ``pageins``, ``seconds``), ``first_rng`` (the RNG
+        snapshots it holds).
 
     Raises
     ------
@@ -597,23 +620,21 @@ class ScheduledModule(nn.Module):
     Notes
     -----
     ``wrapped(*inputs, target=None)`` returns the sink's output (the loss when
-    the sink is a loss stage, which is called with ``target``).  In training
+    the sink is a loss stage, which is called with ``target``).  The inputs and
+    the target together are what the model file's ``input_bytes`` counts.  In training
     mode with grad enabled it runs the schedule's forward part; its
-    ``backward()`` runs the rest.  Otherwise it runs the plain forward.
-    ``on_op`` (None, or a callable) is called with each op's index as a step
-    runs; ``last_step`` is the :class:`StepReport` of the last step whose
-    backward ended.  One
+    ``backward()`` runs the rest.  Otherwise it runs the plain forward.  One
     step costs the schedule's forwards and backwards plus, per recomputed
     stage, a copy of its buffers and of the RNG state.
     """
 
     def __init__(self, module, model, schedule, *, stages="auto", example=None):
         super().__init__()
-        if isinstance(model, str):
+        if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
             raise ModelError(f"model must be a planner Model or a model file path, got {type(model).__name__}")
-        if isinstance(schedule, str):
+        if isinstance(schedule, (str, os.PathLike)):
             schedule = load_schedule(schedule, model)
         if not isinstance(schedule, Schedule):
             raise ScheduleError(f"schedule must be a planner Schedule or a file path, got {type(schedule).__name__}")
@@ -627,10 +648,11 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
+        self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
         self._anchors = {}
-        self.on_op = None  # called with each op's index as a step runs (verify's timeline)
-        self.last_step = None  # a StepReport, once a step's backward has ended
+        self.on_op = None
+        self.last_step = None
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
 
@@ -645,12 +667,12 @@ class ScheduledModule(nn.Module):
         buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
         rng = _rng_bytes(inputs[0].device)
         try:
-            _, stage_list = build_stages(self._source, self._mode, example=example)
+            loss = None if self._loss is None else make_loss(self._loss)
+            _, stage_list = build_stages(self._source, self._mode, example=example, loss=loss)
         finally:
             _copy_into([b for b, _ in buffers], [v for _, v in buffers])
             _set_rng(rng, inputs[0].device)
         del buffers
-        stage_list = _with_loss(stage_list, self._model)
         check_names([layer.name for layer in self._model.layers], stage_list)
         self._plan = _Plan(stage_list, self._schedule.ops)
 
@@ -660,16 +682,19 @@ class ScheduledModule(nn.Module):
         return self._anchors[device]
 
     def _check_inputs(self, inputs, target):
-        # The model file's input_bytes counts the target too, and for a loss model what the
-        # loss value keeps beyond its scalar.
-        held = list(inputs) + ([target] if target is not None else [])
+        """The inputs and the target are what the model file's ``input_bytes`` counts.
+
+        A model profiled with a loss also counts there what the loss value keeps
+        beyond its scalar, so the caller's tensors may be less (never more).
+        """
+        held = list(inputs) + ([target] if isinstance(target, torch.Tensor) else [])
         got = sum(t.numel() * t.element_size() for t in held)
-        loss = (self._model.document or {}).get("loss")
-        if got > self._model.input_bytes or (loss is None and got != self._model.input_bytes):
+        want = self._model.input_bytes
+        if got > want or (self._loss is None and got != want):
             shapes = ", ".join("x".join(map(str, t.shape)) + f" {t.dtype}" for t in held)
             raise ModelError(
                 f"input {shapes} is {got} bytes; model {self._model.name!r} was profiled for "
-                f"{self._model.input_bytes} bytes of input: profile it for this input shape"
+                f"{want} bytes of input: profile it for this input shape"
             )
 
     def forward(self, *inputs, target=None):
@@ -684,40 +709,23 @@ class ScheduledModule(nn.Module):
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
             expected_bytes=[layer.output_bytes for layer in self._model.layers], on_op=self.on_op,
-            on_done=self._report,
         )
+        self.last_step = step
         return step.attach(step.forward_part())
 
-    def _report(self, step):
-        self.last_step = StepReport(ops=step.count, pageouts=step.pager.pageouts, pageins=step.pager.pageins,
-                                    transfer_seconds=step.pager.seconds)
+    def plain_forward(self, *inputs, target=None):
+        """The stages' plain forward under the current grad mode (what eval mode runs)."""
+        if self._plan is None:
+            self._build(inputs)
+        return plain_forward(self._plan.stages, inputs, target)
 
 
 def _with_loss(stage_list, model):
-    """The stages, with the model file's loss appended when stage building left it out.
-
-    The convention (shared with ``edgeplan profile --loss``): a model whose
-    document has a top-level ``loss`` ends with a sink layer named ``loss``,
-    run as ``fn(*inputs, target)``.
-    """
-    spec = (model.document or {}).get("loss")
-    if spec is None or (stage_list and getattr(stage_list[-1], "loss", False)):
+    """The stages, with the model file's loss appended when stage building left it out."""
+    kind = model_loss(model)
+    if kind is None or (stage_list and getattr(stage_list[-1], "loss", False)):
         return stage_list
     from planner.torch.stages import Stage
 
-    fn = _LOSSES.get(spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None)
-    if fn is None:
-        raise ModelError(f"model {model.name!r}: loss {spec!r} is not one the runtime knows (cross_entropy, mse, sum)")
-    last = len(stage_list) - 1
-    return list(stage_list) + [Stage(name="loss", fn=fn, inputs=(last,), loss=True)]
-
-
-def _cross_entropy(out, target):
-    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
-
-
-_LOSSES = {
-    "cross_entropy": _cross_entropy,
-    "mse": lambda out, target: nn.functional.mse_loss(out, target),
-    "sum": lambda out, target: out.sum(),
-}
+    fn = make_loss(kind)
+    return list(stage_list) + [Stage(name="loss", fn=fn, inputs=(len(stage_list) - 1,), loss=True)]

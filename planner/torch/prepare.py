@@ -28,10 +28,10 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
 
     obj = load_target(target)
     if model_path:
-        from planner.torch.verify import model_loss
+        from planner.torch.loss import model_loss
 
         model = load_model(model_path)
-        return obj, model, model_loss(model, loss)
+        return obj, model, loss or model_loss(model)
     doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True,
                         name=target.rpartition(":")[2], loss=loss, seed=seed)
     return obj, model_from_dict(doc, source_name=f"profile of {target}"), loss

@@ -4,8 +4,9 @@
 twice from the same start, seed and input, with the schedule run by a
 :class:`~planner.torch.executor.ScheduledModule` (the code a training loop
 runs, through its public interface only), and with plain autograd on a deep
-copy of the user's own module, untouched, with the same loss
-(:func:`planner.torch.loss.make_loss`).  So a capture that gets the model
+copy of the user's own module, untouched, with the same loss (read by
+:func:`planner.torch.loss.model_loss`, made by
+:func:`planner.torch.loss.make_loss`).  So a capture that gets the model
 wrong (a random draw frozen into a constant) shows as a difference.  It
 compares the first step's parameter gradients and the buffers (BatchNorm
 running statistics), and the parameters after the last step.  The sink's
@@ -31,11 +32,11 @@ from planner.errors import ModelError
 from planner.schedule import Schedule
 from planner.torch.executor import ScheduledModule
 from planner.torch.inputs import require_torch
-from planner.torch.loss import make_loss
+from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import allocation_trace, seed_function
 from planner.torch.profile import prepare
 
-__all__ = ["VerifyResult", "verify", "model_loss", "GRAD_TOLERANCE", "MEMORY_TOLERANCE"]
+__all__ = ["VerifyResult", "verify", "GRAD_TOLERANCE", "MEMORY_TOLERANCE"]
 
 GRAD_TOLERANCE = 1e-5
 MEMORY_TOLERANCE = 0.02
@@ -321,7 +322,8 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     ``2 x steps`` training steps; O(ops) stage calls per scheduled step.
     """
     torch = require_torch()
-    loss = model_loss(model, loss)
+    if loss is None and model is not None:
+        loss = model_loss(model)
     prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
     inputs = prep.inputs
     target = prep.target if target is None else target
@@ -357,7 +359,7 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
 
     def scheduled_step():
         _backward_from(wrapped(*inputs, target=target), has_loss, seed, torch)
-        transfers.append(wrapped.last_step.transfer_seconds)
+        transfers.append(wrapped.last_step.pager.seconds)
 
     ref = runs.run(reference, plain_step, "the plain autograd step")
     initial = {k: v.detach().clone() for k, v in wrapped.module.state_dict().items()}
@@ -371,7 +373,7 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     param_names = [k for k, v in reference.named_parameters() if v.requires_grad]
     param_diff, params_ok = _max_diff([got.state[k] for k in param_names], [ref.state[k] for k in param_names])
     buffers_ok = all(torch.equal(got.state[k], ref.state[k]) for k, _ in reference.named_buffers() if k in got.state)
-    report = wrapped.last_step
+    last = wrapped.last_step
     return VerifyResult(
         grads_match=grads_ok and buffers_ok and params_ok,
         max_abs_diff=float(max_diff),
@@ -379,7 +381,7 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         measured_peak_bytes=int(got.peak),
         predicted_peak_bytes=predicted,
         reference_peak_bytes=int(ref.peak),
-        n_ops=report.ops,
+        n_ops=last.count,
         device=str(prep.device),
         op_peaks=op_peaks,
         op_seconds=op_seconds,
@@ -390,18 +392,11 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         reference_step_seconds=ref.seconds,
         predicted_overhead=predicted_overhead,
         budget_bytes=budget,
-        pageouts=report.pageouts,
-        pageins=report.pageins,
+        pageouts=last.pager.pageouts,
+        pageins=last.pager.pageins,
         transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
         predicted_transfer_seconds=predicted_transfer,
     )
-
-
-def model_loss(model, loss=None):
-    """The loss a run trains with: ``loss`` when given, else the model file's (None: the output is the sink)."""
-    if loss is None and model is not None:
-        loss = (model.document or {}).get("loss")
-    return loss
 
 
 def _few(names, limit=4):
