@@ -21,6 +21,18 @@ def _batches(shape, n, classes=10, seed=1):
             for _ in range(n)]
 
 
+def _token_batches(shape, n, vocab=500, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, shape, generator=gen), torch.randint(0, vocab, shape, generator=gen))
+            for _ in range(n)]
+
+
+def _small_gpt():
+    from tests.models_torch import SmallGPT
+
+    return SmallGPT(vocab=500, d=32, heads=2, layers=2, block_size=16)
+
+
 def _train(net, call, batches):
     """The user's loop: SGD with momentum, ``call(x, y)`` the loss."""
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
@@ -31,9 +43,13 @@ def _train(net, call, batches):
         opt.zero_grad()
 
 
-def _tight(net, example, fraction):
+def _cross_entropy(out, y):
+    return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def _tight(net, example, fraction, stages="auto"):
     """A memory at which fit must recompute: fixed memory + ``fraction`` of store-all's activations."""
-    roomy = fit(net, example, memory="1GB", repeats=1, strategy="store-all")
+    roomy = fit(net, example, memory="1GB", repeats=1, strategy="store-all", stages=stages)
     split = roomy.plan.split
     return split.fixed_bytes + int(roomy.plan.peak_bytes * fraction)
 
@@ -53,18 +69,18 @@ def _measured_peak(wrapped, x, y):
     return peak + x.numel() * x.element_size() + y.numel() * y.element_size()
 
 
-@pytest.mark.parametrize("make, shape, fraction", [
-    (resnet_dag, (4, 3, 16, 16), 0.7),          # a DAG, traced into ops; dropout and BatchNorm
-    (bn_dropout_chain, (4, 3, 8, 8), 0.6),      # an nn.Sequential: a chain of modules
+@pytest.mark.parametrize("make, batches, stages, fraction", [
+    (resnet_dag, _batches((4, 3, 16, 16), STEPS), "auto", 0.7),     # a DAG, traced into ops; dropout, BatchNorm
+    (bn_dropout_chain, _batches((4, 3, 8, 8), STEPS), "auto", 0.6),  # an nn.Sequential: a chain of modules
+    (_small_gpt, _token_batches((2, 16), STEPS), "modules", 0.6),   # token ids, a tied LM head, (B, T, V) logits
 ])
-def test_three_steps_through_fit_equal_plain_training_within_the_predicted_memory(make, shape, fraction):
+def test_three_steps_through_fit_equal_plain_training_within_the_predicted_memory(make, batches, stages, fraction):
     torch.manual_seed(0)
     net = make()
     plain = copy.deepcopy(net)
-    batches = _batches(shape, STEPS)
     example = batches[0]
-    memory = _tight(net, example, fraction)
-    wrapped = fit(net, example, memory=memory, loss="cross_entropy", repeats=1)
+    memory = _tight(net, example, fraction, stages)
+    wrapped = fit(net, example, memory=memory, loss="cross_entropy", stages=stages, repeats=1)
     assert isinstance(wrapped, ScheduledModule)
     result = wrapped.plan
     assert result.success and result.simulation.forwards > len(result.model) - 1  # it recomputes
@@ -72,7 +88,7 @@ def test_three_steps_through_fit_equal_plain_training_within_the_predicted_memor
     assert result.schedule.fingerprint == result.model.fingerprint and result.model.document["loss"] == "cross_entropy"
 
     _train(net, lambda x, y: wrapped(x, target=y), batches)
-    _train(plain, lambda x, y: torch.nn.functional.cross_entropy(plain(x), y), batches)
+    _train(plain, lambda x, y: _cross_entropy(plain(x), y), batches)
     for (name, p), q in zip(net.state_dict().items(), plain.state_dict().values()):
         assert torch.allclose(p.float(), q.float(), atol=1e-5), name
 
