@@ -41,14 +41,8 @@ from planner.solvers import solve
 
 __version__ = "0.1.0"
 
-# Name -> the planner.torch module that defines it, imported on first use.
-_TORCH_NAMES = {
-    "fit": "planner.torch.fit",
-    "ScheduledModule": "planner.torch.executor",
-    "verify": "planner.torch.verify",
-    "VerifyResult": "planner.torch.verify",
-    "profile_model": "planner.torch.profile",
-}
+# The names that need PyTorch, imported on first use (see __getattr__).
+_TORCH_NAMES = ("fit", "ScheduledModule", "verify", "VerifyResult", "profile_model")
 
 __all__ = [
     "DeviceError",
@@ -83,17 +77,20 @@ __all__ = [
 
 def __getattr__(name):
     """The PyTorch names, imported when first asked for (``pip install edgeplan[torch]``)."""
-    where = _TORCH_NAMES.get(name)
-    if where is None:
+    if name not in _TORCH_NAMES:
         raise AttributeError(f"module 'planner' has no attribute {name!r}")
-    from importlib import import_module
-
     from planner import extras
 
     extras.require("torch", purpose=f"planner.{name}")
-    value = getattr(import_module(where), name)
-    globals()[name] = value
-    return value
+    from planner.torch.executor import ScheduledModule
+    from planner.torch.fit import fit
+    from planner.torch.profile import profile_model
+    from planner.torch.verify import VerifyResult, verify
+
+    found = {"fit": fit, "ScheduledModule": ScheduledModule, "verify": verify, "VerifyResult": VerifyResult,
+             "profile_model": profile_model}
+    globals().update(found)
+    return found[name]
 
 
 def __dir__():

@@ -25,9 +25,6 @@ Catching ``EdgeplanError`` catches all of them; an exception outside the tree
 """
 
 __all__ = [
-    "EXIT_NO",
-    "EXIT_BAD",
-    "EXIT_INTERNAL",
     "EdgeplanError",
     "SizeError",
     "ModelError",
@@ -47,7 +44,7 @@ __all__ = [
 
 
 # The exit codes of the command line (0 is success): a negative answer, bad
-# usage or input, a bug in edgeplan.
+# usage or input, a bug in edgeplan.  Not in __all__: every name there is a class of the tree.
 EXIT_NO, EXIT_BAD, EXIT_INTERNAL = 1, 2, 3
 
 
