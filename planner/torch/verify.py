@@ -352,11 +352,13 @@ class _Setup:
 
 def _setup(obj, example, *, dtype, stages, seed, device, names, model, target, loss):
     """Prepare ``obj`` and check its stages and inputs against the model file or ``names``."""
+    from planner.torch.capture import document_output
     from planner.torch.executor import _with_loss, check_names
 
     if loss is None and model is not None:
         loss = (model.document or {}).get("loss")
-    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
+    output = document_output(model.document) if model is not None else None
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
     stage_list = prep.stages
     target = prep.target if target is None else target
     by_caller = list(prep.inputs) + ([target] if target is not None else [])
