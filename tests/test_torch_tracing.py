@@ -523,3 +523,25 @@ def test_an_inplace_op_whose_result_is_returned_runs_out_of_place(tmp_path):
     again = stages[1].fn(h)
     assert torch.equal(again, stages[1].fn(h)) and torch.equal(again, net(x).detach())
     assert torch.equal(h, net.fc(x).detach())  # the write went to a new tensor, not fc's output
+
+
+def test_restoring_buffers_writes_only_real_buffers():
+    """Bug 3: a folded constant (a buffer's stride-0 expand) is not a buffer to restore on recompute."""
+    from planner.torch.fx_trace import fx_stages
+
+    class Embed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("token_type_ids", torch.zeros(1, 4), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x) + self.token_type_ids.expand(x.shape[0], 4)
+
+    net, x = Embed(), torch.randn(3, 4)
+    for stages in (fx_stages(net, (x,), blocks=False), build_stages(net, "ops", example=(x,))[1]):
+        buffers = [b for s in stages for b in s.buffers]
+        assert all(any(b is r for r in net.buffers()) for b in buffers)
+        for s in stages:  # what the executor does before a recomputation
+            for b in s.buffers:
+                b.data.copy_(b.detach().clone())

@@ -35,7 +35,7 @@ that does not return one tensor, and anything else ``torch.fx`` rejects.
 
 from planner.errors import ModelError
 from planner.io import unique_names
-from planner.torch.export import export_stages
+from planner.torch.export import ExportFailed, export_stages
 from planner.torch.fx_trace import fx_stages, no_inplace
 from planner.torch.inputs import ExampleInputs, require_torch
 from planner.torch.loss import LOSS_NAME, check_loss_value
@@ -185,7 +185,7 @@ def _captured(root, example, *, blocks, output):
     """torch.export first; the fx tracer where it fails (positional inputs, one tensor out)."""
     try:
         return export_stages(root, example, blocks=blocks, output=output)
-    except ModelError as exported:
+    except ExportFailed as exported:
         if example.names or example.constants or output is not None:
             raise
         try:

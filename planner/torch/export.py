@@ -37,7 +37,11 @@ from planner.errors import ModelError
 from planner.io import unique_names
 from planner.torch.inputs import require_torch
 
-__all__ = ["export_stages", "pick_output"]
+__all__ = ["ExportFailed", "export_stages", "pick_output"]
+
+
+class ExportFailed(ModelError):
+    """``torch.export`` itself failed on the model (another capture may still work)."""
 
 _CONTAINERS = ("ModuleList", "ModuleDict", "Sequential")
 _WRAPPER = "module."
@@ -141,7 +145,7 @@ def _export(torch, root, args, kwargs, output):
         raise
     except Exception as exc:  # the model's own code or the exporter: one line naming it
         construct = _construct(exc)
-        raise ModelError(
+        raise ExportFailed(
             f"cannot capture {name} with torch.export: {construct}: {type(exc).__name__}: "
             f"{_first_line(exc)[:200]} (use --stages ops with the fx tracer, or make this code "
             "independent of tensor values)"
