@@ -366,13 +366,15 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
 @run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
-def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, name, device, output, as_json):
+def profile(target, inputs, example, loss, output_field, dtype, stages, estimate, repeats, name, device, output,
+            as_json):
     """Profile a PyTorch model into a model file (edgeplan-model/1).
 
     TARGET is path/to/file.py:factory or package.module:factory; the factory
     returns an nn.Module (an nn.Sequential or a list of modules profiles as a
-    chain of stages; any other module is traced with torch.fx, see
-    docs/costs.md).  Each stage runs on its real inputs: times, output and
+    chain of stages; any other module is captured with torch.export, or the
+    torch.fx tracer where that fails, see docs/pytorch.md), such as a Hugging
+    Face transformers model as it comes.  Each stage runs on its real inputs: times, output and
     saved sizes, workspaces.  With --loss the loss is the model's last layer.
     This imports and runs TARGET's code, and only that.  Needs PyTorch: pip
     install edgeplan[torch].
@@ -381,6 +383,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
     Examples:
       edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
       edgeplan profile gpt.py:gpt --input 4x128:int64:5000 --loss cross_entropy -o gpt.json
+      edgeplan profile examples/hf_gpt2.py:build --example examples/hf_gpt2.py:batch --loss output
     """
     extras.require("torch", purpose="edgeplan profile")
     quiet_torch()
@@ -390,7 +393,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
     _, err = _consoles(True)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
-                             device=device, loss=loss, **({"name": name} if name else {}))
+                             device=device, loss=loss, output=output_field, **({"name": name} if name else {}))
     render.profile_line(err, doc, is_chain=model_from_dict(doc).is_chain, loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
 
@@ -405,8 +408,8 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, nam
 @training_options
 @timeline_option
 @json_option
-def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr,
-           timeline_path, as_json):
+def verify(target, inputs, example, loss, output_field, schedule_path, model_path, dtype, stages, device, seed,
+           steps, lr, timeline_path, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
 
     Runs --steps SGD steps twice from the same start, inputs and seed: under
@@ -435,7 +438,7 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     out, err = _consoles(as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         obj, model, loss = target_and_model(target, spec, model_path=model_path, loss=loss, dtype=dtype,
-                                            stages=stages, seed=seed)
+                                            stages=stages, seed=seed, output=output_field)
     schedule = load_schedule(schedule_path, model)
     with contextlib.redirect_stdout(sys.stderr):
         r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,

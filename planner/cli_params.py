@@ -119,16 +119,23 @@ class InputType(click.ParamType):
 
 
 def example_options(fn):
-    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
+    """--input (repeatable), --example, --loss and --output-field: what profile and verify run the model on."""
     fn = click.option(
-        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
-        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
-        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
+        "--output-field", "output_field", metavar="NAME|INDEX",
+        help="The field (or index) of the model's result the loss reads, when it returns a dict, "
+        "tuple, dataclass or ModelOutput. Default: its logits, else its one tensor. verify: "
         "default, the model file's.",
     )(fn)
     fn = click.option(
+        "--loss", metavar="cross_entropy|mse|sum|output|FILE.py:FUNC",
+        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
+        "(over the last dimension), mse, sum (no target), FUNC(output, target), or output: the "
+        "model's own loss field (labels in the example's kwargs). verify: default, the model file's.",
+    )(fn)
+    fn = click.option(
         "--example", metavar="FILE.py:FUNC",
-        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
+        help="FUNC() returns (inputs, target), (kwargs, target) or kwargs: a tensor, a tuple of "
+        "tensors or a dict of keyword arguments, and a tensor or None.",
     )(fn)
     return click.option(
         "--input", "inputs", type=InputType(), multiple=True,

@@ -58,8 +58,8 @@ import time
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
-from planner.torch.capture import build_stages
-from planner.torch.inputs import require_torch
+from planner.torch.capture import OWN_LOSS, build_stages, document_output
+from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
 from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import seed_function
 
@@ -650,6 +650,7 @@ class ScheduledModule(nn.Module):
         self._mode = stages
         self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
+        self._eval = None  # the stages in eval mode, by _eval_stages
         self._anchors = {}
         self.on_op = None
         self.last_step = None
@@ -662,19 +663,29 @@ class ScheduledModule(nn.Module):
         return None if self._plan is None else self._plan.stages
 
     def _build(self, inputs):
-        example = inputs[0] if len(inputs) == 1 else inputs
+        example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
         # Cutting into ops runs the model once: keep its buffers and the RNG as they were.
         buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
         rng = _rng_bytes(inputs[0].device)
         try:
-            loss = None if self._loss is None else make_loss(self._loss)
-            _, stage_list = build_stages(self._source, self._mode, example=example, loss=loss)
+            loss = None if self._loss in (None, OWN_LOSS) else make_loss(self._loss)
+            _, stage_list = build_stages(self._source, self._mode, example=example, loss=loss,
+                                         output=document_output(self._model.document))
         finally:
             _copy_into([b for b, _ in buffers], [v for _, v in buffers])
             _set_rng(rng, inputs[0].device)
         del buffers
         check_names([layer.name for layer in self._model.layers], stage_list)
         self._plan = _Plan(stage_list, self._schedule.ops)
+
+    def _eval_stages(self, inputs):
+        """The stages captured in eval mode (once), for the plain forward in eval mode."""
+        if self._eval is None:
+            example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
+            _, stage_list = build_stages(self._source, self._mode, example=example,
+                                         output=document_output(self._model.document))
+            self._eval = _with_loss(stage_list, self._model)
+        return self._eval
 
     def _anchor(self, device):
         if device not in self._anchors:
@@ -697,12 +708,16 @@ class ScheduledModule(nn.Module):
                 f"{want} bytes of input: profile it for this input shape"
             )
 
-    def forward(self, *inputs, target=None):
+    def forward(self, *inputs, target=None, **kwargs):
+        if kwargs:  # module(**batch): the tensors flat, as the example gave them to capture
+            inputs = flat_inputs(inputs, kwargs)
         if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-            raise ModelError("ScheduledModule takes the model's input tensors, positionally")
+            raise ModelError("ScheduledModule takes the model's input tensors, positionally or by keyword")
         if self._plan is None:
             self._build(inputs)
-        if not (self.training and torch.is_grad_enabled()):
+        if not self.training:  # the captured ops are train mode's (dropout, BatchNorm statistics)
+            return plain_forward(self._eval_stages(inputs), inputs, target)
+        if not torch.is_grad_enabled():
             return plain_forward(self._plan.stages, inputs, target)
         self._check_inputs(inputs, target)
         step = StepRunner(
@@ -721,9 +736,12 @@ class ScheduledModule(nn.Module):
 
 
 def _with_loss(stage_list, model):
-    """The stages, with the model file's loss appended when stage building left it out."""
+    """The stages, with the model file's loss appended when stage building left it out.
+
+    ``--loss output`` (the model's own loss field is the sink) appends nothing.
+    """
     kind = model_loss(model)
-    if kind is None or (stage_list and getattr(stage_list[-1], "loss", False)):
+    if kind is None or kind == OWN_LOSS or (stage_list and getattr(stage_list[-1], "loss", False)):
         return stage_list
     from planner.torch.stages import Stage
 

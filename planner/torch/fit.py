@@ -26,7 +26,7 @@ __all__ = ["fit"]
 
 
 def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto", optimizer="sgd",
-        stages="auto", compile=False, repeats=3, name=None, seed=0, **options):
+        stages="auto", compile=False, output=None, repeats=3, name=None, seed=0, **options):
     """Profile ``module`` on ``example``, plan a schedule for ``memory``, and wrap the module with it.
 
     Parameters
@@ -46,14 +46,20 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     memory : str or int
         Device memory for the whole training step (SIZE or bytes).
     loss : str or None
-        ``cross_entropy``, ``mse``, ``sum``, ``FILE.py:FUNC``, or None (the
-        module's output is the sink; the caller's loss is not modelled).
+        ``cross_entropy``, ``mse``, ``sum``, ``FILE.py:FUNC``, ``output`` (the
+        model's own ``loss`` field, as transformers computes it from
+        ``labels`` in the keyword inputs), or None (the module's output is the
+        sink; the caller's loss is not modelled).
     strategy, optimizer : str, keyword-only
         As for :func:`planner.plan`.
     stages : {"auto", "modules", "ops"}, keyword-only
         How the module is cut into layers (docs/costs.md).
     compile : bool, keyword-only
         Compile the stages (when the executor supports it).
+    output : str or None, keyword-only
+        The field (or index) of the module's result the loss reads when it
+        returns a dict, tuple, dataclass or ``ModelOutput`` (default: its
+        ``logits``, else its one tensor).
     repeats : int, keyword-only
         Timed runs per stage when profiling.
     name : str or None, keyword-only
@@ -101,7 +107,7 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     with _as_it_was(modules, torch):  # profiled and cut into stages in training mode
         document = profile_model(module, lambda: (inputs, target), dtype=dtype, stages=stages, repeats=repeats,
                                  name=name or type(modules[0]).__name__, device=str(first.device), seed=seed,
-                                 loss=loss)
+                                 loss=loss, output=output)
         result = plan(model_from_dict(document), memory, strategy=strategy, optimizer=optimizer, **options)
         if not result.success:
             raise result.error
@@ -110,11 +116,12 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
 
 def _wrap(module, result, *, stages, inputs, compile):
     from planner.torch.executor import ScheduledModule
+    from planner.torch.inputs import ExampleInputs, flat_inputs
 
     extra = {"compile": True} if compile else {}
     if compile and "compile" not in inspect.signature(ScheduledModule).parameters:
         raise OptionError("compile=True: this version's executor does not compile stages")
-    example = inputs if isinstance(inputs, tuple) else (inputs,)
+    example = flat_inputs((), inputs) if isinstance(inputs, dict) else ExampleInputs(tuple(inputs))
     wrapped = ScheduledModule(module, result.model, result.schedule, stages=stages, example=example, **extra)
     wrapped.plan = result
     return wrapped

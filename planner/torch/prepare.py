@@ -15,7 +15,8 @@ from planner.errors import ModelMismatchError, ScheduleError
 __all__ = ["target_and_model", "check_and_run", "predicted_transfer_seconds"]
 
 
-def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0):
+def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0,
+                     output=None):
     """``(obj, model, loss)``: the target's object, its model, and the loss to train with.
 
     With ``model_path`` the model is that file and ``loss`` defaults to the
@@ -33,7 +34,7 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
         model = load_model(model_path)
         return obj, model, loss or model_loss(model)
     doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True,
-                        name=target.rpartition(":")[2], loss=loss, seed=seed)
+                        name=target.rpartition(":")[2], loss=loss, seed=seed, output=output)
     return obj, model_from_dict(doc, source_name=f"profile of {target}"), loss
 
 

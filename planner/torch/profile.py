@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from planner.errors import ModelError
 from planner.model import INPUT, MODEL_FORMAT, model_from_dict
-from planner.torch.capture import build_stages
+from planner.torch.capture import OWN_LOSS, build_stages
 from planner.torch.inputs import (
     FLOAT_DTYPES,
     load_target,
@@ -63,7 +63,7 @@ def _model_output(stages, inputs, root):
     return outputs[len(stages) - 1]
 
 
-def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
+def prepare(obj, example, *, dtype, stages, seed, device, loss=None, output=None):
     """Put ``obj`` on the device and dtype in train mode, make the example, cut the stages.
 
     Shared by :func:`profile_model` and the runtime, so that both run the same
@@ -78,6 +78,10 @@ def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
     loss : str or None, keyword-only
         A ``--loss`` kind: the loss stage is appended and, when the example
         has no target, a random one is made (:func:`default_target`).
+        ``output``: the model computes its own loss (its ``loss`` field, from
+        ``labels`` in the example); it is the sink, no stage is appended.
+    output : str or None, keyword-only
+        The field or index of the model's result the loss reads (``--output``).
 
     Returns
     -------
@@ -94,13 +98,15 @@ def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
         raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
     dev = torch_device(device)
-    loss_fn = make_loss(loss) if loss is not None else None
+    if loss == OWN_LOSS:
+        output = output if output is not None else "loss"
+    loss_fn = make_loss(loss) if loss not in (None, OWN_LOSS) else None
     for m in obj if isinstance(obj, (list, tuple)) else [obj]:
         m.to(device=dev, dtype=torch_dtype)
         m.train()
     inputs, target = make_example(example, dtype=dtype, device=dev, seed=seed)
-    root, stage_list = build_stages(obj, stages, example=inputs, loss=loss_fn)
-    if loss is None:
+    root, stage_list = build_stages(obj, stages, example=inputs, loss=loss_fn, output=output)
+    if loss_fn is None:
         target = None
     elif target is None:
         target = default_target(loss, _model_output(stage_list[:-1], inputs, root), seed=seed)
@@ -113,7 +119,8 @@ def _layer_doc(stage, stages, fields):
         name = INPUT if p < 0 else stages[p].name
         if name not in inputs:
             inputs.append(name)
-    return {"name": stage.name, "inputs": inputs, **fields}
+    extra = {"module": stage.module} if stage.module else {}
+    return {"name": stage.name, "inputs": inputs, **fields, **extra}
 
 
 def _measure_all(prep, *, repeats, caller_holds_gradient):
@@ -187,6 +194,7 @@ def profile_model(
     device="cpu",
     seed=0,
     loss=None,
+    output=None,
     caller_holds_gradient=False,
 ):
     """Profile a module (or list of modules) into an ``edgeplan-model/1`` document.
@@ -215,6 +223,12 @@ def profile_model(
     loss : str or None, keyword-only
         ``cross_entropy``, ``mse``, ``sum`` or ``FILE.py:FUNC``: the loss is the
         last layer, ``loss``, the sink, and the document's ``loss`` field.
+        ``output``: the model's own ``loss`` field (a transformers model given
+        ``labels``) is the sink.
+    output : str or None, keyword-only
+        The field (``logits``) or index of the model's result that the loss
+        reads; default: the result itself, its ``logits``, or its one tensor.
+        Kept in the document's ``output`` field.
     caller_holds_gradient : bool, keyword-only
         Measure ``workspace_backward`` with the output gradient and the output
         held by the caller for the whole backward (the convention the shared
@@ -242,7 +256,7 @@ def profile_model(
     (BatchNorm batch statistics, dropout on); the module's state (parameters,
     buffers, gradients) is restored afterwards.
     """
-    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
     root = prep.root
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
@@ -271,6 +285,8 @@ def profile_model(
     }
     if loss is not None:
         doc["loss"] = loss
+    if output is not None:
+        doc["output"] = output
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
 
@@ -328,6 +344,9 @@ def _passes_gradient(stage):
     import operator
 
     torch = require_torch()
+    steps = getattr(stage.fn, "steps", None)  # a stage captured by torch.export: its ATen ops
+    if steps is not None:
+        return len(steps) == 1 and steps[0][1] is torch.ops.aten.add.Tensor and steps[0][3].get("alpha", 1) == 1
     expr = getattr(stage.fn, "expr", None)
     call = getattr(expr, "call", None)
     target = getattr(call, "target", None)

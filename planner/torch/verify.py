@@ -30,8 +30,10 @@ from typing import NamedTuple
 
 from planner.errors import ModelError
 from planner.schedule import Schedule
+from planner.torch.capture import OWN_LOSS, document_output
 from planner.torch.executor import ScheduledModule
-from planner.torch.inputs import require_torch
+from planner.torch.export import pick_output
+from planner.torch.inputs import ExampleInputs, require_torch
 from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import allocation_trace, seed_function
 from planner.torch.profile import prepare
@@ -256,7 +258,7 @@ def _max_diff(a, b):
 
 def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
            seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
-           target=None, loss=None, predicted_transfer=None, predicted_overhead=None):
+           target=None, loss=None, output=None, predicted_transfer=None, predicted_overhead=None):
     """Train on a real model with a schedule and with plain autograd, and compare.
 
     The schedule runs in a :class:`~planner.torch.executor.ScheduledModule`
@@ -298,7 +300,11 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         The loss's target, when the model's sink is a loss (default: the
         example's target).
     loss : str or None, keyword-only
-        A ``--loss`` kind (default: the model file's ``loss``).
+        A ``--loss`` kind (default: the model file's ``loss``); ``output``:
+        the model's own loss field.
+    output : str or None, keyword-only
+        The field or index of the model's result the loss reads (default:
+        the model file's; see :func:`planner.torch.export.pick_output`).
     predicted_transfer : float or None, keyword-only
         The predicted seconds of the schedule's pageouts and pageins, echoed
         next to the measured ones.
@@ -324,12 +330,14 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     torch = require_torch()
     if loss is None and model is not None:
         loss = model_loss(model)
-    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
+    if output is None and model is not None:
+        output = document_output(model.document)
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
     inputs = prep.inputs
     target = prep.target if target is None else target
     x_bytes = sum(t.numel() * t.element_size() for t in list(inputs) + ([target] if target is not None else []))
     if model is None:
-        model = _estimate(obj, example, dtype=dtype, stages=stages, seed=seed, loss=loss)
+        model = _estimate(obj, example, dtype=dtype, stages=stages, seed=seed, loss=loss, output=output)
         if names is not None and list(names) != [layer.name for layer in model.layers]:
             raise ModelError(f"the model file does not describe this TARGET: its layers are {_few(names)}, "
                              f"TARGET's stages {_few(layer.name for layer in model.layers)} (profile it with "
@@ -348,12 +356,14 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
         raise ModelError(str(exc).replace("this model", "this TARGET", 1)) from None
     wrapped.train()
     has_loss = loss is not None
-    loss_fn = make_loss(loss) if has_loss else None
+    loss_fn = make_loss(loss) if loss not in (None, OWN_LOSS) else None  # output: the model's own loss
+    picked = "loss" if loss == OWN_LOSS and output is None else output
+    args, kwargs = inputs.call() if isinstance(inputs, ExampleInputs) else (tuple(inputs), {})
     runs = _Runs(seed=seed, steps=steps, lr=lr, device=prep.device, x_bytes=x_bytes, torch=torch)
 
     def plain_step():
-        out = reference(*inputs)
-        _backward_from(loss_fn(out, target) if has_loss else out, has_loss, seed, torch)
+        out = pick_output(reference(*args, **kwargs), picked, model_name=model.name)
+        _backward_from(loss_fn(out, target) if loss_fn is not None else out, has_loss, seed, torch)
 
     transfers = []
 
@@ -405,13 +415,13 @@ def _few(names, limit=4):
     return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
 
 
-def _estimate(obj, example, *, dtype, stages, seed, loss):
+def _estimate(obj, example, *, dtype, stages, seed, loss, output):
     """The model of ``obj`` from an estimate profile (fake tensors: nothing runs)."""
     from planner.model import model_from_dict
     from planner.torch.profile import profile_model
 
     doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True, seed=seed,
-                        loss=loss)
+                        loss=loss, output=output)
     return model_from_dict(doc, source_name="estimate of the target")
 
 
