@@ -71,7 +71,6 @@ def measure(family, mode):
                     predicted=solution.result.peak_bytes, budget=solution.schedule.budget_bytes, steps=2)
     return [
         family, mode, f"{capture:.2f}", f"{profile:.1f}", len(model.layers),
-        sum(1 for la in doc["layers"] if la["name"] != "loss" and la.get("module", "").count(".") and la["name"] == la.get("module")),
         f"{full:,}", solution.schedule.strategy, f"{solution.result.peak_bytes:,}",
         f"{result.measured_peak_bytes:,}", f"{result.relative_error:+.1%}",
         "yes" if result.grads_match and result.buffers_match else "NO",

@@ -437,10 +437,13 @@ UNTRACEABLE = textwrap.dedent('''
     [
         ("Branch", r"cannot trace control flow on a tensor's values .* in the model \(Branch\)"),
         ("Outer", r"cannot trace control flow on a tensor's values .* in module 'inner' \(Branch\)"),
-        ("Item", r"cannot trace a tensor's value used as a Python number \(\.item\(\)\) in the model \(Item\)"),
+        ("Item", r"cannot capture a tensor's value used as a Python number \(\.item\(\), int\(tensor\)\) in the "
+                 r"model \(Item\): it would be frozen at the example's value"),
         ("Number", r"cannot trace a tensor's value used as a Python number \(int\(tensor\)\)"),
-        ("Write", r"cannot trace an in-place write x\[\.\.\.\] = \.\.\. \(assign a new tensor instead\) in the model \(Write\)"),
-        ("Pair", r"cannot trace a model that returns tuple, not one tensor \(Pair\.forward\)"),
+        ("Write", r"cannot capture an in-place write into a view \(x\[\.\.\.\] = \.\.\., fill_\) in the model \(Write\): "
+                  r"assign the result to a new tensor instead"),
+        ("Pair", r"Pair returns a tuple with 2 tensors \(0, 1\) and no 'logits': name the one the loss reads with "
+                 r"--output-field NAME"),
         ("Constant", r"the output of Constant does not depend on its inputs"),
         ("Check", r"Check returns its input unchanged: there is nothing to profile"),
     ],

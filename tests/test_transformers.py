@@ -131,10 +131,10 @@ def test_outputs_are_picked_by_field_or_index():
     example = flat_inputs((), kwargs)
     _, stages = build_stages(net, "modules", example=example)
     assert stages[-1].module == "classifier"
-    with pytest.raises(ModelError, match=r"--output 'nope': BertForSequenceClassification's result "
+    with pytest.raises(ModelError, match=r"--output-field 'nope': BertForSequenceClassification's result "
                                           r"\(SequenceClassifierOutput\) has no field 'nope'; its tensors: logits"):
         build_stages(net, "modules", example=example, output="nope")
-    with pytest.raises(ModelError, match=r"--output 'loss'.* has no field 'loss'"):
+    with pytest.raises(ModelError, match=r"--output-field 'loss'.* has no field 'loss'"):
         build_stages(net, "modules", example=example, output="loss")  # no labels, no loss
 
 
@@ -161,7 +161,7 @@ def test_a_dataclass_or_tuple_result(tmp_path):
 
     x = torch.randn(2, 4)
     with pytest.raises(ModelError, match=r"Net returns a Out with 2 tensors \(hidden, scores\) and no 'logits': "
-                                          r"name the one the loss reads with --output NAME"):
+                                          r"name the one the loss reads with --output-field NAME"):
         build_stages(Net(), "ops", example=(x,))
     _, stages = build_stages(Net(), "ops", example=flat_inputs((x,), {"scale": 2.0}), output="scores")
     assert [s.name for s in stages] == ["fc", "softmax", "mul"]

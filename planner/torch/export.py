@@ -75,7 +75,7 @@ def pick_output(out, output, *, model_name):
     out : object
         A tensor, dict, tuple, dataclass or ``ModelOutput``.
     output : str or None
-        A field name or an index (``--output``); None: the tensor itself,
+        A field name or an index (``--output-field``); None: the tensor itself,
         else the ``logits`` field, else the one tensor field.
     model_name : str, keyword-only
         How messages name the model.
@@ -93,7 +93,7 @@ def pick_output(out, output, *, model_name):
     if output is not None:
         key = str(output)
         if isinstance(out, (tuple, list)) and not hasattr(out, "_fields") and not key.lstrip("-").isdigit():
-            raise ModelError(f"--output {key!r}: {model_name} returns a {kind}: give an index (0, 1, ...)")
+            raise ModelError(f"--output-field {key!r}: {model_name} returns a {kind}: give an index (0, 1, ...)")
         found = dict(fields)
         if key not in found and key.lstrip("-").isdigit() and -len(fields) <= int(key) < len(fields):
             found[key] = fields[int(key)][1]
@@ -101,7 +101,7 @@ def pick_output(out, output, *, model_name):
         if not isinstance(value, torch.Tensor):
             what = "has no field" if value is None else "field is not a tensor:"
             raise ModelError(
-                f"--output {key!r}: {model_name}'s result ({kind}) {what} {key!r}; its tensors: "
+                f"--output-field {key!r}: {model_name}'s result ({kind}) {what} {key!r}; its tensors: "
                 f"{_describe_fields(fields, torch)}"
             )
         return value
@@ -113,7 +113,7 @@ def pick_output(out, output, *, model_name):
         return tensors[0]
     raise ModelError(
         f"{model_name} returns a {kind} with {len(tensors) or 'no'} tensors "
-        f"({_describe_fields(fields, torch)}) and no 'logits': name the one the loss reads with --output NAME"
+        f"({_describe_fields(fields, torch)}) and no 'logits': name the one the loss reads with --output-field NAME"
     )
 
 
