@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from planner import InfeasibleError, ModelError, ScheduledModule, fit  # noqa: E402
+from planner import InfeasibleError, ModelError, ScheduledModule, fit, plan  # noqa: E402
 from planner.torch.measure import allocation_trace  # noqa: E402
 from tests.models_train import bn_dropout_chain, resnet_dag  # noqa: E402
 
@@ -143,3 +143,62 @@ def test_an_example_pair_is_input_and_target_when_forward_takes_one_input():
 
     inputs, target = _split_example((x, x), Two(), torch)
     assert len(inputs) == 2 and target is None
+
+
+# ------------------------------------------------------------ transformers models as they come
+
+
+def _hf_step(wrapped, kwargs, target):
+    return wrapped(**kwargs, target=target) if target is not None else wrapped(**kwargs)
+
+
+@pytest.mark.parametrize("family, loss", [
+    ("gpt2", "cross_entropy"),  # (kwargs, target): the loss reads the logits of a CausalLMOutput
+    ("bert", "output"),         # labels in the kwargs, a padding mask: the model's own loss
+])
+def test_fit_trains_a_transformers_model_as_it_comes(family, loss):
+    pytest.importorskip("transformers")
+    import tests.models_hf as hf
+
+    batch = getattr(hf, f"{family}_batch" if loss != "output" else f"{family}_labels")()
+    kwargs, target = batch if isinstance(batch, tuple) else (batch, None)
+    example = (kwargs, target) if target is not None else kwargs
+    torch.manual_seed(0)
+    net = getattr(hf, family)()
+    plain = copy.deepcopy(net)
+    roomy = fit(net, example, memory="1GB", loss=loss, stages="modules", strategy="store-all", repeats=1)
+    fixed = roomy.plan.split.fixed_bytes
+    least = plan(roomy.plan.model, fixed).least_activation_bytes
+    memory = fixed + (least + roomy.plan.peak_bytes) // 2  # between the least that works and store-all
+    wrapped = fit(net, example, memory=memory, loss=loss, stages="modules", repeats=1)
+    result = wrapped.plan
+    assert result.success and result.simulation.forwards > len(result.model) - 1  # it recomputes
+
+    def plain_loss():
+        out = plain(**kwargs)
+        if loss == "output":
+            return out.loss
+        logits = out.logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    for module, call in ((net, lambda: _hf_step(wrapped, kwargs, target)), (plain, plain_loss)):
+        opt = torch.optim.SGD(module.parameters(), lr=0.05)
+        torch.manual_seed(123)
+        for _ in range(STEPS):
+            call().backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, p), q in zip(net.named_parameters(), plain.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+    held = [t for t in kwargs.values() if isinstance(t, torch.Tensor)] + ([target] if target is not None else [])
+    for p in wrapped.parameters():
+        p.grad = torch.zeros_like(p)
+    gc.collect()
+    gc.disable()
+    try:
+        _, peak, _ = allocation_trace(lambda: _hf_step(wrapped, kwargs, target).backward(), torch.device("cpu"))
+    finally:
+        gc.enable()
+    measured = peak + sum(t.numel() * t.element_size() for t in held)
+    assert abs(measured / result.peak_bytes - 1) <= MEMORY_TOLERANCE, (measured, result.peak_bytes)
