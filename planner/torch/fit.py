@@ -96,15 +96,16 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
         raise ModelError(f"fit takes an nn.Module (or a list of them), not {type(module).__name__}")
     modules = list(module) if isinstance(module, (list, tuple)) else [module]
     inputs, target = _split_example(example, modules[0], torch)
-    first = next((t for t in _tensors(inputs)), None)
+    first = next(_tensors(inputs, torch), None)
     if first is None:
         raise ModelError("the example holds no tensor: give the model's inputs")
-    param = next((p for m in modules for p in m.parameters()), None)
-    dtype = str(param.dtype if param is not None and param.is_floating_point() else first.dtype)
-    dtype = dtype.removeprefix("torch.")
+    # The module runs in its parameters' dtype (else its float inputs'): profiling converts nothing.
+    floats = [t for m in modules for t in m.parameters() if t.is_floating_point()]
+    floats += [t for t in _tensors(inputs, torch) if t.is_floating_point()]
+    dtype = str(floats[0].dtype if floats else torch.float32).removeprefix("torch.")
     from planner.torch.profile import profile_model
 
-    with _as_it_was(modules, torch):  # profiled and cut into stages in training mode
+    with _as_it_was(modules):  # profiled and cut into stages in training mode
         document = profile_model(module, lambda: (inputs, target), dtype=dtype, stages=stages, repeats=repeats,
                                  name=name or type(modules[0]).__name__, device=str(first.device), seed=seed,
                                  loss=loss, output=output)
@@ -127,16 +128,13 @@ def _wrap(module, result, *, stages, inputs, compile):
     return wrapped
 
 
-def _tensors(value):
-    torch = require_torch()
+def _tensors(value, torch):
+    """The tensors in ``value`` (a tensor, or a dict, tuple or list holding them), in order."""
     if isinstance(value, torch.Tensor):
         yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
+    elif isinstance(value, (dict, tuple, list)):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _tensors(v, torch)
 
 
 def _positional_inputs(module):
@@ -180,7 +178,7 @@ def _split_example(example, module, torch):
 class _as_it_was:
     """Put the modules' training modes back as they were (profiling runs them in train mode)."""
 
-    def __init__(self, modules, torch):
+    def __init__(self, modules):
         self.modes = [(m, m.training) for top in modules for m in top.modules()]
 
     def __enter__(self):
