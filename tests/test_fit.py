@@ -54,19 +54,23 @@ def _tight(net, example, fraction, stages="auto"):
     return split.fixed_bytes + int(roomy.plan.peak_bytes * fraction)
 
 
-def _measured_peak(wrapped, x, y):
-    """The allocator's peak over one step, above what was allocated before, plus the input and target."""
+def _measured_peak(wrapped, step, held):
+    """The allocator's peak over ``step().backward()`` above what was allocated before, plus ``held``.
+
+    ``held``: the tensors the caller holds through the step (inputs and target), as
+    ``peak_bytes`` counts them; parameter gradients are allocated before (fixed memory).
+    """
     for p in wrapped.parameters():
         p.grad = torch.zeros_like(p)
     gc.collect()
     gc.disable()
     try:
-        _, peak, _ = allocation_trace(lambda: wrapped(x, target=y).backward(), x.device)
+        _, peak, _ = allocation_trace(lambda: step().backward(), torch.device("cpu"))
     finally:
         gc.enable()
     for p in wrapped.parameters():
         p.grad = None
-    return peak + x.numel() * x.element_size() + y.numel() * y.element_size()
+    return peak + sum(t.numel() * t.element_size() for t in held)
 
 
 @pytest.mark.parametrize("make, batches, stages, fraction", [
@@ -93,7 +97,7 @@ def test_three_steps_through_fit_equal_plain_training_within_the_predicted_memor
         assert torch.allclose(p.float(), q.float(), atol=1e-5), name
 
     x, y = batches[0]
-    measured = _measured_peak(wrapped, x, y)
+    measured = _measured_peak(wrapped, lambda: wrapped(x, target=y), [x, y])
     assert abs(measured / result.peak_bytes - 1) <= MEMORY_TOLERANCE, (measured, result.peak_bytes)
 
 
@@ -192,13 +196,5 @@ def test_fit_trains_a_transformers_model_as_it_comes(family, loss):
         assert torch.allclose(p, q, atol=1e-5), name
 
     held = [t for t in kwargs.values() if isinstance(t, torch.Tensor)] + ([target] if target is not None else [])
-    for p in wrapped.parameters():
-        p.grad = torch.zeros_like(p)
-    gc.collect()
-    gc.disable()
-    try:
-        _, peak, _ = allocation_trace(lambda: _hf_step(wrapped, kwargs, target).backward(), torch.device("cpu"))
-    finally:
-        gc.enable()
-    measured = peak + sum(t.numel() * t.element_size() for t in held)
+    measured = _measured_peak(wrapped, lambda: _hf_step(wrapped, kwargs, target), held)
     assert abs(measured / result.peak_bytes - 1) <= MEMORY_TOLERANCE, (measured, result.peak_bytes)
