@@ -103,6 +103,7 @@ class _Plan:
                     layer=stages[self.sink].name,
                 )
             break
+        self.reads, self.members = _segments(stages, self.ops)
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -115,6 +116,86 @@ class _Plan:
                     self.early_free[n] = k
                     break
                 k += 1
+
+
+def _segments(stages, ops):
+    """Which saved stages run their backwards in one ``backward()`` call: ``(reads, members)``.
+
+    ``reads[n]``: the producers whose output the forward-save op ``n`` reads
+    directly, with their autograd graph, instead of through an entry node.
+    ``members[k]``: the backward ops (indices) that run inside the call of
+    the backward op ``k``, the segment's top.
+
+    A segment is a run of backward ops with nothing between them but the frees
+    of the layer whose backward just ran (done early, as autograd does).  A
+    stage reads a producer directly when the producer's output still carries
+    the graph of its saved forward and the producer's backward comes later in
+    the same run, right after the stage's (so that the call runs the backwards
+    in the schedule's order), and when it is the producer's only consumer whose backward
+    is not done before the segment starts: the producer's node then gets its
+    whole gradient before it runs, and the gradients of its earlier consumers
+    are added in place into the one the segment sends it, as SPEC section 3
+    counts them (autograd adds two gradients that arrive inside one call out
+    of place when one of them is shared, as an addition's backward shares its
+    gradient between its inputs).  One call over a segment is what plain
+    autograd runs.
+    """
+    consumers = {}
+    for c, stage in enumerate(stages):
+        for p in stage.inputs:
+            consumers.setdefault(p, []).append(c)
+    live, candidates = {}, {}
+    for n, op in enumerate(ops):
+        if op.kind is OpKind.FORWARD and op.save:
+            candidates[n] = {p for p in stages[op.layer].inputs if p in live}
+            live[op.layer] = n
+        elif op.kind in (OpKind.FREE, OpKind.BACKWARD):
+            live.pop(op.layer, None)
+    run, back_at, prev = {}, {}, None  # backward op -> its run's first op; layer -> its backward op
+    for k, op in enumerate(ops):
+        if op.kind is not OpKind.BACKWARD:
+            continue
+        joined = prev is not None and all(
+            ops[j].kind is OpKind.FREE and ops[j].layer == ops[prev].layer for j in range(prev + 1, k)
+        )
+        run[k] = run[prev] if joined else k
+        back_at[op.layer] = k
+        prev = k
+    # The forward-save op whose saved data each backward op uses (the last one before it).
+    feeds, last = {}, {}
+    for n, op in enumerate(ops):
+        if op.kind is OpKind.FORWARD and op.save:
+            last[op.layer] = n
+        elif op.kind is OpKind.BACKWARD and op.layer in last:
+            feeds[n] = last[op.layer]
+    links = {}
+    after = dict(zip(sorted(run), sorted(run)[1:]))  # the next backward op
+    for k, first in run.items():
+        nxt = after.get(k)
+        if nxt is not None and run[nxt] == first and ops[nxt].layer in candidates.get(feeds.get(k), ()):
+            links[k] = {ops[nxt].layer}
+    while True:
+        top, linkers = {}, {}
+        for k in sorted(run):
+            by = linkers.get(ops[k].layer)
+            top[k] = top[by[0]] if by else k
+            for p in links.get(k, ()):
+                linkers.setdefault(p, []).append(k)
+        bad = set()
+        for p, ks in linkers.items():
+            kp = back_at[p]
+            t = top[ks[0]]
+            inside = {k for k in run if t <= k < kp and ops[k].layer in consumers.get(p, ())}
+            if len(ks) > 1 or inside != set(ks) or top[ks[0]] != t:
+                bad.add(p)
+        if not bad:
+            break
+        links = {k: ps - bad for k, ps in links.items() if ps - bad}
+    members = {}
+    for k in sorted(run):
+        if top[k] != k:
+            members.setdefault(top[k], []).append(k)
+    return {feeds[k]: frozenset(ps) for k, ps in links.items()}, members
 
 
 def _rng_bytes(device):
@@ -266,7 +347,11 @@ class StepRunner:
         self.expected_bytes = expected_bytes
         self.on_op = on_op
         self.outputs = {}  # A
-        self.saved = {}  # S: (boxes, gradient edge, gradient box)
+        self.saved = {}  # S: (boxes, gradient edge, gradient box, producer read directly)
+        self.live = {}  # saved stages' outputs with their autograd graph (see _merges)
+        self.ran = set()  # saved stages whose backward ran inside a consumer's backward call
+        self.segments = on_op is None  # per-op hooks see every backward op run on its own
+        self.skip = set()  # free ops done early
         self.grads = {}  # G
         self.input_grads = {}  # gradients of model inputs that require grad
         self.first_rng = {}  # recomputed stages: RNG state before the first forward
@@ -301,6 +386,7 @@ class StepRunner:
         # logits' size, takes its place.)
         y, self.sink_output = self.sink_output, None
         self.outputs.pop(sink, None)
+        self.live.pop(sink, None)
         return y
 
     def attach(self, y):
@@ -333,11 +419,12 @@ class StepRunner:
 
     def _run(self, start, end):
         ops = self.plan.ops
-        skip = set()
+        skip = self.skip
         for n in range(start, end):
             op = ops[n]
             if op.kind is OpKind.FREE:
                 # The sink's output is the caller's (see forward_part).
+                self.live.pop(op.layer, None)
                 if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
@@ -385,7 +472,7 @@ class StepRunner:
             restore = self._enter_recompute(i, stage)
         try:
             if op.save:
-                self._forward_saved(i, stage, tensors)
+                self._forward_saved(n, i, stage, tensors)
             else:
                 with torch.no_grad():
                     self.outputs[i] = _call(stage, tensors, self.target)
@@ -420,13 +507,18 @@ class StepRunner:
         if after is not None:
             _copy_into(stage.buffers, after)
 
-    def _forward_saved(self, i, stage, tensors):
-        boxes, entries = _enter(stage, tensors, self.anchor)
+    def _forward_saved(self, n, i, stage, tensors):
+        direct = {p: self.live[p] for p in self.plan.reads.get(n, ())} if self.segments else {}
+        boxes, entries = _enter(stage, tensors, self.anchor, direct)
+        del direct
         y = _call(stage, entries, self.target)
+        del entries
         gbox = []
         root = seed_function(torch)(y, gbox.pop) if y.requires_grad else None
         self.saved[i] = (boxes, root, gbox)
         self.outputs[i] = y.detach()
+        if y.requires_grad:
+            self.live[i] = y
         if i == self.plan.sink:
             self.sink_output = self.outputs[i]
 
@@ -466,6 +558,13 @@ class StepRunner:
             raise self._missing(n, op, "its saved data is not in memory")
         boxes, root, gbox = self.saved.pop(i)
         self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
+        self.live.pop(i, None)
+        if i in self.ran:  # its backward ran in its consumer's call
+            self.ran.discard(i)
+            if free_after:
+                self.outputs.pop(i, None)
+            self._hand_back(self.stages[i], boxes)
+            return
         if i == self.plan.sink:
             g, self.sink_grad = self.sink_grad, None
         else:
@@ -477,11 +576,43 @@ class StepRunner:
         del g
         if free_after:
             self.outputs.pop(i, None)
-        if root is not None:
-            root.backward()
-        gbox.clear()
-        del root, gbox
+        roots, boxes_used = self._segment(n, root, gbox)
+        if roots:
+            torch.autograd.backward(roots)
+        for box in boxes_used:
+            box.clear()
+        del root, gbox, roots, boxes_used
         self._hand_back(self.stages[i], boxes)
+
+    def _segment(self, n, root, gbox):
+        """The seeds of the backward call of op ``n``: its stage's, and the held gradients of its segment's members.
+
+        A member (a stage read directly, see :func:`_segments`) gets the
+        gradients its segment's stages send it through the graph and, through
+        its own seed, the sum of the gradients of its consumers done before,
+        as autograd sums them.  A member's output that the schedule frees
+        right after its backward goes before the call (the graph holds what
+        the backward reads).
+        """
+        roots = [] if root is None else [root]
+        boxes_used = [gbox]
+        if not self.segments:
+            return roots, boxes_used
+        for k in self.plan.members.get(n, ()):
+            p = self.plan.ops[k].layer
+            self.ran.add(p)
+            _, root_p, gbox_p = self.saved[p]
+            g = self.grads.pop(p, None)
+            if g is not None:
+                gbox_p.append(g)
+                roots.append(root_p)
+                boxes_used.append(gbox_p)
+            del g, root_p
+            early = self.plan.early_free.get(k)
+            if early is not None and self.outputs.pop(p, None) is not None:
+                self.live.pop(p, None)
+                self.skip.add(early)
+        return roots, boxes_used
 
     def _hand_back(self, stage, boxes):
         """Move each input gradient to its producer (summed over consumers)."""
@@ -520,16 +651,19 @@ def _copy_into(targets, values):
         t.data.copy_(v)
 
 
-def _enter(stage, tensors, anchor):
+def _enter(stage, tensors, anchor, direct):
     """The stage's inputs entered into autograd, and one gradient box per input.
 
     A function of its own so that no loop variable outlives the call and keeps
     an input alive after its ``free``.  A model input enters only when it
-    requires grad; a producer's output when it is floating point.
+    requires grad; a producer's output when it is floating point.  ``direct``
+    maps a producer to its output with its autograd graph, read as it is (no
+    box: the gradient flows on in the same backward call).
     """
     boxes = [[] for _ in tensors]
     entries = [
-        _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
+        direct[p] if p in direct
+        else _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
         if t.is_floating_point() and (p >= 0 or t.requires_grad)
         else t
         for p, t, box in zip(stage.inputs, tensors, boxes)
