@@ -638,6 +638,14 @@ class StepRunner:
         ) > 1
 
 
+def _compiled(stage, backend):
+    """The stage with its function compiled by ``torch.compile`` (``backend``: True for the default)."""
+    import dataclasses
+
+    options = {} if backend is True else {"backend": backend}
+    return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
+
+
 def _call(stage, tensors, target):
     if getattr(stage, "loss", False):
         return stage.fn(*tensors, target)
@@ -729,6 +737,13 @@ class ScheduledModule(nn.Module):
         As for :func:`planner.torch.profile.build_stages`.
     example : torch.Tensor or tuple, keyword-only
         An input to cut the stages with now; otherwise the first call's.
+    compile : bool or str, keyword-only
+        Compile each stage with ``torch.compile`` (True: its default backend,
+        inductor, which needs a C++ compiler on the CPU; a string: that
+        backend, e.g. ``"aot_eager"``).  The schedule still decides what is
+        kept: a stage's compiled forward saves what its compiled backward
+        reads, and recomputation runs the compiled forward again.  The model
+        file's times are the eager stages' (``profile`` measures eager).
 
     Attributes
     ----------
@@ -762,8 +777,10 @@ class ScheduledModule(nn.Module):
     stage, a copy of its buffers and of the RNG state.
     """
 
-    def __init__(self, module, model, schedule, *, stages="auto", example=None):
+    def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
         super().__init__()
+        if not isinstance(compile, (bool, str)):
+            raise ModelError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
@@ -782,6 +799,7 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
+        self._compile = compile
         self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
         self._anchors = {}
@@ -808,6 +826,8 @@ class ScheduledModule(nn.Module):
             _set_rng(rng, inputs[0].device)
         del buffers
         check_names([layer.name for layer in self._model.layers], stage_list)
+        if self._compile:
+            stage_list = [_compiled(stage, self._compile) for stage in stage_list]
         self._plan = _Plan(stage_list, self._schedule.ops)
 
     def _anchor(self, device):
