@@ -345,3 +345,21 @@ def test_compiled_stages_train_as_plain_training(chain):
     assert all(type(s.fn).__name__ == "OptimizedModule" for s in wrapped.stages)
     with pytest.raises(ModelError, match="compile must be"):
         ScheduledModule(net, chain, schedule, compile=3)
+
+
+def test_a_store_all_chain_is_one_backward_call(chain, monkeypatch):
+    """Issue 19: consecutive saved stages are one autograd segment, as plain autograd runs them."""
+    import planner.torch.executor as executor
+
+    calls = []
+    real = torch.autograd.backward
+    monkeypatch.setattr(executor.torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, solvers.solve(chain, None, "store-all").schedule)
+    batches = _batches(CHAIN_SHAPE, 2)
+    expected, _ = _train(plain, plain, batches)
+    calls.clear()
+    got, _ = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert len(calls) == 4  # per step: the loss's backward() and the one over the segment (it was one per layer)
+    assert wrapped.last_step.plan.members  # the segment's members run in its top's call

@@ -103,7 +103,7 @@ class _Plan:
                     layer=stages[self.sink].name,
                 )
             break
-        self.reads, self.members = _segments(stages, self.ops)
+        self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -119,83 +119,63 @@ class _Plan:
 
 
 def _segments(stages, ops):
-    """Which saved stages run their backwards in one ``backward()`` call: ``(reads, members)``.
+    """Which saved stages run their backwards in one ``backward()`` call.
 
-    ``reads[n]``: the producers whose output the forward-save op ``n`` reads
-    directly, with their autograd graph, instead of through an entry node.
-    ``members[k]``: the backward ops (indices) that run inside the call of
-    the backward op ``k``, the segment's top.
+    Returns ``(reads, members, frees, unseeded)``: ``reads[n]``, the producer
+    whose output the forward-save op ``n`` reads directly, with its autograd
+    graph, instead of through an entry node; ``members[k]``, the backward ops
+    (indices) that run inside the call of the backward op ``k``, the
+    segment's top; ``frees[k]``, the free ops among them, done before that
+    call; ``unseeded``, the forward-save ops whose stage needs no seed of its
+    own (a member whose only consumer is the stage above it).
 
-    A segment is a run of backward ops with nothing between them but the frees
-    of the layer whose backward just ran (done early, as autograd does).  A
-    stage reads a producer directly when the producer's output still carries
-    the graph of its saved forward and the producer's backward comes later in
-    the same run, right after the stage's (so that the call runs the backwards
-    in the schedule's order), and when it is the producer's only consumer whose backward
-    is not done before the segment starts: the producer's node then gets its
-    whole gradient before it runs, and the gradients of its earlier consumers
-    are added in place into the one the segment sends it, as SPEC section 3
-    counts them (autograd adds two gradients that arrive inside one call out
-    of place when one of them is shared, as an addition's backward shares its
-    gradient between its inputs).  One call over a segment is what plain
-    autograd runs.
+    A segment is a run of backward ops with nothing but frees between them.
+    A stage reads a producer directly when the producer's output still
+    carries the graph of its saved forward and the producer's backward comes
+    right after the stage's, so that the call runs the backwards in the
+    schedule's order, and when the stage is the producer's only consumer
+    whose backward is not done before the segment starts: the producer's node
+    then gets its whole gradient before it runs, and the gradients of its
+    earlier consumers are added in place into the one the segment sends it,
+    as SPEC section 3 counts them.  The frees are done before the call: what
+    a backward still reads is held by the graph, and autograd frees it as
+    soon as that backward has run, where the schedule frees it.  One call
+    over a segment is what plain autograd runs.
     """
     consumers = {}
     for c, stage in enumerate(stages):
         for p in stage.inputs:
             consumers.setdefault(p, []).append(c)
-    live, candidates = {}, {}
+    live, candidates, last, feeds = {}, {}, {}, {}
     for n, op in enumerate(ops):
         if op.kind is OpKind.FORWARD and op.save:
             candidates[n] = {p for p in stages[op.layer].inputs if p in live}
-            live[op.layer] = n
+            live[op.layer] = last[op.layer] = n
         elif op.kind in (OpKind.FREE, OpKind.BACKWARD):
             live.pop(op.layer, None)
-    run, back_at, prev = {}, {}, None  # backward op -> its run's first op; layer -> its backward op
-    for k, op in enumerate(ops):
-        if op.kind is not OpKind.BACKWARD:
-            continue
-        joined = prev is not None and all(
-            ops[j].kind is OpKind.FREE and ops[j].layer == ops[prev].layer for j in range(prev + 1, k)
+            if op.kind is OpKind.BACKWARD and op.layer in last:
+                feeds[n] = last[op.layer]  # the forward-save op whose saved data it uses
+    backs = [k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD]
+    reads, members, frees, unseeded = {}, {}, {}, set()
+    top = None
+    for k, nxt in zip(backs, backs[1:] + [None]):
+        top = k if top is None else top
+        i, p = ops[k].layer, None if nxt is None else ops[nxt].layer
+        joined = (
+            nxt is not None
+            and all(ops[j].kind is OpKind.FREE for j in range(k + 1, nxt))
+            and p in candidates.get(feeds.get(k), ())
+            and not any(top <= b < nxt and ops[b].layer in consumers[p] and ops[b].layer != i for b in backs)
         )
-        run[k] = run[prev] if joined else k
-        back_at[op.layer] = k
-        prev = k
-    # The forward-save op whose saved data each backward op uses (the last one before it).
-    feeds, last = {}, {}
-    for n, op in enumerate(ops):
-        if op.kind is OpKind.FORWARD and op.save:
-            last[op.layer] = n
-        elif op.kind is OpKind.BACKWARD and op.layer in last:
-            feeds[n] = last[op.layer]
-    links = {}
-    after = dict(zip(sorted(run), sorted(run)[1:]))  # the next backward op
-    for k, first in run.items():
-        nxt = after.get(k)
-        if nxt is not None and run[nxt] == first and ops[nxt].layer in candidates.get(feeds.get(k), ()):
-            links[k] = {ops[nxt].layer}
-    while True:
-        top, linkers = {}, {}
-        for k in sorted(run):
-            by = linkers.get(ops[k].layer)
-            top[k] = top[by[0]] if by else k
-            for p in links.get(k, ()):
-                linkers.setdefault(p, []).append(k)
-        bad = set()
-        for p, ks in linkers.items():
-            kp = back_at[p]
-            t = top[ks[0]]
-            inside = {k for k in run if t <= k < kp and ops[k].layer in consumers.get(p, ())}
-            if len(ks) > 1 or inside != set(ks) or top[ks[0]] != t:
-                bad.add(p)
-        if not bad:
-            break
-        links = {k: ps - bad for k, ps in links.items() if ps - bad}
-    members = {}
-    for k in sorted(run):
-        if top[k] != k:
-            members.setdefault(top[k], []).append(k)
-    return {feeds[k]: frozenset(ps) for k, ps in links.items()}, members
+        if not joined:
+            top = None
+            continue
+        reads[feeds[k]] = p
+        members.setdefault(top, []).append(nxt)
+        frees.setdefault(top, []).extend(j for j in range(k + 1, nxt))
+        if len(consumers[p]) == 1:
+            unseeded.add(feeds[nxt])
+    return reads, members, frees, unseeded
 
 
 def _rng_bytes(device):
@@ -508,13 +488,16 @@ class StepRunner:
             _copy_into(stage.buffers, after)
 
     def _forward_saved(self, n, i, stage, tensors):
-        direct = {p: self.live[p] for p in self.plan.reads.get(n, ())} if self.segments else {}
+        p = self.plan.reads.get(n) if self.segments else None
+        # A producer whose output needs no gradient (it has no graph) is read as it is.
+        direct = {} if p is None else {p: self.live.get(p, self.outputs[p])}
         boxes, entries = _enter(stage, tensors, self.anchor, direct)
         del direct
         y = _call(stage, entries, self.target)
         del entries
         gbox = []
-        root = seed_function(torch)(y, gbox.pop) if y.requires_grad else None
+        seeded = y.requires_grad and not (self.segments and n in self.plan.unseeded)
+        root = seed_function(torch)(y, gbox.pop) if seeded else None
         self.saved[i] = (boxes, root, gbox)
         self.outputs[i] = y.detach()
         if y.requires_grad:
@@ -590,9 +573,8 @@ class StepRunner:
         A member (a stage read directly, see :func:`_segments`) gets the
         gradients its segment's stages send it through the graph and, through
         its own seed, the sum of the gradients of its consumers done before,
-        as autograd sums them.  A member's output that the schedule frees
-        right after its backward goes before the call (the graph holds what
-        the backward reads).
+        as autograd sums them.  The frees between the segment's backward ops
+        are done before the call (the graph holds what a backward reads).
         """
         roots = [] if root is None else [root]
         boxes_used = [gbox]
@@ -603,15 +585,16 @@ class StepRunner:
             self.ran.add(p)
             _, root_p, gbox_p = self.saved[p]
             g = self.grads.pop(p, None)
-            if g is not None:
+            if g is not None:  # its earlier consumers' gradients (it has a seed: see _segments)
                 gbox_p.append(g)
                 roots.append(root_p)
                 boxes_used.append(gbox_p)
             del g, root_p
-            early = self.plan.early_free.get(k)
-            if early is not None and self.outputs.pop(p, None) is not None:
-                self.live.pop(p, None)
-                self.skip.add(early)
+        for f in self.plan.frees.get(n, ()):
+            x = self.plan.ops[f].layer
+            self.live.pop(x, None)
+            if x == self.plan.sink or self.outputs.pop(x, None) is not None:
+                self.skip.add(f)
         return roots, boxes_used
 
     def _hand_back(self, stage, boxes):
