@@ -44,16 +44,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from torch.utils.checkpoint import checkpoint_sequential  # noqa: E402
+import torch
+from torch.utils.checkpoint import checkpoint_sequential
 
-from benchmarks import _docs  # noqa: E402
-from benchmarks._docs import markdown_table, publish, write_section  # noqa: E402
-from planner import solvers  # noqa: E402
-from planner.errors import InfeasibleError  # noqa: E402
-from planner.torch.profile import profile_model  # noqa: E402
-from planner.model import model_from_dict  # noqa: E402
-from planner.torch.executor import ScheduledModule  # noqa: E402
+from benchmarks import _docs
+from benchmarks._docs import markdown_table, publish, write_section
+from planner import solvers
+from planner.errors import InfeasibleError
+from planner.model import model_from_dict
+from planner.torch.executor import ScheduledModule
+from planner.torch.profile import profile_model
 
 STRATEGIES = ("sequential", "dp", "revolve", "reforward")
 

@@ -33,6 +33,11 @@ code):
   as soon as it is used; the input gradients go to their producers (summed
   when a producer has several consumers);
 - ``free L``: drops L's output;
+- a run of backward ops with only frees between them, where each stage's
+  producer is the next one backwarded, is one autograd segment: at its
+  forward the consumer read the producer's output with its graph (no entry
+  node), and one ``backward()`` call runs the run's backwards in the
+  schedule's order, as plain autograd does (see :func:`_segments`);
 - ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
   file in a temporary directory (CPU) or to pinned host memory (CUDA), and
   back into a new tensor that takes the output's place (see :class:`_Pager`);
