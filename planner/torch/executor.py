@@ -394,8 +394,12 @@ class StepRunner:
             self.pager.close()
         pending = [(self.inputs[k], g) for k, g in sorted(self.input_grads.items())]
         self.input_grads.clear()
+        # The step holds nothing of the caller's after it (ScheduledModule.last_step keeps it).
+        self.inputs = self.target = None
+        self.first_buffers.clear()
         if pending:
             torch.autograd.backward([t for t, _ in pending], [g for _, g in pending])
+        del pending
         if self.saved:
             names = ", ".join(self.stages[i].name for i in sorted(self.saved))
             raise ScheduleError(f"the schedule ends with saved data that no backward used: {names}")
