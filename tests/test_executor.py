@@ -325,3 +325,41 @@ def test_only_stages_that_draw_random_numbers_keep_an_rng_snapshot(chain):
     dropouts = {s.name for s in wrapped.stages if isinstance(s.fn, torch.nn.Dropout)}
     assert recomputed - dropouts and recomputed & dropouts, recomputed
     assert {wrapped.stages[i].name for i in step.first_rng} == recomputed & dropouts
+
+
+def test_compiled_stages_train_as_plain_training(chain):
+    """Issue 19: ScheduledModule(..., compile=...) compiles each stage; the schedule still decides what is kept.
+
+    ``aot_eager`` (torch.compile's capture and autograd split, eager kernels) keeps the test quick;
+    inductor runs the same path with generated kernels.
+    """
+    schedule = _schedule(chain, 0.7, "revolve")
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
+    batches = _batches(CHAIN_SHAPE, 3)
+    expected, plain_rng = _train(plain, plain, batches)
+    got, rng = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert torch.equal(rng, plain_rng)
+    assert _max_param_diff(net, plain) <= 1e-5
+    assert all(type(s.fn).__name__ == "OptimizedModule" for s in wrapped.stages)
+    with pytest.raises(ModelError, match="compile must be"):
+        ScheduledModule(net, chain, schedule, compile=3)
+
+
+def test_a_store_all_chain_is_one_backward_call(chain, monkeypatch):
+    """Issue 19: consecutive saved stages are one autograd segment, as plain autograd runs them."""
+    import planner.torch.executor as executor
+
+    calls = []
+    real = torch.autograd.backward
+    monkeypatch.setattr(executor.torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, solvers.solve(chain, None, "store-all").schedule)
+    batches = _batches(CHAIN_SHAPE, 2)
+    expected, _ = _train(plain, plain, batches)
+    calls.clear()
+    got, _ = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert len(calls) == 4  # per step: the loss's backward() and the one over the segment (it was one per layer)
+    assert wrapped.last_step.plan.members  # the segment's members run in its top's call

@@ -33,6 +33,11 @@ code):
   as soon as it is used; the input gradients go to their producers (summed
   when a producer has several consumers);
 - ``free L``: drops L's output;
+- a run of backward ops with only frees between them, where each stage's
+  producer is the next one backwarded, is one autograd segment: at its
+  forward the consumer read the producer's output with its graph (no entry
+  node), and one ``backward()`` call runs the run's backwards in the
+  schedule's order, as plain autograd does (see :func:`_segments`);
 - ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
   file in a temporary directory (CPU) or to pinned host memory (CUDA), and
   back into a new tensor that takes the output's place (see :class:`_Pager`);
@@ -103,6 +108,7 @@ class _Plan:
                     layer=stages[self.sink].name,
                 )
             break
+        self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -115,6 +121,66 @@ class _Plan:
                     self.early_free[n] = k
                     break
                 k += 1
+
+
+def _segments(stages, ops):
+    """Which saved stages run their backwards in one ``backward()`` call.
+
+    Returns ``(reads, members, frees, unseeded)``: ``reads[n]``, the producer
+    whose output the forward-save op ``n`` reads directly, with its autograd
+    graph, instead of through an entry node; ``members[k]``, the backward ops
+    (indices) that run inside the call of the backward op ``k``, the
+    segment's top; ``frees[k]``, the free ops among them, done before that
+    call; ``unseeded``, the forward-save ops whose stage needs no seed of its
+    own (a member whose only consumer is the stage above it).
+
+    A segment is a run of backward ops with nothing but frees between them.
+    A stage reads a producer directly when the producer's output still
+    carries the graph of its saved forward and the producer's backward comes
+    right after the stage's, so that the call runs the backwards in the
+    schedule's order, and when the stage is the producer's only consumer
+    whose backward is not done before the segment starts: the producer's node
+    then gets its whole gradient before it runs, and the gradients of its
+    earlier consumers are added in place into the one the segment sends it,
+    as SPEC section 3 counts them.  The frees are done before the call: what
+    a backward still reads is held by the graph, and autograd frees it as
+    soon as that backward has run, where the schedule frees it.  One call
+    over a segment is what plain autograd runs.
+    """
+    consumers = {}
+    for c, stage in enumerate(stages):
+        for p in stage.inputs:
+            consumers.setdefault(p, []).append(c)
+    live, candidates, last, feeds = {}, {}, {}, {}
+    for n, op in enumerate(ops):
+        if op.kind is OpKind.FORWARD and op.save:
+            candidates[n] = {p for p in stages[op.layer].inputs if p in live}
+            live[op.layer] = last[op.layer] = n
+        elif op.kind in (OpKind.FREE, OpKind.BACKWARD):
+            live.pop(op.layer, None)
+            if op.kind is OpKind.BACKWARD and op.layer in last:
+                feeds[n] = last[op.layer]  # the forward-save op whose saved data it uses
+    backs = [k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD]
+    reads, members, frees, unseeded = {}, {}, {}, set()
+    top = None
+    for k, nxt in zip(backs, backs[1:] + [None]):
+        top = k if top is None else top
+        i, p = ops[k].layer, None if nxt is None else ops[nxt].layer
+        joined = (
+            nxt is not None
+            and all(ops[j].kind is OpKind.FREE for j in range(k + 1, nxt))
+            and p in candidates.get(feeds.get(k), ())
+            and not any(top <= b < nxt and ops[b].layer in consumers[p] and ops[b].layer != i for b in backs)
+        )
+        if not joined:
+            top = None
+            continue
+        reads[feeds[k]] = p
+        members.setdefault(top, []).append(nxt)
+        frees.setdefault(top, []).extend(j for j in range(k + 1, nxt))
+        if len(consumers[p]) == 1:
+            unseeded.add(feeds[nxt])
+    return reads, members, frees, unseeded
 
 
 def _rng_bytes(device):
@@ -266,7 +332,11 @@ class StepRunner:
         self.expected_bytes = expected_bytes
         self.on_op = on_op
         self.outputs = {}  # A
-        self.saved = {}  # S: (boxes, gradient edge, gradient box)
+        self.saved = {}  # S: (boxes, gradient edge, gradient box, producer read directly)
+        self.live = {}  # saved stages' outputs with their autograd graph (see _merges)
+        self.ran = set()  # saved stages whose backward ran inside a consumer's backward call
+        self.segments = on_op is None  # per-op hooks see every backward op run on its own
+        self.skip = set()  # free ops done early
         self.grads = {}  # G
         self.input_grads = {}  # gradients of model inputs that require grad
         self.first_rng = {}  # recomputed stages: RNG state before the first forward
@@ -301,6 +371,7 @@ class StepRunner:
         # logits' size, takes its place.)
         y, self.sink_output = self.sink_output, None
         self.outputs.pop(sink, None)
+        self.live.pop(sink, None)
         return y
 
     def attach(self, y):
@@ -323,8 +394,12 @@ class StepRunner:
             self.pager.close()
         pending = [(self.inputs[k], g) for k, g in sorted(self.input_grads.items())]
         self.input_grads.clear()
+        # The step holds nothing of the caller's after it (ScheduledModule.last_step keeps it).
+        self.inputs = self.target = None
+        self.first_buffers.clear()
         if pending:
             torch.autograd.backward([t for t, _ in pending], [g for _, g in pending])
+        del pending
         if self.saved:
             names = ", ".join(self.stages[i].name for i in sorted(self.saved))
             raise ScheduleError(f"the schedule ends with saved data that no backward used: {names}")
@@ -333,11 +408,12 @@ class StepRunner:
 
     def _run(self, start, end):
         ops = self.plan.ops
-        skip = set()
+        skip = self.skip
         for n in range(start, end):
             op = ops[n]
             if op.kind is OpKind.FREE:
                 # The sink's output is the caller's (see forward_part).
+                self.live.pop(op.layer, None)
                 if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
@@ -385,7 +461,7 @@ class StepRunner:
             restore = self._enter_recompute(i, stage)
         try:
             if op.save:
-                self._forward_saved(i, stage, tensors)
+                self._forward_saved(n, i, stage, tensors)
             else:
                 with torch.no_grad():
                     self.outputs[i] = _call(stage, tensors, self.target)
@@ -420,13 +496,21 @@ class StepRunner:
         if after is not None:
             _copy_into(stage.buffers, after)
 
-    def _forward_saved(self, i, stage, tensors):
-        boxes, entries = _enter(stage, tensors, self.anchor)
+    def _forward_saved(self, n, i, stage, tensors):
+        p = self.plan.reads.get(n) if self.segments else None
+        # A producer whose output needs no gradient (it has no graph) is read as it is.
+        direct = {} if p is None else {p: self.live.get(p, self.outputs[p])}
+        boxes, entries = _enter(stage, tensors, self.anchor, direct)
+        del direct
         y = _call(stage, entries, self.target)
+        del entries
         gbox = []
-        root = seed_function(torch)(y, gbox.pop) if y.requires_grad else None
+        seeded = y.requires_grad and not (self.segments and n in self.plan.unseeded)
+        root = seed_function(torch)(y, gbox.pop) if seeded else None
         self.saved[i] = (boxes, root, gbox)
         self.outputs[i] = y.detach()
+        if y.requires_grad:
+            self.live[i] = y
         if i == self.plan.sink:
             self.sink_output = self.outputs[i]
 
@@ -466,6 +550,13 @@ class StepRunner:
             raise self._missing(n, op, "its saved data is not in memory")
         boxes, root, gbox = self.saved.pop(i)
         self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
+        self.live.pop(i, None)
+        if i in self.ran:  # its backward ran in its consumer's call
+            self.ran.discard(i)
+            if free_after:
+                self.outputs.pop(i, None)
+            self._hand_back(self.stages[i], boxes)
+            return
         if i == self.plan.sink:
             g, self.sink_grad = self.sink_grad, None
         else:
@@ -477,11 +568,43 @@ class StepRunner:
         del g
         if free_after:
             self.outputs.pop(i, None)
-        if root is not None:
-            root.backward()
-        gbox.clear()
-        del root, gbox
+        roots, boxes_used = self._segment(n, root, gbox)
+        if roots:
+            torch.autograd.backward(roots)
+        for box in boxes_used:
+            box.clear()
+        del root, gbox, roots, boxes_used
         self._hand_back(self.stages[i], boxes)
+
+    def _segment(self, n, root, gbox):
+        """The seeds of the backward call of op ``n``: its stage's, and the held gradients of its segment's members.
+
+        A member (a stage read directly, see :func:`_segments`) gets the
+        gradients its segment's stages send it through the graph and, through
+        its own seed, the sum of the gradients of its consumers done before,
+        as autograd sums them.  The frees between the segment's backward ops
+        are done before the call (the graph holds what a backward reads).
+        """
+        roots = [] if root is None else [root]
+        boxes_used = [gbox]
+        if not self.segments:
+            return roots, boxes_used
+        for k in self.plan.members.get(n, ()):
+            p = self.plan.ops[k].layer
+            self.ran.add(p)
+            _, root_p, gbox_p = self.saved[p]
+            g = self.grads.pop(p, None)
+            if g is not None:  # its earlier consumers' gradients (it has a seed: see _segments)
+                gbox_p.append(g)
+                roots.append(root_p)
+                boxes_used.append(gbox_p)
+            del g, root_p
+        for f in self.plan.frees.get(n, ()):
+            x = self.plan.ops[f].layer
+            self.live.pop(x, None)
+            if x == self.plan.sink or self.outputs.pop(x, None) is not None:
+                self.skip.add(f)
+        return roots, boxes_used
 
     def _hand_back(self, stage, boxes):
         """Move each input gradient to its producer (summed over consumers)."""
@@ -507,6 +630,14 @@ class StepRunner:
         ) > 1
 
 
+def _compiled(stage, backend):
+    """The stage with its function compiled by ``torch.compile`` (``backend``: True for the default)."""
+    import dataclasses
+
+    options = {} if backend is True else {"backend": backend}
+    return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
+
+
 def _call(stage, tensors, target):
     if getattr(stage, "loss", False):
         return stage.fn(*tensors, target)
@@ -520,16 +651,19 @@ def _copy_into(targets, values):
         t.data.copy_(v)
 
 
-def _enter(stage, tensors, anchor):
+def _enter(stage, tensors, anchor, direct):
     """The stage's inputs entered into autograd, and one gradient box per input.
 
     A function of its own so that no loop variable outlives the call and keeps
     an input alive after its ``free``.  A model input enters only when it
-    requires grad; a producer's output when it is floating point.
+    requires grad; a producer's output when it is floating point.  ``direct``
+    maps a producer to its output with its autograd graph, read as it is (no
+    box: the gradient flows on in the same backward call).
     """
     boxes = [[] for _ in tensors]
     entries = [
-        _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
+        direct[p] if p in direct
+        else _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
         if t.is_floating_point() and (p >= 0 or t.requires_grad)
         else t
         for p, t, box in zip(stage.inputs, tensors, boxes)
@@ -595,6 +729,13 @@ class ScheduledModule(nn.Module):
         As for :func:`planner.torch.profile.build_stages`.
     example : torch.Tensor or tuple, keyword-only
         An input to cut the stages with now; otherwise the first call's.
+    compile : bool or str, keyword-only
+        Compile each stage with ``torch.compile`` (True: its default backend,
+        inductor, which needs a C++ compiler on the CPU; a string: that
+        backend, e.g. ``"aot_eager"``).  The schedule still decides what is
+        kept: a stage's compiled forward saves what its compiled backward
+        reads, and recomputation runs the compiled forward again.  The model
+        file's times are the eager stages' (``profile`` measures eager).
 
     Attributes
     ----------
@@ -628,8 +769,10 @@ class ScheduledModule(nn.Module):
     stage, a copy of its buffers and of the RNG state.
     """
 
-    def __init__(self, module, model, schedule, *, stages="auto", example=None):
+    def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
         super().__init__()
+        if not isinstance(compile, (bool, str)):
+            raise ModelError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
@@ -648,6 +791,7 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
+        self._compile = compile
         self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
         self._eval = None  # the stages in eval mode, by _eval_stages
@@ -676,6 +820,8 @@ class ScheduledModule(nn.Module):
             _set_rng(rng, inputs[0].device)
         del buffers
         check_names([layer.name for layer in self._model.layers], stage_list)
+        if self._compile:
+            stage_list = [_compiled(stage, self._compile) for stage in stage_list]
         self._plan = _Plan(stage_list, self._schedule.ops)
 
     def _eval_stages(self, inputs):

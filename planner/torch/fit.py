@@ -54,8 +54,9 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
         As for :func:`planner.plan`.
     stages : {"auto", "modules", "ops"}, keyword-only
         How the module is cut into layers (docs/costs.md).
-    compile : bool, keyword-only
-        Compile the stages (when the executor supports it).
+    compile : bool or str, keyword-only
+        Compile each stage with ``torch.compile`` (True, or a backend name);
+        the schedule still decides what is kept.
     output : str or None, keyword-only
         The field (or index) of the module's result the loss reads when it
         returns a dict, tuple, dataclass or ``ModelOutput`` (default: its
@@ -119,7 +120,7 @@ def _wrap(module, result, *, stages, inputs, compile):
     from planner.torch.executor import ScheduledModule
     from planner.torch.inputs import ExampleInputs, flat_inputs
 
-    extra = {"compile": True} if compile else {}
+    extra = {"compile": compile} if compile else {}
     if compile and "compile" not in inspect.signature(ScheduledModule).parameters:
         raise OptionError("compile=True: this version's executor does not compile stages")
     example = flat_inputs((), inputs) if isinstance(inputs, dict) else ExampleInputs(tuple(inputs))
