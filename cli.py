@@ -18,28 +18,25 @@ from planner import extras, render, report, solvers
 from planner.cli_params import (
     device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
     quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
-    SIZE, import_options, measure_options, strategy_option, timeline_option, training_options,
+    SIZE, sizes_option, import_options, measure_options, strategy_option, timeline_option, training_options,
     verify_files_options,
 )
 from planner import sweep as sweeping
+from planner.api import plan
 from planner.device import PRESETS
 from planner.files import atomic_output
-from planner.errors import (
-    DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
-    OutputError, ScheduleError, ScheduleFormatError, TooLargeError,
-)
+from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, ModelMismatchError
 from planner.model import load_model, model_from_dict
 from planner.plot import write_png
 from planner.schedule import load_schedule
-from planner.sizes import SizeError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_NO, EXIT_BAD = 0, 1, 2
-# An unexpected exception (a bug in edgeplan, or the machine running out of
-# memory) is neither an answer (1) nor the user's fault (2): it gets its own
-# code, one line on stderr, and no traceback.
-EXIT_INTERNAL = 3
+# The other codes are the exception classes' (planner.errors): an unexpected
+# exception (a bug in edgeplan, or the machine running out of memory) is
+# neither an answer (1) nor the user's fault (2): it gets EXIT_INTERNAL, one
+# line on stderr, and no traceback.
+EXIT_OK = 0
 
 
 class _Group(click.Group):
@@ -72,13 +69,10 @@ class _Group(click.Group):
                 raise  # click exits quietly on a closed pipe (`edgeplan ... | head`)
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(_consoles(True)[1], f"{where}{exc.strerror or exc}", EXIT_BAD)
-        except (ModelError, ScheduleFormatError, NotApplicableError, TooLargeError, OptionError, SizeError, DeviceError,
-                OutputError) as exc:
-            _fail(_consoles(True)[1], str(exc), EXIT_BAD)
-        except (InfeasibleError, ScheduleError) as exc:
-            _fail(_consoles(True)[1], str(exc), EXIT_NO, **getattr(exc, "fields", {}))
-        except InternalError as exc:
-            _fail(_consoles(True)[1], _internal_message(exc), EXIT_INTERNAL)
+        except EdgeplanError as exc:  # each class says its exit code
+            message = _internal_message(exc) if exc.exit_code == EXIT_INTERNAL else str(exc)
+            fields = getattr(exc, "fields", {}) if exc.exit_code == EXIT_NO else {}
+            _fail(_consoles(True)[1], message, exc.exit_code, **fields)
         except KeyboardInterrupt:
             _fail(_consoles(True)[1], "interrupted", 130)  # the shell's code for SIGINT
         except MemoryError:
@@ -185,22 +179,15 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
       edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
     """
     _, err = _consoles(True)
-    model = load_model(model_path)
-    memory, storage = _device_memory(model, memory, device_name, err)
-    solvers.check_options(model, strategy, options)
-    split = report.check_memory(model, memory, optimizer)
-    render.header(err, model, split)
-    _strategies(model, [strategy], options, None, err, named=strategy != "auto")
-    try:
-        solution = solvers.solve(model, split.activation_bytes, strategy, storage=storage, **options)
-    except InfeasibleError as exc:
-        raise report.infeasible(exc, split) from None
-    render.solution_line(err, solution, model)
+    result = plan(model_path, memory, strategy=strategy, optimizer=optimizer, device=device_name, **options)
+    render.plan_report(err, result)
+    if not result.success:
+        raise result.error
     if output:
-        solution.schedule.write(output, model)
+        result.schedule.write(output, result.model)
         err.print(f"wrote {escape(output)}")
     if as_json or not output:
-        sys.stdout.writelines(solution.schedule.iter_json(model))
+        sys.stdout.writelines(result.schedule.iter_json(result.model))
         sys.stdout.flush()
 
 
@@ -251,15 +238,15 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--from", "low", type=SIZE, help="Smallest memory (default: the least memory any strategy trains with).")
 @click.option("--to", "high", type=SIZE, help="Largest memory (default: what store-all, plain autograd, needs).")
-@click.option("--steps", type=click.IntRange(min=2, max=1000), default=12, show_default=True, help="Number of memory sizes.")
+@sizes_option
 @strategies_option
 @optimizer_option
 @tuning_options
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
-def sweep(model_path, low, high, steps, strategies, optimizer, options, device_name, plot_path, as_json):
-    """Memory/overhead curve: every strategy at --steps memory sizes.
+def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_name, plot_path, as_json):
+    """Memory/overhead curve: every strategy at --sizes memory sizes.
 
     Sizes are device memory for the whole step (activations + fixed memory),
     evenly spread from --from to --to.  Prints a table and a text chart, or
@@ -269,7 +256,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
     \b
     Examples:
       edgeplan sweep examples/mobilenet_v2.json
-      edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --steps 6 --strategies dp,revolve,sequential
+      edgeplan sweep examples/resnet18.json --from 180MB --to 280MB --sizes 6 --strategies dp,revolve,sequential
       edgeplan sweep examples/resnet18.json --json --plot resnet18.png
       edgeplan sweep examples/vgg16_bn.json --device jetson-tx2-8gb
 
@@ -283,18 +270,18 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
-    plan = sweeping.plan(model, low=low, high=high, steps=steps, optimizer=optimizer, strategies=strategies,
+    span = sweeping.plan(model, low=low, high=high, steps=sizes, optimizer=optimizer, strategies=strategies,
                          options=options, storage=storage, device_memory=device_memory)
-    display, hook = render.progress(err, len(plan.sizes) * len(names), "sweeping")
+    display, hook = render.progress(err, len(span.sizes) * len(names), "sweeping")
     with display:
-        points = sweeping.sweep(model, plan.sizes, optimizer=optimizer, strategies=strategies, options=options,
-                                progress=hook, shared=plan.shared, storage=storage)
+        points = sweeping.sweep(model, span.sizes, optimizer=optimizer, strategies=strategies, options=options,
+                                progress=hook, shared=span.shared, storage=storage)
     if plot_path:
-        _plot(points, plot_path, model, plan)
+        _plot(points, plot_path, model, span)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
     else:
-        render.sweep_report(out, model, plan, points, names=names, best=sweeping.best_overheads(points))
+        render.sweep_report(out, model, span, points, names=names, best=sweeping.best_overheads(points))
         out.file.flush()
     if plot_path:
         err.print(f"wrote {escape(render.clean(plot_path))}")
@@ -379,13 +366,15 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
 @run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
-def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, threads, name, device, output, as_json):
+def profile(target, inputs, example, loss, output_field, dtype, stages, estimate, repeats, threads, name, device,
+            output, as_json):
     """Profile a PyTorch model into a model file (edgeplan-model/1).
 
     TARGET is path/to/file.py:factory or package.module:factory; the factory
     returns an nn.Module (an nn.Sequential or a list of modules profiles as a
-    chain of stages; any other module is traced with torch.fx, see
-    docs/costs.md).  Each stage runs on its real inputs: times, output and
+    chain of stages; any other module is captured with torch.export, or the
+    torch.fx tracer where that fails, see docs/pytorch.md), such as a Hugging
+    Face transformers model as it comes.  Each stage runs on its real inputs: times, output and
     saved sizes, workspaces.  With --loss the loss is the model's last layer.
     This imports and runs TARGET's code, and only that.  Needs PyTorch: pip
     install edgeplan[torch].
@@ -394,6 +383,7 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, thr
     Examples:
       edgeplan profile examples/tiny_cnn.py:tiny_cnn --input 8,3,32,32 -o tiny_cnn.json
       edgeplan profile gpt.py:gpt --input 4x128:int64:5000 --loss cross_entropy -o gpt.json
+      edgeplan profile examples/hf_gpt2.py:build --example examples/hf_gpt2.py:batch --loss output
     """
     extras.require("torch", purpose="edgeplan profile")
     quiet_torch()
@@ -402,8 +392,9 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, thr
     spec = example_spec(inputs, example)
     _, err = _consoles(True)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
-        doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats, threads=threads,
-                             device=device, loss=loss, **({"name": name} if name else {}))
+        doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
+                             threads=threads, device=device, loss=loss, output=output_field,
+                             **({"name": name} if name else {}))
     render.profile_line(err, doc, is_chain=model_from_dict(doc).is_chain, loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
 
@@ -418,8 +409,8 @@ def profile(target, inputs, example, loss, dtype, stages, estimate, repeats, thr
 @training_options
 @timeline_option
 @json_option
-def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stages, device, seed, steps, lr,
-           timeline_path, as_json):
+def verify(target, inputs, example, loss, output_field, schedule_path, model_path, dtype, stages, device, seed,
+           steps, lr, timeline_path, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
 
     Runs --steps SGD steps twice from the same start, inputs and seed: under
@@ -448,14 +439,15 @@ def verify(target, inputs, example, loss, schedule_path, model_path, dtype, stag
     out, err = _consoles(as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         obj, model, loss = target_and_model(target, spec, model_path=model_path, loss=loss, dtype=dtype,
-                                            stages=stages, seed=seed)
+                                            stages=stages, seed=seed, output=output_field)
     schedule = load_schedule(schedule_path, model)
     with contextlib.redirect_stdout(sys.stderr):
         r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,
                           loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr,
                           timeline=timeline_path is not None)
     if timeline_path is not None:
-        csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [])
+        csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [],
+                                       measured_seconds=r.op_seconds or [])
         _write_data(csv_text, timeline_path, False, err)
     if as_json:
         sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")

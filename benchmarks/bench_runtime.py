@@ -20,7 +20,17 @@ predicted one (the schedule's ``overhead``, from the times that
 schedule is compared with ``checkpoint_sequential``'s on the same segments
 (the median of the per-round ratios: the two run back to back).
 
-Run: ``python benchmarks/bench_runtime.py [--rounds N] [--quick] [--no-write]``.
+With ``--overhead [--against REV]`` it measures the executor's own overhead
+instead: on the ordinary models of ``tests/`` (a chain with BatchNorm and
+dropout, a ResNet DAG by ops, nanoGPT and a BERT encoder by ops and by
+modules), a step under the store-all schedule and under ``auto``'s schedule
+at 50% of store-all's peak, as the median over the rounds of its ratio to the
+plain step of the same round (single-threaded, the methods in turn).  With
+``--against REV`` the executor of git revision REV runs the same schedules
+in the same rounds (its ``planner/torch/executor.py`` loaded beside this one).
+
+Run: ``python benchmarks/bench_runtime.py [--rounds N] [--quick] [--no-write]``
+or ``python benchmarks/bench_runtime.py --overhead [--against REV] [--rounds N] [--no-write]``.
 """
 
 import argparse
@@ -34,15 +44,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from torch.utils.checkpoint import checkpoint_sequential  # noqa: E402
+import torch
+from torch.utils.checkpoint import checkpoint_sequential
 
-from benchmarks._docs import write_section  # noqa: E402
-from planner import solvers  # noqa: E402
-from planner.errors import InfeasibleError  # noqa: E402
-from planner.torch.profile import profile_model  # noqa: E402
-from planner.model import model_from_dict  # noqa: E402
-from planner.torch.executor import ScheduledModule  # noqa: E402
+from benchmarks import _docs
+from benchmarks._docs import markdown_table, publish, write_section
+from planner import solvers
+from planner.errors import InfeasibleError
+from planner.model import model_from_dict
+from planner.torch.executor import ScheduledModule
+from planner.torch.profile import profile_model
 
 STRATEGIES = ("sequential", "dp", "revolve", "reforward")
 
@@ -60,6 +71,7 @@ def _models():
 
 
 def _step(call, x):
+    """A forward and a backward with a gradient of ones."""
     out = call(x)
     out.backward(torch.ones_like(out))
 
@@ -166,12 +178,120 @@ def table(rows):
     return "\n".join(lines)
 
 
+def _overhead_models():
+    from planner.torch.inputs import parse_input
+    from tests.models_torch import resnet, small_bert, small_gpt
+    from tests.models_train import bn_dropout_chain, resnet_dag
+
+    tokens = [parse_input("4x64:int64:5000")]
+    bert = [parse_input("4x64:int64:5000"), parse_input("4x64:int64:2")]
+    return [
+        ("bn-dropout chain", bn_dropout_chain, (32, 3, 8, 8), "auto"),
+        ("resnet DAG (ops)", resnet_dag, (16, 3, 32, 32), "ops"),
+        ("ResNet-18 small (ops)", resnet, (8, 3, 64, 64), "ops"),
+        ("nanoGPT (ops)", small_gpt, tokens, "ops"),
+        ("nanoGPT (modules)", small_gpt, tokens, "modules"),
+        ("BERT encoder (ops)", small_bert, bert, "ops"),
+    ]
+
+
+def _old_executor(rev):
+    """The ``ScheduledModule`` of git revision ``rev`` (its executor.py loaded as a module of its own)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:planner/torch/executor.py"], check=True,
+                          capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="edgeplan-bench-"), "executor_old.py")
+    with open(path, "w") as f:
+        f.write(text)
+    spec = importlib.util.spec_from_file_location("planner.torch._executor_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ScheduledModule
+
+
+def _caller(module, inputs):
+    return lambda: _step(lambda t: module(*t), inputs)
+
+
+def _rounds(methods, rounds):
+    """Each method's step seconds in every round, the methods timed in turn (after one warm-up each)."""
+    for fn in methods.values():
+        fn()
+    times = {k: [] for k in methods}
+    for _ in range(rounds):
+        for k, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def overhead(rounds, against=None, quick=False):
+    """Rows of the executor's own overhead: (model, layers, schedule, predicted, measured[, before])."""
+    from planner.torch.inputs import make_example
+
+    torch.set_num_threads(1)
+    old = _old_executor(against) if against else None
+    rows = []
+    for label, factory, spec, mode in _overhead_models()[: 2 if quick else None]:
+        model = model_from_dict(profile_model(factory(), spec, repeats=3, name=label, stages=mode))
+        inputs, _ = make_example(spec)
+        full = solvers.solve(model, None, "store-all")
+        schedules = {"store-all": full}
+        try:
+            schedules["50%"] = solvers.solve(model, int(full.result.peak_bytes * 0.5), "auto")
+        except InfeasibleError:
+            pass
+        methods = {"plain": _caller(factory(), inputs)}
+        for name, solution in schedules.items():
+            for which, cls in (("after", ScheduledModule), ("before", old)):
+                if cls is not None:
+                    methods[name, which] = _caller(cls(factory(), model, solution.schedule, stages=mode), inputs)
+        times = _rounds(methods, rounds)
+        for name, solution in schedules.items():
+            ratio = {which: statistics.median(a / b for a, b in zip(times[name, which], times["plain"]))
+                     for which in ("after", "before") if (name, which) in times}
+            rows.append((label, len(model.layers), f"{name} ({solution.strategy})",
+                         1 + solution.result.overhead, ratio.get("before"), ratio["after"]))
+    return rows
+
+
+def overhead_table(rows):
+    body = [
+        (label, n, name, f"{predicted:.3f}x", "" if before is None else f"{before:.3f}x", f"{after:.3f}x",
+         f"{(after - predicted) * 100:+.1f}")
+        for label, n, name, predicted, before, after in rows
+    ]
+    return markdown_table(["model", "layers", "schedule", "predicted", "measured before", "measured",
+                           "measured - predicted (points)"], body)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per case (default 15)")
     parser.add_argument("--quick", action="store_true", help="one model, one budget (a smoke run)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--overhead", action="store_true",
+                        help="the executor's own overhead on the models of tests/ (store-all and 50%%)")
+    parser.add_argument("--against", metavar="REV", help="with --overhead: also time the executor of git revision REV")
     args = parser.parse_args(argv)
+    if args.overhead:
+        rows = overhead(args.rounds, args.against, args.quick)
+        text = (
+            f"`python benchmarks/bench_runtime.py --overhead{' --against ' + args.against if args.against else ''}` "
+            f"({_docs.stamp()}, torch {torch.__version__}, {platform.machine()} CPU, one thread, a shared 2-core box). "
+            "A step is a forward and a backward (no loss, no optimizer). Each figure is the median over "
+            f"{args.rounds} rounds of the step's time over the plain step's of the same round, the methods "
+            "timed in turn in each round; predicted is 1 + the schedule's overhead (the stage times that "
+            "`edgeplan profile` measured). 50% is `auto`'s schedule at half of store-all's peak."
+            + (f" Before: the executor of {args.against}, on the same schedules in the same rounds." if args.against else "")
+            + "\n\n" + overhead_table(rows)
+        )
+        publish("## Training executor: its own overhead (CPU)", text, write=not args.no_write and not args.quick)
+        return 0
     rows = run(args.rounds, args.quick)
     text = table(rows)
     print(text)

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from planner.errors import OptionError
+
 __all__ = ["OPTIMIZER_FACTORS", "MemorySplit", "split_memory"]
 
 # Bytes of fixed memory per parameter byte: weights and gradients for SGD,
@@ -39,8 +41,13 @@ def split_memory(model, memory_bytes, optimizer="sgd"):
     Returns
     -------
     MemorySplit
+
+    Raises
+    ------
+    OptionError
+        An optimizer other than sgd or adam.
     """
     if optimizer not in OPTIMIZER_FACTORS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
+        raise OptionError(f"unknown optimizer {optimizer!r}; choose {' or '.join(OPTIMIZER_FACTORS)}")
     fixed = model.params_bytes * OPTIMIZER_FACTORS[optimizer]
     return MemorySplit(memory_bytes=memory_bytes, fixed_bytes=fixed, optimizer=optimizer)

@@ -13,7 +13,7 @@ from planner.sizes import SizeError, parse_size
 __all__ = [
     "SIZE", "SizeType", "InputType", "NamedShapeType", "optimizer_option", "json_option", "device_option",
     "memory_option", "strategies_option", "tuning_options", "example_options", "example_spec", "quiet_torch",
-    "target_argument", "dtype_option", "stages_option", "run_device_option", "strategy_option",
+    "target_argument", "dtype_option", "stages_option", "run_device_option", "renamed_option", "sizes_option", "strategy_option",
     "verify_files_options", "training_options", "measure_options", "import_options",
 ]
 
@@ -88,26 +88,18 @@ strategies_option = click.option(
 
 
 def tuning_options(fn):
-    """--segments, --snapshots, --time-limit (declared once): passed to the strategies as ``options``."""
-    def options(ctx, param, value):
-        known = ctx.params.setdefault("options", {"segments": None, "snapshots": None, "time_limit": None})
-        known[param.name] = value
+    """One flag per strategy option of the registry (``solvers.OPTIONS``), collected into ``options``."""
+    def collect(ctx, param, value):
+        ctx.params.setdefault("options", dict.fromkeys(solvers.OPTIONS))[param.name] = value
 
-    fn = click.option(
-        "--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-        callback=options, expose_value=False,
-        help="milp: give up proving optimality after this many seconds and keep the best schedule found "
-        "(default 60 with --strategy milp; auto, compare and sweep run milp on DAGs only, briefly: 0.5 s, "
-        "in sweep 0.25 s per size, unless this is given).",
-    )(fn)
-    fn = click.option(
-        "--snapshots", "snapshots", type=click.IntRange(min=0), callback=options, expose_value=False,
-        help="revolve: layer outputs held as checkpoints at once (the model input is free).",
-    )(fn)
-    return click.option(
-        "--segments", "segments", type=click.IntRange(min=1), callback=options, expose_value=False,
-        help="sequential: number of segments.",
-    )(fn)
+    for option in reversed(list(solvers.OPTIONS.values())):
+        if option.kind is int:
+            kind = click.IntRange(min=option.low, min_open=option.low_open)
+        else:
+            kind = click.FloatRange(min=option.low, min_open=option.low_open)
+        fn = click.option(option.flag, option.name, type=kind, metavar=option.metavar, callback=collect,
+                          expose_value=False, help=option.help)(fn)
+    return fn
 
 
 class InputType(click.ParamType):
@@ -127,16 +119,23 @@ class InputType(click.ParamType):
 
 
 def example_options(fn):
-    """--input (repeatable), --example and --loss: what profile and verify run the model on."""
+    """--input (repeatable), --example, --loss and --output-field: what profile and verify run the model on."""
     fn = click.option(
-        "--loss", metavar="cross_entropy|mse|sum|FILE.py:FUNC",
-        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
-        "(over the last dimension), mse, sum (no target), or FUNC(output, target). verify: "
+        "--output-field", "output_field", metavar="NAME|INDEX",
+        help="The field (or index) of the model's result the loss reads, when it returns a dict, "
+        "tuple, dataclass or ModelOutput. Default: its logits, else its one tensor. verify: "
         "default, the model file's.",
     )(fn)
     fn = click.option(
+        "--loss", metavar="cross_entropy|mse|sum|output|FILE.py:FUNC",
+        help="Put the loss in the model as its last layer, measured on the target: cross_entropy "
+        "(over the last dimension), mse, sum (no target), FUNC(output, target), or output: the "
+        "model's own loss field (labels in the example's kwargs). verify: default, the model file's.",
+    )(fn)
+    fn = click.option(
         "--example", metavar="FILE.py:FUNC",
-        help="FUNC() returns (inputs, target): a tensor or a tuple of tensors, and a tensor or None.",
+        help="FUNC() returns (inputs, target), (kwargs, target) or kwargs: a tensor, a tuple of "
+        "tensors or a dict of keyword arguments, and a tensor or None.",
     )(fn)
     return click.option(
         "--input", "inputs", type=InputType(), multiple=True,
@@ -175,9 +174,38 @@ stages_option = click.option(
     "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
     "otherwise (docs/costs.md).",
 )
-run_device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-    help="Where to run.",
+def renamed_option(new, old, dest, *, default, help, **kwargs):
+    """Option ``new``, with ``old`` kept one release as a deprecated spelling (a line on stderr).
+
+    Both fill ``dest``; ``new`` wins when both are given.
+    """
+    def from_new(ctx, param, value):
+        return ctx.params.get(dest, default) if value is None else value
+
+    def from_old(ctx, param, value):
+        if value is None:
+            return
+        click.echo(f"warning: {old} is deprecated in 'edgeplan {ctx.info_name}': use {new} (the old "
+                   "spelling goes in the next release)", err=True)
+        if ctx.params.get(dest) is None or ctx.params.get(dest) == default:
+            ctx.params[dest] = value
+
+    def decorate(fn):
+        fn = click.option(old, f"{dest}_deprecated", callback=from_old, expose_value=False, hidden=True,
+                          help=f"Deprecated: use {new}.", **kwargs)(fn)
+        return click.option(new, dest, callback=from_new, help=f"{help}  [default: {default}]", **kwargs)(fn)
+
+    return decorate
+
+
+run_device_option = renamed_option(
+    "--on", "--device", "device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+    help="Where to run the model (--device, its old name, is deprecated: --device names a device preset "
+    "in solve, compare and sweep).",
+)
+sizes_option = renamed_option(
+    "--sizes", "--steps", "sizes", type=click.IntRange(min=2, max=1000), default=12,
+    help="Number of memory sizes (--steps, its old name, is deprecated: --steps counts training steps in verify).",
 )
 
 

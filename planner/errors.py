@@ -3,6 +3,7 @@
 ::
 
     EdgeplanError                 every error edgeplan raises on purpose
+    +-- SizeError                 a SIZE string that is not one      (CLI exit 2)
     +-- ModelError                bad model file or object          (CLI exit 2)
     +-- ScheduleFormatError       malformed schedule file           (CLI exit 2)
     +-- OptionError               a strategy option unknown or out of range (exit 2)
@@ -17,12 +18,15 @@
     +-- InternalError             a bug in edgeplan                 (CLI exit 3)
         +-- SolverBug             a solver's schedule failed the simulator
 
+Each class says its CLI exit code in ``exit_code`` (2 unless a class says
+otherwise), so that the command line maps an error to its code in one place.
 Catching ``EdgeplanError`` catches all of them; an exception outside the tree
 (``KeyError``, ...) is a bug as well and also exits 3.
 """
 
 __all__ = [
     "EdgeplanError",
+    "SizeError",
     "ModelError",
     "ScheduleFormatError",
     "ScheduleError",
@@ -39,8 +43,29 @@ __all__ = [
 ]
 
 
+# The exit codes of the command line (0 is success): a negative answer, bad
+# usage or input, a bug in edgeplan.  Not in __all__: every name there is a class of the tree.
+EXIT_NO, EXIT_BAD, EXIT_INTERNAL = 1, 2, 3
+
+
 class EdgeplanError(Exception):
-    """Base class of every error edgeplan raises on purpose."""
+    """Base class of every error edgeplan raises on purpose.
+
+    Attributes
+    ----------
+    exit_code : int
+        The command line's exit code for it: :data:`EXIT_BAD` (bad usage or
+        input) unless a subclass says otherwise.
+    """
+
+    exit_code = EXIT_BAD
+
+
+class SizeError(EdgeplanError, ValueError):
+    """A SIZE string that is not of the documented form (``--memory 12XB``).
+
+    It is a ``ValueError`` too, for callers that catch those.
+    """
 
 
 class ModelError(EdgeplanError):
@@ -66,6 +91,8 @@ class ScheduleError(EdgeplanError):
         The layer the offending op names.
     """
 
+    exit_code = EXIT_NO
+
     def __init__(self, message, *, index=None, layer=None):
         super().__init__(message)
         self.index = index
@@ -81,6 +108,8 @@ class InfeasibleError(EdgeplanError):
         The least activation budget with which the strategy finds a schedule,
         when it is known.
     """
+
+    exit_code = EXIT_NO
 
     def __init__(self, message, *, least_bytes=None):
         super().__init__(message)
@@ -101,6 +130,8 @@ class TooLargeError(EdgeplanError):
 
 class InternalError(EdgeplanError):
     """A bug in edgeplan, not in the user's input (the CLI exits 3)."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class SolverBug(InternalError):

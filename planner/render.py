@@ -15,7 +15,7 @@ from planner.sizes import format_size
 
 __all__ = [
     "clean", "bytes_text", "rate", "seconds", "storage_text", "paging_text", "wide", "header",
-    "model_line", "device_line", "solution_line", "progress", "compare_table", "compare_report",
+    "model_line", "device_line", "solution_line", "plan_report", "progress", "compare_table", "compare_report",
     "sweep_report", "devices_report", "simulate_report", "problems", "verify_report", "verify_problems", "profile_line",
     "import_line",
 ]
@@ -98,6 +98,18 @@ def device_line(console, device, memory):
         + (" (overridden by --memory)" if memory != device.memory_bytes else "")
         + (f", storage {storage_text(storage)}" if storage is not None else ", no storage")
     )
+
+
+def plan_report(err, result):
+    """What ``edgeplan solve`` says on stderr about a :class:`~planner.api.PlanResult`."""
+    if result.device is not None:
+        device_line(err, result.device, result.split.memory_bytes)
+    if result.split.activation_bytes >= 0:
+        header(err, result.model, result.split)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if result.success:
+        solution_line(err, result.solution, result.model)
 
 
 def solution_line(console, solution, model):
@@ -294,7 +306,11 @@ def verify_report(out, r, schedule_path, strategy):
     if r.budget_bytes is not None:
         out.print(f"budget_bytes: {bytes_text(r.budget_bytes)} (fits within 2%: {str(r.fits_budget).lower()})")
     out.print(f"plain autograd (store-all) measured: {bytes_text(r.reference_peak_bytes)}")
-    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain")
+    overhead = "" if r.measured_overhead is None else f", overhead {r.measured_overhead:+.1%}"
+    if r.predicted_overhead is not None:
+        overhead += f" (predicted {r.predicted_overhead:+.1%})"
+    out.print(f"step time: {r.step_seconds * 1000:.2f} ms scheduled, {r.reference_step_seconds * 1000:.2f} ms plain"
+              f"{overhead}")
     if r.pageouts or r.pageins:
         predicted = "" if r.predicted_transfer_seconds is None else f", predicted {r.predicted_transfer_seconds * 1000:.2f} ms"
         out.print(f"transfer: {r.transfer_seconds * 1000:.2f} ms measured{predicted} "

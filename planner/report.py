@@ -254,25 +254,30 @@ def mismatch_fields(exc):
     return {"valid": False, "fingerprint_matches": False, "problems": [str(exc)]}
 
 
-def timeline_csv(model, ops, timeline, *, measured=None):
+def timeline_csv(model, ops, timeline, *, measured=None, measured_seconds=None):
     """The memory at each op as CSV text: ``index,op,layer,bytes``, one row per op replayed.
 
     ``bytes`` is what the simulator holds during the op, its workspace
     included (SPEC section 3), so the largest row is the peak.  An invalid
     schedule's rows stop at the op that broke a rule.  With ``measured`` (the
     peak a real run measured during each op, ``VerifyResult.op_peaks``), a
-    column ``measured_bytes`` follows; it is empty where nothing was measured.
-    A measured window starts at the level the op before it left, so a
-    ``free`` row measures what was held just before the free.
+    column ``measured_bytes`` follows; with ``measured_seconds``
+    (``VerifyResult.op_seconds``) a column ``measured_ms``, the op's wall
+    time.  They are empty where nothing was measured.  A measured window
+    starts at the level the op before it left, so a ``free`` row measures
+    what was held just before the free.
     """
+    extra = [(name, values) for name, values in (("measured_bytes", measured), ("measured_ms", measured_seconds))
+             if values is not None]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "op", "layer", "bytes"] + (["measured_bytes"] if measured is not None else []))
+    writer.writerow(["index", "op", "layer", "bytes"] + [name for name, _ in extra])
     names = [layer.name for layer in model.layers]
     for index, (op, held) in enumerate(zip(ops, timeline)):
         row = [index, op.kind.value, names[op.layer], held]
-        if measured is not None:
-            row.append(measured[index] if index < len(measured) else "")
+        for name, values in extra:
+            value = values[index] if index < len(values) else ""
+            row.append(f"{value * 1000:.4f}" if name == "measured_ms" and value != "" else value)
         writer.writerow(row)
     return text.getvalue()
 

@@ -8,6 +8,8 @@ and decimals allowed (``1.5GiB``).  Anything else is rejected (SPEC section 4).
 import re
 from decimal import Decimal, InvalidOperation
 
+from planner.errors import SizeError
+
 __all__ = ["parse_size", "format_size", "SizeError", "MAX_BYTES", "int64_safe"]
 
 _UNITS = {
@@ -36,10 +38,6 @@ def int64_safe(total, *, headroom=1):
     solvers form, with room to spare; above it they compute with Python ints.
     """
     return total * headroom < MAX_BYTES
-
-
-class SizeError(ValueError):
-    """A SIZE string that is not of the documented form."""
 
 
 def parse_size(text):

@@ -205,3 +205,47 @@ def test_every_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path):
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "cannot write" in errors[0], (args, r.stderr)
     assert not (tmp_path / "no").exists()
+
+
+# ------------------------------------------------------------ one meaning per flag (issue 18)
+
+
+def test_sweep_sizes_and_its_old_spelling_steps_with_a_deprecation_line():
+    new = run("sweep", RESNET18, "--sizes", "3", "--strategies", "dp", "--json")
+    old = run("sweep", RESNET18, "--steps", "3", "--strategies", "dp", "--json")
+    assert new.exit_code == old.exit_code == 0
+    assert json.loads(new.stdout) == json.loads(old.stdout) and len(json.loads(new.stdout)) == 3
+    assert "deprecated" not in new.stderr
+    (line,) = [line for line in old.stderr.splitlines() if "deprecated" in line]
+    assert line == ("warning: --steps is deprecated in 'edgeplan sweep': use --sizes (the old spelling goes in "
+                    "the next release)")
+
+
+def test_verify_and_profile_run_on_cpu_or_cuda_with_on_and_device_is_deprecated(tmp_path):
+    pytest.importorskip("torch")
+    from tests.conftest import ROOT
+
+    target = f"{ROOT / 'examples' / 'tiny_cnn.py'}:tiny_cnn"
+    for flag in ("--on", "--device"):
+        r = run("profile", target, "--input", "2,3,32,32", "--estimate", flag, "cpu", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["format"] == "edgeplan-model/1"
+        assert ("warning: --device is deprecated in 'edgeplan profile': use --on" in r.stderr) == (flag == "--device")
+    r = run("profile", target, "--input", "2,3,32,32", "--on", "tpu")
+    assert r.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda'" in r.stderr
+
+
+def test_every_flag_means_one_thing_across_commands():
+    """--device is a device preset or file wherever it is shown; --steps counts training steps."""
+    from cli import main
+
+    meanings = {}
+    for name, command in main.commands.items():
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            for flag in param.opts:
+                meanings.setdefault(flag, set()).add(param.name)
+    assert meanings["--device"] == {"device_name"}
+    assert meanings["--steps"] == {"steps"}  # verify's training steps; sweep's is --sizes
+    assert meanings["--on"] == {"device"}

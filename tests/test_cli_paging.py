@@ -97,7 +97,7 @@ def test_compare_with_a_device_includes_the_paging_strategies(chain_file, fast_d
 
 
 def test_sweep_with_a_device(chain_file, fast_device):
-    r = run("sweep", chain_file, "--device", fast_device, "--strategies", "dp,dp-paging", "--steps", "3",
+    r = run("sweep", chain_file, "--device", fast_device, "--strategies", "dp,dp-paging", "--sizes", "3",
             "--json")
     assert r.exit_code == 0, r.output
     points = json.loads(r.stdout)
@@ -105,7 +105,7 @@ def test_sweep_with_a_device(chain_file, fast_device):
     assert all(p["transfer"] == 0.0 for p in points if p["strategy"] == "dp" and p["feasible"])
     assert any(p["transfer"] > 0 for p in points if p["strategy"] == "dp-paging" and p["feasible"])
     assert max(p["memory_bytes"] for p in points) <= 5000  # --to defaults to the device memory
-    plain = run("sweep", chain_file, "--strategies", "dp", "--steps", "3", "--json")
+    plain = run("sweep", chain_file, "--strategies", "dp", "--sizes", "3", "--json")
     assert all("transfer" not in p for p in json.loads(plain.stdout))
 
 

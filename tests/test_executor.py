@@ -7,10 +7,15 @@ import torch
 
 import planner.torch.verify as runtime
 from planner import solvers
-from planner.errors import InfeasibleError, ModelError, NotApplicableError, ScheduleError
-from planner.torch.profile import profile_model
+from planner.errors import (
+    InfeasibleError,
+    ModelError,
+    NotApplicableError,
+    ScheduleError,
+)
 from planner.model import model_from_dict
 from planner.torch.executor import ScheduledModule
+from planner.torch.profile import profile_model
 from tests.conftest import CHAIN_SHAPE, DAG_SHAPE
 from tests.models_train import bn_dropout_chain, resnet_dag
 
@@ -158,6 +163,7 @@ def test_a_foreign_schedule_or_input_is_refused_with_one_line(chain, dag):
 def test_a_loss_sink_returns_the_loss(chain):
     doc = copy.deepcopy(chain.document)
     doc["loss"] = "cross_entropy"
+    doc["input_bytes"] += CHAIN_SHAPE[0] * 8  # the target, as profile --loss counts it
     doc["layers"].append({
         "name": "loss", "inputs": [doc["layers"][-1]["name"]], "forward": 0.01, "backward": 0.01,
         "output_bytes": 4, "saved_bytes": doc["layers"][-1]["output_bytes"], "needs_inputs": False,
@@ -211,3 +217,151 @@ def test_the_dag_gap_later_consumers_gradients_are_predicted():
     # at most the gradient that add's backward hands to both its inputs as one tensor.
     assert solution.result.peak_bytes >= result.measured_peak_bytes
     assert solution.result.peak_bytes - result.measured_peak_bytes <= model.layers[model.index["a"]].output_bytes * 1.01
+
+
+# ---------------------------------------------------------------- issue 18's executor bugs
+
+
+def _loss_model(net, shape, loss, tmp_path):
+    """``net`` profiled with ``--loss``, and its store-all-at-80% schedule, both as files."""
+    model = model_from_dict(profile_model(net, shape, repeats=1, loss=loss, name="net"))
+    model_path = tmp_path / "net.json"
+    model_path.write_text(__import__("json").dumps(model.document))
+    schedule_path = tmp_path / "schedule.json"
+    _schedule(model, 0.8, "dp").write(schedule_path, model)
+    return model, model_path, schedule_path
+
+
+def _loss_step(wrapped, plain, x, y, loss_fn):
+    torch.manual_seed(5)
+    loss = wrapped(x, target=y)
+    loss.backward()
+    torch.manual_seed(5)
+    expected = loss_fn(plain(x), y)
+    expected.backward()
+    return loss, expected
+
+
+def test_a_model_profiled_with_a_loss_takes_its_target_and_paths(tmp_path):
+    """Issue 18 bug 2: input_bytes holds the target; model and schedule may be Paths."""
+    _, model_path, schedule_path = _loss_model(bn_dropout_chain(), CHAIN_SHAPE, "cross_entropy", tmp_path)
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    net[3].eval()  # the user's own choice for one submodule: the step keeps it
+    plain[3].eval()
+    wrapped = ScheduledModule(net, model_path, schedule_path)
+    x, y = _batches(CHAIN_SHAPE, 1)[0]
+    loss, expected = _loss_step(wrapped, plain, x, y, torch.nn.functional.cross_entropy)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    for p, q in zip(net.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert net.training and not net[3].training  # no .train() behind the user's back
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in net.parameters())
+    with pytest.raises(ModelError, match="profiled for"):
+        wrapped(torch.randn(8, 3, 8, 8), target=torch.randint(0, 10, (8,)))
+
+
+def test_a_loss_from_a_file_is_the_one_profile_used(tmp_path):
+    """Issue 18 bug 5: ``--loss FILE.py:FUNC`` goes through the one loss table."""
+    (tmp_path / "myloss.py").write_text(
+        "def spread(out, target):\n    return out.logsumexp(-1).mean()\n"
+    )
+    kind = f"{tmp_path / 'myloss.py'}:spread"
+    model, _, schedule_path = _loss_model(bn_dropout_chain(), CHAIN_SHAPE, kind, tmp_path)
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, model, schedule_path)
+    x, _ = _batches(CHAIN_SHAPE, 1)[0]
+    loss, expected = _loss_step(wrapped, plain, x, None, lambda out, _: out.logsumexp(-1).mean())
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    for p, q in zip(net.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+
+
+def _wide_head():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16),
+                               torch.nn.Tanh(), torch.nn.Linear(16, 1000))
+
+
+def _step_peak(loss, net, x):
+    """The allocator's peak during ``loss(x).backward()``, parameter gradients allocated before."""
+    from planner.torch.measure import allocation_trace
+
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    return allocation_trace(lambda: loss(x).backward(), x.device)[1]
+
+
+def test_the_sinks_output_is_the_callers_once_returned():
+    """Issue 18 bug 4 / issue 19: a loss outside the model frees the logits, as under plain autograd.
+
+    Profiled with the loss as its sink, the same head measures within 2% of the prediction.
+    """
+    shape = (256, 32)
+    x, y = torch.randn(shape), torch.randint(0, 1000, (256,))
+    model = model_from_dict(profile_model(_wide_head(), shape, repeats=1, name="head"))
+    net = _wide_head()
+    wrapped = ScheduledModule(net, model, solvers.solve(model, None, "store-all").schedule)
+    plain = _step_peak(lambda t: torch.nn.functional.cross_entropy(net(t), y), net, x)
+    scheduled = _step_peak(lambda t: torch.nn.functional.cross_entropy(wrapped(t), y), net, x)
+    assert scheduled <= plain * 1.01, (scheduled, plain)  # it was plain + the logits (1 MB)
+
+    model = model_from_dict(profile_model(_wide_head(), shape, repeats=1, name="head",
+                                          loss="cross_entropy"))
+    solution = solvers.solve(model, None, "store-all")
+    wrapped = ScheduledModule(net, model, solution.schedule)
+    measured = _step_peak(lambda t: wrapped(t, target=y), net, x) + x.numel() * 4 + y.numel() * 8
+    assert abs(measured / solution.result.peak_bytes - 1) <= MEMORY_TOLERANCE, (measured, solution.result.peak_bytes)
+
+
+def test_only_stages_that_draw_random_numbers_keep_an_rng_snapshot(chain):
+    """Issue 19: a recomputed convolution or BatchNorm holds no RNG state; a recomputed dropout does."""
+    schedule = _schedule(chain, 0.7, "revolve")
+    net, plain = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, schedule)
+    batches = _batches(CHAIN_SHAPE, 2)
+    expected, _ = _train(plain, plain, batches)
+    got, _ = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    step = wrapped.last_step
+    recomputed = {wrapped.stages[i].name for i in step.plan.recomputed}
+    dropouts = {s.name for s in wrapped.stages if isinstance(s.fn, torch.nn.Dropout)}
+    assert recomputed - dropouts and recomputed & dropouts, recomputed
+    assert {wrapped.stages[i].name for i in step.first_rng} == recomputed & dropouts
+
+
+def test_compiled_stages_train_as_plain_training(chain):
+    """Issue 19: ScheduledModule(..., compile=...) compiles each stage; the schedule still decides what is kept.
+
+    ``aot_eager`` (torch.compile's capture and autograd split, eager kernels) keeps the test quick;
+    inductor runs the same path with generated kernels.
+    """
+    schedule = _schedule(chain, 0.7, "revolve")
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
+    batches = _batches(CHAIN_SHAPE, 3)
+    expected, plain_rng = _train(plain, plain, batches)
+    got, rng = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert torch.equal(rng, plain_rng)
+    assert _max_param_diff(net, plain) <= 1e-5
+    assert all(type(s.fn).__name__ == "OptimizedModule" for s in wrapped.stages)
+    with pytest.raises(ModelError, match="compile must be"):
+        ScheduledModule(net, chain, schedule, compile=3)
+
+
+def test_a_store_all_chain_is_one_backward_call(chain, monkeypatch):
+    """Issue 19: consecutive saved stages are one autograd segment, as plain autograd runs them."""
+    import planner.torch.executor as executor
+
+    calls = []
+    real = torch.autograd.backward
+    monkeypatch.setattr(executor.torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = ScheduledModule(net, chain, solvers.solve(chain, None, "store-all").schedule)
+    batches = _batches(CHAIN_SHAPE, 2)
+    expected, _ = _train(plain, plain, batches)
+    calls.clear()
+    got, _ = _train(net, wrapped, batches)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert len(calls) == 4  # per step: the loss's backward() and the one over the segment (it was one per layer)
+    assert wrapped.last_step.plan.members  # the segment's members run in its top's call

@@ -86,7 +86,7 @@ def test_named_strategy_without_its_module_exits_2(tmp_path):
     [
         ("solve", "DAG", "--memory", "1GB", "--json"),
         ("compare", "DAG", "--memory", "1GB", "--json"),
-        ("sweep", "DAG", "--steps", "2", "--json"),
+        ("sweep", "DAG", "--sizes", "2", "--json"),
     ],
     ids=lambda a: a[0],
 )
@@ -109,7 +109,7 @@ def test_default_set_skips_a_strategy_without_its_module_with_a_note(args, tmp_p
 @pytest.mark.parametrize(
     "args, hidden, extra",
     [
-        (("sweep", RESNET18, "--steps", "2", "--plot", "{tmp}/curve.png"), "matplotlib", "edgeplan[plot]"),
+        (("sweep", RESNET18, "--sizes", "2", "--plot", "{tmp}/curve.png"), "matplotlib", "edgeplan[plot]"),
         (("profile", TINY, "--input", "2,3,32,32", "-o", "{tmp}/model.json"), "torch", "edgeplan[torch]"),
         (("verify", TINY, "--input", "2,3,32,32", "--schedule", "{tmp}/s.json"), "torch", "edgeplan[torch]"),
         (("import", "{tmp}/model.onnx", "-o", "{tmp}/model.json"), "onnx", "edgeplan[onnx]"),
@@ -145,7 +145,7 @@ SEGMENTS_50 = "--segments must be an integer from 1 to 10 (the number of layers)
         ("solve", RESNET18, "--memory", "256MB", "--strategy", "sequential"),
         ("compare", RESNET18, "--memory", "256MB"),
         ("compare", RESNET18, "--memory", "256MB", "--strategies", "dp,sequential"),
-        ("sweep", RESNET18, "--steps", "2"),
+        ("sweep", RESNET18, "--sizes", "2"),
     ],
     ids=["solve-auto", "solve-sequential", "compare", "compare-strategies", "sweep"],
 )
@@ -166,7 +166,7 @@ def test_out_of_range_segments_is_exit_2_with_one_message_everywhere(args, as_js
     [
         ("solve", RESNET18, "--memory", "256MB"),
         ("compare", RESNET18, "--memory", "256MB"),
-        ("sweep", RESNET18, "--steps", "2"),
+        ("sweep", RESNET18, "--sizes", "2"),
     ],
     ids=["solve", "compare", "sweep"],
 )

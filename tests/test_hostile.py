@@ -567,7 +567,7 @@ def test_bad_schedule_in_a_real_process(tmp_path, model_and_schedule):
 def test_internal_error_in_a_real_process(tmp_path):
     path = tmp_path / "model.json"
     path.write_bytes(text(base_doc()))
-    prelude = "import cli; cli.load_model = lambda p: {}['boom']; "
+    prelude = "import cli; cli.plan = lambda *a, **k: {}['boom']; "
     proc = run_edgeplan("solve", str(path), "--memory", "1GB", prelude=prelude)
     stderr = proc.stderr.decode()
     assert proc.returncode == 3, stderr

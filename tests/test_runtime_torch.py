@@ -1,8 +1,10 @@
 """Tests for planner.torch.verify and ``edgeplan verify`` (CPU, tiny models)."""
 
+import copy
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import planner.torch.verify as runtime
@@ -269,3 +271,57 @@ def test_cli_verify_timeline_puts_the_measured_memory_beside_the_prediction(tmp_
         bound = max(predicted[max(k - 1, 0):k + 1])
         assert m - bound <= runtime.MEMORY_TOLERANCE * max(predicted), (k, rows[k])
     assert max(measured) >= 0.9 * max(predicted)
+    seconds = [float(row["measured_ms"]) for row in rows]  # issue 18: measured time beside memory
+    assert all(t >= 0 for t in seconds) and sum(seconds) > 0
+    assert doc["predicted_overhead"] > 0 and doc["measured_overhead"] is not None  # sequential recomputes
+
+
+class RandomDepth(torch.nn.Module):
+    """Stochastic depth: the residual branch is kept or dropped by ``torch.rand`` in forward (bug 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        keep = (torch.rand(x.shape[0], 1) < 0.5).to(h.dtype)
+        h = h + keep * torch.relu(self.b(h))
+        return self.head(h)
+
+
+def _plain_and_scheduled_differ(ops, model, x, steps, lr):
+    """The truth verify must report: do ``steps`` SGD steps under the schedule equal the user's module's?"""
+    from planner.schedule import Schedule
+    from planner.torch.executor import ScheduledModule
+
+    torch.manual_seed(0)
+    plain = RandomDepth()
+    net = copy.deepcopy(plain)
+    wrapped = ScheduledModule(net, model, Schedule(model.name, model.fingerprint, "hand", tuple(ops)),
+                              stages="ops", example=(x,))
+    for module, call in ((plain, plain), (net, wrapped)):
+        torch.manual_seed(0)  # verify's seed
+        for _ in range(steps):
+            call(x).sum().backward()
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.add_(p.grad, alpha=-lr)
+                    p.grad = None
+    return max((p - q).abs().max().item() for p, q in zip(net.parameters(), plain.parameters())) > 1e-5
+
+
+def test_verify_compares_with_the_users_own_module_not_the_traced_stages():
+    """Bug 6: verify's reference ran the same traced stages, so a random draw the tracer froze
+    into a constant passed.  The reference is the user's own module now: verify's verdict is
+    whether training under the schedule really equals plain training of that module."""
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    model = model_from_dict(profile_model(RandomDepth(), lambda: (x, None), stages="ops", repeats=1, loss="sum"))
+    ops = solvers.solve(model, None, "store-all").ops
+    torch.manual_seed(0)
+    result = runtime.verify(RandomDepth(), lambda: (x, None), ops, stages="ops", model=model, steps=3, lr=0.1)
+    truth = not _plain_and_scheduled_differ(ops, model, x, steps=3, lr=0.1)
+    assert result.grads_match == truth, result

@@ -120,7 +120,7 @@ def test_text_chart_draws_each_strategy():
 
 def test_sweep_json_and_plot(tmp_path):
     png = tmp_path / "curve.png"
-    r = run("sweep", RESNET18, "--steps", "6", "--strategies", "store-all,sequential,dp", "--json", "--plot", png)
+    r = run("sweep", RESNET18, "--sizes", "6", "--strategies", "store-all,sequential,dp", "--json", "--plot", png)
     assert r.exit_code == 0, r.output
     points = json.loads(r.stdout)
     assert len(points) >= 5
@@ -139,7 +139,7 @@ def test_sweep_json_and_plot(tmp_path):
 
 
 def test_sweep_text_output_and_range_options():
-    r = run("sweep", RESNET18, "--from", "180MB", "--to", "280MB", "--steps", "5", "--strategies", "sequential,store-all")
+    r = run("sweep", RESNET18, "--from", "180MB", "--to", "280MB", "--sizes", "5", "--strategies", "sequential,store-all")
     assert r.exit_code == 0, r.output
     text = r.stdout
     for fragment in ("180.00 MB", "280.00 MB", "overhead (extra compute)", "+ store-all", "o sequential",
@@ -154,6 +154,7 @@ def test_sweep_text_output_and_range_options():
     [
         (["--from", "300MB", "--to", "200MB"], "is above --to"),
         (["--steps", "1"], "--steps"),
+        (["--sizes", "1"], "--sizes"),
         (["--strategies", "bogus"], "unknown strategy"),
         (["--from", "lots"], "is not a size"),
     ],

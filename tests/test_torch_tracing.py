@@ -160,9 +160,9 @@ def test_multi_output_ops_and_modules():
     names = _names(doc)
     # split, chunk and unbind make views of fc's output: no layer of their own.
     assert not any(n.startswith(("split", "chunk", "unbind", "getitem")) for n in names)
-    # The GRU returns (output, h_n): the piece used is a layer that runs the GRU.
-    assert "rnn_0" in names and "rnn_1" not in names
-    assert _layer(doc, "rnn_0")["output_bytes"] == 3 * 1 * 5 * 4
+    # The GRU returns (output, h_n): the piece used is a layer that runs the GRU, named by its module.
+    assert "rnn" in names and not any(n.startswith("gru") for n in names)
+    assert _layer(doc, "rnn")["output_bytes"] == 3 * 1 * 5 * 4
     assert _layer(doc, "mul")["inputs"] == ["fc"]
     assert _layer(doc, "fc")["output_bytes"] == 3 * 12 * 4  # counted once, by its producer
     net = Pieces()
@@ -198,12 +198,12 @@ class TupleNet(nn.Module):
 def test_a_module_returning_a_tuple_in_modules_mode():
     torch.manual_seed(0)
     doc = profile_model(TupleNet(), (2, 4), stages="modules", repeats=1)
-    assert _names(doc) == ["block_0", "block_1", "mul", "head"]
-    assert _layer(doc, "mul")["inputs"] == ["block_0", "block_1"]
-    assert _layer(doc, "block_0")["output_bytes"] == 2 * 4 * 4
-    # Each piece runs the block; its parameters are counted once.
-    assert _layer(doc, "block_0")["params_bytes"] == 2 * (16 + 4) * 4
-    assert _layer(doc, "block_1")["params_bytes"] == 0
+    # A block with two results is not one layer: its ops are, named by their modules.
+    assert _names(doc) == ["block.a", "block.b", "mul", "head"]
+    assert _layer(doc, "mul")["inputs"] == ["block.a", "block.b"]
+    assert _layer(doc, "block.a")["output_bytes"] == 2 * 4 * 4
+    assert _layer(doc, "block.a")["params_bytes"] == (16 + 4) * 4
+    assert _layer(doc, "block.b")["params_bytes"] == (16 + 4) * 4
 
 
 class Positions(nn.Module):
@@ -281,7 +281,7 @@ def test_resnet_blocks_sequential_within_3_percent_of_checkpoint_sequential():
     spec = [parse_input("2x3x32x32")]
     doc = profile_model(factory(), spec, stages="modules", repeats=1, loss="cross_entropy")
     model = model_from_dict(doc)
-    assert model.is_chain and _names(doc)[4:6] == ["layer1_0", "layer1_1"]
+    assert model.is_chain and _names(doc)[4:6] == ["layer1.0", "layer1.1"]
     prep = prepare(factory(), spec, dtype="float32", stages="modules", seed=0, device="cpu", loss="cross_entropy")
     for p in prep.root.parameters():
         p.grad = torch.zeros_like(p)
@@ -437,13 +437,15 @@ UNTRACEABLE = textwrap.dedent('''
     [
         ("Branch", r"cannot trace control flow on a tensor's values .* in the model \(Branch\)"),
         ("Outer", r"cannot trace control flow on a tensor's values .* in module 'inner' \(Branch\)"),
-        ("Item", r"cannot trace a tensor's value used as a Python number \(\.item\(\)\) in the model \(Item\)"),
+        ("Item", r"cannot capture a tensor's value used as a Python number \(\.item\(\), int\(tensor\)\) in the "
+                 r"model \(Item\): it would be frozen at the example's value"),
         ("Number", r"cannot trace a tensor's value used as a Python number \(int\(tensor\)\)"),
-        ("Write", r"cannot trace an in-place write x\[\.\.\.\] = \.\.\. \(assign a new tensor instead\) in the model \(Write\)"),
-        ("AddInPlace", r"cannot trace an in-place write whose result is not used \(add_\(\.\.\.\), node 'add_'\) in the model"),
-        ("Pair", r"cannot trace a model that returns tuple, not one tensor \(Pair\.forward\)"),
+        ("Write", r"cannot capture an in-place write into a view \(x\[\.\.\.\] = \.\.\., fill_\) in the model \(Write\): "
+                  r"assign the result to a new tensor instead"),
+        ("Pair", r"Pair returns a tuple with 2 tensors \(0, 1\) and no 'logits': name the one the loss reads with "
+                 r"--output-field NAME"),
         ("Constant", r"the output of Constant does not depend on its inputs"),
-        ("Check", r"tracing the model \(Check\) on the example failed: TypeError: expected a tensor"),
+        ("Check", r"Check returns its input unchanged: there is nothing to profile"),
     ],
 )
 def test_untraceable_constructs_exit_2_with_one_line(tmp_path, cls, message):
@@ -509,3 +511,40 @@ def test_cli_input_and_example_exclusive():
     assert result.exit_code == 2 and "not both" in result.output
     result = runner.invoke(main, ["profile", f"{MODELS}:skip_net", "--input", "2x3:int64"])
     assert result.exit_code == 2 and "needs HIGH" in result.output
+
+
+def test_an_inplace_op_whose_result_is_returned_runs_out_of_place(tmp_path):
+    path = tmp_path / "inplace.py"
+    path.write_text(UNTRACEABLE)
+    from planner.torch.inputs import load_function
+
+    net = load_function(f"{path}:make", what="test")("AddInPlace")
+    x = torch.randn(2, 4)
+    _, stages = build_stages(net, "ops", example=(x,))
+    assert [s.name for s in stages] == ["fc", "add_"]
+    h = stages[0].fn(x)
+    again = stages[1].fn(h)
+    assert torch.equal(again, stages[1].fn(h)) and torch.equal(again, net(x).detach())
+    assert torch.equal(h, net.fc(x).detach())  # the write went to a new tensor, not fc's output
+
+
+def test_restoring_buffers_writes_only_real_buffers():
+    """Bug 3: a folded constant (a buffer's stride-0 expand) is not a buffer to restore on recompute."""
+    from planner.torch.fx_trace import fx_stages
+
+    class Embed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("token_type_ids", torch.zeros(1, 4), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x) + self.token_type_ids.expand(x.shape[0], 4)
+
+    net, x = Embed(), torch.randn(3, 4)
+    for stages in (fx_stages(net, (x,), blocks=False), build_stages(net, "ops", example=(x,))[1]):
+        buffers = [b for s in stages for b in s.buffers]
+        assert all(any(b is r for r in net.buffers()) for b in buffers)
+        for s in stages:  # what the executor does before a recomputation
+            for b in s.buffers:
+                b.data.copy_(b.detach().clone())

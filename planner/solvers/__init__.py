@@ -33,6 +33,8 @@ from planner.simulate import simulate
 __all__ = [
     "Strategy",
     "STRATEGIES",
+    "Option",
+    "OPTIONS",
     "Solution",
     "Outcome",
     "SolverBug",
@@ -44,6 +46,7 @@ __all__ = [
     "SWEEP_TIME_LIMIT",
     "MILP_AUTO_MAX_LAYERS",
     "check_options",
+    "check_strategy",
     "missing_requirements",
     "check_storage",
 ]
@@ -64,7 +67,8 @@ class Strategy:
     chains_only : bool
         Refuses DAGs.
     options : tuple of str
-        Keyword options it takes besides ``budget`` (``segments``, ...).
+        Keyword options it takes besides ``budget`` (``segments``, ...),
+        each declared once in :data:`OPTIONS`.
     emits_frees : bool
         Its ops already contain every free; the shared lowering is skipped,
         the simulator still checks them.  Such a solver may return a lazy,
@@ -218,6 +222,12 @@ def strategy_names():
     return list(STRATEGIES) + ["auto"]
 
 
+def check_strategy(strategy):
+    """Raise :class:`OptionError` unless ``strategy`` is registered or ``auto``."""
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+
+
 def applicable(model, options=None, *, storage=None, include_missing=False):
     """Names of the strategies that apply to ``model`` and run by default on it.
 
@@ -250,15 +260,72 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_seconds(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+@dataclass(frozen=True)
+class Option:
+    """A strategy option, declared once: its range, its message and its help.
+
+    The registry checks values against it (:func:`check_options`) and the
+    command line makes its flag from it (``--segments``, ...).
+
+    Attributes
+    ----------
+    name : str
+        The keyword (``time_limit``); the flag is ``--time-limit``.
+    kind : type
+        ``int`` (a whole number) or ``float`` (seconds, > 0).
+    low : int or float
+        The least value; with ``low_open`` values must be above it.
+    low_open : bool
+    per_layer : bool
+        At most the number of layers.
+    metavar, help : str
+        For the flag's help text.
+    """
+
+    name: str
+    kind: type
+    low: float
+    help: str
+    low_open: bool = False
+    per_layer: bool = False
+    metavar: str = None
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    def valid(self, value, model):
+        """Whether ``value`` is in range for ``model``."""
+        if self.kind is int:
+            if not _is_int(value):
+                return False
+        elif not (isinstance(value, (int, float)) and not isinstance(value, bool) and value < float("inf")):
+            return False
+        if value < self.low or (self.low_open and value == self.low):
+            return False
+        return not (self.per_layer and value > len(model))
+
+    def wanted(self, model):
+        """The range in words, for the error message."""
+        if self.kind is not int:
+            return "a positive number of seconds"
+        if self.per_layer:
+            return f"an integer from {self.low} to {len(model)} (the number of layers)"
+        return f"an integer >= {self.low}"
 
 
-# Each option's valid values: (test(value, model), what the range is).
-_OPTION_RANGES = {
-    "segments": (lambda v, m: _is_int(v) and 1 <= v <= len(m), lambda m: f"an integer from 1 to {len(m)} (the number of layers)"),
-    "snapshots": (lambda v, m: _is_int(v) and v >= 0, lambda m: "an integer >= 0"),
-    "time_limit": (lambda v, m: _is_seconds(v), lambda m: "a positive number of seconds"),
+OPTIONS = {
+    option.name: option
+    for option in (
+        Option("segments", int, 1, "sequential: number of segments.", per_layer=True),
+        Option("snapshots", int, 0, "revolve: layer outputs held as checkpoints at once (the model input is free)."),
+        Option(
+            "time_limit", float, 0, "milp: give up proving optimality after this many seconds and keep the best "
+            "schedule found (default 60 with --strategy milp; auto, compare and sweep run milp on DAGs only, "
+            "briefly: 0.5 s, in sweep 0.25 s per size, unless this is given).",
+            low_open=True, metavar="SECONDS",
+        ),
+    )
 }
 
 
@@ -286,7 +353,7 @@ def check_options(model, strategies, options):
     With several strategies, each gets the options it takes: ``--segments``
     alongside ``--strategies dp,sequential`` goes to sequential alone.
     """
-    known = {key for s in STRATEGIES.values() for key in s.options}
+    known = set(OPTIONS)
     single = STRATEGIES.get(strategies) if isinstance(strategies, str) else None
     for key, value in (options or {}).items():
         if value is None:
@@ -296,9 +363,9 @@ def check_options(model, strategies, options):
             raise OptionError(f"strategy {single.name!r} does not take {key!r} (it takes: {accepted})")
         if key not in known:
             raise OptionError(f"unknown option {key!r}; strategies take: {', '.join(sorted(known))}")
-        test, wanted = _OPTION_RANGES[key]
-        if not test(value, model):
-            raise OptionError(f"--{key.replace('_', '-')} must be {wanted(model)}, got {value!r}")
+        option = OPTIONS[key]
+        if not option.valid(value, model):
+            raise OptionError(f"{option.flag} must be {option.wanted(model)}, got {value!r}")
 
 
 def missing_requirements(name):
@@ -517,8 +584,7 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
         The simulator rejected a solver's schedule (never expected).
     """
     started = time.perf_counter()
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise OptionError(f"unknown strategy {strategy!r}; choose from {', '.join(strategy_names())}")
+    check_strategy(strategy)
     check_options(model, strategy, options)
     check_storage(model, storage)
     if strategy == "auto":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.device import time_scale
-from planner.errors import InfeasibleError
+from planner.errors import InfeasibleError, SolverBug
 from planner.lowering import insert_frees, size_unit, store_all_ops
 from planner.schedule import OpKind, backward, forward, pagein, pageout
 from planner.simulate import simulate
@@ -175,7 +175,7 @@ def _measure(form, storage, x):
     ops = insert_frees(form.model, form.decode(x))
     result = simulate(form.model, ops, storage=storage)
     if not result.valid:  # pragma: no cover - would be a formulation bug
-        raise RuntimeError(f"milp-paging decoded an invalid schedule: {result.error}")
+        raise SolverBug(f"milp-paging decoded an invalid schedule: {result.error}")
     return ops, result
 
 

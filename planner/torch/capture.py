@@ -35,12 +35,23 @@ that does not return one tensor, and anything else ``torch.fx`` rejects.
 
 from planner.errors import ModelError
 from planner.io import unique_names
+from planner.torch.export import ExportFailed, export_stages
 from planner.torch.fx_trace import fx_stages, no_inplace
-from planner.torch.inputs import require_torch
+from planner.torch.inputs import ExampleInputs, require_torch
 from planner.torch.loss import LOSS_NAME, check_loss_value
 from planner.torch.stages import STAGE_MODES, Stage
 
-__all__ = ["build_stages"]
+__all__ = ["build_stages", "document_output", "OWN_LOSS"]
+
+OWN_LOSS = "output"  # --loss output: the model's own loss field is the sink
+
+
+def document_output(document):
+    """The ``output`` a model file's stages were captured with (``--loss output``: ``loss``)."""
+    document = document or {}
+    if document.get("output") is not None:
+        return document["output"]
+    return "loss" if document.get("loss") == OWN_LOSS else None
 
 
 def _chain_stages(children):
@@ -93,7 +104,7 @@ def _append_loss(stage_list, loss):
     return stage_list
 
 
-def build_stages(obj, stages="auto", example=None, loss=None):
+def build_stages(obj, stages="auto", example=None, loss=None, *, output=None):
     """Cut a module into stages.
 
     Parameters
@@ -102,11 +113,16 @@ def build_stages(obj, stages="auto", example=None, loss=None):
     stages : {"auto", "modules", "ops"}
         See the module docstring.  ``auto``: modules for a Sequential or a
         list, ops otherwise.
-    example : torch.Tensor or tuple of torch.Tensor
-        The model inputs (needed to trace: shapes are constants).
+    example : torch.Tensor, tuple of torch.Tensor or ExampleInputs
+        The model inputs (needed to capture: shapes are constants);
+        :class:`~planner.torch.inputs.ExampleInputs` carries keyword inputs.
     loss : callable or None
         ``loss(output, target) -> scalar``: appended as the last stage (the
         sink), named ``loss``, with ``loss=True``.
+    output : str or None, keyword-only
+        The field (or index) of the model's result that the loss reads
+        (``--output``); None: the tensor itself, its ``logits``, or its one
+        tensor.
 
     Returns
     -------
@@ -123,10 +139,14 @@ def build_stages(obj, stages="auto", example=None, loss=None):
 
     Notes
     -----
-    In-place modules (``inplace=True``) and in-place operators are made
-    out-of-place: each stage owns its output, as the model file says.  The
-    module's state (BatchNorm statistics) is restored after tracing.  One
-    forward on the example; O(nodes) afterwards.
+    A module is captured with ``torch.export`` (non-strict,
+    :mod:`planner.torch.export`); where that fails, with the concrete
+    ``torch.fx`` tracer (:mod:`planner.torch.fx_trace`), which takes
+    positional tensor inputs and one tensor result.  In-place modules
+    (``inplace=True``) and in-place operators are made out-of-place: each
+    stage owns its output, as the model file says.  The module's state
+    (BatchNorm statistics) and the RNG are restored after capture.  One or two
+    forwards on the example; O(nodes) afterwards.
     """
     torch = require_torch()
     nn = torch.nn
@@ -134,17 +154,18 @@ def build_stages(obj, stages="auto", example=None, loss=None):
         raise ModelError(f"--stages must be one of {', '.join(STAGE_MODES)}, got {stages!r}")
     if isinstance(example, torch.Tensor):
         example = (example,)
-    example = tuple(example or ())
+    if not isinstance(example, ExampleInputs):
+        example = ExampleInputs(tuple(example or ()))
     sequential = isinstance(obj, (list, tuple, nn.Sequential))
     root = nn.ModuleList(obj) if isinstance(obj, (list, tuple)) else obj
     mode = ("modules" if sequential else "ops") if stages == "auto" else stages
-    if mode == "modules" and sequential:
+    if mode == "modules" and sequential and output is None:
         children = [(str(i), m) for i, m in enumerate(obj)] if isinstance(obj, (list, tuple)) else list(
             obj.named_children()
         )
         if not children:
             raise ModelError("the model has no stages (an empty nn.Sequential)")
-        if len(example) > 1:
+        if len(example) > 1 or example.names:
             raise ModelError(
                 f"a chain of modules takes one input, the example has {len(example)}: use --stages ops"
             )
@@ -154,7 +175,20 @@ def build_stages(obj, stages="auto", example=None, loss=None):
             root = nn.Sequential(*obj)
         if not example:
             raise ModelError(f"--stages {mode} needs the model's inputs (--input or --example)")
-        stage_list = fx_stages(root, example, blocks=(mode == "modules"))
+        stage_list = _captured(root, example, blocks=(mode == "modules"), output=output)
     if loss is not None:
         _append_loss(stage_list, loss)
     return root, stage_list
+
+
+def _captured(root, example, *, blocks, output):
+    """torch.export first; the fx tracer where it fails (positional inputs, one tensor out)."""
+    try:
+        return export_stages(root, example, blocks=blocks, output=output)
+    except ExportFailed as exported:
+        if example.names or example.constants or output is not None:
+            raise
+        try:
+            return fx_stages(root, tuple(example), blocks=blocks)
+        except ModelError as traced:
+            raise (traced if str(traced).startswith("cannot trace") else exported) from None

@@ -33,17 +33,27 @@ code):
   as soon as it is used; the input gradients go to their producers (summed
   when a producer has several consumers);
 - ``free L``: drops L's output;
+- a run of backward ops with only frees between them, where each stage's
+  producer is the next one backwarded, is one autograd segment: at its
+  forward the consumer read the producer's output with its graph (no entry
+  node), and one ``backward()`` call runs the run's backwards in the
+  schedule's order, as plain autograd does (see :func:`_segments`);
 - ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
   file in a temporary directory (CPU) or to pinned host memory (CUDA), and
   back into a new tensor that takes the output's place (see :class:`_Pager`);
   the directory goes when the step ends, also on an error or an interrupt.
 
-A recomputed stage starts from the RNG state of its first forward (kept as
-bytes, outside the allocator), so dropout masks match; its buffers (BatchNorm
-running statistics) are put back to what they were before its first forward
+A recomputed stage that draws random numbers (``Stage.random``, or, without
+that flag, a stage whose first forward moved the RNG state) starts from the
+RNG state of its first forward (kept as bytes, outside the allocator), so
+dropout masks match; no other stage keeps a snapshot.  A recomputed stage's
+buffers (BatchNorm running statistics) are put back to what they were before its first forward
 and, after it, to what the first forward left, so they are updated once per
 step.  A recomputation puts the RNG state back as it found it, so the step
 leaves it where a plain step does.
+
+The sink's output is the caller's once returned: the executor keeps no
+reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
 import os
@@ -53,8 +63,9 @@ import time
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
-from planner.torch.capture import build_stages
-from planner.torch.inputs import require_torch
+from planner.torch.capture import OWN_LOSS, build_stages, document_output
+from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
+from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import seed_function
 
 torch = require_torch()
@@ -81,6 +92,11 @@ class _Plan:
             if op.kind is OpKind.FORWARD:
                 counts[op.layer] = counts.get(op.layer, 0) + 1
         self.recomputed = frozenset(i for i, c in counts.items() if c > 1)
+        # Whether a recomputed stage draws random numbers: Stage.random when capture
+        # says, else learnt at its first run (did the RNG state move?).
+        self.random = {
+            i: bool(stages[i].random) for i in self.recomputed if getattr(stages[i], "random", None) is not None
+        }
         for n, op in enumerate(self.ops):  # SPEC section 3: the loss reads the sink's output
             if op.layer != self.sink or op.kind not in (OpKind.FREE, OpKind.BACKWARD):
                 continue
@@ -92,6 +108,7 @@ class _Plan:
                     layer=stages[self.sink].name,
                 )
             break
+        self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -104,6 +121,66 @@ class _Plan:
                     self.early_free[n] = k
                     break
                 k += 1
+
+
+def _segments(stages, ops):
+    """Which saved stages run their backwards in one ``backward()`` call.
+
+    Returns ``(reads, members, frees, unseeded)``: ``reads[n]``, the producer
+    whose output the forward-save op ``n`` reads directly, with its autograd
+    graph, instead of through an entry node; ``members[k]``, the backward ops
+    (indices) that run inside the call of the backward op ``k``, the
+    segment's top; ``frees[k]``, the free ops among them, done before that
+    call; ``unseeded``, the forward-save ops whose stage needs no seed of its
+    own (a member whose only consumer is the stage above it).
+
+    A segment is a run of backward ops with nothing but frees between them.
+    A stage reads a producer directly when the producer's output still
+    carries the graph of its saved forward and the producer's backward comes
+    right after the stage's, so that the call runs the backwards in the
+    schedule's order, and when the stage is the producer's only consumer
+    whose backward is not done before the segment starts: the producer's node
+    then gets its whole gradient before it runs, and the gradients of its
+    earlier consumers are added in place into the one the segment sends it,
+    as SPEC section 3 counts them.  The frees are done before the call: what
+    a backward still reads is held by the graph, and autograd frees it as
+    soon as that backward has run, where the schedule frees it.  One call
+    over a segment is what plain autograd runs.
+    """
+    consumers = {}
+    for c, stage in enumerate(stages):
+        for p in stage.inputs:
+            consumers.setdefault(p, []).append(c)
+    live, candidates, last, feeds = {}, {}, {}, {}
+    for n, op in enumerate(ops):
+        if op.kind is OpKind.FORWARD and op.save:
+            candidates[n] = {p for p in stages[op.layer].inputs if p in live}
+            live[op.layer] = last[op.layer] = n
+        elif op.kind in (OpKind.FREE, OpKind.BACKWARD):
+            live.pop(op.layer, None)
+            if op.kind is OpKind.BACKWARD and op.layer in last:
+                feeds[n] = last[op.layer]  # the forward-save op whose saved data it uses
+    backs = [k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD]
+    reads, members, frees, unseeded = {}, {}, {}, set()
+    top = None
+    for k, nxt in zip(backs, backs[1:] + [None]):
+        top = k if top is None else top
+        i, p = ops[k].layer, None if nxt is None else ops[nxt].layer
+        joined = (
+            nxt is not None
+            and all(ops[j].kind is OpKind.FREE for j in range(k + 1, nxt))
+            and p in candidates.get(feeds.get(k), ())
+            and not any(top <= b < nxt and ops[b].layer in consumers[p] and ops[b].layer != i for b in backs)
+        )
+        if not joined:
+            top = None
+            continue
+        reads[feeds[k]] = p
+        members.setdefault(top, []).append(nxt)
+        frees.setdefault(top, []).extend(j for j in range(k + 1, nxt))
+        if len(consumers[p]) == 1:
+            unseeded.add(feeds[nxt])
+    return reads, members, frees, unseeded
 
 
 def _rng_bytes(device):
@@ -255,7 +332,11 @@ class StepRunner:
         self.expected_bytes = expected_bytes
         self.on_op = on_op
         self.outputs = {}  # A
-        self.saved = {}  # S: (boxes, gradient edge, gradient box)
+        self.saved = {}  # S: (boxes, gradient edge, gradient box, producer read directly)
+        self.live = {}  # saved stages' outputs with their autograd graph (see _merges)
+        self.ran = set()  # saved stages whose backward ran inside a consumer's backward call
+        self.segments = on_op is None  # per-op hooks see every backward op run on its own
+        self.skip = set()  # free ops done early
         self.grads = {}  # G
         self.input_grads = {}  # gradients of model inputs that require grad
         self.first_rng = {}  # recomputed stages: RNG state before the first forward
@@ -283,9 +364,14 @@ class StepRunner:
                 "with save",
                 layer=self.stages[sink].name,
             )
-        # The loss reads the sink's output until the sink's backward (SPEC section 3),
-        # whatever the schedule frees before.
+        # The sink's output is the caller's from here: a loss outside the model
+        # reads it and lets it go as plain autograd does; its backward reads
+        # what its own graph saved.  (SPEC section 3 counts it until the sink's
+        # backward: what a loss outside the model saves, a log-softmax of the
+        # logits' size, takes its place.)
         y, self.sink_output = self.sink_output, None
+        self.outputs.pop(sink, None)
+        self.live.pop(sink, None)
         return y
 
     def attach(self, y):
@@ -308,8 +394,12 @@ class StepRunner:
             self.pager.close()
         pending = [(self.inputs[k], g) for k, g in sorted(self.input_grads.items())]
         self.input_grads.clear()
+        # The step holds nothing of the caller's after it (ScheduledModule.last_step keeps it).
+        self.inputs = self.target = None
+        self.first_buffers.clear()
         if pending:
             torch.autograd.backward([t for t, _ in pending], [g for _, g in pending])
+        del pending
         if self.saved:
             names = ", ".join(self.stages[i].name for i in sorted(self.saved))
             raise ScheduleError(f"the schedule ends with saved data that no backward used: {names}")
@@ -318,11 +408,13 @@ class StepRunner:
 
     def _run(self, start, end):
         ops = self.plan.ops
-        skip = set()
+        skip = self.skip
         for n in range(start, end):
             op = ops[n]
             if op.kind is OpKind.FREE:
-                if n not in skip and self.outputs.pop(op.layer, None) is None:
+                # The sink's output is the caller's (see forward_part).
+                self.live.pop(op.layer, None)
+                if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
                 self._forward(n, op)
@@ -357,14 +449,19 @@ class StepRunner:
             raise self._missing(n, op, "its output is already in memory")
         first = i not in self.done
         restore = None
+        learn = False
         if first and i in self.plan.recomputed:
-            self.first_rng[i] = _rng_bytes(self.device)
-            self.first_buffers[i] = [b.detach().clone() for b in stage.buffers]
+            random = self.plan.random.get(i)
+            if random is not False:
+                self.first_rng[i] = _rng_bytes(self.device)
+                learn = random is None
+            if stage.buffers:
+                self.first_buffers[i] = [b.detach().clone() for b in stage.buffers]
         elif not first:
             restore = self._enter_recompute(i, stage)
         try:
             if op.save:
-                self._forward_saved(i, stage, tensors)
+                self._forward_saved(n, i, stage, tensors)
             else:
                 with torch.no_grad():
                     self.outputs[i] = _call(stage, tensors, self.target)
@@ -372,6 +469,10 @@ class StepRunner:
             if restore is not None:
                 self._leave_recompute(stage, restore)
         del tensors
+        if learn:
+            self.plan.random[i] = _rng_bytes(self.device) != self.first_rng[i]
+            if not self.plan.random[i]:
+                del self.first_rng[i]
         if first:
             self.done.add(i)
             y = self.outputs[i]
@@ -395,13 +496,21 @@ class StepRunner:
         if after is not None:
             _copy_into(stage.buffers, after)
 
-    def _forward_saved(self, i, stage, tensors):
-        boxes, entries = _enter(stage, tensors, self.anchor)
+    def _forward_saved(self, n, i, stage, tensors):
+        p = self.plan.reads.get(n) if self.segments else None
+        # A producer whose output needs no gradient (it has no graph) is read as it is.
+        direct = {} if p is None else {p: self.live.get(p, self.outputs[p])}
+        boxes, entries = _enter(stage, tensors, self.anchor, direct)
+        del direct
         y = _call(stage, entries, self.target)
+        del entries
         gbox = []
-        root = seed_function(torch)(y, gbox.pop) if y.requires_grad else None
+        seeded = y.requires_grad and not (self.segments and n in self.plan.unseeded)
+        root = seed_function(torch)(y, gbox.pop) if seeded else None
         self.saved[i] = (boxes, root, gbox)
         self.outputs[i] = y.detach()
+        if y.requires_grad:
+            self.live[i] = y
         if i == self.plan.sink:
             self.sink_output = self.outputs[i]
 
@@ -441,6 +550,13 @@ class StepRunner:
             raise self._missing(n, op, "its saved data is not in memory")
         boxes, root, gbox = self.saved.pop(i)
         self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
+        self.live.pop(i, None)
+        if i in self.ran:  # its backward ran in its consumer's call
+            self.ran.discard(i)
+            if free_after:
+                self.outputs.pop(i, None)
+            self._hand_back(self.stages[i], boxes)
+            return
         if i == self.plan.sink:
             g, self.sink_grad = self.sink_grad, None
         else:
@@ -452,11 +568,43 @@ class StepRunner:
         del g
         if free_after:
             self.outputs.pop(i, None)
-        if root is not None:
-            root.backward()
-        gbox.clear()
-        del root, gbox
+        roots, boxes_used = self._segment(n, root, gbox)
+        if roots:
+            torch.autograd.backward(roots)
+        for box in boxes_used:
+            box.clear()
+        del root, gbox, roots, boxes_used
         self._hand_back(self.stages[i], boxes)
+
+    def _segment(self, n, root, gbox):
+        """The seeds of the backward call of op ``n``: its stage's, and the held gradients of its segment's members.
+
+        A member (a stage read directly, see :func:`_segments`) gets the
+        gradients its segment's stages send it through the graph and, through
+        its own seed, the sum of the gradients of its consumers done before,
+        as autograd sums them.  The frees between the segment's backward ops
+        are done before the call (the graph holds what a backward reads).
+        """
+        roots = [] if root is None else [root]
+        boxes_used = [gbox]
+        if not self.segments:
+            return roots, boxes_used
+        for k in self.plan.members.get(n, ()):
+            p = self.plan.ops[k].layer
+            self.ran.add(p)
+            _, root_p, gbox_p = self.saved[p]
+            g = self.grads.pop(p, None)
+            if g is not None:  # its earlier consumers' gradients (it has a seed: see _segments)
+                gbox_p.append(g)
+                roots.append(root_p)
+                boxes_used.append(gbox_p)
+            del g, root_p
+        for f in self.plan.frees.get(n, ()):
+            x = self.plan.ops[f].layer
+            self.live.pop(x, None)
+            if x == self.plan.sink or self.outputs.pop(x, None) is not None:
+                self.skip.add(f)
+        return roots, boxes_used
 
     def _hand_back(self, stage, boxes):
         """Move each input gradient to its producer (summed over consumers)."""
@@ -482,6 +630,14 @@ class StepRunner:
         ) > 1
 
 
+def _compiled(stage, backend):
+    """The stage with its function compiled by ``torch.compile`` (``backend``: True for the default)."""
+    import dataclasses
+
+    options = {} if backend is True else {"backend": backend}
+    return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
+
+
 def _call(stage, tensors, target):
     if getattr(stage, "loss", False):
         return stage.fn(*tensors, target)
@@ -495,16 +651,19 @@ def _copy_into(targets, values):
         t.data.copy_(v)
 
 
-def _enter(stage, tensors, anchor):
+def _enter(stage, tensors, anchor, direct):
     """The stage's inputs entered into autograd, and one gradient box per input.
 
     A function of its own so that no loop variable outlives the call and keeps
     an input alive after its ``free``.  A model input enters only when it
-    requires grad; a producer's output when it is floating point.
+    requires grad; a producer's output when it is floating point.  ``direct``
+    maps a producer to its output with its autograd graph, read as it is (no
+    box: the gradient flows on in the same backward call).
     """
     boxes = [[] for _ in tensors]
     entries = [
-        _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
+        direct[p] if p in direct
+        else _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
         if t.is_floating_point() and (p >= 0 or t.requires_grad)
         else t
         for p, t, box in zip(stage.inputs, tensors, boxes)
@@ -560,14 +719,35 @@ class ScheduledModule(nn.Module):
     ----------
     module : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (the same ``stages`` mode).
-    model : planner.model.Model or str
-        The model file the schedule was planned for (or its path).
-    schedule : planner.schedule.Schedule or str
+    model : planner.model.Model, str or os.PathLike
+        The model file the schedule was planned for (or its path); with a
+        ``loss`` field (``profile --loss``) the loss is the last stage, made
+        by :func:`planner.torch.loss.make_loss`.
+    schedule : planner.schedule.Schedule, str or os.PathLike
         The schedule (or its path); it must carry the model's fingerprint.
     stages : {"auto", "modules", "ops"}, keyword-only
         As for :func:`planner.torch.profile.build_stages`.
     example : torch.Tensor or tuple, keyword-only
         An input to cut the stages with now; otherwise the first call's.
+    compile : bool or str, keyword-only
+        Compile each stage with ``torch.compile`` (True: its default backend,
+        inductor, which needs a C++ compiler on the CPU; a string: that
+        backend, e.g. ``"aot_eager"``).  The schedule still decides what is
+        kept: a stage's compiled forward saves what its compiled backward
+        reads, and recomputation runs the compiled forward again.  The model
+        file's times are the eager stages' (``profile`` measures eager).
+
+    Attributes
+    ----------
+    stages : list of Stage or None
+        The stages (None before the first call when no example was given).
+    on_op : callable or None
+        Called with each op's index after the op runs (``verify``'s per-op
+        timeline); set it before the call.
+    last_step : StepRunner or None
+        The last training call's step: ``count`` (ops run), ``pager``
+        (``pageouts``, ``pageins``, ``seconds``), ``first_rng`` (the RNG
+        snapshots it holds).
 
     Raises
     ------
@@ -581,20 +761,23 @@ class ScheduledModule(nn.Module):
     Notes
     -----
     ``wrapped(*inputs, target=None)`` returns the sink's output (the loss when
-    the sink is a loss stage, which is called with ``target``).  In training
+    the sink is a loss stage, which is called with ``target``).  The inputs and
+    the target together are what the model file's ``input_bytes`` counts.  In training
     mode with grad enabled it runs the schedule's forward part; its
     ``backward()`` runs the rest.  Otherwise it runs the plain forward.  One
     step costs the schedule's forwards and backwards plus, per recomputed
     stage, a copy of its buffers and of the RNG state.
     """
 
-    def __init__(self, module, model, schedule, *, stages="auto", example=None):
+    def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
         super().__init__()
-        if isinstance(model, str):
+        if not isinstance(compile, (bool, str)):
+            raise ModelError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+        if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
             raise ModelError(f"model must be a planner Model or a model file path, got {type(model).__name__}")
-        if isinstance(schedule, str):
+        if isinstance(schedule, (str, os.PathLike)):
             schedule = load_schedule(schedule, model)
         if not isinstance(schedule, Schedule):
             raise ScheduleError(f"schedule must be a planner Schedule or a file path, got {type(schedule).__name__}")
@@ -608,8 +791,13 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
+        self._compile = compile
+        self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
+        self._eval = None  # the stages in eval mode, by _eval_stages
         self._anchors = {}
+        self.on_op = None
+        self.last_step = None
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
 
@@ -619,75 +807,89 @@ class ScheduledModule(nn.Module):
         return None if self._plan is None else self._plan.stages
 
     def _build(self, inputs):
-        example = inputs[0] if len(inputs) == 1 else inputs
+        example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
         # Cutting into ops runs the model once: keep its buffers and the RNG as they were.
         buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
         rng = _rng_bytes(inputs[0].device)
         try:
-            _, stage_list = build_stages(self._source, self._mode, example=example)
+            loss = None if self._loss in (None, OWN_LOSS) else make_loss(self._loss)
+            _, stage_list = build_stages(self._source, self._mode, example=example, loss=loss,
+                                         output=document_output(self._model.document))
         finally:
             _copy_into([b for b, _ in buffers], [v for _, v in buffers])
             _set_rng(rng, inputs[0].device)
         del buffers
-        stage_list = _with_loss(stage_list, self._model)
         check_names([layer.name for layer in self._model.layers], stage_list)
+        if self._compile:
+            stage_list = [_compiled(stage, self._compile) for stage in stage_list]
         self._plan = _Plan(stage_list, self._schedule.ops)
+
+    def _eval_stages(self, inputs):
+        """The stages captured in eval mode (once), for the plain forward in eval mode."""
+        if self._eval is None:
+            example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
+            _, stage_list = build_stages(self._source, self._mode, example=example,
+                                         output=document_output(self._model.document))
+            self._eval = _with_loss(stage_list, self._model)
+        return self._eval
 
     def _anchor(self, device):
         if device not in self._anchors:
             self._anchors[device] = torch.zeros((), device=device, requires_grad=True)
         return self._anchors[device]
 
-    def _check_inputs(self, inputs):
-        got = sum(t.numel() * t.element_size() for t in inputs)
-        if got != self._model.input_bytes:
-            shapes = ", ".join("x".join(map(str, t.shape)) + f" {t.dtype}" for t in inputs)
+    def _check_inputs(self, inputs, target):
+        """The inputs and the target are what the model file's ``input_bytes`` counts.
+
+        A model profiled with a loss also counts there what the loss value keeps
+        beyond its scalar, so the caller's tensors may be less (never more).
+        """
+        held = list(inputs) + ([target] if isinstance(target, torch.Tensor) else [])
+        got = sum(t.numel() * t.element_size() for t in held)
+        want = self._model.input_bytes
+        if got > want or (self._loss is None and got != want):
+            shapes = ", ".join("x".join(map(str, t.shape)) + f" {t.dtype}" for t in held)
             raise ModelError(
                 f"input {shapes} is {got} bytes; model {self._model.name!r} was profiled for "
-                f"{self._model.input_bytes} bytes of input: profile it for this input shape"
+                f"{want} bytes of input: profile it for this input shape"
             )
 
-    def forward(self, *inputs, target=None):
+    def forward(self, *inputs, target=None, **kwargs):
+        if kwargs:  # module(**batch): the tensors flat, as the example gave them to capture
+            inputs = flat_inputs(inputs, kwargs)
         if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-            raise ModelError("ScheduledModule takes the model's input tensors, positionally")
+            raise ModelError("ScheduledModule takes the model's input tensors, positionally or by keyword")
         if self._plan is None:
             self._build(inputs)
-        if not (self.training and torch.is_grad_enabled()):
+        if not self.training:  # the captured ops are train mode's (dropout, BatchNorm statistics)
+            return plain_forward(self._eval_stages(inputs), inputs, target)
+        if not torch.is_grad_enabled():
             return plain_forward(self._plan.stages, inputs, target)
-        self._check_inputs(inputs)
+        self._check_inputs(inputs, target)
         step = StepRunner(
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
-            expected_bytes=[layer.output_bytes for layer in self._model.layers],
+            expected_bytes=[layer.output_bytes for layer in self._model.layers], on_op=self.on_op,
         )
+        self.last_step = step
         return step.attach(step.forward_part())
+
+    def plain_forward(self, *inputs, target=None):
+        """The stages' plain forward under the current grad mode (what eval mode runs)."""
+        if self._plan is None:
+            self._build(inputs)
+        return plain_forward(self._plan.stages, inputs, target)
 
 
 def _with_loss(stage_list, model):
     """The stages, with the model file's loss appended when stage building left it out.
 
-    The convention (shared with ``edgeplan profile --loss``): a model whose
-    document has a top-level ``loss`` ends with a sink layer named ``loss``,
-    run as ``fn(*inputs, target)``.
+    ``--loss output`` (the model's own loss field is the sink) appends nothing.
     """
-    spec = (model.document or {}).get("loss")
-    if spec is None or (stage_list and getattr(stage_list[-1], "loss", False)):
+    kind = model_loss(model)
+    if kind is None or kind == OWN_LOSS or (stage_list and getattr(stage_list[-1], "loss", False)):
         return stage_list
     from planner.torch.stages import Stage
 
-    fn = _LOSSES.get(spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None)
-    if fn is None:
-        raise ModelError(f"model {model.name!r}: loss {spec!r} is not one the runtime knows (cross_entropy, mse, sum)")
-    last = len(stage_list) - 1
-    return list(stage_list) + [Stage(name="loss", fn=fn, inputs=(last,), loss=True)]
-
-
-def _cross_entropy(out, target):
-    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
-
-
-_LOSSES = {
-    "cross_entropy": _cross_entropy,
-    "mse": lambda out, target: nn.functional.mse_loss(out, target),
-    "sum": lambda out, target: out.sum(),
-}
+    fn = make_loss(kind)
+    return list(stage_list) + [Stage(name="loss", fn=fn, inputs=(len(stage_list) - 1,), loss=True)]

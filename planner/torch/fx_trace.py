@@ -549,13 +549,14 @@ class _ExprBuilder:
                     seen.add(id(p))
                     params.append(p)
             buffers.extend(m.buffers())
+        real = {id(b) for b in self.root.buffers()}
         for c in self.consts:
             for t in _tensors_in(c, torch):
                 if isinstance(t, torch.nn.Parameter):
                     if id(t) not in seen:
                         seen.add(id(t))
                         params.append(t)
-                else:
+                elif id(t) in real:  # not a folded constant (a buffer's stride-0 expand)
                     buffers.append(t)
         return params, buffers
 

@@ -3,7 +3,8 @@
 - :func:`load_target` imports the one module TARGET names and calls its factory;
 - :func:`parse_input` reads ``--input SHAPE[:DTYPE[:HIGH]]`` into an :class:`InputSpec`;
 - :func:`make_example` turns ``--input`` specs or ``--example FILE.py:FUNC`` into
-  ``(inputs, target)``, the same for ``profile`` and ``verify``.
+  ``(inputs, target)``, the same for ``profile`` and ``verify``; the example may
+  give keyword arguments (``(kwargs, target)`` or ``kwargs``): :class:`ExampleInputs`.
 
 torch is imported inside the functions: ``pip install edgeplan[torch]``.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from planner.errors import ModelError
 
 __all__ = [
+    "ExampleInputs",
+    "flat_inputs",
     "InputSpec",
     "parse_shape",
     "parse_input",
@@ -239,22 +242,88 @@ def _random_input(spec, *, dtype, device, generator, torch):
     return x.to(device=device, dtype=getattr(torch, name))
 
 
+class ExampleInputs(tuple):
+    """The model's input tensors, flat, and how the model takes them.
+
+    A tuple of tensors (what stages index and the caller holds): the
+    positional inputs, then the keyword inputs' tensors sorted by name.
+    ``call()`` gives back ``(args, kwargs)`` for ``module(*args, **kwargs)``,
+    non-tensor keywords (``use_cache=False``) included.
+
+    Attributes
+    ----------
+    n_args : int
+        How many leading tensors are positional.
+    names : tuple of str
+        The keyword of each tensor after them.
+    constants : dict
+        Non-tensor keyword arguments, passed as they are.
+    """
+
+    def __new__(cls, tensors, *, n_args=None, names=(), constants=None):
+        self = super().__new__(cls, tensors)
+        self.n_args = len(self) - len(names) if n_args is None else n_args
+        self.names = tuple(names)
+        self.constants = dict(constants or {})
+        return self
+
+    def call(self):
+        """``(args, kwargs)``: the model's call on these tensors (keywords sorted by name)."""
+        kwargs = dict(self.constants)
+        kwargs.update(zip(self.names, self[self.n_args:]))
+        return tuple(self[: self.n_args]), dict(sorted(kwargs.items()))
+
+    def like(self, tensors):
+        """Other tensors taken the same way (the same keywords and constants)."""
+        return ExampleInputs(tensors, n_args=self.n_args, names=self.names, constants=self.constants)
+
+
+def flat_inputs(args, kwargs):
+    """:class:`ExampleInputs` of a call ``module(*args, **kwargs)``; tensors in ``args`` only.
+
+    Raises
+    ------
+    ModelError
+        A positional input that is not a tensor.
+    """
+    torch = require_torch()
+    if not all(isinstance(t, torch.Tensor) for t in args):
+        raise ModelError("positional inputs must be tensors; give other arguments by keyword")
+    names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+    constants = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+    return ExampleInputs(tuple(args) + tuple(kwargs[k] for k in names), n_args=len(args), names=names,
+                         constants=constants)
+
+
 def _example_from_function(text, *, dtype, device, torch):
-    """Call ``FILE.py:FUNC``: ``(inputs, target)``, inputs a tensor or a tuple of tensors."""
-    what = f"--example {text!r}"
-    fn = load_function(text, what=what)
+    """Call ``FILE.py:FUNC`` (or FUNC itself): ``(inputs, target)``, ``(kwargs, target)`` or ``kwargs``.
+
+    Inputs are a tensor or a tuple of tensors; kwargs a dict of the model's
+    keyword arguments (tensors, and constants such as ``use_cache=False``).
+    """
+    what = f"--example {text!r}" if isinstance(text, str) else "the example"
+    fn = text if callable(text) else load_function(text, what=what)
     if not callable(fn):
         raise ModelError(f"{what}: {text.rpartition(':')[2]!r} is not a function")
     result = _call_user(fn, what=what, label="it")
+    if isinstance(result, dict):
+        result = (result, None)
     if not isinstance(result, tuple) or len(result) != 2:
-        raise ModelError(f"{what}: it must return (inputs, target), got {type(result).__name__}")
+        raise ModelError(f"{what}: it must return (inputs, target), (kwargs, target) or kwargs, "
+                         f"got {type(result).__name__}")
     inputs, target = result
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    if not isinstance(inputs, (tuple, list)) or not inputs or not all(
+    if isinstance(inputs, dict):
+        if not all(isinstance(k, str) for k in inputs) or not any(
+            isinstance(v, torch.Tensor) for v in inputs.values()
+        ):
+            raise ModelError(f"{what}: kwargs must be a dict of argument names with at least one tensor")
+        inputs = flat_inputs((), inputs)
+    elif not isinstance(inputs, (tuple, list)) or not inputs or not all(
         isinstance(t, torch.Tensor) for t in inputs
     ):
-        raise ModelError(f"{what}: inputs must be a tensor or a non-empty tuple of tensors")
+        raise ModelError(f"{what}: inputs must be a tensor, a non-empty tuple of tensors or a dict of kwargs")
     if target is not None and not isinstance(target, torch.Tensor):
         raise ModelError(f"{what}: target must be a tensor or None, got {type(target).__name__}")
     model_dtype = getattr(torch, dtype)
@@ -263,7 +332,9 @@ def _example_from_function(text, *, dtype, device, torch):
         t = t.detach().to(device=device)
         return t.to(dtype=model_dtype) if t.is_floating_point() else t
 
-    return tuple(place(t) for t in inputs), (None if target is None else place(target))
+    placed = tuple(place(t) for t in inputs)
+    placed = inputs.like(placed) if isinstance(inputs, ExampleInputs) else ExampleInputs(placed)
+    return placed, (None if target is None else place(target))
 
 
 def make_example(spec, *, dtype="float32", device="cpu", seed=0):
@@ -271,8 +342,8 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
 
     Parameters
     ----------
-    spec : str, sequence of InputSpec, or tuple of int
-        ``"FILE.py:FUNC"`` (``--example``), the parsed ``--input`` options
+    spec : str, callable, sequence of InputSpec, or tuple of int
+        ``"FILE.py:FUNC"`` (``--example``) or FUNC itself, the parsed ``--input`` options
         (passed positionally, in order), or one shape (one float input).
     dtype : str, keyword-only
         The model's dtype: float inputs (and float targets) are converted to it.
@@ -282,8 +353,8 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
 
     Returns
     -------
-    (tuple of torch.Tensor, torch.Tensor or None)
-        The inputs and the target (None from ``--input``: a loss that needs one
+    (ExampleInputs, torch.Tensor or None)
+        The inputs (a tuple of tensors) and the target (None from ``--input``: a loss that needs one
         gets a random target of the output's shape, see
         :func:`planner.torch.loss.default_target`).
 
@@ -297,7 +368,7 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
     if dtype not in FLOAT_DTYPES:
         raise ModelError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     dev = device if isinstance(device, torch.device) else torch_device(device)
-    if isinstance(spec, str):
+    if isinstance(spec, str) or callable(spec):
         return _example_from_function(spec, dtype=dtype, device=dev, torch=torch)
     if isinstance(spec, tuple) and spec and all(isinstance(d, int) for d in spec):
         spec = [InputSpec(shape=spec)]
@@ -306,4 +377,4 @@ def make_example(spec, *, dtype="float32", device="cpu", seed=0):
         raise ModelError("give the model's inputs: --input SHAPE[:DTYPE[:HIGH]] (repeatable) or --example FILE.py:FUNC")
     gen = torch.Generator().manual_seed(seed)
     inputs = tuple(_random_input(s, dtype=dtype, device=dev, generator=gen, torch=torch) for s in specs)
-    return inputs, None
+    return ExampleInputs(inputs), None

@@ -10,7 +10,7 @@ backward, which allocates the logits' gradient.
 from planner.errors import ModelError
 from planner.torch.inputs import load_function, require_torch
 
-__all__ = ["LOSS_KINDS", "LOSS_NAME", "make_loss", "default_target", "check_loss_value"]
+__all__ = ["LOSS_KINDS", "LOSS_NAME", "check_loss_value", "default_target", "make_loss", "model_loss"]
 
 LOSS_KINDS = ("cross_entropy", "mse", "sum")
 LOSS_NAME = "loss"
@@ -60,6 +60,22 @@ def make_loss(kind):
     if not callable(fn):
         raise ModelError(f"--loss {kind!r}: {kind.rpartition(':')[2]!r} is not a function")
     return fn
+
+
+def model_loss(model):
+    """The ``--loss`` kind a model file was profiled with (its ``loss`` field), or None.
+
+    The one reader of that field: the executor, ``verify`` and ``profile`` make
+    the loss stage from what it returns, with :func:`make_loss`.  The field
+    is a kind string (``cross_entropy``, ``FILE.py:FUNC``, ...); an object
+    ``{"name": KIND}`` is read as its name.
+    """
+    spec = (getattr(model, "document", None) or {}).get("loss")
+    if isinstance(spec, dict):
+        spec = spec.get("name")
+    if spec is not None and not isinstance(spec, str):
+        raise ModelError(f"model {model.name!r}: its loss {spec!r} is not a --loss kind")
+    return spec
 
 
 def default_target(kind, output, *, seed=0):

@@ -15,7 +15,8 @@ from planner.errors import ModelMismatchError, ScheduleError
 __all__ = ["target_and_model", "check_and_run", "predicted_transfer_seconds"]
 
 
-def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0):
+def target_and_model(target, example, *, model_path=None, loss=None, dtype="float32", stages="auto", seed=0,
+                     output=None):
     """``(obj, model, loss)``: the target's object, its model, and the loss to train with.
 
     With ``model_path`` the model is that file and ``loss`` defaults to the
@@ -28,10 +29,12 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
 
     obj = load_target(target)
     if model_path:
+        from planner.torch.loss import model_loss
+
         model = load_model(model_path)
-        return obj, model, loss or (model.document or {}).get("loss")
+        return obj, model, loss or model_loss(model)
     doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True,
-                        name=target.rpartition(":")[2], loss=loss, seed=seed)
+                        name=target.rpartition(":")[2], loss=loss, seed=seed, output=output)
     return obj, model_from_dict(doc, source_name=f"profile of {target}"), loss
 
 
@@ -70,12 +73,10 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     predicted = result.peak_bytes if model_path else schedule.predicted.get("peak_bytes")
     if not isinstance(predicted, int) or isinstance(predicted, bool):
         predicted = None
-    verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages,
-                      names=[layer.name for layer in model.layers],
-                      model=model if model_path else None, predicted=predicted, seed=seed,
-                      device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
+    verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages, model=model, predicted=predicted,
+                      seed=seed, device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
                       predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage),
-                      timeline=timeline)
+                      predicted_overhead=result.overhead, timeline=timeline)
     if timeline:
         verified = dataclasses.replace(verified, predicted_op_peaks=list(result.timeline))
     return verified

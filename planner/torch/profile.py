@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from planner.errors import ModelError
 from planner.model import INPUT, MODEL_FORMAT, model_from_dict
-from planner.torch.capture import build_stages
+from planner.torch.capture import OWN_LOSS, build_stages
 from planner.torch.inputs import (
     FLOAT_DTYPES,
     load_target,
@@ -65,7 +65,7 @@ def _model_output(stages, inputs, root):
     return outputs[len(stages) - 1]
 
 
-def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
+def prepare(obj, example, *, dtype, stages, seed, device, loss=None, output=None):
     """Put ``obj`` on the device and dtype in train mode, make the example, cut the stages.
 
     Shared by :func:`profile_model` and the runtime, so that both run the same
@@ -80,6 +80,10 @@ def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
     loss : str or None, keyword-only
         A ``--loss`` kind: the loss stage is appended and, when the example
         has no target, a random one is made (:func:`default_target`).
+        ``output``: the model computes its own loss (its ``loss`` field, from
+        ``labels`` in the example); it is the sink, no stage is appended.
+    output : str or None, keyword-only
+        The field or index of the model's result the loss reads (``--output``).
 
     Returns
     -------
@@ -96,13 +100,15 @@ def prepare(obj, example, *, dtype, stages, seed, device, loss=None):
         raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
     dev = torch_device(device)
-    loss_fn = make_loss(loss) if loss is not None else None
+    if loss == OWN_LOSS:
+        output = output if output is not None else "loss"
+    loss_fn = make_loss(loss) if loss not in (None, OWN_LOSS) else None
     for m in obj if isinstance(obj, (list, tuple)) else [obj]:
         m.to(device=dev, dtype=torch_dtype)
         m.train()
     inputs, target = make_example(example, dtype=dtype, device=dev, seed=seed)
-    root, stage_list = build_stages(obj, stages, example=inputs, loss=loss_fn)
-    if loss is None:
+    root, stage_list = build_stages(obj, stages, example=inputs, loss=loss_fn, output=output)
+    if loss_fn is None:
         target = None
     elif target is None:
         target = default_target(loss, _model_output(stage_list[:-1], inputs, root), seed=seed)
@@ -115,7 +121,8 @@ def _layer_doc(stage, stages, fields):
         name = INPUT if p < 0 else stages[p].name
         if name not in inputs:
             inputs.append(name)
-    return {"name": stage.name, "inputs": inputs, **fields}
+    extra = {"module": stage.module} if stage.module else {}
+    return {"name": stage.name, "inputs": inputs, **fields, **extra}
 
 
 def _measure_all(prep, *, repeats, caller_holds_gradient):
@@ -204,6 +211,7 @@ def profile_model(
     device="cpu",
     seed=0,
     loss=None,
+    output=None,
     caller_holds_gradient=False,
 ):
     """Profile a module (or list of modules) into an ``edgeplan-model/1`` document.
@@ -239,6 +247,12 @@ def profile_model(
     loss : str or None, keyword-only
         ``cross_entropy``, ``mse``, ``sum`` or ``FILE.py:FUNC``: the loss is the
         last layer, ``loss``, the sink, and the document's ``loss`` field.
+        ``output``: the model's own ``loss`` field (a transformers model given
+        ``labels``) is the sink.
+    output : str or None, keyword-only
+        The field (``logits``) or index of the model's result that the loss
+        reads; default: the result itself, its ``logits``, or its one tensor.
+        Kept in the document's ``output`` field.
     caller_holds_gradient : bool, keyword-only
         Measure ``workspace_backward`` with the output gradient and the output
         held by the caller for the whole backward (the convention the shared
@@ -266,7 +280,7 @@ def profile_model(
     (BatchNorm batch statistics, dropout on); the module's state (parameters,
     buffers, gradients) is restored afterwards.
     """
-    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
     root = prep.root
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
@@ -301,6 +315,8 @@ def profile_model(
     }
     if loss is not None:
         doc["loss"] = loss
+    if output is not None:
+        doc["output"] = output
     if spreads:
         doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
                          "spread": [round(x, 4) for x in spreads]}

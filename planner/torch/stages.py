@@ -30,6 +30,14 @@ class Stage:
         Buffers it reads or updates (BatchNorm running statistics).
     loss : bool
         The loss: the last stage (the sink), called with the target too.
+    random : bool or None
+        It draws random numbers (dropout, ``torch.rand``): a recomputation
+        must replay the RNG state of its first run to compute the same.
+        None when the capture does not know (a chain of modules): the
+        executor learns it at the stage's first run.
+    module : str
+        The module path it was captured in (``transformer.h.0``; ``""``: the
+        model itself), written to the model file as the layer's ``module``.
     """
 
     name: str
@@ -38,6 +46,8 @@ class Stage:
     params: list = field(default_factory=list)
     buffers: list = field(default_factory=list)
     loss: bool = False
+    random: bool = None
+    module: str = ""
 
 
 def input_index(p):

@@ -1,28 +1,40 @@
 """Check an edgeplan schedule on the real model against plain autograd: :func:`verify`.
 
-:func:`verify` builds the stages ``edgeplan profile`` measured
-(:func:`planner.torch.profile.prepare`), then trains ``steps`` SGD steps
-twice from the same start, seed and input: with plain autograd over the
-stages, and with the schedule run by the training executor
-(:mod:`planner.torch.executor`, the code a training loop uses).  It compares
-the first step's parameter gradients and the buffers (BatchNorm running
-statistics), and the parameters after the last step.  The sink's gradient is
-a seeded random tensor, or the loss's own when the model's sink is a loss.
+:func:`verify` is the executor's own check: it trains ``steps`` SGD steps
+twice from the same start, seed and input, with the schedule run by a
+:class:`~planner.torch.executor.ScheduledModule` (the code a training loop
+runs, through its public interface only), and with plain autograd on a deep
+copy of the user's own module, untouched, with the same loss (read by
+:func:`planner.torch.loss.model_loss`, made by
+:func:`planner.torch.loss.make_loss`).  So a capture that gets the model
+wrong (a random draw frozen into a constant) shows as a difference.  It
+compares the first step's parameter gradients and the buffers (BatchNorm
+running statistics), and the parameters after the last step.  The sink's
+gradient is a seeded random tensor, or the loss's own when the model's sink
+is a loss.
 
 Memory is the allocator's peak during the first step of each run, above what
 was allocated before it, plus the model input (as ``peak_bytes`` counts it;
 see :func:`planner.torch.profile.allocation_trace`); parameter gradients
 are allocated before the step (fixed memory).  Step times are wall times of
 the steps after the first (the first runs under the memory profiler), or the
-first's when there is one step.
+first's when there is one step; their ratio is the measured overhead, set
+against the simulator's (``predicted_overhead``).
 """
 
+import copy
 import gc
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.errors import ModelError
-from planner.torch.inputs import require_torch
+from planner.schedule import Schedule
+from planner.torch.capture import OWN_LOSS, document_output
+from planner.torch.executor import ScheduledModule
+from planner.torch.export import pick_output
+from planner.torch.inputs import ExampleInputs, require_torch
+from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import allocation_trace, seed_function
 from planner.torch.profile import prepare
 
@@ -78,6 +90,11 @@ class VerifyResult:
         directory on the CPU, pinned host memory on CUDA).
     predicted_transfer_seconds : float or None
         What the schedule's storage figures predict for them.
+    op_seconds : list of float or None
+        With ``timeline``: the measured wall time of each op.
+    predicted_overhead : float or None
+        The simulator's recomputation overhead for the schedule (its compute
+        over store-all's, minus 1); ``measured_overhead`` is the step times'.
     """
 
     grads_match: bool
@@ -100,6 +117,15 @@ class VerifyResult:
     transfer_seconds: float = 0.0
     predicted_transfer_seconds: object = None
     predicted_op_peaks: list = None
+    op_seconds: list = None
+    predicted_overhead: object = None
+
+    @property
+    def measured_overhead(self):
+        """``step_seconds / reference_step_seconds - 1`` (None without a reference time)."""
+        if not self.reference_step_seconds:
+            return None
+        return self.step_seconds / self.reference_step_seconds - 1.0
 
     @property
     def relative_error(self):
@@ -137,6 +163,8 @@ class VerifyResult:
             "max_param_diff": self.max_param_diff,
             "step_seconds": self.step_seconds,
             "reference_step_seconds": self.reference_step_seconds,
+            "measured_overhead": self.measured_overhead,
+            "predicted_overhead": self.predicted_overhead,
             "ops": self.n_ops,
             "device": self.device,
             "pageouts": self.pageouts,
@@ -173,9 +201,9 @@ def _upstream(out, seed, torch):
     return make
 
 
-def _backward_from(out, stage_list, seed, torch):
+def _backward_from(out, has_loss, seed, torch):
     """The step's backward: the loss's own, or a seeded gradient the engine owns."""
-    if getattr(stage_list[-1], "loss", False):
+    if has_loss:
         out.backward()
     elif out.requires_grad:
         seed_function(torch)(out, _upstream(out, seed, torch)).backward()
@@ -190,7 +218,7 @@ def _train(step, params, *, steps, lr, device, torch):
 
     def first():
         t0 = time.perf_counter()
-        step(first=True)
+        step()
         peak_box["seconds"] = time.perf_counter() - t0
 
     # No garbage collection inside the trace: freeing tensors of an earlier step there
@@ -206,7 +234,7 @@ def _train(step, params, *, steps, lr, device, torch):
     for k in range(steps):
         if k:
             t0 = time.perf_counter()
-            step(first=False)
+            step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
@@ -230,28 +258,34 @@ def _max_diff(a, b):
 
 def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, predicted=None,
            seed=0, device="cpu", timeline=False, steps=1, lr=0.01, budget=None, model=None,
-           target=None, loss=None, predicted_transfer=None):
+           target=None, loss=None, output=None, predicted_transfer=None, predicted_overhead=None):
     """Train on a real model with a schedule and with plain autograd, and compare.
+
+    The schedule runs in a :class:`~planner.torch.executor.ScheduledModule`
+    wrapping ``obj``, the code a training loop runs; the reference is a deep
+    copy of ``obj`` itself, untouched, under plain autograd with the same loss.
 
     Parameters
     ----------
     obj : torch.nn.Module or list of torch.nn.Module
         What ``edgeplan profile`` profiled (same ``stages`` mode).
-    example : tuple of int, sequence of InputSpec, or str
-        The inputs, as :func:`planner.torch.profile.make_example` takes them
-        (a shape, ``--input`` specs, or ``FILE.py:FUNC``).
+    example : tuple of int, sequence of InputSpec, str or callable
+        The inputs, as :func:`planner.torch.inputs.make_example` takes them
+        (a shape, ``--input`` specs, ``FILE.py:FUNC`` or FUNC).
     ops : sequence of planner.schedule.Op
         A valid schedule (check it with the simulator first).
     dtype, stages : str, keyword-only
         As for :func:`planner.torch.profile.profile_model`.
     names : list of str, keyword-only
-        The model file's layer names: they must be the stages' names, in order.
+        Without ``model``: the layer names the schedule was made for; they
+        must be the stages' names, in order.
     predicted : int, keyword-only
         The simulator's ``peak_bytes``, echoed in the result.
     seed : int, keyword-only
     device : str, keyword-only
     timeline : bool, keyword-only
-        Also record the measured peak during each op of the first step (CPU only).
+        Also record the measured peak (CPU only) and time during each op of
+        the first step.
     steps : int, keyword-only
         SGD steps per run, from the same start.
     lr : float, keyword-only
@@ -259,17 +293,24 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     budget : int or None, keyword-only
         The schedule's ``budget_bytes``, checked against the measured peak.
     model : planner.model.Model, keyword-only
-        The model file: its names (instead of ``names``), its loss, and its
-        ``input_bytes`` and ``output_bytes`` (checked as the stages run).
+        The model file the schedule was made for: its names, its loss, and
+        its ``input_bytes`` and ``output_bytes`` (checked as the stages run).
+        Without it, an estimate profile of ``obj`` (nothing runs) stands in.
     target : torch.Tensor, keyword-only
         The loss's target, when the model's sink is a loss (default: the
         example's target).
     loss : str or None, keyword-only
-        A ``--loss`` kind (default: the model file's ``loss``): the last stage
-        runs it on the target.
+        A ``--loss`` kind (default: the model file's ``loss``); ``output``:
+        the model's own loss field.
+    output : str or None, keyword-only
+        The field or index of the model's result the loss reads (default:
+        the model file's; see :func:`planner.torch.export.pick_output`).
     predicted_transfer : float or None, keyword-only
         The predicted seconds of the schedule's pageouts and pageins, echoed
         next to the measured ones.
+    predicted_overhead : float or None, keyword-only
+        The simulator's recomputation overhead (compute over store-all's,
+        minus 1), echoed next to the measured one.
 
     Returns
     -------
@@ -287,177 +328,153 @@ def verify(obj, example, ops, *, dtype="float32", stages="auto", names=None, pre
     ``2 x steps`` training steps; O(ops) stage calls per scheduled step.
     """
     torch = require_torch()
-    setup = _setup(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, names=names,
-                   model=model, target=target, loss=loss)
-    params = [p for p in setup.root.parameters() if p.requires_grad]
-    initial = {k: v.detach().clone() for k, v in setup.root.state_dict().items()}
-    for p in params:  # gradients are fixed memory: allocated before the step
-        p.grad = torch.zeros_like(p)
-    scheduled = _ScheduledStep(setup, ops, torch)
+    if loss is None and model is not None:
+        loss = model_loss(model)
+    if output is None and model is not None:
+        output = document_output(model.document)
+    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
+    inputs = prep.inputs
+    target = prep.target if target is None else target
+    x_bytes = sum(t.numel() * t.element_size() for t in list(inputs) + ([target] if target is not None else []))
+    if model is None:
+        model = _estimate(obj, example, dtype=dtype, stages=stages, seed=seed, loss=loss, output=output)
+        if names is not None and list(names) != [layer.name for layer in model.layers]:
+            raise ModelError(f"the model file does not describe this TARGET: its layers are {_few(names)}, "
+                             f"TARGET's stages {_few(layer.name for layer in model.layers)} (profile it with "
+                             "the same inputs and stages)")
+    elif x_bytes > model.input_bytes or (loss is None and x_bytes != model.input_bytes):
+        # input_bytes also holds what the loss value keeps beyond its scalar (a loss model).
+        raise ModelError(
+            f"the inputs are {x_bytes} bytes; the model file was profiled for "
+            f"{model.input_bytes}: use the same --input/--example"
+        )
+    reference = copy.deepcopy(torch.nn.Sequential(*obj) if isinstance(obj, (list, tuple)) else obj)
+    schedule = Schedule(model_name=model.name, fingerprint=model.fingerprint, strategy="verify", ops=tuple(ops))
+    try:
+        wrapped = ScheduledModule(obj, model, schedule, stages=stages, example=inputs)
+    except ModelError as exc:
+        raise ModelError(str(exc).replace("this model", "this TARGET", 1)) from None
+    wrapped.train()
+    has_loss = loss is not None
+    loss_fn = make_loss(loss) if loss not in (None, OWN_LOSS) else None  # output: the model's own loss
+    picked = "loss" if loss == OWN_LOSS and output is None else output
+    args, kwargs = inputs.call() if isinstance(inputs, ExampleInputs) else (tuple(inputs), {})
+    runs = _Runs(seed=seed, steps=steps, lr=lr, device=prep.device, x_bytes=x_bytes, torch=torch)
 
-    def run(step, what):
-        return _run(setup, step, what, params=params, initial=initial, steps=steps, lr=lr, torch=torch)
+    def plain_step():
+        out = pick_output(reference(*args, **kwargs), picked, model_name=model.name)
+        _backward_from(loss_fn(out, target) if loss_fn is not None else out, has_loss, seed, torch)
 
-    ref_grads, ref_peak, ref_seconds, ref_state = run(_PlainStep(setup, torch), "the plain autograd step")
-    op_peaks = _timeline(setup, scheduled, params=params, initial=initial, torch=torch) if timeline else None
-    grads, measured, seconds, state = run(scheduled, "running the schedule")
-    max_diff, grads_ok = _max_diff(grads, ref_grads)
-    param_names = [k for k, v in setup.root.named_parameters() if v.requires_grad]
-    param_diff, params_ok = _max_diff([state[k] for k in param_names], [ref_state[k] for k in param_names])
-    buffers_ok = all(
-        torch.equal(state[k], ref_state[k]) for k, _ in setup.root.named_buffers() if k in state
-    )
-    transfers = scheduled.transfers
+    transfers = []
+
+    def scheduled_step():
+        _backward_from(wrapped(*inputs, target=target), has_loss, seed, torch)
+        transfers.append(wrapped.last_step.pager.seconds)
+
+    ref = runs.run(reference, plain_step, "the plain autograd step")
+    initial = {k: v.detach().clone() for k, v in wrapped.module.state_dict().items()}
+    op_peaks = op_seconds = None
+    if timeline:
+        op_peaks, op_seconds = runs.timeline(wrapped, scheduled_step)
+        wrapped.module.load_state_dict(initial)
+        transfers.clear()
+    got = runs.run(wrapped.module, scheduled_step, "running the schedule")
+    max_diff, grads_ok = _max_diff(got.grads, ref.grads)
+    param_names = [k for k, v in reference.named_parameters() if v.requires_grad]
+    param_diff, params_ok = _max_diff([got.state[k] for k in param_names], [ref.state[k] for k in param_names])
+    buffers_ok = all(torch.equal(got.state[k], ref.state[k]) for k, _ in reference.named_buffers() if k in got.state)
+    last = wrapped.last_step
     return VerifyResult(
         grads_match=grads_ok and buffers_ok and params_ok,
         max_abs_diff=float(max_diff),
         buffers_match=buffers_ok,
-        measured_peak_bytes=int(measured),
+        measured_peak_bytes=int(got.peak),
         predicted_peak_bytes=predicted,
-        reference_peak_bytes=int(ref_peak),
-        n_ops=scheduled.n_ops,
-        device=str(setup.device),
+        reference_peak_bytes=int(ref.peak),
+        n_ops=last.count,
+        device=str(prep.device),
         op_peaks=op_peaks,
+        op_seconds=op_seconds,
         steps=steps,
         lr=lr,
         max_param_diff=float(param_diff),
-        step_seconds=seconds,
-        reference_step_seconds=ref_seconds,
+        step_seconds=got.seconds,
+        reference_step_seconds=ref.seconds,
+        predicted_overhead=predicted_overhead,
         budget_bytes=budget,
-        pageouts=scheduled.pageouts,
-        pageins=scheduled.pageins,
+        pageouts=last.pager.pageouts,
+        pageins=last.pager.pageins,
         transfer_seconds=sum(transfers) / len(transfers) if transfers else 0.0,
         predicted_transfer_seconds=predicted_transfer,
     )
 
 
+def _few(names, limit=4):
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
+
+
+def _estimate(obj, example, *, dtype, stages, seed, loss, output):
+    """The model of ``obj`` from an estimate profile (fake tensors: nothing runs)."""
+    from planner.model import model_from_dict
+    from planner.torch.profile import profile_model
+
+    doc = profile_model(copy.deepcopy(obj), example, dtype=dtype, stages=stages, estimate=True, seed=seed,
+                        loss=loss, output=output)
+    return model_from_dict(doc, source_name="estimate of the target")
+
+
+class _Run(NamedTuple):
+    grads: list
+    peak: int
+    seconds: float
+    state: dict
+
+
 @dataclass(frozen=True)
-class _Setup:
-    """What both runs of :func:`verify` share.
+class _Runs:
+    """How both runs of :func:`verify` train: seed, steps, learning rate, device, the caller's bytes."""
 
-    The prepared stages and their inputs, the seed of the sink's gradient,
-    ``x_bytes`` (what the caller holds through the step: inputs and target)
-    and ``expected`` (the model file's ``output_bytes`` per layer, or None).
-    """
-
-    device: object
-    inputs: tuple
-    root: object
-    stages: list
-    target: object
     seed: int
+    steps: int
+    lr: float
+    device: object
     x_bytes: int
-    expected: object
+    torch: object
 
-
-def _setup(obj, example, *, dtype, stages, seed, device, names, model, target, loss):
-    """Prepare ``obj`` and check its stages and inputs against the model file or ``names``."""
-    from planner.torch.executor import _with_loss, check_names
-
-    if loss is None and model is not None:
-        loss = (model.document or {}).get("loss")
-    prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss)
-    stage_list = prep.stages
-    target = prep.target if target is None else target
-    by_caller = list(prep.inputs) + ([target] if target is not None else [])
-    x_bytes = sum(t.numel() * t.element_size() for t in by_caller)
-    expected = None
-    if model is not None:
-        stage_list = _with_loss(stage_list, model)
-        names = [layer.name for layer in model.layers]
-        expected = [layer.output_bytes for layer in model.layers]
-        # input_bytes also holds what the loss value keeps beyond its scalar (a loss model).
-        if x_bytes > model.input_bytes or (loss is None and x_bytes != model.input_bytes):
-            raise ModelError(
-                f"the inputs are {x_bytes} bytes; the model file was profiled for "
-                f"{model.input_bytes}: use the same --input/--example"
-            )
-    if names is not None:
+    def run(self, module, step, what):
+        """``steps`` SGD steps of ``step`` on ``module``'s parameters; the peak includes the caller's inputs."""
+        torch = self.torch
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:  # gradients are fixed memory: allocated before the step
+            p.grad = torch.zeros_like(p)
+        torch.manual_seed(self.seed)
         try:
-            check_names(names, stage_list)
-        except ModelError as exc:
-            raise ModelError(str(exc).replace("this model", "this TARGET", 1)) from None
-    return _Setup(device=prep.device, inputs=prep.inputs, root=prep.root, stages=stage_list,
-                  target=target, seed=seed, x_bytes=x_bytes, expected=expected)
+            grads, peak, seconds = _train(step, params, steps=self.steps, lr=self.lr, device=self.device,
+                                          torch=torch)
+        except RuntimeError as exc:
+            raise ModelError(f"{what} failed: {str(exc).splitlines()[0]}") from None
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return _Run(grads, peak + self.x_bytes, seconds, state)
 
+    def timeline(self, wrapped, step):
+        """The measured peak (None on CUDA) and seconds of each op of one more scheduled step.
 
-class _PlainStep:
-    """A training step under plain autograd over the stages."""
-
-    def __init__(self, setup, torch):
-        self.setup = setup
-        self.torch = torch
-
-    def __call__(self, first):
-        from planner.torch.executor import plain_forward
-
-        setup = self.setup
-        out = plain_forward(setup.stages, setup.inputs, setup.target)
-        _backward_from(out, setup.stages, setup.seed, self.torch)
-
-
-class _ScheduledStep:
-    """A training step under the schedule, run by the executor.
-
-    After each call ``n_ops``, ``pageouts`` and ``pageins`` count its ops, and
-    ``transfers`` lists the paging seconds of every untraced call; a traced
-    call (``traced=True``) appends the time of its start and of each op's end
-    to ``marks``.
-    """
-
-    def __init__(self, setup, ops, torch):
-        from planner.torch.executor import _Plan
-
-        self.setup = setup
-        self.torch = torch
-        self.plan = _Plan(setup.stages, ops)
-        self.anchor = torch.zeros((), device=setup.device, requires_grad=True)
-        self.marks = []
-        self.transfers = []
-        self.n_ops = self.pageouts = self.pageins = 0
-
-    def __call__(self, first, traced=False):
-        from planner.torch.executor import StepRunner
-
-        setup = self.setup
-        on_op = (lambda n: self.marks.append(time.time_ns())) if traced else None
-        if on_op:
-            self.marks.append(time.time_ns())
-        runner = StepRunner(setup.stages, self.plan, setup.inputs, setup.target, anchor=self.anchor,
-                            device=setup.device, expected_bytes=setup.expected, on_op=on_op)
-        out = runner.attach(runner.forward_part())
-        _backward_from(out, setup.stages, setup.seed, self.torch)
-        self.n_ops = runner.count
-        self.pageouts, self.pageins = runner.pager.pageouts, runner.pager.pageins
-        if not traced:
-            self.transfers.append(runner.pager.seconds)
-
-
-def _run(setup, step, what, *, params, initial, steps, lr, torch):
-    """``steps`` SGD steps of ``step`` from the start; (first grads, peak, seconds, state at the end).
-
-    The peak includes the caller's inputs (``x_bytes``).
-    """
-    setup.root.load_state_dict(initial)
-    for p in params:
-        p.grad.zero_()
-    torch.manual_seed(setup.seed)
-    try:
-        grads, peak, seconds = _train(step, params, steps=steps, lr=lr, device=setup.device, torch=torch)
-    except RuntimeError as exc:
-        raise ModelError(f"{what} failed: {str(exc).splitlines()[0]}") from None
-    state = {k: v.detach().clone() for k, v in setup.root.state_dict().items()}
-    return grads, peak + setup.x_bytes, seconds, state
-
-
-def _timeline(setup, scheduled, *, params, initial, torch):
-    """The measured peak during each op of one more scheduled step, traced (None on CUDA).
-
-    The step's gradients are zeroed after it; the next run starts from ``initial``.
-    """
-    setup.root.load_state_dict(initial)
-    torch.manual_seed(setup.seed)
-    _, _, _, trace = allocation_trace(lambda: scheduled(True, traced=True), setup.device, events=True)
-    for p in params:
-        p.grad.zero_()
-    return _per_op_peaks(trace, scheduled.marks, setup.x_bytes) if trace else None
+        The step's gradients are zeroed after it.
+        """
+        torch = self.torch
+        params = [p for p in wrapped.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        marks = [time.time_ns()]
+        wrapped.on_op = lambda n: marks.append(time.time_ns())
+        torch.manual_seed(self.seed)
+        try:
+            _, _, _, trace = allocation_trace(step, self.device, events=True)
+        finally:
+            wrapped.on_op = None
+        for p in params:
+            p.grad = None
+        seconds = [(b - a) / 1e9 for a, b in zip(marks, marks[1:])]
+        return (_per_op_peaks(trace, marks, self.x_bytes) if trace else None), seconds

@@ -1,0 +1,119 @@
+"""Tiny Hugging Face transformers models, built from configs in code (random weights, no hub).
+
+Each family has a factory (``gpt2``, ``bert``, ``llama``, ``vit``, ``resnet``) and an
+example function (``gpt2_batch``, ...) of the shape ``edgeplan profile FILE.py:FUNC``
+takes: ``(kwargs, target)`` or, with ``labels`` in the kwargs, the kwargs alone.
+2 layers, hidden size 32, sequence 16, batch 2.
+"""
+
+import torch
+
+BATCH, SEQ, HIDDEN, VOCAB, CLASSES, IMAGE = 2, 16, 32, 64, 3, 32
+
+
+def _tokens(seed, high=VOCAB):
+    return torch.randint(0, high, (BATCH, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def _config(name, **fields):
+    import transformers
+
+    config = getattr(transformers, name)(**fields)
+    config.attn_implementation = "eager"
+    return config
+
+
+def gpt2():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("GPT2Config", vocab_size=VOCAB, n_positions=SEQ, n_embd=HIDDEN, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def gpt2_batch():
+    return {"input_ids": _tokens(1)}, _tokens(2)
+
+
+def gpt2_labels():
+    ids = _tokens(1)
+    return {"input_ids": ids, "labels": ids}
+
+
+def bert():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("BertConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=2 * HIDDEN, max_position_embeddings=SEQ, num_labels=CLASSES)
+    return transformers.BertForSequenceClassification(config)
+
+
+def bert_batch():
+    mask = torch.ones(BATCH, SEQ, dtype=torch.int64)
+    mask[1, SEQ // 2:] = 0  # the second sequence is padded
+    target = torch.tensor([0, 2])
+    return {"input_ids": _tokens(3), "attention_mask": mask}, target
+
+
+def bert_labels():
+    kwargs, target = bert_batch()
+    return {**kwargs, "labels": target}
+
+
+def llama():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("LlamaConfig", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=2 * SEQ)
+    return transformers.LlamaForCausalLM(config)
+
+
+def llama_batch():
+    return {"input_ids": _tokens(4)}, _tokens(5)
+
+
+def llama_labels():
+    ids = _tokens(4)
+    return {"input_ids": ids, "labels": ids}
+
+
+def vit():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("ViTConfig", image_size=IMAGE, patch_size=8, num_channels=3, hidden_size=HIDDEN,
+                     num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * HIDDEN,
+                     num_labels=CLASSES)
+    return transformers.ViTForImageClassification(config)
+
+
+def _images(seed):
+    return torch.randn(BATCH, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def vit_batch():
+    return {"pixel_values": _images(6)}, torch.tensor([1, 2])
+
+
+def vit_labels():
+    return {"pixel_values": _images(6), "labels": torch.tensor([1, 2])}
+
+
+def resnet():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("ResNetConfig", num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                     layer_type="basic", num_labels=CLASSES)
+    return transformers.ResNetForImageClassification(config)
+
+
+def resnet_batch():
+    return {"pixel_values": _images(7)}, torch.tensor([0, 1])
+
+
+def resnet_labels():
+    return {"pixel_values": _images(7), "labels": torch.tensor([0, 1])}
