@@ -107,7 +107,7 @@ def _time_case(factory, model, shape, schedules, rounds):
         )
     for strategy, schedule in schedules.items():
         wrapped = ScheduledModule(factory(), model, schedule)
-        methods[strategy] = (lambda w: lambda: _step(w, x))(wrapped)
+        methods[strategy] = _caller(wrapped, (x,))
     if "sequential" in methods:  # right after checkpoint_sequential: the pair sees the same load
         order = ["plain", "checkpoint_sequential", "sequential"]
         methods = {k: methods[k] for k in order + [k for k in methods if k not in order]}

@@ -351,11 +351,9 @@ def test_compiled_stages_train_as_plain_training(chain):
 
 def test_a_store_all_chain_is_one_backward_call(chain, monkeypatch):
     """Issue 19: consecutive saved stages are one autograd segment, as plain autograd runs them."""
-    import planner.torch.executor as executor
-
     calls = []
     real = torch.autograd.backward
-    monkeypatch.setattr(executor.torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     plain, net = bn_dropout_chain(), bn_dropout_chain()
     wrapped = ScheduledModule(net, chain, solvers.solve(chain, None, "store-all").schedule)
     batches = _batches(CHAIN_SHAPE, 2)

@@ -161,6 +161,7 @@ def _segments(stages, ops):
             if op.kind is OpKind.BACKWARD and op.layer in last:
                 feeds[n] = last[op.layer]  # the forward-save op whose saved data it uses
     backs = [k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD]
+    back_at = {ops[k].layer: k for k in backs}
     reads, members, frees, unseeded = {}, {}, {}, set()
     top = None
     for k, nxt in zip(backs, backs[1:] + [None]):
@@ -170,7 +171,7 @@ def _segments(stages, ops):
             nxt is not None
             and all(ops[j].kind is OpKind.FREE for j in range(k + 1, nxt))
             and p in candidates.get(feeds.get(k), ())
-            and not any(top <= b < nxt and ops[b].layer in consumers[p] and ops[b].layer != i for b in backs)
+            and all(back_at.get(c, -1) < top for c in consumers[p] if c != i)
         )
         if not joined:
             top = None
