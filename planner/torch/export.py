@@ -360,9 +360,11 @@ def _classify(g, values):
             kinds[node] = "const"
         elif not isinstance(v, torch.Tensor):
             kinds[node] = "fold"  # a tuple: its pieces are what stages read
+        elif dep[node] and _is_view(node, v, values, torch):
+            kinds[node] = "fold"  # also a dropout of p = 0, which returns its input
         elif _is_random(node, torch):
             kinds[node] = "stage"
-        elif not dep[node] or _is_view(node, v, values, torch):
+        elif not dep[node]:
             kinds[node] = "fold"
         else:
             kinds[node] = "stage"
