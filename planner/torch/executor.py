@@ -566,8 +566,9 @@ class ScheduledModule(nn.Module):
         The schedule (or its path); it must carry the model's fingerprint.
     stages : {"auto", "modules", "ops"}, keyword-only
         As for :func:`planner.torch.profile.build_stages`.
-    example : torch.Tensor or tuple, keyword-only
-        An input to cut the stages with now; otherwise the first call's.
+    example : torch.Tensor, tuple or dict, keyword-only
+        An input (a dict: keyword arguments) to cut the stages with now;
+        otherwise the first call's.
 
     Raises
     ------
@@ -611,6 +612,8 @@ class ScheduledModule(nn.Module):
         self._plan = None  # made with the stages, by _build
         self._eval = None  # the stages in eval mode, by _eval_stages
         self._anchors = {}
+        if isinstance(example, dict):  # the model's keyword arguments
+            example = flat_inputs((), example)
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
 
