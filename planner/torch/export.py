@@ -12,8 +12,10 @@ graph inputs) and the example's tensors.  Then the nodes are sorted out as
   with an argument is a **stage** (``ops``); with ``blocks`` (``modules``) the
   nodes recorded inside one *block* (an item of an ``nn.ModuleList``,
   ``nn.Sequential`` or ``nn.ModuleDict``, the outermost one, such as
-  ``transformer.h.0``) are one stage, named by the block's path, and the ops
-  between blocks one stage each;
+  ``transformer.h.0``; in a model without such containers, a child of the
+  model) are one stage, named by the block's path, and the ops between
+  blocks one stage each (a block that hands more than one tensor to the rest
+  of the model is cut into its ops);
 - views and tensors that depend on no input (a causal mask, rotary
   ``cos``/``sin``, a weight's transpose) are **folded**: recomputed by each
   stage that reads them;
@@ -185,9 +187,19 @@ def _strip(path):
     return path[len(_WRAPPER):] if path.startswith(_WRAPPER) else ("" if path == "module" else path)
 
 
-def _block_of(node, root):
-    """The outermost container item among the modules the node was recorded in ('' if none)."""
+def _is_container(module):
+    return type(module).__name__ in _CONTAINERS and type(module).__module__.startswith("torch.nn")
+
+
+def _block_of(node, root, children_are_blocks):
+    """The outermost container item among the modules the node was recorded in ('' if none).
+
+    In a model without containers (``children_are_blocks``), the child of the root it is in.
+    """
     stack = node.meta.get("nn_module_stack") or {}
+    if children_are_blocks:
+        paths = [_strip(path) for path, _ in stack.values()]
+        return next((p for p in paths if p and "." not in p), "")
     for path, _ in stack.values():
         path = _strip(path)
         if not path:
@@ -197,7 +209,7 @@ def _block_of(node, root):
             parent = root.get_submodule(parent_path) if parent_path else root
         except AttributeError:
             continue
-        if type(parent).__name__ in _CONTAINERS and type(parent).__module__.startswith("torch.nn"):
+        if _is_container(parent):
             return path
     return ""
 
@@ -550,9 +562,10 @@ def _depends_on_input(node, kinds):
 def _groups(g, kinds, root):
     """``block path -> stage nodes`` recorded inside it."""
     groups = {}
+    children_are_blocks = not any(_is_container(m) and len(m) for m in root.modules())
     for n in g.graph.nodes:
         if kinds.get(n) == "stage":
-            block = _block_of(n, root)
+            block = _block_of(n, root, children_are_blocks)
             if block:
                 groups.setdefault(block, []).append(n)
     return groups
