@@ -217,3 +217,26 @@ def test_uncapturable_model_is_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "cannot capture a tensor's value used as a Python number" in lines[0]
     assert "the model (Net)" in lines[0] and "keep it a tensor" in lines[0]
+
+
+def test_output_field_on_the_command_line(tmp_path):
+    path = tmp_path / "two.py"
+    path.write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(4, 4)\n"
+        "    def forward(self, x):\n"
+        "        h = self.fc(x)\n"
+        "        return {'hidden': h, 'scores': h.relu()}\n"
+        "def build():\n    return Net()\n"
+    )
+    model_path = tmp_path / "m.json"
+    result = _cli("profile", f"{path}:build", "--input", "2,4", "--output-field", "scores", "--loss", "sum",
+                  "--repeats", 1, "-o", model_path)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(model_path.read_text())
+    assert [layer["name"] for layer in doc["layers"]] == ["fc", "relu", "loss"] and doc["output"] == "scores"
+    result = _cli("profile", f"{path}:build", "--input", "2,4")
+    assert result.exit_code == 2 and "--output-field NAME" in result.output
