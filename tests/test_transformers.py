@@ -23,6 +23,7 @@ from planner.schedule import load_schedule  # noqa: E402
 from planner.torch.capture import build_stages  # noqa: E402
 from planner.torch.executor import ScheduledModule  # noqa: E402
 from planner.torch.inputs import flat_inputs  # noqa: E402
+from planner.torch.loss import make_loss  # noqa: E402
 from planner.torch.profile import profile_model  # noqa: E402
 
 FAMILIES = ["gpt2", "bert", "llama", "vit", "resnet"]
@@ -191,6 +192,10 @@ def test_random_ops_stay_ops_of_their_stage():
     masks = [outputs[stages.index(s)] for s in random]
     again = [s.fn(*[outputs[p] if p >= 0 else x for p in s.inputs]) for s in random]
     assert not all(torch.equal(a, b) for a, b in zip(masks, again))  # not a frozen constant
+    # A module called as a whole may draw: a chain's children are marked random, a built-in loss is not.
+    _, chain = build_stages(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), "modules", example=(x,),
+                            loss=make_loss("sum"))
+    assert [s.random for s in chain] == [True, True, False]
     torch.manual_seed(5)
     first = [s.fn(*[outputs[p] if p >= 0 else x for p in s.inputs]) for s in random]
     torch.manual_seed(5)

@@ -104,7 +104,9 @@ def _append_loss(stage_list, loss):
                 s.name = f"{LOSS_NAME}_{k}"
                 taken.add(s.name)
     kind = getattr(loss, "__name__", "loss").lstrip("_")
-    stage_list.append(Stage(name=LOSS_NAME, fn=_LossFn(loss, kind), inputs=(len(stage_list) - 1,), loss=True))
+    builtin = getattr(loss, "__module__", "") == "planner.torch.loss"  # draws nothing; a FUNC may
+    stage_list.append(Stage(name=LOSS_NAME, fn=_LossFn(loss, kind), inputs=(len(stage_list) - 1,), loss=True,
+                            random=not builtin))
     return stage_list
 
 

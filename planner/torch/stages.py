@@ -31,8 +31,11 @@ class Stage:
     loss : bool
         The loss: the last stage (the sink), called with the target too.
     random : bool
-        It draws random numbers (dropout, ``torch.rand``): a recomputation
-        must replay the RNG state of its first run to compute the same.
+        It may draw random numbers (dropout, ``torch.rand``): a recomputation
+        must replay the RNG state of its first run to compute the same.  False
+        only where the capture saw every op it runs (``torch.export``) and none
+        draws; a module called as a whole (a chain's child, an fx leaf) is
+        assumed to.
     module : str
         The module path it was captured in (``transformer.h.0``; ``""``: the
         model itself), written to the model file as the layer's ``module``.
@@ -44,7 +47,7 @@ class Stage:
     params: list = field(default_factory=list)
     buffers: list = field(default_factory=list)
     loss: bool = False
-    random: bool = False
+    random: bool = True
     module: str = ""
 
 
