@@ -8,23 +8,20 @@ ViT and ResNet, and a ConvNeXt whose forward draws random numbers (stochastic de
 import json
 
 import pytest
+import torch
+from click.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from click.testing import CliRunner  # noqa: E402
-
-import tests.models_hf as hf  # noqa: E402
-from cli import main  # noqa: E402
-from planner import solvers  # noqa: E402
-from planner.errors import InfeasibleError, ModelError  # noqa: E402
-from planner.model import load_model  # noqa: E402
-from planner.schedule import load_schedule  # noqa: E402
-from planner.torch.capture import build_stages  # noqa: E402
-from planner.torch.executor import ScheduledModule  # noqa: E402
-from planner.torch.inputs import flat_inputs  # noqa: E402
-from planner.torch.loss import make_loss  # noqa: E402
-from planner.torch.profile import profile_model  # noqa: E402
+import tests.models_hf as hf
+from cli import main
+from planner import solvers
+from planner.errors import InfeasibleError, ModelError
+from planner.model import load_model
+from planner.schedule import load_schedule
+from planner.torch.capture import build_stages
+from planner.torch.executor import ScheduledModule
+from planner.torch.inputs import flat_inputs
+from planner.torch.loss import make_loss
+from planner.torch.profile import profile_model
 
 FAMILIES = ["gpt2", "bert", "llama", "vit", "resnet"]
 FILE = hf.__file__

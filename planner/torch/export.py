@@ -157,12 +157,13 @@ def _export(torch, root, args, kwargs, output):
 @contextlib.contextmanager
 def _quiet():
     """The exporter's log lines and graph dumps stay off the user's terminal."""
-    logging.disable(logging.WARNING)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
 
 
 def _construct(exc):
