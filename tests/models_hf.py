@@ -1,6 +1,6 @@
 """Tiny Hugging Face transformers models, built from configs in code (random weights, no hub).
 
-Each family has a factory (``gpt2``, ``bert``, ``llama``, ``vit``, ``resnet``) and an
+Each family has a factory (``gpt2``, ``bert``, ``llama``, ``vit``, ``resnet``, ``convnext``) and an
 example function (``gpt2_batch``, ...) of the shape ``edgeplan profile FILE.py:FUNC``
 takes: ``(kwargs, target)`` or, with ``labels`` in the kwargs, the kwargs alone.
 2 layers, hidden size 32, sequence 16, batch 2.
@@ -117,3 +117,17 @@ def resnet_batch():
 
 def resnet_labels():
     return {"pixel_values": _images(7), "labels": torch.tensor([0, 1])}
+
+
+def convnext():
+    """A ConvNeXt with stochastic depth: ``torch.rand`` in its forward (drop path)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[2, 1], num_stages=2,
+                                         num_labels=CLASSES, image_size=IMAGE, drop_path_rate=0.5)
+    return transformers.ConvNextForImageClassification(config)
+
+
+def convnext_labels():
+    return {"pixel_values": _images(8), "labels": torch.tensor([2, 0])}

@@ -32,9 +32,11 @@ class Stage:
         The loss: the last stage (the sink), called with the target too.
     random : bool or None
         It draws random numbers (dropout, ``torch.rand``): a recomputation
-        must replay the RNG state of its first run to compute the same.
-        None when the capture does not know (a chain of modules): the
-        executor learns it at the stage's first run.
+        must replay the RNG state of its first run to compute the same.  Known
+        where the capture saw every op it runs (``torch.export``: True when one
+        of them draws) and for a built-in loss (False); None where it does not
+        know (a chain's child, an fx leaf): the executor learns it at the
+        stage's first run, from whether the RNG state moved.
     module : str
         The module path it was captured in (``transformer.h.0``; ``""``: the
         model itself), written to the model file as the layer's ``module``.
