@@ -139,11 +139,14 @@ def _write_data(text, output, as_json, err):
 
 
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
-    """(memory in bytes or None, storage or None) from --memory and --device, the device said on stderr."""
-    memory, storage, device = report.device_memory(model, memory, device_name, need_memory=need_memory)
+    """(model, memory in bytes or None, storage or None) from --memory and --device, said on stderr.
+
+    With a --device that gives a compute speed, the model comes back in the device's seconds.
+    """
+    model, memory, storage, device, note = report.device_memory(model, memory, device_name, need_memory=need_memory)
     if device is not None:
-        render.device_line(err, device, memory)
-    return memory, storage
+        render.device_line(err, device, memory, note)
+    return model, memory, storage
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,7 +189,7 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
     """
     _, err = _consoles(True)
     model = load_model(model_path)
-    memory, storage = _device_memory(model, memory, device_name, err)
+    model, memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategy, options)
     split = report.check_memory(model, memory, optimizer)
     render.header(err, model, split)
@@ -230,7 +233,7 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    memory, storage = _device_memory(model, memory, device_name, err)
+    model, memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategies, options)
     split = report.check_memory(model, memory, optimizer)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
@@ -278,7 +281,7 @@ def sweep(model_path, low, high, steps, strategies, optimizer, options, device_n
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
+    model, device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
     if plot_path:
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)

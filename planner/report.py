@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
-from planner.device import load_device
+from planner.device import device_time, load_device
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
 from planner.sizes import format_size
 
@@ -278,10 +278,12 @@ def timeline_csv(model, ops, timeline, *, measured=None):
 
 
 def device_memory(model, memory, device_name, *, need_memory=True):
-    """``(memory, storage, device)`` from ``--memory`` and ``--device``: ``--memory`` wins.
+    """``(model, memory, storage, device, time_note)`` from ``--memory`` and ``--device``.
 
-    ``device`` is None without ``--device``; ``memory`` is the device's
-    unless ``--memory`` was given.
+    ``--memory`` wins over the device's memory.  ``device`` is None without
+    ``--device``; with a device that gives a compute speed the model comes back
+    in the device's seconds (:func:`planner.device.device_time`), and
+    ``time_note`` says whose times are planned.
 
     Raises
     ------
@@ -290,12 +292,13 @@ def device_memory(model, memory, device_name, *, need_memory=True):
     DeviceError, ModelError
         A bad device; a storage with a model whose time unit is not a time.
     """
-    device = storage = None
+    device = storage = note = None
     if device_name is not None:
         device = load_device(device_name)
         storage = device.storage
         memory = device.memory_bytes if memory is None else memory
+        model, note = device_time(model, device)
     if memory is None and need_memory:
         raise OptionError("give --memory SIZE or --device NAME|FILE")
     solvers.check_storage(model, storage)
-    return memory, storage, device
+    return model, memory, storage, device, note
