@@ -3,7 +3,7 @@ of examples/resnet18.json and examples/mobilenet_v2.json, to count their FLOPs.
 
 The example models were timed on an x86 CPU (``ms``); an edge device's own speed is given in
 FLOP/s (``edgeplan devices``).  This counts each stage's FLOPs on fake tensors and writes
-``examples/NAME.flop.json``: the example model with its forward and backward times replaced by
+``examples/flop/NAME.json``: the example model with its forward and backward times replaced by
 FLOP counts (``time_unit`` ``flop``; sizes and fingerprint unchanged)::
 
     python examples/edge_flops.py
@@ -99,8 +99,8 @@ def main():
             layer["forward"], layer["backward"] = flops["forward"], flops["backward"]
         doc["time_unit"] = "flop"
         doc["source"] += f"; times: FLOPs counted by examples/edge_flops.py ({counted['source']})"
-        (HERE / f"{name}.flop.json").write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote examples/{name}.flop.json: {sum(l['forward'] for l in doc['layers']) / 1e9:.2f} GFLOP forward")
+        (HERE / "flop" / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote examples/flop/{name}.json: {sum(l['forward'] for l in doc['layers']) / 1e9:.2f} GFLOP forward")
 
 
 if __name__ == "__main__":
