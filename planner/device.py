@@ -58,6 +58,11 @@ class Storage:
         Fixed cost of each transfer, >= 0.
     bytes : int or None
         Capacity: the paged outputs may never exceed it (None: unlimited).
+    overlap : bool
+        Transfers run on a copy engine beside compute, one at a time
+        (:mod:`planner.timing`); False: they stop compute (SPEC section 5's
+        serial model).  Device files default to True, ``edgeplan-schedule/2``
+        files are serial and ``/3`` files overlap.
 
     Raises
     ------
@@ -70,6 +75,7 @@ class Storage:
     read_latency_s: float = 0.0
     write_latency_s: float = 0.0
     bytes: int = None
+    overlap: bool = False
 
     def __post_init__(self):
         for key in _RATES:
@@ -83,6 +89,8 @@ class Storage:
         cap = self.bytes
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
             raise ValueError(f"field 'storage.bytes': must be an integer > 0 or absent, got {cap!r}")
+        if not isinstance(self.overlap, bool):
+            raise ValueError(f"field 'storage.overlap': must be true or false, got {self.overlap!r}")
 
     def pageout_seconds(self, nbytes):
         """Seconds to write ``nbytes``: ``write_latency_s + nbytes / write_bytes_per_s``."""
@@ -97,6 +105,8 @@ class Storage:
         doc = {key: getattr(self, key) for key in _RATES + _LATENCIES}
         if self.bytes is not None:
             doc["bytes"] = self.bytes
+        if self.overlap:
+            doc["overlap"] = True
         return doc
 
 
@@ -250,7 +260,7 @@ def compute_from_dict(document, *, source_name="<device>"):
         raise DeviceError(f"{source_name}: {exc}") from None
 
 
-def storage_from_dict(document, *, error=DeviceError, source_name="<device>"):
+def storage_from_dict(document, *, error=DeviceError, source_name="<device>", overlap=True):
     """A :class:`Storage` from a parsed ``storage`` object.
 
     Parameters
@@ -261,6 +271,8 @@ def storage_from_dict(document, *, error=DeviceError, source_name="<device>"):
         :class:`~planner.errors.ScheduleFormatError`).
     source_name : str, keyword-only
         The file name for messages.
+    overlap : bool, keyword-only
+        ``overlap`` when the object does not say (True for device files).
     """
     if not isinstance(document, dict):
         raise error(f"{source_name}: field 'storage': must be a JSON object")
@@ -268,9 +280,10 @@ def storage_from_dict(document, *, error=DeviceError, source_name="<device>"):
     for key in _RATES:
         if key not in document:
             raise error(f"{source_name}: field 'storage.{key}': missing")
-    for key in _RATES + _LATENCIES + ("bytes",):
+    for key in _RATES + _LATENCIES + ("bytes", "overlap"):
         if key in document:
             kwargs[key] = document[key]
+    kwargs.setdefault("overlap", overlap)
     try:
         return Storage(**kwargs)
     except ValueError as exc:
@@ -345,7 +358,7 @@ PRESETS = {
         Device(
             "rpi4-4gb-sd",
             4 * 2**30,
-            Storage(45.5e6, 24.5e6, read_latency_s=5.1e-6, write_latency_s=18.5e-6),
+            Storage(45.5e6, 24.5e6, read_latency_s=5.1e-6, write_latency_s=18.5e-6, overlap=True),
             "Raspberry Pi 4 Model B 4 GB with an SD card, write caching on. " + _POET
             + _POET_FLOPS.format("13.53 s: 120.3 MFLOP/s"),
             Compute(flop_per_s=1.6283e9 / 13.53),
@@ -353,7 +366,7 @@ PRESETS = {
         Device(
             "jetson-tx2-8gb",
             8 * 2**30,
-            Storage(108.5e6, 94.37e6, read_latency_s=0.54e-3, write_latency_s=2.396e-3),
+            Storage(108.5e6, 94.37e6, read_latency_s=0.54e-3, write_latency_s=2.396e-3, overlap=True),
             "NVIDIA Jetson TX2 8 GB (memory shared by CPU and GPU), its eMMC. " + _POET
             + "; compute: its 256-core Pascal GPU's FP32 peak, 665 GFLOP/s (NVIDIA's 1.33 TFLOPS "
             "FP16 halved; POET gives no FLOP/s for it), an upper bound a training step does not reach",
@@ -362,7 +375,7 @@ PRESETS = {
         Device(
             "cortex-m4f-sd",
             256 * 2**10,
-            Storage(4.6e6, 4.44e6, read_latency_s=0.109e-3, write_latency_s=0.113e-3),
+            Storage(4.6e6, 4.44e6, read_latency_s=0.109e-3, write_latency_s=0.113e-3, overlap=True),
             "Arm Cortex-M4F microcontroller (nRF52840 class, 256 KiB SRAM) with an SD card. "
             + _POET + _POET_FLOPS.format("255.6 s at 64 MHz: 6.37 MFLOP/s"),
             Compute(flop_per_s=1.6283e9 / 255.6237),
@@ -370,7 +383,7 @@ PRESETS = {
         Device(
             "gpu-a100-80gb-pcie4-host",
             80 * 2**30,
-            Storage(25e9, 25e9, read_latency_s=10e-6, write_latency_s=10e-6),
+            Storage(25e9, 25e9, read_latency_s=10e-6, write_latency_s=10e-6, overlap=True),
             "NVIDIA A100 80 GB PCIe, pinned host memory over PCIe 4.0 x16: 31.5 GB/s "
             "theoretical each way, about 25 GB/s in practice; 10 us per copy is an estimate "
             "of a synchronised cudaMemcpyAsync; compute: 19.5 TFLOP/s, NVIDIA's FP32 peak "

@@ -52,9 +52,9 @@ def test_solve_with_a_device_file_pages_and_simulate_replays_it(chain_file, fast
     assert "device fast: memory 5,000 bytes" in r.stderr
     assert "pageouts" in r.stderr and "transfer" in r.stderr
     doc = json.loads(out.read_text())
-    assert doc["format"] == "edgeplan-schedule/2"
+    assert doc["format"] == "edgeplan-schedule/3"  # a device file's storage overlaps unless it says not
     assert doc["storage"] == {"read_bytes_per_s": 1e12, "write_bytes_per_s": 1e12,
-                              "read_latency_s": 0.0, "write_latency_s": 0.0}
+                              "read_latency_s": 0.0, "write_latency_s": 0.0, "overlap": True}
     assert doc["budget_bytes"] == 5000 and doc["strategy"] in PAGING
     assert doc["predicted"]["pageouts"] >= 1
     sim = run("simulate", chain_file, out, "--memory", "5000", "--json")
@@ -63,6 +63,7 @@ def test_solve_with_a_device_file_pages_and_simulate_replays_it(chain_file, fast
     assert res["valid"] and res["fits"]
     for key in ("peak_bytes", "compute", "overhead", "transfer", "pageouts", "pageins"):
         assert res[key] == doc["predicted"][key]
+    assert doc["predicted"]["time"] <= doc["predicted"]["compute"] + doc["predicted"]["transfer"]
     human = run("simulate", chain_file, out)
     assert human.exit_code == 0 and "pageouts" in human.stdout
 

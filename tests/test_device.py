@@ -82,7 +82,8 @@ def test_load_device_by_name_and_file(tmp_path):
         "source": "measured with dd",
     }))
     device = load_device(path)
-    assert device == Device("my-board", 512 * 2**20, Storage(20e6, 10e6, bytes=2**30), "measured with dd")
+    # a device file's storage overlaps transfers with compute unless it says "overlap": false
+    assert device == Device("my-board", 512 * 2**20, Storage(20e6, 10e6, bytes=2**30, overlap=True), "measured with dd")
     path.write_text(json.dumps({"format": DEVICE_FORMAT, "name": "plain", "memory_bytes": 10}))
     assert load_device(str(path)).storage is None
 
@@ -170,4 +171,5 @@ def test_the_device_file_in_docs_format_md_loads(tmp_path):
     path = tmp_path / "my-pi.json"
     path.write_text(block)
     device = load_device(path)
-    assert device.storage == Storage(40e6, 20e6, read_latency_s=5e-6, write_latency_s=2e-5, bytes=8 * 10**9)
+    assert device.storage == Storage(40e6, 20e6, read_latency_s=5e-6, write_latency_s=2e-5, bytes=8 * 10**9,
+                                     overlap=True)
