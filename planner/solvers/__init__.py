@@ -163,7 +163,7 @@ STRATEGIES = dict(
             requires=("scipy",),
         ),
         # Paging strategies (SPEC section 5): only with a storage (--device).
-        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", needs_storage=True),
+        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", emits_frees=True, needs_storage=True),
         _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150),
         _entry(
             "milp-paging",

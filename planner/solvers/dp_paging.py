@@ -54,6 +54,7 @@ from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.lowering import insert_frees, size_unit
 from planner.model import chains_only
 from planner.solvers._persistent import PAGED, PINNED, RELEASED, ChainSizes, chain_arrays, check_levels
+from planner.solvers._overlap import overlap
 from planner.solvers._persistent import build_tree, store_all_tree, tree_ops
 
 __all__ = ["dp_paging", "transfer_costs"]
@@ -333,14 +334,14 @@ class _Table:
             j = np.arange(k)
             v = S[RELEASED, k - 1 - j, s + 1 + j, m - self.p[s]] + S[mode, j, s, m]
             v[self.ckp[s, :k] + self.g[t] > m] = np.inf
-            v = v - base + fsum[t + 1]
+            v = v + (fsum[t + 1] - base)
             if v.min() == target:
                 return "ck", s + 1 + int(np.argmin(v))
         if k and mode != PINNED and self.page_any and z.can_page(s):
             j = np.arange(k)
             v = S[RELEASED, k - 1 - j, s + 1 + j, m] + S[PAGED, j, s, m]
             v[self.pgp[s, :k] + self.g[t] > m] = np.inf
-            v = v - base + fsum[t + 1] + self._pg_cost(s, mode)
+            v = v + (fsum[t + 1] - base) + self._pg_cost(s, mode)
             if v.min() == target:
                 return "pg", s + 1 + int(np.argmin(v))
         raise RuntimeError(f"dp-paging: no choice for Solve({s}, {t}, {mode}, {m})")  # pragma: no cover
@@ -552,6 +553,29 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
     """
     check_levels(levels)
+    if storage is None or not storage.overlap or budget is None:
+        return _dp_paging(model, budget, storage, levels)
+    # Transfers beside compute: the recurrence charges a transfer in full, an upper
+    # bound of what it costs on a copy engine.  Plan with the transfers charged at
+    # 1, 1/2, 1/4 and 0 of their time, overlap each schedule (pageins earlier,
+    # frees after pageouts later), and keep the fastest on the device's timeline.
+    best = None
+    for share in _TRANSFER_SHARES:
+        ops, params = _dp_paging(model, budget, storage, levels, share)
+        ops, result = overlap(model, ops, storage, budget)
+        if best is None or result.step_time < best[1].step_time:
+            best = (ops, result, dict(params, transfer_share=share))
+    ops, result, params = best
+    params["paged"] = sorted({model.layers[op.layer].name for op in ops if op.kind.value == "pageout"},
+                             key=[layer.name for layer in model.layers].index)
+    return ops, dict(params, dp_cost=result.step_time)
+
+
+_TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
+
+
+def _dp_paging(model, budget, storage, levels, transfer_share=1.0):
+    """:func:`dp_paging` with transfers charged at ``transfer_share`` of their time."""
     n = len(model)
     f = np.array([float(l.forward) for l in model.layers])
     b = np.array([float(l.backward) for l in model.layers])
@@ -560,6 +584,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
         pageable = np.zeros(n, dtype=bool)
     else:
         out, inn = transfer_costs(model, storage)
+        out, inn = out * transfer_share, inn * transfer_share
         pageable = np.ones(n, dtype=bool)
     c = _Costs(f, b, out, inn)
     z = _chain(model, pageable)
