@@ -8,7 +8,9 @@ FLOP counts (``time_unit`` ``flop``; sizes and fingerprint unchanged)::
 
     python examples/edge_flops.py
 
-VGG-16-BN comes from examples/vgg16_bn.py, at the example's input (4 x 3 x 64 x 64).
+VGG-16-BN comes from examples/vgg16_bn.py, at the example's input (4 x 3 x 64 x 64).  It also
+writes ``examples/flop/small_gpt.json``, a small transformer (the test suite's ``SmallGPT``: 4
+blocks, d 128, 5,000 tokens, batch 4 x 128, with its cross-entropy loss), counted the same way.
 """
 
 import json
@@ -101,6 +103,9 @@ def main():
         doc["source"] += f"; times: FLOPs counted by examples/edge_flops.py ({counted['source']})"
         (HERE / "flop" / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote examples/flop/{name}.json: {sum(l['forward'] for l in doc['layers']) / 1e9:.2f} GFLOP forward")
+    subprocess.run([sys.executable, str(root / "cli.py"), "profile", "tests/models_torch.py:small_gpt", "--example",
+                    "tests/models_torch.py:small_gpt_example", "--loss", "cross_entropy", "--stages", "modules",
+                    "--estimate", "-o", str(HERE / "flop" / "small_gpt.json")], check=True, cwd=root)
 
 
 if __name__ == "__main__":

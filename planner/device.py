@@ -24,6 +24,7 @@ __all__ = [
     "Compute",
     "Device",
     "device_time",
+    "step_energy",
     "PRESETS",
     "time_scale",
     "storage_from_dict",
@@ -63,6 +64,9 @@ class Storage:
         (:mod:`planner.timing`); False: they stop compute (SPEC section 5's
         serial model).  Device files default to True, ``edgeplan-schedule/2``
         files are serial and ``/3`` files overlap.
+    transfer_power_w : float or None
+        Watts drawn while a transfer runs (POET's memory power): a transfer
+        of ``t`` seconds costs ``t x transfer_power_w`` joules.
 
     Raises
     ------
@@ -76,6 +80,7 @@ class Storage:
     write_latency_s: float = 0.0
     bytes: int = None
     overlap: bool = False
+    transfer_power_w: float = None
 
     def __post_init__(self):
         for key in _RATES:
@@ -91,6 +96,9 @@ class Storage:
             raise ValueError(f"field 'storage.bytes': must be an integer > 0 or absent, got {cap!r}")
         if not isinstance(self.overlap, bool):
             raise ValueError(f"field 'storage.overlap': must be true or false, got {self.overlap!r}")
+        power = self.transfer_power_w
+        if power is not None and (not _is_number(power) or power <= 0):
+            raise ValueError(f"field 'storage.transfer_power_w': must be a number > 0, got {power!r}")
 
     def pageout_seconds(self, nbytes):
         """Seconds to write ``nbytes``: ``write_latency_s + nbytes / write_bytes_per_s``."""
@@ -107,6 +115,8 @@ class Storage:
             doc["bytes"] = self.bytes
         if self.overlap:
             doc["overlap"] = True
+        if self.transfer_power_w is not None:
+            doc["transfer_power_w"] = self.transfer_power_w
         return doc
 
 
@@ -125,6 +135,9 @@ class Compute:
         the model: a model timed in ``s``, ``ms``, ``us`` or ``ns`` takes its
         time in seconds ``x time_scale`` on the device.  It is relative to
         one profiling machine, so only device files carry it, never presets.
+    power_w : float or None
+        Watts drawn while computing (above idle): ``t`` seconds of compute
+        cost ``t x power_w`` joules.
 
     Raises
     ------
@@ -134,18 +147,19 @@ class Compute:
 
     flop_per_s: float = None
     time_scale: float = None
+    power_w: float = None
 
     def __post_init__(self):
         if self.flop_per_s is None and self.time_scale is None:
             raise ValueError("field 'compute': give flop_per_s or time_scale (or both)")
-        for key in _SPEEDS:
+        for key in _SPEEDS + ("power_w",):
             value = getattr(self, key)
             if value is not None and (not _is_number(value) or value <= 0):
                 raise ValueError(f"field 'compute.{key}': must be a number > 0, got {value!r}")
 
     def to_dict(self):
         """The ``compute`` object of device files."""
-        return {key: getattr(self, key) for key in _SPEEDS if getattr(self, key) is not None}
+        return {key: getattr(self, key) for key in _SPEEDS + ("power_w",) if getattr(self, key) is not None}
 
     def text(self):
         """``120.3 MFLOP/s``, ``x40 the profiling machine's time`` or both."""
@@ -250,12 +264,30 @@ def device_time(model, device):
     return model_from_dict(doc), f"planning in the device's seconds ({how})"
 
 
+def step_energy(device, compute_seconds, transfer_seconds):
+    """Joules of a training step on ``device``, or None without both power figures.
+
+    ``compute_seconds x compute.power_w + transfer_seconds x
+    storage.transfer_power_w`` (POET's model: energy is power times the time
+    each part runs, whether or not transfers overlap compute).
+    """
+    compute, storage = device.compute, device.storage
+    if compute is None or compute.power_w is None:
+        return None
+    joules = compute_seconds * compute.power_w
+    if transfer_seconds:
+        if storage is None or storage.transfer_power_w is None:
+            return None
+        joules += transfer_seconds * storage.transfer_power_w
+    return joules
+
+
 def compute_from_dict(document, *, source_name="<device>"):
     """A :class:`Compute` from a parsed ``compute`` object (raises :class:`DeviceError`)."""
     if not isinstance(document, dict):
         raise DeviceError(f"{source_name}: field 'compute': must be a JSON object")
     try:
-        return Compute(**{key: document[key] for key in _SPEEDS if key in document})
+        return Compute(**{key: document[key] for key in _SPEEDS + ("power_w",) if key in document})
     except ValueError as exc:
         raise DeviceError(f"{source_name}: {exc}") from None
 
@@ -280,7 +312,7 @@ def storage_from_dict(document, *, error=DeviceError, source_name="<device>", ov
     for key in _RATES:
         if key not in document:
             raise error(f"{source_name}: field 'storage.{key}': missing")
-    for key in _RATES + _LATENCIES + ("bytes", "overlap"):
+    for key in _RATES + _LATENCIES + ("bytes", "overlap", "transfer_power_w"):
         if key in document:
             kwargs[key] = document[key]
     kwargs.setdefault("overlap", overlap)
@@ -348,7 +380,8 @@ _POET = (
     "memory_bytes: the board's RAM (pass --memory for what a training step may really use)"
 )
 _POET_FLOPS = (
-    "; compute: POET's chipsets.py, a 1.6283 GFLOP benchmark timed on the device ({})"
+    "; compute: POET's chipsets.py, a 1.6283 GFLOP benchmark timed on the device ({}); "
+    "power: POET's chipsets.py POWER (compute) and MEMORY_POWER (transfers)"
 )
 
 #: Built-in devices, by name.
@@ -358,27 +391,32 @@ PRESETS = {
         Device(
             "rpi4-4gb-sd",
             4 * 2**30,
-            Storage(45.5e6, 24.5e6, read_latency_s=5.1e-6, write_latency_s=18.5e-6, overlap=True),
+            Storage(45.5e6, 24.5e6, read_latency_s=5.1e-6, write_latency_s=18.5e-6, overlap=True,
+                    transfer_power_w=0.15),
             "Raspberry Pi 4 Model B 4 GB with an SD card, write caching on. " + _POET
             + _POET_FLOPS.format("13.53 s: 120.3 MFLOP/s"),
-            Compute(flop_per_s=1.6283e9 / 13.53),
+            Compute(flop_per_s=1.6283e9 / 13.53, power_w=3.0),
         ),
         Device(
             "jetson-tx2-8gb",
             8 * 2**30,
-            Storage(108.5e6, 94.37e6, read_latency_s=0.54e-3, write_latency_s=2.396e-3, overlap=True),
+            Storage(108.5e6, 94.37e6, read_latency_s=0.54e-3, write_latency_s=2.396e-3, overlap=True,
+                    transfer_power_w=0.309),
             "NVIDIA Jetson TX2 8 GB (memory shared by CPU and GPU), its eMMC. " + _POET
             + "; compute: its 256-core Pascal GPU's FP32 peak, 665 GFLOP/s (NVIDIA's 1.33 TFLOPS "
-            "FP16 halved; POET gives no FLOP/s for it), an upper bound a training step does not reach",
-            Compute(flop_per_s=665e9),
+            "FP16 halved; POET gives no FLOP/s for it), an upper bound a training step does not reach; "
+            "power: POET's chipsets.py, 0.766 W (one CPU core under stress less idle: its figure is "
+            "for the CPU, not the GPU) and 0.309 W for transfers",
+            Compute(flop_per_s=665e9, power_w=0.766),
         ),
         Device(
             "cortex-m4f-sd",
             256 * 2**10,
-            Storage(4.6e6, 4.44e6, read_latency_s=0.109e-3, write_latency_s=0.113e-3, overlap=True),
+            Storage(4.6e6, 4.44e6, read_latency_s=0.109e-3, write_latency_s=0.113e-3, overlap=True,
+                    transfer_power_w=0.33),
             "Arm Cortex-M4F microcontroller (nRF52840 class, 256 KiB SRAM) with an SD card. "
             + _POET + _POET_FLOPS.format("255.6 s at 64 MHz: 6.37 MFLOP/s"),
-            Compute(flop_per_s=1.6283e9 / 255.6237),
+            Compute(flop_per_s=1.6283e9 / 255.6237, power_w=3.328e-3 * 3.3),
         ),
         Device(
             "gpu-a100-80gb-pcie4-host",

@@ -14,6 +14,7 @@ from planner.device import (
     device_from_dict,
     device_time,
     load_device,
+    step_energy,
     time_scale,
 )
 from planner.errors import DeviceError, ModelError
@@ -69,6 +70,9 @@ def test_presets_have_sources_memory_and_valid_documents():
     assert PRESETS["rpi4-4gb-sd"].compute.flop_per_s == pytest.approx(120.34e6, rel=1e-4)  # POET's RPi
     assert PRESETS["cortex-m4f-sd"].compute.flop_per_s == pytest.approx(6.37e6, rel=1e-3)  # POET's M4F
     assert all(d.compute is not None and d.compute.time_scale is None for d in PRESETS.values())
+    pi, m4 = PRESETS["rpi4-4gb-sd"], PRESETS["cortex-m4f-sd"]  # POET's POWER and MEMORY_POWER
+    assert (pi.compute.power_w, pi.storage.transfer_power_w) == (3.0, 0.15)
+    assert (m4.compute.power_w, m4.storage.transfer_power_w) == (pytest.approx(3.328e-3 * 3.3), 0.33)
     gpu = [d for d in PRESETS.values() if "PCIe 4.0 x16" in d.source]
     assert len(gpu) == 1 and gpu[0].storage.read_bytes_per_s == gpu[0].storage.write_bytes_per_s == 25e9
 
@@ -139,6 +143,15 @@ def test_time_scale():
     for unit in ("flop", "MS", None):
         with pytest.raises(ModelError, match="time_unit is a time"):
             time_scale(_model(unit))
+
+
+def test_step_energy_is_power_times_time():
+    device = PRESETS["rpi4-4gb-sd"]
+    assert step_energy(device, 10.0, 2.0) == pytest.approx(10 * 3.0 + 2 * 0.15)
+    assert step_energy(device, 10.0, 0.0) == pytest.approx(30.0)
+    assert step_energy(Device("d", 1, compute=Compute(flop_per_s=1.0)), 1.0, 0.0) is None
+    with pytest.raises(ValueError, match="transfer_power_w"):
+        Storage(1, 1, transfer_power_w=0)
 
 
 def test_compute_rejects_no_figure_and_out_of_range():

@@ -45,3 +45,26 @@ def test_dp_paging_plans_for_the_copy_engine(seed):
         assert result.valid and result.peak_bytes <= budget
         assert result.step_time <= simulate(model, serial, storage=storage).step_time * (1 + 1e-12)
         assert params["dp_cost"] == result.step_time
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_objective_energy_never_costs_more_joules_than_dp_or_the_fastest_plan(seed):
+    from planner.device import Compute, Device, step_energy
+
+    model = timed(random_chain(7, seed), "s")
+    storage = dataclasses.replace(random_storage(seed), overlap=True, transfer_power_w=0.3)
+    device = Device("d", 10**9, storage, compute=Compute(flop_per_s=1e9, power_w=3.0))
+    top = simulate(model, dp_paging(model, budget=None)[0]).peak_bytes
+    for frac in (0.5, 0.7):
+        budget = int(top * frac)
+        try:
+            plain, _ = dp_paging(model, budget=budget)
+        except InfeasibleError:
+            continue
+        joules = {}
+        for name, kwargs in (("dp", {}), ("time", {"storage": storage}), ("energy", {"storage": storage, "power_w": 3.0})):
+            ops = plain if name == "dp" else dp_paging(model, budget=budget, **kwargs)[0]
+            r = simulate(model, ops, storage=storage)
+            assert r.valid and r.peak_bytes <= budget
+            joules[name] = step_energy(device, r.compute, r.transfer)
+        assert joules["energy"] <= min(joules["dp"], joules["time"]) * (1 + 1e-9)

@@ -481,7 +481,7 @@ def _capacity_masks(z, tree, capacity):
 
 
 @chains_only("dp-paging")
-def dp_paging(model, *, budget=None, storage=None, levels=500):
+def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     """Optimal persistent schedule of a chain with checkpoints paged to storage.
 
     Parameters
@@ -495,6 +495,13 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
         no paging (``dp``'s class).
     levels : int, keyword-only
         Memory levels of the rounded grid (default 500), see Notes.
+    power_w : float or None, keyword-only
+        The objective energy: the device's compute power in watts; with the
+        storage's ``transfer_power_w`` every forward, backward and transfer is
+        charged its joules (time x power) instead of its time, so the
+        schedule has the least energy of the class within the budget
+        (``dp_cost`` is then in joules).  Energy does not depend on whether
+        transfers overlap compute.
 
     Returns
     -------
@@ -553,6 +560,11 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
     for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
     """
     check_levels(levels)
+    if power_w is not None:
+        ops, params = _dp_paging(model, budget, storage, levels, weights=_energy_weights(model, storage, power_w))
+        if storage is not None and storage.overlap:  # the same ops, so the same joules, in less time
+            ops, _ = overlap(model, ops, storage, budget)
+        return ops, dict(params, objective="energy")
     if storage is None or not storage.overlap or budget is None:
         return _dp_paging(model, budget, storage, levels)
     # Transfers beside compute: the recurrence charges a transfer in full, an upper
@@ -574,17 +586,33 @@ def dp_paging(model, *, budget=None, storage=None, levels=500):
 _TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
 
 
-def _dp_paging(model, budget, storage, levels, transfer_share=1.0):
-    """:func:`dp_paging` with transfers charged at ``transfer_share`` of their time."""
+def _energy_weights(model, storage, power_w):
+    """(joules per unit of compute time, per unit of transfer time) in the model's time unit."""
+    from planner.errors import OptionError
+
+    if not (isinstance(power_w, (int, float)) and power_w > 0):
+        raise OptionError(f"power_w must be a number of watts > 0, got {power_w!r}")
+    per_second = 1.0 / time_scale(model)
+    if storage is not None and storage.transfer_power_w is None:
+        raise OptionError("the objective energy needs the storage's transfer_power_w")
+    return power_w * per_second, (0.0 if storage is None else storage.transfer_power_w * per_second)
+
+
+def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0, 1.0)):
+    """:func:`dp_paging` with transfers charged at ``transfer_share`` of their time.
+
+    ``weights`` multiply compute and transfer times (joules per unit of time for
+    the objective energy).
+    """
     n = len(model)
-    f = np.array([float(l.forward) for l in model.layers])
-    b = np.array([float(l.backward) for l in model.layers])
+    f = np.array([float(l.forward) for l in model.layers]) * weights[0]
+    b = np.array([float(l.backward) for l in model.layers]) * weights[0]
     if storage is None:
         out = inn = np.zeros(n)
         pageable = np.zeros(n, dtype=bool)
     else:
         out, inn = transfer_costs(model, storage)
-        out, inn = out * transfer_share, inn * transfer_share
+        out, inn = out * transfer_share * weights[1], inn * transfer_share * weights[1]
         pageable = np.ones(n, dtype=bool)
     c = _Costs(f, b, out, inn)
     z = _chain(model, pageable)
@@ -612,7 +640,7 @@ def _dp_paging(model, budget, storage, levels, transfer_share=1.0):
         found, z, params = min(candidates, key=lambda x: x[0][0])
         params = dict(params, capacity_restricted=True)
     if params["grid"] == "rounded" or found is None:
-        found = _maybe_plain_dp(model, budget, found, z, c)
+        found = _maybe_plain_dp(model, budget, found, weights[0])
     if found is None:
         raise _infeasible(budget, least + model.input_bytes)
     cost, peak, store, tree = found
@@ -627,7 +655,7 @@ def _infeasible(budget, least):
     )
 
 
-def _maybe_plain_dp(model, budget, found, z, c):
+def _maybe_plain_dp(model, budget, found, weight):
     """``found``, or ``dp``'s schedule when that is cheaper (rounded grids only).
 
     ``dp``'s ops are measured by the simulator after :func:`planner.lowering.insert_frees`.
@@ -643,8 +671,8 @@ def _maybe_plain_dp(model, budget, found, z, c):
     result = simulate(model, ops)
     if not result.valid or result.peak_bytes > budget:
         return found
-    if found is None or result.compute < found[0]:
-        return result.compute, result.peak_bytes - model.input_bytes, 0, ops
+    if found is None or result.compute * weight < found[0]:
+        return result.compute * weight, result.peak_bytes - model.input_bytes, 0, ops
     return found
 
 
