@@ -62,7 +62,8 @@ def paging_text(result, model):
     if not result.pages:
         return ""
     unit = f" {model.time_unit}" if model.time_unit else ""
-    return f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
+    text = f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
+    return text if result.time is None else text + f", step {result.time:.6g}{unit} with transfers beside compute"
 
 
 def wide(console):

@@ -115,7 +115,7 @@ def infeasible(exc, split):
 
 
 def compare_rows(outcomes, split, *, paging=False):
-    """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
+    """Outcomes in table order: feasible by the step's time (then ops), then by the memory they need.
 
     ``best`` marks the registry's own choice (:func:`planner.solvers.best`,
     what ``solve --strategy auto`` returns).  With ``paging`` (a storage was
@@ -124,7 +124,7 @@ def compare_rows(outcomes, split, *, paging=False):
     winner = solvers.best(outcomes)
     feasible = sorted(
         (o for o in outcomes if o.feasible),
-        key=lambda o: (o.solution.result.compute + o.solution.result.transfer, len(o.solution.ops)),
+        key=lambda o: (o.solution.result.step_time, len(o.solution.ops)),
     )
     rest = sorted(
         (o for o in outcomes if not o.feasible),
@@ -203,6 +203,8 @@ class Verdict:
         }
         if self.schedule.storage is not None:
             doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
+            if result.time is not None:
+                doc["time"] = result.time
         if self.split is not None:
             doc["memory_bytes"] = self.split.memory_bytes
             doc["budget_bytes"] = self.split.activation_bytes

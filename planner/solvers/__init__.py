@@ -456,7 +456,7 @@ def run_all(
 
 
 def _best(outcomes):
-    """The feasible solution with the least compute (ties: fewer ops), or None.
+    """The feasible solution with the least step time (compute and transfers; ties: fewer ops), or None.
 
     When an exact search among ``outcomes`` stopped before proving its answer
     (``proven_optimal: false``) and the winner does not say, the winner's
@@ -465,7 +465,7 @@ def _best(outcomes):
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    best = min(feasible, key=lambda s: (s.result.compute + s.result.transfer, len(s.ops)))
+    best = min(feasible, key=lambda s: (s.result.step_time, len(s.ops)))
     unproven = any(s.params.get("proven_optimal") is False for s in feasible)
     if unproven and "proven_optimal" not in best.params:
         params = dict(best.params, proven_optimal=False)
