@@ -22,7 +22,7 @@ from planner.cli_params import (
     verify_files_options,
 )
 from planner import sweep as sweeping
-from planner.device import PRESETS
+from planner.device import PRESETS, device_time, load_device
 from planner.files import atomic_output
 from planner.errors import (
     DeviceError, InfeasibleError, InternalError, ModelError, ModelMismatchError, NotApplicableError, OptionError,
@@ -139,10 +139,7 @@ def _write_data(text, output, as_json, err):
 
 
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
-    """(model, memory in bytes or None, storage or None) from --memory and --device, said on stderr.
-
-    With a --device that gives a compute speed, the model comes back in the device's seconds.
-    """
+    """(model in the device's seconds if it can be, memory or None, storage or None), said on stderr."""
     model, memory, storage, device, note = report.device_memory(model, memory, device_name, need_memory=need_memory)
     if device is not None:
         render.device_line(err, device, memory, note)
@@ -341,14 +338,15 @@ def devices(as_json):
     help="Report problems but exit 0 (bad input files still exit 2): for CI steps that only warn.",
 )
 @timeline_option
+@click.option("--device", "device_name", metavar="NAME|FILE", help="Replay in this device's seconds (its compute speed).")
 @json_option
-def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeline_path, as_json):
+def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeline_path, device_name, as_json):
     """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md, paging included).
 
     Exits 1 when the schedule is invalid, was made for another model
     (fingerprint), or does not fit --memory; 0 otherwise (always 0 with
     --exit-zero).  A CI gate: regenerate nothing, just check.  An
-    edgeplan-schedule/2 is replayed with the storage it names.
+    edgeplan-schedule/2 or /3 is replayed with the storage it names.
 
     \b
     Example:
@@ -357,6 +355,9 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
+    if device_name is not None:  # a model timed in FLOPs pages only in a device's seconds
+        model, note = device_time(model, load_device(device_name))
+        err.print(f"time: {escape(note)}")
     try:
         schedule = load_schedule(schedule_path, model)
     except ModelMismatchError as exc:

@@ -152,6 +152,11 @@ def test_a_device_compute_speed_plans_in_the_devices_seconds(chain_file, tmp_pat
         assert r.exit_code in (0, 1) and "planning in the device's seconds (s x100)" in r.stderr, r.output
     r = run("compare", chain_file, "--device", "rpi4-4gb-sd", "--memory", "4500", "--strategies", "dp")
     assert "times are the model's own (s): the device's compute has no time_scale" in r.stderr
+    out = tmp_path / "pi.json"
+    assert run("solve", flop_file, "--device", "rpi4-4gb-sd", "--memory", "4500", "-o", out).exit_code == 0
+    assert run("simulate", flop_file, out).exit_code == 2  # FLOPs cannot be added to transfer seconds
+    r = run("simulate", flop_file, out, "--device", "rpi4-4gb-sd", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["overhead"] == json.loads(out.read_text())["predicted"]["overhead"]
 
 
 def test_simulate_a_paging_schedule_on_a_model_without_a_time_unit(chain_file, fast_device, tmp_path):
