@@ -133,11 +133,11 @@ def _write_data(text, output, as_json, err):
 
 
 def _device_memory(model, memory, device_name, err, *, need_memory=True):
-    """(memory in bytes or None, storage or None) from --memory and --device, the device said on stderr."""
-    memory, storage, device = report.device_memory(model, memory, device_name, need_memory=need_memory)
+    """(model in the device's seconds if it can be, memory or None, storage or None), said on stderr."""
+    model, memory, storage, device, note = report.device_memory(model, memory, device_name, need_memory=need_memory)
     if device is not None:
-        render.device_line(err, device, memory)
-    return memory, storage
+        render.device_line(err, device, memory, note)
+    return model, memory, storage
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -217,7 +217,7 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    memory, storage = _device_memory(model, memory, device_name, err)
+    model, memory, storage = _device_memory(model, memory, device_name, err)
     solvers.check_options(model, strategies, options)
     split = report.check_memory(model, memory, optimizer)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
@@ -265,7 +265,7 @@ def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_n
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
+    model, device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
     if plot_path:
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)
@@ -325,14 +325,15 @@ def devices(as_json):
     help="Report problems but exit 0 (bad input files still exit 2): for CI steps that only warn.",
 )
 @timeline_option
+@click.option("--device", "device_name", metavar="NAME|FILE", help="Replay in this device's seconds (its compute speed).")
 @json_option
-def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeline_path, as_json):
+def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeline_path, device_name, as_json):
     """Replay SCHEDULE on MODEL and validate it (the rules of docs/format.md, paging included).
 
     Exits 1 when the schedule is invalid, was made for another model
     (fingerprint), or does not fit --memory; 0 otherwise (always 0 with
     --exit-zero).  A CI gate: regenerate nothing, just check.  An
-    edgeplan-schedule/2 is replayed with the storage it names.
+    edgeplan-schedule/2 or /3 is replayed with the storage it names.
 
     \b
     Example:
@@ -341,6 +342,9 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
+    if device_name is not None:  # a model timed in FLOPs pages only in a device's seconds
+        model, note = device_time(model, load_device(device_name))
+        err.print(f"time: {escape(note)}")
     try:
         schedule = load_schedule(schedule_path, model)
     except ModelMismatchError as exc:

@@ -22,6 +22,13 @@ replayed by the simulator with the device's storage.  Models whose
 
 The result replaces the section "## Paging: recomputation, paging, or both" of
 docs/benchmarks.md.
+
+``--device-speed`` runs instead the setting of issue 21 (POET's): the FLOP-counted
+models of examples/flop/ in each preset's own time (its ``flop_per_s``), with
+transfers beside compute (``overlap``) and POET's power figures, and
+store-all, dp, page-all, dp-paging, dp-paging with the objective energy and
+milp-paging side by side: peak, step time and joules.  It replaces the section
+"## Paging on the device's own speed" of docs/benchmarks.md.
 """
 
 import argparse
@@ -154,12 +161,90 @@ def gain(row):
     return f"{100 * ((1 + best) / (1 + both) - 1):.1f}%"
 
 
+DEVICE_SPEED = "## Paging on the device's own speed"
+FLOP_MODELS = {"resnet18": (0.5, 0.7), "mobilenet_v2": (0.5, 0.7), "vgg16_bn": (0.5, 0.7), "small_gpt": (0.6, 0.8)}
+
+
+def device_speed_rows(name, device, fractions, time_limit):
+    """Per budget: ``{strategy: (peak, seconds, joules) or None}`` for one FLOP model on one preset."""
+    from planner.device import device_time, step_energy
+    from planner.solvers import solve
+
+    d = PRESETS[device]
+    model, _ = device_time(load_model(ROOT / "examples" / "flop" / f"{name}.json"), d)
+    storage = d.storage
+    top = store_all_peak(model)
+    rows = []
+    for frac in fractions:
+        budget = int(top * frac)
+        cells = {"store-all": (top, model.baseline_compute, step_energy(d, model.baseline_compute, 0.0))}
+        runs = (("dp", lambda: dp_paging(model, budget=budget)[0]),
+                ("page-all", lambda: solve(model, budget, "page-all", storage=storage).ops),
+                ("dp-paging", lambda: dp_paging(model, budget=budget, storage=storage)[0]),
+                ("dp-paging energy", lambda: dp_paging(model, budget=budget, storage=storage,
+                                                       power_w=d.compute.power_w)[0]),
+                ("milp-paging", lambda: solve(model, budget, "milp-paging", storage=storage,
+                                              time_limit=time_limit).ops))
+        for label, run in runs:
+            try:
+                ops = run()
+            except InfeasibleError:
+                cells[label] = None
+                continue
+            r = simulate(model, ops, storage=storage)
+            assert r.valid and r.peak_bytes <= budget, (label, r.error)
+            cells[label] = (r.peak_bytes, r.step_time, step_energy(d, r.compute, r.transfer))
+        rows.append((frac, budget, cells))
+    return top, rows
+
+
+def device_speed(args):
+    labels = ("store-all", "dp", "page-all", "dp-paging", "dp-paging energy", "milp-paging")
+    parts = []
+    for name, fractions in FLOP_MODELS.items():
+        for device in args.devices:
+            top, rows = device_speed_rows(name, device, fractions, args.time_limit)
+            lines = [f"### {name} on {device} (store-all peak {top / 1e6:.1f} MB)\n",
+                     "| budget | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+            for frac, _, cells in rows:
+                dp = cells["dp"]
+
+                def cell(label, dp=dp, cells=cells):
+                    c = cells[label]
+                    if c is None:
+                        return "-"
+                    text = f"{c[0] / 1e6:.1f} MB, {c[1]:.4g} s, {c[2]:.4g} J"
+                    if dp is not None and label not in ("store-all", "dp"):
+                        text += f" ({100 * (c[1] / dp[1] - 1):+.1f}% time, {100 * (c[2] / dp[2] - 1):+.1f}% J)"
+                    return text
+
+                lines.append(f"| {int(100 * frac)}% | " + " | ".join(cell(label) for label in labels) + " |")
+            parts.append("\n".join(lines))
+            print(parts[-1] + "\n", flush=True)
+    text = (
+        f"Run {stamp()} with `python benchmarks/bench_paging.py --device-speed`: the models of "
+        "examples/flop/ (FLOPs counted by examples/edge_flops.py) in each preset's own time "
+        "(`flop_per_s`), transfers beside compute on one copy engine (`overlap`, edgeplan-schedule/3), "
+        "joules from POET's power figures. Each cell: peak activation memory, predicted step time, "
+        "predicted energy, and for the paging strategies the change against `dp`. \"-\": does not fit. "
+        "store-all is shown at its own peak. `dp-paging energy` minimises joules; milp-paging ran "
+        f"{args.time_limit:g} s at most per budget.\n\n" + "\n\n".join(parts)
+    )
+    if not args.no_write:
+        write_section(DEVICE_SPEED, text, DOC)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device-speed", action="store_true",
+                        help="the FLOP-counted models in each preset's own time, with overlap and energy")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="milp-paging's limit (--device-speed)")
     parser.add_argument("--devices", nargs="+", default=["rpi4-4gb-sd", "jetson-tx2-8gb"])
     parser.add_argument("--no-slowdown", dest="slowdown", action="store_false", help="skip the slowdown what-if")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.device_speed:
+        return device_speed(args)
     lines, notes, summary, sens = [], [], [], []
     for path in MODELS:
         if not path.exists():

@@ -53,6 +53,10 @@ class PlanResult:
         The device named by ``device=``.
     storage : planner.device.Storage or None
         Its storage (the paging strategies join with it).
+    time_note : str or None
+        With a device: whose times were planned (the device's seconds when it
+        gives a compute speed the model's time unit converts with, see
+        :func:`planner.device.device_time`); ``model`` is then in them.
     notes : tuple of str
         Strategies left out because their optional module is missing.
     error : planner.errors.InfeasibleError or None
@@ -73,6 +77,7 @@ class PlanResult:
     least_memory_bytes: int = None
     device: object = None
     storage: object = None
+    time_note: str = None
     notes: tuple = ()
     error: InfeasibleError = None
 
@@ -164,13 +169,13 @@ def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, p
     model = as_model(model)
     if memory is not None:
         memory = as_bytes(memory)
-    memory, storage, dev = report.device_memory(model, memory, device)
+    model, memory, storage, dev, time_note = report.device_memory(model, memory, device)
     solvers.check_strategy(strategy)
     solvers.check_options(model, strategy, options)
     named = strategy != "auto"
     candidates = [strategy] if named else solvers.applicable(model, options, storage=storage, include_missing=True)
     _, notes = report.available(candidates, named=named)
-    found = dict(model=model, device=dev, storage=storage, notes=tuple(notes))
+    found = dict(model=model, device=dev, storage=storage, time_note=time_note, notes=tuple(notes))
     split = split_memory(model, memory, optimizer)
     try:
         report.check_memory(model, memory, optimizer)

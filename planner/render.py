@@ -62,7 +62,8 @@ def paging_text(result, model):
     if not result.pages:
         return ""
     unit = f" {model.time_unit}" if model.time_unit else ""
-    return f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
+    text = f", transfer {result.transfer:.6g}{unit}, {result.pageouts} pageouts, {result.pageins} pageins"
+    return text if result.time is None else text + f", step {result.time:.6g}{unit} with transfers beside compute"
 
 
 def wide(console):
@@ -90,20 +91,23 @@ def header(console, model, split):
     )
 
 
-def device_line(console, device, memory):
-    """The device a command runs for, and whether --memory overrides its memory."""
-    storage = device.storage
+def device_line(console, device, memory, time_note=None):
+    """The device a command runs for, whether --memory overrides its memory, and whose times are planned."""
+    storage, compute = device.storage, device.compute
     console.print(
         f"device [bold]{escape(clean(device.name))}[/bold]: memory {bytes_text(device.memory_bytes)}"
         + (" (overridden by --memory)" if memory != device.memory_bytes else "")
         + (f", storage {storage_text(storage)}" if storage is not None else ", no storage")
+        + (f", compute {compute.text()}" if compute is not None else "")
     )
+    if time_note:
+        console.print(f"time: {escape(time_note)}")
 
 
 def plan_report(err, result):
     """What ``edgeplan solve`` says on stderr about a :class:`~planner.api.PlanResult`."""
     if result.device is not None:
-        device_line(err, result.device, result.split.memory_bytes)
+        device_line(err, result.device, result.split.memory_bytes, result.time_note)
     if result.split.activation_bytes >= 0:
         header(err, result.model, result.split)
     for note in result.notes:
@@ -260,7 +264,7 @@ def devices_report(out, devices):
     """``edgeplan devices``'s table and the source of each device's figures."""
     table = Table(header_style="bold")
     for col, justify in (("device", "left"), ("memory", "right"), ("read", "right"), ("read latency", "right"),
-                         ("write", "right"), ("write latency", "right")):
+                         ("write", "right"), ("write latency", "right"), ("compute", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for d in devices:
         st = d.storage
@@ -268,7 +272,8 @@ def devices_report(out, devices):
             rate(st.read_bytes_per_s), seconds(st.read_latency_s),
             rate(st.write_bytes_per_s), seconds(st.write_latency_s),
         ]
-        table.add_row(escape(d.name), format_size(d.memory_bytes), *cells)
+        compute = "-" if d.compute is None else escape(d.compute.text())
+        table.add_row(escape(d.name), format_size(d.memory_bytes), *cells, compute)
     wide(out).print(table)
     for d in devices:
         out.print(f"{escape(d.name)}: {escape(d.source)}")

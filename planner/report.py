@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
-from planner.device import load_device
+from planner.device import device_time, load_device
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
 from planner.sizes import format_size
 
@@ -115,7 +115,7 @@ def infeasible(exc, split):
 
 
 def compare_rows(outcomes, split, *, paging=False):
-    """Outcomes in table order: feasible by compute and transfer (then ops), then by the memory they need.
+    """Outcomes in table order: feasible by the step's time (then ops), then by the memory they need.
 
     ``best`` marks the registry's own choice (:func:`planner.solvers.best`,
     what ``solve --strategy auto`` returns).  With ``paging`` (a storage was
@@ -124,7 +124,7 @@ def compare_rows(outcomes, split, *, paging=False):
     winner = solvers.best(outcomes)
     feasible = sorted(
         (o for o in outcomes if o.feasible),
-        key=lambda o: (o.solution.result.compute + o.solution.result.transfer, len(o.solution.ops)),
+        key=lambda o: (o.solution.result.step_time, len(o.solution.ops)),
     )
     rest = sorted(
         (o for o in outcomes if not o.feasible),
@@ -203,6 +203,8 @@ class Verdict:
         }
         if self.schedule.storage is not None:
             doc.update(transfer=result.transfer, pageouts=result.pageouts, pageins=result.pageins)
+            if result.time is not None:
+                doc["time"] = result.time
         if self.split is not None:
             doc["memory_bytes"] = self.split.memory_bytes
             doc["budget_bytes"] = self.split.activation_bytes
@@ -283,10 +285,12 @@ def timeline_csv(model, ops, timeline, *, measured=None, measured_seconds=None):
 
 
 def device_memory(model, memory, device_name, *, need_memory=True):
-    """``(memory, storage, device)`` from ``--memory`` and ``--device``: ``--memory`` wins.
+    """``(model, memory, storage, device, time_note)`` from ``--memory`` and ``--device``.
 
-    ``device`` is None without ``--device``; ``memory`` is the device's
-    unless ``--memory`` was given.
+    ``--memory`` wins over the device's memory.  ``device`` is None without
+    ``--device``; with a device that gives a compute speed the model comes back
+    in the device's seconds (:func:`planner.device.device_time`), and
+    ``time_note`` says whose times are planned.
 
     Raises
     ------
@@ -295,12 +299,13 @@ def device_memory(model, memory, device_name, *, need_memory=True):
     DeviceError, ModelError
         A bad device; a storage with a model whose time unit is not a time.
     """
-    device = storage = None
+    device = storage = note = None
     if device_name is not None:
         device = load_device(device_name)
         storage = device.storage
         memory = device.memory_bytes if memory is None else memory
+        model, note = device_time(model, device)
     if memory is None and need_memory:
         raise OptionError("give --memory SIZE or --device NAME|FILE")
     solvers.check_storage(model, storage)
-    return memory, storage, device
+    return model, memory, storage, device, note

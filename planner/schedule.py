@@ -23,6 +23,7 @@ from planner.schemas import check_schedule_document
 __all__ = [
     "SCHEDULE_FORMAT",
     "SCHEDULE_FORMAT_PAGING",
+    "SCHEDULE_FORMAT_OVERLAP",
     "PAGING_KINDS",
     "OpKind",
     "Op",
@@ -38,6 +39,8 @@ __all__ = [
 
 SCHEDULE_FORMAT = "edgeplan-schedule/1"
 SCHEDULE_FORMAT_PAGING = "edgeplan-schedule/2"
+#: A paging schedule whose transfers overlap compute (docs/format.md, planner.timing).
+SCHEDULE_FORMAT_OVERLAP = "edgeplan-schedule/3"
 
 
 class OpKind(Enum):
@@ -115,8 +118,10 @@ class Schedule:
 
     @property
     def format(self):
-        """``edgeplan-schedule/2`` with a storage (paging ops), else ``/1``."""
-        return SCHEDULE_FORMAT if self.storage is None else SCHEDULE_FORMAT_PAGING
+        """``/3`` with an overlapping storage, ``/2`` with a serial one (paging ops), else ``/1``."""
+        if self.storage is None:
+            return SCHEDULE_FORMAT
+        return SCHEDULE_FORMAT_OVERLAP if self.storage.overlap else SCHEDULE_FORMAT_PAGING
 
     def header(self):
         """Every field of the file but ``ops``, in the order they are written."""
@@ -242,19 +247,22 @@ def _schedule_fields(document, source_name):
     if not isinstance(document, dict):
         raise _bad(source_name, f"the top level must be a JSON object, not {type(document).__name__}")
     got = document.get("format")
-    if got not in (SCHEDULE_FORMAT, SCHEDULE_FORMAT_PAGING):
+    if got not in (SCHEDULE_FORMAT, SCHEDULE_FORMAT_PAGING, SCHEDULE_FORMAT_OVERLAP):
         raise _bad(
             source_name,
-            f"field 'format': expected \"{SCHEDULE_FORMAT}\" or \"{SCHEDULE_FORMAT_PAGING}\", got "
-            + ("nothing" if got is None else json.dumps(got)[:40]),
+            f"field 'format': expected \"{SCHEDULE_FORMAT}\", \"{SCHEDULE_FORMAT_PAGING}\" or "
+            f"\"{SCHEDULE_FORMAT_OVERLAP}\", got " + ("nothing" if got is None else json.dumps(got)[:40]),
         )
     storage = None
-    if got == SCHEDULE_FORMAT_PAGING:
+    if got != SCHEDULE_FORMAT:
         if "storage" not in document:
-            raise _bad(source_name, f"field 'storage': missing (an {SCHEDULE_FORMAT_PAGING} names its storage)")
+            raise _bad(source_name, f"field 'storage': missing (an {got} names its storage)")
         storage = storage_from_dict(
-            document["storage"], error=ScheduleFormatError, source_name=source_name
+            document["storage"], error=ScheduleFormatError, source_name=source_name, overlap=False
         )
+        if storage.overlap != (got == SCHEDULE_FORMAT_OVERLAP):
+            raise _bad(source_name, f"field 'storage.overlap': an {got} says "
+                       + ("true" if got == SCHEDULE_FORMAT_OVERLAP else "false or nothing"))
     info = document.get("model")
     if not isinstance(info, dict):
         raise _bad(source_name, "field 'model': must be an object with 'name' and 'fingerprint'")

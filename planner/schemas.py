@@ -40,6 +40,7 @@ SCHEMA_NAMES = {
     "edgeplan-model/1": "model.schema.json",
     "edgeplan-schedule/1": "schedule.schema.json",
     "edgeplan-schedule/2": "schedule.schema.json",
+    "edgeplan-schedule/3": "schedule.schema.json",
     "edgeplan-device/1": "device.schema.json",
 }
 
@@ -234,7 +235,7 @@ def check_schedule_document(document, *, source_name="<schedule>"):
     calls it first, then resolves the layer names against the model.
     """
     _check(
-        document, ("edgeplan-schedule/1", "edgeplan-schedule/2"), source_name=source_name,
+        document, ("edgeplan-schedule/1", "edgeplan-schedule/2", "edgeplan-schedule/3"), source_name=source_name,
         error=ScheduleFormatError, item_key="ops", item_word="op",
     )
 

@@ -47,6 +47,11 @@ class SimulationResult:
         Time of every pageout and pagein (SPEC section 5), in the model's time unit.
     pageouts, pageins : int
         Number of pageout and pagein ops.
+    time : float or None
+        The step's time with transfers beside compute (a storage with
+        ``overlap``, :mod:`planner.timing`), in the model's time unit; None
+        when transfers are serial (the step's time is then ``compute +
+        transfer``).  ``overhead`` is ``time / baseline_compute - 1`` then.
     """
 
     valid: bool
@@ -62,6 +67,12 @@ class SimulationResult:
     transfer: float = 0.0
     pageouts: int = 0
     pageins: int = 0
+    time: float = None
+
+    @property
+    def step_time(self):
+        """The step's time: ``time`` with overlapped transfers, else ``compute + transfer``."""
+        return self.compute + self.transfer if self.time is None else self.time
 
     @property
     def pages(self):
@@ -81,6 +92,8 @@ class SimulationResult:
             doc["transfer"] = self.transfer
             doc["pageouts"] = self.pageouts
             doc["pageins"] = self.pageins
+        if self.time is not None:
+            doc["time"] = self.time
         return doc
 
 
@@ -130,6 +143,9 @@ def simulate(model, ops, *, timeline=False, storage=None):
     backward: the loss reads it.  Paged copies (the set P) do not count; a
     pagein adds the output to memory as a forward does.
     """
+    if storage is not None and storage.overlap:
+        ops = list(ops)  # read twice: the replay, then the timeline (planner.timing)
+        return _overlapped(model, ops, storage, simulate(model, ops, timeline=timeline, storage=_serial(storage)))
     layers = model.layers
     n = len(layers)
     out, saved, wsf, wsb, ins = _columns(layers)
@@ -211,6 +227,25 @@ def simulate(model, ops, *, timeline=False, storage=None):
         return _result(model, _unfinished(layers, done), (peak, peak_index, count + 1), (runs_f, done, paged), trace)
     error = _op_error(model, count, op, (in_a, in_s, done, hold, waiting, paged))
     return _result(model, error, (peak, peak_index, count), (runs_f, done, paged), trace)
+
+
+def _serial(storage):
+    from dataclasses import replace
+
+    return replace(storage, overlap=False)
+
+
+def _overlapped(model, ops, storage, result):
+    """``result`` (a serial replay) with the step's time of transfers beside compute."""
+    from dataclasses import replace
+
+    from planner.timing import overlapped_time
+
+    if not result.valid or not result.pages:
+        return result
+    time, _ = overlapped_time(model, ops, storage, time_scale(model))
+    base = result.baseline_compute
+    return replace(result, time=time, overhead=(time / base - 1.0) if base > 0 else 0.0)
 
 
 def _columns(layers):

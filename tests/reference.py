@@ -18,7 +18,8 @@ def reference_replay(model_doc, schedule_doc):
 
     A paging schedule (``edgeplan-schedule/2``, its own ``storage`` object)
     also gives ``transfer`` (in the model's time unit), ``pageouts``,
-    ``pageins`` and ``overhead`` (with the transfer).
+    ``pageins`` and ``overhead`` (with the transfer); an ``edgeplan-schedule/3``
+    also ``time`` (transfers beside compute), and ``overhead`` from it.
     """
     layers = {}
     order = []
@@ -40,7 +41,8 @@ def reference_replay(model_doc, schedule_doc):
             consumers[p].append(name)
     sink = [n for n in order if not consumers[n]][0]
     A, S, G, D, P = set(), set(), set(), set(), set()
-    storage = schedule_doc.get("storage") if schedule_doc.get("format") == "edgeplan-schedule/2" else None
+    paging_formats = ("edgeplan-schedule/2", "edgeplan-schedule/3")
+    storage = schedule_doc.get("storage") if schedule_doc.get("format") in paging_formats else None
     pageouts = pageins = 0
     transfer_s = []
 
@@ -134,7 +136,43 @@ def reference_replay(model_doc, schedule_doc):
             pageins=pageins,
             overhead=(compute + transfer) / baseline - 1 if baseline > 0 else 0.0,
         )
+        if schedule_doc["format"] == "edgeplan-schedule/3":
+            time = _overlap_time(layers, sink, schedule_doc["ops"], storage, _SECONDS[model_doc["time_unit"]])
+            result.update(time=time, overhead=time / baseline - 1 if baseline > 0 else 0.0)
     return result
+
+
+def _overlap_time(layers, sink, ops, storage, factor):
+    """docs/format.md, edgeplan-schedule/3, in the model's time unit (``factor`` per second).
+
+    Compute ops run one after another; transfers one after another on the copy engine, each
+    starting at its issue (when compute reaches it) or when the engine frees up; a forward waits
+    for pageins of its inputs, a backward for those of the outputs its saved data reads (and the
+    sink's own), a free for every earlier transfer of its layer.
+    """
+    clock = engine = 0.0
+    pagein_end, transfer_end = {}, {}
+    for op in ops:
+        name, e = op["layer"], layers[op["layer"]]
+        if op["op"] in ("forward", "backward"):
+            if op["op"] == "forward":
+                reads = [p for p in e["inputs"] if p != "input"]
+            else:
+                reads = [p for p in e["inputs"] if p != "input"] if e["needs_inputs"] else []
+                reads += [name] if (e["needs_output"] or name == sink) else []
+            clock = max([clock] + [pagein_end.get(r, 0.0) for r in reads]) + e[op["op"]]
+        elif op["op"] == "free":
+            clock = max(clock, transfer_end.get(name, 0.0))
+        else:
+            if op["op"] == "pageout":
+                seconds = storage.get("write_latency_s", 0) + e["output_bytes"] / storage["write_bytes_per_s"]
+            else:
+                seconds = storage.get("read_latency_s", 0) + e["output_bytes"] / storage["read_bytes_per_s"]
+            engine = max(engine, clock) + seconds * factor
+            transfer_end[name] = engine
+            if op["op"] == "pagein":
+                pagein_end[name] = engine
+    return max(clock, engine)
 
 
 def replay_solution(model, solution):

@@ -52,9 +52,9 @@ def test_solve_with_a_device_file_pages_and_simulate_replays_it(chain_file, fast
     assert "device fast: memory 5,000 bytes" in r.stderr
     assert "pageouts" in r.stderr and "transfer" in r.stderr
     doc = json.loads(out.read_text())
-    assert doc["format"] == "edgeplan-schedule/2"
+    assert doc["format"] == "edgeplan-schedule/3"  # a device file's storage overlaps unless it says not
     assert doc["storage"] == {"read_bytes_per_s": 1e12, "write_bytes_per_s": 1e12,
-                              "read_latency_s": 0.0, "write_latency_s": 0.0}
+                              "read_latency_s": 0.0, "write_latency_s": 0.0, "overlap": True}
     assert doc["budget_bytes"] == 5000 and doc["strategy"] in PAGING
     assert doc["predicted"]["pageouts"] >= 1
     sim = run("simulate", chain_file, out, "--memory", "5000", "--json")
@@ -63,6 +63,7 @@ def test_solve_with_a_device_file_pages_and_simulate_replays_it(chain_file, fast
     assert res["valid"] and res["fits"]
     for key in ("peak_bytes", "compute", "overhead", "transfer", "pageouts", "pageins"):
         assert res[key] == doc["predicted"][key]
+    assert doc["predicted"]["time"] <= doc["predicted"]["compute"] + doc["predicted"]["transfer"]
     human = run("simulate", chain_file, out)
     assert human.exit_code == 0 and "pageouts" in human.stdout
 
@@ -109,7 +110,7 @@ def test_sweep_with_a_device(chain_file, fast_device):
     assert all("transfer" not in p for p in json.loads(plain.stdout))
 
 
-def test_usage_errors_exit_2(chain_file, tmp_path):
+def test_usage_errors_exit_2(chain_file, fast_device, tmp_path):
     r = run("solve", chain_file)
     assert r.exit_code == 2 and "give --memory SIZE or --device" in r.stderr
     r = run("solve", chain_file, "--device", "no-such-board")
@@ -122,11 +123,40 @@ def test_usage_errors_exit_2(chain_file, tmp_path):
     flop["time_unit"] = "flop"
     flop_file = tmp_path / "flop.json"
     flop_file.write_text(json.dumps(flop))
-    for command in ("solve", "compare"):
-        r = run(command, flop_file, "--device", "rpi4-4gb-sd", "--memory", "5000")
+    for command in ("solve", "compare"):  # a storage, and no flop_per_s to turn FLOPs into seconds
+        r = run(command, flop_file, "--device", fast_device, "--memory", "5000")
         assert r.exit_code == 2 and "time_unit is a time" in r.stderr, r.output
     r = run("solve", chain_file, "--memory", "5000", "--strategy", "page-all")
     assert r.exit_code == 2 and "none is given" in r.stderr
+
+
+def test_a_device_compute_speed_plans_in_the_devices_seconds(chain_file, tmp_path):
+    """FLOPs / flop_per_s, or the profiling machine's time x time_scale; the output says which."""
+    flop = json.loads(chain_file.read_text())
+    flop["time_unit"] = "flop"
+    for layer in flop["layers"]:
+        layer["forward"] = layer["backward"] = 5e9  # 5 GFLOP: 41.5 s each on the Pi
+    flop_file = tmp_path / "flop.json"
+    flop_file.write_text(json.dumps(flop))
+    r = run("solve", flop_file, "--device", "rpi4-4gb-sd", "--memory", "4500", "--strategy", "dp-paging", "--json")
+    assert r.exit_code == 0, r.output
+    assert "planning in the device's seconds (FLOPs / 120.3 MFLOP/s)" in r.stderr
+    pi = json.loads(r.stdout)["predicted"]
+    assert pi["compute"] == pytest.approx(5e9 / PRESETS["rpi4-4gb-sd"].compute.flop_per_s * (12 + pi["forwards"] - 6))
+    scaled = tmp_path / "scaled.json"
+    scaled.write_text(json.dumps({"format": "edgeplan-device/1", "name": "slow", "memory_bytes": 4500,
+                                  "storage": PRESETS["rpi4-4gb-sd"].storage.to_dict(),
+                                  "compute": {"time_scale": 100}}))
+    for command in (("compare",), ("sweep", "--steps", "2")):
+        r = run(*command, chain_file, "--device", scaled, "--strategies", "dp,dp-paging")
+        assert r.exit_code in (0, 1) and "planning in the device's seconds (s x100)" in r.stderr, r.output
+    r = run("compare", chain_file, "--device", "rpi4-4gb-sd", "--memory", "4500", "--strategies", "dp")
+    assert "times are the model's own (s): the device's compute has no time_scale" in r.stderr
+    out = tmp_path / "pi.json"
+    assert run("solve", flop_file, "--device", "rpi4-4gb-sd", "--memory", "4500", "-o", out).exit_code == 0
+    assert run("simulate", flop_file, out).exit_code == 2  # FLOPs cannot be added to transfer seconds
+    r = run("simulate", flop_file, out, "--device", "rpi4-4gb-sd", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["overhead"] == json.loads(out.read_text())["predicted"]["overhead"]
 
 
 def test_simulate_a_paging_schedule_on_a_model_without_a_time_unit(chain_file, fast_device, tmp_path):

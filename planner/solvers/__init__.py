@@ -167,7 +167,7 @@ STRATEGIES = dict(
             requires=("scipy",),
         ),
         # Paging strategies (SPEC section 5): only with a storage (--device).
-        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", needs_storage=True),
+        _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", emits_frees=True, needs_storage=True),
         _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150),
         _entry(
             "milp-paging",
@@ -523,7 +523,7 @@ def run_all(
 
 
 def _best(outcomes):
-    """The feasible solution with the least compute (ties: fewer ops), or None.
+    """The feasible solution with the least step time (compute and transfers; ties: fewer ops), or None.
 
     When an exact search among ``outcomes`` stopped before proving its answer
     (``proven_optimal: false``) and the winner does not say, the winner's
@@ -532,7 +532,7 @@ def _best(outcomes):
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    best = min(feasible, key=lambda s: (s.result.compute + s.result.transfer, len(s.ops)))
+    best = min(feasible, key=lambda s: (s.result.step_time, len(s.ops)))
     unproven = any(s.params.get("proven_optimal") is False for s in feasible)
     if unproven and "proven_optimal" not in best.params:
         params = dict(best.params, proven_optimal=False)

@@ -1,7 +1,8 @@
 """``page-all``: POET's paging-only baseline, no recomputation (SPEC section 5)."""
 
-from planner.lowering import store_all_ops
+from planner.lowering import insert_frees, store_all_ops
 from planner.schedule import pagein, pageout
+from planner.solvers._overlap import overlap
 
 __all__ = ["page_all"]
 
@@ -20,7 +21,10 @@ def page_all(model, *, budget=None, storage):
     ----------
     model : planner.model.Model
     budget : int or None, keyword-only
-        Ignored: page-all has one schedule; the registry checks that it fits.
+        Page-all has one schedule (the registry checks that it fits); with
+        transfers beside compute (``storage.overlap``) its pageins are moved
+        earlier and its frees after pageouts later within it
+        (:func:`planner.solvers._overlap.overlap`).
     storage : planner.device.Storage, keyword-only
         With ``storage.bytes`` set, outputs are paged in topological order
         while they fit (paged copies are kept until their layer's backward, so
@@ -30,7 +34,7 @@ def page_all(model, *, budget=None, storage):
     Returns
     -------
     ops : list of Op
-        Forward, backward, pageout and pagein ops (the registry inserts frees).
+        Forward, backward, pageout, pagein and free ops (the shared lowering's frees).
     params : dict
         ``paged``: the number of outputs paged out.
 
@@ -74,6 +78,9 @@ def page_all(model, *, budget=None, storage):
         ops.append(op)
         if position < n and position in paged:
             ops.append(pageout(position))
+    ops = insert_frees(model, ops)
+    if storage.overlap:  # pageins earlier and frees after pageouts later, where they hide behind compute
+        ops, _ = overlap(model, ops, storage, budget)
     return ops, {"paged": len(paged)}
 
 

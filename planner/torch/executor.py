@@ -40,8 +40,9 @@ code):
   schedule's order, as plain autograd does (see :func:`_segments`);
 - ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
   file in a temporary directory (CPU) or to pinned host memory (CUDA), and
-  back into a new tensor that takes the output's place (see :class:`_Pager`);
-  the directory goes when the step ends, also on an error or an interrupt.
+  back into a new tensor that takes the output's place, on a background
+  thread beside compute (:class:`planner.torch.pager.Pager`); the directory
+  goes when the step ends, also on an error or an interrupt.
 
 A recomputed stage that draws random numbers (``Stage.random``, or, without
 that flag, a stage whose first forward moved the RNG state) starts from the
@@ -56,10 +57,6 @@ The sink's output is the caller's once returned: the executor keeps no
 reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
-import os
-import tempfile
-import time
-
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
@@ -67,6 +64,7 @@ from planner.torch.capture import OWN_LOSS, build_stages, document_output
 from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
 from planner.torch.loss import make_loss, model_loss
 from planner.torch.measure import seed_function
+from planner.torch.pager import Pager
 
 torch = require_torch()
 nn = torch.nn
@@ -198,82 +196,6 @@ def _set_rng(state, device):
         torch.cuda.set_rng_state(torch.frombuffer(state[1], dtype=torch.uint8), device)
 
 
-class _Pager:
-    """Where a step's paged outputs live: files in a temporary directory (CPU), pinned host memory (CUDA).
-
-    The directory is made at the first pageout and removed by :meth:`close`
-    (the step calls it when it ends, also on an error or an interrupt), and
-    by its finalizer should the step be dropped before its backward.  A file
-    holds the tensor's raw bytes, written from and read into the tensor's own
-    memory (no copy in between, so a pageout allocates nothing and a pagein
-    exactly the output).  ``seconds`` sums the wall time of every transfer.
-    """
-
-    def __init__(self, device):
-        self.device = device
-        self.dir = None
-        self.copies = {}  # layer -> (path or pinned tensor, shape, dtype)
-        self.seconds = 0.0
-        self.pageouts = 0
-        self.pageins = 0
-
-    @property
-    def path(self):
-        """The temporary directory (None before the first pageout or after close)."""
-        return None if self.dir is None else self.dir.name
-
-    def pageout(self, i, y):
-        t0 = time.perf_counter()
-        if self.device.type == "cuda":
-            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
-            host.copy_(y)
-            torch.cuda.synchronize(self.device)
-            self.copies[i] = (host, y.shape, y.dtype)
-        else:
-            if self.dir is None:
-                self.dir = tempfile.TemporaryDirectory(prefix="edgeplan-paging-")
-            path = os.path.join(self.dir.name, f"{i}.bin")
-            with open(path, "wb") as f:
-                f.write(memoryview(_raw(y)))
-            self.copies[i] = (path, y.shape, y.dtype)
-        self.seconds += time.perf_counter() - t0
-        self.pageouts += 1
-
-    def pagein(self, i):
-        t0 = time.perf_counter()
-        where, shape, dtype = self.copies[i]
-        y = torch.empty(shape, dtype=dtype, device=self.device)
-        if self.device.type == "cuda":
-            y.copy_(where)
-            torch.cuda.synchronize(self.device)
-        else:
-            view = memoryview(_raw(y))
-            with open(where, "rb") as f:
-                got = f.readinto(view)
-            if got != view.nbytes:
-                raise OSError(f"paged file {where}: read {got} of {view.nbytes} bytes")
-        self.seconds += time.perf_counter() - t0
-        self.pageins += 1
-        return y
-
-    def drop(self, i):
-        """Forget layer ``i``'s copy (its backward ran: nothing reads it again)."""
-        entry = self.copies.pop(i, None)
-        if entry is not None and isinstance(entry[0], str):
-            os.remove(entry[0])
-
-    def close(self):
-        self.copies.clear()
-        if self.dir is not None:
-            self.dir.cleanup()
-            self.dir = None
-
-
-def _raw(t):
-    """A contiguous CPU tensor's bytes as a numpy array sharing its memory."""
-    return t.detach().reshape(-1).view(torch.uint8).numpy()
-
-
 class _Entry(torch.autograd.Function):
     """An autograd entry point that hands the gradient reaching it to a callable.
 
@@ -347,7 +269,7 @@ class StepRunner:
         self.sink_grad = None
         self.sink_output = None
         self.count = 0
-        self.pager = _Pager(device)  # P: paged outputs (SPEC section 5)
+        self.pager = Pager(device)  # P: paged outputs and the copy engine (SPEC section 5)
 
     # ------------------------------------------------------------ the two parts
 
@@ -415,6 +337,7 @@ class StepRunner:
             if op.kind is OpKind.FREE:
                 # The sink's output is the caller's (see forward_part).
                 self.live.pop(op.layer, None)
+                self.pager.settle(op.layer)  # an output being written is released when written
                 if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
@@ -437,7 +360,10 @@ class StepRunner:
         return ScheduleError(f"op #{n} ({op.kind.value} {name}): {what}", index=n, layer=name)
 
     def _value(self, p):
-        return self.inputs[-1 - p] if p < 0 else self.outputs[p]
+        if p < 0:
+            return self.inputs[-1 - p]
+        self.pager.settle(p)  # a paged-in output is read once its pagein is done
+        return self.outputs[p]
 
     def _forward(self, n, op):
         i = op.layer

@@ -1,0 +1,76 @@
+"""A step's time when transfers run beside compute (``edgeplan-schedule/3``, docs/format.md).
+
+The device computes on one stream and copies on one copy engine (DMA, a CUDA
+copy stream, a background writer thread).  The ops are issued in schedule
+order; each op is *issued* when the compute stream reaches it:
+
+* ``forward L`` and ``backward L`` run on the compute stream.  They start when
+  it is free and every pagein of an output they read has finished (a forward
+  reads its inputs; a backward reads what its saved data reads,
+  :attr:`planner.model.Model.saved_reads`, and the sink's backward also reads
+  the sink's output); they take their ``forward`` or ``backward`` time;
+* ``pageout L`` and ``pagein L`` run on the copy engine, one at a time in
+  schedule order: each starts when it is issued and the engine is free, and
+  takes its transfer time (SPEC section 5).  Compute does not wait for them;
+* ``free L`` waits on the compute stream until every transfer of L issued
+  before it has finished (memory that is being copied cannot be released),
+  then takes no time.
+
+The step ends when both are idle.  Because every op is issued in schedule
+order and memory only changes at an op's issue (a pagein's memory is counted
+from its issue, a freed output after its transfers), the simulator's peak
+(op by op, SPEC section 3) is the peak at every moment.  With one copy engine
+and a compute stream that waits only where said, the step's time is between
+``compute`` and ``compute + transfer``.
+"""
+
+__all__ = ["overlapped_time"]
+
+
+def overlapped_time(model, ops, storage, scale):
+    """``(time, wait)`` of a valid schedule, in the model's time unit.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+    ops : sequence of planner.schedule.Op
+        A valid schedule (the simulator checked it).
+    storage : planner.device.Storage
+    scale : float
+        How many of the model's time unit make one second.
+
+    Returns
+    -------
+    time : float
+        When the last op of either stream ends.
+    wait : float
+        Time the compute stream stood still waiting for a transfer.
+    """
+    from planner.schedule import OpKind
+
+    layers = model.layers
+    reads_f = [layer.inputs for layer in layers]
+    reads_b = [list(r) for r in model.saved_reads]
+    reads_b[model.sink].append(model.sink)
+    out_s = [storage.pageout_seconds(layer.output_bytes) * scale for layer in layers]
+    in_s = [storage.pagein_seconds(layer.output_bytes) * scale for layer in layers]
+    now = engine = wait = 0.0
+    ready = {}  # layer -> end of its latest pagein
+    busy = {}  # layer -> end of its latest transfer
+    for op in ops:
+        kind, i = op.kind, op.layer
+        if kind is OpKind.FORWARD or kind is OpKind.BACKWARD:
+            reads = reads_f[i] if kind is OpKind.FORWARD else reads_b[i]
+            start = max([now] + [ready[j] for j in reads if j in ready])
+            wait += start - now
+            now = start + (layers[i].forward if kind is OpKind.FORWARD else layers[i].backward)
+        elif kind is OpKind.FREE:
+            if i in busy and busy[i] > now:
+                wait += busy[i] - now
+                now = busy[i]
+        else:
+            engine = max(engine, now) + (out_s[i] if kind is OpKind.PAGEOUT else in_s[i])
+            busy[i] = engine
+            if kind is OpKind.PAGEIN:
+                ready[i] = engine
+    return max(now, engine), wait
