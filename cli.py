@@ -23,7 +23,7 @@ from planner.cli_params import (
 )
 from planner import sweep as sweeping
 from planner.api import plan
-from planner.device import PRESETS
+from planner.device import PRESETS, device_time, load_device
 from planner.files import atomic_output
 from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, ModelMismatchError
 from planner.model import load_model, model_from_dict

@@ -57,6 +57,8 @@ The sink's output is the caller's once returned: the executor keeps no
 reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
+import os
+
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
 from planner.schedule import OpKind, Schedule, load_schedule
