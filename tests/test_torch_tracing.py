@@ -111,7 +111,7 @@ def test_integer_inputs_reach_an_embedding():
     net = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 6, 3))
     doc = profile_model(net, [parse_input("4x6:int64:50")], repeats=1)
     assert doc["input_bytes"] == 4 * 6 * 8
-    assert _names(doc) == ["L0_Embedding", "L1_Flatten", "L2_Linear"]
+    assert _names(doc) == ["L0_Embedding+L1_Flatten", "L2_Linear"]  # a view joins its producer's stage
 
 
 # ---------------------------------------------------------------- tracing ordinary code

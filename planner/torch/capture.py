@@ -58,21 +58,78 @@ def document_output(document):
     return "loss" if document.get("loss") == OWN_LOSS else None
 
 
-def _chain_stages(children):
+def _view_children(children, example, torch):
+    """Indices of the children whose output is a view of their input (``Flatten``, ``Identity``).
+
+    Found by running the chain once on the example, in train mode (what is
+    trained; a dropout is a view of its input only in eval mode), without
+    gradients; the modules' modes, their state and the RNG are put back
+    afterwards.
+    """
+    if not example:
+        return set()
+    modules = [child for _, child in children]
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    rng = torch.random.get_rng_state()
+    views, x = set(), example[0]
+    try:
+        for m in modules:
+            m.train()
+        with torch.no_grad():
+            for i, child in enumerate(modules):
+                try:
+                    y = child(x)
+                except Exception:  # noqa: BLE001 - the measurement that follows says what fails, in one line
+                    return views
+                if not isinstance(y, torch.Tensor):
+                    return set()
+                if isinstance(x, torch.Tensor) and y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                    views.add(i)
+                x = y
+    finally:
+        torch.random.set_rng_state(rng)
+        for m, state in zip(modules, states):
+            m.load_state_dict(state)
+        for sub, training in modes:
+            sub.training = training
+    return views
+
+
+def _chain_stages(children, example):
+    """A stage per child; a child whose output views its input joins the stage before it.
+
+    A view has no storage of its own: as a layer of its own its bytes would be
+    counted twice while its producer's output is alive too.
+    """
+    torch = require_torch()
     names = []
     for key, child in children:
         cls = type(child).__name__
         names.append(f"L{key}_{cls}" if str(key).isdigit() else str(key))
-    stages = []
-    for i, ((_, child), name) in enumerate(zip(children, unique_names(names))):
+    names = unique_names(names)
+    views = _view_children(children, example, torch)
+    groups = []
+    for i, (_, child) in enumerate(children):
         no_inplace(child)
+        if i in views and groups:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    if len(groups) > 1 and groups[0] and all(i in views for i in groups[0]):
+        leading = groups.pop(0)  # leading views join the first real stage
+        groups[0][:0] = leading
+    stages = []
+    for k, group in enumerate(groups):
+        mods = [children[i][1] for i in group]
+        fn = mods[0] if len(mods) == 1 else torch.nn.Sequential(*mods)
         stages.append(
             Stage(
-                name=name,
-                fn=child,
-                inputs=(i - 1,) if i else (-1,),
-                params=list(child.parameters()),
-                buffers=list(child.buffers()),
+                name="+".join(names[i] for i in group),
+                fn=fn,
+                inputs=(k - 1,) if k else (-1,),
+                params=[p for m in mods for p in m.parameters()],
+                buffers=[b for m in mods for b in m.buffers()],
             )
         )
     return stages
@@ -175,7 +232,7 @@ def build_stages(obj, stages="auto", example=None, loss=None, *, output=None):
             raise ModelError(
                 f"a chain of modules takes one input, the example has {len(example)}: use --stages ops"
             )
-        stage_list = _chain_stages(children)
+        stage_list = _chain_stages(children, example)
     else:
         if isinstance(obj, (list, tuple)):
             root = nn.Sequential(*obj)
