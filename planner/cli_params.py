@@ -169,10 +169,10 @@ dtype_option = click.option(
 )
 stages_option = click.option(
     "--stages", type=click.Choice(["auto", "modules", "ops"]), default="auto", show_default=True,
-    help="modules: a layer per child of an nn.Sequential, or per block of any other model (its "
-    "children, the items of its ModuleLists) and per op between them; ops: a layer per call of a "
-    "torch.nn module, function or method (torch.fx); auto: modules for a Sequential, ops "
-    "otherwise (docs/costs.md).",
+    help="modules: a layer per child of an nn.Sequential, or per block of any other model (the "
+    "items of its ModuleLists, such as transformer.h.0; its children when it has none) and per op "
+    "between them; ops: a layer per op that torch.export captures; auto: modules for a "
+    "Sequential, ops otherwise (docs/costs.md).",
 )
 def renamed_option(new, old, dest, *, default, help, **kwargs):
     """Option ``new``, with ``old`` kept one release as a deprecated spelling (a line on stderr).

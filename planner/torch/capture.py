@@ -3,17 +3,21 @@
 Two granularities (``--stages``):
 
 - ``modules``: an ``nn.Sequential`` (or a list of modules) is a chain of its
-  children; any other module is traced by ``torch.fx`` with its *blocks* as
-  leaves (the children of the root, and the items of the containers
-  ``ModuleList``, ``ModuleDict``, ``Sequential`` directly under it), and the
-  code between the blocks becomes one stage per op;
-- ``ops``: ``torch.fx`` with its default leaves (the modules of ``torch.nn``):
-  one stage per call of a ``torch.nn`` module, function or tensor method.
+  children; any other module is cut into its *blocks* (the outermost items of
+  its ``ModuleList``, ``ModuleDict`` and ``Sequential`` containers, such as
+  ``transformer.h.0``; its children when it has none), and the code between
+  the blocks becomes one stage per op;
+- ``ops``: one stage per op.
 
-The tracer is :class:`torch.fx.Tracer` run *concretely*: every node is also
-evaluated on the example inputs as it is recorded, so Python numbers computed
-from shapes (``n = x.shape[-1]``, ``C // self.n_head``, ``if T > 1``) are the
-constants they are for the profiled shapes.  Then the nodes are sorted out:
+Any other module is captured on the example with ``torch.export``
+(non-strict, :mod:`planner.torch.export`): the model's own Python runs, so
+library code (Hugging Face ``transformers``) works as it comes, with keyword
+inputs (:class:`~planner.torch.inputs.ExampleInputs`) and dict, tuple,
+dataclass or ``ModelOutput`` results (``output`` picks the tensor the loss
+reads).  Where ``torch.export`` fails, the concrete ``torch.fx`` tracer
+(:mod:`planner.torch.fx_trace`) is tried: positional inputs, one tensor
+result.  Either way, shapes are the example's numbers, and the nodes are
+sorted out alike:
 
 - a tensor node that depends on a model input and does not share its storage
   with an argument is a **stage**;
@@ -23,14 +27,14 @@ constants they are for the profiled shapes.  Then the nodes are sorted out:
   position embedding of an ``arange``, parameters read directly) are
   **folded** into each stage that consumes them: the stage recomputes them from
   its inputs, so their bytes are counted once, in the storage they view;
-- a piece of a tuple that is not a view (a module returning two new tensors)
-  is a stage that runs the op and keeps that piece;
+- an op that draws random numbers is never folded (``Stage.random``);
 - everything else (ints, sizes, dtypes, devices) is a constant.
 
-What cannot be traced this way is a :class:`ModelError` of one line naming the
+What cannot be captured is a :class:`ModelError` of one line naming the
 construct and the module: control flow on a tensor's values, a tensor's value
-used as a Python number, an in-place write whose result is not used, a model
-that does not return one tensor, and anything else ``torch.fx`` rejects.
+used as a Python number, an in-place write into a view or whose result is not
+used, a result with several tensors and no choice among them, and anything
+else both captures reject.
 """
 
 from planner.errors import ModelError

@@ -727,8 +727,9 @@ class ScheduledModule(nn.Module):
         The schedule (or its path); it must carry the model's fingerprint.
     stages : {"auto", "modules", "ops"}, keyword-only
         As for :func:`planner.torch.profile.build_stages`.
-    example : torch.Tensor or tuple, keyword-only
-        An input to cut the stages with now; otherwise the first call's.
+    example : torch.Tensor, tuple or dict, keyword-only
+        An input (a dict: keyword arguments) to cut the stages with now;
+        otherwise the first call's.
     compile : bool or str, keyword-only
         Compile each stage with ``torch.compile`` (True: its default backend,
         inductor, which needs a C++ compiler on the CPU; a string: that
@@ -798,6 +799,8 @@ class ScheduledModule(nn.Module):
         self._anchors = {}
         self.on_op = None
         self.last_step = None
+        if isinstance(example, dict):  # the model's keyword arguments
+            example = flat_inputs((), example)
         if example is not None:
             self._build(example if isinstance(example, tuple) else (example,))
 

@@ -12,8 +12,10 @@ graph inputs) and the example's tensors.  Then the nodes are sorted out as
   with an argument is a **stage** (``ops``); with ``blocks`` (``modules``) the
   nodes recorded inside one *block* (an item of an ``nn.ModuleList``,
   ``nn.Sequential`` or ``nn.ModuleDict``, the outermost one, such as
-  ``transformer.h.0``) are one stage, named by the block's path, and the ops
-  between blocks one stage each;
+  ``transformer.h.0``; in a model without such containers, a child of the
+  model) are one stage, named by the block's path, and the ops between
+  blocks one stage each (a block that hands more than one tensor to the rest
+  of the model is cut into its ops);
 - views and tensors that depend on no input (a causal mask, rotary
   ``cos``/``sin``, a weight's transpose) are **folded**: recomputed by each
   stage that reads them;
@@ -31,10 +33,10 @@ functions: ``pip install edgeplan[torch]``.
 import contextlib
 import io
 import logging
-import operator
 
 from planner.errors import ModelError
 from planner.io import unique_names
+from planner.torch.fx_trace import is_view, tensors_in
 from planner.torch.inputs import require_torch
 
 __all__ = ["ExportFailed", "export_stages", "pick_output"]
@@ -185,9 +187,19 @@ def _strip(path):
     return path[len(_WRAPPER):] if path.startswith(_WRAPPER) else ("" if path == "module" else path)
 
 
-def _block_of(node, root):
-    """The outermost container item among the modules the node was recorded in ('' if none)."""
+def _is_container(module):
+    return type(module).__name__ in _CONTAINERS and type(module).__module__.startswith("torch.nn")
+
+
+def _block_of(node, root, children_are_blocks):
+    """The outermost container item among the modules the node was recorded in ('' if none).
+
+    In a model without containers (``children_are_blocks``), the child of the root it is in.
+    """
     stack = node.meta.get("nn_module_stack") or {}
+    if children_are_blocks:
+        paths = [_strip(path) for path, _ in stack.values()]
+        return next((p for p in paths if p and "." not in p), "")
     for path, _ in stack.values():
         path = _strip(path)
         if not path:
@@ -197,7 +209,7 @@ def _block_of(node, root):
             parent = root.get_submodule(parent_path) if parent_path else root
         except AttributeError:
             continue
-        if type(parent).__name__ in _CONTAINERS and type(parent).__module__.startswith("torch.nn"):
+        if _is_container(parent):
             return path
     return ""
 
@@ -252,14 +264,14 @@ class _Graph:
                 continue
             fqn = _strip(spec.target or "")
             tensor = _attr(root, fqn)
-            if tensor is None:
+            if not isinstance(tensor, torch.Tensor):  # a lifted constant, not the module's own
                 tensor = ep.constants.get(spec.target)
             if tensor is None:
                 raise ModelError(f"cannot capture {type(root).__name__}: graph input {spec.target!r} is not found")
             self.source[node] = ("tensor", tensor)
             if kind == "PARAMETER":
                 self.params.add(node)
-            elif kind == "BUFFER" and _attr(root, fqn) is not None:
+            elif kind == "BUFFER" and tensor is _attr(root, fqn):
                 self.buffers.add(node)
 
 
@@ -280,10 +292,6 @@ def _attr(root, fqn):
         if obj is None:
             return None
     return obj
-
-
-def _run(node, target, args, kwargs):
-    return target(*args, **kwargs)
 
 
 def _evaluate(g, inputs):
@@ -310,29 +318,6 @@ def _target(node, g):
     return plain
 
 
-def _tensors_in(value, torch):
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors_in(v, torch)]
-    return []
-
-
-def _storage(t):
-    return t.untyped_storage().data_ptr(), t.device
-
-
-def _is_view(node, value, values, torch):
-    """``value`` shares its storage with a tensor among the node's arguments (or the tuple's op's)."""
-    sources = node.all_input_nodes
-    if node.target is operator.getitem and sources and not isinstance(values.get(sources[0]), torch.Tensor):
-        sources = sources[0].all_input_nodes
-    bases = set()
-    for a in sources:
-        bases.update(_storage(t) for t in _tensors_in(values.get(a), torch) if t.untyped_storage().nbytes())
-    return value.untyped_storage().nbytes() > 0 and _storage(value) in bases
-
-
 def _classify(g, values):
     """``kinds[node]``: input, tensor (parameter, buffer, constant), const, fold, stage or effect."""
     torch = g.torch
@@ -349,7 +334,7 @@ def _classify(g, values):
         mutates_buffer = _inplace_base(node) is not None and node.args and node.args[0] in g.buffers
         if mutates_buffer:
             kinds[node] = "effect"
-        elif not _tensors_in(v, torch):
+        elif not tensors_in(v, torch):
             if dep[node] and isinstance(v, (bool, int, float)):
                 path, kind = _module_path(node)
                 where = f"module {path!r} ({kind})" if path else f"the model ({type(g.root).__name__})"
@@ -360,9 +345,11 @@ def _classify(g, values):
             kinds[node] = "const"
         elif not isinstance(v, torch.Tensor):
             kinds[node] = "fold"  # a tuple: its pieces are what stages read
+        elif dep[node] and is_view(node, v, values, torch):
+            kinds[node] = "fold"  # also a dropout of p = 0, which returns its input
         elif _is_random(node, torch):
             kinds[node] = "stage"
-        elif not dep[node] or _is_view(node, v, values, torch):
+        elif not dep[node]:
             kinds[node] = "fold"
         else:
             kinds[node] = "stage"
@@ -382,7 +369,7 @@ def _check_inplace(g, kinds, values, root):
         base = node.args[0]
         op = node.target.overloadpacket.__name__
         value = values.get(base)
-        if isinstance(value, g.torch.Tensor) and base.op == "call_function" and _is_view(base, value, values, g.torch):
+        if isinstance(value, g.torch.Tensor) and base.op == "call_function" and is_view(base, value, values, g.torch):
             problem = f"an in-place write into a view (x[...] = ..., {op})"
         elif not node.users:
             problem = f"an in-place write whose result is not used ({op}(...), node {node.name!r})"
@@ -398,8 +385,10 @@ def _check_inplace(g, kinds, values, root):
 class _StageFn:
     """``fn(*tensors)``: one stage's ATen ops over its input tensors and the module's tensors.
 
-    ``steps`` is ``[(node, target, args, kwargs)]`` in graph order, arguments
-    being ``_Ref`` (an earlier step's value or an input slot) or constants.
+    ``steps`` is ``[(node, target, args, kwargs)]`` in graph order; a graph
+    node among the arguments is an earlier step's value or an input (``slots``,
+    in the order ``fn`` takes them), anything else is used as it is (the
+    module's parameters and buffers, constants).
     """
 
     def __init__(self, steps, out, slots):
@@ -408,10 +397,10 @@ class _StageFn:
         self.slots = slots
 
     def __call__(self, *tensors):
+        from torch import fx
+
         env = dict(zip(self.slots, tensors))
         fill = env.__getitem__
-        import torch.fx as fx
-
         for node, target, args, kwargs in self.steps:
             env[node] = target(*fx.node.map_arg(args, fill), **fx.node.map_arg(kwargs, fill))
         return env[self.out]
@@ -526,6 +515,8 @@ def export_stages(root, inputs, *, blocks, output=None):
         stage_list = _make_stages(g, kinds, values, result, groups, split, Stage)
         if isinstance(stage_list, list):
             return stage_list
+        if stage_list not in groups or stage_list in split:  # pragma: no cover - a bug, not the model
+            raise ModelError(f"cannot cut {type(root).__name__} into stages at {stage_list!r}: use --stages ops")
         split.add(stage_list)  # a block that cannot be one stage: its ops, one stage each
 
 
@@ -571,9 +562,10 @@ def _depends_on_input(node, kinds):
 def _groups(g, kinds, root):
     """``block path -> stage nodes`` recorded inside it."""
     groups = {}
+    children_are_blocks = not any(_is_container(m) and len(m) for m in root.modules())
     for n in g.graph.nodes:
         if kinds.get(n) == "stage":
-            block = _block_of(n, root)
+            block = _block_of(n, root, children_are_blocks)
             if block:
                 groups.setdefault(block, []).append(n)
     return groups

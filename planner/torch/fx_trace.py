@@ -13,7 +13,7 @@ from planner.errors import ModelError
 from planner.io import unique_names
 from planner.torch.inputs import require_torch
 
-__all__ = ["fx_stages", "concrete_trace", "no_inplace", "node_call"]
+__all__ = ["fx_stages", "concrete_trace", "no_inplace", "node_call", "tensors_in", "is_view"]
 
 _INPLACE_FUNCTIONS = {
     operator.iadd: operator.add,
@@ -329,13 +329,14 @@ def no_inplace(module):
         module.inplace = False
 
 
-def _tensors_in(value, torch):
+def tensors_in(value, torch):
+    """The tensors in ``value``: itself, or those in a list, tuple or dict (one level each)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors_in(v, torch)]
+        return [t for v in value for t in tensors_in(v, torch)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors_in(v, torch)]
+        return [t for v in value.values() for t in tensors_in(v, torch)]
     return []
 
 
@@ -350,7 +351,7 @@ def _classify(graph, values, torch):
         v = values.get(n)
         if n.op == "output":
             continue
-        tensors = _tensors_in(v, torch)
+        tensors = tensors_in(v, torch)
         if n.op == "placeholder":
             kinds[n] = "input" if isinstance(v, torch.Tensor) else "const"
             dep[n] = kinds[n] == "input"
@@ -361,14 +362,14 @@ def _classify(graph, values, torch):
         dep[n] = any(dep.get(a) for a in n.all_input_nodes)
         if not dep[n] or not isinstance(v, torch.Tensor):
             kinds[n] = "fold"
-        elif _is_view(n, v, values, torch):
+        elif is_view(n, v, values, torch):
             kinds[n] = "fold"
         else:
             kinds[n] = "stage"
     return kinds
 
 
-def _is_view(node, value, values, torch):
+def is_view(node, value, values, torch):
     """``value`` shares its storage with a tensor among the node's arguments.
 
     For a piece of a tuple (``getitem``), the arguments of the op that made the
@@ -382,7 +383,7 @@ def _is_view(node, value, values, torch):
             sources = container.all_input_nodes
     bases = set()
     for a in sources:
-        bases.update(_storage(t) for t in _tensors_in(values.get(a), torch) if t.untyped_storage().nbytes())
+        bases.update(_storage(t) for t in tensors_in(values.get(a), torch) if t.untyped_storage().nbytes())
     return value.untyped_storage().nbytes() > 0 and _storage(value) in bases
 
 
@@ -551,7 +552,7 @@ class _ExprBuilder:
             buffers.extend(m.buffers())
         real = {id(b) for b in self.root.buffers()}
         for c in self.consts:
-            for t in _tensors_in(c, torch):
+            for t in tensors_in(c, torch):
                 if isinstance(t, torch.nn.Parameter):
                     if id(t) not in seen:
                         seen.add(id(t))
