@@ -36,7 +36,7 @@ import logging
 
 from planner.errors import ModelError
 from planner.io import unique_names
-from planner.torch.fx_trace import is_view, tensors_in
+from planner.torch.fx_trace import is_view, reaches, tensors_in
 from planner.torch.inputs import require_torch
 
 __all__ = ["ExportFailed", "export_stages", "pick_output"]
@@ -507,7 +507,7 @@ def export_stages(root, inputs, *, blocks, output=None):
         result = result[0]
     if kinds.get(result) == "input":
         raise ModelError(f"{type(root).__name__} returns its input unchanged: there is nothing to profile")
-    if kinds.get(result) in ("input", "tensor", "const") or not _depends_on_input(result, kinds):
+    if kinds.get(result) in ("input", "tensor", "const") or not reaches(result, kinds, ("input",)):
         raise ModelError(f"the output of {type(root).__name__} does not depend on its inputs")
     kinds[result] = "stage"
     groups = _groups(g, kinds, root) if blocks else {}
@@ -545,19 +545,6 @@ def _check_call(root, args, kwargs):
                 f"(missing {', '.join(missing)}): repeat --input, or use --example"
             ) from None
         raise ModelError(f"{name}.forward does not take the example's inputs: {exc}") from None
-
-
-def _depends_on_input(node, kinds):
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if kinds.get(n) == "input":
-            return True
-        stack.extend(n.all_input_nodes)
-    return False
 
 
 def _groups(g, kinds, root):

@@ -404,21 +404,24 @@ def _check_graph(graph, values, kinds, torch, root):
             f"cannot trace a model that returns {got}, not one tensor ({type(root).__name__}.forward): "
             "return the output the loss reads"
         )
-    if kinds[result] in ("input", "const") or (kinds[result] == "fold" and not _depends(result, kinds)):
+    if kinds[result] in ("input", "const") or (
+        kinds[result] == "fold" and not reaches(result, kinds, ("input", "stage"), through=lambda k: k != "const")
+    ):
         raise ModelError(f"the output of {type(root).__name__} does not depend on its inputs")
     return result
 
 
-def _depends(node, kinds):
+def reaches(node, kinds, wanted, *, through=lambda kind: True):
+    """Whether ``node`` depends on a node whose kind is in ``wanted`` (following inputs whose kind passes ``through``)."""
     stack, seen = [node], set()
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
-        if kinds.get(n) in ("input", "stage"):
+        if kinds.get(n) in wanted:
             return True
-        stack.extend(a for a in n.all_input_nodes if kinds.get(a) != "const")
+        stack.extend(a for a in n.all_input_nodes if through(kinds.get(a)))
     return False
 
 
