@@ -4,6 +4,8 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planner.device import Storage
 from planner.model import model_from_dict
@@ -20,6 +22,7 @@ from planner.schedule import (
 from planner.simulate import simulate
 from tests.conftest import schema_errors
 from tests.reference import reference_replay
+from tests.strategies import budgets, examples, paging_cases
 
 # 1 MB/s each way, 1 ms read and 2 ms write latency: a 1000-byte record takes 3 ms out, 2 ms in.
 STORAGE = Storage(1e6, 1e6, read_latency_s=1e-3, write_latency_s=2e-3)
@@ -149,3 +152,74 @@ def test_records_without_storage_and_over_capacity():
     assert simulate(chain(), record_ops(), storage=Storage(1e6, 1e6, bytes=1000)).valid
     full = simulate(chain(), record_ops(), storage=Storage(1e6, 1e6, bytes=999))
     assert full.error.index == 1 and "storage is full" in str(full.error)
+
+
+# --- page-records: dp-paging planned with more memory, records paged out to fit -------------------
+
+
+def test_page_records_by_hand_fits_what_dp_paging_cannot():
+    from planner.errors import InfeasibleError
+    from planner.solvers import solve
+
+    m = chain()
+    with pytest.raises(InfeasibleError) as info:
+        solve(m, 1011, "dp-paging", storage=OVERLAP)  # a's record is held with b's at b's backward
+    assert info.value.least_bytes == 1021
+    solution = solve(m, 1011, "page-records", storage=OVERLAP)
+    r = solution.result
+    assert r.valid and r.peak_bytes <= 1011 and solution.params["records"] == ["a"]
+    # Where dp-paging fits, page-records is never slower (it keeps dp-paging's plan at 1141).
+    assert solve(m, 1141, "page-records", storage=OVERLAP).result.step_time == 10.0
+    ref = reference_replay(m.to_dict(), json.loads("".join(solution.schedule.iter_json(m))))
+    assert ref["valid"] and ref["peak_bytes"] == r.peak_bytes and ref["time"] == pytest.approx(r.time)
+
+
+@settings(max_examples=examples(30), deadline=None)
+@given(data=st.data())
+def test_page_records_schedules_are_valid_fit_and_beat_dp_paging(data):
+    """Random chains and storages with a copy engine: every schedule replays (simulator and reference,
+    time included), fits its budget, and is never slower than dp-paging's at the same budget."""
+    from planner.errors import InfeasibleError
+    from planner.solvers import solve
+
+    _, model, storage = data.draw(paging_cases(max_layers=7, dag=False), label="model")
+    storage = dataclasses.replace(storage, overlap=True)
+    budget = data.draw(budgets(model), label="budget")
+    try:
+        solution = solve(model, budget, "page-records", storage=storage)
+    except InfeasibleError as exc:
+        assert budget is not None and exc.least_bytes is not None and budget < exc.least_bytes
+        return
+    r = solution.result
+    assert r.valid and (budget is None or r.peak_bytes <= budget)
+    doc = json.loads("".join(solution.schedule.iter_json(model)))
+    assert schema_errors(doc, "schedule.schema.json") == []
+    ref = reference_replay(model.document or model.to_dict(), doc)
+    assert ref["valid"] and ref["peak_bytes"] == r.peak_bytes and ref["forwards"] == r.forwards
+    if r.pages:
+        assert ref["transfer"] == pytest.approx(r.transfer, rel=1e-9, abs=1e-12)
+        assert ref["time"] == pytest.approx(r.time, rel=1e-9, abs=1e-12)
+    try:
+        plain = solve(model, budget, "dp-paging", storage=storage).result
+    except InfeasibleError:
+        return
+    assert r.step_time <= plain.step_time * (1 + 1e-9)
+
+
+def test_page_records_on_random_chains_is_never_slower_than_dp_paging_and_often_faster():
+    from planner.lowering import store_all_ops
+    from planner.synthetic import random_chain
+    from planner.solvers import solve
+    from tests.paging_setup import random_storage, timed
+
+    faster = 0
+    for seed in range(8):
+        model = timed(random_chain(8, seed))
+        storage = dataclasses.replace(random_storage(seed), overlap=True)
+        budget = int(simulate(model, store_all_ops(model)).peak_bytes * 0.6)
+        records = solve(model, budget, "page-records", storage=storage)
+        plain = solve(model, budget, "dp-paging", storage=storage)
+        assert records.result.peak_bytes <= budget
+        assert records.result.step_time <= plain.result.step_time * (1 + 1e-12)
+        faster += records.result.step_time < plain.result.step_time * 0.99 and bool(records.params["records"])
+    assert faster >= 6
