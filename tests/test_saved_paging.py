@@ -208,8 +208,8 @@ def test_page_records_schedules_are_valid_fit_and_beat_dp_paging(data):
 
 def test_page_records_on_random_chains_is_never_slower_than_dp_paging_and_often_faster():
     from planner.lowering import store_all_ops
-    from planner.synthetic import random_chain
     from planner.solvers import solve
+    from planner.synthetic import random_chain
     from tests.paging_setup import random_storage, timed
 
     faster = 0

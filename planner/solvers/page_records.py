@@ -22,7 +22,7 @@ from planner.solvers._overlap import overlap
 from planner.solvers._persistent import check_levels
 from planner.solvers.dp_paging import _dp_paging, dp_paging
 
-__all__ = ["page_records", "dp_page_records"]
+__all__ = ["dp_page_records", "page_records"]
 
 #: The budgets planned, as multiples of the given one (up to store-all's peak).
 _SCALES = (1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0)
