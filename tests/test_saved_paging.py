@@ -223,3 +223,20 @@ def test_page_records_on_random_chains_is_never_slower_than_dp_paging_and_often_
         assert records.result.step_time <= plain.result.step_time * (1 + 1e-12)
         faster += records.result.step_time < plain.result.step_time * 0.99 and bool(records.params["records"])
     assert faster >= 6
+
+
+def test_insert_frees_places_record_ops_as_reading_no_output():
+    from planner.lowering import insert_frees
+
+    compute = [op for op in record_ops() if op.kind.value != "free"]
+    ops = insert_frees(chain(), compute)
+    r = simulate(chain(), ops, storage=STORAGE)
+    assert r.valid, r.error
+    assert r.peak_bytes <= simulate(chain(), record_ops(), storage=STORAGE).peak_bytes  # frees b sooner
+    # b's output is last read by c's backward (c's record reads it): a later record op of b's does not
+    # keep it (it used to count as a read, as a pageout does).
+    compute = [forward(0, True), forward(1, True), forward(2, True), pageout_saved(1), backward(2),
+               drop_saved(1), pagein_saved(1), backward(1), backward(0)]
+    ops = insert_frees(chain(), compute)
+    assert simulate(chain(), ops, storage=STORAGE).valid
+    assert ops.index(free(1)) < ops.index(drop_saved(1))
