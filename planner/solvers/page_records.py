@@ -16,6 +16,7 @@ timeline.
 """
 
 from planner.errors import InfeasibleError
+from planner.model import chains_only
 from planner.schedule import OpKind, drop_saved, pagein_saved, pageout_saved
 from planner.simulate import simulate
 from planner.solvers._overlap import overlap
@@ -84,6 +85,7 @@ def _record_spans(ops):
     return {i: span for i, span in spans.items() if i not in touched}
 
 
+@chains_only("page-records")
 def dp_page_records(model, *, budget=None, storage, levels=500):
     """The fastest of dp-paging's plans at larger budgets, fitted by paging records.
 
