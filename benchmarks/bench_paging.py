@@ -26,8 +26,8 @@ docs/benchmarks.md.
 ``--device-speed`` runs instead the setting of issue 21 (POET's): the FLOP-counted
 models of examples/flop/ in each preset's own time (its ``flop_per_s``), with
 transfers beside compute (``overlap``) and POET's power figures, and
-store-all, dp, page-all, dp-paging, dp-paging with the objective energy and
-milp-paging side by side: peak, step time and joules.  It replaces the section
+store-all, dp, page-all, dp-paging, page-records (backward records paged
+too), dp-paging with the objective energy and milp-paging side by side: peak, step time and joules.  It replaces the section
 "## Paging on the device's own speed" of docs/benchmarks.md.
 """
 
@@ -162,7 +162,8 @@ def gain(row):
 
 
 DEVICE_SPEED = "## Paging on the device's own speed"
-FLOP_MODELS = {"resnet18": (0.5, 0.7), "mobilenet_v2": (0.5, 0.7), "vgg16_bn": (0.5, 0.7), "small_gpt": (0.6, 0.8)}
+FLOP_MODELS = {"resnet18": (0.3, 0.5, 0.7), "mobilenet_v2": (0.3, 0.5, 0.7), "vgg16_bn": (0.3, 0.5, 0.7),
+               "small_gpt": (0.6, 0.8)}
 
 
 def device_speed_rows(name, device, fractions, time_limit):
@@ -181,6 +182,7 @@ def device_speed_rows(name, device, fractions, time_limit):
         runs = (("dp", lambda: dp_paging(model, budget=budget)[0]),
                 ("page-all", lambda: solve(model, budget, "page-all", storage=storage).ops),
                 ("dp-paging", lambda: dp_paging(model, budget=budget, storage=storage)[0]),
+                ("page-records", lambda: solve(model, budget, "page-records", storage=storage).ops),
                 ("dp-paging energy", lambda: dp_paging(model, budget=budget, storage=storage,
                                                        power_w=d.compute.power_w)[0]),
                 ("milp-paging", lambda: solve(model, budget, "milp-paging", storage=storage,
@@ -199,7 +201,7 @@ def device_speed_rows(name, device, fractions, time_limit):
 
 
 def device_speed(args):
-    labels = ("store-all", "dp", "page-all", "dp-paging", "dp-paging energy", "milp-paging")
+    labels = ("store-all", "dp", "page-all", "dp-paging", "page-records", "dp-paging energy", "milp-paging")
     parts = []
     for name, fractions in FLOP_MODELS.items():
         for device in args.devices:

@@ -107,8 +107,10 @@ def _lifetime_ends(model, compute):
             else:
                 end = i
             used = ()
-        else:  # pageout reads the output
+        elif op.kind is OpKind.PAGEOUT:  # reads the output
             used = (i,)
+        else:  # a backward record's op reads no output
+            used = ()
         for j in used:
             if j not in live_later:
                 live_later.add(j)

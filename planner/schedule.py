@@ -32,6 +32,9 @@ __all__ = [
     "free",
     "pageout",
     "pagein",
+    "pageout_saved",
+    "drop_saved",
+    "pagein_saved",
     "Schedule",
     "load_schedule",
     "schedule_from_dict",
@@ -44,17 +47,26 @@ SCHEDULE_FORMAT_OVERLAP = "edgeplan-schedule/3"
 
 
 class OpKind(Enum):
-    """The three ops of SPEC section 2 and the two paging ops of section 5."""
+    """The three ops of SPEC section 2, the two paging ops of section 5 and the three record ops.
+
+    ``pageout_saved``, ``drop_saved`` and ``pagein_saved`` page a layer's backward
+    record (its saved data; docs/format.md, "Paging backward records").
+    """
 
     FORWARD = "forward"
     BACKWARD = "backward"
     FREE = "free"
     PAGEOUT = "pageout"
     PAGEIN = "pagein"
+    PAGEOUT_SAVED = "pageout_saved"
+    DROP_SAVED = "drop_saved"
+    PAGEIN_SAVED = "pagein_saved"
 
 
 #: The op kinds that make a schedule an ``edgeplan-schedule/2``.
-PAGING_KINDS = frozenset({OpKind.PAGEOUT, OpKind.PAGEIN})
+PAGING_KINDS = frozenset(
+    {OpKind.PAGEOUT, OpKind.PAGEIN, OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,24 @@ def pageout(layer):
 def pagein(layer):
     """The interned op ``{"op": "pagein", "layer": layer}`` (read the output back)."""
     return Op(OpKind.PAGEIN, layer)
+
+
+@lru_cache(maxsize=None)
+def pageout_saved(layer):
+    """The interned op ``{"op": "pageout_saved", "layer": layer}`` (write the record to storage)."""
+    return Op(OpKind.PAGEOUT_SAVED, layer)
+
+
+@lru_cache(maxsize=None)
+def drop_saved(layer):
+    """The interned op ``{"op": "drop_saved", "layer": layer}`` (release the paged-out record)."""
+    return Op(OpKind.DROP_SAVED, layer)
+
+
+@lru_cache(maxsize=None)
+def pagein_saved(layer):
+    """The interned op ``{"op": "pagein_saved", "layer": layer}`` (read the record back)."""
+    return Op(OpKind.PAGEIN_SAVED, layer)
 
 
 @dataclass(frozen=True)
@@ -326,11 +356,19 @@ def _schedule_ops(document, model, fields, source_name):
 
 
 _OP_NAMES = ("forward", "backward", "free")
-_PAGING_NAMES = ("pageout", "pagein")
-_BY_NAME = {"backward": backward, "free": free, "pageout": pageout, "pagein": pagein}
+_PAGING_NAMES = ("pageout", "pagein", "pageout_saved", "drop_saved", "pagein_saved")
+_BY_NAME = {
+    "backward": backward,
+    "free": free,
+    "pageout": pageout,
+    "pagein": pagein,
+    "pageout_saved": pageout_saved,
+    "drop_saved": drop_saved,
+    "pagein_saved": pagein_saved,
+}
 
 
 def _op_words(paging):
     if paging:
-        return "forward, backward, free, pageout or pagein"
+        return "forward, backward, free, pageout, pagein, pageout_saved, drop_saved or pagein_saved"
     return "forward, backward or free"

@@ -20,6 +20,9 @@ _BACKWARD = OpKind.BACKWARD
 _FREE = OpKind.FREE
 _PAGEOUT = OpKind.PAGEOUT
 _PAGEIN = OpKind.PAGEIN
+_PAGEOUT_SAVED = OpKind.PAGEOUT_SAVED
+_DROP_SAVED = OpKind.DROP_SAVED
+_PAGEIN_SAVED = OpKind.PAGEIN_SAVED
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,10 @@ def simulate(model, ops, *, timeline=False, storage=None):
     Which backward makes it is decided by the state, not by the graph: the
     first consumer's backward to run starts the gradient, every later one
     makes a fresh one.  The sink's output may not be freed before the sink's
-    backward: the loss reads it.  Paged copies (the set P) do not count; a
-    pagein adds the output to memory as a forward does.
+    backward: the loss reads it.  Paged copies (the sets P and PS) do not
+    count; a pagein adds the output to memory as a forward does, a
+    pagein_saved the record as a forward with save does, and a drop_saved
+    takes the record out of S (docs/format.md, "Paging backward records").
     """
     if storage is not None and storage.overlap:
         ops = list(ops)  # read twice: the replay, then the timeline (planner.timing)
@@ -156,8 +161,8 @@ def simulate(model, ops, *, timeline=False, storage=None):
     hold = [0] * n  # saved data that reads layer i's output
     waiting = [len(c) for c in model.consumers]  # consumers whose backward has not run
     runs_f = [0] * n  # forward ops per layer
-    paged = _Paged(storage, out)  # P, and the pageout and pagein ops per layer
-    in_p = paged.in_p
+    paged = _Paged(storage, out, saved)  # P and PS, and the paging ops per layer
+    in_p, in_ps = paged.in_p, paged.in_ps
     mem = peak = model.input_bytes
     peak_index = count = -1
     trace = array("q") if timeline else None
@@ -173,7 +178,7 @@ def simulate(model, ops, *, timeline=False, storage=None):
             continue
         if kind is _FORWARD:
             save = op.save
-            if in_a[i] or done[i] or (save and in_s[i]) or _first_missing(ins[i], in_a) is not None:
+            if in_a[i] or done[i] or (save and (in_s[i] or in_ps[i])) or _first_missing(ins[i], in_a) is not None:
                 break
             in_a[i] = True
             mem += out[i]
@@ -208,6 +213,8 @@ def simulate(model, ops, *, timeline=False, storage=None):
                 mem -= out[i]
             if in_p[i]:
                 paged.drop(i)
+            if in_ps[i]:
+                paged.drop_record(i)
             done[i] = True
         elif kind is _PAGEOUT or kind is _PAGEIN:
             if not paged.move(kind, i, in_a, done):
@@ -215,6 +222,25 @@ def simulate(model, ops, *, timeline=False, storage=None):
             if kind is _PAGEIN:
                 in_a[i] = True
                 mem += out[i]
+            now = mem
+        elif kind is _DROP_SAVED:
+            if not in_s[i] or not in_ps[i]:
+                break
+            in_s[i] = False
+            mem -= saved[i]
+            for j in holds[i]:
+                hold[j] -= 1
+            if trace is not None:
+                trace.append(mem)
+            continue
+        elif kind is _PAGEOUT_SAVED or kind is _PAGEIN_SAVED:
+            if not paged.move_record(kind, i, in_s, done):
+                break
+            if kind is _PAGEIN_SAVED:
+                in_s[i] = True
+                mem += saved[i]
+                for j in holds[i]:
+                    hold[j] += 1
             now = mem
         else:  # pragma: no cover - OpKind is closed
             break
@@ -260,23 +286,77 @@ def _columns(layers):
 
 
 class _Paged:
-    """The set P of a replay (outputs paged out to ``storage``) and its paging ops per layer."""
+    """The sets P (outputs paged out to ``storage``) and PS (records paged out) of a replay.
 
-    __slots__ = ("storage", "capacity", "out", "in_p", "bytes", "runs_out", "runs_in")
+    Also counts the paging ops per layer: ``runs_out``/``runs_in`` for outputs,
+    ``records_out``/``records_in`` for records (docs/format.md).
+    """
 
-    def __init__(self, storage, out):
+    __slots__ = (
+        "storage", "capacity", "out", "saved", "in_p", "in_ps", "bytes",
+        "runs_out", "runs_in", "records_out", "records_in",
+    )
+
+    def __init__(self, storage, out, saved):
         n = len(out)
         self.storage = storage
         self.capacity = None if storage is None else storage.bytes  # None: unlimited
         self.out = out
+        self.saved = saved
         self.in_p = [False] * n
-        self.bytes = 0  # sum(output_bytes of P)
+        self.in_ps = [False] * n
+        self.bytes = 0  # sum(output_bytes of P) + sum(saved_bytes of PS)
         self.runs_out = [0] * n
         self.runs_in = [0] * n
+        self.records_out = [0] * n
+        self.records_in = [0] * n
 
     def check(self, kind, i, in_a, done):
         """Why a pageout or pagein of layer ``i`` breaks SPEC section 5, or None."""
-        return _page_check(kind, i, in_a, self.in_p, done, self.storage, self.bytes + self.out[i])
+        if kind is _PAGEOUT or kind is _PAGEIN:
+            return _page_check(kind, i, in_a, self.in_p, done, self.storage, self.bytes + self.out[i])
+        return None
+
+    def check_record(self, kind, i, in_s, done):
+        """Why a pageout_saved, drop_saved or pagein_saved of layer ``i`` is invalid, or None."""
+        if kind is not _DROP_SAVED and self.storage is None:
+            return "a paging op needs a storage (edgeplan-schedule/2), and none is given"
+        if kind is _PAGEIN_SAVED:
+            if not self.in_ps[i]:
+                return "its saved data is not paged out"
+            if in_s[i]:
+                return "its saved data is already in memory"
+            return "its backward has already run"
+        if not in_s[i]:
+            return "its saved data is not in memory"
+        if kind is _DROP_SAVED:
+            return "its saved data is not paged out (pageout_saved it first)"
+        if self.in_ps[i]:
+            return "its saved data is already paged out"
+        after = self.bytes + self.saved[i]
+        return f"the storage is full: {after} bytes paged out, more than its {self.storage.bytes} bytes"
+
+    def move_record(self, kind, i, in_s, done):
+        """Record a pageout_saved or pagein_saved of layer ``i``; False, recording nothing, if invalid."""
+        if self.storage is None:
+            return False
+        if kind is _PAGEOUT_SAVED:
+            after = self.bytes + self.saved[i]
+            if not in_s[i] or self.in_ps[i] or (self.capacity is not None and after > self.capacity):
+                return False
+            self.in_ps[i] = True
+            self.bytes = after
+            self.records_out[i] += 1
+            return True
+        if not self.in_ps[i] or in_s[i] or done[i]:
+            return False
+        self.records_in[i] += 1
+        return True
+
+    def drop_record(self, i):
+        """Layer ``i``'s backward ran: its paged record is released."""
+        self.in_ps[i] = False
+        self.bytes -= self.saved[i]
 
     def move(self, kind, i, in_a, done):
         """Record a pageout or pagein of layer ``i``; False, recording nothing, if it breaks a rule.
@@ -311,11 +391,13 @@ def _op_error(model, index, op, state):
     if kind is _FREE:
         message = _free_problem(model, i, in_a, in_s, hold)
     elif kind is _FORWARD:
-        message = _forward_problem(model, i, op.save, in_a, in_s, done)
+        message = _forward_problem(model, i, op.save, in_a, in_s, done, paged.in_ps)
     elif kind is _BACKWARD:
         message = _backward_problem(model, i, in_a, in_s, done, waiting)
     elif kind is _PAGEOUT or kind is _PAGEIN:
         message = paged.check(kind, i, in_a, done)
+    elif kind in (_PAGEOUT_SAVED, _DROP_SAVED, _PAGEIN_SAVED):
+        message = paged.check_record(kind, i, in_s, done)
     else:  # pragma: no cover - OpKind is closed
         message = f"unknown op {kind!r}"
     layers = model.layers
@@ -353,7 +435,7 @@ def _result(model, error, counts, runs, trace):
         [l.forward * k for l, k in zip(layers, runs_f) if k] + [l.backward for l, d in zip(layers, done) if d]
     )
     baseline = model.baseline_compute
-    transfer, pageouts, pageins = _transfer(model, paged.storage, paged.runs_out, paged.runs_in)
+    transfer, pageouts, pageins = _transfer(model, paged)
     return SimulationResult(
         valid=error is None,
         error=error,
@@ -398,17 +480,23 @@ def _page_check(kind, i, in_a, in_p, done, storage, paged_after):
     return None
 
 
-def _transfer(model, storage, runs_out, runs_in):
-    """(transfer time in the model's unit, pageouts, pageins), summed exactly per layer."""
-    pageouts = sum(runs_out)
-    pageins = sum(runs_in)
+def _transfer(model, paged):
+    """(transfer time in the model's unit, pageouts, pageins), summed exactly per layer.
+
+    Records' transfers (``pageout_saved``, ``pagein_saved``) count with the outputs'.
+    """
+    storage = paged.storage
+    pageouts = sum(paged.runs_out) + sum(paged.records_out)
+    pageins = sum(paged.runs_in) + sum(paged.records_in)
     if not pageouts and not pageins:
         return 0.0, 0, 0
     scale = time_scale(model)
-    out = [layer.output_bytes for layer in model.layers]
+    out, saved = paged.out, paged.saved
     seconds = math.fsum(
-        [storage.pageout_seconds(out[i]) * k for i, k in enumerate(runs_out) if k]
-        + [storage.pagein_seconds(out[i]) * k for i, k in enumerate(runs_in) if k]
+        [storage.pageout_seconds(out[i]) * k for i, k in enumerate(paged.runs_out) if k]
+        + [storage.pagein_seconds(out[i]) * k for i, k in enumerate(paged.runs_in) if k]
+        + [storage.pageout_seconds(saved[i]) * k for i, k in enumerate(paged.records_out) if k]
+        + [storage.pagein_seconds(saved[i]) * k for i, k in enumerate(paged.records_in) if k]
     )
     return seconds * scale, pageouts, pageins
 
@@ -422,7 +510,7 @@ def _free_problem(model, i, in_a, in_s, hold):
     return "the sink's output is read by the loss until the sink's backward"
 
 
-def _forward_problem(model, i, save, in_a, in_s, done):
+def _forward_problem(model, i, save, in_a, in_s, done, in_ps):
     """Why forward ``i`` is invalid (the first rule broken)."""
     if in_a[i]:
         return "its output is already in memory"
@@ -430,6 +518,8 @@ def _forward_problem(model, i, save, in_a, in_s, done):
         return "its backward has already run"
     if save and in_s[i]:
         return "its saved data is already in memory"
+    if save and in_ps[i]:
+        return "its saved data is paged out (page it in instead of forwarding it again with save)"
     missing = _first_missing(model.layers[i].inputs, in_a)
     return f"input {model.layers[missing].name!r} is not in memory"
 

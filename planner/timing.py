@@ -14,7 +14,11 @@ order; each op is *issued* when the compute stream reaches it:
   takes its transfer time (SPEC section 5).  Compute does not wait for them;
 * ``free L`` waits on the compute stream until every transfer of L issued
   before it has finished (memory that is being copied cannot be released),
-  then takes no time.
+  then takes no time;
+* the record ops (docs/format.md, "Paging backward records"):
+  ``pageout_saved L`` and ``pagein_saved L`` run on the copy engine like the
+  output transfers; ``drop_saved L`` waits for L's ``pageout_saved`` as a free
+  waits for a pageout, and ``backward L`` also waits for L's ``pagein_saved``.
 
 The step ends when both are idle.  Because every op is issued in schedule
 order and memory only changes at an op's issue (a pagein's memory is counted
@@ -52,25 +56,39 @@ def overlapped_time(model, ops, storage, scale):
     reads_f = [layer.inputs for layer in layers]
     reads_b = [list(r) for r in model.saved_reads]
     reads_b[model.sink].append(model.sink)
-    out_s = [storage.pageout_seconds(layer.output_bytes) * scale for layer in layers]
-    in_s = [storage.pagein_seconds(layer.output_bytes) * scale for layer in layers]
+    seconds = {
+        OpKind.PAGEOUT: [storage.pageout_seconds(layer.output_bytes) * scale for layer in layers],
+        OpKind.PAGEIN: [storage.pagein_seconds(layer.output_bytes) * scale for layer in layers],
+        OpKind.PAGEOUT_SAVED: [storage.pageout_seconds(layer.saved_bytes) * scale for layer in layers],
+        OpKind.PAGEIN_SAVED: [storage.pagein_seconds(layer.saved_bytes) * scale for layer in layers],
+    }
     now = engine = wait = 0.0
     ready = {}  # layer -> end of its latest pagein
     busy = {}  # layer -> end of its latest transfer
+    record_ready = {}  # layer -> end of its record's latest pagein_saved
+    record_busy = {}  # layer -> end of its record's latest pageout_saved
     for op in ops:
         kind, i = op.kind, op.layer
         if kind is OpKind.FORWARD or kind is OpKind.BACKWARD:
             reads = reads_f[i] if kind is OpKind.FORWARD else reads_b[i]
             start = max([now] + [ready[j] for j in reads if j in ready])
+            if kind is OpKind.BACKWARD and i in record_ready:
+                start = max(start, record_ready[i])
             wait += start - now
             now = start + (layers[i].forward if kind is OpKind.FORWARD else layers[i].backward)
-        elif kind is OpKind.FREE:
-            if i in busy and busy[i] > now:
-                wait += busy[i] - now
-                now = busy[i]
+        elif kind is OpKind.FREE or kind is OpKind.DROP_SAVED:
+            until = (busy if kind is OpKind.FREE else record_busy).get(i, 0.0)
+            if until > now:
+                wait += until - now
+                now = until
         else:
-            engine = max(engine, now) + (out_s[i] if kind is OpKind.PAGEOUT else in_s[i])
-            busy[i] = engine
-            if kind is OpKind.PAGEIN:
-                ready[i] = engine
+            engine = max(engine, now) + seconds[kind][i]
+            if kind is OpKind.PAGEOUT or kind is OpKind.PAGEIN:
+                busy[i] = engine
+                if kind is OpKind.PAGEIN:
+                    ready[i] = engine
+            elif kind is OpKind.PAGEOUT_SAVED:
+                record_busy[i] = engine
+            else:
+                record_ready[i] = engine
     return max(now, engine), wait

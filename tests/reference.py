@@ -41,6 +41,7 @@ def reference_replay(model_doc, schedule_doc):
             consumers[p].append(name)
     sink = [n for n in order if not consumers[n]][0]
     A, S, G, D, P = set(), set(), set(), set(), set()
+    PS = set()  # records (saved data) with a copy on the storage
     paging_formats = ("edgeplan-schedule/2", "edgeplan-schedule/3")
     storage = schedule_doc.get("storage") if schedule_doc.get("format") in paging_formats else None
     pageouts = pageins = 0
@@ -54,6 +55,9 @@ def reference_replay(model_doc, schedule_doc):
             + sum(layers[x]["output_bytes"] for x in G)
         )
 
+    def stored():
+        return sum(layers[x]["output_bytes"] for x in P) + sum(layers[x]["saved_bytes"] for x in PS)
+
     peak = memory()
     compute = 0.0
     forwards = 0
@@ -61,7 +65,7 @@ def reference_replay(model_doc, schedule_doc):
         name = op["layer"]
         e = layers[name]
         if op["op"] == "forward":
-            if name in A or name in D or (op["save"] and name in S):
+            if name in A or name in D or (op["save"] and (name in S or name in PS)):
                 return {"valid": False, "error": k}
             if any(p not in A for p in producers[name]):
                 return {"valid": False, "error": k}
@@ -91,6 +95,7 @@ def reference_replay(model_doc, schedule_doc):
             S.discard(name)
             G.discard(name)
             P.discard(name)
+            PS.discard(name)
             D.add(name)
             compute += e["backward"]
         elif op["op"] == "free":
@@ -107,7 +112,7 @@ def reference_replay(model_doc, schedule_doc):
             if name not in A or name in P:
                 return {"valid": False, "error": k}
             P.add(name)
-            if "bytes" in storage and sum(layers[x]["output_bytes"] for x in P) > storage["bytes"]:
+            if "bytes" in storage and stored() > storage["bytes"]:
                 return {"valid": False, "error": k}
             pageouts += 1
             transfer_s.append(
@@ -121,6 +126,29 @@ def reference_replay(model_doc, schedule_doc):
             pageins += 1
             transfer_s.append(
                 storage.get("read_latency_s", 0) + e["output_bytes"] / storage["read_bytes_per_s"]
+            )
+        elif op["op"] == "pageout_saved" and storage is not None:
+            if name not in S or name in PS:
+                return {"valid": False, "error": k}
+            PS.add(name)
+            if "bytes" in storage and stored() > storage["bytes"]:
+                return {"valid": False, "error": k}
+            pageouts += 1
+            transfer_s.append(
+                storage.get("write_latency_s", 0) + e["saved_bytes"] / storage["write_bytes_per_s"]
+            )
+        elif op["op"] == "drop_saved" and storage is not None:
+            if name not in S or name not in PS:
+                return {"valid": False, "error": k}
+            S.discard(name)
+        elif op["op"] == "pagein_saved" and storage is not None:
+            if name not in PS or name in S or name in D:
+                return {"valid": False, "error": k}
+            S.add(name)
+            peak = max(peak, memory())
+            pageins += 1
+            transfer_s.append(
+                storage.get("read_latency_s", 0) + e["saved_bytes"] / storage["read_bytes_per_s"]
             )
         else:
             return {"valid": False, "error": k}
@@ -152,6 +180,7 @@ def _overlap_time(layers, sink, ops, storage, factor):
     """
     clock = engine = 0.0
     pagein_end, transfer_end = {}, {}
+    record_in_end, record_out_end = {}, {}
     for op in ops:
         name, e = op["layer"], layers[op["layer"]]
         if op["op"] in ("forward", "backward"):
@@ -160,18 +189,29 @@ def _overlap_time(layers, sink, ops, storage, factor):
             else:
                 reads = [p for p in e["inputs"] if p != "input"] if e["needs_inputs"] else []
                 reads += [name] if (e["needs_output"] or name == sink) else []
-            clock = max([clock] + [pagein_end.get(r, 0.0) for r in reads]) + e[op["op"]]
+            waits = [pagein_end.get(r, 0.0) for r in reads]
+            if op["op"] == "backward":
+                waits.append(record_in_end.get(name, 0.0))
+            clock = max([clock] + waits) + e[op["op"]]
         elif op["op"] == "free":
             clock = max(clock, transfer_end.get(name, 0.0))
+        elif op["op"] == "drop_saved":
+            clock = max(clock, record_out_end.get(name, 0.0))
         else:
-            if op["op"] == "pageout":
-                seconds = storage.get("write_latency_s", 0) + e["output_bytes"] / storage["write_bytes_per_s"]
+            size = e["saved_bytes"] if op["op"].endswith("_saved") else e["output_bytes"]
+            if op["op"].startswith("pageout"):
+                seconds = storage.get("write_latency_s", 0) + size / storage["write_bytes_per_s"]
             else:
-                seconds = storage.get("read_latency_s", 0) + e["output_bytes"] / storage["read_bytes_per_s"]
+                seconds = storage.get("read_latency_s", 0) + size / storage["read_bytes_per_s"]
             engine = max(engine, clock) + seconds * factor
-            transfer_end[name] = engine
-            if op["op"] == "pagein":
-                pagein_end[name] = engine
+            if op["op"] == "pageout_saved":
+                record_out_end[name] = engine
+            elif op["op"] == "pagein_saved":
+                record_in_end[name] = engine
+            else:
+                transfer_end[name] = engine
+                if op["op"] == "pagein":
+                    pagein_end[name] = engine
     return max(clock, engine)
 
 

@@ -284,3 +284,52 @@ def test_the_pager_copies_on_its_thread_and_hands_errors_back(tmpdir_only):
         pager.settle(3)
     pager.close()
     assert pager.path is None and list(tmpdir_only.iterdir()) == []
+
+
+# --- backward records (docs/format.md, "Paging backward records") -----------------------------------
+
+
+def _record_ops(model, budget, storage):
+    """Store-all's order with the records held at the peak paged out until it fits ``budget``."""
+    from planner.solvers.page_records import page_records
+
+    ops, result = page_records(model, solvers.solve(model, None, "store-all").ops, storage, budget)
+    assert result.valid and result.peak_bytes <= budget, result
+    return ops
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_schedule_paging_backward_records_trains_exactly(chain, tmpdir_only, overlap):
+    import dataclasses
+
+    storage = dataclasses.replace(FAST, overlap=overlap)
+    full = simulate(chain, solvers.solve(chain, None, "store-all").ops).peak_bytes
+    ops = _record_ops(chain, int(full * 0.9), storage)
+    kinds = {op.kind for op in ops}
+    assert {OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED} <= kinds
+    assert sum(op.kind is OpKind.FORWARD for op in ops) == len(chain.layers)  # no recomputation
+    _, result = _verify(bn_dropout_chain, CHAIN_SHAPE, chain, ops, storage=storage)
+    assert result.measured_peak_bytes < 0.95 * result.reference_peak_bytes  # the records really left
+    assert list(tmpdir_only.iterdir()) == []
+
+
+def test_page_records_plans_run_exactly(chain, tmpdir_only):
+    import dataclasses
+
+    storage = dataclasses.replace(FAST, overlap=True)
+    full = simulate(chain, solvers.solve(chain, None, "store-all").ops).peak_bytes
+    solution = solvers.solve(chain, full * 6 // 10, "page-records", storage=storage)
+    if not solution.params["records"]:
+        pytest.skip("page-records kept dp-paging's plan here")
+    _verify(bn_dropout_chain, CHAIN_SHAPE, chain, solution.ops, storage=storage)
+
+
+def test_backward_of_a_dropped_record_is_refused(chain, tmpdir_only):
+    from planner.schedule import drop_saved, pageout_saved
+
+    n = len(chain.layers)
+    ops = [forward(i, True) for i in range(n)] + [pageout_saved(0), drop_saved(0)]
+    ops += [backward(i) for i in range(n - 1, -1, -1)]
+    with pytest.raises(ScheduleError, match="paged out"):
+        runtime.verify(bn_dropout_chain(), CHAIN_SHAPE, ops, model=chain)
+    assert list(tmpdir_only.iterdir()) == []

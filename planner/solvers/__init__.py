@@ -170,6 +170,16 @@ STRATEGIES = dict(
         _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", emits_frees=True, needs_storage=True),
         _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150),
         _entry(
+            "page-records",
+            "page_records",
+            "dp_page_records",
+            "dp-paging planned with more memory, then backward records (saved data) paged out to fit (chains)",
+            chains_only=True,
+            emits_frees=True,
+            needs_storage=True,
+            auto_max_layers=60,
+        ),
+        _entry(
             "milp-paging",
             "milp_paging",
             "milp_paging",

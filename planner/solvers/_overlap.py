@@ -5,7 +5,9 @@ issued right before the op that reads it makes compute wait for all of it,
 and a free right after a pageout waits for the write.  :func:`overlap` moves
 each pagein earlier and each such free later, one position at a time, while
 the schedule stays valid, within the budget, and the step's time drops: the
-memory a transfer holds is traded for time it hides behind compute.
+memory a transfer holds is traded for time it hides behind compute.  Backward
+records are treated alike: each ``pagein_saved`` moves earlier and each
+``drop_saved`` later.
 """
 
 from planner.schedule import OpKind
@@ -15,6 +17,13 @@ __all__ = ["overlap"]
 
 #: How far (in ops) one pagein or free is moved at most.
 _REACH = 48
+
+_RECORD_OPS = frozenset({OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED})
+#: The ops of the same layer an output op (False) or a record op (True) is never moved past.
+_FENCES = {
+    False: frozenset(OpKind) - {OpKind.FORWARD} - _RECORD_OPS,
+    True: _RECORD_OPS | {OpKind.BACKWARD},
+}
 
 
 def overlap(model, ops, storage, budget):
@@ -53,8 +62,10 @@ def overlap(model, ops, storage, budget):
         op = ops[i]
         if op.kind is OpKind.PAGEOUT:
             paged_out.add(op.layer)
-        if op.kind is OpKind.PAGEIN:
+        if op.kind is OpKind.PAGEIN or op.kind is OpKind.PAGEIN_SAVED:
             ops, best, i = _move(model, ops, best, i, -1, storage, limit)
+        elif op.kind is OpKind.DROP_SAVED:
+            ops, best, _ = _move(model, ops, best, i, +1, storage, limit)
         elif op.kind is OpKind.FREE and op.layer in paged_out:
             paged_out.discard(op.layer)
             ops, best, _ = _move(model, ops, best, i, +1, storage, limit)
@@ -72,8 +83,8 @@ def _move(model, ops, best, i, step, storage, limit):
         if q < 0 or q > len(rest):
             break
         other = rest[q - 1] if step > 0 else rest[q]
-        if other.layer == op.layer and other.kind is not OpKind.FORWARD:
-            break  # never past another op on the same output (its pageout, free or backward)
+        if other.layer == op.layer and other.kind in _FENCES[op.kind in _RECORD_OPS]:
+            break  # never past another op on the same output or record (or its backward)
         trial = rest[:q] + [op] + rest[q:]
         result = simulate(model, trial, storage=storage)
         if not result.valid or result.peak_bytes > limit:

@@ -43,6 +43,13 @@ code):
   back into a new tensor that takes the output's place, on a background
   thread beside compute (:class:`planner.torch.pager.Pager`); the directory
   goes when the step ends, also on an error or an interrupt.
+- ``pageout_saved L`` / ``drop_saved L`` / ``pagein_saved L`` (docs/format.md,
+  "Paging backward records"): L's forward with save ran under
+  ``torch.autograd.graph.saved_tensors_hooks`` that put each saved tensor in
+  a slot (:class:`_Record`); its saved tensors other than the held outputs
+  it reads (which its backward reads from the step again) go to one file on
+  the copy engine, the slots are emptied once written, and read back into
+  new tensors that L's backward waits for.
 
 A recomputed stage that draws random numbers (``Stage.random``, or, without
 that flag, a stage whose first forward moved the RNG state) starts from the
@@ -97,6 +104,8 @@ class _Plan:
         self.random = {
             i: bool(stages[i].random) for i in self.recomputed if getattr(stages[i], "random", None) is not None
         }
+        # Stages whose record is paged: their forward with save packs what it saves (_Record).
+        self.paged_records = frozenset(op.layer for op in self.ops if op.kind is OpKind.PAGEOUT_SAVED)
         for n, op in enumerate(self.ops):  # SPEC section 3: the loss reads the sink's output
             if op.layer != self.sink or op.kind not in (OpKind.FREE, OpKind.BACKWARD):
                 continue
@@ -272,6 +281,7 @@ class StepRunner:
         self.sink_output = None
         self.count = 0
         self.pager = Pager(device)  # P: paged outputs and the copy engine (SPEC section 5)
+        self.records = {}  # stages whose record is paged: their _Record (PS and what S holds of them)
 
     # ------------------------------------------------------------ the two parts
 
@@ -348,6 +358,8 @@ class StepRunner:
                 self._pageout(n, op)
             elif op.kind is OpKind.PAGEIN:
                 self._pagein(n, op)
+            elif op.kind in _RECORD_OPS:
+                self._record_op(n, op)
             else:
                 early = self.plan.early_free.get(n)
                 if early is not None and op.layer in self.outputs:
@@ -431,7 +443,12 @@ class StepRunner:
         direct = {} if p is None else {p: self.live.get(p, self.outputs[p])}
         boxes, entries = _enter(stage, tensors, self.anchor, direct)
         del direct
-        y = _call(stage, entries, self.target)
+        if i in self.plan.paged_records:
+            record = self.records[i] = _Record(self, i)
+            with torch.autograd.graph.saved_tensors_hooks(record.pack, record.unpack):
+                y = _call(stage, entries, self.target)
+        else:
+            y = _call(stage, entries, self.target)
         del entries
         gbox = []
         seeded = y.requires_grad and not (self.segments and n in self.plan.unseeded)
@@ -462,6 +479,16 @@ class StepRunner:
             raise self._missing(n, op, "its output is already in memory")
         self.outputs[i] = self.pager.pagein(i)
 
+    def _record_op(self, n, op):
+        """``pageout_saved``, ``drop_saved``, ``pagein_saved`` (docs/format.md, "Paging backward records")."""
+        i = op.layer
+        record = self.records.get(i)
+        if record is None or i not in self.saved:
+            raise self._missing(n, op, "its saved data is not in memory")
+        problem = record.step(op.kind)
+        if problem is not None:
+            raise self._missing(n, op, problem)
+
     def _check_bytes(self, i):
         if self.expected_bytes is None:
             return
@@ -477,6 +504,9 @@ class StepRunner:
         i = op.layer
         if i not in self.saved:
             raise self._missing(n, op, "its saved data is not in memory")
+        record = self.records.get(i)
+        if record is not None and not record.in_memory:
+            raise self._missing(n, op, "its saved data is paged out (pagein_saved it first)")
         boxes, root, gbox = self.saved.pop(i)
         self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
         self.live.pop(i, None)
@@ -484,6 +514,9 @@ class StepRunner:
             self.ran.discard(i)
             if free_after:
                 self.outputs.pop(i, None)
+            if record is not None:
+                del self.records[i]
+                self.pager.drop(("record", i))
             self._hand_back(self.stages[i], boxes)
             return
         if i == self.plan.sink:
@@ -503,6 +536,9 @@ class StepRunner:
         for box in boxes_used:
             box.clear()
         del root, gbox, roots, boxes_used
+        if record is not None:
+            del self.records[i]
+            self.pager.drop(("record", i))
         self._hand_back(self.stages[i], boxes)
 
     def _segment(self, n, root, gbox):
@@ -565,6 +601,101 @@ def _compiled(stage, backend):
 
     options = {} if backend is True else {"backend": backend}
     return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
+
+
+_RECORD_OPS = frozenset({OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED})
+
+
+class _Record:
+    """What a stage's forward with save keeps for its backward, packed so that it can be paged.
+
+    ``pack`` and ``unpack`` are ``torch.autograd.graph.saved_tensors_hooks``: each
+    saved tensor goes into a slot (a one-element list the graph holds), except
+    parameters, which stay where they are.  At ``pageout_saved`` a slot whose
+    tensor is one of the step's held outputs (an input of the stage, or its own
+    output: what the model file's ``needs_inputs`` and ``needs_output`` count)
+    becomes a reference to that output, read again from the step at the
+    backward, and the rest (the model file's ``saved_bytes``) are written out on
+    the copy engine; ``drop_saved`` empties every slot once the write is done;
+    ``pagein_saved`` reads them back into new tensors, which the backward
+    waits for (``unpack`` settles the transfer).
+    """
+
+    def __init__(self, step, i):
+        self.step_runner = step
+        self.i = i
+        self.slots = []  # [tensor] or [None] once dropped
+        self.refs = {}  # slot index -> producer (-1 - k: model input k) whose output it is
+        self.paged = False  # in PS
+        self.in_memory = True  # in S
+
+    def pack(self, t):
+        if isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad):
+            return t
+        slot = [t]
+        self.slots.append(slot)
+        return slot
+
+    def unpack(self, packed):
+        if not isinstance(packed, list):
+            return packed
+        k = next(n for n, slot in enumerate(self.slots) if slot is packed)
+        if k in self.refs:
+            return self.step_runner._value(self.refs[k])
+        self.step_runner.pager.settle(("record", self.i))
+        return packed[0]
+
+    def step(self, kind):
+        """Run a record op; the reason it cannot run, or None."""
+        pager = self.step_runner.pager
+        if kind is OpKind.PAGEOUT_SAVED:
+            if not self.in_memory:
+                return "its saved data is not in memory"
+            if self.paged:
+                return "its saved data is already paged out"
+            self.refs = self._held_outputs()
+            pager.pageout_record(self.i, [s[0] for k, s in enumerate(self.slots) if k not in self.refs])
+            self.paged = True
+        elif kind is OpKind.DROP_SAVED:
+            if not (self.in_memory and self.paged):
+                return "its saved data is not paged out (pageout_saved it first)"
+            pager.settle(("record", self.i))  # a record being written is released when written
+            for slot in self.slots:
+                slot[0] = None
+            self.in_memory = False
+        else:
+            if not self.paged or self.in_memory:
+                return "its saved data is not paged out" if not self.paged else "its saved data is already in memory"
+            tensors = iter(pager.pagein_record(self.i))
+            for k, slot in enumerate(self.slots):
+                if k not in self.refs:
+                    slot[0] = next(tensors)
+            self.in_memory = True
+        return None
+
+    def _held_outputs(self):
+        """``{slot: producer}`` for the slots that hold a tensor the step holds as an output."""
+        step = self.step_runner
+        stage = step.stages[self.i]
+        held = [(p, step.inputs[-1 - p] if p < 0 else step.outputs.get(p)) for p in stage.inputs]
+        held.append((self.i, step.outputs.get(self.i)))
+        refs = {}
+        for k, (t,) in enumerate(self.slots):
+            for p, out in held:
+                if out is not None and _same_view(t, out):
+                    refs[k] = p
+                    break
+        return refs
+
+
+def _same_view(t, out):
+    return (
+        t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+        and t.storage_offset() == out.storage_offset()
+        and t.shape == out.shape
+        and t.stride() == out.stride()
+        and t.dtype == out.dtype
+    )
 
 
 def _call(stage, tensors, target):

@@ -110,6 +110,58 @@ class Pager:
         self._submit(i, read)
         return y
 
+    def pageout_record(self, i, tensors):
+        """Start writing layer ``i``'s record (``tensors``, kept referenced until written) out.
+
+        The record's copy is kept under the key ``("record", i)``, beside the
+        outputs' (docs/format.md, "Paging backward records").
+        """
+        key = ("record", i)
+        self.pageouts += 1
+        metas = [(t.shape, t.dtype) for t in tensors]
+        if self.device.type == "cuda":
+            t0 = time.perf_counter()
+            hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t) for t in tensors]
+            torch.cuda.synchronize(self.device)
+            self.copies[key] = (hosts, metas)
+            self.seconds += time.perf_counter() - t0
+            return
+        if self.dir is None:
+            self.dir = tempfile.TemporaryDirectory(prefix="edgeplan-paging-")
+        path = os.path.join(self.dir.name, f"record-{i}.bin")
+        self.copies[key] = (path, metas)
+
+        def write():
+            with open(path, "wb") as f:
+                f.writelines(memoryview(_raw(t)) for t in tensors)
+
+        self._submit(key, write)
+
+    def pagein_record(self, i):
+        """New tensors that layer ``i``'s record is being read into (:meth:`settle` ``("record", i)`` first)."""
+        key = ("record", i)
+        self.pageins += 1
+        where, metas = self.copies[key]
+        tensors = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in metas]
+        if self.device.type == "cuda":
+            t0 = time.perf_counter()
+            for t, host in zip(tensors, where):
+                t.copy_(host)
+            torch.cuda.synchronize(self.device)
+            self.seconds += time.perf_counter() - t0
+            return tensors
+
+        def read():
+            with open(where, "rb") as f:
+                for t in tensors:
+                    view = memoryview(_raw(t))
+                    got = f.readinto(view)
+                    if got != view.nbytes:
+                        raise OSError(f"paged file {where}: read {got} of {view.nbytes} bytes")
+
+        self._submit(key, read)
+        return tensors
+
     def settle(self, i):
         """Wait for layer ``i``'s latest transfer (and raise its error, if any)."""
         future = self.pending.pop(i, None)
@@ -119,7 +171,7 @@ class Pager:
             self.waited += time.perf_counter() - t0
 
     def drop(self, i):
-        """Forget layer ``i``'s copy (its backward ran: nothing reads it again)."""
+        """Forget layer ``i``'s copy (its backward ran: nothing reads it again); ``i`` may be a record's key."""
         self.settle(i)
         entry = self.copies.pop(i, None)
         if entry is not None and isinstance(entry[0], str):
