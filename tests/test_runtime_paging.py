@@ -17,7 +17,7 @@ import planner.torch.verify as runtime
 from cli import main
 from planner import solvers
 from planner.device import Storage, time_scale
-from planner.errors import ScheduleError
+from planner.errors import InfeasibleError, ScheduleError
 from planner.torch.profile import prepare, profile_model
 from planner.model import model_from_dict
 from planner.torch.executor import ScheduledModule, StepRunner, _Plan
@@ -318,10 +318,15 @@ def test_page_records_plans_run_exactly(chain, tmpdir_only):
 
     storage = dataclasses.replace(FAST, overlap=True)
     full = simulate(chain, solvers.solve(chain, None, "store-all").ops).peak_bytes
-    solution = solvers.solve(chain, full * 6 // 10, "page-records", storage=storage)
-    if not solution.params["records"]:
-        pytest.skip("page-records kept dp-paging's plan here")
-    _verify(bn_dropout_chain, CHAIN_SHAPE, chain, solution.ops, storage=storage)
+    plans = []
+    for share in (5, 6, 7, 8, 9):
+        try:
+            plans.append(solvers.solve(chain, full * share // 10, "page-records", storage=storage))
+        except InfeasibleError:
+            continue
+    paging = [s for s in plans if s.params["records"]]
+    assert paging, [s.params for s in plans]  # some budget makes page-records page a record
+    _verify(bn_dropout_chain, CHAIN_SHAPE, chain, paging[0].ops, storage=storage)
 
 
 def test_backward_of_a_dropped_record_is_refused(chain, tmpdir_only):
