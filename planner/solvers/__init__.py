@@ -152,6 +152,11 @@ STRATEGIES = dict(
             "dp", "dp", "dp", "optimal dynamic program for heterogeneous chains (rotor)",
             chains_only=True, shares_work=True,
         ),
+        _entry(
+            "hierarchical", "blocks", "hierarchical",
+            "blocks between cut points, each with a menu of exact options, chosen by a DP over the blocks (Rockmate)",
+            shares_work=True,
+        ),
         _entry("reforward", "reforward", "reforward", "Feng & Huang re-forwarding: best checkpoint set, each layer recomputed at most once"),
         _entry(
             "milp",

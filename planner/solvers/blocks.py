@@ -1,0 +1,541 @@
+"""``hierarchical``: blocks with menus of exact options, chosen by a dynamic program over the blocks.
+
+In the spirit of Rockmate (Zhao et al. 2023) and HiRemate: a real op graph is
+long (hundreds of ops) but is a *chain of blocks*: between two blocks only one
+tensor crosses.  Each block is small enough for the exact methods, which give
+it a menu of Pareto-optimal ways to run it (how much it keeps between its
+forward and its backward, how much it peaks, how much it recomputes); a
+dynamic program over the chain of blocks, rotor's recurrence (Beaumont et al.
+2019) with one choice per option, picks one option per block and which block
+outputs to keep as checkpoints.
+
+Blocks are the stretches between the model's cut points (layers that no edge
+jumps over, :func:`planner.lowering.splitting_vertices`), merged so that there
+are at most :data:`MAX_BLOCKS`.  The registry holds small shared tensors
+(:mod:`planner.holding`) before this solver runs, which is what gives a
+transformer's op graph its cut points.  A model without cut points is one block:
+the answer is then the best option of the menu.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner import extras
+from planner.errors import InfeasibleError
+from planner.lowering import insert_frees, splitting_vertices, store_all_ops
+from planner.model import Layer, Model
+from planner.schedule import OpKind, Op, backward, forward
+from planner.simulate import simulate
+
+__all__ = ["hierarchical", "Block", "Option", "model_blocks", "block_menu", "MAX_BLOCKS", "LEVELS"]
+
+MAX_BLOCKS = 48
+LEVELS = 2000
+# Budgets (fractions of the way from the block's least peak to its store-all
+# peak) at which the exact methods are asked for a block option.
+_MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
+_MILP_SECONDS = 0.1
+_MILP_MAX_LAYERS = 40
+_RETRIES = 4
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run a block: its forward-phase ops, then (later) its backward-phase ops.
+
+    Sizes are bytes, in the block's own model (its input counted as the model
+    input): ``fwd_peak`` the peak of the forward phase, ``kept`` what stays
+    after it (the block's output included, its input not), ``bwd_peak`` the
+    peak of the backward phase; ``compute`` both phases' time.  Ops use the
+    block's local layer indices and carry no frees.
+    """
+
+    fwd_peak: int
+    kept: int
+    bwd_peak: int
+    compute: float
+    fwd_ops: tuple
+    bwd_ops: tuple
+    source: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """Layers ``start..stop-1`` of the model; only layer ``stop - 1``'s output leaves it."""
+
+    start: int
+    stop: int
+    model: Model  # the block alone: its input is the previous block's output
+    in_bytes: int  # the block's input (the previous block's output, or the model input)
+    out_bytes: int
+    nosave_peak: int  # peak of forwarding the block without saving anything (input included)
+    forward_time: float
+    context: Model  # the block between a producer of its input and a reader of its output
+    last: bool
+
+
+def model_blocks(model, max_blocks=MAX_BLOCKS):
+    """The blocks of ``model``: stretches between cut points, merged to at most ``max_blocks``.
+
+    Returns a list of ``(start, stop)`` covering ``0..n``.
+    """
+    n = len(model)
+    cuts = splitting_vertices(model, input_edges=False)
+    segments = []
+    start = 0
+    for c in cuts:
+        segments.append((start, c + 1))
+        start = c + 1
+    if len(segments) <= max_blocks:
+        return segments
+    target = math.ceil(n / max_blocks)
+    merged = []
+    start = 0
+    for lo, hi in segments:
+        if hi - start >= target or hi == n:
+            merged.append((start, hi))
+            start = hi
+    return merged
+
+
+def _block(model, start, stop):
+    layers = model.layers
+    in_bytes = model.input_bytes if start == 0 else layers[start - 1].output_bytes
+    local = []
+    for i in range(start, stop):
+        layer = layers[i]
+        reads_prev = start > 0 and (start - 1) in layer.inputs
+        local.append(
+            Layer(
+                name=layer.name,
+                inputs=tuple(j - start for j in layer.inputs if j >= start),
+                forward=layer.forward,
+                backward=layer.backward,
+                output_bytes=layer.output_bytes,
+                saved_bytes=layer.saved_bytes,
+                needs_inputs=layer.needs_inputs,
+                needs_output=layer.needs_output,
+                workspace_forward=layer.workspace_forward,
+                workspace_backward=layer.workspace_backward,
+                params_bytes=layer.params_bytes,
+                uses_input=layer.uses_input or reads_prev,
+            )
+        )
+    sub = Model(name=f"{model.name}[{start}:{stop}]", input_bytes=in_bytes, layers=tuple(local))
+    last = stop == len(model)
+    return Block(
+        context=_context(sub, first=start == 0, last=last),
+        last=last,
+        start=start,
+        stop=stop,
+        model=sub,
+        in_bytes=in_bytes,
+        out_bytes=layers[stop - 1].output_bytes,
+        nosave_peak=_nosave_peak(sub),
+        forward_time=math.fsum(x.forward for x in local),
+    )
+
+
+def _nosave_peak(sub):
+    """Peak of forwarding every layer of ``sub`` without save, each output freed after its last reader."""
+    layers = sub.layers
+    last = list(range(len(layers)))
+    for j, layer in enumerate(layers):
+        for i in layer.inputs:
+            last[i] = max(last[i], j)
+    ending = [[] for _ in layers]
+    for i, j in enumerate(last):
+        if i != len(layers) - 1:
+            ending[j].append(i)
+    memory = sub.input_bytes
+    peak = memory
+    for j, layer in enumerate(layers):
+        memory += layer.output_bytes
+        peak = max(peak, memory + layer.workspace_forward)
+        for i in ending[j]:
+            memory -= layers[i].output_bytes
+    return peak
+
+
+def _context(sub, *, first, last):
+    """``sub`` between a layer that makes its input and one that reads its output, as in the whole model.
+
+    The block's input becomes the output of a layer ``P`` (its gradient then
+    counts from the first backward that reads it, fresh gradients included),
+    except for the first block, whose input is the model input; a layer ``Z``
+    of size 0 reads the block's output (its backward makes the gradient of the
+    output, which the next block's backward makes in the whole model), except
+    for the last block, which holds the model's sink.  Both cost no time.
+    """
+    layers = list(sub.layers)
+    off = 0 if first else 1
+    shifted = [
+        Layer(**{**_fields(x), "inputs": tuple(i + off for i in x.inputs), "uses_input": x.uses_input and first})
+        if not first else x
+        for x in layers
+    ]
+    if not first:
+        readers = [k for k, x in enumerate(layers) if x.uses_input]
+        shifted = [
+            Layer(**{**_fields(x), "inputs": ((0,) if k in readers else ()) + x.inputs})
+            for k, x in enumerate(shifted)
+        ]
+        head = Layer(name="<input>", inputs=(), forward=0.0, backward=0.0, output_bytes=sub.input_bytes,
+                     needs_inputs=False, uses_input=True)
+        shifted = [head] + shifted
+    if not last:
+        shifted.append(Layer(name="<next>", inputs=(len(shifted) - 1,), forward=0.0, backward=0.0,
+                             output_bytes=0, needs_inputs=False))
+    return Model(name=sub.name, input_bytes=sub.input_bytes if first else 0, layers=tuple(shifted))
+
+
+def _fields(layer):
+    return {f: getattr(layer, f) for f in layer.__dataclass_fields__}
+
+
+def _option(block, ops, source):
+    """The :class:`Option` of a complete schedule ``ops`` of a block's model, measured in its context."""
+    ops = [op for op in ops if op.kind is not OpKind.FREE]
+    split = next(k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD)
+    ctx = block.context
+    off = 0 if block.start == 0 else 1
+    body = _shifted(ops, off)
+    head = [] if off == 0 else [forward(0, True)]
+    tail = [] if off == 0 else [backward(0)]
+    z = len(ctx.layers) - 1
+    nxt = [] if block.last else [forward(z, True), backward(z)]
+    full = head + body[:split] + nxt + body[split:] + tail
+    lowered = insert_frees(ctx, full)
+    sim = simulate(ctx, lowered, timeline=True)
+    if not sim.valid:  # pragma: no cover - the exact methods emit valid schedules
+        return None
+    if block.last:
+        first = next(k for k, op in enumerate(lowered) if op.kind is OpKind.BACKWARD)
+    else:  # the forward phase ends before Z's forward
+        first = next(k for k, op in enumerate(lowered) if op.kind is OpKind.FORWARD and op.layer == z)
+    held, saved = set(), set()
+    for op in lowered[:first]:
+        if op.kind is OpKind.FORWARD:
+            held.add(op.layer)
+            if op.save:
+                saved.add(op.layer)
+        elif op.kind is OpKind.FREE:
+            held.discard(op.layer)
+    if off:
+        held.discard(0)  # the block's input is not the block's to keep
+    layers = ctx.layers
+    kept = sum(layers[i].output_bytes for i in held) + sum(layers[i].saved_bytes for i in saved)
+    timeline = sim.timeline
+    return Option(
+        fwd_peak=max(timeline[:first]),
+        kept=kept,
+        bwd_peak=max(timeline[first:]),
+        compute=sim.compute,
+        fwd_ops=tuple(ops[:split]),
+        bwd_ops=tuple(ops[split:]),
+        source=source,
+    )
+
+
+def _exact_methods(sub):
+    """The solvers asked for options: (name, fn(model, budget) -> ops)."""
+    from planner.solvers.chen import chen_greedy
+    from planner.solvers.reforward import reforward
+
+    methods = [("reforward", reforward), ("chen-greedy", chen_greedy)]
+    if sub.is_chain:
+        from planner.solvers.dp import dp
+
+        methods.append(("dp", dp))
+    elif 3 <= len(sub) <= _MILP_MAX_LAYERS and not extras.missing("scipy"):
+        from planner.solvers.milp import milp
+
+        def short_milp(model, *, budget, warm_starts=()):
+            return milp(model, budget=budget, time_limit=_MILP_SECONDS, warm_starts=warm_starts)
+
+        methods.append(("milp", short_milp))
+    return methods
+
+
+def block_menu(block):
+    """Pareto-optimal options of a :class:`Block`: store-all, then the exact methods at several budgets.
+
+    Returns a list of :class:`Option`, none dominated by another in
+    (``max(fwd_peak, bwd_peak)``, ``kept``, ``compute``).
+    """
+    sub = block.model
+    options = [_option(block, store_all_ops(sub), "store-all")]
+    top = max(options[0].fwd_peak, options[0].bwd_peak)
+    from planner.solvers.reforward import reforward
+
+    low_ops, _ = reforward(sub, budget=None)
+    low = _option(block, low_ops, "reforward")
+    options.append(low)
+    bottom = max(low.fwd_peak, low.bwd_peak)
+    methods = _exact_methods(sub)
+    for fraction in _MENU_FRACTIONS:
+        budget = int(bottom + fraction * (top - bottom))
+        starts = []
+        for name, fn in methods:
+            try:
+                if name == "milp":
+                    ops, _ = fn(sub, budget=budget, warm_starts=starts)
+                else:
+                    ops, _ = fn(sub, budget=budget)
+            except InfeasibleError:
+                continue
+            starts.append((name, ops))
+            found = _option(block, ops, name)
+            if found is not None:
+                options.append(found)
+    return _pareto(options)
+
+
+def _pareto(options):
+    def key(o):
+        return (max(o.fwd_peak, o.bwd_peak), o.kept, o.compute)
+
+    unique = {}
+    for o in options:
+        unique.setdefault(key(o), o)
+    keys = sorted(unique)
+    kept = []
+    for k in keys:
+        if not any(p[0] <= k[0] and p[1] <= k[1] and p[2] <= k[2] for p in kept):
+            kept.append(k)
+    return [unique[k] for k in kept]
+
+
+def _menu_key(sub):
+    return (sub.input_bytes, tuple(
+        (x.inputs, x.uses_input, x.forward, x.backward, x.output_bytes, x.saved_bytes, x.needs_inputs,
+         x.needs_output, x.workspace_forward, x.workspace_backward)
+        for x in sub.layers
+    ))
+
+
+class _Plan:
+    """The blocks of a model with their menus, and the dynamic program over them."""
+
+    def __init__(self, model, cache):
+        self.model = model
+        self.blocks = [_block(model, a, b) for a, b in model_blocks(model)]
+        self.menus = []
+        for block in self.blocks:
+            key = _menu_key(block.context)
+            if key not in cache:
+                cache[key] = block_menu(block)
+            self.menus.append(cache[key])
+
+    def _needs(self, unit):
+        """Per block and option: (threshold, shift) in units, for the leaf/F_all cases."""
+        k = len(self.blocks)
+        up = lambda x: -(-int(x) // unit)  # noqa: E731
+        self.delta = [up(b.out_bytes) if s < k - 1 else 0 for s, b in enumerate(self.blocks)]
+        self.a_in = [up(b.in_bytes) for b in self.blocks]
+        table = []
+        for s, (block, menu) in enumerate(zip(self.blocks, self.menus)):
+            rows = []
+            for o in menu:
+                fwd = up(o.fwd_peak)
+                bwd = up(o.bwd_peak)
+                shift = up(block.in_bytes + o.kept - block.out_bytes)
+                rows.append((fwd, bwd, shift, o.compute))
+            table.append(rows)
+        self.needs = table
+        self.nosave = [up(b.nosave_peak) for b in self.blocks]
+        self.unit = unit
+
+    def solve_table(self, levels, unit):
+        """Fill ``opt[s][t]`` (least compute per available memory level) and the choices."""
+        self._needs(unit)
+        k = len(self.blocks)
+        size = levels + 1
+        opt = [[None] * k for _ in range(k)]
+        choice = [[None] * k for _ in range(k)]
+        for length in range(1, k + 1):
+            for s in range(0, k - length + 1):
+                t = s + length - 1
+                best = np.full(size, _INF)
+                pick = np.full(size, -1, dtype=np.int64)
+                delta = self.delta[t]
+                for o, (fwd, bwd, shift, cost) in enumerate(self.needs[s]):
+                    if s == t:
+                        thr = max(fwd + delta, bwd)
+                        if thr < size:
+                            cand = np.full(size, _INF)
+                            cand[thr:] = cost
+                            better = cand < best
+                            best[better] = cand[better]
+                            pick[better] = o
+                        continue
+                    thr = max(fwd + delta, bwd, shift)
+                    if thr >= size:
+                        continue
+                    inner = opt[s + 1][t]
+                    cand = np.full(size, _INF)
+                    cand[thr:] = cost + inner[thr - shift: size - shift]
+                    better = cand < best
+                    best[better] = cand[better]
+                    pick[better] = o
+                if s < t:
+                    a = self.a_in[s]
+                    thr = self.nosave[s] + delta
+                    ftime = 0.0
+                    for s2 in range(s + 1, t + 1):
+                        ftime += self.blocks[s2 - 1].forward_time
+                        if s2 - 1 > s:
+                            thr = max(thr, a + self.nosave[s2 - 1] + delta)
+                        lo = max(thr, a)
+                        if lo >= size:
+                            break
+                        cand = np.full(size, _INF)
+                        cand[lo:] = ftime + opt[s2][t][lo - a: size - a] + opt[s][s2 - 1][lo:]
+                        better = cand < best
+                        best[better] = cand[better]
+                        pick[better] = 100000 + s2
+                opt[s][t] = best
+                choice[s][t] = pick
+        self.opt, self.choice = opt, choice
+        return opt[0][k - 1]
+
+    def ops(self, level):
+        """Forward/backward ops of the model for the table's answer at ``level``."""
+        result = []
+        self._emit(0, len(self.blocks) - 1, level, result)
+        return result
+
+    def _emit(self, s, t, m, out):
+        code = int(self.choice[s][t][m])
+        if code < 0:  # pragma: no cover - only called where the table is finite
+            raise AssertionError("no choice")
+        if code >= 100000:
+            s2 = code - 100000
+            for b in self.blocks[s:s2]:
+                out.extend(forward(i, False) for i in range(b.start, b.stop))
+            self._emit(s2, t, m - self.a_in[s], out)
+            self._emit(s, s2 - 1, m, out)
+            return
+        block = self.blocks[s]
+        option = self.menus[s][code]
+        out.extend(_shifted(option.fwd_ops, block.start))
+        if s < t:
+            self._emit(s + 1, t, m - self.needs[s][code][2], out)
+        out.extend(_shifted(option.bwd_ops, block.start))
+
+
+def _shifted(ops, start):
+    return [Op(op.kind, op.layer + start, op.save) for op in ops]
+
+
+def _measure(model, ops):
+    sim = simulate(model, insert_frees(model, ops))
+    return sim.peak_bytes, sim.compute
+
+
+def _least(plan, model, top):
+    """The least-memory schedule of the plan: (peak, compute, ops), on a grid fixed by the model alone."""
+    unit = max(1, -(-top // LEVELS))
+    row = plan.solve_table(LEVELS + len(plan.blocks), unit)
+    finite = np.flatnonzero(np.isfinite(row))
+    best = None
+    for level in finite[:3]:  # the lowest levels; a coarse one may replay lower
+        ops = plan.ops(int(level))
+        peak, compute = _measure(model, ops)
+        if best is None or (peak, compute) < best[:2]:
+            best = (peak, compute, ops)
+    return best
+
+
+def hierarchical(model, *, budget=None, shared=None):
+    """Least-compute schedule from one option per block, chosen by a dynamic program over the blocks.
+
+    Parameters
+    ----------
+    model : planner.model.Model
+        Any model; its cut points make the blocks (one block when it has none).
+    budget : int or None, keyword-only
+        Activation budget in bytes; None: store-all.
+    shared : dict or None, keyword-only
+        Kept across calls on the same model (``sweep``): the block menus and
+        the least-memory schedule are computed once.
+
+    Returns
+    -------
+    ops : list of Op
+        Forward and backward ops; the registry inserts the frees.
+    params : dict
+        ``blocks`` (how many), ``options`` (menu sizes summed over the blocks).
+
+    Raises
+    ------
+    InfeasibleError
+        Below the peak of the plan's least-memory schedule (``least_bytes``),
+        which does not depend on the budget asked.
+
+    Notes
+    -----
+    The block menus come from the exact methods on each block alone
+    (store-all, reforward's least peak, and reforward, chen-greedy, dp on
+    chains, milp for 0.1 s on other blocks of up to 40 layers, at six budgets
+    between the block's least and store-all peaks), kept when Pareto-optimal;
+    identical blocks (a transformer's layers) share one menu.  The dynamic
+    program is rotor's over the k blocks with memory on a grid of about
+    :data:`LEVELS` levels: for blocks s..t with the input of s and the gradient
+    of t's output held, either run block s's forward with an option o, solve
+    s+1..t, then o's backward; or forward blocks s..s'-1 without saving, solve
+    s'..t, then s..s'-1.  Its costs round every size up and count block
+    boundaries' gradients from the start of a block's backward, so its
+    schedules fit; the schedule is replayed by the simulator and, should it
+    not fit, the program is solved again for less.  O(k^3 levels) for the
+    program, O(k) replays.  Schedules of the plan are persistent at the block
+    level and each block runs one option of its menu, the class that
+    ``tests/test_hierarchical.py`` searches exhaustively.
+
+    References
+    ----------
+    X. Zhao, T. Le Hellard, L. Eyraud-Dubois, J. Gusak, O. Beaumont.
+    "Rockmate: an Efficient, Fast, Automatic and Generic Tool for
+    Re-materialization in PyTorch", ICML 2023.  O. Beaumont, L. Eyraud-Dubois,
+    J. Hermann, A. Joly, A. Shilova. "Optimal checkpointing for heterogeneous
+    chains", arXiv:1911.13214, 2019.
+    """
+    plain = store_all_ops(model)
+    top, base_compute = _measure(model, plain)
+    if budget is None or top <= budget:
+        return plain, {"blocks": 0, "options": 0}
+    shared = {} if shared is None else shared
+    cache = shared.setdefault("menus", {})
+    plan = shared.get("plan")
+    if plan is None or plan.model is not model:
+        plan = _Plan(model, cache)
+        shared["plan"] = plan
+        least = _least(plan, model, top)
+        shared["least"] = least if least[0] < top else (top, base_compute, plain)
+    least_peak, least_compute, least_ops = shared["least"]
+    params = {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus)}
+    if budget < least_peak:
+        raise InfeasibleError(
+            f"hierarchical needs at least {least_peak} bytes of activation memory, "
+            f"more than the budget of {budget} bytes",
+            least_bytes=least_peak,
+        )
+    best = (least_compute, least_peak, least_ops)
+    unit = max(1, -(-budget // LEVELS))
+    target = budget
+    for _ in range(_RETRIES):
+        levels = target // unit
+        row = plan.solve_table(int(levels), unit)
+        if not np.isfinite(row[-1]):
+            break
+        ops = plan.ops(int(levels))
+        peak, compute = _measure(model, ops)
+        if peak <= budget:
+            if (compute, peak) < best[:2]:
+                best = (compute, peak, ops)
+            break
+        target -= peak - budget
+    return best[2], params
