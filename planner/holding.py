@@ -21,9 +21,11 @@ Which layers are held (the threshold, see :data:`HOLD_FRACTION`):
 * a layer all of whose inputs are the model input or other held layers (it can
   be computed first), and
 * whose holding cost (output, its gradient, saved data and workspaces) is at
-  most :data:`HOLD_FRACTION` (10 %) of the median output of the model's layers
-  (of those with an output): an attention mask of 4 KB beside hidden states of
-  megabytes, rotary tables of tens of kilobytes; never a hidden state itself,
+  most :data:`HOLD_FRACTION` (half) of the median output of the model's layers
+  (of those with an output), so its output is at most a quarter of a typical
+  activation: an attention mask (4 KB as ``[b, 1, 1, s]`` floats, b s^2 bytes as
+  a boolean ``[b, 1, s, s]``, an eighth of a hidden state of 128 features in 64
+  positions), rotary tables, position ids; never a hidden state itself,
 * the whole held set costing at most :data:`HOLD_TOTAL_FRACTION` (2 %) of the
   model's activations (every layer's output plus saved data),
 * that is read by several layers, or is an ancestor of such a layer;
@@ -46,7 +48,7 @@ __all__ = [
     "HOLD_MIN_LAYERS",
 ]
 
-HOLD_FRACTION = 0.1
+HOLD_FRACTION = 0.5
 HOLD_TOTAL_FRACTION = 0.02
 HOLD_MIN_LAYERS = 16
 

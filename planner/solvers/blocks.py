@@ -196,10 +196,14 @@ def _fields(layer):
     return {f: getattr(layer, f) for f in layer.__dataclass_fields__}
 
 
-def _option(block, ops, source):
-    """The :class:`Option` of a complete schedule ``ops`` of a block's model, measured in its context."""
+def _option(block, ops, source, split=None):
+    """The :class:`Option` of a complete schedule ``ops`` of a block's model, measured in its context.
+
+    Its forward phase is ``ops[:split]``, by default every op before the first backward.
+    """
     ops = [op for op in ops if op.kind is not OpKind.FREE]
-    split = next(k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD)
+    if split is None:
+        split = next(k for k, op in enumerate(ops) if op.kind is OpKind.BACKWARD)
     ctx = block.context
     off = 0 if block.start == 0 else 1
     body = _shifted(ops, off)
@@ -263,35 +267,53 @@ def _exact_methods(sub):
 def block_menu(block):
     """Pareto-optimal options of a :class:`Block`: store-all, then the exact methods at several budgets.
 
-    Returns a list of :class:`Option`, none dominated by another in
-    (``max(fwd_peak, bwd_peak)``, ``kept``, ``compute``).
+    Two families of budgets: on the block alone, from its least peak to its
+    store-all peak (options that peak less); and on the block followed by a
+    layer whose forward needs as much workspace as the block keeps in
+    store-all, standing for the rest of the model (options that keep less
+    between their forward and their backward, the memory the blocks after
+    them run in).  Returns a list of :class:`Option`, none dominated by
+    another in (``max(fwd_peak, bwd_peak)``, ``kept``, ``compute``).
     """
-    sub = block.model
-    options = [_option(block, store_all_ops(sub), "store-all")]
-    top = max(options[0].fwd_peak, options[0].bwd_peak)
     from planner.solvers.reforward import reforward
 
+    sub = block.model
+    plain = store_all_ops(sub)
+    options = [_option(block, plain, "store-all")]
     low_ops, _ = reforward(sub, budget=None)
-    low = _option(block, low_ops, "reforward")
-    options.append(low)
-    bottom = max(low.fwd_peak, low.bwd_peak)
-    methods = _exact_methods(sub)
-    for fraction in _MENU_FRACTIONS:
-        budget = int(bottom + fraction * (top - bottom))
+    options.append(_option(block, low_ops, "reforward"))
+    # the budgets the methods are asked for are the block's own peaks (alone)
+    top = _measure(sub, plain)[0]
+    bottom = _measure(sub, low_ops)[0]
+    asks = [(sub, int(bottom + f * (top - bottom))) for f in _MENU_FRACTIONS]
+    if not block.last:
+        rest = options[0].kept
+        after = _followed(sub, rest)
+        asks += [(after, sub.input_bytes + rest + int(f * rest)) for f in _MENU_FRACTIONS]
+    for target, budget in asks:
         starts = []
-        for name, fn in methods:
+        for name, fn in _exact_methods(target):
             try:
                 if name == "milp":
-                    ops, _ = fn(sub, budget=budget, warm_starts=starts)
+                    ops, _ = fn(target, budget=budget, warm_starts=starts)
                 else:
-                    ops, _ = fn(sub, budget=budget)
+                    ops, _ = fn(target, budget=budget)
             except InfeasibleError:
                 continue
             starts.append((name, ops))
-            found = _option(block, ops, name)
+            ops = [op for op in ops if op.kind is not OpKind.FREE]
+            split = next(k for k, op in enumerate(ops) if op.layer == len(sub) or op.kind is OpKind.BACKWARD)
+            found = _option(block, [op for op in ops if op.layer < len(sub)], name, split)
             if found is not None:
                 options.append(found)
-    return _pareto(options)
+    return _pareto([o for o in options if o is not None])
+
+
+def _followed(sub, workspace):
+    """``sub`` followed by a layer of no size or time reading its last output, whose forward needs ``workspace``."""
+    z = Layer(name="<rest>", inputs=(len(sub) - 1,), forward=0.0, backward=0.0, output_bytes=0,
+              needs_inputs=False, workspace_forward=workspace)
+    return Model(name=sub.name, input_bytes=sub.input_bytes, layers=sub.layers + (z,))
 
 
 def _pareto(options):
@@ -311,7 +333,7 @@ def _pareto(options):
 
 def _menu_key(sub):
     return (sub.input_bytes, tuple(
-        (x.inputs, x.uses_input, x.forward, x.backward, x.output_bytes, x.saved_bytes, x.needs_inputs,
+        (x.inputs, x.uses_input, x.output_bytes, x.saved_bytes, x.needs_inputs,
          x.needs_output, x.workspace_forward, x.workspace_backward)
         for x in sub.layers
     ))
@@ -325,10 +347,16 @@ class _Plan:
         self.blocks = [_block(model, a, b) for a, b in model_blocks(model)]
         self.menus = []
         for block in self.blocks:
+            # blocks of the same structure and sizes (a transformer's layers,
+            # whose profiled times differ a little) share the ops of one menu,
+            # each measured with its own times
             key = _menu_key(block.context)
             if key not in cache:
                 cache[key] = block_menu(block)
-            self.menus.append(cache[key])
+                self.menus.append(cache[key])
+            else:
+                same = [_option(block, o.fwd_ops + o.bwd_ops, o.source, len(o.fwd_ops)) for o in cache[key]]
+                self.menus.append(_pareto(same))
 
     def _needs(self, unit):
         """Per block and option: (threshold, shift) in units, for the leaf/F_all cases."""
