@@ -467,7 +467,7 @@ def _measure(model, ops):
 def _least(plan, model, top):
     """The least-memory schedule of the plan: (peak, compute, ops), on a grid fixed by the model alone."""
     unit = max(1, -(-top // LEVELS))
-    row = plan.solve_table(LEVELS + len(plan.blocks), unit)
+    row = plan.solve_table(2 * LEVELS, unit)
     finite = np.flatnonzero(np.isfinite(row))
     best = None
     for level in finite[:3]:  # the lowest levels; a coarse one may replay lower
@@ -542,7 +542,7 @@ def hierarchical(model, *, budget=None, shared=None):
         plan = _Plan(model, cache)
         shared["plan"] = plan
         least = _least(plan, model, top)
-        shared["least"] = least if least[0] < top else (top, base_compute, plain)
+        shared["least"] = least if least is not None and least[0] < top else (top, base_compute, plain)
     least_peak, least_compute, least_ops = shared["least"]
     params = {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus)}
     if budget < least_peak:
