@@ -359,7 +359,15 @@ class _Plan:
                 self.menus.append(_pareto(same))
 
     def _needs(self, unit):
-        """Per block and option: (threshold, shift) in units, for the leaf/F_all cases."""
+        """The program's quantities in units of ``unit`` bytes, each size rounded up.
+
+        ``a_in[s]``: block s's input; ``delta[s]``: the gradient of its output
+        (0 for the last block, whose gradient the loss makes); ``nosave[s]``:
+        the peak of its forward without save; ``needs[s][o]``: option o's
+        ``(forward peak, backward peak, shift, compute)``, shift being what
+        stays while the blocks after it run: its input and what it keeps
+        beyond its output (``a_in[s] + (kept - output)``).
+        """
         k = len(self.blocks)
         up = lambda x: -(-int(x) // unit)  # noqa: E731
         self.delta = [up(b.out_bytes) if s < k - 1 else 0 for s, b in enumerate(self.blocks)]
@@ -370,7 +378,7 @@ class _Plan:
             for o in menu:
                 fwd = up(o.fwd_peak)
                 bwd = up(o.bwd_peak)
-                shift = up(block.in_bytes + o.kept - block.out_bytes)
+                shift = self.a_in[s] + up(o.kept - block.out_bytes)
                 rows.append((fwd, bwd, shift, o.compute))
             table.append(rows)
         self.needs = table
