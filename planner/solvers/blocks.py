@@ -17,6 +17,7 @@ transformer's op graph its cut points.  A model without cut points is one block:
 the answer is then the best option of the menu.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,11 +32,12 @@ from planner.simulate import simulate
 
 __all__ = ["hierarchical", "Block", "Option", "model_blocks", "block_menu", "MAX_BLOCKS", "LEVELS"]
 
-MAX_BLOCKS = 48
-LEVELS = 2000
+MAX_BLOCKS = 32
+LEVELS = 1000
 # Budgets (fractions of the way from the block's least peak to its store-all
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
+_MILP_AT = (1, 3)  # the fractions at which milp is asked too
 _MILP_SECONDS = 0.1
 _MILP_MAX_LAYERS = 40
 _RETRIES = 4
@@ -290,9 +292,11 @@ def block_menu(block):
         rest = options[0].kept
         after = _followed(sub, rest)
         asks += [(after, sub.input_bytes + rest + int(f * rest)) for f in _MENU_FRACTIONS]
-    for target, budget in asks:
+    for ask, (target, budget) in enumerate(asks):
         starts = []
         for name, fn in _exact_methods(target):
+            if name == "milp" and ask % len(_MENU_FRACTIONS) not in _MILP_AT:
+                continue  # building HiGHS' program is most of a menu's time
             try:
                 if name == "milp":
                     ops, _ = fn(target, budget=budget, warm_starts=starts)
@@ -354,8 +358,15 @@ class _Plan:
             if key not in cache:
                 cache[key] = block_menu(block)
                 self.menus.append(cache[key])
-            else:
-                same = [_option(block, o.fwd_ops + o.bwd_ops, o.source, len(o.fwd_ops)) for o in cache[key]]
+            else:  # same sizes, so the same peaks: only the compute changes
+                layers = block.model.layers
+                same = [
+                    dataclasses.replace(o, compute=math.fsum(
+                        layers[op.layer].forward if op.kind is OpKind.FORWARD else layers[op.layer].backward
+                        for op in o.fwd_ops + o.bwd_ops
+                    ))
+                    for o in cache[key]
+                ]
                 self.menus.append(_pareto(same))
 
     def _needs(self, unit):
