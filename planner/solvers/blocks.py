@@ -32,15 +32,15 @@ from planner.simulate import simulate
 
 __all__ = ["hierarchical", "Block", "Option", "model_blocks", "block_menu", "MAX_BLOCKS", "LEVELS"]
 
-MAX_BLOCKS = 32
+MAX_BLOCKS = 64
 LEVELS = 1000
 # Budgets (fractions of the way from the block's least peak to its store-all
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _MILP_AT = (1, 3)  # the fractions at which milp is asked too
-_MILP_SECONDS = 0.1
+_MILP_SECONDS = 0.2
 _MILP_MAX_LAYERS = 40
-_RETRIES = 4
+_RETRIES = 5
 _INF = math.inf
 
 
@@ -299,7 +299,9 @@ def block_menu(block):
                 continue  # building HiGHS' program is most of a menu's time
             try:
                 if name == "milp":
-                    ops, _ = fn(target, budget=budget, warm_starts=starts)
+                    ops, found = fn(target, budget=budget, warm_starts=starts)
+                    if not found.get("proven_optimal"):
+                        continue  # what HiGHS finds before its time runs out depends on the machine
                 else:
                     ops, _ = fn(target, budget=budget)
             except InfeasibleError:
@@ -397,17 +399,19 @@ class _Plan:
         self.unit = unit
 
     def solve_table(self, levels, unit):
-        """Fill ``opt[s][t]`` (least compute per available memory level) and the choices."""
+        """Fill ``opt[s, t]`` (least compute per available memory level) and the choices."""
         self._needs(unit)
         k = len(self.blocks)
         size = levels + 1
-        opt = [[None] * k for _ in range(k)]
-        choice = [[None] * k for _ in range(k)]
+        opt = np.full((k, k, size), _INF)
+        choice = np.full((k, k, size), -1, dtype=np.int64)
+        columns = np.arange(size)
+        forward_time = [b.forward_time for b in self.blocks]
         for length in range(1, k + 1):
             for s in range(0, k - length + 1):
                 t = s + length - 1
-                best = np.full(size, _INF)
-                pick = np.full(size, -1, dtype=np.int64)
+                best = opt[s, t]
+                pick = choice[s, t]
                 delta = self.delta[t]
                 for o, (fwd, bwd, shift, cost) in enumerate(self.needs[s]):
                     if s == t:
@@ -422,32 +426,34 @@ class _Plan:
                     thr = max(fwd + delta, bwd, shift)
                     if thr >= size:
                         continue
-                    inner = opt[s + 1][t]
                     cand = np.full(size, _INF)
-                    cand[thr:] = cost + inner[thr - shift: size - shift]
+                    cand[thr:] = cost + opt[s + 1, t, thr - shift: size - shift]
                     better = cand < best
                     best[better] = cand[better]
                     pick[better] = o
-                if s < t:
+                if s < t and self.a_in[s] < size:
+                    # forward s..s2-1 without save (one row per s2 = s+1..t), then s2..t, then s..s2-1
                     a = self.a_in[s]
+                    lows, times = [], []
                     thr = self.nosave[s] + delta
                     ftime = 0.0
                     for s2 in range(s + 1, t + 1):
-                        ftime += self.blocks[s2 - 1].forward_time
+                        ftime += forward_time[s2 - 1]
                         if s2 - 1 > s:
                             thr = max(thr, a + self.nosave[s2 - 1] + delta)
-                        lo = max(thr, a)
-                        if lo >= size:
-                            break
-                        cand = np.full(size, _INF)
-                        cand[lo:] = ftime + opt[s2][t][lo - a: size - a] + opt[s][s2 - 1][lo:]
-                        better = cand < best
-                        best[better] = cand[better]
-                        pick[better] = 100000 + s2
-                opt[s][t] = best
-                choice[s][t] = pick
+                        lows.append(max(thr, a))
+                        times.append(ftime)
+                    right = np.full((t - s, size), _INF)
+                    right[:, a:] = opt[s + 1: t + 1, t, : size - a]
+                    cand = right + opt[s, s:t, :] + np.array(times)[:, None]
+                    cand[columns[None, :] < np.array(lows)[:, None]] = _INF
+                    row = np.argmin(cand, axis=0)
+                    value = cand[row, columns]
+                    better = value < best
+                    best[better] = value[better]
+                    pick[better] = 100000 + s + 1 + row[better]
         self.opt, self.choice = opt, choice
-        return opt[0][k - 1]
+        return opt[0, k - 1]
 
     def ops(self, level):
         """Forward/backward ops of the model for the table's answer at ``level``."""
@@ -456,7 +462,7 @@ class _Plan:
         return result
 
     def _emit(self, s, t, m, out):
-        code = int(self.choice[s][t][m])
+        code = int(self.choice[s, t, m])
         if code < 0:  # pragma: no cover - only called where the table is finite
             raise AssertionError("no choice")
         if code >= 100000:
@@ -527,7 +533,7 @@ def hierarchical(model, *, budget=None, shared=None):
     -----
     The block menus come from the exact methods on each block alone
     (store-all, reforward's least peak, and reforward, chen-greedy, dp on
-    chains, milp for 0.1 s on other blocks of up to 40 layers, at six budgets
+    chains, milp for 0.2 s on other blocks of up to 40 layers, at six budgets
     between the block's least and store-all peaks), kept when Pareto-optimal;
     identical blocks (a transformer's layers) share one menu.  The dynamic
     program is rotor's over the k blocks with memory on a grid of about
@@ -572,17 +578,31 @@ def hierarchical(model, *, budget=None, shared=None):
         )
     best = (least_compute, least_peak, least_ops)
     unit = max(1, -(-budget // LEVELS))
+    # The program's sizes are rounded up and count what a block's context may
+    # hold, so its answer at the budget usually peaks below it: search the
+    # program's memory between what fits and what does not.
+    fits, fails = None, None
     target = budget
     for _ in range(_RETRIES):
-        levels = target // unit
-        row = plan.solve_table(int(levels), unit)
+        levels = min(int(target // unit), 2 * LEVELS)
+        row = plan.solve_table(levels, unit)
         if not np.isfinite(row[-1]):
             break
-        ops = plan.ops(int(levels))
+        ops = plan.ops(levels)
         peak, compute = _measure(model, ops)
         if peak <= budget:
+            fits = target
             if (compute, peak) < best[:2]:
                 best = (compute, peak, ops)
+            if budget - peak < unit or levels == 2 * LEVELS:
+                break
+            step = target + (budget - peak)
+        else:
+            fails = target
+            step = target - (peak - budget)
+        if fits is not None and fails is not None:
+            step = (fits + fails) // 2
+        if step in (fits, fails) or step <= 0:
             break
-        target -= peak - budget
+        target = step
     return best[2], params
