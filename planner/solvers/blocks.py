@@ -89,7 +89,14 @@ def model_blocks(model, max_blocks=MAX_BLOCKS):
     segments = []
     start = 0
     for c in cuts:
-        segments.append((start, c + 1))
+        # A stretch whose backwards never read its input (a ReLU after a residual
+        # add) joins the stretch before it: the program counts a block's input as
+        # held while the blocks after it run, which such a block does not need.
+        reads = any(start - 1 in x.inputs and x.needs_inputs for x in model.layers[start:c + 1])
+        if segments and not reads:
+            segments[-1] = (segments[-1][0], c + 1)
+        else:
+            segments.append((start, c + 1))
         start = c + 1
     if len(segments) <= max_blocks:
         return segments
