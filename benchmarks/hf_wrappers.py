@@ -7,7 +7,6 @@ gets its attention mask as a second input, so that the mask is an op every
 attention layer reads.
 """
 
-import torch
 from torch import nn
 
 

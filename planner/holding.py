@@ -34,10 +34,11 @@ Which layers are held (the threshold, see :data:`HOLD_FRACTION`):
   than the original.  Chains never change (no layer of a chain has two readers).
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from planner.lowering import splitting_vertices
-from planner.model import Layer, Model
+from planner.model import Model
 from planner.schedule import Op, backward, forward
 
 __all__ = [
@@ -171,24 +172,14 @@ def _reduced(model, held):
         # of that layer's size (SPEC section 3): counted as transient workspace.
         fresh = sum(model.layers[j].output_bytes for j in reads_held)
         inputs = tuple(where[j] for j in layer.inputs if j not in held_set)
-        layers.append(
-            Layer(
-                name=layer.name,
-                inputs=inputs,
-                forward=layer.forward,
-                backward=layer.backward,
-                output_bytes=layer.output_bytes,
-                saved_bytes=layer.saved_bytes,
-                needs_inputs=layer.needs_inputs,
-                needs_output=layer.needs_output,
-                workspace_forward=layer.workspace_forward,
-                workspace_backward=layer.workspace_backward + fresh,
-                params_bytes=layer.params_bytes,
-                # the edge from a held layer is dropped (the held output is always
-                # there); a layer that read held layers alone reads the model input
-                uses_input=layer.uses_input or not inputs,
-            )
-        )
+        # the edge from a held layer is dropped (the held output is always
+        # there); a layer that read held layers alone reads the model input
+        layers.append(dataclasses.replace(
+            layer,
+            inputs=inputs,
+            workspace_backward=layer.workspace_backward + fresh,
+            uses_input=layer.uses_input or not inputs,
+        ))
     # Held for the whole step: each held output, its gradient (from its first
     # reader's backward on) and its saved data.
     extra = sum(2 * model.layers[i].output_bytes + model.layers[i].saved_bytes for i in held)

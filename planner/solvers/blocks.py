@@ -117,22 +117,9 @@ def _block(model, start, stop):
     for i in range(start, stop):
         layer = layers[i]
         reads_prev = start > 0 and (start - 1) in layer.inputs
-        local.append(
-            Layer(
-                name=layer.name,
-                inputs=tuple(j - start for j in layer.inputs if j >= start),
-                forward=layer.forward,
-                backward=layer.backward,
-                output_bytes=layer.output_bytes,
-                saved_bytes=layer.saved_bytes,
-                needs_inputs=layer.needs_inputs,
-                needs_output=layer.needs_output,
-                workspace_forward=layer.workspace_forward,
-                workspace_backward=layer.workspace_backward,
-                params_bytes=layer.params_bytes,
-                uses_input=layer.uses_input or reads_prev,
-            )
-        )
+        local.append(dataclasses.replace(
+            layer, inputs=tuple(j - start for j in layer.inputs if j >= start), uses_input=layer.uses_input or reads_prev,
+        ))
     sub = Model(name=f"{model.name}[{start}:{stop}]", input_bytes=in_bytes, layers=tuple(local))
     last = stop == len(model)
     return Block(
@@ -182,14 +169,14 @@ def _context(sub, *, first, last):
     layers = list(sub.layers)
     off = 0 if first else 1
     shifted = [
-        Layer(**{**_fields(x), "inputs": tuple(i + off for i in x.inputs), "uses_input": x.uses_input and first})
+        dataclasses.replace(x, inputs=tuple(i + off for i in x.inputs), uses_input=False)
         if not first else x
         for x in layers
     ]
     if not first:
         readers = [k for k, x in enumerate(layers) if x.uses_input]
         shifted = [
-            Layer(**{**_fields(x), "inputs": ((0,) if k in readers else ()) + x.inputs})
+            dataclasses.replace(x, inputs=((0,) if k in readers else ()) + x.inputs)
             for k, x in enumerate(shifted)
         ]
         head = Layer(name="<input>", inputs=(), forward=0.0, backward=0.0, output_bytes=sub.input_bytes,
@@ -199,10 +186,6 @@ def _context(sub, *, first, last):
         shifted.append(Layer(name="<next>", inputs=(len(shifted) - 1,), forward=0.0, backward=0.0,
                              output_bytes=0, needs_inputs=False))
     return Model(name=sub.name, input_bytes=sub.input_bytes if first else 0, layers=tuple(shifted))
-
-
-def _fields(layer):
-    return {f: getattr(layer, f) for f in layer.__dataclass_fields__}
 
 
 def _option(block, ops, source, split=None):
