@@ -51,8 +51,12 @@ class Option:
     Sizes are bytes, in the block's own model (its input counted as the model
     input): ``fwd_peak`` the peak of the forward phase, ``kept`` what stays
     after it (the block's output included, its input not), ``bwd_peak`` the
-    peak of the backward phase; ``compute`` both phases' time.  Ops use the
-    block's local layer indices and carry no frees.
+    peak of the backward phase; ``fwd_keep`` and ``bwd_keep`` the same peaks
+    when the block's input stays in memory throughout (someone after needs
+    it); ``holds_input``: the block's input is still needed after its forward
+    phase; ``holds_output``: its output is needed by its own backward phase;
+    ``compute`` both phases' time.  Ops use the block's local layer indices
+    and carry no frees.
     """
 
     fwd_peak: int
@@ -62,6 +66,10 @@ class Option:
     fwd_ops: tuple
     bwd_ops: tuple
     source: str
+    fwd_keep: int = 0
+    bwd_keep: int = 0
+    holds_input: bool = True
+    holds_output: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,14 +97,7 @@ def model_blocks(model, max_blocks=MAX_BLOCKS):
     segments = []
     start = 0
     for c in cuts:
-        # A stretch whose backwards never read its input (a ReLU after a residual
-        # add) joins the stretch before it: the program counts a block's input as
-        # held while the blocks after it run, which such a block does not need.
-        reads = any(start - 1 in x.inputs and x.needs_inputs for x in model.layers[start:c + 1])
-        if segments and not reads:
-            segments[-1] = (segments[-1][0], c + 1)
-        else:
-            segments.append((start, c + 1))
+        segments.append((start, c + 1))
         start = c + 1
     if len(segments) <= max_blocks:
         return segments
@@ -220,11 +221,22 @@ def _option(block, ops, source, split=None):
                 saved.add(op.layer)
         elif op.kind is OpKind.FREE:
             held.discard(op.layer)
+    holds_input = not off or 0 in held
     if off:
         held.discard(0)  # the block's input is not the block's to keep
     layers = ctx.layers
     kept = sum(layers[i].output_bytes for i in held) + sum(layers[i].saved_bytes for i in saved)
     timeline = sim.timeline
+    # the same memory with the block's input kept to the end (a caller needs it)
+    freed = next((k for k, op in enumerate(lowered) if op.kind is OpKind.FREE and op.layer == 0), None)
+    keep = list(timeline)
+    if off and freed is not None:
+        for k in range(freed, len(keep)):
+            keep[k] += block.in_bytes
+    out = z - 1 if not block.last else len(layers) - 1
+    out_freed = next((k for k, op in enumerate(lowered) if op.kind is OpKind.FREE and op.layer == out), None)
+    first_backward = next(k for k, op in enumerate(lowered) if op.kind is OpKind.BACKWARD)
+    holds_output = block.last or out_freed is None or out_freed > first_backward
     return Option(
         fwd_peak=max(timeline[:first]),
         kept=kept,
@@ -233,6 +245,10 @@ def _option(block, ops, source, split=None):
         fwd_ops=tuple(ops[:split]),
         bwd_ops=tuple(ops[split:]),
         source=source,
+        fwd_keep=max(keep[:first]),
+        bwd_keep=max(keep[first:]),
+        holds_input=holds_input,
+        holds_output=holds_output,
     )
 
 
@@ -314,7 +330,8 @@ def _followed(sub, workspace):
 
 def _pareto(options):
     def key(o):
-        return (max(o.fwd_peak, o.bwd_peak), o.kept, o.compute)
+        return (max(o.fwd_peak, o.bwd_peak), max(o.fwd_keep, o.bwd_keep), o.kept, o.holds_input, o.holds_output,
+                o.compute)
 
     unique = {}
     for o in options:
@@ -322,7 +339,7 @@ def _pareto(options):
     keys = sorted(unique)
     kept = []
     for k in keys:
-        if not any(p[0] <= k[0] and p[1] <= k[1] and p[2] <= k[2] for p in kept):
+        if not any(all(a <= b for a, b in zip(p, k)) for p in kept):
             kept.append(k)
     return [unique[k] for k in kept]
 
@@ -367,9 +384,11 @@ class _Plan:
         ``a_in[s]``: block s's input; ``delta[s]``: the gradient of its output
         (0 for the last block, whose gradient the loss makes); ``nosave[s]``:
         the peak of its forward without save; ``needs[s][o]``: option o's
-        ``(forward peak, backward peak, shift, compute)``, shift being what
-        stays while the blocks after it run: its input and what it keeps
-        beyond its output (``a_in[s] + (kept - output)``).
+        ``(forward peak, backward peak, shift, compute, keeps output)`` for
+        ``keep`` 0 and 1 (``needs[s][o][keep]``): with ``keep`` the block's
+        input stays in memory to the end (a caller needs it); shift is what
+        stays while the blocks after it run: its input if it or the caller
+        needs it, and what it keeps beyond its output.
         """
         k = len(self.blocks)
         up = lambda x: -(-int(x) // unit)  # noqa: E731
@@ -379,94 +398,102 @@ class _Plan:
         for s, (block, menu) in enumerate(zip(self.blocks, self.menus)):
             rows = []
             for o in menu:
-                fwd = up(o.fwd_peak)
-                bwd = up(o.bwd_peak)
-                shift = self.a_in[s] + up(o.kept - block.out_bytes)
-                rows.append((fwd, bwd, shift, o.compute))
+                extra = up(o.kept - block.out_bytes)
+                rows.append(tuple(
+                    (up(o.fwd_keep if keep else o.fwd_peak), up(o.bwd_keep if keep else o.bwd_peak),
+                     (self.a_in[s] if keep or o.holds_input else 0) + extra, o.compute, int(o.holds_output))
+                    for keep in (0, 1)
+                ))
             table.append(rows)
         self.needs = table
         self.nosave = [up(b.nosave_peak) for b in self.blocks]
         self.unit = unit
 
     def solve_table(self, levels, unit):
-        """Fill ``opt[s, t]`` (least compute per available memory level) and the choices."""
+        """Fill ``opt[keep, s, t]`` (least compute per available memory level) and the choices.
+
+        Returns the row of the whole model (the model input is always kept).
+        """
         self._needs(unit)
         k = len(self.blocks)
         size = levels + 1
-        opt = np.full((k, k, size), _INF)
-        choice = np.full((k, k, size), -1, dtype=np.int64)
+        opt = np.full((2, k, k, size), _INF)
+        choice = np.full((2, k, k, size), -1, dtype=np.int64)
         columns = np.arange(size)
         forward_time = [b.forward_time for b in self.blocks]
         for length in range(1, k + 1):
             for s in range(0, k - length + 1):
                 t = s + length - 1
-                best = opt[s, t]
-                pick = choice[s, t]
                 delta = self.delta[t]
-                for o, (fwd, bwd, shift, cost) in enumerate(self.needs[s]):
-                    if s == t:
-                        thr = max(fwd + delta, bwd)
-                        if thr < size:
-                            cand = np.full(size, _INF)
-                            cand[thr:] = cost
-                            better = cand < best
-                            best[better] = cand[better]
-                            pick[better] = o
-                        continue
-                    thr = max(fwd + delta, bwd, shift)
-                    if thr >= size:
-                        continue
-                    cand = np.full(size, _INF)
-                    cand[thr:] = cost + opt[s + 1, t, thr - shift: size - shift]
-                    better = cand < best
-                    best[better] = cand[better]
-                    pick[better] = o
-                if s < t and self.a_in[s] < size:
-                    # forward s..s2-1 without save (one row per s2 = s+1..t), then s2..t, then s..s2-1
-                    a = self.a_in[s]
-                    lows, times = [], []
-                    thr = self.nosave[s] + delta
-                    ftime = 0.0
-                    for s2 in range(s + 1, t + 1):
-                        ftime += forward_time[s2 - 1]
-                        if s2 - 1 > s:
-                            thr = max(thr, a + self.nosave[s2 - 1] + delta)
-                        lows.append(max(thr, a))
-                        times.append(ftime)
-                    right = np.full((t - s, size), _INF)
-                    right[:, a:] = opt[s + 1: t + 1, t, : size - a]
-                    cand = right + opt[s, s:t, :] + np.array(times)[:, None]
-                    cand[columns[None, :] < np.array(lows)[:, None]] = _INF
-                    row = np.argmin(cand, axis=0)
-                    value = cand[row, columns]
-                    better = value < best
-                    best[better] = value[better]
-                    pick[better] = 100000 + s + 1 + row[better]
+                for keep in (0, 1):
+                    best = opt[keep, s, t]
+                    pick = choice[keep, s, t]
+                    for o, rows in enumerate(self.needs[s]):
+                        fwd, bwd, shift, cost, keeps_out = rows[keep]
+                        if s == t:
+                            thr = max(fwd + delta, bwd)
+                            if thr < size:
+                                cand = np.full(size, _INF)
+                                cand[thr:] = cost
+                                better = cand < best
+                                best[better] = cand[better]
+                                pick[better] = o
+                            continue
+                        thr = max(fwd + delta, bwd, shift)
+                        if thr >= size:
+                            continue
+                        cand = np.full(size, _INF)
+                        cand[thr:] = cost + opt[keeps_out, s + 1, t, thr - shift: size - shift]
+                        better = cand < best
+                        best[better] = cand[better]
+                        pick[better] = o
+                    if s < t and self.a_in[s] < size:
+                        # forward s..s2-1 without save (a row per s2 = s+1..t), then s2..t, then s..s2-1
+                        a = self.a_in[s]
+                        lows, times = [], []
+                        thr = self.nosave[s] + delta
+                        ftime = 0.0
+                        for s2 in range(s + 1, t + 1):
+                            ftime += forward_time[s2 - 1]
+                            if s2 - 1 > s:
+                                thr = max(thr, a + self.nosave[s2 - 1] + delta)
+                            lows.append(max(thr, a))
+                            times.append(ftime)
+                        right = np.full((t - s, size), _INF)
+                        right[:, a:] = opt[0, s + 1: t + 1, t, : size - a]
+                        cand = right + opt[keep, s, s:t, :] + np.array(times)[:, None]
+                        cand[columns[None, :] < np.array(lows)[:, None]] = _INF
+                        row = np.argmin(cand, axis=0)
+                        value = cand[row, columns]
+                        better = value < best
+                        best[better] = value[better]
+                        pick[better] = 100000 + s + 1 + row[better]
         self.opt, self.choice = opt, choice
-        return opt[0, k - 1]
+        return opt[1, 0, k - 1]
 
     def ops(self, level):
         """Forward/backward ops of the model for the table's answer at ``level``."""
         result = []
-        self._emit(0, len(self.blocks) - 1, level, result)
+        self._emit(0, len(self.blocks) - 1, level, 1, result)
         return result
 
-    def _emit(self, s, t, m, out):
-        code = int(self.choice[s, t, m])
+    def _emit(self, s, t, m, keep, out):
+        code = int(self.choice[keep, s, t, m])
         if code < 0:  # pragma: no cover - only called where the table is finite
             raise AssertionError("no choice")
         if code >= 100000:
             s2 = code - 100000
             for b in self.blocks[s:s2]:
                 out.extend(forward(i, False) for i in range(b.start, b.stop))
-            self._emit(s2, t, m - self.a_in[s], out)
-            self._emit(s, s2 - 1, m, out)
+            self._emit(s2, t, m - self.a_in[s], 0, out)
+            self._emit(s, s2 - 1, m, keep, out)
             return
         block = self.blocks[s]
         option = self.menus[s][code]
         out.extend(_shifted(option.fwd_ops, block.start))
         if s < t:
-            self._emit(s + 1, t, m - self.needs[s][code][2], out)
+            _, _, shift, _, keeps_out = self.needs[s][code][keep]
+            self._emit(s + 1, t, m - shift, keeps_out, out)
         out.extend(_shifted(option.bwd_ops, block.start))
 
 
@@ -523,19 +550,24 @@ def hierarchical(model, *, budget=None, shared=None):
     -----
     The block menus come from the exact methods on each block alone
     (store-all, reforward's least peak, and reforward, chen-greedy, dp on
-    chains, milp for 0.2 s on other blocks of up to 40 layers, at six budgets
-    between the block's least and store-all peaks), kept when Pareto-optimal;
-    identical blocks (a transformer's layers) share one menu.  The dynamic
-    program is rotor's over the k blocks with memory on a grid of about
-    :data:`LEVELS` levels: for blocks s..t with the input of s and the gradient
-    of t's output held, either run block s's forward with an option o, solve
-    s+1..t, then o's backward; or forward blocks s..s'-1 without saving, solve
-    s'..t, then s..s'-1.  Its costs round every size up and count block
-    boundaries' gradients from the start of a block's backward, so its
-    schedules fit; the schedule is replayed by the simulator and, should it
-    not fit, the program is solved again for less.  O(k^3 levels) for the
-    program, O(k) replays.  Schedules of the plan are persistent at the block
-    level and each block runs one option of its menu, the class that
+    chains, milp for 0.2 s on other blocks of up to 40 layers, kept when it
+    proves its answer, at six budgets between the block's least and
+    store-all peaks, and at six more with the block followed by a layer
+    standing for the rest of the model), each measured by the simulator in
+    the block's context, kept when Pareto-optimal; blocks of one structure (a
+    transformer's layers) share one menu.  The dynamic program is rotor's
+    over the k blocks with memory on a grid of about :data:`LEVELS` levels,
+    with one more bit, whether the first block's input must stay to the end:
+    for blocks s..t with the input of s and the gradient of t's output held,
+    either run block s's forward with an option o, solve s+1..t (keeping s's
+    output if o's backward reads it), then o's backward; or forward blocks
+    s..s'-1 without saving, solve s'..t, then s..s'-1.  Its costs round
+    every size up, so its schedules fit (``tests/test_hierarchical.py``
+    checks that they never count less than the simulator); the schedule is
+    replayed and the program's memory searched between what fits and what
+    does not.  O(k^3 levels) for the program, a few replays.  Schedules of
+    the plan are persistent at the block level and each block runs one
+    option of its menu: the class that
     ``tests/test_hierarchical.py`` searches exhaustively.
 
     References
