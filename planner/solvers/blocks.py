@@ -37,6 +37,7 @@ LEVELS = 1000
 # Budgets (fractions of the way from the block's least peak to its store-all
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
+_SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
 _MILP_AT = (1, 3)  # the fractions at which milp is asked too
 _MILP_SECONDS = 0.2
 _MILP_MAX_LAYERS = 40
@@ -293,6 +294,10 @@ def block_menu(block):
     # the budgets the methods are asked for are the block's own peaks (alone)
     top = _measure(sub, plain)[0]
     bottom = _measure(sub, low_ops)[0]
+    if len(sub) <= _SMALL_BLOCK:
+        # a block of one or two layers has few schedules: store-all, its least
+        # peak, and forwarding it without save (the program's own choice)
+        return _pareto([o for o in options if o is not None])
     asks = [(sub, int(bottom + f * (top - bottom))) for f in _MENU_FRACTIONS]
     if not block.last:
         rest = options[0].kept
