@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner import extras
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, splitting_vertices, store_all_ops
 from planner.model import Layer, Model
@@ -38,9 +37,6 @@ LEVELS = 1000
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
-_MILP_AT = (1, 3)  # the fractions at which milp is asked too
-_MILP_SECONDS = 0.2
-_MILP_MAX_LAYERS = 40
 _RETRIES = 5
 _INF = math.inf
 
@@ -263,13 +259,6 @@ def _exact_methods(sub):
         from planner.solvers.dp import dp
 
         methods.append(("dp", dp))
-    elif 3 <= len(sub) <= _MILP_MAX_LAYERS and not extras.missing("scipy"):
-        from planner.solvers.milp import milp
-
-        def short_milp(model, *, budget, warm_starts=()):
-            return milp(model, budget=budget, time_limit=_MILP_SECONDS, warm_starts=warm_starts)
-
-        methods.append(("milp", short_milp))
     return methods
 
 
@@ -303,21 +292,12 @@ def block_menu(block):
         rest = options[0].kept
         after = _followed(sub, rest)
         asks += [(after, sub.input_bytes + rest + int(f * rest)) for f in _MENU_FRACTIONS]
-    for ask, (target, budget) in enumerate(asks):
-        starts = []
+    for target, budget in asks:
         for name, fn in _exact_methods(target):
-            if name == "milp" and ask % len(_MENU_FRACTIONS) not in _MILP_AT:
-                continue  # building HiGHS' program is most of a menu's time
             try:
-                if name == "milp":
-                    ops, found = fn(target, budget=budget, warm_starts=starts)
-                    if not found.get("proven_optimal"):
-                        continue  # what HiGHS finds before its time runs out depends on the machine
-                else:
-                    ops, _ = fn(target, budget=budget)
+                ops, _ = fn(target, budget=budget)
             except InfeasibleError:
                 continue
-            starts.append((name, ops))
             ops = [op for op in ops if op.kind is not OpKind.FREE]
             split = next(k for k, op in enumerate(ops) if op.layer == len(sub) or op.kind is OpKind.BACKWARD)
             found = _option(block, [op for op in ops if op.layer < len(sub)], name, split)
@@ -554,9 +534,8 @@ def hierarchical(model, *, budget=None, shared=None):
     Notes
     -----
     The block menus come from the exact methods on each block alone
-    (store-all, reforward's least peak, and reforward, chen-greedy, dp on
-    chains, milp for 0.2 s on other blocks of up to 40 layers, kept when it
-    proves its answer, at six budgets between the block's least and
+    (store-all, reforward's least peak, and reforward, chen-greedy and, on
+    chain blocks, dp, at six budgets between the block's least and
     store-all peaks, and at six more with the block followed by a layer
     standing for the rest of the model), each measured by the simulator in
     the block's context, kept when Pareto-optimal; blocks of one structure (a
