@@ -108,3 +108,49 @@ def random_dag(n, seed=0, *, max_inputs=3, skip=0.3, workspaces=True, name=None)
         layer["inputs"] = inputs
         layers.append(layer)
     return model_from_dict(random_document(rng, name or f"random-dag-{n}", layers))
+
+
+def transformer_dag(n_blocks, seed=0, *, hidden=4096, mask=True, name=None):
+    """An op-level DAG shaped like a transformer: blocks of attention and MLP ops around a residual stream.
+
+    Each block reads the residual stream (``hidden`` bytes) through a layer
+    norm, q/k/v projections, an attention op that also reads a small shared
+    mask (``mask=True``: one 64-byte layer computed from the model input and
+    read by every block's attention, as BERT's extended attention mask is),
+    an output projection and a residual add, then an MLP (4x wider) and a
+    second residual add.  Costs are random around those shapes (seeded), so
+    blocks differ a little, as profiled ones do.
+    """
+    rng = _rng(seed)
+    layers = [{"name": "embed", "inputs": ["input"], "forward": 1.0, "backward": 1.0, "output_bytes": hidden}]
+    if mask:
+        layers.append({"name": "mask", "inputs": ["input"], "forward": 0.01, "backward": 0.0, "output_bytes": 64,
+                       "needs_inputs": False})
+
+    def op(name, inputs, size, flops, *, saved=0):
+        jitter = float(rng.uniform(0.8, 1.2))
+        layers.append({
+            "name": name, "inputs": inputs, "forward": round(flops * jitter, 4),
+            "backward": round(2 * flops * jitter, 4), "output_bytes": int(size), "saved_bytes": int(saved),
+        })
+
+    stream = "embed"
+    for b in range(n_blocks):
+        p = f"h{b}."
+        op(p + "ln1", [stream], hidden, 0.1)
+        for x in "qkv":
+            op(p + x, [p + "ln1"], hidden, 1.0)
+        op(p + "attn", [p + "q", p + "k", p + "v"] + (["mask"] if mask else []), hidden, 1.5, saved=2 * hidden)
+        op(p + "proj", [p + "attn"], hidden, 1.0)
+        op(p + "add1", [p + "proj", stream], hidden, 0.05)
+        op(p + "ln2", [p + "add1"], hidden, 0.1)
+        op(p + "fc1", [p + "ln2"], 4 * hidden, 4.0)
+        op(p + "act", [p + "fc1"], 4 * hidden, 0.2)
+        op(p + "fc2", [p + "act"], hidden, 4.0)
+        op(p + "add2", [p + "fc2", p + "add1"], hidden, 0.05)
+        stream = p + "add2"
+    op("head", [stream], 2 * hidden, 2.0)
+    return model_from_dict({
+        "format": "edgeplan-model/1", "name": name or f"transformer-{n_blocks}", "input_bytes": 256,
+        "layers": layers,
+    })

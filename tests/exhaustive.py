@@ -240,3 +240,54 @@ def _with_dead_frees(path, n):
         dropped = before & ~nxt[0]
         ops.extend(free(i) for i in range(n) if dropped >> i & 1)
     return ops
+
+
+def block_class(plan, unit):
+    """Every schedule of ``hierarchical``'s class for a plan, as ``(need, compute, ops)``.
+
+    ``plan`` is a :class:`planner.solvers.blocks._Plan` (its blocks and menus);
+    ``need`` is the least number of memory units (of ``unit`` bytes) with which
+    the program's cost model admits the schedule, written here as a closed
+    formula per structure rather than as the solver's table over memory levels.
+    ``keep`` says whether the input of the first block must stay to the end
+    (the model input always does); each option's quantities for that ``keep``
+    are ``(F, B, shift, compute, keeps output)``:
+
+    * one block ``s`` with option ``o``: ``max(F + delta(s), B)``;
+    * option ``o`` on block ``s``, then blocks ``s+1..t`` (structure ``S``,
+      with ``keep`` = whether o's backward needs its output):
+      ``max(F + delta(t), B, shift + need(S))``;
+    * blocks ``s..s'-1`` forwarded without save, then ``s'..t`` (``S1``,
+      nothing kept), then ``s..s'-1`` (``S2``, the same ``keep``):
+      ``max(nosave(s) + delta(t), input(s) + nosave(j) + delta(t) for s < j <
+      s', input(s) + need(S1), need(S2))``.
+
+    ``ops`` are forward/backward ops of the whole model (no frees).
+    """
+    plan._needs(unit)
+    blocks, menus = plan.blocks, plan.menus
+    a_in, delta, nosave, needs = plan.a_in, plan.delta, plan.nosave, plan.needs
+
+    def shifted(ops, start):
+        return [type(op)(op.kind, op.layer + start, op.save) for op in ops]
+
+    def variants(s, t, keep):
+        for o, option in enumerate(menus[s]):
+            fwd, bwd, shift, cost, keeps_out = needs[s][o][keep]
+            head = shifted(option.fwd_ops, blocks[s].start)
+            tail = shifted(option.bwd_ops, blocks[s].start)
+            if s == t:
+                yield max(fwd + delta[s], bwd), cost, head + tail
+                continue
+            for need, compute, ops in variants(s + 1, t, keeps_out):
+                yield max(fwd + delta[t], bwd, shift + need), cost + compute, head + ops + tail
+        for s2 in range(s + 1, t + 1):
+            limit = max([nosave[s] + delta[t]] + [a_in[s] + nosave[j] + delta[t] for j in range(s + 1, s2)])
+            plain = [forward(i, False) for b in blocks[s:s2] for i in range(b.start, b.stop)]
+            ftime = sum(b.forward_time for b in blocks[s:s2])
+            rights = list(variants(s2, t, 0))
+            for n2, c2, ops2 in variants(s, s2 - 1, keep):
+                for n1, c1, ops1 in rights:
+                    yield max(limit, a_in[s] + n1, n2), ftime + c1 + c2, plain + ops1 + ops2
+
+    return list(variants(0, len(blocks) - 1, 1))

@@ -35,6 +35,7 @@ __all__ = [
     "timed",
     "paging_cases",
     "paging_walks",
+    "block_dags",
 ]
 
 
@@ -351,3 +352,39 @@ def paging_walks(draw, model, *, max_steps=None):
         if len(D) == n:
             break
     return ops
+
+
+@st.composite
+def block_dags(draw, *, max_blocks=4, max_block_layers=3, mask=None, min_blocks=1):
+    """A model made of blocks in a row: between two blocks only one tensor crosses.
+
+    Inside a block each layer reads the one before it (the first reads the
+    previous block's output, or the model input) and, at random, earlier
+    layers of its block or the block's input: small DAGs joined by single
+    tensors, as a network's layers are.  With ``mask`` (drawn when None) a
+    small layer computed from the model input is read by the first layer of
+    every block, as an attention mask is.
+    """
+    n_blocks = draw(st.integers(min_blocks, max_blocks))
+    with_mask = draw(st.booleans()) if mask is None else mask
+    layers = []
+    if with_mask:
+        fields = draw(layer_fields())
+        fields["output_bytes"] = draw(st.integers(0, 64))
+        layers.append({"name": "mask", "inputs": ["input"], **fields})
+    previous = "input"
+    for b in range(n_blocks):
+        size = draw(st.integers(1, max_block_layers))
+        names = [f"b{b}l{i}" for i in range(size)]
+        for i, name in enumerate(names):
+            pool = [previous] + names[:i]
+            inputs = [pool[-1]]
+            for other in pool[:-1]:
+                if draw(st.integers(0, 3)) == 0:
+                    inputs.append(other)
+            if i == 0 and with_mask:
+                inputs.append("mask")
+            layers.append({"name": name, "inputs": inputs, **draw(layer_fields())})
+        previous = names[-1]
+    doc = {"format": MODEL_FORMAT, "name": "blocks", "input_bytes": draw(_SIZES), "layers": layers}
+    return model_from_dict(doc)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from planner import extras
 from planner.device import time_scale
+from planner.holding import held_view
 from planner.errors import (
     EdgeplanError,
     InfeasibleError,
@@ -49,6 +50,7 @@ __all__ = [
     "check_strategy",
     "missing_requirements",
     "check_storage",
+    "solving_model",
 ]
 
 
@@ -154,6 +156,11 @@ STRATEGIES = dict(
             "dp", "dp", "dp", "optimal dynamic program for heterogeneous chains (rotor)",
             chains_only=True, shares_work=True,
         ),
+        _entry(
+            "hierarchical", "blocks", "hierarchical",
+            "blocks between cut points, each with a menu of exact options, chosen by a DP over the blocks (Rockmate)",
+            shares_work=True,
+        ),
         _entry("reforward", "reforward", "reforward", "Feng & Huang re-forwarding: best checkpoint set, each layer recomputed at most once"),
         _entry(
             "milp",
@@ -249,6 +256,7 @@ def applicable(model, options=None, *, storage=None, include_missing=False):
     Paging strategies join only with a ``storage``.
     """
     options = options or {}
+    model = solving_model(model)
     names = []
     for s in STRATEGIES.values():
         if s.chains_only and not model.is_chain:
@@ -264,6 +272,16 @@ def applicable(model, options=None, *, storage=None, include_missing=False):
             continue  # its optional module is not installed (the CLI says so)
         names.append(s.name)
     return names
+
+
+def solving_model(model, view=None):
+    """The model strategies solve: ``model``, or its reduced model when small shared tensors are held.
+
+    See :mod:`planner.holding`: a strategy is applicable (chains only, ...) to
+    what it solves.
+    """
+    view = held_view(model) if view is None else view
+    return model if view is None else view.model
 
 
 def _is_int(value):
@@ -397,12 +415,18 @@ def check_storage(model, storage):
         time_scale(model)
 
 
-def _run(model, budget, strategy, options, extra=None, storage=None):
+def _run(model, budget, strategy, options, extra=None, storage=None, view=False):
     """Solve with one strategy, lower, replay, check the budget.
 
     ``extra`` are keyword arguments the registry adds (warm starts, the
-    default set's time limit); they are not options of the user's.
+    default set's time limit); they are not options of the user's.  ``view``
+    is :func:`planner.holding.held_view`'s answer for ``model`` (computed here
+    when not given): the strategy then solves the reduced model and its ops
+    are lifted back before the lowering and the replay, on ``model``.
     """
+    if view is False:
+        view = held_view(model)
+    target = model if view is None else view.model
     extras.require(*strategy.requires, purpose=f"strategy {strategy.name!r}")
     if strategy.needs_storage and storage is None:
         raise NotApplicableError(
@@ -410,7 +434,7 @@ def _run(model, budget, strategy, options, extra=None, storage=None):
             "(use --device)"
         )
     fn = strategy.load()
-    if strategy.chains_only and not model.is_chain:
+    if strategy.chains_only and not target.is_chain:
         raise NotApplicableError(
             f"strategy {strategy.name!r} applies to chains only, and {model.name!r} is a DAG; "
             "use store-all, chen-greedy, reforward, milp or auto"
@@ -420,7 +444,12 @@ def _run(model, budget, strategy, options, extra=None, storage=None):
     kwargs = {**(extra or {}), **kwargs}
     if strategy.needs_storage:
         kwargs["storage"] = storage
-    ops, params = fn(model, budget=budget, **kwargs)
+    if view is not None and "warm_starts" in kwargs:
+        kwargs["warm_starts"] = [(name, view.reduce(ops)) for name, ops in kwargs["warm_starts"]]
+    ops, params = fn(target, budget=budget, **kwargs)
+    if view is not None:
+        ops = view.lift(ops)
+        params = dict(params, held=view.held_names)
     if not strategy.emits_frees:
         ops = tuple(insert_frees(model, ops))
     elif isinstance(ops, list) or not _is_replayable(ops):
@@ -463,13 +492,13 @@ def _warm_inputs(outcomes):
     }
 
 
-def _run_one(model, budget, name, options, extra, progress, storage=None):
+def _run_one(model, budget, name, options, extra, progress, storage=None, view=False):
     strategy = STRATEGIES[name]
     if progress:
         progress(name, None)
     started = time.perf_counter()
     try:
-        solution = _run(model, budget, strategy, options, extra, storage)
+        solution = _run(model, budget, strategy, options, extra, storage, view)
         outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
     except (InfeasibleError, NotApplicableError, TooLargeError) as exc:
         outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
@@ -515,6 +544,7 @@ def run_all(
     check_options(model, strategies, options)
     check_storage(model, storage)
     default = strategies is None
+    view = held_view(model)
     names = applicable(model, options, storage=storage) if default else list(strategies)
     done = {}
     later = [name for name in names if STRATEGIES[name].warm_starts]
@@ -528,7 +558,7 @@ def run_all(
         if strategy.shares_work and shared is not None:
             extra["shared"] = mine = shared.setdefault(name, {})
             mine["budgets"] = shared.get("budgets", ())
-        done[name] = _run_one(model, budget, name, options, extra, progress, storage)
+        done[name] = _run_one(model, budget, name, options, extra, progress, storage, view)
     return [done[name] for name in names]
 
 
