@@ -90,13 +90,14 @@ def _hf(name):
 
 
 def _plain(name):
-    """The ordinary models of tests/models_torch.py: a GPT-like model and a ResNet, with their examples."""
+    """The ordinary models of tests/models_torch.py: a GPT-like model and a ResNet (``torch-resnet``)."""
     from tests import models_torch
 
-    if name not in ("small_gpt", "resnet"):
+    factory = {"small_gpt": "small_gpt", "torch-resnet": "resnet"}.get(name)
+    if factory is None:
         raise SystemExit(f"unknown model {name!r}")
-    x, target = getattr(models_torch, f"{name}_example")()
-    return getattr(models_torch, name)(), {"x": x}, target
+    x, target = getattr(models_torch, f"{factory}_example")()
+    return getattr(models_torch, factory)(), {"x": x}, target
 
 
 def build(name):
@@ -151,6 +152,8 @@ def _contender_step(model, kwargs, target, contender):
     elif contender == "ckpt-block":
         _checkpoint_blocks(model)
     elif contender.startswith("compile-"):
+        import torch._functorch.config
+
         torch._functorch.config.activation_memory_budget = float(contender.split("-")[1])
         compiled = torch.compile(model)
         return lambda: _loss(_call(compiled, kwargs), target).backward(), None
@@ -276,7 +279,7 @@ def measure_model(name, *, steps, compiled):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--models", default=",".join(HF + ("small_gpt", "resnet")))
+    parser.add_argument("--models", default=",".join(HF + ("small_gpt", "torch-resnet")))
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="gpt2 and small_gpt, 3 steps, no compile")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile and compiled edgeplan")
