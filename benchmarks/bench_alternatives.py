@@ -17,6 +17,9 @@ it, with the parameter gradients already allocated; the median step time of
   compiled (``compile=True``, against the compiled contenders);
 - ``edgeplan@least``: ``fit`` at the least memory its plan works with.
 
+edgeplan profiles with ``stages="modules"``: one layer per block and one per op
+between blocks.
+
 A step is ``loss_fn(model(**batch), target).backward()`` (the edgeplan rows
 run the loss as the model file's last layer).  Every row prints its measured
 peak and step time, its time over eager's, and for edgeplan the overhead the
@@ -43,6 +46,7 @@ from benchmarks._docs import markdown_table, publish, stamp  # noqa: E402
 HEADING = "## Against the alternatives at equal memory (bench_alternatives.py)"
 BUDGETS = (0.3, 0.5, 0.7)
 HF = ("gpt2", "bert", "llama", "vit", "resnet")
+STAGES = "modules"  # one layer per block (and the ops between blocks): the executor's calls stay few
 
 
 # ----------------------------------------------------------------- the models
@@ -164,7 +168,7 @@ def _edgeplan_step(model, kwargs, target, memory, compiled):
     from planner import fit
 
     example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
-    wrapped = fit(model, example, memory=memory, loss="cross_entropy", compile=compiled)
+    wrapped = fit(model, example, memory=memory, loss="cross_entropy", compile=compiled, stages=STAGES)
     result = wrapped.plan
     if list(kwargs) == ["x"]:
         step = lambda: wrapped(kwargs["x"], target=target).backward()  # noqa: E731
@@ -181,7 +185,7 @@ def _least_memory(model, kwargs, target):
     example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
-        fit(model, example, memory=2 * params + 1, loss="cross_entropy")
+        fit(model, example, memory=2 * params + 1, loss="cross_entropy", stages=STAGES)
     except InfeasibleError as exc:  # the least activation memory; the parameters and gradients come on top
         return 2 * params + exc.least_bytes
     raise SystemExit("fit accepted 1 byte of activation memory")

@@ -21,8 +21,8 @@ Which layers are held (the threshold, see :data:`HOLD_FRACTION`):
 * a layer all of whose inputs are the model input or other held layers (it can
   be computed first), and
 * whose holding cost (output, its gradient, saved data and workspaces) is at
-  most :data:`HOLD_FRACTION` (half) of the median output of the model's layers
-  (of those with an output), so its output is at most a quarter of a typical
+  most :data:`HOLD_FRACTION` (one) of the median output of the model's layers
+  (of those with an output), so its output is at most half of a typical
   activation: an attention mask (4 KB as ``[b, 1, 1, s]`` floats, b s^2 bytes as
   a boolean ``[b, 1, s, s]``, an eighth of a hidden state of 128 features in 64
   positions), rotary tables, position ids; never a hidden state itself,
@@ -49,7 +49,7 @@ __all__ = [
     "HOLD_MIN_LAYERS",
 ]
 
-HOLD_FRACTION = 0.5
+HOLD_FRACTION = 1.0  # BERT by blocks: its 64 KB mask and 2 KB of workspace beside 256 KB block outputs
 HOLD_TOTAL_FRACTION = 0.02
 HOLD_MIN_LAYERS = 16
 

@@ -178,3 +178,21 @@ def test_holding_makes_the_segment_strategies_work_on_a_transformer():
     with pytest.raises(InfeasibleError) as held:
         solve(model, 0, "reforward")
     assert held.value.least_bytes < 0.5 * top
+
+
+def test_a_mask_with_a_little_workspace_is_held_beside_block_sized_layers():
+    """BERT profiled by blocks: a 64 KB mask (2 KB forward workspace) read by every 256 KB-output block."""
+    from planner.model import model_from_dict
+
+    layers = [{"name": "emb", "forward": 1, "backward": 1, "output_bytes": 262144},
+              {"name": "mask", "inputs": ["input"], "forward": 1, "backward": 0, "output_bytes": 65536,
+               "workspace_forward": 2305, "needs_inputs": False}]
+    previous = "emb"
+    for k in range(16):
+        layers.append({"name": f"block{k}", "inputs": [previous, "mask"], "forward": 4, "backward": 8,
+                       "output_bytes": 262144, "saved_bytes": 7_610_368})
+        previous = f"block{k}"
+    model = model_from_dict({"format": "edgeplan-model/1", "name": "bert-blocks", "input_bytes": 1024,
+                             "layers": layers})
+    view = held_view(model)
+    assert view is not None and view.held_names == ["mask"]
