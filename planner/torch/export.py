@@ -36,7 +36,7 @@ import logging
 
 from planner.errors import ModelError
 from planner.io import unique_names
-from planner.torch.fx_trace import is_view, reaches, tensors_in
+from planner.torch.fx_trace import is_view, reaches, tensors_in, upstream
 from planner.torch.inputs import require_torch
 
 __all__ = ["ExportFailed", "export_stages", "pick_output"]
@@ -634,14 +634,7 @@ def _owner_block(node, owner):
 
 
 def _live(result, kinds):
-    live, stack = set(), [result]
-    while stack:
-        n = stack.pop()
-        if n in live:
-            continue
-        live.add(n)
-        stack.extend(a for a in n.all_input_nodes if kinds.get(a) in ("stage", "fold", "effect"))
-    return live
+    return upstream(result, kinds, ("stage", "fold", "effect"))
 
 
 def _effects(g, kinds, outs, order):

@@ -433,16 +433,21 @@ def _scope_of(node, root):
     return _where("", type(root).__name__)
 
 
-def _live_stages(result, kinds):
-    """Stage nodes the result depends on (through folded nodes), in graph order."""
+def upstream(result, kinds, through):
+    """``result`` and the nodes it depends on through nodes whose kind is in ``through``."""
     live, stack = set(), [result]
     while stack:
         n = stack.pop()
         if n in live:
             continue
         live.add(n)
-        stack.extend(a for a in n.all_input_nodes if kinds.get(a) in ("stage", "fold"))
+        stack.extend(a for a in n.all_input_nodes if kinds.get(a) in through)
     return live
+
+
+def _live_stages(result, kinds):
+    """Stage nodes the result depends on (through folded nodes)."""
+    return upstream(result, kinds, ("stage", "fold"))
 
 
 def fx_stages(root, inputs, *, blocks):
