@@ -3,7 +3,8 @@
 Each family has a factory (``gpt2``, ``bert``, ``llama``, ``vit``, ``resnet``, ``convnext``) and an
 example function (``gpt2_batch``, ...) of the shape ``edgeplan profile FILE.py:FUNC``
 takes: ``(kwargs, target)`` or, with ``labels`` in the kwargs, the kwargs alone.
-2 layers, hidden size 32, sequence 16, batch 2.
+2 layers, hidden size 32, sequence 16, batch 2. Qwen2, DistilBERT and Swin (at the end) are families
+the capture was not written against.
 """
 
 import torch
@@ -131,3 +132,45 @@ def convnext():
 
 def convnext_labels():
     return {"pixel_values": _images(8), "labels": torch.tensor([2, 0])}
+
+
+# Families beyond the five of issue 18, for the check that any family goes through as it comes.
+
+def qwen2():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("Qwen2Config", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=2 * SEQ)
+    return transformers.Qwen2ForCausalLM(config)
+
+
+def qwen2_batch():
+    return {"input_ids": _tokens(8)}, _tokens(9)
+
+
+def distilbert():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("DistilBertConfig", vocab_size=VOCAB, dim=HIDDEN, hidden_dim=2 * HIDDEN, n_layers=2, n_heads=2,
+                     max_position_embeddings=2 * SEQ)
+    return transformers.DistilBertForMaskedLM(config)
+
+
+def distilbert_batch():
+    return {"input_ids": _tokens(10)}, _tokens(11)
+
+
+def swin():
+    import transformers
+
+    torch.manual_seed(0)
+    config = _config("SwinConfig", image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                     window_size=4, num_labels=CLASSES)
+    return transformers.SwinForImageClassification(config)
+
+
+def swin_batch():
+    return {"pixel_values": _images(12)}, torch.tensor([1, 2])

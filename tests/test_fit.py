@@ -159,6 +159,9 @@ def _hf_step(wrapped, kwargs, target):
 @pytest.mark.parametrize("family, loss", [
     ("gpt2", "cross_entropy"),  # (kwargs, target): the loss reads the logits of a CausalLMOutput
     ("bert", "output"),         # labels in the kwargs, a padding mask: the model's own loss
+    ("qwen2", "cross_entropy"),       # families the capture was not written against
+    ("distilbert", "cross_entropy"),  # (masked LM, dropout)
+    ("swin", "cross_entropy"),        # (image classification, windows)
 ])
 def test_fit_trains_a_transformers_model_as_it_comes(family, loss):
     pytest.importorskip("transformers")
