@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from planner.errors import InfeasibleError, NotApplicableError, TooLargeError
 from planner.lowering import insert_frees
-from planner.model import load_model
+from planner.model import load_model, model_from_dict
 from planner.simulate import simulate
 from planner.solvers import applicable, run_all, solve
 from planner.solvers.dp import dp
@@ -251,3 +251,23 @@ def test_a_heavy_sink_counts_at_its_backward():
     with pytest.raises(InfeasibleError) as info:
         dp(model, budget=least - 1)
     assert info.value.least_bytes == least
+
+
+def test_a_budget_bytes_above_a_peak_that_rounding_hides_is_solved_exactly():
+    """Found by hypothesis: 1-byte outputs beside a 1 MB one, the budget equal to a schedule's peak.
+
+    The rounded grid (4-byte units) found no schedule that fits, and dp fell back to the least-peak
+    schedule (compute 3) although one of compute 2 fits: a chain this short affords the exact table.
+    """
+    model = model_from_dict({
+        "format": "edgeplan-model/1", "name": "h", "input_bytes": 340997, "layers": [
+            {"name": "L0", "forward": 1.0, "backward": 0.0, "output_bytes": 1, "saved_bytes": 1},
+            {"name": "L1", "forward": 0.0, "backward": 0.0, "output_bytes": 1},
+            {"name": "L2", "forward": 0.0, "backward": 0.0, "output_bytes": 0},
+            {"name": "L3", "forward": 0.0, "backward": 0.0, "output_bytes": 1024000},
+        ]})
+    budget = 2388998
+    assert persistent_optimum(persistent_schedules(model), budget) == 2.0
+    sol = _check(model, budget)
+    assert sol.result.compute == 2.0 and sol.params["grid"] == "exact-fallback"
+    assert sol.result.peak_bytes <= budget

@@ -64,6 +64,8 @@ _MAX_TABLE_BYTES = 4e9
 # float64 tables up to this many cells, float32 above (choices only; the cost
 # reported is always re-summed in float64 along the schedule).
 _F64_CELLS = 20_000_000
+# The exact table dp still builds (in float32) when the rounded grid finds no schedule that fits.
+_FALLBACK_EXACT_CELLS = 80_000_000
 # A rounded grid has at most _WORK / (n^3 / 6) levels at the budget (long
 # chains: 225 at 200 layers), but never fewer than _MIN_GRID.
 _MIN_GRID = 128
@@ -502,8 +504,10 @@ def dp(model, *, budget=None, levels=500, shared=None):
     ops : list of Op
         Forward and backward ops; the registry inserts the frees.
     params : dict
-        ``grid``: ``"none"`` (store-all fits), ``"exact"``, ``"rounded"``, or
-        ``"least-peak"`` (no rounded schedule fitted; the least-peak one did);
+        ``grid``: ``"none"`` (store-all fits), ``"exact"``, ``"rounded"``,
+        ``"exact-fallback"`` (no rounded schedule fitted; a short chain's exact
+        table, in float32, did), or ``"least-peak"`` (none fitted; the
+        least-peak schedule did);
         ``unit_bytes`` and ``levels`` of the grid; ``dp_compute`` and
         ``dp_peak_bytes``: the DP's own cost and peak of the returned schedule
         (exact, equal to the simulator's).
@@ -599,6 +603,15 @@ def dp(model, *, budget=None, levels=500, shared=None):
         found = None
     else:
         found = _rounded_search(z, f, b, avail, levels, params, shared) if avail >= 0 else None
+        if found is None and avail >= 0 and n**3 / 6 * exact_levels <= _WORK and (
+            n * n * exact_levels <= _FALLBACK_EXACT_CELLS
+        ):
+            # Rounding hid every fitting schedule (a budget within bytes of a peak, sizes of a
+            # few bytes beside large ones): a short chain still affords the exact table.
+            tree = _Table(z.scaled(unit, "up"), f, b, exact_levels, np.float32).tree(exact_levels - 1)
+            if tree is not None:
+                found = _tree_peak_cost(tree, z, f, b)[::-1] + (tree,)
+                params.update(grid="exact-fallback", unit_bytes=unit, levels=exact_levels)
     if found is None:
         least, lp_peak, lp_cost = _least_peak(z, f, b, shared)
         if lp_peak > avail:
