@@ -25,6 +25,7 @@ __all__ = [
     "SCHEDULE_FORMAT_PAGING",
     "SCHEDULE_FORMAT_OVERLAP",
     "PAGING_KINDS",
+    "RECORD_KINDS",
     "OpKind",
     "Op",
     "forward",
@@ -63,7 +64,9 @@ class OpKind(Enum):
     PAGEIN_SAVED = "pagein_saved"
 
 
-#: The op kinds that make a schedule an ``edgeplan-schedule/2``.
+#: The op kinds that page a layer's backward record: only in an ``edgeplan-schedule/3``.
+RECORD_KINDS = frozenset({OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED})
+#: The op kinds that make a schedule an ``edgeplan-schedule/2`` (or ``/3``).
 PAGING_KINDS = frozenset(
     {OpKind.PAGEOUT, OpKind.PAGEIN, OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED}
 )
@@ -148,10 +151,15 @@ class Schedule:
 
     @property
     def format(self):
-        """``/3`` with an overlapping storage, ``/2`` with a serial one (paging ops), else ``/1``."""
+        """``/3`` with an overlapping storage or backward records paged, ``/2`` with a serial one, else ``/1``.
+
+        SPEC section 5's ``/2`` stays as it is: the record ops are ``/3``'s alone.
+        """
         if self.storage is None:
             return SCHEDULE_FORMAT
-        return SCHEDULE_FORMAT_OVERLAP if self.storage.overlap else SCHEDULE_FORMAT_PAGING
+        if self.storage.overlap or any(op.kind in RECORD_KINDS for op in self.ops):
+            return SCHEDULE_FORMAT_OVERLAP
+        return SCHEDULE_FORMAT_PAGING
 
     def header(self):
         """Every field of the file but ``ops``, in the order they are written."""
@@ -164,6 +172,8 @@ class Schedule:
         }
         if self.storage is not None:
             head["storage"] = self.storage.to_dict()
+            if head["format"] == SCHEDULE_FORMAT_OVERLAP and not self.storage.overlap:
+                head["storage"]["overlap"] = False  # a /3 storage overlaps unless it says not
         head["predicted"] = self.predicted
         return head
 
@@ -288,11 +298,12 @@ def _schedule_fields(document, source_name):
         if "storage" not in document:
             raise _bad(source_name, f"field 'storage': missing (an {got} names its storage)")
         storage = storage_from_dict(
-            document["storage"], error=ScheduleFormatError, source_name=source_name, overlap=False
+            document["storage"], error=ScheduleFormatError, source_name=source_name,
+            overlap=got == SCHEDULE_FORMAT_OVERLAP,
         )
-        if storage.overlap != (got == SCHEDULE_FORMAT_OVERLAP):
-            raise _bad(source_name, f"field 'storage.overlap': an {got} says "
-                       + ("true" if got == SCHEDULE_FORMAT_OVERLAP else "false or nothing"))
+        if got == SCHEDULE_FORMAT_PAGING and storage.overlap:
+            raise _bad(source_name, f"field 'storage.overlap': an {got} says false or nothing "
+                       f"(transfers beside compute are {SCHEDULE_FORMAT_OVERLAP}'s)")
     info = document.get("model")
     if not isinstance(info, dict):
         raise _bad(source_name, "field 'model': must be an object with 'name' and 'fingerprint'")
@@ -320,6 +331,7 @@ def _schedule_fields(document, source_name):
 def _schedule_ops(document, model, fields, source_name):
     """The ops of ``document`` as a tuple of :class:`Op`, their layer names resolved in ``model``."""
     paging = fields["storage"] is not None
+    records = document.get("format") == SCHEDULE_FORMAT_OVERLAP
     raw_ops = document.get("ops")
     if not isinstance(raw_ops, list):
         raise _bad(source_name, "field 'ops': must be a list of ops")
@@ -330,6 +342,8 @@ def _schedule_ops(document, model, fields, source_name):
             raise _bad(source_name, f"op #{n}: must be an object")
         kind = raw.get("op")
         layer = raw.get("layer")
+        if kind in _RECORD_NAMES and paging and not records:
+            raise _bad(source_name, f"op #{n}: field 'op': {kind} needs format \"{SCHEDULE_FORMAT_OVERLAP}\"")
         if kind not in _OP_NAMES and not (paging and kind in _PAGING_NAMES):
             if kind in _PAGING_NAMES:
                 raise _bad(
@@ -356,7 +370,8 @@ def _schedule_ops(document, model, fields, source_name):
 
 
 _OP_NAMES = ("forward", "backward", "free")
-_PAGING_NAMES = ("pageout", "pagein", "pageout_saved", "drop_saved", "pagein_saved")
+_RECORD_NAMES = ("pageout_saved", "drop_saved", "pagein_saved")
+_PAGING_NAMES = ("pageout", "pagein") + _RECORD_NAMES
 _BY_NAME = {
     "backward": backward,
     "free": free,

@@ -44,6 +44,8 @@ def reference_replay(model_doc, schedule_doc):
     PS = set()  # records (saved data) with a copy on the storage
     paging_formats = ("edgeplan-schedule/2", "edgeplan-schedule/3")
     storage = schedule_doc.get("storage") if schedule_doc.get("format") in paging_formats else None
+    # backward records are paged in an edgeplan-schedule/3 only (SPEC section 5's /2 has output ops alone)
+    records = storage if schedule_doc.get("format") == "edgeplan-schedule/3" else None
     pageouts = pageins = 0
     transfer_s = []
 
@@ -127,7 +129,7 @@ def reference_replay(model_doc, schedule_doc):
             transfer_s.append(
                 storage.get("read_latency_s", 0) + e["output_bytes"] / storage["read_bytes_per_s"]
             )
-        elif op["op"] == "pageout_saved" and storage is not None:
+        elif op["op"] == "pageout_saved" and records is not None:
             if name not in S or name in PS:
                 return {"valid": False, "error": k}
             PS.add(name)
@@ -137,11 +139,11 @@ def reference_replay(model_doc, schedule_doc):
             transfer_s.append(
                 storage.get("write_latency_s", 0) + e["saved_bytes"] / storage["write_bytes_per_s"]
             )
-        elif op["op"] == "drop_saved" and storage is not None:
+        elif op["op"] == "drop_saved" and records is not None:
             if name not in S or name not in PS:
                 return {"valid": False, "error": k}
             S.discard(name)
-        elif op["op"] == "pagein_saved" and storage is not None:
+        elif op["op"] == "pagein_saved" and records is not None:
             if name not in PS or name in S or name in D:
                 return {"valid": False, "error": k}
             S.add(name)
@@ -164,7 +166,7 @@ def reference_replay(model_doc, schedule_doc):
             pageins=pageins,
             overhead=(compute + transfer) / baseline - 1 if baseline > 0 else 0.0,
         )
-        if schedule_doc["format"] == "edgeplan-schedule/3":
+        if schedule_doc["format"] == "edgeplan-schedule/3" and storage.get("overlap", True):
             time = _overlap_time(layers, sink, schedule_doc["ops"], storage, _SECONDS[model_doc["time_unit"]])
             result.update(time=time, overhead=time / baseline - 1 if baseline > 0 else 0.0)
     return result

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from planner.errors import ScheduleFormatError
 from planner.device import Storage
 from planner.model import model_from_dict
 from planner.schedule import (
@@ -123,7 +124,7 @@ def test_record_rules(ops, index, message):
     r = simulate(chain(), ops, storage=STORAGE)
     assert not r.valid and r.error.index == index
     assert message in str(r.error)
-    ref = reference_replay(chain().to_dict(), {"format": "edgeplan-schedule/2", "storage": STORAGE.to_dict(),
+    ref = reference_replay(chain().to_dict(), {"format": "edgeplan-schedule/3", "storage": {**STORAGE.to_dict(), "overlap": False},
                                                "ops": [_op_doc(op) for op in ops]})
     assert not ref["valid"] and ref["error"] == index
 
@@ -240,3 +241,13 @@ def test_insert_frees_places_record_ops_as_reading_no_output():
     ops = insert_frees(chain(), compute)
     assert simulate(chain(), ops, storage=STORAGE).valid
     assert ops.index(free(1)) < ops.index(drop_saved(1))
+
+
+def test_records_are_schedule_3_only_so_that_spec_section_5s_2_stays_as_it_is():
+    doc = document(record_ops(), STORAGE)  # a serial storage
+    assert doc["format"] == "edgeplan-schedule/3" and doc["storage"]["overlap"] is False
+    assert schedule_from_dict(doc, chain()).storage.overlap is False
+    old = {**doc, "format": "edgeplan-schedule/2", "storage": STORAGE.to_dict()}
+    with pytest.raises(ScheduleFormatError, match='pageout_saved needs format "edgeplan-schedule/3"'):
+        schedule_from_dict(old, chain())
+    assert not reference_replay(chain().to_dict(), old)["valid"]
