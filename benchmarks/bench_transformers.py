@@ -32,7 +32,6 @@ import transformers  # noqa: E402
 import tests.models_hf as hf  # noqa: E402
 from benchmarks._docs import markdown_table, publish, stamp  # noqa: E402
 from planner import solvers  # noqa: E402
-from planner.errors import InfeasibleError  # noqa: E402
 from planner.model import model_from_dict  # noqa: E402
 from planner.torch.capture import build_stages  # noqa: E402
 from planner.torch.inputs import make_example  # noqa: E402
@@ -42,16 +41,6 @@ from planner.torch.verify import verify  # noqa: E402
 HEADING = "## Hugging Face models (benchmarks/bench_transformers.py)"
 FAMILIES = ["gpt2", "bert", "llama", "vit", "resnet"]
 FILE = os.path.relpath(hf.__file__, ROOT)
-
-
-def _between(model):
-    full = solvers.solve(model, None, "store-all").result.peak_bytes
-    try:
-        solvers.solve(model, 1, "auto")
-        least = 1
-    except InfeasibleError as exc:
-        least = exc.least_bytes
-    return full, (least + full) // 2
 
 
 def measure(family, mode):
@@ -65,7 +54,7 @@ def measure(family, mode):
     doc = profile_model(getattr(hf, family)(), example, stages=mode, loss="cross_entropy", name=family)
     profile = time.perf_counter() - start
     model = model_from_dict(doc)
-    full, budget = _between(model)
+    full, budget = hf.halfway_budget(model)
     solution = solvers.solve(model, budget, "auto")
     result = verify(getattr(hf, family)(), example, solution.schedule.ops, stages=mode, model=model,
                     predicted=solution.result.peak_bytes, budget=solution.schedule.budget_bytes, steps=2)

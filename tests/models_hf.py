@@ -9,6 +9,9 @@ the capture was not written against.
 
 import torch
 
+from planner import solvers
+from planner.errors import InfeasibleError
+
 BATCH, SEQ, HIDDEN, VOCAB, CLASSES, IMAGE = 2, 16, 32, 64, 3, 32
 
 
@@ -174,3 +177,17 @@ def swin():
 
 def swin_batch():
     return {"pixel_values": _images(12)}, torch.tensor([1, 2])
+
+
+def halfway_budget(model):
+    """``(store-all peak, budget)``: activation bytes halfway between the least that works and store-all's.
+
+    At that budget a schedule recomputes; the tests and benchmarks of these models plan there.
+    """
+    full = solvers.solve(model, None, "store-all").result.peak_bytes
+    try:
+        solvers.solve(model, 1, "auto")
+        least = 1
+    except InfeasibleError as exc:
+        least = exc.least_bytes
+    return full, (least + full) // 2

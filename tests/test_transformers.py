@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import tests.models_hf as hf
 from cli import main
 from planner import solvers
-from planner.errors import InfeasibleError, ModelError
+from planner.errors import ModelError
 from planner.model import load_model
 from planner.schedule import load_schedule
 from planner.torch.capture import build_stages
@@ -34,16 +34,9 @@ def _cli(*args):
 
 
 def _between(model_path):
-    """A budget between the least memory that works and store-all's: the schedule recomputes."""
+    """Whole-step memory for :func:`tests.models_hf.halfway_budget` (parameters and gradients on top)."""
     model = load_model(model_path)
-    full = solvers.solve(model, None, "store-all").result.peak_bytes
-    try:
-        solvers.solve(model, 1, "auto")
-        least = 1
-    except InfeasibleError as exc:
-        least = exc.least_bytes
-    params = sum(layer.params_bytes for layer in model.layers)
-    return 2 * params + (least + full) // 2
+    return 2 * sum(layer.params_bytes for layer in model.layers) + hf.halfway_budget(model)[1]
 
 
 def _profile_solve_verify(tmp_path, family, loss, example):
