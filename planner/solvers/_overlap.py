@@ -10,7 +10,7 @@ records are treated alike: each ``pagein_saved`` moves earlier and each
 ``drop_saved`` later.
 """
 
-from planner.schedule import OpKind
+from planner.schedule import RECORD_KINDS, OpKind
 from planner.simulate import simulate
 
 __all__ = ["overlap"]
@@ -18,11 +18,10 @@ __all__ = ["overlap"]
 #: How far (in ops) one pagein or free is moved at most.
 _REACH = 48
 
-_RECORD_OPS = frozenset({OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED})
 #: The ops of the same layer an output op (False) or a record op (True) is never moved past.
 _FENCES = {
-    False: frozenset(OpKind) - {OpKind.FORWARD} - _RECORD_OPS,
-    True: _RECORD_OPS | {OpKind.BACKWARD},
+    False: frozenset(OpKind) - {OpKind.FORWARD} - RECORD_KINDS,
+    True: RECORD_KINDS | {OpKind.BACKWARD},
 }
 
 
@@ -83,7 +82,7 @@ def _move(model, ops, best, i, step, storage, limit):
         if q < 0 or q > len(rest):
             break
         other = rest[q - 1] if step > 0 else rest[q]
-        if other.layer == op.layer and other.kind in _FENCES[op.kind in _RECORD_OPS]:
+        if other.layer == op.layer and other.kind in _FENCES[op.kind in RECORD_KINDS]:
             break  # never past another op on the same output or record (or its backward)
         trial = rest[:q] + [op] + rest[q:]
         result = simulate(model, trial, storage=storage)

@@ -68,7 +68,7 @@ import os
 
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
-from planner.schedule import OpKind, Schedule, load_schedule
+from planner.schedule import RECORD_KINDS, OpKind, Schedule, load_schedule
 from planner.torch.capture import OWN_LOSS, build_stages, document_output
 from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
 from planner.torch.loss import make_loss, model_loss
@@ -358,7 +358,7 @@ class StepRunner:
                 self._pageout(n, op)
             elif op.kind is OpKind.PAGEIN:
                 self._pagein(n, op)
-            elif op.kind in _RECORD_OPS:
+            elif op.kind in RECORD_KINDS:
                 self._record_op(n, op)
             else:
                 early = self.plan.early_free.get(n)
@@ -603,7 +603,6 @@ def _compiled(stage, backend):
     return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
 
 
-_RECORD_OPS = frozenset({OpKind.PAGEOUT_SAVED, OpKind.DROP_SAVED, OpKind.PAGEIN_SAVED})
 
 
 class _Record:
