@@ -193,3 +193,23 @@ def test_errors():
         dp_paging(random_chain(4, 1), budget=1, storage=storage)
     with pytest.raises(ValueError, match="levels"):
         dp_paging(timed(random_chain(4, 1)), budget=1, storage=storage, levels=1)
+
+
+
+def test_the_least_peak_it_reports_respects_the_storage_capacity():
+    """Found by hypothesis: the least peak came from paging more than the storage holds, and solving
+    at that peak raised a RuntimeError (exit 3) instead of giving a schedule or a true least."""
+    layers = [{"name": f"L{i}", "forward": 0.0, "backward": 0.0, "output_bytes": 0} for i in range(4)]
+    layers += [{"name": "L4", "forward": 0.0, "backward": 0.0, "output_bytes": 51000, "needs_inputs": False,
+                "workspace_forward": 66000},
+               {"name": "L5", "forward": 0.0, "backward": 0.0, "output_bytes": 25000, "needs_inputs": False},
+               {"name": "L6", "forward": 0.0, "backward": 0.0, "output_bytes": 86000},
+               {"name": "L7", "forward": 0.0, "backward": 0.0, "output_bytes": 0, "saved_bytes": 1}]
+    model = model_from_dict({"format": "edgeplan-model/1", "name": "h", "input_bytes": 0, "time_unit": "ms",
+                             "layers": layers})
+    small = Storage(1e6, 1e6, bytes=1000)
+    with pytest.raises(InfeasibleError) as info:
+        solve(model, 0, "dp-paging", storage=small)
+    least = info.value.least_bytes
+    solution = solve(model, least, "dp-paging", storage=small)
+    assert solution.result.peak_bytes <= least

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from planner.device import PRESETS, Storage
 from planner.errors import InfeasibleError, ModelError, NotApplicableError
 from planner.model import model_from_dict
-from planner.schedule import OpKind, schedule_from_dict
+from planner.schedule import RECORD_KINDS, OpKind, schedule_from_dict
 from tests.conftest import schema_errors
 from planner.simulate import simulate
 from planner.solvers import STRATEGIES, applicable, run_all, solve
@@ -41,7 +41,9 @@ def check_solution(model, solution, budget, storage):
     assert solution.schedule.predicted == again.predicted()
     document = json.loads("".join(solution.schedule.iter_json(model)))
     assert schema_errors(document, "schedule.schema.json") == []
-    assert document["format"] == ("edgeplan-schedule/2" if result.pages else "edgeplan-schedule/1")
+    records = any(op.kind in RECORD_KINDS for op in solution.ops)  # SPEC section 5's /2 has no record ops
+    paging = "edgeplan-schedule/3" if records or (storage is not None and storage.overlap) else "edgeplan-schedule/2"
+    assert document["format"] == (paging if result.pages else "edgeplan-schedule/1")
     back = schedule_from_dict(document, model)
     assert back.ops == tuple(solution.ops)
     assert back.storage == (storage if result.pages else None)

@@ -464,6 +464,29 @@ def _solve_mask(model, z, c, avail, levels, params):
     return None, peak
 
 
+def _least_masks(model, z, c, capacity):
+    """Pageable sets to try for the least peak within ``capacity``: the least-peak tree's, cut to fit, and none."""
+    return _capacity_masks(z, _least_peak_tree(z, c), capacity) + [np.zeros(z.n, dtype=bool)]
+
+
+def _least_within(model, z, c, capacity):
+    """The least peak (above ``input_bytes``) of a schedule whose paged outputs fit ``capacity`` (None: any).
+
+    The least-peak tree's when its paged outputs fit; else the least over the
+    sets of :func:`_least_masks` (paging none, ``dp``'s class, always fits).
+    """
+    peak, _, store = _tree_eval(_least_peak_tree(z, c), z, c)
+    if capacity is None or store <= capacity:
+        return peak
+    found = []
+    for mask in _least_masks(model, z, c, capacity):
+        zm = _chain(model, mask)
+        p, _, s = _tree_eval(_least_peak_tree(zm, c), zm, c)
+        if s <= capacity:
+            found.append(p)
+    return min(found)
+
+
 def _capacity_masks(z, tree, capacity):
     """Sets of pageable layers whose outputs fit ``capacity`` together (greedy, two orders)."""
     paged = sorted({node[1] - 1 for node in tree if node[0] == "pg"})
@@ -622,26 +645,27 @@ def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0,
     if budget is None or sa_peak + model.input_bytes <= budget:
         return _finish(model, sa, (sa_cost, sa_peak, 0), params)
     avail = budget - model.input_bytes
-    if avail < 0:
-        lp = _tree_eval(_least_peak_tree(z, c), z, c)[0]
-        raise _infeasible(budget, lp + model.input_bytes)
-    found, least = _solve_mask(model, z, c, avail, levels, params)
     capacity = None if storage is None else getattr(storage, "bytes", None)
+    if avail < 0:
+        raise _infeasible(budget, _least_within(model, z, c, capacity) + model.input_bytes)
+    found, least = _solve_mask(model, z, c, avail, levels, params)
     if found is not None and capacity is not None and found[2] > capacity:
         candidates = []
-        for mask in _capacity_masks(z, found[3], capacity):
+        for mask in _capacity_masks(z, found[3], capacity) + _least_masks(model, z, c, capacity):
             zm = _chain(model, mask)
             sub = dict(params)
             got, _ = _solve_mask(model, zm, c, avail, levels, sub)
             if got is not None and got[2] <= capacity:
                 candidates.append((got, zm, sub))
-        if not candidates:  # pragma: no cover - the empty mask is dp's class, which fitted
-            raise RuntimeError("dp-paging: no schedule within the storage capacity")
+        if not candidates:  # the budget is below the least peak within the capacity
+            raise _infeasible(budget, _least_within(model, z, c, capacity) + model.input_bytes)
         found, z, params = min(candidates, key=lambda x: x[0][0])
         params = dict(params, capacity_restricted=True)
     if params["grid"] == "rounded" or found is None:
         found = _maybe_plain_dp(model, budget, found, weights[0])
     if found is None:
+        if capacity is not None:
+            least = _least_within(model, z, c, capacity)
         raise _infeasible(budget, least + model.input_bytes)
     cost, peak, store, tree = found
     return _finish(model, tree, (cost, peak, store), params)
