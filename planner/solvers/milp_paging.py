@@ -11,7 +11,10 @@ where; the memory of every op is a linear expression in them, counted as the
 simulator counts it with the shared lowering's frees (SPEC sections 3 and 5:
 outputs, saved data, gradients and the fresh ones a backward adds into them,
 holds, workspaces, the sink's output held until its backward).  The objective
-is recomputation plus transfer time.
+is recomputation plus transfer time, or with the objective energy their joules
+(each charged its power), optionally under a time budget: one more row bounds
+the serial step time (compute plus every transfer, never less than the step
+with transfers beside compute).
 """
 
 import time
@@ -35,8 +38,9 @@ _SCIPY_MISSING = "milp-paging needs scipy (HiGHS): pip install edgeplan[milp] (o
 _START_STRATEGIES = ("store-all", "page-all", "dp", "dp-paging", "chen-greedy", "reforward", "revolve", "sqrt-n")
 
 
-def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None):
-    """Least compute-plus-transfer schedule within ``budget``, recomputing and paging.
+def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None,
+                power_w=None, time_budget=None):
+    """Least compute-plus-transfer schedule (or least energy) within ``budget``, recomputing and paging.
 
     Parameters
     ----------
@@ -55,6 +59,13 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     others_least_bytes : int or None, keyword-only
         The least budget another strategy is known to need, reported when
         the time runs out before the least-peak program is solved.
+    power_w : float or None, keyword-only
+        The objective energy: watts while computing; with the storage's
+        ``transfer_power_w`` the program minimises joules.
+    time_budget : float or None, keyword-only
+        The most seconds a step may take: a constraint on the serial step
+        time (compute plus every transfer); schedules above it are never
+        returned.
 
     Returns
     -------
@@ -118,6 +129,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     limit = _check_limit(time_limit)
     deadline = time.perf_counter() + limit
     scale = time_scale(model)
+    weights, cost, slowest = _objective(model, storage, scale, power_w, time_budget)
     n = len(model)
     plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
@@ -125,15 +137,20 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     if budget is None or simulate(model, plain).peak_bytes <= budget:
         return plain, params
     import_highs(_SCIPY_MISSING)
-    starts = _fitting_starts(model, budget, storage, warm_starts)
+    starts = _fitting_starts(model, budget, storage, warm_starts, cost, slowest)
     others_least = others_least_bytes
-    form = _Program(model, storage, scale)
+    form = _Program(model, storage, scale, weights, None if time_budget is None else slowest - model.baseline_compute)
     params["stages"] = n
     best = (starts[0][0], starts[0][1], False, starts[0][2]) if starts else None
     fit = fit_budget(
         form, budget=budget, starts=starts, deadline=deadline, margin=0.1, measure=lambda x: _measure(form, storage, x)
     )
     params["start"] = fit.start
+    if fit.ops is None and fit.status == Status.INFEASIBLE and best is None and time_budget is not None:
+        raise InfeasibleError(
+            f"milp-paging: no schedule fits {budget} bytes of activation memory within the time budget of "
+            f"{time_budget:g} s", least_bytes=None,
+        )
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
         least = _least_peak(form, storage, deadline, others_least)
         raise InfeasibleError(
@@ -141,8 +158,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
             + ("" if least is None else f"; the least it reaches is {least} bytes"),
             least_bytes=least,
         )
-    if fit.ops is not None:
-        total = fit.result.step_time
+    if fit.ops is not None and fit.result.step_time <= slowest:
+        total = cost(fit.result)
         if best is None or total <= best[0] * (1 + 1e-12):
             best = (total, fit.ops, fit.status == Status.OPTIMAL, "milp")
     if best is None:
@@ -154,6 +171,10 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     params["proven_optimal"] = bool(best[2])
     if best[3] != "milp":
         params["kept"] = best[3]
+    if power_w is not None:
+        params["objective"] = "energy"
+    if time_budget is not None:
+        params["time_budget_s"] = time_budget
     ops, _ = overlap(model, best[1], storage, budget)  # a no-op unless transfers overlap compute
     return ops, params
 
@@ -185,8 +206,28 @@ def _check_limit(time_limit):
     return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
-def _fitting_starts(model, budget, storage, warm_starts):
-    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit, best first.
+def _objective(model, storage, scale, power_w, time_budget):
+    """``(weights, cost, slowest)``: the program's weights of compute and transfer time, the cost of a
+    simulation (its step time, or its joules up to a constant factor), and the most step time allowed
+    in the model's unit."""
+    from planner.errors import OptionError
+
+    if time_budget is not None and not (
+        isinstance(time_budget, (int, float)) and not isinstance(time_budget, bool) and time_budget > 0
+    ):
+        raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    slowest = float("inf") if time_budget is None else time_budget * scale * (1 + 1e-9)
+    if power_w is None:
+        return (1.0, 1.0), (lambda result: result.step_time), slowest
+    if not (isinstance(power_w, (int, float)) and power_w > 0) or storage.transfer_power_w is None:
+        raise OptionError("the objective energy needs power_w (watts, > 0) and the storage's transfer_power_w")
+    weights = (float(power_w), float(storage.transfer_power_w))
+    return weights, (lambda result: result.compute * weights[0] + result.transfer * weights[1]), slowest
+
+
+def _fitting_starts(model, budget, storage, warm_starts, cost, slowest):
+    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit (and take at most
+    ``slowest``), least ``cost`` first.
 
     Each is measured again with the sink's output held until its backward
     (SPEC section 3), as the program counts it.
@@ -198,8 +239,8 @@ def _fitting_starts(model, budget, storage, warm_starts):
             continue
         ops = insert_frees(model, offered[name])
         result = simulate(model, ops, storage=storage)
-        if result.valid and result.peak_bytes <= budget:
-            found.append((result.step_time, ops, name))
+        if result.valid and result.peak_bytes <= budget and result.step_time <= slowest:
+            found.append((cost(result), ops, name))
     found.sort(key=lambda item: item[0])
     return found
 
@@ -260,14 +301,15 @@ class _Program:
     :meth:`decode` map schedules to variable values and back.
     """
 
-    def __init__(self, model, storage, scale):
+    def __init__(self, model, storage, scale, weights=(1.0, 1.0), time_cap=None):
         self.model = model
         n = self.n = len(model)
         self.unit = size_unit(model)
         z = self.z = _Sizes.of(model, self.unit)
         self.stage_of = [n - i for i in range(n)]
         self.hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer
-        self.lb, self.ub, self.integ, self.cost = [], [], [], []
+        self.lb, self.ub, self.integ, self.cost, self.time = [], [], [], [], []
+        self.weights = weights
         self.rows, self.lo, self.up, self.mem_rows, self.u_defs = [], [], [], [], []
         self.S, self.R, self.C, self.I, self.O, self.F, self.U = {}, {}, {}, {}, {}, {}, {}
         self._variables(storage, scale)
@@ -275,6 +317,10 @@ class _Program:
         self._stage0_rows()
         for t in range(1, n + 1):
             self._stage_rows(t)
+        if time_cap is not None:  # recomputation plus transfers within the time budget
+            self.rows.append({col: value for col, value in enumerate(self.time) if value})
+            self.lo.append(-np.inf)
+            self.up.append(time_cap)
         self._build()
 
     def _variables(self, storage, scale):
@@ -284,13 +330,13 @@ class _Program:
         for i in range(n):
             for t in range(self.stage_of[i]):
                 self.S[t, i] = self._new()
-            self.O[0, i] = self._new(cost=w_out[i])
+            self.O[0, i] = self._new(transfer=w_out[i])
         for t in range(1, n + 1):
             for i in range(self.hi[t] + 1):
-                self.R[t, i] = self._new(cost=layers[i].forward)
+                self.R[t, i] = self._new(compute=layers[i].forward)
                 self.C[t, i] = self._new()
-                self.I[t, i] = self._new(cost=w_in[i])
-                self.O[t, i] = self._new(cost=w_out[i])
+                self.I[t, i] = self._new(transfer=w_in[i])
+                self.O[t, i] = self._new(transfer=w_out[i])
         self.peak = self._new(integer=False, high=np.inf)
         # The loss reads the sink's output: it stays from its forward to its backward.
         self.lb[self.C[1, z.sink]] = 1.0
@@ -396,11 +442,13 @@ class _Program:
 
     # ---- building ----------------------------------------------------------------------
 
-    def _new(self, *, integer=True, cost=0.0, high=1.0):
+    def _new(self, *, integer=True, compute=0.0, transfer=0.0, high=1.0):
+        """A column; ``compute`` and ``transfer`` are its time (model units), weighted into its cost."""
         self.lb.append(0.0)
         self.ub.append(high)
         self.integ.append(1 if integer else 0)
-        self.cost.append(cost)
+        self.cost.append(compute * self.weights[0] + transfer * self.weights[1])
+        self.time.append(compute + transfer)
         return len(self.lb) - 1
 
     def _row(self, terms, *, low=-np.inf, high=np.inf):
