@@ -673,8 +673,7 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, object
             name for name in applicable(model, storage=storage)
             if name != strategy and not STRATEGIES[name].warm_starts
         ]
-        extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage,
-                                     objective=dataclasses.replace(objective, time_budget_s=None)))
+        extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage, objective=objective))
     solution = _run(model, budget, chosen, options, extra, storage, objective=objective)
     return dataclasses.replace(solution, solve_seconds=time.perf_counter() - started)
 
