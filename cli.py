@@ -301,7 +301,9 @@ def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_n
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
     else:
-        render.sweep_report(out, model, span, points, names=names, best=sweeping.best_overheads(points))
+        energy = goal.kind == "energy"
+        render.sweep_report(out, model, span, points, names=names, energy=energy,
+                            best=sweeping.best_overheads(points, "energy_j" if energy else "overhead"))
         out.file.flush()
     if plot_path:
         err.print(f"wrote {escape(render.clean(plot_path))}")

@@ -239,8 +239,11 @@ def compare_report(out, model, split, rows, *, store_all, paging):
         )
 
 
-def sweep_report(out, model, plan, points, *, names, best):
-    """``edgeplan sweep``'s text: the header, one row per size (``best[size]`` starred), the chart."""
+def sweep_report(out, model, plan, points, *, names, best, energy=False):
+    """``edgeplan sweep``'s text: the header, one row per size (``best[size]`` starred), the chart.
+
+    With ``energy`` (``--objective energy``) the cells are joules and ``best`` the least of them.
+    """
     from planner.plot import text_chart
 
     span, optimizer = plan.span, plan.optimizer
@@ -257,17 +260,20 @@ def sweep_report(out, model, plan, points, *, names, best):
     for size in plan.sizes:
         cells = []
         for p in (p for p in points if p.memory_bytes == size):
+            value = p.energy_j if energy else p.overhead
+            text = joules_text(value) if energy else f"{value:.1%}" if p.feasible else ""
             if not p.feasible:
                 cells.append("[dim]- [/dim]")
-            elif p.overhead == best[size]:
-                cells.append(f"[bold green]{p.overhead:.1%}*[/bold green]")
+            elif value == best[size]:
+                cells.append(f"[bold green]{text}*[/bold green]")
             else:
-                cells.append(f"{p.overhead:.1%} ")
+                cells.append(f"{text} ")
         table.add_row(format_size(size), *cells)
     out.print(table)
     out.print(
-        "overhead = extra compute" + (" and transfer" if plan.storage is not None else "")
-        + " over one forward and one backward per layer; - = does not fit; * = best"
+        ("joules of a step (--objective energy)" if energy else
+         "overhead = extra compute" + (" and transfer" if plan.storage is not None else "")
+         + " over one forward and one backward per layer") + "; - = does not fit; * = best"
     )
     out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
 

@@ -326,11 +326,15 @@ def plan(model, *, low=None, high=None, steps=12, optimizer="sgd", strategies=No
                      shared=shared)
 
 
-def best_overheads(points):
-    """``{memory_bytes: least overhead of a feasible point, or None}`` (transfer included when paging)."""
+def best_overheads(points, field="overhead"):
+    """``{memory_bytes: least overhead of a feasible point, or None}`` (transfer included when paging).
+
+    With ``field="energy_j"`` (``--objective energy``), the least joules instead.
+    """
     best = {}
     for p in points:
         best.setdefault(p.memory_bytes, None)
-        if p.feasible and (best[p.memory_bytes] is None or p.overhead < best[p.memory_bytes]):
-            best[p.memory_bytes] = p.overhead
+        value = getattr(p, field)
+        if p.feasible and value is not None and (best[p.memory_bytes] is None or value < best[p.memory_bytes]):
+            best[p.memory_bytes] = value
     return best

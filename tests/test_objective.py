@@ -229,7 +229,10 @@ def test_compare_and_sweep_show_joules():
     assert r.exit_code == 0, r.output
     pi = PRESETS["rpi4-4gb-sd"]
     seconds = device_time(load_model(FLOP / "resnet18.json"), pi)[0]
+    assert seconds.time_unit == "s"
     for point in json.loads(r.stdout):
         if point["feasible"]:
             assert point["energy_j"] == pytest.approx(point["compute"] * pi.compute.power_w)
-            assert seconds.time_unit == "s"
+    text = run("sweep", FLOP / "resnet18.json", "--device", "rpi4-4gb-sd", "--strategies", "dp", "--sizes", "2",
+               "--objective", "energy")
+    assert " J*" in text.output and "joules of a step (--objective energy)" in text.output
