@@ -206,7 +206,9 @@ def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, p
     return PlanResult(
         success=True,
         message=f"strategy {solution.strategy}: peak {solution.result.peak_bytes:,} bytes of activations, "
-        f"overhead {solution.result.overhead:.1%}",
+        f"overhead {solution.result.overhead:.1%}"
+        + ("" if solution.schedule.predicted.get("energy_j") is None
+           else f", {solution.schedule.predicted['energy_j']:.4g} J a step"),
         split=split, strategy=solution.strategy, params=solution.params, schedule=solution.schedule,
         simulation=solution.result, solution=solution, **found,
     )
