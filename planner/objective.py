@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from planner.device import TIME_UNITS
 from planner.errors import InfeasibleError, OptionError
 
-__all__ = ["OBJECTIVES", "Objective", "TIME", "objective_for"]
+__all__ = ["OBJECTIVES", "Objective", "TIME", "objective_for", "check_time_budget"]
 
 #: The objectives ``--objective`` takes.
 OBJECTIVES = ("time", "energy")
@@ -89,6 +89,12 @@ class Objective:
 TIME = Objective()
 
 
+def check_time_budget(seconds, name="time_budget"):
+    """Raise :class:`OptionError` unless ``seconds`` is a finite number > 0 (``name`` says which argument)."""
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < float("inf")):
+        raise OptionError(f"{name} must be a positive number of seconds, got {seconds!r}")
+
+
 def objective_for(model, device=None, kind="time", *, time_budget=None):
     """The :class:`Objective` of ``model`` (in the device's time already) on ``device``.
 
@@ -109,10 +115,8 @@ def objective_for(model, device=None, kind="time", *, time_budget=None):
     """
     if kind not in OBJECTIVES:
         raise OptionError(f"unknown objective {kind!r}; choose from {', '.join(OBJECTIVES)}")
-    if time_budget is not None and not (
-        isinstance(time_budget, (int, float)) and not isinstance(time_budget, bool) and 0 < time_budget < float("inf")
-    ):
-        raise OptionError(f"--time-budget must be a positive number of seconds, got {time_budget!r}")
+    if time_budget is not None:
+        check_time_budget(time_budget, "--time-budget")
     compute = None if device is None else device.compute
     storage = None if device is None else device.storage
     per_second = TIME_UNITS.get(model.time_unit)

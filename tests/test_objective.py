@@ -97,6 +97,17 @@ def test_the_library_says_the_same():
         plan(model, "300MB", objective="energy")
 
 
+@pytest.mark.parametrize("strategy", ["dp-paging", "page-records", "milp-paging"])
+@pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), "5", True])
+def test_solvers_check_their_time_budget(hot, strategy, seconds):
+    from planner.solvers import STRATEGIES
+
+    model, device = hot
+    solver = STRATEGIES[strategy].load()
+    with pytest.raises(OptionError, match="time_budget must be a positive number of seconds"):
+        solver(load_model(model), budget=5000, storage=load_device(device).storage, time_budget=seconds)
+
+
 # ---- the objective energy never costs more joules than the objective time --------------------------------
 
 

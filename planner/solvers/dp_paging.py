@@ -640,11 +640,10 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     never found, and the recurrence charges transfers serially while the
     budget is on the overlapped step.
     """
-    from planner.errors import OptionError
+    from planner.objective import check_time_budget
     from planner.simulate import simulate
 
-    if not (isinstance(time_budget, (int, float)) and not isinstance(time_budget, bool) and time_budget > 0):
-        raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    check_time_budget(time_budget)
     per_second = time_scale(model)
     limit = time_budget * per_second * (1 + 1e-9)
 

@@ -211,11 +211,10 @@ def _objective(model, storage, scale, power_w, time_budget):
     simulation (its step time, or its joules up to a constant factor), and the most step time allowed
     in the model's unit."""
     from planner.errors import OptionError
+    from planner.objective import check_time_budget
 
-    if time_budget is not None and not (
-        isinstance(time_budget, (int, float)) and not isinstance(time_budget, bool) and time_budget > 0
-    ):
-        raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if time_budget is not None:
+        check_time_budget(time_budget)
     slowest = float("inf") if time_budget is None else time_budget * scale * (1 + 1e-9)
     if power_w is None:
         return (1.0, 1.0), (lambda result: result.step_time), slowest

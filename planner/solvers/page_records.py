@@ -19,6 +19,7 @@ least-energy ones and the plan with the least joules is kept (never more than
 
 from planner.errors import InfeasibleError
 from planner.model import chains_only
+from planner.objective import check_time_budget
 from planner.schedule import OpKind, drop_saved, pagein_saved, pageout_saved
 from planner.simulate import simulate
 from planner.solvers._overlap import overlap
@@ -126,6 +127,8 @@ def dp_page_records(model, *, budget=None, storage, levels=500, power_w=None, ti
         within the time budget).
     """
     check_levels(levels)
+    if time_budget is not None:
+        check_time_budget(time_budget)
     objective = {} if power_w is None else {"power_w": power_w}
     if budget is None:
         ops, params = dp_paging(model, budget=None, storage=storage, levels=levels, time_budget=time_budget,
