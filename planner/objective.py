@@ -14,10 +14,24 @@ from dataclasses import dataclass
 from planner.device import TIME_UNITS
 from planner.errors import InfeasibleError, OptionError
 
-__all__ = ["OBJECTIVES", "Objective", "TIME", "objective_for", "check_time_budget"]
+__all__ = ["OBJECTIVES", "Objective", "TIME", "TimeBudgetError", "objective_for", "check_time_budget"]
 
 #: The objectives ``--objective`` takes.
 OBJECTIVES = ("time", "energy")
+
+
+class TimeBudgetError(InfeasibleError):
+    """A schedule that fits the memory takes longer than the time budget (exit 1).
+
+    Attributes
+    ----------
+    seconds : float
+        Its step's time.
+    """
+
+    def __init__(self, message, *, seconds):
+        super().__init__(message)
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -74,14 +88,15 @@ class Objective:
         return kwargs
 
     def check(self, strategy, result):
-        """Raise :class:`InfeasibleError` when ``result``'s step takes longer than the time budget."""
+        """Raise :class:`TimeBudgetError` when ``result``'s step takes longer than the time budget."""
         if self.time_budget_s is None:
             return
         seconds = self.seconds(result)
         if seconds > self.time_budget_s * (1 + 1e-9):
-            raise InfeasibleError(
+            raise TimeBudgetError(
                 f"strategy {strategy!r} takes {seconds:.6g} s a step, more than the time budget of "
-                f"{self.time_budget_s:g} s"
+                f"{self.time_budget_s:g} s",
+                seconds=seconds,
             )
 
 

@@ -28,7 +28,7 @@ from planner.errors import (
     TooLargeError,
 )
 from planner.lowering import insert_frees
-from planner.objective import TIME
+from planner.objective import TIME, TimeBudgetError
 from planner.schedule import Schedule
 from planner.simulate import simulate
 
@@ -660,9 +660,14 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, object
             return dataclasses.replace(best, solve_seconds=time.perf_counter() - started)
         known = [o.least_bytes for o in outcomes if o.least_bytes is not None]
         least = min(known) if known else None
+        slow = [o.error.seconds for o in outcomes if isinstance(o.error, TimeBudgetError)]
+        if slow:  # the memory is not what is short: no least memory to give
+            raise InfeasibleError(
+                f"no strategy fits {budget} bytes of activation memory within the time budget of "
+                f"{objective.time_budget_s:g} s; the fastest that fits the memory takes {min(slow):.6g} s",
+            )
         raise InfeasibleError(
             f"no strategy fits {budget} bytes of activation memory"
-            + ("" if objective.time_budget_s is None else f" within the time budget of {objective.time_budget_s:g} s")
             + (f"; the least that works is {least} bytes" if least is not None else ""),
             least_bytes=least,
         )

@@ -640,7 +640,7 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     never found, and the recurrence charges transfers serially while the
     budget is on the overlapped step.
     """
-    from planner.objective import check_time_budget
+    from planner.objective import TimeBudgetError, check_time_budget
     from planner.simulate import simulate
 
     check_time_budget(time_budget)
@@ -655,10 +655,10 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     fast_ops, fast_params = _fastest(model, budget, storage, levels)
     fast_ops, fast = measured(fast_ops)
     if fast.step_time > limit:
-        raise InfeasibleError(
+        raise TimeBudgetError(
             f"dp-paging: no schedule found within the time budget of {time_budget:g} s; the fastest that fits "
             f"{budget} bytes takes {fast.step_time / per_second:.6g} s",
-            least_bytes=None,
+            seconds=fast.step_time / per_second,
         )
     if power_w is None:
         return fast_ops, dict(fast_params, time_budget_s=time_budget)
