@@ -249,3 +249,40 @@ def test_compare_and_sweep_show_joules():
     text = run("sweep", FLOP / "resnet18.json", "--device", "rpi4-4gb-sd", "--strategies", "dp", "--sizes", "2",
                "--objective", "energy")
     assert " J*" in text.output and "joules of a step (--objective energy)" in text.output
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dp_paging_time_budget_on_random_chains(seed):
+    """Between the fastest and the least-energy schedule: within the budget, never more joules than the fastest."""
+    import dataclasses
+
+    from planner.simulate import simulate
+    from planner.solvers.dp_paging import dp_paging
+    from planner.synthetic import random_chain
+    from tests.paging_setup import random_storage, timed
+
+    model = timed(random_chain(7, seed), "s")
+    # a transfer draws 10 kW: the least-energy schedule recomputes where the fastest pages (seeds 1, 3-6)
+    storage = dataclasses.replace(random_storage(seed), overlap=bool(seed % 2), transfer_power_w=1e4)
+    top = simulate(model, dp_paging(model, budget=None)[0]).peak_bytes
+    budget = int(top * 0.6)
+
+    def run_(**kwargs):
+        ops, params = dp_paging(model, budget=budget, storage=storage, **kwargs)
+        r = simulate(model, ops, storage=storage)
+        assert r.valid and r.peak_bytes <= budget
+        return r.step_time, r.compute + 1e4 * r.transfer, params
+
+    try:
+        fast = run_()
+    except InfeasibleError:
+        pytest.skip("no schedule of the class fits 60% of store-all")
+    least = run_(power_w=1.0)
+    assert least[1] <= fast[1] * (1 + 1e-9)
+    for seconds in (fast[0], (fast[0] + least[0]) / 2, least[0]):
+        got = run_(power_w=1.0, time_budget=seconds)
+        assert got[0] <= seconds * (1 + 1e-9)
+        assert least[1] * (1 - 1e-9) <= got[1] <= fast[1] * (1 + 1e-9)
+        assert got[2]["time_budget_method"] == ("unconstrained" if least[0] <= seconds * (1 + 1e-9) else "lagrangian")
+    with pytest.raises(InfeasibleError, match="the fastest that fits"):
+        run_(power_w=1.0, time_budget=fast[0] * 0.99)
