@@ -305,6 +305,7 @@ def simulate_report(out, verdict, schedule_path, model):
         f"peak {bytes_text(result.peak_bytes)}, compute {result.compute:.6g} "
         f"(baseline {result.baseline_compute:.6g}, overhead {result.overhead:.1%}), "
         f"{result.forwards} forwards{escape(paging_text(result, model))}"
+        + (f", {joules_text(verdict.energy_j)} a step" if verdict.energy_j is not None else "")
     )
     if verdict.ok:
         out.print("[green]valid[/green]" + (" and fits" if verdict.split is not None else ""))

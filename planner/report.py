@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
-from planner.device import device_time, load_device
+from planner.device import TIME_UNITS, device_time, load_device
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
-from planner.objective import TIME
+from planner.objective import TIME, Objective
 from planner.sizes import format_size
 
 __all__ = [
@@ -182,6 +182,10 @@ class Verdict:
         The schedule is valid and its peak fits ``split``'s activation budget (None without one).
     problems : tuple of str
         Empty when the schedule is valid, for this model, and fits.
+    energy_j : float or None
+        The replay's joules, from the schedule's ``power_w`` and its storage's
+        ``transfer_power_w`` (docs/format.md, "Energy in a schedule"), when it
+        has them and the model is timed in seconds.
     """
 
     schedule: object
@@ -190,6 +194,7 @@ class Verdict:
     split: object
     fits: object
     problems: tuple
+    energy_j: float = None
 
     @property
     def ok(self):
@@ -215,6 +220,8 @@ class Verdict:
             doc["memory_bytes"] = self.split.memory_bytes
             doc["budget_bytes"] = self.split.activation_bytes
             doc["fits"] = self.fits
+        if self.energy_j is not None:
+            doc["energy_j"] = self.energy_j
         if not result.valid:
             doc["error"] = str(result.error)
         if self.problems:
@@ -253,8 +260,13 @@ def check_schedule(model, schedule, *, memory=None, optimizer="sgd", timeline=Fa
                 f"peak {result.peak_bytes:,} bytes does not fit the activation budget of "
                 f"{split.activation_bytes:,} bytes (memory {memory:,} minus fixed {split.fixed_bytes:,})"
             )
+    energy = None
+    if result.valid and schedule.power_w is not None:
+        storage = schedule.storage
+        energy = Objective(power_w=schedule.power_w, per_second=TIME_UNITS.get(model.time_unit),
+                           transfer_power_w=None if storage is None else storage.transfer_power_w).energy(result)
     return Verdict(schedule=schedule, result=result, fingerprint_matches=matches, split=split, fits=fits,
-                   problems=tuple(problems))
+                   problems=tuple(problems), energy_j=energy)
 
 
 def mismatch_fields(exc):

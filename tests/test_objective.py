@@ -207,6 +207,9 @@ def test_predicted_energy_is_step_energy_and_the_reference_replays_it(device, st
     again = load_schedule(path, r.model)
     assert again.power_w == dev.compute.power_w and again.predicted == r.schedule.predicted
     assert again.format == r.schedule.format
+    shown = run("simulate", FLOP / "resnet18.json", path, "--device", device, "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["energy_j"] == pytest.approx(doc["predicted"]["energy_j"], rel=1e-9)
 
 
 def test_schedules_without_power_figures_have_no_joules_and_old_files_still_read(tmp_path):
