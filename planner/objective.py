@@ -75,8 +75,15 @@ class Objective:
         return joules
 
     def key(self, result):
-        """What ranks schedules: joules with the objective energy, else the step's time."""
-        return self.energy(result) if self.kind == "energy" else result.step_time
+        """What ranks schedules: joules with the objective energy, else the step's time.
+
+        A schedule whose joules cannot be computed ranks last (:func:`objective_for`
+        refuses the objective energy without the figures).
+        """
+        if self.kind != "energy":
+            return result.step_time
+        joules = self.energy(result)
+        return float("inf") if joules is None else joules
 
     def solver_kwargs(self):
         """The keywords of a strategy that searches under the objective (``power_w``, ``time_budget``)."""
