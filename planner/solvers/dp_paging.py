@@ -44,7 +44,7 @@ o / write_bytes_per_s``, a pagein ``read_latency_s + o / read_bytes_per_s``,
 converted to the model's ``time_unit``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -667,9 +667,11 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     # bound of what it costs on a copy engine.  Plan with the transfers charged at
     # 1, 1/2, 1/4 and 0 of their time, overlap each schedule (pageins earlier,
     # frees after pageouts later), and keep the fastest on the device's timeline.
-    best = None
+    best, seen = None, set()
     for share in _TRANSFER_SHARES:
         ops, params = _dp_paging(model, budget, storage, levels, share)
+        if _cannot_beat(model, ops, storage, best, seen):
+            continue
         ops, result = overlap(model, ops, storage, budget)
         if best is None or result.step_time < best[1].step_time:
             best = (ops, result, dict(params, transfer_share=share))
@@ -680,6 +682,25 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
 
 
 _TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
+
+
+def _cannot_beat(model, ops, storage, best, seen):
+    """Whether overlapping ``ops`` cannot give a step faster than ``best``'s (then skipped).
+
+    A schedule already overlapped (``seen``, by its ops) gives the same step
+    again; no overlap makes a step shorter than its compute or its transfers
+    (planner.timing), which the overlap pass does not change.
+    """
+    key = tuple(ops)
+    if key in seen:
+        return True
+    seen.add(key)
+    if best is None:
+        return False
+    from planner.simulate import simulate
+
+    serial = simulate(model, ops, storage=replace(storage, overlap=False))
+    return max(serial.compute, serial.transfer) >= best[1].step_time
 
 
 def _energy_weights(model, storage, power_w):
