@@ -238,8 +238,9 @@ class _Table:
     of one cell with the same arithmetic.
     """
 
-    def __init__(self, z, c, width):
+    def __init__(self, z, c, width, repeats=None):
         self.z, self.c, self.W = z, c, width
+        self.repeats = _repeats(_layer_ids(z, c), z.n) if repeats is None else repeats
         n = z.n
         self.page_any = any(z.can_page(s) for s in range(n))
         self.fsum = np.concatenate(([0.0], np.cumsum(c.f)))
@@ -275,7 +276,7 @@ class _Table:
         ad, a_s, am = S.strides[1:]
         biggest = max(k * (n - k) for k in range(n)) * W
         scratch = (np.empty(biggest), np.empty(biggest))  # reused: fresh arrays cost page faults
-        for k, cls, reps in _repeats(_layer_ids(z, c), n):
+        for k, cls, reps in self.repeats:
             L = n - k
             # One row per class of equal segments; the others are copied from it.
             full = len(reps) == L
@@ -420,13 +421,16 @@ def _repeats(ids, n):
     recurrence reads is then the same.  ``cls[s]`` is the class of ``s``,
     ``reps`` the first ``s`` of each class (increasing).
     """
-    before = np.concatenate(([-1], ids[:-1]))
-    cls, out = None, []
+    ids = np.asarray(ids, dtype=np.int64)
+    base = int(ids.max()) + 2 if len(ids) else 1
+    cls = np.concatenate(([-1], ids[:-1])) + 1  # the layer before s (0: the input)
+    out = []
     for k in range(n):
         L = n - k
-        pairs = np.stack((before[:L] if k == 0 else cls[:L], ids[k:]), axis=1)
-        _, first, cls = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+        # (class of (s, t - 1), layer t) as one integer; fewer than n classes each
+        _, first, cls = np.unique(cls[:L] * base + ids[k:], return_index=True, return_inverse=True)
         cls = cls.reshape(-1)
+        base = max(base, n + 1)
         order = np.argsort(first)  # classes numbered by their first segment
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
@@ -496,10 +500,11 @@ def _grid_solve(model, z, c, avail, levels, params):
     cells = 3 * n * (n + 1) / 2
     # Steps per memory level: three modes x the splits of every distinct segment
     # (n^3 / 2 without repeated layers).
-    steps = 3 * sum(k * len(reps) for k, _, reps in _repeats(_layer_ids(z, c), n))
+    repeats = _repeats(_layer_ids(z, c), n)  # equal in bytes: equal on any grid
+    steps = 3 * sum(k * len(reps) for k, _, reps in repeats)
     if cells * width * 20 <= _EXACT_TABLE_BYTES and steps * width <= _WORK:
         params.update(grid="exact", unit_bytes=unit, levels=width)
-        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+        tree = _Table(z.scaled(unit), c, width, repeats).tree(width - 1)
     else:
         # Rounded up: every size is overestimated, so a schedule of the table fits.
         grid = levels
@@ -517,7 +522,7 @@ def _grid_solve(model, z, c, avail, levels, params):
         unit = max(1, -(-avail // grid), unit)
         width = avail // unit + 1
         params.update(grid="rounded", unit_bytes=unit, levels=width)
-        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+        tree = _Table(z.scaled(unit), c, width, repeats).tree(width - 1)
     if tree is None:
         return None
     peak, cost, store = _tree_eval(tree, z, c)
@@ -617,7 +622,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     NotApplicableError
         The model is not a chain.
     TooLargeError
-        The chain is too long for the table (above about 310 layers).
+        The chain is too long for the table (above about 310 layers without repeated layers).
     InfeasibleError
         No schedule of the class fits; ``least_bytes`` is the class's exact
         least peak (with paging).
@@ -629,9 +634,9 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     Notes
     -----
     The recurrence (module docstring) over ``C(s, t, mode, m)`` for ``m`` on a
-    memory grid: the exact byte grid (sizes divided by their gcd) when it has
-    at most 4e6 cells and 2e8 steps, the schedule then being optimal over the
-    class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
+    memory grid: the exact byte grid (sizes divided by their gcd) when its
+    table takes at most 0.5 GB and 2e8 steps, the schedule then being optimal
+    over the class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
     (``L = levels``, doubled while the limits allow, halved down to 64 while
     the table would take more than 1e9 steps or 1.5 GB), so every schedule the
     table returns fits, and ``dp``'s own answer is taken when it is cheaper,
@@ -643,8 +648,17 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     O(n^3 x levels) time (three modes, two options per split), filled one
     diagonal ``t - s`` at a time, vectorised with numpy over ``s``, the split
     and the memory axis (an O(n) loop of array operations); O(n^2 x levels)
-    memory.  About 0.15 s on a 100-layer uniform chain (exact grid) and 7 s
-    of CPU on 300 layers (62 levels), 2026-12-07 on a loaded 2-core x86.
+    memory.  Segments whose layers ``s - 1..t`` equal another's one by one
+    (repeated layers: a uniform chain, repeated blocks) are solved once per
+    diagonal and copied, so a chain of equal layers takes O(n^2 x levels).
+    With transfers beside compute, four tables (the transfer shares) and the
+    overlap pass for each distinct schedule that could still beat the best.
+    CPU seconds on a uniform chain with the ``rpi4-4gb-sd`` storage at 30-50%
+    of store-all (exact grid), transfers beside compute: 0.27-0.38 s on 100
+    layers, 2.2-2.7 s on 300 (serial: 0.04-0.06 s and 0.5-0.9 s; before
+    these changes 2.7-4.1 s and 25-28 s), 2026-12-08 on a shared 2-core x86;
+    a 100-layer random chain (500 rounded levels, no repeated layers) about
+    1.8 s serial.
 
     References
     ----------
