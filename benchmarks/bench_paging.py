@@ -30,6 +30,12 @@ store-all, dp, page-all, dp-paging, page-records (backward records paged
 too), dp-paging and page-records with the objective energy (``--objective
 energy``) and milp-paging side by side: peak, step time and joules.  It replaces the section
 "## Paging on the device's own speed" of docs/benchmarks.md.
+
+``--timing`` measures instead how long ``dp-paging`` takes (CPU seconds, one
+thread): uniform chains (``planner.synthetic.uniform_chain``, in ms) of 100,
+200 and 300 layers and a random chain of 100, with ``rpi4-4gb-sd``'s storage
+(transfers beside compute, as the preset has them, and serial), at 30% and
+50% of store-all.  It replaces the section "## dp-paging solve time".
 """
 
 import argparse
@@ -243,6 +249,49 @@ def device_speed(args):
         write_section(DEVICE_SPEED, text, DOC)
 
 
+TIMING_SECTION = "## dp-paging solve time"
+
+
+def timing(args):
+    """dp-paging's CPU seconds on uniform and random chains with the Pi's storage (``--timing``)."""
+    import dataclasses
+    import time
+
+    from planner.synthetic import random_chain, uniform_chain
+
+    def timed(model):
+        doc = model.to_dict()
+        doc["time_unit"] = "ms"
+        return model_from_dict(doc)
+
+    chains = [(f"uniform, {n} layers", timed(uniform_chain(n))) for n in (100, 200, 300)]
+    chains.append(("random (seed 5), 100 layers", timed(random_chain(100, 5))))
+    preset = PRESETS["rpi4-4gb-sd"].storage
+    rows = []
+    for label, model in chains:
+        top = store_all_peak(model)
+        cells = [label]
+        for overlap in (True, False):
+            storage = dataclasses.replace(preset, overlap=overlap)
+            for frac in (0.3, 0.5):
+                start = time.process_time()
+                _, params = dp_paging(model, budget=int(top * frac), storage=storage)
+                seconds = time.process_time() - start
+                cells.append(f"{seconds:.2f} ({params['grid']}, {params['levels']})")
+        rows.append("| " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    text = (
+        f"Run {stamp()} with `python benchmarks/bench_paging.py --timing` on {platform.machine()} "
+        f"(Python {platform.python_version()}, one thread, a machine shared with other jobs): CPU seconds "
+        "of `dp_paging` with rpi4-4gb-sd's storage at 30% and 50% of store-all, and in brackets its grid "
+        "and levels. Targets (issue 21): at most 0.5 s on 100 layers, 5 s on 300.\n\n"
+        "| chain | copy engine, 30% | copy engine, 50% | serial, 30% | serial, 50% |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+    if not args.no_write:
+        write_section(TIMING_SECTION, text, DOC)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device-speed", action="store_true",
@@ -250,10 +299,13 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=10.0, help="milp-paging's limit (--device-speed)")
     parser.add_argument("--devices", nargs="+", default=["rpi4-4gb-sd", "jetson-tx2-8gb"])
     parser.add_argument("--no-slowdown", dest="slowdown", action="store_false", help="skip the slowdown what-if")
+    parser.add_argument("--timing", action="store_true", help="dp-paging's solve time on 100-300 layer chains")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.device_speed:
         return device_speed(args)
+    if args.timing:
+        return timing(args)
     lines, notes, summary, sens = [], [], [], []
     for path in MODELS:
         if not path.exists():

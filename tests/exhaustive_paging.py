@@ -6,6 +6,14 @@
   ``Solve(s, s'-1)``; see :mod:`planner.solvers.dp_paging`), lowers each with
   the shared :func:`planner.lowering.insert_frees` (the sink's output held until
   its backward) and measures it with the simulator.
+* :func:`overlap_class_schedules` is the same class with transfers beside
+  compute (``edgeplan-schedule/3``, a storage with ``overlap``): each schedule
+  of :func:`class_schedules` with every pagein issued at any earlier place and
+  every free that follows a pageout of its output at any later place (never
+  past another op on the same output), in every order among themselves, each
+  measured by the simulator on the device's timeline (its step's time).  The
+  greedy of :func:`planner.solvers._overlap.overlap` picks one member per
+  schedule; this enumerates all of them.
 * :func:`optimal_schedule` is a Dijkstra search over ALL valid schedules: the
   states are the simulator's sets ``A`` (outputs in memory), ``S`` (saved
   data), ``P`` (paged copies) and ``D`` (backwards done); every forward (with
@@ -19,12 +27,14 @@
 unrestricted optimum beats the class optimum on random chains.
 """
 
+import itertools
+
 from planner.lowering import insert_frees
 from planner.schedule import OpKind, backward, forward, free, pagein, pageout
 from planner.simulate import simulate
 from tests.exhaustive import search_all_schedules
 
-__all__ = ["class_schedules", "class_optimum", "optimal_schedule", "lower_holding_sink"]
+__all__ = ["class_schedules", "class_optimum", "overlap_class_schedules", "optimal_schedule", "lower_holding_sink"]
 
 _R, _N, _P = "released", "pinned", "paged"
 
@@ -73,6 +83,70 @@ def class_schedules(model, storage):
         assert sim.valid, sim.error
         result.append((sim.peak_bytes, sim.compute + sim.transfer, ops))
     return result
+
+
+def overlap_class_schedules(model, storage):
+    """Every schedule of the class with its transfers moved for the copy engine.
+
+    Returns
+    -------
+    list of (peak_bytes, step_time, ops)
+        The valid ones, measured with ``storage`` (whose ``overlap`` should be
+        true; ``step_time`` is then the device's timeline).  The schedules of
+        :func:`class_schedules` are among them (nothing moved).
+    """
+    result, seen = [], set()
+    for _, _, ops in class_schedules(model, storage):
+        for variant in _transfer_placements(ops):
+            if variant in seen:
+                continue
+            seen.add(variant)
+            sim = simulate(model, variant, storage=storage)
+            if sim.valid:
+                result.append((sim.peak_bytes, sim.step_time, variant))
+    return result
+
+
+def _transfer_placements(ops):
+    """``ops`` with each pagein anywhere earlier and each free after a pageout anywhere later (tuples).
+
+    A moved op never passes another op on the same output; the moved ops take
+    every order among themselves where their ranges meet.
+    """
+    moved, fixed, paged = [], [], set()
+    for op in ops:
+        if op.kind is OpKind.PAGEOUT:
+            paged.add(op.layer)
+        if op.kind is OpKind.PAGEIN or (op.kind is OpKind.FREE and op.layer in paged):
+            paged.discard(op.layer)
+            moved.append((op, len(fixed)))  # its place: before fixed[len(fixed)]
+        else:
+            fixed.append(op)
+    ranges = []  # slots (before fixed[k]; k = len(fixed): at the end) each moved op may take
+    for op, slot in moved:
+        same = [k for k, other in enumerate(fixed) if other.layer == op.layer]
+        if op.kind is OpKind.PAGEIN:
+            lo = max([k + 1 for k in same if k < slot], default=0)
+            ranges.append((lo, slot))
+        else:
+            hi = min([k for k in same if k >= slot], default=len(fixed))
+            ranges.append((slot, hi))
+
+    def walk(k, left, prefix):
+        if k > len(fixed):
+            yield tuple(prefix)
+            return
+        here = [m for m in left if ranges[m][0] <= k]
+        due = [m for m in here if ranges[m][1] == k]
+        for size in range(len(due), len(here) + 1):
+            for chosen in itertools.permutations(here, size):
+                if not set(due) <= set(chosen):
+                    continue
+                rest = [m for m in left if m not in chosen]
+                tail = prefix + [moved[m][0] for m in chosen] + ([fixed[k]] if k < len(fixed) else [])
+                yield from walk(k + 1, rest, tail)
+
+    yield from walk(0, list(range(len(moved))), [])
 
 
 def class_optimum(schedules, budget):
@@ -158,6 +232,36 @@ def compare_unrestricted(cases, *, every=1):
     return stats
 
 
+def compare_overlap(cases):
+    """How ``dp-paging`` with transfers beside compute compares with its class's brute force.
+
+    Returns
+    -------
+    dict
+        ``budgets`` compared (every distinct peak of
+        :func:`overlap_class_schedules`), ``equal`` (dp-paging's step equals
+        the class optimum's) and ``gaps`` (``dp-paging / optimum - 1`` where not).
+    """
+    from dataclasses import replace
+
+    from planner.solvers.dp_paging import dp_paging
+
+    stats = {"budgets": 0, "equal": 0, "gaps": []}
+    for model, storage in cases:
+        storage = replace(storage, overlap=True)
+        schedules = overlap_class_schedules(model, storage)
+        for budget in sorted({peak for peak, _, _ in schedules}):
+            best = min(step for peak, step, _ in schedules if peak <= budget)
+            ops, _ = dp_paging(model, budget=budget, storage=storage)
+            step = simulate(model, ops, storage=storage).step_time
+            stats["budgets"] += 1
+            if step <= best * (1 + 1e-9):
+                stats["equal"] += 1
+            else:
+                stats["gaps"].append(step / best - 1)
+    return stats
+
+
 def _random_cases(sizes, seed):
     """Random timed chains with random storage figures (as the tests draw them)."""
     import numpy as np
@@ -183,6 +287,18 @@ if __name__ == "__main__":  # pragma: no cover - a report, run by hand
     import sys
 
     # python -m tests.exhaustive_paging [CHAINS_OF_6 [EVERY [SEED]]]
+    # python -m tests.exhaustive_paging --overlap [CHAINS [SEED]]: transfers beside compute
+    if sys.argv[1:2] == ["--overlap"]:
+        count, seed = ([int(a) for a in sys.argv[2:]] + [24, 7][len(sys.argv) - 2 :])[:2]
+        s = compare_overlap(_random_cases([3, 4] * (count // 2), seed))
+        gaps = s["gaps"]
+        print(
+            f"{count} chains of 3-4 layers (seed {seed}), {s['budgets']} budgets: dp-paging equals the "
+            f"brute-force optimum of its class with transfers beside compute at {s['equal']}; slower at "
+            f"{len(gaps)}, by {100 * (sum(gaps) / len(gaps) if gaps else 0):.2f}% on average, "
+            f"{100 * max(gaps, default=0):.2f}% at most"
+        )
+        sys.exit(0)
     args = [int(a) for a in sys.argv[1:]] + [8, 3, 7][len(sys.argv) - 1 :]
     for label, sizes, every in (("n=3..5", [3, 4, 5] * 8, 1), ("n=6", [6] * args[0], args[1])):
         if not sizes:

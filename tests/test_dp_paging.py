@@ -213,3 +213,34 @@ def test_the_least_peak_it_reports_respects_the_storage_capacity():
     least = info.value.least_bytes
     solution = solve(model, least, "dp-paging", storage=small)
     assert solution.result.peak_bytes <= least
+
+
+@settings(max_examples=examples(8), deadline=None)
+@given(n=st.integers(3, 4), seed=st.integers(0, 10**6))
+def test_with_transfers_beside_compute_against_brute_force_of_its_class(n, seed):
+    """/3, overlap true: dp-paging's schedule is a member of its class with transfers moved for the
+    copy engine (so never faster than that class's brute-force optimum), never slower than the
+    serial optimum's schedule replayed on the copy engine, and its least peak is the class's."""
+    import dataclasses
+
+    from tests.exhaustive_paging import overlap_class_schedules
+
+    model = timed(random_chain(n, seed))
+    storage = dataclasses.replace(_storage(seed), overlap=True)
+    schedules = overlap_class_schedules(model, storage)
+    members = {ops for _, _, ops in schedules}
+    serial_storage = dataclasses.replace(storage, overlap=False)
+    peaks = sorted({peak for peak, _, _ in schedules})
+    for budget in peaks[:: max(1, len(peaks) // 6)]:
+        ops, params = dp_paging(model, budget=budget, storage=storage)
+        result = simulate(model, ops, storage=storage)
+        assert result.valid and result.peak_bytes <= budget
+        assert tuple(ops) in members
+        best = min(step for peak, step, _ in schedules if peak <= budget)
+        assert result.step_time >= best * (1 - 1e-12)
+        serial, _ = dp_paging(model, budget=budget, storage=serial_storage)
+        assert result.step_time <= simulate(model, serial, storage=storage).step_time * (1 + 1e-12)
+        assert params["dp_cost"] == result.step_time
+    with pytest.raises(InfeasibleError) as info:
+        dp_paging(model, budget=peaks[0] - 1, storage=storage)
+    assert info.value.least_bytes == peaks[0]

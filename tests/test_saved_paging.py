@@ -17,6 +17,7 @@ from planner.schedule import (
     forward,
     free,
     pagein_saved,
+    pageout,
     pageout_saved,
     schedule_from_dict,
 )
@@ -224,6 +225,40 @@ def test_page_records_on_random_chains_is_never_slower_than_dp_paging_and_often_
         assert records.result.step_time <= plain.result.step_time * (1 + 1e-12)
         faster += records.result.step_time < plain.result.step_time * 0.99 and bool(records.params["records"])
     assert faster >= 6
+
+
+def _pinning_chain():
+    """Five layers whose backwards read their own output (4000 bytes; records of 1000)."""
+    layers = [{"name": f"L{i}", "forward": 10.0, "backward": 20.0, "output_bytes": 4000, "saved_bytes": 1000,
+               "needs_output": True, "needs_inputs": False} for i in range(5)]
+    return model_from_dict({"format": "edgeplan-model/1", "name": "pins", "input_bytes": 0, "time_unit": "ms",
+                            "layers": layers})
+
+
+def test_page_records_pages_the_outputs_its_records_pin():
+    """Missing before (issue 21): with a record paged out, the output it pinned stayed in memory from
+    its forward to its backward, so store-all's order with every record paged still held all five
+    outputs at the sink's backward (more than 20,000 bytes) and did not fit 14,000 bytes. Paged out
+    as well once its record is, it fits without recomputation."""
+    from planner.solvers import solve
+    from planner.solvers._overlap import overlap
+    from planner.solvers.page_records import page_records
+
+    m, budget = _pinning_chain(), 14000
+    store_all = solve(m, None, "store-all").ops
+    _, records_only = page_records(m, store_all, OVERLAP, budget, outputs=False)
+    assert records_only.valid and records_only.peak_bytes > 20000
+    ops, r = page_records(m, store_all, OVERLAP, budget)
+    assert r.valid and r.peak_bytes <= budget and r.forwards == len(m.layers)
+    dropped = [ops.index(drop_saved(i)) for i in range(4)]
+    assert all(ops.index(pageout(i)) > dropped[i] or ops.index(free(i)) > dropped[i] for i in range(4))
+    assert any(pageout(i) in ops for i in range(4))
+    schedule = Schedule("pins", m.fingerprint, "hand", tuple(ops), predicted=r.predicted(), storage=OVERLAP)
+    ref = reference_replay(m.to_dict(), json.loads("".join(schedule.iter_json(m))))
+    assert ref["valid"] and ref["peak_bytes"] == r.peak_bytes and ref["time"] == pytest.approx(r.time)
+    _, fast = overlap(m, ops, OVERLAP, budget)  # as page-records runs it on the copy engine
+    assert fast.peak_bytes <= budget
+    assert fast.step_time < solve(m, budget, "dp-paging", storage=OVERLAP).result.step_time
 
 
 def test_insert_frees_places_record_ops_as_reading_no_output():

@@ -44,7 +44,7 @@ o / write_bytes_per_s``, a pagein ``read_latency_s + o / read_bytes_per_s``,
 converted to the model's ``time_unit``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -59,14 +59,19 @@ from planner.solvers._persistent import build_tree, store_all_tree, tree_ops
 
 __all__ = ["dp_paging", "transfer_costs"]
 
-# Exact byte grid when the tables have at most _EXACT_CELLS cells and the work
-# (n^3 / 6 x levels x 3 modes) is at most _WORK; a rounded grid is refined
-# (x2 at a time) within the same limits.
+# Exact byte grid when the table takes at most _EXACT_TABLE_BYTES and the work
+# (n^3 / 6 x levels x 3 modes without repeated layers, see _repeats) is at most
+# _WORK; a rounded grid is refined (x2 at a time) up to _EXACT_CELLS cells.
 _EXACT_CELLS = 4_000_000
+_EXACT_TABLE_BYTES = 5e8
 _WORK = 2e8
 _MAX_WORK = 1e9  # about 45 s of numpy
 _MAX_TABLE_BYTES = 1.5e9
 _MIN_LEVELS = 64
+#: Relative slack of :meth:`_Table._choice` (sums of the same terms in another order).
+_TIE = 1e-12
+#: Below this many cells per split, :func:`_split_min` takes all splits in one call.
+_SMALL = 4096
 _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
@@ -233,8 +238,9 @@ class _Table:
     of one cell with the same arithmetic.
     """
 
-    def __init__(self, z, c, width):
+    def __init__(self, z, c, width, repeats=None):
         self.z, self.c, self.W = z, c, width
+        self.repeats = _repeats(_layer_ids(z, c), z.n) if repeats is None else repeats
         n = z.n
         self.page_any = any(z.can_page(s) for s in range(n))
         self.fsum = np.concatenate(([0.0], np.cumsum(c.f)))
@@ -270,25 +276,40 @@ class _Table:
         ad, a_s, am = S.strides[1:]
         biggest = max(k * (n - k) for k in range(n)) * W
         scratch = (np.empty(biggest), np.empty(biggest))  # reused: fresh arrays cost page faults
-        for k in range(n):
+        for k, cls, reps in self.repeats:
             L = n - k
-            s = np.arange(L)
+            # One row per class of equal segments; the others are copied from it.
+            full = len(reps) == L
+            s = np.arange(L) if full else reps
             t = s + k
             if k > 0:
-                sub = S[sub_mode[:L], k - 1, s + 1]  # Solve(s + 1, t) in F_all's sub mode, (L, W)
+                sub = S[sub_mode[s], k - 1, s + 1]  # Solve(s + 1, t) in F_all's sub mode, (R, W)
                 # rights[j, s] = Solve(s + 1 + j, t): diagonal k - 1 - j, from s + 1 + j
                 rights = as_strided(S[RELEASED, k - 1, 1:], (k, L, W), (a_s - ad, a_s, am))
-                shifted = _shift_rows(rights, p[:L], scratch[1][: k * L * W].reshape(k, L, W))
-                work = scratch[0][: k * L * W].reshape(k, L, W)
-                ck_allowed = _allowed(self.ckp[:L, :k] + g[t][:, None], W)
-                pg_allowed = _allowed(self.pgp[:L, :k] + g[t][:, None], W)
+                if not full:
+                    rights = rights[:, reps]
+                cells = k * len(s) * W
+                shifted = _shift_rows(rights, p[s], scratch[1][:cells].reshape(k, len(s), W))
+                work = scratch[0][:cells].reshape(k, len(s), W)
+                ck_allowed = _allowed(self.ckp[s, :k] + g[t][:, None], W)
                 base = fsum[t + 1] + fsum[s]  # both shifts, subtracted from a split's sum
+                shift = (fsum[t + 1] - base)[:, None]
+                if self.page_any:
+                    # F_pg's splits are the same in the released and the paged mode (its
+                    # left parts are paged either way); only the pageout's cost differs.
+                    pg_rows = np.flatnonzero(pageable[s])
+                    pg_best = np.full((len(s), W), np.inf)
+                    if len(pg_rows):
+                        q = _rows(pg_rows, len(s))
+                        pg_allowed = _allowed(self.pgp[s[q], :k] + g[t[q]][:, None], W)
+                        lefts = S[PAGED][:k, _rows(s[q], L)]
+                        pg_best[q] = _split_min(rights[:, q], lefts, work, pg_allowed) + shift[q]
             for mode in modes:
-                rows = np.flatnonzero(needed[mode][:L])
+                rows = np.flatnonzero(needed[mode][s])
                 if len(rows) == 0:
                     continue
-                r = slice(0, L) if len(rows) == L else rows
-                sr, pr = s[r], p[:L][r]
+                r = _rows(rows, len(s))
+                sr, pr = s[r], p[s][r]
                 h = pr if mode == PINNED else np.where(z.ni[sr], pr, 0)
                 need_f = pr + g[t][r] + o[sr] + sv[sr] + wf[sr]
                 need_b = h + sv[sr] + np.where(z.no[sr], o[sr], 0) + o[sr] + pr + wb[sr]
@@ -300,17 +321,19 @@ class _Table:
                 else:
                     idx = np.clip(cols[None, :] - off[:, None], 0, W - 1)
                     row = np.where(ok, fb[sr][:, None] + np.take_along_axis(sub[r], idx, axis=1), np.inf)
-                    lefts = S[mode][:k, r]  # lefts[j, s] = Solve(s, s + j)
-                    shift = (fsum[t + 1] - base)[r][:, None]
-                    best = _split_min(shifted[:, r], lefts, work, ck_allowed[r]) + shift
+                    lefts = S[mode][:k, _rows(sr, L)]  # lefts[j, s] = Solve(s, s + j)
+                    best = _split_min(shifted[:, r], lefts, work, ck_allowed[r]) + shift[r]
                     np.minimum(row, best, out=row)
                     if mode != PINNED and self.page_any:
                         cost = (0.0 if mode == PAGED else self.pg_out[sr]) + self.pg_in[sr]
-                        best = _split_min(rights[:, r], S[PAGED][:k, r], work, pg_allowed[r]) + shift
-                        best += cost[:, None]
-                        best[~pageable[sr]] = np.inf
+                        best = pg_best[r] + np.broadcast_to(cost, (len(sr),))[:, None]
                         np.minimum(row, best, out=row)
                 S[mode, k, sr] = row
+            if not full:
+                # C(s, t) of a copy is its class's C: only the stored fsum[t + 1] differs.
+                for mode in modes:
+                    src = S[mode, k, reps[cls]]
+                    S[mode, k, :L] = src + (fsum[k + 1 : n + 1] - fsum[reps[cls] + k + 1])[:, None]
 
     def tree(self, m):
         """The optimal tree of ``Solve(0, n-1)`` within ``m`` units, or None."""
@@ -320,13 +343,18 @@ class _Table:
         return build_tree(z, self._choice, m)
 
     def _choice(self, s, t, mode, m):
-        """The option that attains ``C(s, t, mode, m)``, the options in the fill's order."""
+        """The option that attains ``C(s, t, mode, m)``, the options in the fill's order.
+
+        Up to rounding: a segment copied from an equal one (:func:`_repeats`)
+        was summed in another order.
+        """
         z, c, S, fsum = self.z, self.c, self.S, self.fsum
         target = S[mode, t - s, s, m]
+        target += _TIE * max(1.0, abs(target))
         need, off = z.all_need(s, t, mode)
         if m >= max(need, off):
             v = c.f[s] + c.b[s] + (S[z.sub_mode(s), t - s - 1, s + 1, m - off] if s < t else fsum[t + 1])
-            if v == target:
+            if v <= target:
                 return "all", None
         k = t - s
         base = fsum[t + 1] + fsum[s]
@@ -335,16 +363,21 @@ class _Table:
             v = S[RELEASED, k - 1 - j, s + 1 + j, m - self.p[s]] + S[mode, j, s, m]
             v[self.ckp[s, :k] + self.g[t] > m] = np.inf
             v = v + (fsum[t + 1] - base)
-            if v.min() == target:
+            if v.min() <= target:
                 return "ck", s + 1 + int(np.argmin(v))
         if k and mode != PINNED and self.page_any and z.can_page(s):
             j = np.arange(k)
             v = S[RELEASED, k - 1 - j, s + 1 + j, m] + S[PAGED, j, s, m]
             v[self.pgp[s, :k] + self.g[t] > m] = np.inf
             v = v + (fsum[t + 1] - base) + self._pg_cost(s, mode)
-            if v.min() == target:
+            if v.min() <= target:
                 return "pg", s + 1 + int(np.argmin(v))
         raise RuntimeError(f"dp-paging: no choice for Solve({s}, {t}, {mode}, {m})")  # pragma: no cover
+
+
+def _rows(rows, size):
+    """``rows`` (increasing indices below ``size``), as a slice (a view, not a copy) when it is all of them."""
+    return slice(0, size) if len(rows) == size else rows
 
 
 def _shift_rows(rights, p, out):
@@ -369,6 +402,43 @@ def _allowed(thresholds, W):
     return np.bincount(flat, minlength=L * (W + 1)).reshape(L, W + 1)[:, :W].cumsum(axis=1)
 
 
+def _layer_ids(z, c):
+    """Equal ids for layers whose every size, flag and cost the recurrence reads are equal."""
+    n = z.n
+    last = np.arange(n) == n - 1
+    keys = np.column_stack(
+        [np.asarray(a, dtype=float) for a in (z.o, z.sv, z.wf, z.wb, z.ni, z.no, z.pageable, last)]
+        + [np.asarray(a, dtype=float) for a in (c.f, c.b, c.out, c.inn)]
+    )
+    return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _repeats(ids, n):
+    """``[(k, cls, reps)]``, one per diagonal ``k``: ``Solve(s, s + k)`` of ``s`` in one class are equal.
+
+    Two segments are equal when their layers ``s - 1..t`` are equal one by one
+    (``ids``; no layer before the input): every size, cost and flag the
+    recurrence reads is then the same.  ``cls[s]`` is the class of ``s``,
+    ``reps`` the first ``s`` of each class (increasing).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    base = int(ids.max()) + 2 if len(ids) else 1
+    cls = np.concatenate(([-1], ids[:-1])) + 1  # the layer before s (0: the input)
+    out = []
+    for k in range(n):
+        L = n - k
+        # (class of (s, t - 1), layer t) as one integer; fewer than n classes each
+        _, first, cls = np.unique(cls[:L] * base + ids[k:], return_index=True, return_inverse=True)
+        cls = cls.reshape(-1)
+        base = max(base, n + 1)
+        order = np.argsort(first)  # classes numbered by their first segment
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        cls = rank[cls]
+        out.append((k, cls, np.sort(first)))
+    return out
+
+
 def _split_min(a, b, work, allowed):
     """``min over j < allowed[s, m] of a[j, s, m] + b[j, s, m]`` (inf where none).
 
@@ -376,10 +446,14 @@ def _split_min(a, b, work, allowed):
     split at a time so that each step stays in cache.
     """
     v = work[:, : a.shape[1]]
-    np.add(a[0], b[0], out=v[0])
-    for j in range(1, len(a)):
-        np.add(a[j], b[j], out=v[j])
-        np.minimum(v[j - 1], v[j], out=v[j])
+    if v[0].size <= _SMALL:  # few segments (repeated layers): one call each, not one per split
+        np.add(a, b, out=v)
+        np.minimum.accumulate(v, axis=0, out=v)
+    else:
+        np.add(a[0], b[0], out=v[0])
+        for j in range(1, len(a)):
+            np.add(a[j], b[j], out=v[j])
+            np.minimum(v[j - 1], v[j], out=v[j])
     best = np.take_along_axis(v, np.maximum(allowed - 1, 0)[None, :, :], axis=0)[0]
     best[allowed == 0] = np.inf
     return best
@@ -424,19 +498,23 @@ def _grid_solve(model, z, c, avail, levels, params):
     unit = size_unit(model, with_input=False)
     width = avail // unit + 1
     cells = 3 * n * (n + 1) / 2
-    if cells * width <= _EXACT_CELLS and n**3 / 2 * width <= _WORK:
+    # Steps per memory level: three modes x the splits of every distinct segment
+    # (n^3 / 2 without repeated layers).
+    repeats = _repeats(_layer_ids(z, c), n)  # equal in bytes: equal on any grid
+    steps = 3 * sum(k * len(reps) for k, _, reps in repeats)
+    if cells * width * 20 <= _EXACT_TABLE_BYTES and steps * width <= _WORK:
         params.update(grid="exact", unit_bytes=unit, levels=width)
-        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+        tree = _Table(z.scaled(unit), c, width, repeats).tree(width - 1)
     else:
         # Rounded up: every size is overestimated, so a schedule of the table fits.
         grid = levels
-        while cells * grid * 2 <= _EXACT_CELLS and n**3 / 2 * grid * 2 <= _WORK:
+        while cells * grid * 2 <= _EXACT_CELLS and steps * grid * 2 <= _WORK:
             grid *= 2
         # Long chains: fewer levels (dp's own answer is still taken when cheaper),
         # down to _MIN_LEVELS; beyond, refused.
-        while grid > _MIN_LEVELS and (n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES):
+        while grid > _MIN_LEVELS and (steps * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES):
             grid //= 2
-        if n**3 / 2 * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES:
+        if steps * grid > _MAX_WORK or cells * grid * 20 > _MAX_TABLE_BYTES:
             raise TooLargeError(
                 f"dp-paging: a chain of {n} layers is too large for the O(n^3 x levels) "
                 "dynamic program; use dp, revolve or page-all"
@@ -444,7 +522,7 @@ def _grid_solve(model, z, c, avail, levels, params):
         unit = max(1, -(-avail // grid), unit)
         width = avail // unit + 1
         params.update(grid="rounded", unit_bytes=unit, levels=width)
-        tree = _Table(z.scaled(unit), c, width).tree(width - 1)
+        tree = _Table(z.scaled(unit), c, width, repeats).tree(width - 1)
     if tree is None:
         return None
     peak, cost, store = _tree_eval(tree, z, c)
@@ -551,7 +629,7 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
     NotApplicableError
         The model is not a chain.
     TooLargeError
-        The chain is too long for the table (above about 310 layers).
+        The chain is too long for the table (above about 310 layers without repeated layers).
     InfeasibleError
         No schedule of the class fits; ``least_bytes`` is the class's exact
         least peak (with paging).  Or none found fits the time budget
@@ -564,9 +642,9 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
     Notes
     -----
     The recurrence (module docstring) over ``C(s, t, mode, m)`` for ``m`` on a
-    memory grid: the exact byte grid (sizes divided by their gcd) when it has
-    at most 4e6 cells and 2e8 steps, the schedule then being optimal over the
-    class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
+    memory grid: the exact byte grid (sizes divided by their gcd) when its
+    table takes at most 0.5 GB and 2e8 steps, the schedule then being optimal
+    over the class; otherwise sizes are rounded *up* to ``unit = ceil(B / L)`` bytes
     (``L = levels``, doubled while the limits allow, halved down to 64 while
     the table would take more than 1e9 steps or 1.5 GB), so every schedule the
     table returns fits, and ``dp``'s own answer is taken when it is cheaper,
@@ -578,8 +656,17 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
     O(n^3 x levels) time (three modes, two options per split), filled one
     diagonal ``t - s`` at a time, vectorised with numpy over ``s``, the split
     and the memory axis (an O(n) loop of array operations); O(n^2 x levels)
-    memory.  About 0.15 s on a 100-layer uniform chain (exact grid) and 7 s
-    of CPU on 300 layers (62 levels), 2026-12-07 on a loaded 2-core x86.
+    memory.  Segments whose layers ``s - 1..t`` equal another's one by one
+    (repeated layers: a uniform chain, repeated blocks) are solved once per
+    diagonal and copied, so a chain of equal layers takes O(n^2 x levels).
+    With transfers beside compute, four tables (the transfer shares) and the
+    overlap pass for each distinct schedule that could still beat the best.
+    CPU seconds on a uniform chain with the ``rpi4-4gb-sd`` storage at 30-50%
+    of store-all (exact grid), transfers beside compute: 0.27-0.38 s on 100
+    layers, 2.2-2.7 s on 300 (serial: 0.04-0.06 s and 0.5-0.9 s; before
+    these changes 2.7-4.1 s and 25-28 s), 2026-12-08 on a shared 2-core x86;
+    a 100-layer random chain (500 rounded levels, no repeated layers) about
+    1.8 s serial.
 
     References
     ----------
@@ -609,9 +696,11 @@ def _fastest(model, budget, storage, levels):
     # bound of what it costs on a copy engine.  Plan with the transfers charged at
     # 1, 1/2, 1/4 and 0 of their time, overlap each schedule (pageins earlier,
     # frees after pageouts later), and keep the fastest on the device's timeline.
-    best = None
+    best, seen = None, set()
     for share in _TRANSFER_SHARES:
         ops, params = _dp_paging(model, budget, storage, levels, share)
+        if _cannot_beat(model, ops, storage, best, seen):
+            continue
         ops, result = overlap(model, ops, storage, budget)
         if best is None or result.step_time < best[1].step_time:
             best = (ops, result, dict(params, transfer_share=share))
@@ -697,6 +786,25 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     _, ops, params, lam = best
     return ops, dict(params, **base, time_budget_method="lagrangian",
                      lagrange_w=None if lam is None else lam * per_second)
+
+
+def _cannot_beat(model, ops, storage, best, seen):
+    """Whether overlapping ``ops`` cannot give a step faster than ``best``'s (then skipped).
+
+    A schedule already overlapped (``seen``, by its ops) gives the same step
+    again; no overlap makes a step shorter than its compute or its transfers
+    (planner.timing), which the overlap pass does not change.
+    """
+    key = tuple(ops)
+    if key in seen:
+        return True
+    seen.add(key)
+    if best is None:
+        return False
+    from planner.simulate import simulate
+
+    serial = simulate(model, ops, storage=replace(storage, overlap=False))
+    return max(serial.compute, serial.transfer) >= best[1].step_time
 
 
 def _energy_weights(model, storage, power_w):
