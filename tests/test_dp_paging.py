@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 
 from planner.device import PRESETS, Storage
 from planner.errors import InfeasibleError, ModelError, NotApplicableError
-from planner.model import model_from_dict
+from planner.model import load_model, model_from_dict
 from planner.simulate import simulate
 from planner.solvers import solve
 from planner.solvers.dp import dp
 from planner.solvers.dp_paging import dp_paging
 from planner.synthetic import random_chain, random_dag, uniform_chain
+from tests.conftest import EXAMPLES
 from tests.exhaustive_paging import class_optimum, class_schedules, lower_holding_sink, optimal_schedule
 from tests.paging_setup import random_storage, timed
 from tests.reference import replay_solution
@@ -244,3 +245,19 @@ def test_with_transfers_beside_compute_against_brute_force_of_its_class(n, seed)
     with pytest.raises(InfeasibleError) as info:
         dp_paging(model, budget=peaks[0] - 1, storage=storage)
     assert info.value.least_bytes == peaks[0]
+
+
+def test_at_the_least_peak_dp_paging_is_never_worse_than_dp():
+    """Found by the objective work: at ResNet-18's least peak on the Cortex-M4F, dp-paging's
+    least-peak fallback (17,348 s) was kept over dp's own schedule (14,831 s) at the same budget."""
+    from planner.device import device_time, load_device
+    from planner.lowering import insert_frees
+
+    device = load_device("cortex-m4f-sd")
+    model, _ = device_time(load_model(EXAMPLES / "flop" / "resnet18.json"), device)
+    budget = 81_887_744
+    ops, params = dp_paging(model, budget=budget, storage=device.storage)
+    paged = simulate(model, ops, storage=device.storage)
+    plain = simulate(model, insert_frees(model, dp(model, budget=budget)[0]))
+    assert paged.valid and paged.peak_bytes <= budget
+    assert paged.step_time <= plain.step_time * (1 + 1e-12)

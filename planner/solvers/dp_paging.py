@@ -859,7 +859,7 @@ def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0,
             raise _infeasible(budget, _least_within(model, z, c, capacity) + model.input_bytes)
         found, z, params = min(candidates, key=lambda x: x[0][0])
         params = dict(params, capacity_restricted=True)
-    if params["grid"] == "rounded" or found is None:
+    if params["grid"] in ("rounded", "least-peak") or found is None:
         found = _maybe_plain_dp(model, budget, found, weights[0])
     if found is None:
         if capacity is not None:
@@ -878,7 +878,7 @@ def _infeasible(budget, least):
 
 
 def _maybe_plain_dp(model, budget, found, weight):
-    """``found``, or ``dp``'s schedule when that is cheaper (rounded grids only).
+    """``found``, or ``dp``'s schedule when that is cheaper (rounded grids and the least-peak fallback).
 
     ``dp``'s ops are measured by the simulator after :func:`planner.lowering.insert_frees`.
     """
