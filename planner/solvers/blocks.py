@@ -29,7 +29,10 @@ from planner.model import Layer, Model
 from planner.schedule import OpKind, Op, backward, forward
 from planner.simulate import simulate
 
-__all__ = ["hierarchical", "Block", "Option", "model_blocks", "block_menu", "MAX_BLOCKS", "LEVELS"]
+__all__ = [
+    "hierarchical", "Block", "Option", "model_blocks", "module_blocks", "module_key", "groupings", "block_menu",
+    "block_floors", "MAX_BLOCKS", "LEVELS",
+]
 
 MAX_BLOCKS = 64
 LEVELS = 1000
@@ -84,28 +87,96 @@ class Block:
     last: bool
 
 
-def model_blocks(model, max_blocks=MAX_BLOCKS):
-    """The blocks of ``model``: stretches between cut points, merged to at most ``max_blocks``.
-
-    Returns a list of ``(start, stop)`` covering ``0..n``.
-    """
-    n = len(model)
-    cuts = splitting_vertices(model, input_edges=False)
+def _cut_segments(model):
+    """``(start, stop)`` of the stretches between the model's cut points, covering ``0..n``."""
     segments = []
     start = 0
-    for c in cuts:
+    for c in splitting_vertices(model, input_edges=False):
         segments.append((start, c + 1))
         start = c + 1
+    return segments
+
+
+def _merged(segments, n, max_blocks):
+    """``segments`` merged in order to at most about ``max_blocks`` of similar lengths."""
     if len(segments) <= max_blocks:
         return segments
     target = math.ceil(n / max_blocks)
     merged = []
     start = 0
-    for lo, hi in segments:
+    for _, hi in segments:
         if hi - start >= target or hi == n:
             merged.append((start, hi))
             start = hi
     return merged
+
+
+def model_blocks(model, max_blocks=MAX_BLOCKS):
+    """The blocks of ``model``: stretches between cut points, merged to at most ``max_blocks``.
+
+    Returns a list of ``(start, stop)`` covering ``0..n``.
+    """
+    return _merged(_cut_segments(model), len(model), max_blocks)
+
+
+def module_key(path, level):
+    """The module a layer of module ``path`` belongs to at ``level``: the path up to its ``level``-th index.
+
+    Container items are named by their index (``transformer.h.0``,
+    ``resnet.encoder.stages.1.layers.0``): level 1 is the outermost item (a
+    decoder or encoder block, a ResNet stage), level 2 the item inside it (a
+    ResNet stage's residual block), and so on; a path with fewer indices
+    stops at its last one.  None for a path with no index (embeddings, the
+    head, the loss).
+    """
+    parts = path.split(".") if path else []
+    found = [k for k, part in enumerate(parts) if part.isdigit()]
+    if not found:
+        return None
+    return ".".join(parts[: found[min(level, len(found)) - 1] + 1])
+
+
+def module_levels(model):
+    """How many levels of container items the layers' module paths go down (0: no module field)."""
+    return max((sum(p.isdigit() for p in layer.module.split(".")) for layer in model.layers if layer.module),
+               default=0)
+
+
+def module_blocks(model, level, max_blocks=MAX_BLOCKS):
+    """The blocks of ``model`` by its module structure at ``level`` (see :func:`module_key`).
+
+    The stretches between cut points are joined while consecutive ones hold
+    layers of the same module, so a block is a whole module (a decoder
+    block, a ResNet stage) wherever the module ends at a cut point; a
+    stretch with no module of the level (the embedding, the head) stays a
+    block of its own.  Returns a list of ``(start, stop)`` covering ``0..n``.
+    """
+    layers = model.layers
+    groups = []  # [start, stop, keys]
+    for lo, hi in _cut_segments(model):
+        keys = {module_key(layers[i].module, level) for i in range(lo, hi)} - {None}
+        if groups and keys & groups[-1][2]:
+            groups[-1][1] = hi
+            groups[-1][2] |= keys
+        else:
+            groups.append([lo, hi, keys])
+    return _merged([(lo, hi) for lo, hi, _ in groups], len(model), max_blocks)
+
+
+def groupings(model, max_blocks=MAX_BLOCKS):
+    """The block partitions ``hierarchical`` plans with: ``{name: [(start, stop), ...]}``, all different.
+
+    ``cuts``: every stretch between cut points (:func:`model_blocks`), the
+    graph's own partition; ``modules-1``, ``modules-2``, ...: by the module
+    structure the capture recorded (:func:`module_blocks`), at each level it
+    has, where that differs.
+    """
+    found = {"cuts": model_blocks(model, max_blocks)}
+    for level in range(1, module_levels(model) + 1):
+        blocks = module_blocks(model, level, max_blocks)
+        if blocks not in found.values():
+            found[f"modules-{level}"] = blocks
+    return found
 
 
 def _block(model, start, stop):
@@ -306,6 +377,21 @@ def block_menu(block):
     return _pareto([o for o in options if o is not None])
 
 
+def block_floors(model):
+    """``[((start, stop), bytes)]``: per block between cut points, the least peak of its menu in the model.
+
+    Running the block forward and backward with one option of its menu, the
+    model input (and the block's input and its output's gradient) held: no
+    schedule of ``hierarchical``'s class goes below the largest of them.
+    """
+    found = []
+    for start, stop in model_blocks(model):
+        block = _block(model, start, stop)
+        least = min(max(o.fwd_peak, o.bwd_peak) for o in block_menu(block))
+        found.append(((start, stop), least + (0 if start == 0 else model.input_bytes)))
+    return found
+
+
 def _followed(sub, workspace):
     """``sub`` followed by a layer of no size or time reading its last output, whose forward needs ``workspace``."""
     z = Layer(name="<rest>", inputs=(len(sub) - 1,), forward=0.0, backward=0.0, output_bytes=0,
@@ -340,9 +426,9 @@ def _menu_key(sub):
 class _Plan:
     """The blocks of a model with their menus, and the dynamic program over them."""
 
-    def __init__(self, model, cache):
+    def __init__(self, model, cache, blocks=None):
         self.model = model
-        self.blocks = [_block(model, a, b) for a, b in model_blocks(model)]
+        self.blocks = [_block(model, a, b) for a, b in (model_blocks(model) if blocks is None else blocks)]
         self.menus = []
         for block in self.blocks:
             # blocks of the same structure and sizes (a transformer's layers,
@@ -568,21 +654,36 @@ def hierarchical(model, *, budget=None, shared=None):
         return plain, {"blocks": 0, "options": 0}
     shared = {} if shared is None else shared
     cache = shared.setdefault("menus", {})
-    plan = shared.get("plan")
-    if plan is None or plan.model is not model:
-        plan = _Plan(model, cache)
-        shared["plan"] = plan
-        least = _least(plan, model, top)
-        shared["least"] = least if least is not None and least[0] < top else (top, base_compute, plain)
-    least_peak, least_compute, least_ops = shared["least"]
-    params = {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus)}
+    plans = shared.get("plans")
+    if plans is None or plans[0][1].model is not model:
+        plans = []
+        for name, blocks in groupings(model).items():
+            plan = _Plan(model, cache, blocks)
+            least = _least(plan, model, top)
+            if least is None or least[0] >= top:
+                least = (top, base_compute, plain)
+            plans.append((name, plan, least))
+        shared["plans"] = plans
+    least_peak = min(least[0] for _, _, least in plans)
     if budget < least_peak:
         raise InfeasibleError(
             f"hierarchical needs at least {least_peak} bytes of activation memory, "
             f"more than the budget of {budget} bytes",
             least_bytes=least_peak,
         )
-    best = (least_compute, least_peak, least_ops)
+    best = None
+    for name, plan, least in plans:  # the first grouping wins ties
+        found = _at_budget(plan, model, budget, least)
+        if found is not None and (best is None or found[:2] < best[0][:2]):
+            best = (found, name, plan)
+    (_, _, ops), name, plan = best
+    return ops, {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus), "grouping": name}
+
+
+def _at_budget(plan, model, budget, least):
+    """``(compute, peak, ops)``: the plan's least-compute schedule within ``budget``, or None."""
+    least_peak, least_compute, least_ops = least
+    best = (least_compute, least_peak, least_ops) if least_peak <= budget else None
     unit = max(1, -(-budget // LEVELS))
     # The program's sizes are rounded up and count what a block's context may
     # hold, so its answer at the budget usually peaks below it: search the
@@ -598,7 +699,7 @@ def hierarchical(model, *, budget=None, shared=None):
         peak, compute = _measure(model, ops)
         if peak <= budget:
             fits = target
-            if (compute, peak) < best[:2]:
+            if best is None or (compute, peak) < best[:2]:
                 best = (compute, peak, ops)
             if budget - peak < unit or levels == 2 * LEVELS:
                 break
@@ -611,4 +712,4 @@ def hierarchical(model, *, budget=None, shared=None):
         if step in (fits, fails) or step <= 0:
             break
         target = step
-    return best[2], params
+    return best
