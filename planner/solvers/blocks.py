@@ -11,7 +11,9 @@ outputs to keep as checkpoints.
 
 Blocks are the stretches between the model's cut points (layers that no edge
 jumps over, :func:`planner.lowering.splitting_vertices`), merged so that there
-are at most :data:`MAX_BLOCKS`.  The registry holds small shared tensors
+are at most :data:`MAX_BLOCKS`; where the layers carry the module path the
+capture records (``Layer.module``), also whole modules (:func:`groupings`),
+and the better plan wins.  The registry holds small shared tensors
 (:mod:`planner.holding`) before this solver runs, which is what gives a
 transformer's op graph its cut points.  A model without cut points is one block:
 the answer is then the best option of the menu.
@@ -40,6 +42,14 @@ LEVELS = 1000
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
+# Blocks of up to this many layers also ask milp, in the family of budgets
+# followed by the rest of the model (where it finds options that keep less
+# than reforward's and chen-greedy's), for at most this many seconds each.
+MILP_BLOCK_LAYERS = 14
+MILP_BLOCK_SECONDS = 2.0
+MILP_MENUS = 6  # distinct blocks per model that ask milp
+_MILP_FRACTIONS = (0.1, 0.4)
+_KEEP_SETS = 12  # how many keep-set options a block gets at most
 _RETRIES = 5
 _INF = math.inf
 
@@ -333,7 +343,7 @@ def _exact_methods(sub):
     return methods
 
 
-def block_menu(block):
+def block_menu(block, milp=True):
     """Pareto-optimal options of a :class:`Block`: store-all, then the exact methods at several budgets.
 
     Two families of budgets: on the block alone, from its least peak to its
@@ -341,8 +351,12 @@ def block_menu(block):
     layer whose forward needs as much workspace as the block keeps in
     store-all, standing for the rest of the model (options that keep less
     between their forward and their backward, the memory the blocks after
-    them run in).  Returns a list of :class:`Option`, none dominated by
-    another in (``max(fwd_peak, bwd_peak)``, ``kept``, ``compute``).
+    them run in).  With ``milp``, at two budgets of the second family, a
+    block of at most :data:`MILP_BLOCK_LAYERS` layers also gets milp's
+    proven optimum (:func:`_milp_option`); a block that is not the last also
+    gets its keep sets (:func:`_keep_sets`).  Returns a list of
+    :class:`Option`, none dominated by another in (``max(fwd_peak,
+    bwd_peak)``, ``kept``, ``compute``).
     """
     from planner.solvers.reforward import reforward
 
@@ -363,18 +377,73 @@ def block_menu(block):
         rest = options[0].kept
         after = _followed(sub, rest)
         asks += [(after, sub.input_bytes + rest + int(f * rest)) for f in _MENU_FRACTIONS]
+    milp_asks = set()
+    if milp and not block.last and len(sub) <= MILP_BLOCK_LAYERS:
+        milp_asks = {asks[-len(_MENU_FRACTIONS) + k] for k, f in enumerate(_MENU_FRACTIONS) if f in _MILP_FRACTIONS}
     for target, budget in asks:
+        starts = []
         for name, fn in _exact_methods(target):
             try:
                 ops, _ = fn(target, budget=budget)
             except InfeasibleError:
                 continue
+            starts.append((name, ops))
+        if (target, budget) in milp_asks:
+            starts.extend(_milp_option(target, budget, starts))
+        for name, ops in starts:
             ops = [op for op in ops if op.kind is not OpKind.FREE]
             split = next(k for k, op in enumerate(ops) if op.layer == len(sub) or op.kind is OpKind.BACKWARD)
             found = _option(block, [op for op in ops if op.layer < len(sub)], name, split)
             if found is not None:
                 options.append(found)
+    if not block.last:
+        for ops, split in _keep_sets(sub):
+            options.append(_option(block, ops, "keep-set", split))
     return _pareto([o for o in options if o is not None])
+
+
+def _keep_sets(sub):
+    """``[(ops, split)]``: schedules of ``sub`` that keep a set of layers and recompute the rest once.
+
+    The forward phase runs every layer, saving those of the set; the backward
+    phase forwards the others again with save, then runs every backward.
+    The sets are the layers that cost the least time per byte they keep:
+    for each ``k``, the ``k`` layers of the best ratio (the block's output
+    always kept).
+    """
+    layers = sub.layers
+    n = len(layers)
+    read = [layer.needs_output for layer in layers]
+    for layer in layers:
+        if layer.needs_inputs:
+            for i in layer.inputs:
+                read[i] = True
+    keeps = [layers[i].saved_bytes + (layers[i].output_bytes if read[i] else 0) for i in range(n - 1)]
+    order = sorted(range(n - 1), key=lambda i: (-(layers[i].forward / keeps[i]) if keeps[i] else -math.inf, i))
+    counts = sorted({round(k * (n - 1) / _KEEP_SETS) for k in range(_KEEP_SETS)}) if n - 1 > _KEEP_SETS \
+        else range(n - 1)
+    found = []
+    for count in counts:
+        kept = set(order[:count]) | {n - 1}
+        fwd = [forward(i, i in kept) for i in range(n)]
+        bwd = [forward(i, True) for i in range(n) if i not in kept] + [backward(i) for i in reversed(range(n))]
+        found.append((fwd + bwd, n))
+    return found
+
+
+def _milp_option(target, budget, starts):
+    """``[("milp", ops)]``: milp's proven optimum on ``target`` at ``budget``, warm-started; [] otherwise.
+
+    Only a proven optimum is kept, so that the menu does not depend on how
+    far HiGHS got in its time on this machine.
+    """
+    from planner.solvers.milp import milp
+
+    try:
+        ops, params = milp(target, budget=budget, time_limit=MILP_BLOCK_SECONDS, warm_starts=starts)
+    except InfeasibleError:
+        return []
+    return [("milp", ops)] if params.get("proven_optimal") else []
 
 
 def block_floors(model):
@@ -436,7 +505,10 @@ class _Plan:
             # each measured with its own times
             key = _menu_key(block.context)
             if key not in cache:
-                cache[key] = block_menu(block)
+                # the first MILP_MENUS distinct blocks (in the model's order) ask milp
+                asked = cache.setdefault("milp menus", [0])
+                cache[key] = block_menu(block, milp=asked[0] < MILP_MENUS)
+                asked[0] += _SMALL_BLOCK < len(block.model) <= MILP_BLOCK_LAYERS and not block.last
                 self.menus.append(cache[key])
             else:  # same sizes, so the same peaks: only the compute changes
                 layers = block.model.layers
@@ -597,7 +669,8 @@ def hierarchical(model, *, budget=None, shared=None):
     Parameters
     ----------
     model : planner.model.Model
-        Any model; its cut points make the blocks (one block when it has none).
+        Any model; its cut points make the blocks (one block when it has
+        none), and its layers' module paths other partitions (:func:`groupings`).
     budget : int or None, keyword-only
         Activation budget in bytes; None: store-all.
     shared : dict or None, keyword-only
@@ -609,7 +682,9 @@ def hierarchical(model, *, budget=None, shared=None):
     ops : list of Op
         Forward and backward ops; the registry inserts the frees.
     params : dict
-        ``blocks`` (how many), ``options`` (menu sizes summed over the blocks).
+        ``blocks`` (how many), ``options`` (menu sizes summed over the
+        blocks), ``grouping`` (the partition of the plan: ``cuts``,
+        ``modules-1``, ...).
 
     Raises
     ------
@@ -623,9 +698,14 @@ def hierarchical(model, *, budget=None, shared=None):
     (store-all, reforward's least peak, and reforward, chen-greedy and, on
     chain blocks, dp, at six budgets between the block's least and
     store-all peaks, and at six more with the block followed by a layer
-    standing for the rest of the model), each measured by the simulator in
-    the block's context, kept when Pareto-optimal; blocks of one structure (a
-    transformer's layers) share one menu.  The dynamic program is rotor's
+    standing for the rest of the model; keep sets (:func:`_keep_sets`); milp's
+    proven optima at two of the latter budgets on the first
+    :data:`MILP_MENUS` distinct blocks of at most :data:`MILP_BLOCK_LAYERS`
+    layers), each measured by the simulator in the block's context, kept
+    when Pareto-optimal; blocks of one structure (a transformer's layers)
+    share one menu.  Each partition of :func:`groupings` gets its plan; the
+    least memory is the least of theirs, and at a budget the least compute
+    wins (the first partition on ties).  The dynamic program is rotor's
     over the k blocks with memory on a grid of about :data:`LEVELS` levels,
     with one more bit, whether the first block's input must stay to the end:
     for blocks s..t with the input of s and the gradient of t's output held,
