@@ -351,12 +351,14 @@ def block_menu(block, milp=True):
     layer whose forward needs as much workspace as the block keeps in
     store-all, standing for the rest of the model (options that keep less
     between their forward and their backward, the memory the blocks after
-    them run in).  With ``milp``, at two budgets of the second family, a
-    block of at most :data:`MILP_BLOCK_LAYERS` layers also gets milp's
-    proven optimum (:func:`_milp_option`); a block that is not the last also
-    gets its keep sets (:func:`_keep_sets`).  Returns a list of
-    :class:`Option`, none dominated by another in (``max(fwd_peak,
-    bwd_peak)``, ``kept``, ``compute``).
+    them run in).  With ``milp``, a block of at most
+    :data:`MILP_BLOCK_LAYERS` layers also gets milp's proven optima at two
+    budgets of the second family (:func:`_milp_option`) and at the least peak
+    milp finds for it alone, when below reforward's (:func:`_milp_least`);
+    a block that is not the last also gets its keep sets
+    (:func:`_keep_sets`).  Returns a list of :class:`Option`, none
+    dominated by another in (``max(fwd_peak, bwd_peak)``, ``kept``,
+    ``compute``).
     """
     from planner.solvers.reforward import reforward
 
@@ -396,6 +398,9 @@ def block_menu(block, milp=True):
             found = _option(block, [op for op in ops if op.layer < len(sub)], name, split)
             if found is not None:
                 options.append(found)
+    if milp and len(sub) <= MILP_BLOCK_LAYERS:
+        for name, ops in _milp_least(sub, bottom):
+            options.append(_option(block, ops, name))
     if not block.last:
         for ops, split in _keep_sets(sub):
             options.append(_option(block, ops, "keep-set", split))
@@ -406,7 +411,9 @@ def _keep_sets(sub):
     """``[(ops, split)]``: schedules of ``sub`` that keep a set of layers and recompute the rest once.
 
     The forward phase runs every layer, saving those of the set; the backward
-    phase forwards the others again with save, then runs every backward.
+    phase forwards the others again with save, then runs every backward; or
+    forwards each run of consecutive others again just before the backward
+    of its last layer (:func:`_by_runs`), which peaks less.
     The sets are the layers that cost the least time per byte they keep:
     for each ``k``, the ``k`` layers of the best ratio (the block's output
     always kept).
@@ -426,9 +433,43 @@ def _keep_sets(sub):
     for count in counts:
         kept = set(order[:count]) | {n - 1}
         fwd = [forward(i, i in kept) for i in range(n)]
-        bwd = [forward(i, True) for i in range(n) if i not in kept] + [backward(i) for i in reversed(range(n))]
-        found.append((fwd + bwd, n))
+        again = [forward(i, True) for i in range(n) if i not in kept]
+        found.append((fwd + again + [backward(i) for i in reversed(range(n))], n))
+        found.append((fwd + _by_runs(n, kept), n))
     return found
+
+
+def _by_runs(n, kept):
+    """Backward-phase ops: each run of consecutive layers not in ``kept`` forwarded again before its backwards."""
+    ops = []
+    i = n - 1
+    while i >= 0:
+        if i in kept:
+            ops.append(backward(i))
+            i -= 1
+            continue
+        start = i
+        while start > 0 and start - 1 not in kept:
+            start -= 1
+        ops.extend(forward(j, True) for j in range(start, i + 1))
+        ops.extend(backward(j) for j in range(i, start - 1, -1))
+        i = start - 1
+    return ops
+
+
+def _milp_least(sub, bottom):
+    """``[("milp", ops)]``: a schedule of ``sub`` at the least peak milp finds, when below ``bottom``; else []."""
+    from planner.solvers.milp import milp
+
+    try:
+        milp(sub, budget=1, time_limit=MILP_BLOCK_SECONDS)
+    except InfeasibleError as exc:
+        least = exc.least_bytes
+    else:  # pragma: no cover - no block fits in one byte
+        return []
+    if least is None or least >= bottom:
+        return []
+    return _milp_option(sub, least, [])
 
 
 def _milp_option(target, budget, starts):
