@@ -180,3 +180,16 @@ def test_the_program_on_module_blocks_equals_the_exhaustive_search_of_its_class(
         sim = simulate(model, insert_frees(model, plan.ops(m)))
         assert sim.valid, sim.error
         assert math.isclose(sim.compute, row[m], rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_a_thinned_menu_keeps_its_ends():
+    """Many blocks: each menu keeps at most ``cap`` options, the least compute, peak and kept among them."""
+    model = solving_model(_model("llama"))
+    menus = _Plan(model, {}).menus
+    menu = max(menus, key=len)
+    assert len(menu) > 3
+    thin = blocks._thinned(menu, 3)
+    assert len(thin) == 3
+    for measure in (lambda o: o.compute, lambda o: max(o.fwd_peak, o.bwd_peak), lambda o: o.kept):
+        assert min(map(measure, thin)) == min(map(measure, menu))
+    assert blocks._thinned(menu, len(menu)) == menu

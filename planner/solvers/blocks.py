@@ -42,14 +42,17 @@ LEVELS = 1000
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
-# Blocks of up to this many layers also ask milp, in the family of budgets
-# followed by the rest of the model (where it finds options that keep less
-# than reforward's and chen-greedy's), for at most this many seconds each.
+# The first MILP_MENUS distinct blocks of up to MILP_BLOCK_LAYERS layers also
+# ask milp, for at most MILP_BLOCK_SECONDS each: its least peak alone, and at
+# _MILP_FRACTIONS of the budgets followed by the rest of the model (where it
+# finds options that keep less than reforward's and chen-greedy's).
 MILP_BLOCK_LAYERS = 14
 MILP_BLOCK_SECONDS = 2.0
-MILP_MENUS = 6  # distinct blocks per model that ask milp
+MILP_MENUS = 6
 _MILP_FRACTIONS = (0.1, 0.4)
 _KEEP_SETS = 12  # how many keep-set options a block gets at most
+_PROGRAM_OPTIONS = 300  # options of all blocks together the program takes, beyond _MIN_OPTIONS a block
+_MIN_OPTIONS = 8
 _RETRIES = 5
 _INF = math.inf
 
@@ -525,6 +528,25 @@ def _pareto(options):
     return [unique[k] for k in kept]
 
 
+def _thinned(menu, cap):
+    """At most ``cap`` options of a Pareto ``menu``: the least compute, the least peak, the least kept, and evenly between.
+
+    The program's time grows with the options of all blocks; a model of many
+    blocks keeps fewer per block (:data:`_PROGRAM_OPTIONS` in all).
+    """
+    if len(menu) <= cap:
+        return menu
+    ends = {
+        min(range(len(menu)), key=lambda k: (menu[k].compute, k)),
+        min(range(len(menu)), key=lambda k: (max(menu[k].fwd_peak, menu[k].bwd_peak), k)),
+        min(range(len(menu)), key=lambda k: (menu[k].kept, k)),
+    }
+    rest = [k for k in range(len(menu)) if k not in ends]
+    room = cap - len(ends)
+    picked = ends | {rest[round(j * (len(rest) - 1) / max(1, room - 1))] for j in range(room)}
+    return [menu[k] for k in sorted(picked)]
+
+
 def _menu_key(sub):
     return (sub.input_bytes, tuple(
         (x.inputs, x.uses_input, x.output_bytes, x.saved_bytes, x.needs_inputs,
@@ -561,6 +583,8 @@ class _Plan:
                     for o in cache[key]
                 ]
                 self.menus.append(_pareto(same))
+        cap = max(_MIN_OPTIONS, _PROGRAM_OPTIONS // len(self.blocks))
+        self.menus = [_thinned(menu, cap) for menu in self.menus]
 
     def _needs(self, unit):
         """The program's quantities in units of ``unit`` bytes, each size rounded up.
