@@ -6,10 +6,8 @@ tests/data/README.md).
 """
 
 import dataclasses
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,8 +26,8 @@ from planner.solvers.blocks import (
     module_blocks,
     module_key,
 )
-from tests.exhaustive import block_class
-from tests.strategies import block_dags, examples, store_all_peak
+from tests.strategies import block_dags, examples
+from tests.test_hierarchical import check_against_its_class
 
 DATA = Path(__file__).parent / "data" / "models"
 # the module of each family's decoder/encoder blocks (or ResNet stages)
@@ -166,20 +164,7 @@ def _with_modules(model, per_module):
 @given(model=block_dags(max_blocks=3, max_block_layers=2, mask=False), levels=st.integers(8, 40))
 def test_the_program_on_module_blocks_equals_the_exhaustive_search_of_its_class(model, levels):
     model = _with_modules(model, 2)
-    plan = _Plan(model, {}, module_blocks(model, 1))
-    top = store_all_peak(model)
-    unit = max(1, -(-top // levels))
-    row = plan.solve_table(2 * levels, unit)
-    schedules = block_class(plan, unit)
-    for m in range(0, 2 * levels + 1, max(1, levels // 8)):
-        fits = [c for need, c, _ in schedules if need <= m]
-        if not fits:
-            assert not np.isfinite(row[m])
-            continue
-        assert math.isclose(row[m], min(fits), rel_tol=1e-9, abs_tol=1e-9)
-        sim = simulate(model, insert_frees(model, plan.ops(m)))
-        assert sim.valid, sim.error
-        assert math.isclose(sim.compute, row[m], rel_tol=1e-9, abs_tol=1e-9)
+    check_against_its_class(model, _Plan(model, {}, module_blocks(model, 1)), levels)
 
 
 def test_a_thinned_menu_keeps_its_ends():

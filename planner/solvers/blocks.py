@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner import extras
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, splitting_vertices, store_all_ops
 from planner.model import Layer, Model
@@ -43,7 +44,7 @@ LEVELS = 1000
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
 # The first MILP_MENUS distinct blocks of up to MILP_BLOCK_LAYERS layers also
-# ask milp, for at most MILP_BLOCK_SECONDS each: its least peak alone, and at
+# ask milp (where scipy is installed), for at most MILP_BLOCK_SECONDS each: its least peak alone, and at
 # _MILP_FRACTIONS of the budgets followed by the rest of the model (where it
 # finds options that keep less than reforward's and chen-greedy's).
 MILP_BLOCK_LAYERS = 14
@@ -570,7 +571,7 @@ class _Plan:
             if key not in cache:
                 # the first MILP_MENUS distinct blocks (in the model's order) ask milp
                 asked = cache.setdefault("milp menus", [0])
-                cache[key] = block_menu(block, milp=asked[0] < MILP_MENUS)
+                cache[key] = block_menu(block, milp=asked[0] < MILP_MENUS and not extras.missing("scipy"))
                 asked[0] += _SMALL_BLOCK < len(block.model) <= MILP_BLOCK_LAYERS and not block.last
                 self.menus.append(cache[key])
             else:  # same sizes, so the same peaks: only the compute changes
