@@ -59,7 +59,10 @@ class Layer:
     """One layer of a model.
 
     ``inputs`` holds the indices of the producing layers; ``uses_input`` says
-    whether the model input is among the layer's inputs as well.
+    whether the model input is among the layer's inputs as well.  ``module``
+    is the file's optional extra field of that name: the module path the
+    capture recorded the layer in (``transformer.h.0.attn``; ``""``: none),
+    which ``hierarchical`` groups layers into blocks by.
     """
 
     name: str
@@ -74,6 +77,7 @@ class Layer:
     workspace_backward: int = 0
     params_bytes: int = 0
     uses_input: bool = False
+    module: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,6 +214,7 @@ def _layer_document(layer, layers):
         "workspace_forward": layer.workspace_forward,
         "workspace_backward": layer.workspace_backward,
         "params_bytes": layer.params_bytes,
+        **({"module": layer.module} if layer.module else {}),
     }
 
 
@@ -613,7 +618,9 @@ def _read_layer(raw, position, raw_layers, layers, index, fail):
         if not isinstance(value, bool):
             lfail(f"must be true or false, got {_describe(value)}", key)
         flags[key] = value
-    return Layer(name=lname, inputs=inputs, uses_input=uses_input, **times, **sizes, **flags)
+    module = raw.get("module", "")
+    return Layer(name=lname, inputs=inputs, uses_input=uses_input, **times, **sizes, **flags,
+                 module=module if isinstance(module, str) else "")
 
 
 def _read_inputs(raw, position, raw_layers, layers, index, lfail):

@@ -30,7 +30,11 @@ def _plan(model):
 @given(model=block_dags(max_blocks=3, max_block_layers=3), levels=st.integers(8, 60))
 def test_the_program_equals_the_exhaustive_search_of_its_class(model, levels):
     """At every memory level the table's least compute is the least over every schedule of the class."""
-    plan = _plan(model)
+    check_against_its_class(model, _plan(model), levels)
+
+
+def check_against_its_class(model, plan, levels):
+    """``plan``'s table on a grid of about ``levels`` levels equals the exhaustive search of its class."""
     top = store_all_peak(model)
     unit = max(1, -(-top // levels))
     row = plan.solve_table(2 * levels, unit)

@@ -11,7 +11,9 @@ outputs to keep as checkpoints.
 
 Blocks are the stretches between the model's cut points (layers that no edge
 jumps over, :func:`planner.lowering.splitting_vertices`), merged so that there
-are at most :data:`MAX_BLOCKS`.  The registry holds small shared tensors
+are at most :data:`MAX_BLOCKS`; where the layers carry the module path the
+capture records (``Layer.module``), also whole modules (:func:`groupings`),
+and the better plan wins.  The registry holds small shared tensors
 (:mod:`planner.holding`) before this solver runs, which is what gives a
 transformer's op graph its cut points.  A model without cut points is one block:
 the answer is then the best option of the menu.
@@ -23,13 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner import extras
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, splitting_vertices, store_all_ops
 from planner.model import Layer, Model
 from planner.schedule import OpKind, Op, backward, forward
 from planner.simulate import simulate
 
-__all__ = ["hierarchical", "Block", "Option", "model_blocks", "block_menu", "MAX_BLOCKS", "LEVELS"]
+__all__ = [
+    "hierarchical", "Block", "Option", "model_blocks", "module_blocks", "module_key", "groupings", "block_menu",
+    "block_floors", "MAX_BLOCKS", "LEVELS",
+]
 
 MAX_BLOCKS = 64
 LEVELS = 1000
@@ -37,6 +43,17 @@ LEVELS = 1000
 # peak) at which the exact methods are asked for a block option.
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
+# The first MILP_MENUS distinct blocks of up to MILP_BLOCK_LAYERS layers also
+# ask milp (where scipy is installed), for at most MILP_BLOCK_SECONDS each: its least peak alone, and at
+# _MILP_FRACTIONS of the budgets followed by the rest of the model (where it
+# finds options that keep less than reforward's and chen-greedy's).
+MILP_BLOCK_LAYERS = 14
+MILP_BLOCK_SECONDS = 2.0
+MILP_MENUS = 6
+_MILP_FRACTIONS = (0.1, 0.4)
+_KEEP_SETS = 12  # how many keep-set options a block gets at most
+_PROGRAM_OPTIONS = 300  # options of all blocks together the program takes, beyond _MIN_OPTIONS a block
+_MIN_OPTIONS = 8
 _RETRIES = 5
 _INF = math.inf
 
@@ -84,28 +101,96 @@ class Block:
     last: bool
 
 
-def model_blocks(model, max_blocks=MAX_BLOCKS):
-    """The blocks of ``model``: stretches between cut points, merged to at most ``max_blocks``.
-
-    Returns a list of ``(start, stop)`` covering ``0..n``.
-    """
-    n = len(model)
-    cuts = splitting_vertices(model, input_edges=False)
+def _cut_segments(model):
+    """``(start, stop)`` of the stretches between the model's cut points, covering ``0..n``."""
     segments = []
     start = 0
-    for c in cuts:
+    for c in splitting_vertices(model, input_edges=False):
         segments.append((start, c + 1))
         start = c + 1
+    return segments
+
+
+def _merged(segments, n, max_blocks):
+    """``segments`` merged in order to at most about ``max_blocks`` of similar lengths."""
     if len(segments) <= max_blocks:
         return segments
     target = math.ceil(n / max_blocks)
     merged = []
     start = 0
-    for lo, hi in segments:
+    for _, hi in segments:
         if hi - start >= target or hi == n:
             merged.append((start, hi))
             start = hi
     return merged
+
+
+def model_blocks(model, max_blocks=MAX_BLOCKS):
+    """The blocks of ``model``: stretches between cut points, merged to at most ``max_blocks``.
+
+    Returns a list of ``(start, stop)`` covering ``0..n``.
+    """
+    return _merged(_cut_segments(model), len(model), max_blocks)
+
+
+def module_key(path, level):
+    """The module a layer of module ``path`` belongs to at ``level``: the path up to its ``level``-th index.
+
+    Container items are named by their index (``transformer.h.0``,
+    ``resnet.encoder.stages.1.layers.0``): level 1 is the outermost item (a
+    decoder or encoder block, a ResNet stage), level 2 the item inside it (a
+    ResNet stage's residual block), and so on; a path with fewer indices
+    stops at its last one.  None for a path with no index (embeddings, the
+    head, the loss).
+    """
+    parts = path.split(".") if path else []
+    found = [k for k, part in enumerate(parts) if part.isdigit()]
+    if not found:
+        return None
+    return ".".join(parts[: found[min(level, len(found)) - 1] + 1])
+
+
+def module_levels(model):
+    """How many levels of container items the layers' module paths go down (0: no module field)."""
+    return max((sum(p.isdigit() for p in layer.module.split(".")) for layer in model.layers if layer.module),
+               default=0)
+
+
+def module_blocks(model, level, max_blocks=MAX_BLOCKS):
+    """The blocks of ``model`` by its module structure at ``level`` (see :func:`module_key`).
+
+    The stretches between cut points are joined while consecutive ones hold
+    layers of the same module, so a block is a whole module (a decoder
+    block, a ResNet stage) wherever the module ends at a cut point; a
+    stretch with no module of the level (the embedding, the head) stays a
+    block of its own.  Returns a list of ``(start, stop)`` covering ``0..n``.
+    """
+    layers = model.layers
+    groups = []  # [start, stop, keys]
+    for lo, hi in _cut_segments(model):
+        keys = {module_key(layers[i].module, level) for i in range(lo, hi)} - {None}
+        if groups and keys & groups[-1][2]:
+            groups[-1][1] = hi
+            groups[-1][2] |= keys
+        else:
+            groups.append([lo, hi, keys])
+    return _merged([(lo, hi) for lo, hi, _ in groups], len(model), max_blocks)
+
+
+def groupings(model, max_blocks=MAX_BLOCKS):
+    """The block partitions ``hierarchical`` plans with: ``{name: [(start, stop), ...]}``, all different.
+
+    ``cuts``: every stretch between cut points (:func:`model_blocks`), the
+    graph's own partition; ``modules-1``, ``modules-2``, ...: by the module
+    structure the capture recorded (:func:`module_blocks`), at each level it
+    has, where that differs.
+    """
+    found = {"cuts": model_blocks(model, max_blocks)}
+    for level in range(1, module_levels(model) + 1):
+        blocks = module_blocks(model, level, max_blocks)
+        if blocks not in found.values():
+            found[f"modules-{level}"] = blocks
+    return found
 
 
 def _block(model, start, stop):
@@ -262,7 +347,7 @@ def _exact_methods(sub):
     return methods
 
 
-def block_menu(block):
+def block_menu(block, milp=True):
     """Pareto-optimal options of a :class:`Block`: store-all, then the exact methods at several budgets.
 
     Two families of budgets: on the block alone, from its least peak to its
@@ -270,8 +355,14 @@ def block_menu(block):
     layer whose forward needs as much workspace as the block keeps in
     store-all, standing for the rest of the model (options that keep less
     between their forward and their backward, the memory the blocks after
-    them run in).  Returns a list of :class:`Option`, none dominated by
-    another in (``max(fwd_peak, bwd_peak)``, ``kept``, ``compute``).
+    them run in).  With ``milp``, a block of at most
+    :data:`MILP_BLOCK_LAYERS` layers also gets milp's proven optima at two
+    budgets of the second family (:func:`_milp_option`) and at the least peak
+    milp finds for it alone, when below reforward's (:func:`_milp_least`);
+    a block that is not the last also gets its keep sets
+    (:func:`_keep_sets`).  Returns a list of :class:`Option`, none
+    dominated by another in (``max(fwd_peak, bwd_peak)``, ``kept``,
+    ``compute``).
     """
     from planner.solvers.reforward import reforward
 
@@ -292,18 +383,127 @@ def block_menu(block):
         rest = options[0].kept
         after = _followed(sub, rest)
         asks += [(after, sub.input_bytes + rest + int(f * rest)) for f in _MENU_FRACTIONS]
+    milp_asks = set()
+    if milp and not block.last and len(sub) <= MILP_BLOCK_LAYERS:
+        milp_asks = {asks[-len(_MENU_FRACTIONS) + k] for k, f in enumerate(_MENU_FRACTIONS) if f in _MILP_FRACTIONS}
     for target, budget in asks:
+        starts = []
         for name, fn in _exact_methods(target):
             try:
                 ops, _ = fn(target, budget=budget)
             except InfeasibleError:
                 continue
+            starts.append((name, ops))
+        if (target, budget) in milp_asks:
+            starts.extend(_milp_option(target, budget, starts))
+        for name, ops in starts:
             ops = [op for op in ops if op.kind is not OpKind.FREE]
             split = next(k for k, op in enumerate(ops) if op.layer == len(sub) or op.kind is OpKind.BACKWARD)
             found = _option(block, [op for op in ops if op.layer < len(sub)], name, split)
             if found is not None:
                 options.append(found)
+    if milp and len(sub) <= MILP_BLOCK_LAYERS:
+        for name, ops in _milp_least(sub, bottom):
+            options.append(_option(block, ops, name))
+    if not block.last:
+        for ops, split in _keep_sets(sub):
+            options.append(_option(block, ops, "keep-set", split))
     return _pareto([o for o in options if o is not None])
+
+
+def _keep_sets(sub):
+    """``[(ops, split)]``: schedules of ``sub`` that keep a set of layers and recompute the rest once.
+
+    The forward phase runs every layer, saving those of the set; the backward
+    phase forwards the others again with save, then runs every backward; or
+    forwards each run of consecutive others again just before the backward
+    of its last layer (:func:`_by_runs`), which peaks less.
+    The sets are the layers that cost the least time per byte they keep:
+    for each ``k``, the ``k`` layers of the best ratio (the block's output
+    always kept).
+    """
+    layers = sub.layers
+    n = len(layers)
+    read = [layer.needs_output for layer in layers]
+    for layer in layers:
+        if layer.needs_inputs:
+            for i in layer.inputs:
+                read[i] = True
+    keeps = [layers[i].saved_bytes + (layers[i].output_bytes if read[i] else 0) for i in range(n - 1)]
+    order = sorted(range(n - 1), key=lambda i: (-(layers[i].forward / keeps[i]) if keeps[i] else -math.inf, i))
+    counts = sorted({round(k * (n - 1) / _KEEP_SETS) for k in range(_KEEP_SETS)}) if n - 1 > _KEEP_SETS \
+        else range(n - 1)
+    found = []
+    for count in counts:
+        kept = set(order[:count]) | {n - 1}
+        fwd = [forward(i, i in kept) for i in range(n)]
+        again = [forward(i, True) for i in range(n) if i not in kept]
+        found.append((fwd + again + [backward(i) for i in reversed(range(n))], n))
+        found.append((fwd + _by_runs(n, kept), n))
+    return found
+
+
+def _by_runs(n, kept):
+    """Backward-phase ops: each run of consecutive layers not in ``kept`` forwarded again before its backwards."""
+    ops = []
+    i = n - 1
+    while i >= 0:
+        if i in kept:
+            ops.append(backward(i))
+            i -= 1
+            continue
+        start = i
+        while start > 0 and start - 1 not in kept:
+            start -= 1
+        ops.extend(forward(j, True) for j in range(start, i + 1))
+        ops.extend(backward(j) for j in range(i, start - 1, -1))
+        i = start - 1
+    return ops
+
+
+def _milp_least(sub, bottom):
+    """``[("milp", ops)]``: a schedule of ``sub`` at the least peak milp finds, when below ``bottom``; else []."""
+    from planner.solvers.milp import milp
+
+    try:
+        milp(sub, budget=1, time_limit=MILP_BLOCK_SECONDS)
+    except InfeasibleError as exc:
+        least = exc.least_bytes
+    else:  # pragma: no cover - no block fits in one byte
+        return []
+    if least is None or least >= bottom:
+        return []
+    return _milp_option(sub, least, [])
+
+
+def _milp_option(target, budget, starts):
+    """``[("milp", ops)]``: milp's proven optimum on ``target`` at ``budget``, warm-started; [] otherwise.
+
+    Only a proven optimum is kept, so that the menu does not depend on how
+    far HiGHS got in its time on this machine.
+    """
+    from planner.solvers.milp import milp
+
+    try:
+        ops, params = milp(target, budget=budget, time_limit=MILP_BLOCK_SECONDS, warm_starts=starts)
+    except InfeasibleError:
+        return []
+    return [("milp", ops)] if params.get("proven_optimal") else []
+
+
+def block_floors(model):
+    """``[((start, stop), bytes)]``: per block between cut points, the least peak of its menu in the model.
+
+    Running the block forward and backward with one option of its menu, the
+    model input (and the block's input and its output's gradient) held: no
+    schedule of ``hierarchical``'s class goes below the largest of them.
+    """
+    found = []
+    for start, stop in model_blocks(model):
+        block = _block(model, start, stop)
+        least = min(max(o.fwd_peak, o.bwd_peak) for o in block_menu(block))
+        found.append(((start, stop), least + (0 if start == 0 else model.input_bytes)))
+    return found
 
 
 def _followed(sub, workspace):
@@ -329,6 +529,25 @@ def _pareto(options):
     return [unique[k] for k in kept]
 
 
+def _thinned(menu, cap):
+    """At most ``cap`` options of a Pareto ``menu``: the least compute, the least peak, the least kept, and evenly between.
+
+    The program's time grows with the options of all blocks; a model of many
+    blocks keeps fewer per block (:data:`_PROGRAM_OPTIONS` in all).
+    """
+    if len(menu) <= cap:
+        return menu
+    ends = {
+        min(range(len(menu)), key=lambda k: (menu[k].compute, k)),
+        min(range(len(menu)), key=lambda k: (max(menu[k].fwd_peak, menu[k].bwd_peak), k)),
+        min(range(len(menu)), key=lambda k: (menu[k].kept, k)),
+    }
+    rest = [k for k in range(len(menu)) if k not in ends]
+    room = cap - len(ends)
+    picked = ends | {rest[round(j * (len(rest) - 1) / max(1, room - 1))] for j in range(room)}
+    return [menu[k] for k in sorted(picked)]
+
+
 def _menu_key(sub):
     return (sub.input_bytes, tuple(
         (x.inputs, x.uses_input, x.output_bytes, x.saved_bytes, x.needs_inputs,
@@ -340,9 +559,9 @@ def _menu_key(sub):
 class _Plan:
     """The blocks of a model with their menus, and the dynamic program over them."""
 
-    def __init__(self, model, cache):
+    def __init__(self, model, cache, blocks=None):
         self.model = model
-        self.blocks = [_block(model, a, b) for a, b in model_blocks(model)]
+        self.blocks = [_block(model, a, b) for a, b in (model_blocks(model) if blocks is None else blocks)]
         self.menus = []
         for block in self.blocks:
             # blocks of the same structure and sizes (a transformer's layers,
@@ -350,7 +569,10 @@ class _Plan:
             # each measured with its own times
             key = _menu_key(block.context)
             if key not in cache:
-                cache[key] = block_menu(block)
+                # the first MILP_MENUS distinct blocks (in the model's order) ask milp
+                asked = cache.setdefault("milp menus", [0])
+                cache[key] = block_menu(block, milp=asked[0] < MILP_MENUS and not extras.missing("scipy"))
+                asked[0] += _SMALL_BLOCK < len(block.model) <= MILP_BLOCK_LAYERS and not block.last
                 self.menus.append(cache[key])
             else:  # same sizes, so the same peaks: only the compute changes
                 layers = block.model.layers
@@ -362,6 +584,8 @@ class _Plan:
                     for o in cache[key]
                 ]
                 self.menus.append(_pareto(same))
+        cap = max(_MIN_OPTIONS, _PROGRAM_OPTIONS // len(self.blocks))
+        self.menus = [_thinned(menu, cap) for menu in self.menus]
 
     def _needs(self, unit):
         """The program's quantities in units of ``unit`` bytes, each size rounded up.
@@ -511,7 +735,8 @@ def hierarchical(model, *, budget=None, shared=None):
     Parameters
     ----------
     model : planner.model.Model
-        Any model; its cut points make the blocks (one block when it has none).
+        Any model; its cut points make the blocks (one block when it has
+        none), and its layers' module paths other partitions (:func:`groupings`).
     budget : int or None, keyword-only
         Activation budget in bytes; None: store-all.
     shared : dict or None, keyword-only
@@ -523,7 +748,9 @@ def hierarchical(model, *, budget=None, shared=None):
     ops : list of Op
         Forward and backward ops; the registry inserts the frees.
     params : dict
-        ``blocks`` (how many), ``options`` (menu sizes summed over the blocks).
+        ``blocks`` (how many), ``options`` (menu sizes summed over the
+        blocks), ``grouping`` (the partition of the plan: ``cuts``,
+        ``modules-1``, ...).
 
     Raises
     ------
@@ -537,9 +764,14 @@ def hierarchical(model, *, budget=None, shared=None):
     (store-all, reforward's least peak, and reforward, chen-greedy and, on
     chain blocks, dp, at six budgets between the block's least and
     store-all peaks, and at six more with the block followed by a layer
-    standing for the rest of the model), each measured by the simulator in
-    the block's context, kept when Pareto-optimal; blocks of one structure (a
-    transformer's layers) share one menu.  The dynamic program is rotor's
+    standing for the rest of the model; keep sets (:func:`_keep_sets`); milp's
+    proven optima at two of the latter budgets on the first
+    :data:`MILP_MENUS` distinct blocks of at most :data:`MILP_BLOCK_LAYERS`
+    layers), each measured by the simulator in the block's context, kept
+    when Pareto-optimal; blocks of one structure (a transformer's layers)
+    share one menu.  Each partition of :func:`groupings` gets its plan; the
+    least memory is the least of theirs, and at a budget the least compute
+    wins (the first partition on ties).  The dynamic program is rotor's
     over the k blocks with memory on a grid of about :data:`LEVELS` levels,
     with one more bit, whether the first block's input must stay to the end:
     for blocks s..t with the input of s and the gradient of t's output held,
@@ -568,21 +800,36 @@ def hierarchical(model, *, budget=None, shared=None):
         return plain, {"blocks": 0, "options": 0}
     shared = {} if shared is None else shared
     cache = shared.setdefault("menus", {})
-    plan = shared.get("plan")
-    if plan is None or plan.model is not model:
-        plan = _Plan(model, cache)
-        shared["plan"] = plan
-        least = _least(plan, model, top)
-        shared["least"] = least if least is not None and least[0] < top else (top, base_compute, plain)
-    least_peak, least_compute, least_ops = shared["least"]
-    params = {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus)}
+    plans = shared.get("plans")
+    if plans is None or plans[0][1].model is not model:
+        plans = []
+        for name, blocks in groupings(model).items():
+            plan = _Plan(model, cache, blocks)
+            least = _least(plan, model, top)
+            if least is None or least[0] >= top:
+                least = (top, base_compute, plain)
+            plans.append((name, plan, least))
+        shared["plans"] = plans
+    least_peak = min(least[0] for _, _, least in plans)
     if budget < least_peak:
         raise InfeasibleError(
             f"hierarchical needs at least {least_peak} bytes of activation memory, "
             f"more than the budget of {budget} bytes",
             least_bytes=least_peak,
         )
-    best = (least_compute, least_peak, least_ops)
+    best = None
+    for name, plan, least in plans:  # the first grouping wins ties
+        found = _at_budget(plan, model, budget, least)
+        if found is not None and (best is None or found[:2] < best[0][:2]):
+            best = (found, name, plan)
+    (_, _, ops), name, plan = best
+    return ops, {"blocks": len(plan.blocks), "options": sum(len(m) for m in plan.menus), "grouping": name}
+
+
+def _at_budget(plan, model, budget, least):
+    """``(compute, peak, ops)``: the plan's least-compute schedule within ``budget``, or None."""
+    least_peak, least_compute, least_ops = least
+    best = (least_compute, least_peak, least_ops) if least_peak <= budget else None
     unit = max(1, -(-budget // LEVELS))
     # The program's sizes are rounded up and count what a block's context may
     # hold, so its answer at the budget usually peaks below it: search the
@@ -598,7 +845,7 @@ def hierarchical(model, *, budget=None, shared=None):
         peak, compute = _measure(model, ops)
         if peak <= budget:
             fits = target
-            if (compute, peak) < best[:2]:
+            if best is None or (compute, peak) < best[:2]:
                 best = (compute, peak, ops)
             if budget - peak < unit or levels == 2 * LEVELS:
                 break
@@ -611,4 +858,4 @@ def hierarchical(model, *, budget=None, shared=None):
         if step in (fits, fails) or step <= 0:
             break
         target = step
-    return best[2], params
+    return best
