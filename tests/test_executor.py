@@ -337,7 +337,8 @@ def test_compiled_stages_train_as_plain_training(chain):
     """
     schedule = _schedule(chain, 0.7, "revolve")
     plain, net = bn_dropout_chain(), bn_dropout_chain()
-    wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
+    with pytest.warns(UserWarning, match="profiled with eager"):  # test_compile: profile --compile
+        wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
     batches = _batches(CHAIN_SHAPE, 3)
     expected, plain_rng = _train(plain, plain, batches)
     got, rng = _train(net, wrapped, batches)

@@ -65,6 +65,7 @@ reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
 import os
+import warnings
 
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
@@ -72,13 +73,13 @@ from planner.schedule import RECORD_KINDS, OpKind, Schedule, load_schedule
 from planner.torch.capture import OWN_LOSS, build_stages, document_output
 from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
 from planner.torch.loss import make_loss, model_loss
-from planner.torch.measure import seed_function
+from planner.torch.measure import compile_backend, compiled_stages, seed_function
 from planner.torch.pager import Pager
 
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["ScheduledModule", "StepRunner", "plain_forward"]
+__all__ = ["ScheduledModule", "StepRunner", "plain_forward", "compile_mismatch"]
 
 
 class _Plan:
@@ -595,16 +596,6 @@ class StepRunner:
         ) > 1
 
 
-def _compiled(stage, backend):
-    """The stage with its function compiled by ``torch.compile`` (``backend``: True for the default)."""
-    import dataclasses
-
-    options = {} if backend is True else {"backend": backend}
-    return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
-
-
-
-
 class _Record:
     """What a stage's forward with save keeps for its backward, packed so that it can be paged.
 
@@ -794,8 +785,11 @@ class ScheduledModule(nn.Module):
         inductor, which needs a C++ compiler on the CPU; a string: that
         backend, e.g. ``"aot_eager"``).  The schedule still decides what is
         kept: a stage's compiled forward saves what its compiled backward
-        reads, and recomputation runs the compiled forward again.  The model
-        file's times are the eager stages' (``profile`` measures eager).
+        reads, and recomputation runs the compiled forward again.  A model
+        file profiled with ``--compile`` (its ``compile`` field names the
+        backend) holds the compiled stages' times and sizes; a UserWarning
+        (:func:`compile_mismatch`) says when the model file was profiled
+        otherwise than the stages run.
 
     Attributes
     ----------
@@ -817,6 +811,9 @@ class ScheduledModule(nn.Module):
     ModelError
         The model file does not describe ``module`` (layer names), or was
         profiled for another input shape (input or output sizes).
+    OptionError
+        ``compile`` names an unknown backend, or one that cannot run here
+        (:func:`planner.torch.measure.compile_backend`).
 
     Notes
     -----
@@ -831,8 +828,7 @@ class ScheduledModule(nn.Module):
 
     def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
         super().__init__()
-        if not isinstance(compile, (bool, str)):
-            raise ModelError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+        backend = None if compile is False else compile_backend(compile)
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
@@ -851,7 +847,10 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
-        self._compile = compile
+        mismatch = compile_mismatch(model, backend)
+        if mismatch is not None:
+            warnings.warn(mismatch, UserWarning, stacklevel=2)
+        self._compile = backend
         self._loss = model_loss(model)
         self._plan = None  # made with the stages, by _build
         self._eval = None  # the stages in eval mode, by _eval_stages
@@ -868,6 +867,11 @@ class ScheduledModule(nn.Module):
         """The stages (None before the first call when no example was given)."""
         return None if self._plan is None else self._plan.stages
 
+    @property
+    def compiled(self):
+        """The ``torch.compile`` backend the stages run with (None: eager)."""
+        return self._compile
+
     def _build(self, inputs):
         example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
         # Cutting into ops runs the model once: keep its buffers and the RNG as they were.
@@ -883,7 +887,7 @@ class ScheduledModule(nn.Module):
         del buffers
         check_names([layer.name for layer in self._model.layers], stage_list)
         if self._compile:
-            stage_list = [_compiled(stage, self._compile) for stage in stage_list]
+            stage_list = compiled_stages(stage_list, self._compile)
         self._plan = _Plan(stage_list, self._schedule.ops)
 
     def _eval_stages(self, inputs):
@@ -941,6 +945,23 @@ class ScheduledModule(nn.Module):
         if self._plan is None:
             self._build(inputs)
         return plain_forward(self._plan.stages, inputs, target)
+
+
+def compile_mismatch(model, backend):
+    """Why ``model``'s costs are not those of stages run with ``backend`` (None: eager), or None when they are.
+
+    ``profile --compile`` writes the backend it measured with into the model
+    file's ``compile`` field; a model file without one was profiled eager.
+    """
+    profiled = model.document.get("compile") if isinstance(model.document, dict) else None
+    if profiled == backend or model.time_unit == "flop":  # an estimate (nothing ran) says nothing of either
+        return None
+    was = f"compiled ({profiled})" if profiled else "eager (uncompiled)"
+    runs = f"compiled ({backend})" if backend else "eager"
+    how = f"--compile-backend {backend}" if backend and backend != "inductor" else "--compile"
+    fix = f"profile it with {how}" if backend else "run it compiled as it was profiled, or profile it without --compile"
+    return (f"model {model.name!r} was profiled with {was} stages and its stages run {runs}: its times and "
+            f"saved sizes are not this run's ({fix})")
 
 
 def _with_loss(stage_list, model):

@@ -31,15 +31,18 @@ runs nothing: ``FakeTensorMode`` gives the sizes and ``FlopCounterMode`` the
 FLOPs (workspaces are 0).
 """
 
+import dataclasses
 import os
 import statistics
 import sys
 import time
 
-from planner.errors import ModelError
+from planner.errors import ModelError, OptionError
 from planner.torch.inputs import require_torch
 
 __all__ = [
+    "compile_backend",
+    "compiled_stages",
     "allocation_trace",
     "seed_function",
     "measure_stage",
@@ -345,6 +348,68 @@ def measure_stage(stage, tensors, *, device, target=None, caller_holds_gradient=
         "workspace_backward": int(workspace_backward),
     }
     return fields, output
+
+
+def compile_backend(compile, device=None):
+    """The ``torch.compile`` backend that ``compile`` names (True: inductor), checked to run here.
+
+    Parameters
+    ----------
+    compile : bool or str
+        True (torch.compile's default backend, inductor) or a backend name
+        (``"aot_eager"``: torch.compile's capture and autograd split with
+        eager kernels, which needs no C++ compiler).
+    device : torch.device or None
+        Where the stages run: inductor on the CPU needs a C++ compiler.
+
+    Returns
+    -------
+    str
+        The backend's name.
+
+    Raises
+    ------
+    ModelError
+        ``compile`` is neither a bool nor a string.
+    OptionError
+        An unknown backend, or one that cannot run here (inductor on the CPU
+        without a working C++ compiler).
+    """
+    if not isinstance(compile, (bool, str)) or compile is False:
+        raise ModelError(f"compile must be True or a torch.compile backend name, got {compile!r}")
+    torch = require_torch()
+    import torch._dynamo
+
+    name = "inductor" if compile is True else compile
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise OptionError(f"compile: unknown torch.compile backend {name!r} (one of: {', '.join(known)})")
+    if not torch._dynamo.is_dynamo_supported():
+        raise OptionError(f"compile: torch.compile does not run on this Python ({sys.version.split()[0]})")
+    if name == "inductor" and (device is None or torch.device(device).type == "cpu"):
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as exc:  # InvalidCxxCompiler, or whatever a broken toolchain raises
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OptionError(
+                f"compile: torch.compile's inductor backend needs a C++ compiler on the CPU: {first} "
+                "(install one, e.g. g++, or compile with the aot_eager backend)"
+            ) from None
+    return name
+
+
+def compiled_stages(stage_list, backend):
+    """The stages, each function compiled by ``torch.compile`` with ``backend`` (a name from :func:`compile_backend`).
+
+    The one compile path: ``profile --compile`` measures these stages and
+    ``ScheduledModule(..., compile=)`` runs them.  Each stage compiles on
+    its first call, for fixed shapes (``dynamic=False``).
+    """
+    torch = require_torch()
+    options = {} if backend == "inductor" else {"backend": backend}
+    return [dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options)) for stage in stage_list]
 
 
 _SEED = {}
