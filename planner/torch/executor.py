@@ -119,6 +119,14 @@ class _Plan:
                 )
             break
         self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
+        self.plain = _plain_order(stages, self.ops)
+        self.checked = set()  # stages whose output size was checked against the model file, for:
+        self.checked_for = None  # the shapes and dtypes of the inputs they were checked with
+        self.last_read = {}  # producer -> the last stage (in the plain order) that reads it
+        for i in self.plain or ():
+            for p in stages[i].inputs:
+                if p >= 0:
+                    self.last_read[p] = i
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -131,6 +139,27 @@ class _Plan:
                     self.early_free[n] = k
                     break
                 k += 1
+
+
+def _plain_order(stages, ops):
+    """The forward ops' layers when the schedule is what plain autograd runs, else None.
+
+    That is a schedule where every layer runs one forward, with save, and
+    nothing pages: its forwards all come before its first backward (each
+    layer leads to the sink, whose backward is the first), and plain
+    autograd, given the stages in that order, keeps what it keeps.  The step
+    then runs them as plain autograd does, each stage reading its producers'
+    outputs with their graph, and the caller's ``backward()`` runs every
+    backward in one call (:meth:`StepRunner.forward_part`): no op of the
+    executor's own runs, and each output goes when the last backward that
+    reads it has run, as SPEC section 3 frees it.
+    """
+    forwards = [op for op in ops if op.kind is OpKind.FORWARD]
+    if not all(op.save for op in forwards) or sorted(op.layer for op in forwards) != list(range(len(stages))):
+        return None
+    if any(op.kind not in (OpKind.FORWARD, OpKind.BACKWARD, OpKind.FREE) for op in ops):
+        return None
+    return tuple(op.layer for op in forwards)
 
 
 def _segments(stages, ops):
@@ -287,7 +316,14 @@ class StepRunner:
     # ------------------------------------------------------------ the two parts
 
     def forward_part(self):
-        """Run the ops before the first backward; return the sink's output (detached)."""
+        """Run the ops before the first backward; return the sink's output (detached).
+
+        A schedule that is plain autograd's (``_Plan.plain``) runs as plain
+        autograd, unless ``on_op`` wants to see each op: the sink's output
+        comes back with its graph, and :meth:`attach` passes it on as it is.
+        """
+        if self.plan.plain is not None and self.on_op is None:
+            return self._plain_part()
         try:
             self._run(0, self.plan.split)
         except BaseException:
@@ -312,7 +348,36 @@ class StepRunner:
 
     def attach(self, y):
         """``y`` as a tensor whose backward runs the rest of the schedule."""
+        if self.plan.plain is not None and self.on_op is None:
+            return y  # its graph is the rest of the schedule
         return _Entry.apply(y, self.anchor, self._receive_sink_grad)
+
+    def _plain_part(self):
+        """The stages in the schedule's order, as plain autograd runs them; the sink's output with its graph.
+
+        An output nobody reads any more is dropped at once: what a backward
+        reads, its graph holds, until that backward has run.
+        """
+        order, last_read = self.plan.plain, self.plan.last_read
+        outputs = {}
+        for i in order:
+            stage = self.stages[i]
+            try:
+                args = [self.inputs[-1 - p] if p < 0 else outputs[p] for p in stage.inputs]
+            except KeyError:
+                raise ScheduleError(f"forward {stage.name}: an input is not in memory", layer=stage.name) from None
+            y = _call(stage, args, self.target)
+            del args
+            if not isinstance(y, torch.Tensor):
+                raise ModelError(f"stage {stage.name!r} did not return a tensor")
+            self._check_bytes(i, y)
+            outputs[i] = y
+            for p in stage.inputs:
+                if last_read.get(p) == i:
+                    del outputs[p]
+        self.count = len(self.plan.ops)
+        self.inputs = self.target = None  # the graph holds what the backwards read
+        return outputs.pop(self.plan.sink)
 
     def _receive_sink_grad(self, grad):
         self.sink_grad = grad
@@ -419,8 +484,8 @@ class StepRunner:
             self.done.add(i)
             y = self.outputs[i]
             self.meta[i] = (y.shape, y.dtype)
+            self._check_bytes(i, y)
             del y
-            self._check_bytes(i)
 
     def _enter_recompute(self, i, stage):
         rng = _rng_bytes(self.device) if i in self.first_rng else None
@@ -490,16 +555,17 @@ class StepRunner:
         if problem is not None:
             raise self._missing(n, op, problem)
 
-    def _check_bytes(self, i):
-        if self.expected_bytes is None:
+    def _check_bytes(self, i, y):
+        """Raise ModelError unless ``y`` is as big as the model file says (once per stage and plan)."""
+        if self.expected_bytes is None or i in self.plan.checked:
             return
-        y = self.outputs.get(i)
         got = y.numel() * y.element_size() if isinstance(y, torch.Tensor) else None
         if got != self.expected_bytes[i]:
             raise ModelError(
                 f"layer {self.stages[i].name!r}: output of {got} bytes here, the model file says "
                 f"{self.expected_bytes[i]}: the model file was profiled for another input shape or dtype"
             )
+        self.plan.checked.add(i)
 
     def _backward(self, n, op, free_after):
         i = op.layer
@@ -852,6 +918,7 @@ class ScheduledModule(nn.Module):
             warnings.warn(mismatch, UserWarning, stacklevel=2)
         self._compile = backend
         self._loss = model_loss(model)
+        self._expected_bytes = [layer.output_bytes for layer in model.layers]
         self._plan = None  # made with the stages, by _build
         self._eval = None  # the stages in eval mode, by _eval_stages
         self._anchors = {}
@@ -911,6 +978,9 @@ class ScheduledModule(nn.Module):
         beyond its scalar, so the caller's tensors may be less (never more).
         """
         held = list(inputs) + ([target] if isinstance(target, torch.Tensor) else [])
+        signature = tuple((t.shape, t.dtype) for t in held)
+        if signature == self._plan.checked_for:  # checked, with the output sizes, at an earlier call
+            return
         got = sum(t.numel() * t.element_size() for t in held)
         want = self._model.input_bytes
         if got > want or (self._loss is None and got != want):
@@ -919,6 +989,7 @@ class ScheduledModule(nn.Module):
                 f"input {shapes} is {got} bytes; model {self._model.name!r} was profiled for "
                 f"{want} bytes of input: profile it for this input shape"
             )
+        self._plan.checked, self._plan.checked_for = set(), signature
 
     def forward(self, *inputs, target=None, **kwargs):
         if kwargs:  # module(**batch): the tensors flat, as the example gave them to capture
@@ -935,7 +1006,7 @@ class ScheduledModule(nn.Module):
         step = StepRunner(
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
-            expected_bytes=[layer.output_bytes for layer in self._model.layers], on_op=self.on_op,
+            expected_bytes=self._expected_bytes, on_op=self.on_op,
         )
         self.last_step = step
         return step.attach(step.forward_part())
