@@ -23,7 +23,8 @@ schedule is compared with ``checkpoint_sequential``'s on the same segments
 With ``--overhead [--against REV]`` it measures the executor's own overhead
 instead: on the ordinary models of ``tests/`` (a chain with BatchNorm and
 dropout, a ResNet DAG by ops, nanoGPT and a BERT encoder by ops and by
-modules), a step under the store-all schedule and under ``auto``'s schedule
+modules) and the tiny GPT-2 of ``tests/models_hf.py`` as transformers builds it
+(its logits are the step's output), a step under the store-all schedule and under ``auto``'s schedule
 at 50% of store-all's peak, as the median over the rounds of its ratio to the
 plain step of the same round (single-threaded, the methods in turn).  With
 ``--against REV`` the executor of git revision REV runs the same schedules
@@ -185,7 +186,10 @@ def _overhead_models():
 
     tokens = [parse_input("4x64:int64:5000")]
     bert = [parse_input("4x64:int64:5000"), parse_input("4x64:int64:2")]
+    gpt2_batch = os.path.join(ROOT, "tests", "models_hf.py") + ":gpt2_batch"
     return [
+        ("GPT-2 tiny (modules)", _hf_gpt2, gpt2_batch, "modules"),
+        ("GPT-2 tiny (ops)", _hf_gpt2, gpt2_batch, "ops"),
         ("bn-dropout chain", bn_dropout_chain, (32, 3, 8, 8), "auto"),
         ("resnet DAG (ops)", resnet_dag, (16, 3, 32, 32), "ops"),
         ("ResNet-18 small (ops)", resnet, (8, 3, 64, 64), "ops"),
@@ -193,6 +197,13 @@ def _overhead_models():
         ("nanoGPT (modules)", small_gpt, tokens, "modules"),
         ("BERT encoder (ops)", small_bert, bert, "ops"),
     ]
+
+
+def _hf_gpt2():
+    """tests/models_hf.py's tiny GPT-2 (2 layers, hidden 32, sequence 16, batch 2), as transformers builds it."""
+    from tests.models_hf import gpt2
+
+    return gpt2()
 
 
 def _old_executor(rev):
@@ -214,6 +225,17 @@ def _old_executor(rev):
 
 def _caller(module, inputs):
     return lambda: _step(lambda t: module(*t), inputs)
+
+
+def _plain_caller(module, inputs):
+    """The plain module's step on ``inputs``; a transformers model's step reads its logits, as the stages' sink."""
+    args, kwargs = inputs.call() if hasattr(inputs, "call") else (tuple(inputs), {})
+
+    def call(_):
+        out = module(*args, **kwargs)
+        return getattr(out, "logits", out)
+
+    return lambda: _step(call, inputs)
 
 
 def _rounds(methods, rounds):
@@ -245,7 +267,7 @@ def overhead(rounds, against=None, quick=False):
             schedules["50%"] = solvers.solve(model, int(full.result.peak_bytes * 0.5), "auto")
         except InfeasibleError:
             pass
-        methods = {"plain": _caller(factory(), inputs)}
+        methods = {"plain": _plain_caller(factory(), inputs)}
         for name, solution in schedules.items():
             for which, cls in (("after", ScheduledModule), ("before", old)):
                 if cls is not None:

@@ -41,6 +41,7 @@ from planner.errors import ModelError, OptionError
 from planner.torch.inputs import require_torch
 
 __all__ = [
+    "call_cost",
     "compile_backend",
     "compiled_stages",
     "allocation_trace",
@@ -253,6 +254,25 @@ def time_stages(stage_list, tensors, targets, *, rounds, device):
                 if b is not None:
                     backward[i].append(b)
     return forward, backward
+
+
+def call_cost(*, device, rounds=30):
+    """``(forward_ms, backward_ms)``: what timing a stage costs beyond the stage, medians of ``rounds`` runs.
+
+    An empty stage (one multiplication of one number) timed as
+    :func:`time_stages` times a stage.  Most of it is the ``backward()`` call
+    that each timed backward makes (the autograd engine's start), which a
+    training step makes once, not once per layer: :func:`planner.torch.profile.profile_model`
+    subtracts it from every stage's times, so that the layers' times add up to
+    the step's.
+    """
+    torch = require_torch()
+    from planner.torch.stages import Stage
+
+    empty = Stage(name="empty", fn=lambda t: t * 1.0, inputs=(0,))
+    x = [torch.ones(1, device=device)]
+    runs = [_time_once(empty, x, None, device=device, torch=torch) for _ in range(rounds + 1)][1:]
+    return statistics.median(f for f, _, _ in runs), statistics.median(b for _, b, _ in runs)
 
 
 def _saved(stage, tensors, target, excluded, torch):

@@ -22,6 +22,7 @@ from planner.torch.inputs import (
 )
 from planner.torch.loss import default_target, make_loss
 from planner.torch.measure import (
+    call_cost,
     compile_backend,
     compiled_stages,
     estimate_stages,
@@ -145,11 +146,15 @@ def _measure_all(prep, *, repeats, caller_holds_gradient):
         outputs[i] = out
         fields.append(f)
     spreads = []
-    for f, forward, backward in zip(fields, *time_stages(prep.stages, tensors, targets, rounds=repeats,
-                                                          device=prep.device)):
+    samples = time_stages(prep.stages, tensors, targets, rounds=repeats, device=prep.device)
+    cost = call_cost(device=prep.device)
+    for f, forward, backward in zip(fields, *samples):
         (f["forward"], fs), (f["backward"], bs) = robust_time(forward), robust_time(backward)
+        f["forward"] = round(max(0.0, f["forward"] - cost[0]), 6)
+        if backward:
+            f["backward"] = round(max(0.0, f["backward"] - cost[1]), 6)
         spreads.append(max(fs, bs))
-    return fields, _held_by_loss_value(prep, fields, outputs), spreads
+    return fields, _held_by_loss_value(prep, fields, outputs), spreads, cost
 
 
 def _held_by_loss_value(prep, fields, outputs):
@@ -171,7 +176,7 @@ def _describe(tensors):
     return ", ".join(f"{list(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in tensors)
 
 
-def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=(), backend=None):
+def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=(), backend=None, cost=None):
     torch = require_torch()
     what = f"inputs {_describe(prep.inputs)}"
     if prep.target is not None:
@@ -188,7 +193,8 @@ def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=(), b
     return (
         f"edgeplan profile: torch {torch.__version__} on {_device_name(prep.device)}, {what}, "
         f"{dtype}, {n} stages ({mode}{', compiled with ' + backend if backend else ''}), {threads} thread{'s' if threads != 1 else ''}, times: median of "
-        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}"
+        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}, less the timing's own cost "
+        f"({1000 * cost[0]:.0f} us forward, {1000 * cost[1]:.0f} us backward, an empty stage's)"
     )
 
 
@@ -305,13 +311,14 @@ def profile_model(
     torch = require_torch()
     old_threads = torch.get_num_threads()
     try:
-        held, spreads = 0, []
+        held, spreads, cost = 0, [], None
         if threads:
             torch.set_num_threads(threads)
         if estimate:
             fields = estimate_stages(root, prep.stages, prep.inputs, prep.target)
         else:
-            fields, held, spreads = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
+            fields, held, spreads, cost = _measure_all(prep, repeats=repeats,
+                                                       caller_holds_gradient=caller_holds_gradient)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
@@ -327,7 +334,7 @@ def profile_model(
         "name": name,
         "time_unit": "flop" if estimate else "ms",
         "source": _source(prep, estimate=estimate, repeats=repeats, dtype=dtype, loss=loss, threads=used_threads,
-                          spreads=spreads, backend=backend),
+                          spreads=spreads, backend=backend, cost=cost),
         "input_bytes": int(sum(tensor_bytes(t) for t in by_caller) + held),
         "layers": [_layer_doc(s, prep.stages, f) for s, f in zip(prep.stages, fields)],
     }
@@ -339,7 +346,7 @@ def profile_model(
         doc["compile"] = backend
     if spreads:
         doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
-                         "spread": [round(x, 4) for x in spreads]}
+                         "spread": [round(x, 4) for x in spreads], "call_cost": [round(x, 6) for x in cost]}
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
 
