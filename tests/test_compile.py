@@ -10,8 +10,8 @@ import json
 import warnings
 
 import pytest
+import torch
 
-from cli import main
 from planner import solvers
 from planner.model import model_from_dict
 from planner.torch.executor import ScheduledModule
@@ -109,3 +109,22 @@ def test_inductor_without_a_cpp_compiler_is_refused(tmp_path, monkeypatch):
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = run("profile", TARGET, "--input", INPUT, "--repeats", "1", "--compile-backend", BACKEND, "-o", out)
     assert result.exit_code == 0, result.output  # aot_eager needs none
+
+
+def test_fit_compiled_profiles_compiled_and_trains_as_plain_training():
+    """``fit(compile=...)`` plans on the compiled stages' costs: no warning, and plain training's gradients."""
+    from planner import fit
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(CHAIN_SHAPE, generator=gen), torch.randint(0, 10, (CHAIN_SHAPE[0],), generator=gen)
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped = fit(net, (x, y), memory="100MB", compile=BACKEND, repeats=1)
+    assert wrapped.plan.model.document["compile"] == BACKEND and wrapped.compiled == BACKEND
+    torch.manual_seed(0)
+    wrapped(x, target=y).backward()
+    torch.manual_seed(0)
+    torch.nn.functional.cross_entropy(plain(x), y).backward()
+    for p, q in zip(net.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5)

@@ -21,7 +21,10 @@ do under plain autograd.  ``model.eval()`` or ``torch.no_grad()`` run the
 plain forward of the stages.
 
 How the ops run (the same rules as ``edgeplan verify``, which runs on this
-code):
+code).  A schedule that is plain autograd's (every layer one forward, with
+save, no paging: store-all) runs as plain autograd: the stages in its order,
+each reading its producers' outputs with their graph, and the caller's
+``backward()`` runs every backward (see :func:`_plain_order`).  Otherwise:
 
 - ``forward L save=true``: L runs on its inputs entered into autograd through
   a node that holds no tensor and hands the input gradients back, keeping its
@@ -889,7 +892,9 @@ class ScheduledModule(nn.Module):
     mode with grad enabled it runs the schedule's forward part; its
     ``backward()`` runs the rest.  Otherwise it runs the plain forward.  One
     step costs the schedule's forwards and backwards plus, per recomputed
-    stage, a copy of its buffers and of the RNG state.
+    stage, a copy of its buffers and (when it draws random numbers) of the
+    RNG state, some Python per op and one ``backward()`` call per segment;
+    a store-all step costs what plain autograd's does.
     """
 
     def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
