@@ -273,22 +273,26 @@ def overhead(rounds, against=None, quick=False):
                 if cls is not None:
                     methods[name, which] = _caller(cls(factory(), model, solution.schedule, stages=mode), inputs)
         times = _rounds(methods, rounds)
+        plain_ms = 1000 * statistics.median(times["plain"])
         for name, solution in schedules.items():
             ratio = {which: statistics.median(a / b for a, b in zip(times[name, which], times["plain"]))
                      for which in ("after", "before") if (name, which) in times}
             rows.append((label, len(model.layers), f"{name} ({solution.strategy})",
-                         1 + solution.result.overhead, ratio.get("before"), ratio["after"]))
+                         1 + solution.result.overhead, ratio.get("before"), ratio["after"], plain_ms,
+                         len(solution.schedule.ops)))
     return rows
 
 
 def overhead_table(rows):
+    """The rows as a table; the last column spreads the gap over the schedule's ops (the executor's cost of one)."""
     body = [
-        (label, n, name, f"{predicted:.3f}x", "" if before is None else f"{before:.3f}x", f"{after:.3f}x",
-         f"{(after - predicted) * 100:+.1f}")
-        for label, n, name, predicted, before, after in rows
+        (label, n, name, f"{plain_ms:.2f}", f"{predicted:.3f}x", "" if before is None else f"{before:.3f}x",
+         f"{after:.3f}x", f"{(after - predicted) * 100:+.1f}", n_ops,
+         f"{(after - predicted) * plain_ms * 1000 / n_ops:+.1f}")
+        for label, n, name, predicted, before, after, plain_ms, n_ops in rows
     ]
-    return markdown_table(["model", "layers", "schedule", "predicted", "measured before", "measured",
-                           "measured - predicted (points)"], body)
+    return markdown_table(["model", "layers", "schedule", "plain step (ms)", "predicted", "measured before",
+                           "measured", "measured - predicted (points)", "ops", "gap per op (us)"], body)
 
 
 def main(argv=None):
@@ -308,7 +312,9 @@ def main(argv=None):
             "A step is a forward and a backward (no loss, no optimizer). Each figure is the median over "
             f"{args.rounds} rounds of the step's time over the plain step's of the same round, the methods "
             "timed in turn in each round; predicted is 1 + the schedule's overhead (the stage times that "
-            "`edgeplan profile` measured). 50% is `auto`'s schedule at half of store-all's peak."
+            "`edgeplan profile` measured, less the timing's own cost). 50% is `auto`'s schedule at half of "
+            "store-all's peak. Gap per op: the measured time above the predicted, over the schedule's ops (what "
+            "the executor's own work costs an op; a store-all step runs no op of its own)."
             + (f" Before: the executor of {args.against}, on the same schedules in the same rounds." if args.against else "")
             + "\n\n" + overhead_table(rows)
         )

@@ -128,3 +128,24 @@ def test_fit_compiled_profiles_compiled_and_trains_as_plain_training():
     torch.nn.functional.cross_entropy(plain(x), y).backward()
     for p, q in zip(net.parameters(), plain.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5)
+
+
+def test_every_stage_runs_compiled():
+    """Each compiled stage runs its compiled graph, in grad mode and without (found: torch.nn modules compiled
+    as they are share one code object, and dynamo ran them eager past its 8 graphs per code object)."""
+    from planner.torch.capture import build_stages
+    from planner.torch.measure import compiled_stages
+
+    net = bn_dropout_chain()
+    x = torch.randn(CHAIN_SHAPE)
+    _, stage_list = build_stages(net, "auto", example=(x,))
+    stage_list = compiled_stages(stage_list, BACKEND)
+    assert len(stage_list) > 8
+    outputs = {}
+    for i, stage in enumerate(stage_list):
+        args = [x if p < 0 else outputs[p] for p in stage.inputs]
+        with torch.no_grad():
+            stage.fn(*args)
+        y = stage.fn(*args)
+        assert type(y.grad_fn).__name__ == "CompiledFunctionBackward", (stage.name, y.grad_fn)
+        outputs[i] = y.detach().requires_grad_()

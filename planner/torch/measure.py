@@ -429,7 +429,25 @@ def compiled_stages(stage_list, backend):
     """
     torch = require_torch()
     options = {} if backend == "inductor" else {"backend": backend}
-    return [dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options)) for stage in stage_list]
+    return [dataclasses.replace(stage, fn=torch.compile(_own_frame(stage.fn), dynamic=False, **options))
+            for stage in stage_list]
+
+
+def _own_frame(fn):
+    """``fn`` called from a function whose code object is its own.
+
+    Dynamo keeps a code object's compiled graphs together, at most 8 (its
+    ``recompile_limit``), and runs the code eager past them.  ``torch.nn``
+    modules compiled as they are share one code object (torch.compile's
+    wrapper), so a chain of convolutions, BatchNorms and dropouts, each in
+    grad mode and without grad, ran eager from its ninth variant on.
+    """
+
+    def stage(*args):
+        return fn(*args)
+
+    stage.__code__ = stage.__code__.replace()  # a copy: a code object of its own
+    return stage
 
 
 _SEED = {}
