@@ -425,10 +425,13 @@ def compiled_stages(stage_list, backend):
 
     The one compile path: ``profile --compile`` measures these stages and
     ``ScheduledModule(..., compile=)`` runs them.  Each stage compiles on
-    its first call, for fixed shapes (``dynamic=False``).
+    its first call, for fixed shapes (``dynamic=False``); inductor draws
+    random numbers as eager does (``fallback_random``), so that a compiled
+    dropout keeps plain training's masks.
     """
     torch = require_torch()
-    options = {} if backend == "inductor" else {"backend": backend}
+    # inductor draws random numbers as eager does: dropout masks are plain training's
+    options = {"options": {"fallback_random": True}} if backend == "inductor" else {"backend": backend}
     return [dataclasses.replace(stage, fn=torch.compile(_own_frame(stage.fn), dynamic=False, **options))
             for stage in stage_list]
 
