@@ -88,10 +88,12 @@ __all__ = ["ScheduledModule", "StepRunner", "plain_forward", "compile_mismatch"]
 class _Plan:
     """What a schedule's ops need, computed once: the split point, recomputed stages, early frees.
 
-    It keeps the stages it was computed for (``stages``).
+    It keeps the stages it was computed for (``stages``).  ``layers`` (the
+    model file's) says what each backward reads; without them the step never
+    runs as plain autograd (see :func:`_plain_order`).
     """
 
-    def __init__(self, stages, ops):
+    def __init__(self, stages, ops, layers=None):
         self.stages = stages
         self.ops = tuple(ops)
         self.sink = len(stages) - 1
@@ -122,7 +124,7 @@ class _Plan:
                 )
             break
         self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
-        self.plain = _plain_order(stages, self.ops)
+        self.plain = None if layers is None else _plain_order(stages, self.ops, layers)
         self.checked = set()  # stages whose output size was checked against the model file, for:
         self.checked_for = None  # the shapes and dtypes of the inputs they were checked with
         self.last_read = {}  # producer -> the last stage (in the plain order) that reads it
@@ -144,24 +146,43 @@ class _Plan:
                 k += 1
 
 
-def _plain_order(stages, ops):
+def _plain_order(stages, ops, layers):
     """The forward ops' layers when the schedule is what plain autograd runs, else None.
 
-    That is a schedule where every layer runs one forward, with save, and
-    nothing pages: its forwards all come before its first backward (each
-    layer leads to the sink, whose backward is the first), and plain
-    autograd, given the stages in that order, keeps what it keeps.  The step
-    then runs them as plain autograd does, each stage reading its producers'
-    outputs with their graph, and the caller's ``backward()`` runs every
-    backward in one call (:meth:`StepRunner.forward_part`): no op of the
-    executor's own runs, and each output goes when the last backward that
-    reads it has run, as SPEC section 3 frees it.
+    That is a schedule where every layer runs one forward, with save, nothing
+    pages, and each output is freed where autograd lets it go: after the
+    last forward that reads it, or, when a backward reads it (a consumer's
+    ``needs_inputs``, its own ``needs_output``), after the last of those
+    backwards, with nothing but frees in between.  Its forwards all come
+    before its first backward (each layer leads to the sink, whose backward
+    is the first).  The step then runs the stages as plain autograd does,
+    each reading its producers' outputs with their graph, and the caller's
+    ``backward()`` runs every backward in one call
+    (:meth:`StepRunner.forward_part`): no op of the executor's own runs, and
+    memory is the schedule's.  A schedule that holds an output longer
+    (``chen-greedy`` with memory to spare) runs op by op, as planned.
     """
     forwards = [op for op in ops if op.kind is OpKind.FORWARD]
     if not all(op.save for op in forwards) or sorted(op.layer for op in forwards) != list(range(len(stages))):
         return None
     if any(op.kind not in (OpKind.FORWARD, OpKind.BACKWARD, OpKind.FREE) for op in ops):
         return None
+    at = {}
+    for n, op in enumerate(ops):
+        at[op.kind, op.layer] = n
+    consumers = {}
+    for c, stage in enumerate(stages):
+        for p in stage.inputs:
+            if p >= 0:
+                consumers.setdefault(p, set()).add(c)
+    for i in range(len(stages) - 1):  # the sink's output is the caller's
+        readers = consumers.get(i, ())
+        due = [at[OpKind.FORWARD, c] for c in readers]
+        due += [at[OpKind.BACKWARD, c] for c in readers if layers[c].needs_inputs]
+        due += [at[OpKind.BACKWARD, i]] if layers[i].needs_output else []
+        free = at.get((OpKind.FREE, i))
+        if free is None or any(ops[k].kind is not OpKind.FREE for k in range(max(due, default=0) + 1, free)):
+            return None
     return tuple(op.layer for op in forwards)
 
 
@@ -960,7 +981,7 @@ class ScheduledModule(nn.Module):
         check_names([layer.name for layer in self._model.layers], stage_list)
         if self._compile:
             stage_list = compiled_stages(stage_list, self._compile)
-        self._plan = _Plan(stage_list, self._schedule.ops)
+        self._plan = _Plan(stage_list, self._schedule.ops, self._model.layers)
 
     def _eval_stages(self, inputs):
         """The stages captured in eval mode (once), for the plain forward in eval mode."""
