@@ -312,7 +312,7 @@ def main(argv=None):
             "A step is a forward and a backward (no loss, no optimizer). Each figure is the median over "
             f"{args.rounds} rounds of the step's time over the plain step's of the same round, the methods "
             "timed in turn in each round; predicted is 1 + the schedule's overhead (the stage times that "
-            "`edgeplan profile` measured, less the timing's own cost). 50% is `auto`'s schedule at half of "
+            "`edgeplan profile` measured; backwards less the backward() call's own cost). 50% is `auto`'s schedule at half of "
             "store-all's peak. Gap per op: the measured time above the predicted, over the schedule's ops (what "
             "the executor's own work costs an op; a store-all step runs no op of its own)."
             + (f" Before: the executor of {args.against}, on the same schedules in the same rounds." if args.against else "")

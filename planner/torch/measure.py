@@ -42,6 +42,7 @@ from planner.torch.inputs import require_torch
 
 __all__ = [
     "call_cost",
+    "without_call_cost",
     "compile_backend",
     "compiled_stages",
     "allocation_trace",
@@ -257,14 +258,15 @@ def time_stages(stage_list, tensors, targets, *, rounds, device):
 
 
 def call_cost(*, device, rounds=30):
-    """``(forward_ms, backward_ms)``: what timing a stage costs beyond the stage, medians of ``rounds`` runs.
+    """Milliseconds that timing a stage's backward costs beyond the stage: the median of ``rounds`` runs.
 
-    An empty stage (one multiplication of one number) timed as
-    :func:`time_stages` times a stage.  Most of it is the ``backward()`` call
+    An empty stage's backward (one multiplication of one number), timed as
+    :func:`time_stages` times a backward: it is the ``backward()`` call
     that each timed backward makes (the autograd engine's start), which a
-    training step makes once, not once per layer: :func:`planner.torch.profile.profile_model`
-    subtracts it from every stage's times, so that the layers' times add up to
-    the step's.
+    training step makes once, not once per layer.
+    :func:`planner.torch.profile.profile_model` takes it off every stage's
+    backward time, so that the layers' times add up to the step's.  The
+    forwards keep theirs: a step calls every layer's forward.
     """
     torch = require_torch()
     from planner.torch.stages import Stage
@@ -272,7 +274,12 @@ def call_cost(*, device, rounds=30):
     empty = Stage(name="empty", fn=lambda t: t * 1.0, inputs=(0,))
     x = [torch.ones(1, device=device)]
     runs = [_time_once(empty, x, None, device=device, torch=torch) for _ in range(rounds + 1)][1:]
-    return statistics.median(f for f, _, _ in runs), statistics.median(b for _, b, _ in runs)
+    return statistics.median(b for _, b, _ in runs)
+
+
+def without_call_cost(backward_ms, cost_ms):
+    """A backward time less the ``backward()`` call's cost, never below a tenth of itself."""
+    return round(max(backward_ms - cost_ms, 0.1 * backward_ms), 6)
 
 
 def _saved(stage, tensors, target, excluded, torch):

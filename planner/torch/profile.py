@@ -23,6 +23,7 @@ from planner.torch.inputs import (
 from planner.torch.loss import default_target, make_loss
 from planner.torch.measure import (
     call_cost,
+    without_call_cost,
     compile_backend,
     compiled_stages,
     estimate_stages,
@@ -150,9 +151,7 @@ def _measure_all(prep, *, repeats, caller_holds_gradient):
     cost = call_cost(device=prep.device)
     for f, forward, backward in zip(fields, *samples):
         (f["forward"], fs), (f["backward"], bs) = robust_time(forward), robust_time(backward)
-        f["forward"] = round(max(0.0, f["forward"] - cost[0]), 6)
-        if backward:
-            f["backward"] = round(max(0.0, f["backward"] - cost[1]), 6)
+        f["backward"] = without_call_cost(f["backward"], cost)
         spreads.append(max(fs, bs))
     return fields, _held_by_loss_value(prep, fields, outputs), spreads, cost
 
@@ -193,8 +192,8 @@ def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=(), b
     return (
         f"edgeplan profile: torch {torch.__version__} on {_device_name(prep.device)}, {what}, "
         f"{dtype}, {n} stages ({mode}{', compiled with ' + backend if backend else ''}), {threads} thread{'s' if threads != 1 else ''}, times: median of "
-        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}, less the timing's own cost "
-        f"({1000 * cost[0]:.0f} us forward, {1000 * cost[1]:.0f} us backward, an empty stage's)"
+        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}; backwards less the "
+        f"backward() call's own cost ({1000 * cost:.0f} us, an empty stage's)"
     )
 
 
@@ -346,7 +345,7 @@ def profile_model(
         doc["compile"] = backend
     if spreads:
         doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
-                         "spread": [round(x, 4) for x in spreads], "call_cost": [round(x, 6) for x in cost]}
+                         "spread": [round(x, 4) for x in spreads], "call_cost": round(cost, 6)}
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
 
