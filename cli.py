@@ -20,7 +20,7 @@ from planner.cli_params import (
     optimizer_option,
     quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
     SIZE, sizes_option, import_options, measure_options, strategy_option, timeline_option, training_options,
-    verify_files_options,
+    verify_files_options, compile_options, compile_choice,
 )
 from planner import sweep as sweeping
 from planner.api import plan
@@ -389,11 +389,12 @@ def simulate_cmd(model_path, schedule_path, memory, optimizer, exit_zero, timeli
 @dtype_option
 @stages_option
 @measure_options
+@compile_options
 @run_device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the model file here.")
 @json_option
-def profile(target, inputs, example, loss, output_field, dtype, stages, estimate, repeats, threads, name, device,
-            output, as_json):
+def profile(target, inputs, example, loss, output_field, dtype, stages, estimate, repeats, threads, name,
+            compile_stages, compile_backend, device, output, as_json):
     """Profile a PyTorch model into a model file (edgeplan-model/1).
 
     TARGET is path/to/file.py:factory or package.module:factory; the factory
@@ -402,6 +403,9 @@ def profile(target, inputs, example, loss, output_field, dtype, stages, estimate
     torch.fx tracer where that fails, see docs/pytorch.md), such as a Hugging
     Face transformers model as it comes.  Each stage runs on its real inputs: times, output and
     saved sizes, workspaces.  With --loss the loss is the model's last layer.
+    With --compile each stage is measured compiled by torch.compile, as
+    verify --compile and fit(compile=True) run it; the model file's
+    "compile" field names the backend.
     This imports and runs TARGET's code, and only that.  Needs PyTorch: pip
     install edgeplan[torch].
 
@@ -420,6 +424,7 @@ def profile(target, inputs, example, loss, output_field, dtype, stages, estimate
     with contextlib.redirect_stdout(sys.stderr):  # what user code prints is not data
         doc = profile_target(target, spec, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
                              threads=threads, device=device, loss=loss, output=output_field,
+                             compile=compile_choice(compile_stages, compile_backend),
                              **({"name": name} if name else {}))
     render.profile_line(err, doc, is_chain=model_from_dict(doc).is_chain, loss_given=loss is not None)
     _write_data(json.dumps(doc, indent=2) + "\n", output, as_json, err)
@@ -433,10 +438,11 @@ def profile(target, inputs, example, loss, output_field, dtype, stages, estimate
 @stages_option
 @run_device_option
 @training_options
+@compile_options
 @timeline_option
 @json_option
 def verify(target, inputs, example, loss, output_field, schedule_path, model_path, dtype, stages, device, seed,
-           steps, lr, timeline_path, as_json):
+           steps, lr, compile_stages, compile_backend, timeline_path, as_json):
     """Train with SCHEDULE on the real model and compare with plain autograd.
 
     Runs --steps SGD steps twice from the same start, inputs and seed: under
@@ -449,7 +455,9 @@ def verify(target, inputs, example, loss, output_field, schedule_path, model_pat
     Exits 0 when they match and the measured peak is within 2% of the budget
     the schedule was planned for (budget_bytes), 1 otherwise.  --timeline
     writes the predicted and the measured memory at each op (measured on
-    the CPU only).  Imports and runs TARGET's code, and only that.  Needs
+    the CPU only).  --compile runs the schedule's stages compiled by
+    torch.compile (a model file profiled otherwise gets a warning).
+    Imports and runs TARGET's code, and only that.  Needs
     PyTorch: pip install edgeplan[torch].
 
     \b
@@ -470,7 +478,7 @@ def verify(target, inputs, example, loss, output_field, schedule_path, model_pat
     with contextlib.redirect_stdout(sys.stderr):
         r = check_and_run(obj, spec, schedule, model, schedule_path=schedule_path, model_path=model_path,
                           loss=loss, dtype=dtype, stages=stages, device=device, seed=seed, steps=steps, lr=lr,
-                          timeline=timeline_path is not None)
+                          timeline=timeline_path is not None, compile=compile_choice(compile_stages, compile_backend))
     if timeline_path is not None:
         csv_text = report.timeline_csv(model, schedule.ops, r.predicted_op_peaks, measured=r.op_peaks or [],
                                        measured_seconds=r.op_seconds or [])

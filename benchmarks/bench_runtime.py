@@ -23,7 +23,8 @@ schedule is compared with ``checkpoint_sequential``'s on the same segments
 With ``--overhead [--against REV]`` it measures the executor's own overhead
 instead: on the ordinary models of ``tests/`` (a chain with BatchNorm and
 dropout, a ResNet DAG by ops, nanoGPT and a BERT encoder by ops and by
-modules), a step under the store-all schedule and under ``auto``'s schedule
+modules) and the tiny GPT-2 of ``tests/models_hf.py`` as transformers builds it
+(its logits are the step's output), a step under the store-all schedule and under ``auto``'s schedule
 at 50% of store-all's peak, as the median over the rounds of its ratio to the
 plain step of the same round (single-threaded, the methods in turn).  With
 ``--against REV`` the executor of git revision REV runs the same schedules
@@ -185,7 +186,10 @@ def _overhead_models():
 
     tokens = [parse_input("4x64:int64:5000")]
     bert = [parse_input("4x64:int64:5000"), parse_input("4x64:int64:2")]
+    gpt2_batch = os.path.join(ROOT, "tests", "models_hf.py") + ":gpt2_batch"
     return [
+        ("GPT-2 tiny (modules)", _hf_gpt2, gpt2_batch, "modules"),
+        ("GPT-2 tiny (ops)", _hf_gpt2, gpt2_batch, "ops"),
         ("bn-dropout chain", bn_dropout_chain, (32, 3, 8, 8), "auto"),
         ("resnet DAG (ops)", resnet_dag, (16, 3, 32, 32), "ops"),
         ("ResNet-18 small (ops)", resnet, (8, 3, 64, 64), "ops"),
@@ -193,6 +197,13 @@ def _overhead_models():
         ("nanoGPT (modules)", small_gpt, tokens, "modules"),
         ("BERT encoder (ops)", small_bert, bert, "ops"),
     ]
+
+
+def _hf_gpt2():
+    """tests/models_hf.py's tiny GPT-2 (2 layers, hidden 32, sequence 16, batch 2), as transformers builds it."""
+    from tests.models_hf import gpt2
+
+    return gpt2()
 
 
 def _old_executor(rev):
@@ -214,6 +225,17 @@ def _old_executor(rev):
 
 def _caller(module, inputs):
     return lambda: _step(lambda t: module(*t), inputs)
+
+
+def _plain_caller(module, inputs):
+    """The plain module's step on ``inputs``; a transformers model's step reads its logits, as the stages' sink."""
+    args, kwargs = inputs.call() if hasattr(inputs, "call") else (tuple(inputs), {})
+
+    def call(_):
+        out = module(*args, **kwargs)
+        return getattr(out, "logits", out)
+
+    return lambda: _step(call, inputs)
 
 
 def _rounds(methods, rounds):
@@ -245,28 +267,32 @@ def overhead(rounds, against=None, quick=False):
             schedules["50%"] = solvers.solve(model, int(full.result.peak_bytes * 0.5), "auto")
         except InfeasibleError:
             pass
-        methods = {"plain": _caller(factory(), inputs)}
+        methods = {"plain": _plain_caller(factory(), inputs)}
         for name, solution in schedules.items():
             for which, cls in (("after", ScheduledModule), ("before", old)):
                 if cls is not None:
                     methods[name, which] = _caller(cls(factory(), model, solution.schedule, stages=mode), inputs)
         times = _rounds(methods, rounds)
+        plain_ms = 1000 * statistics.median(times["plain"])
         for name, solution in schedules.items():
             ratio = {which: statistics.median(a / b for a, b in zip(times[name, which], times["plain"]))
                      for which in ("after", "before") if (name, which) in times}
             rows.append((label, len(model.layers), f"{name} ({solution.strategy})",
-                         1 + solution.result.overhead, ratio.get("before"), ratio["after"]))
+                         1 + solution.result.overhead, ratio.get("before"), ratio["after"], plain_ms,
+                         len(solution.schedule.ops)))
     return rows
 
 
 def overhead_table(rows):
+    """The rows as a table; the last column spreads the gap over the schedule's ops (the executor's cost of one)."""
     body = [
-        (label, n, name, f"{predicted:.3f}x", "" if before is None else f"{before:.3f}x", f"{after:.3f}x",
-         f"{(after - predicted) * 100:+.1f}")
-        for label, n, name, predicted, before, after in rows
+        (label, n, name, f"{plain_ms:.2f}", f"{predicted:.3f}x", "" if before is None else f"{before:.3f}x",
+         f"{after:.3f}x", f"{(after - predicted) * 100:+.1f}", n_ops,
+         f"{(after - predicted) * plain_ms * 1000 / n_ops:+.1f}")
+        for label, n, name, predicted, before, after, plain_ms, n_ops in rows
     ]
-    return markdown_table(["model", "layers", "schedule", "predicted", "measured before", "measured",
-                           "measured - predicted (points)"], body)
+    return markdown_table(["model", "layers", "schedule", "plain step (ms)", "predicted", "measured before",
+                           "measured", "measured - predicted (points)", "ops", "gap per op (us)"], body)
 
 
 def main(argv=None):
@@ -286,7 +312,9 @@ def main(argv=None):
             "A step is a forward and a backward (no loss, no optimizer). Each figure is the median over "
             f"{args.rounds} rounds of the step's time over the plain step's of the same round, the methods "
             "timed in turn in each round; predicted is 1 + the schedule's overhead (the stage times that "
-            "`edgeplan profile` measured). 50% is `auto`'s schedule at half of store-all's peak."
+            "`edgeplan profile` measured; backwards less the backward() call's own cost). 50% is `auto`'s schedule at half of "
+            "store-all's peak. Gap per op: the measured time above the predicted, over the schedule's ops (what "
+            "the executor's own work costs an op; a store-all step runs no op of its own)."
             + (f" Before: the executor of {args.against}, on the same schedules in the same rounds." if args.against else "")
             + "\n\n" + overhead_table(rows)
         )

@@ -291,6 +291,21 @@ def measure_options(fn):
     return fn
 
 
+def compile_options(fn):
+    """--compile and --compile-backend: the stages compiled by torch.compile (see :func:`compile_choice`)."""
+    fn = click.option("--compile-backend", metavar="NAME",
+                      help="The torch.compile backend for --compile (implies it; default inductor, which needs a "
+                      "C++ compiler on the CPU; aot_eager needs none).")(fn)
+    fn = click.option("--compile", "compile_stages", is_flag=True,
+                      help="Compile each stage with torch.compile, as ScheduledModule(..., compile=True) runs it.")(fn)
+    return fn
+
+
+def compile_choice(compile_stages, compile_backend):
+    """What ``compile=`` takes from --compile and --compile-backend: False, True (inductor) or a backend name."""
+    return compile_backend or bool(compile_stages)
+
+
 def import_options(fn):
     """--from and --input: the format of an imported file and its input shapes."""
     fn = click.option(

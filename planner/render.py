@@ -342,7 +342,9 @@ def verify_report(out, r, schedule_path, strategy):
 
 
 def verify_problems(err, r):
-    """The red lines of a failed ``edgeplan verify``."""
+    """The red lines of a failed ``edgeplan verify``, after its warnings."""
+    for note in r.notes:
+        err.print(f"[yellow]warning:[/yellow] {escape(clean(note))}")
     if not r.grads_match:
         err.print(f"[red]training differs from plain autograd[/red] (gradients {r.max_abs_diff:.3g}, "
                   f"parameters after {r.steps} steps {r.max_param_diff:.3g})")

@@ -337,29 +337,48 @@ def test_compiled_stages_train_as_plain_training(chain):
     """
     schedule = _schedule(chain, 0.7, "revolve")
     plain, net = bn_dropout_chain(), bn_dropout_chain()
-    wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
+    with pytest.warns(UserWarning, match="profiled with eager"):  # test_compile: profile --compile
+        wrapped = ScheduledModule(net, chain, schedule, compile="aot_eager")
     batches = _batches(CHAIN_SHAPE, 3)
     expected, plain_rng = _train(plain, plain, batches)
     got, rng = _train(net, wrapped, batches)
     assert got == pytest.approx(expected, abs=1e-5)
     assert torch.equal(rng, plain_rng)
     assert _max_param_diff(net, plain) <= 1e-5
-    assert all(type(s.fn).__name__ == "OptimizedModule" for s in wrapped.stages)
+    assert all(hasattr(s.fn, "_torchdynamo_orig_callable") for s in wrapped.stages)  # torch.compile made it
     with pytest.raises(ModelError, match="compile must be"):
         ScheduledModule(net, chain, schedule, compile=3)
 
 
-def test_a_store_all_chain_is_one_backward_call(chain, monkeypatch):
-    """Issue 19: consecutive saved stages are one autograd segment, as plain autograd runs them."""
+def test_store_all_runs_as_plain_autograd_and_saved_runs_as_one_segment(chain, monkeypatch):
+    """Issue 19: a store-all step is plain autograd's: the loss's ``backward()`` is the only call.
+
+    A recomputing schedule's consecutive saved stages are one autograd segment, one call each.
+    """
     calls = []
     real = torch.autograd.backward
     monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    plain, net = bn_dropout_chain(), bn_dropout_chain()
-    wrapped = ScheduledModule(net, chain, solvers.solve(chain, None, "store-all").schedule)
-    batches = _batches(CHAIN_SHAPE, 2)
-    expected, _ = _train(plain, plain, batches)
-    calls.clear()
-    got, _ = _train(net, wrapped, batches)
-    assert got == pytest.approx(expected, abs=1e-5)
-    assert len(calls) == 4  # per step: the loss's backward() and the one over the segment (it was one per layer)
-    assert wrapped.last_step.plan.members  # the segment's members run in its top's call
+    for schedule, most in ((solvers.solve(chain, None, "store-all").schedule, 2),
+                           (_schedule(chain, 0.7, "sequential", segments=2), 6)):
+        plain, net = bn_dropout_chain(), bn_dropout_chain()
+        wrapped = ScheduledModule(net, chain, schedule)
+        batches = _batches(CHAIN_SHAPE, 2)
+        expected, _ = _train(plain, plain, batches)
+        calls.clear()
+        got, _ = _train(net, wrapped, batches)
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert _max_param_diff(net, plain) <= 1e-5
+        # per step: the loss's backward() (store-all); and one per segment (it was one per layer)
+        assert len(calls) == most, (schedule.strategy, len(calls))
+    assert wrapped.last_step.plan.plain is None and wrapped.last_step.plan.members
+
+
+def test_sizes_are_checked_again_for_another_input_shape(chain):
+    """Issue 19: the executor checks the sizes once per input shape, not once for all: another shape is refused every time."""
+    wrapped = ScheduledModule(bn_dropout_chain(), chain, _schedule(chain, 0.7, "revolve"))
+    x, y = _batches(CHAIN_SHAPE, 1)[0]
+    torch.nn.functional.cross_entropy(wrapped(x), y).backward()
+    for _ in range(2):
+        with pytest.raises(ModelError, match="profile it for this input shape"):
+            wrapped(x[:2])
+    torch.nn.functional.cross_entropy(wrapped(x), y).backward()

@@ -491,7 +491,10 @@ def test_cli_profile_and_verify_with_a_loss_and_two_inputs(tmp_path):
                                   str(schedule_path), "--model", str(model_path), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["grads_match"] and abs(report["relative_error"]) < 0.01
+    # chen-greedy with memory to spare keeps everything: it runs as plain autograd (issue 19), whose
+    # peak this model file over-predicts by 5% (it was met only by the executor holding what autograd frees)
+    assert report["grads_match"] and -0.06 < report["relative_error"] < 0.01
+    assert abs(report["measured_peak_bytes"] / report["reference_peak_bytes"] - 1) < 0.01
 
 
 def test_cli_without_loss_says_it_is_not_modelled():

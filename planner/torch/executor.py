@@ -21,7 +21,10 @@ do under plain autograd.  ``model.eval()`` or ``torch.no_grad()`` run the
 plain forward of the stages.
 
 How the ops run (the same rules as ``edgeplan verify``, which runs on this
-code):
+code).  A schedule that is plain autograd's (every layer one forward, with
+save, no paging: store-all) runs as plain autograd: the stages in its order,
+each reading its producers' outputs with their graph, and the caller's
+``backward()`` runs every backward (see :func:`_plain_order`).  Otherwise:
 
 - ``forward L save=true``: L runs on its inputs entered into autograd through
   a node that holds no tensor and hands the input gradients back, keeping its
@@ -65,6 +68,7 @@ reference to it, so a loss outside the model frees it as plain autograd does.
 """
 
 import os
+import warnings
 
 from planner.errors import ModelError, ScheduleError
 from planner.model import Model, load_model
@@ -72,22 +76,24 @@ from planner.schedule import RECORD_KINDS, OpKind, Schedule, load_schedule
 from planner.torch.capture import OWN_LOSS, build_stages, document_output
 from planner.torch.inputs import ExampleInputs, flat_inputs, require_torch
 from planner.torch.loss import make_loss, model_loss
-from planner.torch.measure import seed_function
+from planner.torch.measure import compile_backend, compiled_stages, seed_function
 from planner.torch.pager import Pager
 
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["ScheduledModule", "StepRunner", "plain_forward"]
+__all__ = ["ScheduledModule", "StepRunner", "plain_forward", "compile_mismatch"]
 
 
 class _Plan:
     """What a schedule's ops need, computed once: the split point, recomputed stages, early frees.
 
-    It keeps the stages it was computed for (``stages``).
+    It keeps the stages it was computed for (``stages``).  ``layers`` (the
+    model file's) says what each backward reads; without them the step never
+    runs as plain autograd (see :func:`_plain_order`).
     """
 
-    def __init__(self, stages, ops):
+    def __init__(self, stages, ops, layers=None):
         self.stages = stages
         self.ops = tuple(ops)
         self.sink = len(stages) - 1
@@ -118,6 +124,14 @@ class _Plan:
                 )
             break
         self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
+        self.plain = None if layers is None else _plain_order(stages, self.ops, layers)
+        self.checked = set()  # stages whose output size was checked against the model file, for:
+        self.checked_for = None  # the shapes and dtypes of the inputs they were checked with
+        self.last_read = {}  # producer -> the last stage (in the plain order) that reads it
+        for i in self.plain or ():
+            for p in stages[i].inputs:
+                if p >= 0:
+                    self.last_read[p] = i
         # A free of L among the frees that directly follow L's backward is done
         # as autograd does it: the output goes as soon as the backward used it.
         self.early_free = {}
@@ -130,6 +144,46 @@ class _Plan:
                     self.early_free[n] = k
                     break
                 k += 1
+
+
+def _plain_order(stages, ops, layers):
+    """The forward ops' layers when the schedule is what plain autograd runs, else None.
+
+    That is a schedule where every layer runs one forward, with save, nothing
+    pages, and each output is freed where autograd lets it go: after the
+    last forward that reads it, or, when a backward reads it (a consumer's
+    ``needs_inputs``, its own ``needs_output``), after the last of those
+    backwards, with nothing but frees in between.  Its forwards all come
+    before its first backward (each layer leads to the sink, whose backward
+    is the first).  The step then runs the stages as plain autograd does,
+    each reading its producers' outputs with their graph, and the caller's
+    ``backward()`` runs every backward in one call
+    (:meth:`StepRunner.forward_part`): no op of the executor's own runs, and
+    memory is the schedule's.  A schedule that holds an output longer
+    (``chen-greedy`` with memory to spare) runs op by op, as planned.
+    """
+    forwards = [op for op in ops if op.kind is OpKind.FORWARD]
+    if not all(op.save for op in forwards) or sorted(op.layer for op in forwards) != list(range(len(stages))):
+        return None
+    if any(op.kind not in (OpKind.FORWARD, OpKind.BACKWARD, OpKind.FREE) for op in ops):
+        return None
+    at = {}
+    for n, op in enumerate(ops):
+        at[op.kind, op.layer] = n
+    consumers = {}
+    for c, stage in enumerate(stages):
+        for p in stage.inputs:
+            if p >= 0:
+                consumers.setdefault(p, set()).add(c)
+    for i in range(len(stages) - 1):  # the sink's output is the caller's
+        readers = consumers.get(i, ())
+        due = [at[OpKind.FORWARD, c] for c in readers]
+        due += [at[OpKind.BACKWARD, c] for c in readers if layers[c].needs_inputs]
+        due += [at[OpKind.BACKWARD, i]] if layers[i].needs_output else []
+        free = at.get((OpKind.FREE, i))
+        if free is None or any(ops[k].kind is not OpKind.FREE for k in range(max(due, default=0) + 1, free)):
+            return None
+    return tuple(op.layer for op in forwards)
 
 
 def _segments(stages, ops):
@@ -286,7 +340,14 @@ class StepRunner:
     # ------------------------------------------------------------ the two parts
 
     def forward_part(self):
-        """Run the ops before the first backward; return the sink's output (detached)."""
+        """Run the ops before the first backward; return the sink's output (detached).
+
+        A schedule that is plain autograd's (``_Plan.plain``) runs as plain
+        autograd, unless ``on_op`` wants to see each op: the sink's output
+        comes back with its graph, and :meth:`attach` passes it on as it is.
+        """
+        if self.plan.plain is not None and self.on_op is None:
+            return self._plain_part()
         try:
             self._run(0, self.plan.split)
         except BaseException:
@@ -311,7 +372,36 @@ class StepRunner:
 
     def attach(self, y):
         """``y`` as a tensor whose backward runs the rest of the schedule."""
+        if self.plan.plain is not None and self.on_op is None:
+            return y  # its graph is the rest of the schedule
         return _Entry.apply(y, self.anchor, self._receive_sink_grad)
+
+    def _plain_part(self):
+        """The stages in the schedule's order, as plain autograd runs them; the sink's output with its graph.
+
+        An output nobody reads any more is dropped at once: what a backward
+        reads, its graph holds, until that backward has run.
+        """
+        order, last_read = self.plan.plain, self.plan.last_read
+        outputs = {}
+        for i in order:
+            stage = self.stages[i]
+            try:
+                args = [self.inputs[-1 - p] if p < 0 else outputs[p] for p in stage.inputs]
+            except KeyError:
+                raise ScheduleError(f"forward {stage.name}: an input is not in memory", layer=stage.name) from None
+            y = _call(stage, args, self.target)
+            del args
+            if not isinstance(y, torch.Tensor):
+                raise ModelError(f"stage {stage.name!r} did not return a tensor")
+            self._check_bytes(i, y)
+            outputs[i] = y
+            for p in stage.inputs:
+                if last_read.get(p) == i:
+                    del outputs[p]
+        self.count = len(self.plan.ops)
+        self.inputs = self.target = None  # the graph holds what the backwards read
+        return outputs.pop(self.plan.sink)
 
     def _receive_sink_grad(self, grad):
         self.sink_grad = grad
@@ -418,8 +508,8 @@ class StepRunner:
             self.done.add(i)
             y = self.outputs[i]
             self.meta[i] = (y.shape, y.dtype)
+            self._check_bytes(i, y)
             del y
-            self._check_bytes(i)
 
     def _enter_recompute(self, i, stage):
         rng = _rng_bytes(self.device) if i in self.first_rng else None
@@ -489,16 +579,17 @@ class StepRunner:
         if problem is not None:
             raise self._missing(n, op, problem)
 
-    def _check_bytes(self, i):
-        if self.expected_bytes is None:
+    def _check_bytes(self, i, y):
+        """Raise ModelError unless ``y`` is as big as the model file says (once per stage and plan)."""
+        if self.expected_bytes is None or i in self.plan.checked:
             return
-        y = self.outputs.get(i)
         got = y.numel() * y.element_size() if isinstance(y, torch.Tensor) else None
         if got != self.expected_bytes[i]:
             raise ModelError(
                 f"layer {self.stages[i].name!r}: output of {got} bytes here, the model file says "
                 f"{self.expected_bytes[i]}: the model file was profiled for another input shape or dtype"
             )
+        self.plan.checked.add(i)
 
     def _backward(self, n, op, free_after):
         i = op.layer
@@ -593,16 +684,6 @@ class StepRunner:
             1 for v in (*self.grads.values(), *self.input_grads.values())
             if v.untyped_storage().data_ptr() == ptr
         ) > 1
-
-
-def _compiled(stage, backend):
-    """The stage with its function compiled by ``torch.compile`` (``backend``: True for the default)."""
-    import dataclasses
-
-    options = {} if backend is True else {"backend": backend}
-    return dataclasses.replace(stage, fn=torch.compile(stage.fn, dynamic=False, **options))
-
-
 
 
 class _Record:
@@ -794,8 +875,11 @@ class ScheduledModule(nn.Module):
         inductor, which needs a C++ compiler on the CPU; a string: that
         backend, e.g. ``"aot_eager"``).  The schedule still decides what is
         kept: a stage's compiled forward saves what its compiled backward
-        reads, and recomputation runs the compiled forward again.  The model
-        file's times are the eager stages' (``profile`` measures eager).
+        reads, and recomputation runs the compiled forward again.  A model
+        file profiled with ``--compile`` (its ``compile`` field names the
+        backend) holds the compiled stages' times and sizes; a UserWarning
+        (:func:`compile_mismatch`) says when the model file was profiled
+        otherwise than the stages run.
 
     Attributes
     ----------
@@ -817,6 +901,9 @@ class ScheduledModule(nn.Module):
     ModelError
         The model file does not describe ``module`` (layer names), or was
         profiled for another input shape (input or output sizes).
+    OptionError
+        ``compile`` names an unknown backend, or one that cannot run here
+        (:func:`planner.torch.measure.compile_backend`).
 
     Notes
     -----
@@ -826,13 +913,14 @@ class ScheduledModule(nn.Module):
     mode with grad enabled it runs the schedule's forward part; its
     ``backward()`` runs the rest.  Otherwise it runs the plain forward.  One
     step costs the schedule's forwards and backwards plus, per recomputed
-    stage, a copy of its buffers and of the RNG state.
+    stage, a copy of its buffers and (when it draws random numbers) of the
+    RNG state, some Python per op and one ``backward()`` call per segment;
+    a store-all step costs what plain autograd's does.
     """
 
     def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
         super().__init__()
-        if not isinstance(compile, (bool, str)):
-            raise ModelError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+        backend = None if compile is False else compile_backend(compile)
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
         if not isinstance(model, Model):
@@ -851,8 +939,12 @@ class ScheduledModule(nn.Module):
         self._model = model
         self._schedule = schedule
         self._mode = stages
-        self._compile = compile
+        mismatch = compile_mismatch(model, backend)
+        if mismatch is not None:
+            warnings.warn(mismatch, UserWarning, stacklevel=2)
+        self._compile = backend
         self._loss = model_loss(model)
+        self._expected_bytes = [layer.output_bytes for layer in model.layers]
         self._plan = None  # made with the stages, by _build
         self._eval = None  # the stages in eval mode, by _eval_stages
         self._anchors = {}
@@ -867,6 +959,11 @@ class ScheduledModule(nn.Module):
     def stages(self):
         """The stages (None before the first call when no example was given)."""
         return None if self._plan is None else self._plan.stages
+
+    @property
+    def compiled(self):
+        """The ``torch.compile`` backend the stages run with (None: eager)."""
+        return self._compile
 
     def _build(self, inputs):
         example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
@@ -883,8 +980,8 @@ class ScheduledModule(nn.Module):
         del buffers
         check_names([layer.name for layer in self._model.layers], stage_list)
         if self._compile:
-            stage_list = [_compiled(stage, self._compile) for stage in stage_list]
-        self._plan = _Plan(stage_list, self._schedule.ops)
+            stage_list = compiled_stages(stage_list, self._compile)
+        self._plan = _Plan(stage_list, self._schedule.ops, self._model.layers)
 
     def _eval_stages(self, inputs):
         """The stages captured in eval mode (once), for the plain forward in eval mode."""
@@ -907,6 +1004,9 @@ class ScheduledModule(nn.Module):
         beyond its scalar, so the caller's tensors may be less (never more).
         """
         held = list(inputs) + ([target] if isinstance(target, torch.Tensor) else [])
+        signature = tuple((t.shape, t.dtype) for t in held)
+        if signature == self._plan.checked_for:  # checked, with the output sizes, at an earlier call
+            return
         got = sum(t.numel() * t.element_size() for t in held)
         want = self._model.input_bytes
         if got > want or (self._loss is None and got != want):
@@ -915,6 +1015,7 @@ class ScheduledModule(nn.Module):
                 f"input {shapes} is {got} bytes; model {self._model.name!r} was profiled for "
                 f"{want} bytes of input: profile it for this input shape"
             )
+        self._plan.checked, self._plan.checked_for = set(), signature
 
     def forward(self, *inputs, target=None, **kwargs):
         if kwargs:  # module(**batch): the tensors flat, as the example gave them to capture
@@ -931,7 +1032,7 @@ class ScheduledModule(nn.Module):
         step = StepRunner(
             self._plan.stages, self._plan, inputs, target, anchor=self._anchor(inputs[0].device),
             device=inputs[0].device,
-            expected_bytes=[layer.output_bytes for layer in self._model.layers], on_op=self.on_op,
+            expected_bytes=self._expected_bytes, on_op=self.on_op,
         )
         self.last_step = step
         return step.attach(step.forward_part())
@@ -941,6 +1042,23 @@ class ScheduledModule(nn.Module):
         if self._plan is None:
             self._build(inputs)
         return plain_forward(self._plan.stages, inputs, target)
+
+
+def compile_mismatch(model, backend):
+    """Why ``model``'s costs are not those of stages run with ``backend`` (None: eager), or None when they are.
+
+    ``profile --compile`` writes the backend it measured with into the model
+    file's ``compile`` field; a model file without one was profiled eager.
+    """
+    profiled = model.document.get("compile") if isinstance(model.document, dict) else None
+    if profiled == backend or model.time_unit == "flop":  # an estimate (nothing ran) says nothing of either
+        return None
+    was = f"compiled ({profiled})" if profiled else "eager (uncompiled)"
+    runs = f"compiled ({backend})" if backend else "eager"
+    how = f"--compile-backend {backend}" if backend and backend != "inductor" else "--compile"
+    fix = f"profile it with {how}" if backend else "run it compiled as it was profiled, or profile it without --compile"
+    return (f"model {model.name!r} was profiled with {was} stages and its stages run {runs}: its times and "
+            f"saved sizes are not this run's ({fix})")
 
 
 def _with_loss(stage_list, model):

@@ -55,8 +55,10 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     stages : {"auto", "modules", "ops"}, keyword-only
         How the module is cut into layers (docs/costs.md).
     compile : bool or str, keyword-only
-        Compile each stage with ``torch.compile`` (True, or a backend name);
-        the schedule still decides what is kept.
+        Compile each stage with ``torch.compile`` (True: inductor, or a
+        backend name); the stages are profiled compiled too, so the plan's
+        times and sizes are the compiled stages'.  The schedule still decides
+        what is kept.
     output : str or None, keyword-only
         The field (or index) of the module's result the loss reads when it
         returns a dict, tuple, dataclass or ``ModelOutput`` (default: its
@@ -109,7 +111,7 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     with _as_it_was(modules):  # profiled and cut into stages in training mode
         document = profile_model(module, lambda: (inputs, target), dtype=dtype, stages=stages, repeats=repeats,
                                  name=name or type(modules[0]).__name__, device=str(first.device), seed=seed,
-                                 loss=loss, output=output)
+                                 loss=loss, output=output, compile=compile)
         result = plan(model_from_dict(document), memory, strategy=strategy, optimizer=optimizer, **options)
         if not result.success:
             raise result.error

@@ -31,15 +31,20 @@ runs nothing: ``FakeTensorMode`` gives the sizes and ``FlopCounterMode`` the
 FLOPs (workspaces are 0).
 """
 
+import dataclasses
 import os
 import statistics
 import sys
 import time
 
-from planner.errors import ModelError
+from planner.errors import ModelError, OptionError
 from planner.torch.inputs import require_torch
 
 __all__ = [
+    "call_cost",
+    "without_call_cost",
+    "compile_backend",
+    "compiled_stages",
     "allocation_trace",
     "seed_function",
     "measure_stage",
@@ -252,6 +257,31 @@ def time_stages(stage_list, tensors, targets, *, rounds, device):
     return forward, backward
 
 
+def call_cost(*, device, rounds=30):
+    """Milliseconds that timing a stage's backward costs beyond the stage: the median of ``rounds`` runs.
+
+    An empty stage's backward (one multiplication of one number), timed as
+    :func:`time_stages` times a backward: it is the ``backward()`` call
+    that each timed backward makes (the autograd engine's start), which a
+    training step makes once, not once per layer.
+    :func:`planner.torch.profile.profile_model` takes it off every stage's
+    backward time, so that the layers' times add up to the step's.  The
+    forwards keep theirs: a step calls every layer's forward.
+    """
+    torch = require_torch()
+    from planner.torch.stages import Stage
+
+    empty = Stage(name="empty", fn=lambda t: t * 1.0, inputs=(0,))
+    x = [torch.ones(1, device=device)]
+    runs = [_time_once(empty, x, None, device=device, torch=torch) for _ in range(rounds + 1)][1:]
+    return statistics.median(b for _, b, _ in runs)
+
+
+def without_call_cost(backward_ms, cost_ms):
+    """A backward time less the ``backward()`` call's cost, never below a tenth of itself."""
+    return round(max(backward_ms - cost_ms, 0.1 * backward_ms), 6)
+
+
 def _saved(stage, tensors, target, excluded, torch):
     """``(saved_bytes, needs_inputs, needs_output)`` from the saved-tensor hooks."""
     saved = []
@@ -345,6 +375,89 @@ def measure_stage(stage, tensors, *, device, target=None, caller_holds_gradient=
         "workspace_backward": int(workspace_backward),
     }
     return fields, output
+
+
+def compile_backend(compile, device=None):
+    """The ``torch.compile`` backend that ``compile`` names (True: inductor), checked to run here.
+
+    Parameters
+    ----------
+    compile : bool or str
+        True (torch.compile's default backend, inductor) or a backend name
+        (``"aot_eager"``: torch.compile's capture and autograd split with
+        eager kernels, which needs no C++ compiler).
+    device : torch.device or None
+        Where the stages run: inductor on the CPU needs a C++ compiler.
+
+    Returns
+    -------
+    str
+        The backend's name.
+
+    Raises
+    ------
+    ModelError
+        ``compile`` is neither a bool nor a string.
+    OptionError
+        An unknown backend, or one that cannot run here (inductor on the CPU
+        without a working C++ compiler).
+    """
+    if not isinstance(compile, (bool, str)) or compile is False:
+        raise ModelError(f"compile must be True or a torch.compile backend name, got {compile!r}")
+    torch = require_torch()
+    import torch._dynamo
+
+    name = "inductor" if compile is True else compile
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise OptionError(f"compile: unknown torch.compile backend {name!r} (one of: {', '.join(known)})")
+    if not torch._dynamo.is_dynamo_supported():
+        raise OptionError(f"compile: torch.compile does not run on this Python ({sys.version.split()[0]})")
+    if name == "inductor" and (device is None or torch.device(device).type == "cpu"):
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as exc:  # InvalidCxxCompiler, or whatever a broken toolchain raises
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OptionError(
+                f"compile: torch.compile's inductor backend needs a C++ compiler on the CPU: {first} "
+                "(install one, e.g. g++, or compile with the aot_eager backend)"
+            ) from None
+    return name
+
+
+def compiled_stages(stage_list, backend):
+    """The stages, each function compiled by ``torch.compile`` with ``backend`` (a name from :func:`compile_backend`).
+
+    The one compile path: ``profile --compile`` measures these stages and
+    ``ScheduledModule(..., compile=)`` runs them.  Each stage compiles on
+    its first call, for fixed shapes (``dynamic=False``); inductor draws
+    random numbers as eager does (``fallback_random``), so that a compiled
+    dropout keeps plain training's masks.
+    """
+    torch = require_torch()
+    # inductor draws random numbers as eager does: dropout masks are plain training's
+    options = {"options": {"fallback_random": True}} if backend == "inductor" else {"backend": backend}
+    return [dataclasses.replace(stage, fn=torch.compile(_own_frame(stage.fn), dynamic=False, **options))
+            for stage in stage_list]
+
+
+def _own_frame(fn):
+    """``fn`` called from a function whose code object is its own.
+
+    Dynamo keeps a code object's compiled graphs together, at most 8 (its
+    ``recompile_limit``), and runs the code eager past them.  ``torch.nn``
+    modules compiled as they are share one code object (torch.compile's
+    wrapper), so a chain of convolutions, BatchNorms and dropouts, each in
+    grad mode and without grad, ran eager from its ninth variant on.
+    """
+
+    def stage(*args):
+        return fn(*args)
+
+    stage.__code__ = stage.__code__.replace()  # a copy: a code object of its own
+    return stage
 
 
 _SEED = {}

@@ -39,9 +39,10 @@ def target_and_model(target, example, *, model_path=None, loss=None, dtype="floa
 
 
 def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=None, loss=None, dtype="float32",
-                  stages="auto", device="cpu", seed=0, steps=1, lr=0.01, timeline=False):
+                  stages="auto", device="cpu", seed=0, steps=1, lr=0.01, timeline=False, compile=False):
     """Check ``schedule`` against ``model``, then train with it and with plain autograd.
 
+    ``compile`` runs the schedule's stages compiled (a backend name, or True).
     With ``timeline``, the result's ``op_peaks`` holds the peak measured
     during each op (on the CPU; None on CUDA) and ``predicted_op_peaks`` the
     simulator's memory during each op.
@@ -76,7 +77,7 @@ def check_and_run(obj, example, schedule, model, *, schedule_path, model_path=No
     verified = verify(obj, example, schedule.ops, dtype=dtype, stages=stages, model=model, predicted=predicted,
                       seed=seed, device=device, steps=steps, lr=lr, budget=schedule.budget_bytes, loss=loss,
                       predicted_transfer=predicted_transfer_seconds(replayed, result, schedule.storage),
-                      predicted_overhead=result.overhead, timeline=timeline)
+                      predicted_overhead=result.overhead, timeline=timeline, compile=compile)
     if timeline:
         verified = dataclasses.replace(verified, predicted_op_peaks=list(result.timeline))
     return verified

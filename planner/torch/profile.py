@@ -10,7 +10,7 @@ torch is imported inside the functions: ``pip install edgeplan[torch]``.
 
 from typing import NamedTuple
 
-from planner.errors import ModelError
+from planner.errors import ModelError, OptionError
 from planner.model import INPUT, MODEL_FORMAT, model_from_dict
 from planner.torch.capture import OWN_LOSS, build_stages
 from planner.torch.inputs import (
@@ -22,6 +22,10 @@ from planner.torch.inputs import (
 )
 from planner.torch.loss import default_target, make_loss
 from planner.torch.measure import (
+    call_cost,
+    without_call_cost,
+    compile_backend,
+    compiled_stages,
     estimate_stages,
     measure_stage,
     params_bytes,
@@ -143,11 +147,13 @@ def _measure_all(prep, *, repeats, caller_holds_gradient):
         outputs[i] = out
         fields.append(f)
     spreads = []
-    for f, forward, backward in zip(fields, *time_stages(prep.stages, tensors, targets, rounds=repeats,
-                                                          device=prep.device)):
+    samples = time_stages(prep.stages, tensors, targets, rounds=repeats, device=prep.device)
+    cost = call_cost(device=prep.device)
+    for f, forward, backward in zip(fields, *samples):
         (f["forward"], fs), (f["backward"], bs) = robust_time(forward), robust_time(backward)
+        f["backward"] = without_call_cost(f["backward"], cost)
         spreads.append(max(fs, bs))
-    return fields, _held_by_loss_value(prep, fields, outputs), spreads
+    return fields, _held_by_loss_value(prep, fields, outputs), spreads, cost
 
 
 def _held_by_loss_value(prep, fields, outputs):
@@ -169,7 +175,7 @@ def _describe(tensors):
     return ", ".join(f"{list(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in tensors)
 
 
-def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=()):
+def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=(), backend=None, cost=None):
     torch = require_torch()
     what = f"inputs {_describe(prep.inputs)}"
     if prep.target is not None:
@@ -185,8 +191,9 @@ def _source(prep, *, estimate, repeats, dtype, loss, threads=None, spreads=()):
     mode = "ops" if n and not is_chain(prep.stages) else "modules"
     return (
         f"edgeplan profile: torch {torch.__version__} on {_device_name(prep.device)}, {what}, "
-        f"{dtype}, {n} stages ({mode}), {threads} thread{'s' if threads != 1 else ''}, times: median of "
-        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}"
+        f"{dtype}, {n} stages ({mode}{', compiled with ' + backend if backend else ''}), {threads} thread{'s' if threads != 1 else ''}, times: median of "
+        f"{max(1, repeats)} interleaved rounds, spread {_spread_text(spreads)}; backwards less the "
+        f"backward() call's own cost ({1000 * cost:.0f} us, an empty stage's)"
     )
 
 
@@ -213,6 +220,7 @@ def profile_model(
     loss=None,
     output=None,
     caller_holds_gradient=False,
+    compile=False,
 ):
     """Profile a module (or list of modules) into an ``edgeplan-model/1`` document.
 
@@ -259,6 +267,12 @@ def profile_model(
         GPU model files were measured with) instead of released by the
         autograd engine as a chained backward releases them (the default).
         Kept for the fidelity benchmark; see docs/fidelity.md.
+    compile : bool or str, keyword-only
+        Measure each stage compiled by ``torch.compile`` (True: inductor, or
+        a backend name), as ``ScheduledModule(..., compile=)`` runs it
+        (:func:`planner.torch.measure.compiled_stages`): the times and saved
+        sizes are the compiled stages', and the document's ``compile``
+        field names the backend.
 
     Returns
     -------
@@ -272,6 +286,8 @@ def profile_model(
     ModelError
         A module that cannot be cut into stages, a stage that fails or does
         not return one tensor, a bad dtype, example or loss.
+    OptionError
+        ``compile`` with ``estimate``, or a backend that cannot run here.
 
     Notes
     -----
@@ -280,20 +296,28 @@ def profile_model(
     (BatchNorm batch statistics, dropout on); the module's state (parameters,
     buffers, gradients) is restored afterwards.
     """
+    backend = None
+    if compile is not False:
+        if estimate:
+            raise OptionError("--compile measures the compiled stages by running them; --estimate runs nothing")
+        backend = compile_backend(compile, device)
     prep = prepare(obj, example, dtype=dtype, stages=stages, seed=seed, device=device, loss=loss, output=output)
+    if backend is not None:
+        prep = prep._replace(stages=compiled_stages(prep.stages, backend))
     root = prep.root
     snapshot = {k: v.detach().clone() for k, v in root.state_dict().items()}
     old_grads = {id(p): p.grad for p in root.parameters()}
     torch = require_torch()
     old_threads = torch.get_num_threads()
     try:
-        held, spreads = 0, []
+        held, spreads, cost = 0, [], None
         if threads:
             torch.set_num_threads(threads)
         if estimate:
             fields = estimate_stages(root, prep.stages, prep.inputs, prep.target)
         else:
-            fields, held, spreads = _measure_all(prep, repeats=repeats, caller_holds_gradient=caller_holds_gradient)
+            fields, held, spreads, cost = _measure_all(prep, repeats=repeats,
+                                                       caller_holds_gradient=caller_holds_gradient)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
@@ -309,7 +333,7 @@ def profile_model(
         "name": name,
         "time_unit": "flop" if estimate else "ms",
         "source": _source(prep, estimate=estimate, repeats=repeats, dtype=dtype, loss=loss, threads=used_threads,
-                          spreads=spreads),
+                          spreads=spreads, backend=backend, cost=cost),
         "input_bytes": int(sum(tensor_bytes(t) for t in by_caller) + held),
         "layers": [_layer_doc(s, prep.stages, f) for s, f in zip(prep.stages, fields)],
     }
@@ -317,9 +341,11 @@ def profile_model(
         doc["loss"] = loss
     if output is not None:
         doc["output"] = output
+    if backend is not None:
+        doc["compile"] = backend
     if spreads:
         doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
-                         "spread": [round(x, 4) for x in spreads]}
+                         "spread": [round(x, 4) for x in spreads], "call_cost": round(cost, 6)}
     model_from_dict(doc, source_name=f"profile of {name}")
     return doc
 
