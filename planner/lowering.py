@@ -14,6 +14,7 @@ import numpy as np
 
 from planner.schedule import OpKind, backward, forward, free
 from planner.sizes import int64_safe
+from planner.tables import size_dtype
 
 __all__ = [
     "insert_frees",
@@ -404,13 +405,3 @@ def fits_int64(model):
         + max(x.workspace_backward for x in layers)
     )
     return int64_safe(bound)
-
-
-def size_dtype(model, *, headroom=1):
-    """``np.int64`` for the solvers' size arrays of ``model``, or ``object`` (Python ints) when
-    ``headroom`` sums of every output three times, saved data and workspaces could overflow it."""
-    total = model.input_bytes + sum(
-        3 * layer.output_bytes + layer.saved_bytes + layer.workspace_forward + layer.workspace_backward
-        for layer in model.layers
-    )
-    return np.int64 if int64_safe(total, headroom=headroom) else object

@@ -1,0 +1,142 @@
+"""planner.tables: the one view of the model, checked against SPEC section 3 written out per layer,
+on every model in tests/data and examples/ and on random ones."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from planner.model import load_model
+from planner.tables import Tables
+from tests.conftest import DATA, EXAMPLES
+from tests.strategies import examples, models
+
+MODEL_FILES = sorted((DATA / "models").glob("*.json")) + sorted(EXAMPLES.glob("*.json"))
+
+
+def _expected(model):
+    """Each field of the tables, from the layers one by one (SPEC section 3)."""
+    layers, n, sink = model.layers, len(model.layers), len(model.layers) - 1
+    consumers = [[c for c in range(n) if i in layers[c].inputs] for i in range(n)]
+    last = [max(c) if c else -1 for c in consumers]
+    new, fresh = [], []
+    for b, layer in enumerate(layers):
+        # backwards run n-1 .. 0: the highest consumer's backward starts an input's gradient
+        new.append((layer.output_bytes if b == sink else 0)
+                   + sum(layers[j].output_bytes for j in layer.inputs if last[j] == b))
+        fresh.append(sum(layers[j].output_bytes for j in layer.inputs if last[j] != b))
+    reads_own = [layer.needs_output or i == sink for i, layer in enumerate(layers)]
+    return {
+        "n": n,
+        "sink": sink,
+        "input_bytes": model.input_bytes,
+        "output_bytes": [x.output_bytes for x in layers],
+        "saved_bytes": [x.saved_bytes for x in layers],
+        "workspace_forward": [x.workspace_forward for x in layers],
+        "workspace_backward": [x.workspace_backward for x in layers],
+        "forward": [x.forward for x in layers],
+        "backward": [x.backward for x in layers],
+        "needs_inputs": [x.needs_inputs for x in layers],
+        "needs_output": [x.needs_output for x in layers],
+        "output_at_backward": reads_own,
+        "previous_output": [0] + [x.output_bytes for x in layers[:-1]],
+        "inputs": tuple(x.inputs for x in layers),
+        "consumers": tuple(tuple(c) for c in consumers),
+        "last_consumer": last,
+        "backward_reads": tuple(
+            (x.inputs if x.needs_inputs else ()) + ((i,) if reads_own[i] else ()) for i, x in enumerate(layers)
+        ),
+        "holds": tuple(
+            ((i,) if x.needs_output else ()) + (x.inputs if x.needs_inputs else ()) for i, x in enumerate(layers)
+        ),
+        "holders": tuple(
+            tuple(c for c in range(n) if (i in layers[c].inputs and layers[c].needs_inputs)
+                  or (c == i and layers[c].needs_output))
+            for i in range(n)
+        ),
+        "new_gradients": new,
+        "fresh_gradients": fresh,
+    }
+
+
+def _check(model):
+    tables = model.tables
+    assert tables is model.tables  # built once
+    for name, want in _expected(model).items():
+        got = getattr(tables, name)
+        if isinstance(got, np.ndarray):
+            assert got.tolist() == list(want), name
+        else:
+            assert got == want, name
+    return tables
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.name)
+def test_tables_of_every_data_model(path):
+    _check(load_model(path))
+
+
+@settings(max_examples=examples(60))
+@given(models(max_layers=10))
+def test_tables_of_random_models(model):
+    tables = _check(model)
+    unit = 7
+    scaled = tables.scaled(unit)
+    assert scaled.input_bytes == model.input_bytes // unit
+    for name in Tables.SIZES:
+        assert getattr(scaled, name).tolist() == [v // unit for v in getattr(tables, name).tolist()], name
+    assert scaled.backward_reads is tables.backward_reads
+    assert tables.scaled(1) is tables
+
+
+def test_sizes_past_int64_are_python_ints():
+    from planner.model import model_from_dict
+    from tests.conftest import chain_document
+
+    big = 2**60  # valid (SPEC's 2**62 total), but three times every output is past int64's safe range
+    model = model_from_dict(chain_document("big", [("a", 1, 1, big), ("b", 1, 1, big)], input_bytes=0))
+    tables = model.tables
+    assert tables.output_bytes.dtype == object
+    assert tables.output_bytes.tolist() == [big, big]
+    assert (tables.output_bytes + tables.output_bytes).tolist() == [2 * big, 2 * big]  # no wrap-around
+
+
+def _old_builders_agree(model):
+    """The five builders the tables replace answer as the tables do (removed as each goes)."""
+    from planner.lowering import ChainArrays, size_unit
+    from planner.simulate import _columns
+    from planner.solvers import milp, milp_paging
+    from planner.solvers._persistent import chain_arrays
+
+    t = model.tables
+    a = ChainArrays(model)
+    assert a.out.tolist() == t.output_bytes.tolist() and a.saved.tolist() == t.saved_bytes.tolist()
+    assert a.out_at_backward.tolist() == t.output_at_backward.tolist()
+    assert a.prev_out.tolist() == t.previous_output.tolist()
+    z = chain_arrays(model, np.int64)
+    assert z["no"].tolist() == t.output_at_backward.tolist() and z["wb"].tolist() == t.workspace_backward.tolist()
+    out, saved, wsf, wsb, ins = _columns(model.layers)
+    assert (out, saved, wsf, wsb, list(ins)) == (
+        t.output_bytes.tolist(), t.saved_bytes.tolist(), t.workspace_forward.tolist(),
+        t.workspace_backward.tolist(), list(t.inputs))
+    unit = size_unit(model)
+    s = t.scaled(unit)
+    form = milp._Formulation(model, milp._blocks(t.n, t.n))
+    assert form.out == s.output_bytes.tolist() and form.base == s.input_bytes
+    assert form.reads == [list(r) for r in t.backward_reads]
+    assert [c if c is not None else -1 for c in form.maxcons] == t.last_consumer.tolist()
+    assert form.holders == [list(h) for h in t.holders]
+    assert (form.new_grads, form.fresh_grads) == (s.new_gradients.tolist(), s.fresh_gradients.tolist())
+    p = milp_paging._Sizes.of(model, unit)
+    assert p.reads == [set(r) for r in t.backward_reads] and p.sv == s.saved_bytes.tolist()
+    assert p.wsf == s.workspace_forward.tolist() and p.cons == t.consumers
+
+
+@pytest.mark.parametrize("path", MODEL_FILES[:4], ids=lambda p: p.name)
+def test_old_builders_agree_on_data_models(path):
+    _old_builders_agree(load_model(path))
+
+
+@settings(max_examples=examples(30))
+@given(models(max_layers=8))
+def test_old_builders_agree_on_random_models(model):
+    _old_builders_agree(model)
