@@ -103,7 +103,6 @@ def test_sizes_past_int64_are_python_ints():
 def _old_builders_agree(model):
     """The five builders the tables replace answer as the tables do (removed as each goes)."""
     from planner.lowering import ChainArrays, size_unit
-    from planner.simulate import _columns
     from planner.solvers import milp, milp_paging
     from planner.solvers._persistent import chain_arrays
 
@@ -114,10 +113,6 @@ def _old_builders_agree(model):
     assert a.prev_out.tolist() == t.previous_output.tolist()
     z = chain_arrays(model, np.int64)
     assert z["no"].tolist() == t.output_at_backward.tolist() and z["wb"].tolist() == t.workspace_backward.tolist()
-    out, saved, wsf, wsb, ins = _columns(model.layers)
-    assert (out, saved, wsf, wsb, list(ins)) == (
-        t.output_bytes.tolist(), t.saved_bytes.tolist(), t.workspace_forward.tolist(),
-        t.workspace_backward.tolist(), list(t.inputs))
     unit = size_unit(model)
     s = t.scaled(unit)
     form = milp._Formulation(model, milp._blocks(t.n, t.n))
