@@ -33,7 +33,7 @@ def size_dtype(model, *, headroom=1):
 class Tables:
     """Per-layer arrays of a model (index ``i`` is layer ``i``, in topological order).
 
-    Sizes are ``int64`` arrays, or ``object`` arrays of Python ints where sums
+    The arrays are read-only (one copy serves every solver).  Sizes are ``int64`` arrays, or ``object`` arrays of Python ints where sums
     of them could overflow int64 (:func:`size_dtype`); ``.tolist()`` gives
     Python ints either way.  Ragged facts (inputs, reads) are tuples of tuples.
 
@@ -100,6 +100,12 @@ class Tables:
         "output_bytes", "saved_bytes", "workspace_forward", "workspace_backward",
         "previous_output", "new_gradients", "fresh_gradients",
     )
+
+    def __post_init__(self):
+        # One copy serves every solver of the model: none may write into it.
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
 
     @classmethod
     def of(cls, model):
