@@ -105,17 +105,11 @@ def test_sizes_past_int64_are_python_ints():
 def _old_builders_agree(model):
     """The five builders the tables replace answer as the tables do (removed as each goes)."""
     from planner.lowering import size_unit
-    from planner.solvers import milp, milp_paging
+    from planner.solvers import milp_paging
 
     t = model.tables
     unit = size_unit(model)
     s = t.scaled(unit)
-    form = milp._Formulation(model, milp._blocks(t.n, t.n))
-    assert form.out == s.output_bytes.tolist() and form.base == s.input_bytes
-    assert form.reads == [list(r) for r in t.backward_reads]
-    assert [c if c is not None else -1 for c in form.maxcons] == t.last_consumer.tolist()
-    assert form.holders == [list(h) for h in t.holders]
-    assert (form.new_grads, form.fresh_grads) == (s.new_gradients.tolist(), s.fresh_gradients.tolist())
     p = milp_paging._Sizes.of(model, unit)
     assert p.reads == [set(r) for r in t.backward_reads] and p.sv == s.saved_bytes.tolist()
     assert p.wsf == s.workspace_forward.tolist() and p.cons == t.consumers

@@ -352,45 +352,29 @@ class _Formulation:
         self._build()
 
     def _tables(self, model):
-        """Sizes in units, the stage of every backward, what each backward reads and holds."""
-        layers = model.layers
-        n, unit, blocks = self.n, self.unit, self.blocks
-        self.out = out = [layer.output_bytes // unit for layer in layers]
-        self.saved = [layer.saved_bytes // unit for layer in layers]
-        self.wsf = [layer.workspace_forward // unit for layer in layers]
-        self.wsb = [layer.workspace_backward // unit for layer in layers]
-        self.base = model.input_bytes // unit
-        self.inputs = inputs = [layer.inputs for layer in layers]
-        sink = model.sink
-        self.maxcons = maxcons = [max(c) if c else None for c in model.consumers]
+        """Sizes in units (``model.tables``), and the stage of every backward."""
+        n, blocks = self.n, self.blocks
+        t = model.tables.scaled(self.unit)
+        self.out = t.output_bytes.tolist()
+        self.saved = t.saved_bytes.tolist()
+        self.wsf = t.workspace_forward.tolist()
+        self.wsb = t.workspace_backward.tolist()
+        self.base = t.input_bytes
+        self.inputs = t.inputs
+        self.maxcons = t.last_consumer.tolist()  # -1: no consumer
         stage_of = [0] * n  # the stage of each layer's backward
         self.hi = [n - 1] + [block[0] for block in blocks] + [-1]  # hi[t]: highest live layer
-        for t, block in enumerate(blocks, start=1):
+        for stage, block in enumerate(blocks, start=1):
             for b in block:
-                stage_of[b] = t
+                stage_of[b] = stage
         self.stage_of = stage_of
-        reads = []  # the outputs each backward reads
-        for b, layer in enumerate(layers):
-            r = list(inputs[b]) if layer.needs_inputs else []
-            # the loss reads the sink's output until the sink's backward
-            if layer.needs_output or b == sink:
-                r.append(b)
-            reads.append(r)
-        self.reads = reads
+        self.reads = t.backward_reads  # the sink's own output included: the loss reads it
         # Backwards run in reverse topological order: an input's gradient is
         # started by its highest consumer's backward; each other consumer's
         # backward makes a fresh one, counted in its peak only (SPEC section 3).
-        new, fresh = model.reverse_order_gradients
-        self.new_grads = [g // unit for g in new]
-        self.fresh_grads = [g // unit for g in fresh]
-        holders = [[] for _ in range(n)]  # layers whose saved data holds i's output
-        for c, layer in enumerate(layers):
-            if layer.needs_inputs:
-                for j in inputs[c]:
-                    holders[j].append(c)
-            if layer.needs_output:
-                holders[c].append(c)
-        self.holders = holders
+        self.new_grads = t.new_gradients.tolist()
+        self.fresh_grads = t.fresh_gradients.tolist()
+        self.holders = t.holders
 
     def _peak_bound(self):
         """A peak (units) no schedule with this backward order can go below."""
@@ -400,7 +384,7 @@ class _Formulation:
         for k in range(self.n):
             bound = max(bound, base + out[k] + saved[k] + sum(out[j] for j in inputs[k]) + self.wsf[k])
         for b in range(self.n):
-            grads = sum(out[j] for j in range(b + 1) if maxcons[j] is not None and maxcons[j] > b)
+            grads = sum(out[j] for j in range(b + 1) if maxcons[j] > b)
             bound = max(
                 bound,
                 base + grads + self.new_grads[b] + self.fresh_grads[b] + saved[b]
@@ -504,7 +488,7 @@ class _Formulation:
             for i in range(kk + 1):
                 e.add(p(0, i), saved[i])
             for i in range(kk):
-                if maxcons[i] is not None and maxcons[i] >= kk:
+                if maxcons[i] >= kk:
                     e.const += out[i]
                 else:
                     e.add(k(1, i), out[i])
@@ -548,7 +532,7 @@ class _Formulation:
         out, saved, maxcons = self.out, self.saved, self.maxcons
         free_after_fwd, free_after_bwd = self._stage_frees(t)
         h = self.hi[t]
-        grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
+        grads = sum(out[j] for j in range(h + 1) if maxcons[j] > h)
         level = _Expr(self.base + grads)
         for i in range(h + 1):
             level.add(k(t, i), out[i])
