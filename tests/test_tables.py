@@ -101,26 +101,3 @@ def test_sizes_past_int64_are_python_ints():
     assert tables.output_bytes.tolist() == [big, big]
     assert (tables.output_bytes + tables.output_bytes).tolist() == [2 * big, 2 * big]  # no wrap-around
 
-
-def _old_builders_agree(model):
-    """The five builders the tables replace answer as the tables do (removed as each goes)."""
-    from planner.lowering import size_unit
-    from planner.solvers import milp_paging
-
-    t = model.tables
-    unit = size_unit(model)
-    s = t.scaled(unit)
-    p = milp_paging._Sizes.of(model, unit)
-    assert p.reads == [set(r) for r in t.backward_reads] and p.sv == s.saved_bytes.tolist()
-    assert p.wsf == s.workspace_forward.tolist() and p.cons == t.consumers
-
-
-@pytest.mark.parametrize("path", MODEL_FILES[:4], ids=lambda p: p.name)
-def test_old_builders_agree_on_data_models(path):
-    _old_builders_agree(load_model(path))
-
-
-@settings(max_examples=examples(30))
-@given(models(max_layers=8))
-def test_old_builders_agree_on_random_models(model):
-    _old_builders_agree(model)
