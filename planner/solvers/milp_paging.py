@@ -72,7 +72,11 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
         was the starting incumbent, or null), ``proven_optimal`` (HiGHS proved
         that no schedule of the search space is cheaper, up to a relative gap
         of 1e-4; false on a timeout or when a start outside the search space
-        was kept).
+        was kept) and, when HiGHS ran at ``budget`` and found a schedule,
+        ``gap``: its relative gap ``(objective - bound) / objective`` between
+        that schedule's recomputation plus transfer time and HiGHS' best
+        (dual) bound on it over the search space (the answer is at most that
+        far from the bound).
 
     Raises
     ------
@@ -140,6 +144,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
         form, budget=budget, starts=starts, deadline=deadline, margin=0.1, measure=lambda x: _measure(form, storage, x)
     )
     params["start"] = fit.start
+    if fit.gap is not None:
+        params["gap"] = fit.gap
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
         least = _least_peak(form, storage, deadline, others_least)
         raise InfeasibleError(
