@@ -107,13 +107,7 @@ def _schedule_in_space(draw, model):
     """
     n = len(model)
     layers = model.layers
-    holders = [[] for _ in range(n)]
-    for c, layer in enumerate(layers):
-        if layer.needs_inputs:
-            for j in layer.inputs:
-                holders[j].append(c)
-        if layer.needs_output:
-            holders[c].append(c)
+    holders = model.tables.holders  # whose saved data holds each output
     saved = [False] * n
     done = [False] * n
     ops = []
