@@ -23,6 +23,7 @@ Sizes come from ``model.tables`` in units of the gcd of every size
 import numpy as np
 
 from planner.lowering import size_unit
+from planner.schedule import OpKind, forward
 from planner.solvers._highs import solve_capped
 
 __all__ = ["Expr", "StageProgram", "var"]
@@ -287,6 +288,39 @@ class StageProgram:
         """
         return solve_capped(self, self.cost, self.peak_col, cap=cap, time_limit=time_limit, start=start,
                             prefix=self.prefix)
+
+    def forward_of(self, on, t, i):
+        """The forward of ``i`` in stage ``t`` of a solution (``on``: which columns are set),
+        with save where its saved data is made in that stage."""
+        return forward(i, self._saved_by(on, t, i) and not self._saved_by(on, t - 1, i))
+
+    def _saved_by(self, on, t, i):
+        return True if t >= self.stage_of[i] else (t >= 0 and bool(on[self.S[t, i]]))
+
+    def encode_forwards(self, x, stages):
+        """Set R and S in ``x`` from the forwards of ``stages`` (lists of ops, stage 0 first).
+
+        False if a layer's saved data is made twice, never, or after the stage
+        of its backward: the schedule is outside the search space.
+        """
+        made = [None] * self.n  # the stage each layer's saved data is made in
+        for t, stage in enumerate(stages):
+            for op in stage:
+                if op.kind is not OpKind.FORWARD:
+                    continue
+                i = op.layer
+                if t > 0:
+                    x[self.R[t, i]] = 1
+                if op.save:
+                    if made[i] is not None:
+                        return False
+                    made[i] = t
+        for i in range(self.n):
+            if made[i] is None or made[i] > self.stage_of[i]:
+                return False
+            for t in range(made[i], self.stage_of[i]):
+                x[self.S[t, i]] = 1
+        return True
 
     def set_running(self, x):
         """Set the running-memory columns of ``x`` from the other values (in evaluation order)."""

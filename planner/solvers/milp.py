@@ -22,16 +22,9 @@ import numpy as np
 
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees, store_all_ops
-from planner.schedule import OpKind, backward, forward
+from planner.schedule import OpKind, backward
 from planner.simulate import simulate
-from planner.solvers._highs import (
-    Fit,
-    Status,
-    check_time_limit,
-    fit_budget,
-    import_highs,
-    timed_solve,
-)
+from planner.solvers._highs import Fit, Status, check_time_limit, fit_budget, import_highs, timed_solve
 from planner.solvers._program import Expr, StageProgram, var
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
@@ -118,18 +111,20 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     backward(s) of its layers.  Every schedule of store-all, segment
     checkpointing, revolve and the chain dynamic programs has this form.
 
-    Variables: R[t, i] (forward of i in stage t), P[t, i] (i's saved data
-    exists by the end of stage t; it is made where P steps from 0 to 1), K[t,
-    i] (i's output kept into stage t), F[t, i, k] (i's output freed right
+    Variables: R[t, i] (forward of i in stage t), S[t, i] (i's saved data
+    exists by the end of stage t; it is made where S steps from 0 to 1), C[t,
+    i] (i's output carried into stage t), F[t, i, k] (i's output freed right
     after the forward of k, one per reader k) and a continuous running memory
-    U[t, k]; memory rows bound the memory of every op by the budget.  Sizes
+    per forward; memory rows bound the memory of every op by the budget.  All
+    but F, and every row but the frees' and the sink's, are the stage program
+    milp-paging shares (``planner.solvers._program``).  Sizes
     are divided by the gcd of every size of the model, so the coefficients
     are exact integers.  The warm starts that fit are encoded as variable
     values; the best one inside the search space is HiGHS' starting
     incumbent (through HiGHS' ``read_solution_file`` option).
 
     Size: with T = n stages (n <= 70 layers) the program has about n^2 / 2
-    each of R, P, K and U plus one F per (stage, layer, reader): O(n (n + E))
+    each of R, S, C and U plus one F per (stage, layer, reader): O(n (n + E))
     variables, constraints and non-zeros for E edges (about 16,000 variables
     and 38,000 rows for a 70-layer DAG).  Above 70 layers consecutive
     backwards share stages, T = max(15, 5000 // n) of them (27 for a
@@ -409,16 +404,9 @@ class _Formulation(StageProgram):
     def decode(self, x):
         """The forward and backward ops of a solution vector."""
         on = x > 0.5
-        S, stage_of = self.S, self.stage_of
-
-        def saved_by(t, i):
-            return True if t >= stage_of[i] else (t >= 0 and bool(on[S[t, i]]))
-
-        ops = [forward(i, saved_by(0, i)) for i in range(self.n)]
+        ops = [self.forward_of(on, 0, i) for i in range(self.n)]
         for t in range(1, self.T + 1):
-            for i in range(self.hi[t] + 1):
-                if on[self.R[t, i]]:
-                    ops.append(forward(i, saved_by(t, i) and not saved_by(t - 1, i)))
+            ops.extend(self.forward_of(on, t, i) for i in range(self.hi[t] + 1) if on[self.R[t, i]])
             ops.extend(backward(b) for b in self.blocks[t - 1])
         return ops
 
@@ -459,22 +447,8 @@ class _Formulation(StageProgram):
         if t != T + 1:
             return None
         x = np.zeros(len(self.lb))
-        save_stage = [None] * n
-        for i, op in enumerate(ops[:n]):
-            if op.save:
-                save_stage[i] = 0
-        for t in range(1, T + 1):
-            for op in stage_ops[t]:
-                x[self.R[t, op.layer]] = 1
-                if op.save:
-                    if save_stage[op.layer] is not None:
-                        return None
-                    save_stage[op.layer] = t
-        for i in range(n):
-            if save_stage[i] is None or save_stage[i] > self.stage_of[i]:
-                return None
-            for t in range(save_stage[i], self.stage_of[i]):
-                x[self.S[t, i]] = 1
+        if not self.encode_forwards(x, [ops[:n]] + stage_ops[1:]):
+            return None
         # kept outputs and frees: replay the lowering
         present = set()
         stage = 0

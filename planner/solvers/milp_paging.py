@@ -21,15 +21,9 @@ import numpy as np
 from planner.device import time_scale
 from planner.errors import InfeasibleError, SolverBug
 from planner.lowering import insert_frees, store_all_ops
-from planner.schedule import OpKind, backward, forward, pagein, pageout
+from planner.schedule import OpKind, backward, pagein, pageout
 from planner.simulate import simulate
-from planner.solvers._highs import (
-    Status,
-    check_time_limit,
-    fit_budget,
-    import_highs,
-    timed_solve,
-)
+from planner.solvers._highs import Status, check_time_limit, fit_budget, import_highs, timed_solve
 from planner.solvers._overlap import overlap
 from planner.solvers._program import StageProgram, var
 
@@ -313,22 +307,17 @@ class _Program(StageProgram):
     def decode(self, x):
         """The forward, backward, pageout and pagein ops of a solution (no frees)."""
         on = x > 0.5
-        n, S, stage_of = self.n, self.S, self.stage_of
-
-        def saved(t, i):
-            return True if t >= stage_of[i] else (t >= 0 and bool(on[S[t, i]]))
-
         ops = []
-        for i in range(n):
-            ops.append(forward(i, saved(0, i)))
+        for i in range(self.n):
+            ops.append(self.forward_of(on, 0, i))
             if on[self.O[0, i]]:
                 ops.append(pageout(i))
-        for t in range(1, n + 1):
+        for t in range(1, self.n + 1):
             h = self.hi[t]
             ops.extend(pagein(i) for i in range(h + 1) if on[self.I[t, i]])
             for i in range(h + 1):
                 if on[self.R[t, i]]:
-                    ops.append(forward(i, saved(t, i) and not saved(t - 1, i)))
+                    ops.append(self.forward_of(on, t, i))
                     if on[self.O[t, i]]:
                         ops.append(pageout(i))
             ops.append(backward(h))
@@ -340,26 +329,14 @@ class _Program(StageProgram):
         if stages is None:
             return None
         x = np.zeros(len(self.lb))
-        made = [None] * self.n
+        if not self.encode_forwards(x, stages):
+            return None
         for t, stage in enumerate(stages):
             for op in stage:
-                i = op.layer
-                if op.kind is OpKind.FORWARD:
-                    if t > 0:
-                        x[self.R[t, i]] = 1
-                    if op.save:
-                        if made[i] is not None:
-                            return None
-                        made[i] = t
-                elif op.kind is OpKind.PAGEOUT:
-                    x[self.O[t, i]] = 1
+                if op.kind is OpKind.PAGEOUT:
+                    x[self.O[t, op.layer]] = 1
                 elif op.kind is OpKind.PAGEIN:
-                    x[self.I[t, i]] = 1
-        for i in range(self.n):
-            if made[i] is None or made[i] > self.stage_of[i]:
-                return None
-            for t in range(made[i], self.stage_of[i]):
-                x[self.S[t, i]] = 1
+                    x[self.I[t, op.layer]] = 1
         if not self._encode_frees(x, [op for stage in stages for op in stage], stages):
             return None
         self.set_running(x)
