@@ -16,7 +16,8 @@ from rich.markup import escape
 
 from planner import extras, render, report, solvers
 from planner.cli_params import (
-    device_option, dtype_option, example_options, example_spec, json_option, memory_option, optimizer_option,
+    device_option, dtype_option, example_options, example_spec, json_option, memory_option, objective_options,
+    optimizer_option,
     quiet_torch, run_device_option, stages_option, strategies_option, target_argument, tuning_options,
     SIZE, sizes_option, import_options, measure_options, strategy_option, timeline_option, training_options,
     verify_files_options,
@@ -27,6 +28,7 @@ from planner.device import PRESETS, device_time, load_device
 from planner.files import atomic_output
 from planner.errors import EXIT_BAD, EXIT_INTERNAL, EXIT_NO, EdgeplanError, ModelMismatchError
 from planner.model import load_model, model_from_dict
+from planner.objective import objective_for
 from planner.plot import write_png
 from planner.schedule import load_schedule
 
@@ -132,12 +134,13 @@ def _write_data(text, output, as_json, err):
         sys.stdout.flush()
 
 
-def _device_memory(model, memory, device_name, err, *, need_memory=True):
-    """(model in the device's seconds if it can be, memory or None, storage or None), said on stderr."""
+def _device_memory(model, memory, device_name, err, *, need_memory=True, objective="time", time_budget=None):
+    """(model in the device's seconds if it can be, memory or None, storage or None, the Objective), said on stderr."""
     model, memory, storage, device, note = report.device_memory(model, memory, device_name, need_memory=need_memory)
+    goal = objective_for(model, device, objective, time_budget=time_budget)
     if device is not None:
         render.device_line(err, device, memory, note)
-    return model, memory, storage
+    return model, memory, storage, goal
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,8 +169,9 @@ def main():
 @optimizer_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the schedule to this file.")
 @json_option
+@objective_options
 @tuning_options
-def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, options):
+def solve(model_path, memory, device_name, strategy, optimizer, output, as_json, objective, time_budget, options):
     """Find the best schedule for MODEL that fits --memory (or --device).
 
     Writes the schedule (edgeplan-schedule/1; /2 when it pages to the
@@ -177,9 +181,14 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
     Examples:
       edgeplan solve examples/resnet18.json --memory 256MB -o schedule.json
       edgeplan solve examples/resnet18.json --device jetson-tx2-8gb --memory 200MB -o schedule.json
+      edgeplan solve examples/flop/resnet18.json --device cortex-m4f-sd --memory 200MB --objective energy
+
+    With a device that has power figures the schedule predicts its joules
+    (predicted.energy_j).
     """
     _, err = _consoles(True)
-    result = plan(model_path, memory, strategy=strategy, optimizer=optimizer, device=device_name, **options)
+    result = plan(model_path, memory, strategy=strategy, optimizer=optimizer, device=device_name,
+                  objective=objective, time_budget=time_budget, **options)
     render.plan_report(err, result)
     if not result.success:
         raise result.error
@@ -197,9 +206,10 @@ def solve(model_path, memory, device_name, strategy, optimizer, output, as_json,
 @device_option
 @optimizer_option
 @strategies_option
+@objective_options
 @tuning_options
 @json_option
-def compare(model_path, memory, device_name, optimizer, strategies, options, as_json):
+def compare(model_path, memory, device_name, optimizer, strategies, objective, time_budget, options, as_json):
     """Run every applicable strategy on MODEL at --memory and show them side by side.
 
     One row per strategy, the feasible ones by compute (the best marked),
@@ -214,10 +224,15 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
       edgeplan compare examples/mobilenet_v2.json --memory 300MB --strategies dp,revolve,sequential
       edgeplan compare examples/resnet18.json --memory 256MB --json
       edgeplan compare examples/vgg16_bn.json --device rpi4-4gb-sd --memory 40MB
+      edgeplan compare examples/flop/vgg16_bn.json --device cortex-m4f-sd --memory 200MB --objective energy
+
+    With --objective energy the rows are ranked by joules; with a device
+    that has power figures each row shows them.
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    model, memory, storage = _device_memory(model, memory, device_name, err)
+    model, memory, storage, goal = _device_memory(model, memory, device_name, err, objective=objective,
+                                                  time_budget=time_budget)
     solvers.check_options(model, strategies, options)
     split = report.check_memory(model, memory, optimizer)
     names = _strategies(model, strategies, options, storage, err, named=strategies is not None)
@@ -225,8 +240,8 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
     display, hook = render.progress(err, len(names), "solving")
     with display:
         outcomes = solvers.run_all(model, split.activation_bytes, strategies=strategies, options=options,
-                                   progress=hook, storage=storage)
-    rows = report.compare_rows(outcomes, split, paging=storage is not None)
+                                   progress=hook, storage=storage, objective=goal)
+    rows = report.compare_rows(outcomes, split, paging=storage is not None, objective=goal)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
@@ -243,9 +258,11 @@ def compare(model_path, memory, device_name, optimizer, strategies, options, as_
 @optimizer_option
 @tuning_options
 @device_option
+@objective_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (pip install edgeplan[plot]).")
 @json_option
-def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_name, plot_path, as_json):
+def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_name, objective, time_budget, plot_path,
+          as_json):
     """Memory/overhead curve: every strategy at --sizes memory sizes.
 
     Sizes are device memory for the whole step (activations + fixed memory),
@@ -262,10 +279,13 @@ def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_n
 
     With --device, the device's storage adds the paging strategies and --to
     defaults to the device memory when that is less than store-all's.
+    With --objective energy the paging strategies minimise joules, and
+    --json points carry energy_j when the device has power figures.
     """
     out, err = _consoles(as_json)
     model = load_model(model_path)
-    model, device_memory, storage = _device_memory(model, None, device_name, err, need_memory=False)
+    model, device_memory, storage, goal = _device_memory(model, None, device_name, err, need_memory=False,
+                                                         objective=objective, time_budget=time_budget)
     if plot_path:
         extras.require("matplotlib", purpose="--plot")  # fail before the slow part, not after
     solvers.check_options(model, strategies, options)
@@ -275,13 +295,15 @@ def sweep(model_path, low, high, sizes, strategies, optimizer, options, device_n
     display, hook = render.progress(err, len(span.sizes) * len(names), "sweeping")
     with display:
         points = sweeping.sweep(model, span.sizes, optimizer=optimizer, strategies=strategies, options=options,
-                                progress=hook, shared=span.shared, storage=storage)
+                                progress=hook, shared=span.shared, storage=storage, objective=goal)
     if plot_path:
         _plot(points, plot_path, model, span)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
     else:
-        render.sweep_report(out, model, span, points, names=names, best=sweeping.best_overheads(points))
+        energy = goal.kind == "energy"
+        render.sweep_report(out, model, span, points, names=names, energy=energy,
+                            best=sweeping.best_overheads(points, "energy_j" if energy else "overhead"))
         out.file.flush()
     if plot_path:
         err.print(f"wrote {escape(render.clean(plot_path))}")

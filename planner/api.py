@@ -16,6 +16,7 @@ from planner import report, solvers
 from planner.budget import split_memory
 from planner.errors import InfeasibleError, ModelError, SizeError
 from planner.model import Model, load_model, model_from_dict
+from planner.objective import objective_for
 from planner.sizes import MAX_BYTES, parse_size
 
 __all__ = ["PlanResult", "plan", "as_model", "as_bytes"]
@@ -59,6 +60,9 @@ class PlanResult:
         :func:`planner.device.device_time`); ``model`` is then in them.
     notes : tuple of str
         Strategies left out because their optional module is missing.
+    objective : planner.objective.Objective or None
+        What was minimised (``time`` or ``energy``), the time budget, and the
+        power figures of :attr:`energy_j`.
     error : planner.errors.InfeasibleError or None
         The refusal, when nothing fits (``raise result.error``: the CLI exits 1
         with its ``fields`` under ``--json``).
@@ -80,6 +84,7 @@ class PlanResult:
     time_note: str = None
     notes: tuple = ()
     error: InfeasibleError = None
+    objective: object = None
 
     @property
     def status(self):
@@ -89,6 +94,11 @@ class PlanResult:
     def peak_bytes(self):
         """The schedule's predicted activation peak (None when nothing fits)."""
         return None if self.simulation is None else self.simulation.peak_bytes
+
+    @property
+    def energy_j(self):
+        """The schedule's predicted joules (None when nothing fits or the device has no power figures)."""
+        return None if self.schedule is None else self.schedule.predicted.get("energy_j")
 
 
 def as_model(model):
@@ -125,7 +135,8 @@ def as_bytes(memory, *, what="memory"):
     return memory
 
 
-def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, progress=None, **options):
+def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, progress=None, objective="time",
+         time_budget=None, **options):
     """Find the best schedule for ``model`` that fits ``memory``.
 
     Parameters
@@ -146,6 +157,12 @@ def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, p
         strategies.
     progress : callable or None, keyword-only
         As for :func:`planner.solvers.run_all`.
+    objective : {"time", "energy"}, keyword-only
+        What the paging strategies minimise and ``auto`` ranks by: the
+        step's time, or its joules (needs a ``device`` with power figures).
+    time_budget : float or None, keyword-only
+        The most seconds (the device's) a step may take; a schedule above it
+        is refused like one above the memory.
     **options
         Strategy options (``segments``, ``snapshots``, ``time_limit``), each
         checked against the registry's :data:`~planner.solvers.OPTIONS`.
@@ -172,15 +189,16 @@ def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, p
     model, memory, storage, dev, time_note = report.device_memory(model, memory, device)
     solvers.check_strategy(strategy)
     solvers.check_options(model, strategy, options)
+    goal = objective_for(model, dev, objective, time_budget=time_budget)
     named = strategy != "auto"
     candidates = [strategy] if named else solvers.applicable(model, options, storage=storage, include_missing=True)
     _, notes = report.available(candidates, named=named)
-    found = dict(model=model, device=dev, storage=storage, time_note=time_note, notes=tuple(notes))
+    found = dict(model=model, device=dev, storage=storage, time_note=time_note, notes=tuple(notes), objective=goal)
     split = split_memory(model, memory, optimizer)
     try:
         report.check_memory(model, memory, optimizer)
         solution = solvers.solve(model, split.activation_bytes, strategy, storage=storage, progress=progress,
-                                 **options)
+                                 objective=goal, **options)
     except report.Refusal as exc:
         return _refused(exc, split, found)
     except InfeasibleError as exc:
@@ -188,7 +206,9 @@ def plan(model, memory=None, *, strategy="auto", optimizer="sgd", device=None, p
     return PlanResult(
         success=True,
         message=f"strategy {solution.strategy}: peak {solution.result.peak_bytes:,} bytes of activations, "
-        f"overhead {solution.result.overhead:.1%}",
+        f"overhead {solution.result.overhead:.1%}"
+        + ("" if solution.schedule.predicted.get("energy_j") is None
+           else f", {solution.schedule.predicted['energy_j']:.4g} J a step"),
         split=split, strategy=solution.strategy, params=solution.params, schedule=solution.schedule,
         simulation=solution.result, solution=solution, **found,
     )

@@ -8,13 +8,14 @@ import click
 
 from planner import solvers
 from planner.budget import OPTIMIZER_FACTORS
+from planner.objective import OBJECTIVES
 from planner.sizes import SizeError, parse_size
 
 __all__ = [
     "SIZE", "SizeType", "InputType", "NamedShapeType", "optimizer_option", "json_option", "device_option",
     "memory_option", "strategies_option", "tuning_options", "example_options", "example_spec", "quiet_torch",
     "target_argument", "dtype_option", "stages_option", "run_device_option", "renamed_option", "sizes_option", "strategy_option",
-    "verify_files_options", "training_options", "measure_options", "import_options",
+    "verify_files_options", "training_options", "measure_options", "import_options", "objective_options",
 ]
 
 
@@ -240,8 +241,23 @@ strategy_option = click.option(
     type=click.Choice(solvers.strategy_names()),
     default="auto",
     show_default=True,
-    help="Which solver; auto tries every applicable one and keeps the least compute.",
+    help="Which solver; auto tries every applicable one and keeps the fastest (with --objective energy, "
+    "the least joules).",
 )
+
+
+def objective_options(fn):
+    """--objective and --time-budget: what the paging strategies minimise, and the most a step may take."""
+    fn = click.option(
+        "--time-budget", "time_budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        help="The most seconds a step may take on the device (its predicted step time, transfers included); "
+        "a schedule above it is refused like one above the memory.",
+    )(fn)
+    return click.option(
+        "--objective", type=click.Choice(OBJECTIVES), default="time", show_default=True,
+        help="What the paging strategies minimise within the memory (and auto ranks by): the step's time, or "
+        "its energy in joules (needs --device with compute.power_w and storage.transfer_power_w).",
+    )(fn)
 
 
 def verify_files_options(fn):

@@ -14,7 +14,7 @@ from planner.budget import OPTIMIZER_FACTORS
 from planner.sizes import format_size
 
 __all__ = [
-    "clean", "bytes_text", "rate", "seconds", "storage_text", "paging_text", "wide", "header",
+    "clean", "bytes_text", "rate", "seconds", "storage_text", "paging_text", "joules_text", "wide", "header",
     "model_line", "device_line", "solution_line", "plan_report", "progress", "compare_table", "compare_report",
     "sweep_report", "devices_report", "simulate_report", "problems", "verify_report", "verify_problems", "profile_line",
     "import_line",
@@ -55,6 +55,11 @@ def storage_text(storage):
         f"write {rate(storage.write_bytes_per_s)} + {seconds(storage.write_latency_s)}"
     )
     return text + (f", {format_size(storage.bytes)}" if storage.bytes is not None else "")
+
+
+def joules_text(value):
+    """``12.3 J`` (4 significant digits), or '' for None."""
+    return "" if value is None else f"{value:.4g} J"
 
 
 def paging_text(result, model):
@@ -125,6 +130,9 @@ def solution_line(console, solution, model):
         f"peak {bytes_text(r.peak_bytes)}, overhead {r.overhead:.1%}, {r.forwards} forwards"
         f"{escape(paging_text(r, model))}, {len(solution.ops)} ops, solved in {solution.solve_seconds:.2f} s"
     )
+    energy = solution.schedule.predicted.get("energy_j")
+    if energy is not None:
+        console.print(f"energy: {joules_text(energy)} a step (predicted.energy_j)")
 
 
 def progress(err, total, label):
@@ -174,9 +182,11 @@ def compare_table(rows, width=124):
 
     columns = (
         ("strategy", "left"), ("fits", "left"), ("peak", "right"), ("peak bytes", "right"),
-        ("overhead", "right"), ("forwards", "right"), ("solve time", "right"), ("params / notes", "left"),
+        ("overhead", "right"), ("energy", "right"), ("forwards", "right"), ("solve time", "right"),
+        ("params / notes", "left"),
     )
-    keep = [width >= 124 or col != "params / notes" for col, _ in columns]
+    joules = any("energy_j" in row for row in rows)  # the device has power figures
+    keep = [(width >= 124 or col != "params / notes") and (joules or col != "energy") for col, _ in columns]
     keep = [k and (width >= 100 or col != "peak bytes") for k, (col, _) in zip(keep, columns)]
     table = Table(box=box.SIMPLE_HEAVY, header_style="bold", pad_edge=False)
     for (col, justify), k in zip(columns, keep):
@@ -195,19 +205,20 @@ def compare_table(rows, width=124):
                 params = f"{row['pageouts']} out/{row['pageins']} in" + (", " + params if params else "")
             add(
                 name, "yes", format_size(row["peak_bytes"]), f"{row['peak_bytes']:,}",
-                f"{row['overhead']:.1%}", str(row["forwards"]), secs, _short(params),
+                f"{row['overhead']:.1%}", joules_text(row.get("energy_j")), str(row["forwards"]), secs,
+                _short(params),
                 style="bold green" if row["best"] else None,
             )
         elif row["least_memory_bytes"] is not None:
             add(
                 name, "no", f"needs {format_size(row['least_memory_bytes'])}",
-                f"{row['least_memory_bytes']:,}", "", "", secs, "least memory that works",
+                f"{row['least_memory_bytes']:,}", "", "", "", secs, "least memory that works",
                 style="dim",
             )
         else:
             strategy = solvers.STRATEGIES[row["strategy"]]
             note = "n/a: chains only" if not row["applicable"] and strategy.chains_only else _short(row["error"])
-            add(name, "no", "", "", "", "", secs, note, style="dim")
+            add(name, "no", "", "", "", "", "", secs, note, style="dim")
     return table
 
 
@@ -224,6 +235,7 @@ def compare_report(out, model, split, rows, *, store_all, paging):
         out.print(
             f"* best: [bold]{escape(best['strategy'])}[/bold], {best['overhead']:.1%} extra compute "
             + ("and transfer " if paging else "")
+            + (f"({joules_text(best['energy_j'])} a step) " if best.get("energy_j") is not None else "")
             + "(edgeplan solve --strategy auto picks it)"
         )
     else:
@@ -234,8 +246,11 @@ def compare_report(out, model, split, rows, *, store_all, paging):
         )
 
 
-def sweep_report(out, model, plan, points, *, names, best):
-    """``edgeplan sweep``'s text: the header, one row per size (``best[size]`` starred), the chart."""
+def sweep_report(out, model, plan, points, *, names, best, energy=False):
+    """``edgeplan sweep``'s text: the header, one row per size (``best[size]`` starred), the chart.
+
+    With ``energy`` (``--objective energy``) the cells are joules and ``best`` the least of them.
+    """
     from planner.plot import text_chart
 
     span, optimizer = plan.span, plan.optimizer
@@ -252,17 +267,20 @@ def sweep_report(out, model, plan, points, *, names, best):
     for size in plan.sizes:
         cells = []
         for p in (p for p in points if p.memory_bytes == size):
+            value = p.energy_j if energy else p.overhead
+            text = joules_text(value) if energy else f"{value:.1%}" if p.feasible else ""
             if not p.feasible:
                 cells.append("[dim]- [/dim]")
-            elif p.overhead == best[size]:
-                cells.append(f"[bold green]{p.overhead:.1%}*[/bold green]")
+            elif value == best[size]:
+                cells.append(f"[bold green]{text}*[/bold green]")
             else:
-                cells.append(f"{p.overhead:.1%} ")
+                cells.append(f"{text} ")
         table.add_row(format_size(size), *cells)
     out.print(table)
     out.print(
-        "overhead = extra compute" + (" and transfer" if plan.storage is not None else "")
-        + " over one forward and one backward per layer; - = does not fit; * = best"
+        ("joules of a step (--objective energy)" if energy else
+         "overhead = extra compute" + (" and transfer" if plan.storage is not None else "")
+         + " over one forward and one backward per layer") + "; - = does not fit; * = best"
     )
     out.print(text_chart(points, store_all_memory=span.store_all_memory_bytes), markup=False)
 

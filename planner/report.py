@@ -17,6 +17,7 @@ from planner import extras, solvers
 from planner.budget import OPTIMIZER_FACTORS, split_memory
 from planner.device import device_time, load_device
 from planner.errors import InfeasibleError, MissingExtraError, NotApplicableError, OptionError, TooLargeError
+from planner.objective import TIME
 from planner.sizes import format_size
 
 __all__ = [
@@ -114,27 +115,30 @@ def infeasible(exc, split):
     })
 
 
-def compare_rows(outcomes, split, *, paging=False):
-    """Outcomes in table order: feasible by the step's time (then ops), then by the memory they need.
+def compare_rows(outcomes, split, *, paging=False, objective=TIME):
+    """Outcomes in table order: feasible by the objective (the step's time, or joules; then ops), then by the
+    memory they need.
 
     ``best`` marks the registry's own choice (:func:`planner.solvers.best`,
     what ``solve --strategy auto`` returns).  With ``paging`` (a storage was
-    given) rows also have ``transfer``, ``pageouts`` and ``pageins``.
+    given) rows also have ``transfer``, ``pageouts`` and ``pageins``; with the
+    device's power figures (``objective``'s), ``energy_j``.
     """
-    winner = solvers.best(outcomes)
+    winner = solvers.best(outcomes, objective)
     feasible = sorted(
         (o for o in outcomes if o.feasible),
-        key=lambda o: (o.solution.result.step_time, len(o.solution.ops)),
+        key=lambda o: (objective.key(o.solution.result), o.solution.result.step_time, len(o.solution.ops)),
     )
     rest = sorted(
         (o for o in outcomes if not o.feasible),
         key=lambda o: (o.least_bytes is None, o.least_bytes or 0, o.strategy),
     )
-    return [_row(o, split, best=winner is not None and o.strategy == winner.strategy, paging=paging)
+    return [_row(o, split, best=winner is not None and o.strategy == winner.strategy, paging=paging,
+                 objective=objective)
             for o in feasible + rest]
 
 
-def _row(o, split, *, best, paging):
+def _row(o, split, *, best, paging, objective):
     r = o.solution.result if o.feasible else None
     least = o.least_bytes
     row = {
@@ -158,6 +162,8 @@ def _row(o, split, *, best, paging):
             pageouts=r.pageouts if r else None,
             pageins=r.pageins if r else None,
         )
+    if objective.power_w is not None and objective.per_second is not None:
+        row["energy_j"] = objective.energy(r) if r else None
     return row
 
 

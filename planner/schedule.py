@@ -137,7 +137,9 @@ class Schedule:
     ``overhead`` and ``forwards`` exactly as the simulator computed them (and
     ``transfer``, ``pageouts``, ``pageins`` for a paging schedule).
     ``storage`` (a :class:`~planner.device.Storage`) is set exactly when the
-    ops page: the schedule is then an ``edgeplan-schedule/2``.
+    ops page: the schedule is then an ``edgeplan-schedule/2``.  ``power_w``
+    (watts while computing) is set when ``predicted`` has ``energy_j``, the
+    step's joules (docs/format.md, "Energy in a schedule").
     """
 
     model_name: str
@@ -148,6 +150,7 @@ class Schedule:
     budget_bytes: int = None
     predicted: dict = field(default_factory=dict)
     storage: object = None
+    power_w: float = None
 
     @property
     def format(self):
@@ -174,6 +177,8 @@ class Schedule:
             head["storage"] = self.storage.to_dict()
             if head["format"] == SCHEDULE_FORMAT_OVERLAP and not self.storage.overlap:
                 head["storage"]["overlap"] = False  # a /3 storage overlaps unless it says not
+        if self.power_w is not None:
+            head["power_w"] = self.power_w
         head["predicted"] = self.predicted
         return head
 
@@ -322,9 +327,13 @@ def _schedule_fields(document, source_name):
     predicted = document.get("predicted", {})
     if not isinstance(predicted, dict):
         raise _bad(source_name, "field 'predicted': must be an object")
+    power = document.get("power_w")
+    if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0):
+        raise _bad(source_name, "field 'power_w': must be a number > 0 (watts while computing)")
     return {
         "model_name": info["name"], "fingerprint": info["fingerprint"], "strategy": strategy,
         "params": params, "budget_bytes": budget, "predicted": predicted, "storage": storage,
+        "power_w": power,
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from planner import solvers
 from planner.budget import split_memory
 from planner.errors import OptionError
+from planner.objective import TIME
 
 __all__ = ["SweepPoint", "MemoryRange", "SweepPlan", "memory_range", "memory_sizes", "plan", "sweep", "best_overheads"]
 
@@ -37,6 +38,8 @@ class SweepPoint:
     transfer : float or None
         With a storage (paging, SPEC section 5): the schedule's transfer time,
         which ``overhead`` includes; None without one.
+    energy_j : float or None
+        The schedule's predicted joules, with a device's power figures.
     """
 
     memory_bytes: int
@@ -49,6 +52,7 @@ class SweepPoint:
     forwards: int = None
     least_bytes: int = None
     transfer: float = None
+    energy_j: float = None
 
     def to_dict(self):
         """The JSON object of ``edgeplan sweep --json`` (``transfer`` only when sweeping with a storage)."""
@@ -64,6 +68,8 @@ class SweepPoint:
         }
         if self.transfer is not None:
             doc["transfer"] = self.transfer
+        if self.energy_j is not None:
+            doc["energy_j"] = self.energy_j
         return doc
 
 
@@ -168,7 +174,8 @@ def memory_sizes(low, high, steps):
 
 
 def sweep(
-    model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, shared=None, storage=None
+    model, memories, *, optimizer="sgd", strategies=None, options=None, progress=None, shared=None, storage=None,
+    objective=TIME,
 ):
     """Solve every strategy at every memory size.
 
@@ -193,6 +200,9 @@ def sweep(
         one per size.  The points are the same as without it.
     storage : planner.device.Storage or None, keyword-only
         For paging strategies (SPEC section 5), which join the default set with it.
+    objective : planner.objective.Objective, keyword-only
+        What the paging strategies minimise, the time budget, and the power
+        figures of the points' ``energy_j``.
 
     Returns
     -------
@@ -226,7 +236,7 @@ def sweep(
 
         outcomes = solvers.run_all(
             model, split.activation_bytes, strategies=strategies, options=options, progress=hook,
-            time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared, storage=storage,
+            time_limit=solvers.SWEEP_TIME_LIMIT, shared=shared, storage=storage, objective=objective,
         )
         for outcome in outcomes:
             if outcome.feasible:
@@ -241,6 +251,7 @@ def sweep(
                     overhead=r.overhead,
                     forwards=r.forwards,
                     transfer=r.transfer if storage is not None else None,
+                    energy_j=objective.energy(r),
                 )
             else:
                 point = SweepPoint(
@@ -315,11 +326,15 @@ def plan(model, *, low=None, high=None, steps=12, optimizer="sgd", strategies=No
                      shared=shared)
 
 
-def best_overheads(points):
-    """``{memory_bytes: least overhead of a feasible point, or None}`` (transfer included when paging)."""
+def best_overheads(points, field="overhead"):
+    """``{memory_bytes: least overhead of a feasible point, or None}`` (transfer included when paging).
+
+    With ``field="energy_j"`` (``--objective energy``), the least joules instead.
+    """
     best = {}
     for p in points:
         best.setdefault(p.memory_bytes, None)
-        if p.feasible and (best[p.memory_bytes] is None or p.overhead < best[p.memory_bytes]):
-            best[p.memory_bytes] = p.overhead
+        value = getattr(p, field)
+        if p.feasible and value is not None and (best[p.memory_bytes] is None or value < best[p.memory_bytes]):
+            best[p.memory_bytes] = value
     return best

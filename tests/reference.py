@@ -19,7 +19,10 @@ def reference_replay(model_doc, schedule_doc):
     A paging schedule (``edgeplan-schedule/2``, its own ``storage`` object)
     also gives ``transfer`` (in the model's time unit), ``pageouts``,
     ``pageins`` and ``overhead`` (with the transfer); an ``edgeplan-schedule/3``
-    also ``time`` (transfers beside compute), and ``overhead`` from it.
+    also ``time`` (transfers beside compute), and ``overhead`` from it.  A
+    schedule with ``power_w`` on a model timed in seconds also gives
+    ``energy_j`` (docs/format.md, "Energy in a schedule"), unless it transfers
+    without the storage's ``transfer_power_w``.
     """
     layers = {}
     order = []
@@ -169,6 +172,11 @@ def reference_replay(model_doc, schedule_doc):
         if schedule_doc["format"] == "edgeplan-schedule/3" and storage.get("overlap", True):
             time = _overlap_time(layers, sink, schedule_doc["ops"], storage, _SECONDS[model_doc["time_unit"]])
             result.update(time=time, overhead=time / baseline - 1 if baseline > 0 else 0.0)
+    power = schedule_doc.get("power_w")
+    unit = _SECONDS.get(model_doc.get("time_unit"))
+    transfer_power = (storage or {}).get("transfer_power_w")
+    if power is not None and unit is not None and (not transfer_s or transfer_power is not None):
+        result["energy_j"] = compute / unit * power + sum(transfer_s) * (transfer_power or 0.0)
     return result
 
 

@@ -28,6 +28,7 @@ from planner.errors import (
     TooLargeError,
 )
 from planner.lowering import insert_frees
+from planner.objective import TIME
 from planner.schedule import Schedule
 from planner.simulate import simulate
 
@@ -101,6 +102,11 @@ class Strategy:
         A paging strategy (SPEC section 5): it runs only with a storage, is
         called with ``storage=``, and joins the default set only when one is
         given.
+    searches_objective : bool
+        It minimises the objective it is given: with the objective energy it
+        is called with ``power_w=`` (watts while computing; the storage has
+        the transfer power), with a time budget with ``time_budget=``
+        (seconds), see :meth:`planner.objective.Objective.solver_kwargs`.
     """
 
     name: str
@@ -116,6 +122,7 @@ class Strategy:
     shares_work: bool = False
     requires: tuple = ()
     needs_storage: bool = False
+    searches_objective: bool = False
 
     def load(self):
         """The solver function."""
@@ -175,7 +182,8 @@ STRATEGIES = dict(
         ),
         # Paging strategies (SPEC section 5): only with a storage (--device).
         _entry("page-all", "page_all", "page_all", "POET's paging-only baseline: page out what can be freed, page it in before its next read, no recomputation", emits_frees=True, needs_storage=True),
-        _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150),
+        _entry("dp-paging", "dp_paging", "dp_paging", "dp with paging: a checkpoint may be paged out instead of kept (chains)", chains_only=True, emits_frees=True, needs_storage=True, auto_max_layers=150,
+               searches_objective=True),
         _entry(
             "page-records",
             "page_records",
@@ -185,6 +193,7 @@ STRATEGIES = dict(
             emits_frees=True,
             needs_storage=True,
             auto_max_layers=60,
+            searches_objective=True,
         ),
         _entry(
             "milp-paging",
@@ -196,6 +205,7 @@ STRATEGIES = dict(
             auto_max_layers=MILP_AUTO_MAX_LAYERS,
             warm_starts=True,
             needs_storage=True,
+            searches_objective=True,
         ),
     ]
 )
@@ -415,8 +425,8 @@ def check_storage(model, storage):
         time_scale(model)
 
 
-def _run(model, budget, strategy, options, extra=None, storage=None, view=False):
-    """Solve with one strategy, lower, replay, check the budget.
+def _run(model, budget, strategy, options, extra=None, storage=None, view=False, objective=TIME):
+    """Solve with one strategy, lower, replay, check the budget and the time budget.
 
     ``extra`` are keyword arguments the registry adds (warm starts, the
     default set's time limit); they are not options of the user's.  ``view``
@@ -444,6 +454,8 @@ def _run(model, budget, strategy, options, extra=None, storage=None, view=False)
     kwargs = {**(extra or {}), **kwargs}
     if strategy.needs_storage:
         kwargs["storage"] = storage
+    if strategy.searches_objective:
+        kwargs.update(objective.solver_kwargs())
     if view is not None and "warm_starts" in kwargs:
         kwargs["warm_starts"] = [(name, view.reduce(ops)) for name, ops in kwargs["warm_starts"]]
     ops, params = fn(target, budget=budget, **kwargs)
@@ -466,15 +478,20 @@ def _run(model, budget, strategy, options, extra=None, storage=None, view=False)
             f"more than the budget of {budget} bytes",
             least_bytes=result.peak_bytes,
         )
+    objective.check(strategy.name, result)
+    predicted, energy = result.predicted(), objective.energy(result)
+    if energy is not None:
+        predicted["energy_j"] = energy
     schedule = Schedule(
         model_name=model.name,
         fingerprint=model.fingerprint,
         strategy=strategy.name,
         params=dict(params),
         budget_bytes=budget,
-        predicted=result.predicted(),
+        predicted=predicted,
         ops=ops,
         storage=storage if result.pages else None,
+        power_w=None if energy is None else objective.power_w,
     )
     return Solution(strategy.name, dict(params), schedule, result, ops, seconds)
 
@@ -492,13 +509,13 @@ def _warm_inputs(outcomes):
     }
 
 
-def _run_one(model, budget, name, options, extra, progress, storage=None, view=False):
+def _run_one(model, budget, name, options, extra, progress, storage=None, view=False, objective=TIME):
     strategy = STRATEGIES[name]
     if progress:
         progress(name, None)
     started = time.perf_counter()
     try:
-        solution = _run(model, budget, strategy, options, extra, storage, view)
+        solution = _run(model, budget, strategy, options, extra, storage, view, objective)
         outcome = Outcome(name, solution=solution, solve_seconds=solution.solve_seconds)
     except (InfeasibleError, NotApplicableError, TooLargeError) as exc:
         outcome = Outcome(name, error=exc, solve_seconds=time.perf_counter() - started)
@@ -509,7 +526,7 @@ def _run_one(model, budget, name, options, extra, progress, storage=None, view=F
 
 def run_all(
     model, budget, *, strategies=None, options=None, progress=None, time_limit=AUTO_TIME_LIMIT, shared=None,
-    storage=None,
+    storage=None, objective=TIME,
 ):
     """Run several strategies and return one :class:`Outcome` each.
 
@@ -539,6 +556,9 @@ def run_all(
         caller will ask for.
     storage : planner.device.Storage or None, keyword-only
         Given to paging strategies, which join the default set with it.
+    objective : planner.objective.Objective, keyword-only
+        What the strategies that search it minimise, the time budget every
+        schedule must meet, and the power figures of the schedules' joules.
     """
     options = options or {}
     check_options(model, strategies, options)
@@ -558,12 +578,14 @@ def run_all(
         if strategy.shares_work and shared is not None:
             extra["shared"] = mine = shared.setdefault(name, {})
             mine["budgets"] = shared.get("budgets", ())
-        done[name] = _run_one(model, budget, name, options, extra, progress, storage, view)
+        done[name] = _run_one(model, budget, name, options, extra, progress, storage, view, objective)
     return [done[name] for name in names]
 
 
-def _best(outcomes):
+def _best(outcomes, objective=TIME):
     """The feasible solution with the least step time (compute and transfers; ties: fewer ops), or None.
+
+    With the objective energy, the least joules (ties: the least step time, then fewer ops).
 
     When an exact search among ``outcomes`` stopped before proving its answer
     (``proven_optimal: false``) and the winner does not say, the winner's
@@ -572,7 +594,7 @@ def _best(outcomes):
     feasible = [o.solution for o in outcomes if o.feasible]
     if not feasible:
         return None
-    best = min(feasible, key=lambda s: (s.result.step_time, len(s.ops)))
+    best = min(feasible, key=lambda s: (objective.key(s.result), s.result.step_time, len(s.ops)))
     unproven = any(s.params.get("proven_optimal") is False for s in feasible)
     if unproven and "proven_optimal" not in best.params:
         params = dict(best.params, proven_optimal=False)
@@ -581,7 +603,7 @@ def _best(outcomes):
     return best
 
 
-def solve(model, budget, strategy="auto", *, progress=None, storage=None, **options):
+def solve(model, budget, strategy="auto", *, progress=None, storage=None, objective=TIME, **options):
     """Solve ``model`` for an activation ``budget`` with one strategy or ``auto``.
 
     Parameters
@@ -598,6 +620,10 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
     storage : planner.device.Storage or None, keyword-only
         The second storage paging strategies page to (``--device``); ``auto``
         then includes them.
+    objective : planner.objective.Objective, keyword-only
+        What ``auto`` ranks by and the paging strategies minimise (default:
+        the step's time), and an optional time budget (a schedule above it
+        is infeasible).
     **options
         Strategy options (``segments``, ``snapshots``, ``time_limit``, ...).
 
@@ -628,14 +654,15 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
     check_options(model, strategy, options)
     check_storage(model, storage)
     if strategy == "auto":
-        outcomes = run_all(model, budget, options=options, progress=progress, storage=storage)
-        best = _best(outcomes)
+        outcomes = run_all(model, budget, options=options, progress=progress, storage=storage, objective=objective)
+        best = _best(outcomes, objective)
         if best is not None:
             return dataclasses.replace(best, solve_seconds=time.perf_counter() - started)
         known = [o.least_bytes for o in outcomes if o.least_bytes is not None]
         least = min(known) if known else None
         raise InfeasibleError(
             f"no strategy fits {budget} bytes of activation memory"
+            + ("" if objective.time_budget_s is None else f" within the time budget of {objective.time_budget_s:g} s")
             + (f"; the least that works is {least} bytes" if least is not None else ""),
             least_bytes=least,
         )
@@ -646,14 +673,14 @@ def solve(model, budget, strategy="auto", *, progress=None, storage=None, **opti
             name for name in applicable(model, storage=storage)
             if name != strategy and not STRATEGIES[name].warm_starts
         ]
-        extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage))
-    solution = _run(model, budget, chosen, options, extra, storage)
+        extra = _warm_inputs(run_all(model, budget, strategies=others, storage=storage, objective=objective))
+    solution = _run(model, budget, chosen, options, extra, storage, objective=objective)
     return dataclasses.replace(solution, solve_seconds=time.perf_counter() - started)
 
 
-def best(outcomes):
+def best(outcomes, objective=TIME):
     """The registry's choice among ``outcomes`` (what ``solve --strategy auto`` returns), or None.
 
     The public name of :func:`_best`, for ``edgeplan compare``'s best row.
     """
-    return _best(outcomes)
+    return _best(outcomes, objective)

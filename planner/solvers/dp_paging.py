@@ -504,7 +504,7 @@ def _capacity_masks(z, tree, capacity):
 
 
 @chains_only("dp-paging")
-def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
+def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, time_budget=None):
     """Optimal persistent schedule of a chain with checkpoints paged to storage.
 
     Parameters
@@ -525,6 +525,13 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
         schedule has the least energy of the class within the budget
         (``dp_cost`` is then in joules).  Energy does not depend on whether
         transfers overlap compute.
+    time_budget : float or None, keyword-only
+        The most seconds the step may take (its time with transfers beside
+        compute when the storage overlaps).  With ``power_w``: the least
+        energy found within it, by :func:`_energy_within` (``params``
+        ``time_budget_method`` says ``unconstrained``, optimal for the class,
+        or ``lagrangian``, a heuristic); without: the fastest schedule, refused
+        above it.  Needs a model timed in a time unit.
 
     Returns
     -------
@@ -547,9 +554,10 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
         The chain is too long for the table (above about 310 layers).
     InfeasibleError
         No schedule of the class fits; ``least_bytes`` is the class's exact
-        least peak (with paging).
+        least peak (with paging).  Or none found fits the time budget
+        (``least_bytes`` None).
     OptionError
-        ``levels`` out of range.
+        ``levels`` or ``time_budget`` out of range.
     ModelError
         A storage is given and the model's time unit is not a time.
 
@@ -583,11 +591,18 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
     for adjoint computation", SIAM J. Sci. Comput. 38(3), 2016.
     """
     check_levels(levels)
+    if time_budget is not None:
+        return _within_time(model, budget, storage, levels, power_w, time_budget)
     if power_w is not None:
         ops, params = _dp_paging(model, budget, storage, levels, weights=_energy_weights(model, storage, power_w))
         if storage is not None and storage.overlap:  # the same ops, so the same joules, in less time
             ops, _ = overlap(model, ops, storage, budget)
         return ops, dict(params, objective="energy")
+    return _fastest(model, budget, storage, levels)
+
+
+def _fastest(model, budget, storage, levels):
+    """:func:`dp_paging`'s least-time schedule: ``(ops, params)``."""
     if storage is None or not storage.overlap or budget is None:
         return _dp_paging(model, budget, storage, levels)
     # Transfers beside compute: the recurrence charges a transfer in full, an upper
@@ -607,6 +622,81 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None):
 
 
 _TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
+
+#: Bisection steps on the Lagrange multiplier of a time budget (each one solve of the recurrence).
+_LAGRANGE_STEPS = 12
+
+
+def _within_time(model, budget, storage, levels, power_w, time_budget):
+    """:func:`dp_paging` under a time budget: the least energy found within it, or (time) the fastest.
+
+    With the objective energy, the least ``E + lambda x T`` over the class for
+    multipliers ``lambda`` (joules per second) found by bisection: the
+    least-energy schedule when it is within the budget (``lambda = 0``: then
+    optimal for the class), else the least-energy schedule among those of
+    the multipliers tried that are within it, the fastest schedule always
+    one of them.  A Lagrangian answer is not proven optimal: schedules
+    between two points of the lower convex hull of (time, energy) are
+    never found, and the recurrence charges transfers serially while the
+    budget is on the overlapped step.
+    """
+    from planner.objective import check_time_budget
+    from planner.simulate import simulate
+
+    check_time_budget(time_budget)
+    per_second = time_scale(model)
+    limit = time_budget * per_second * (1 + 1e-9)
+
+    def measured(ops):
+        if storage is not None and storage.overlap:
+            return overlap(model, ops, storage, budget)
+        return ops, simulate(model, ops, storage=storage)
+
+    fast_ops, fast_params = _fastest(model, budget, storage, levels)
+    fast_ops, fast = measured(fast_ops)
+    if fast.step_time > limit:
+        raise InfeasibleError(
+            f"dp-paging: no schedule found within the time budget of {time_budget:g} s; the fastest that fits "
+            f"{budget} bytes takes {fast.step_time / per_second:.6g} s",
+            least_bytes=None,
+        )
+    if power_w is None:
+        return fast_ops, dict(fast_params, time_budget_s=time_budget)
+    wc, wt = _energy_weights(model, storage, power_w)
+
+    def joules(result):
+        return result.compute * wc + result.transfer * wt
+
+    def attempt(lam):  # lam: joules per unit of the model's time
+        ops, params = _dp_paging(model, budget, storage, levels, weights=(wc + lam, wt + lam))
+        ops, result = measured(ops)
+        return ops, params, result
+
+    ops, params, result = attempt(0.0)
+    base = dict(objective="energy", time_budget_s=time_budget)
+    if result.step_time <= limit:
+        return ops, dict(params, **base, time_budget_method="unconstrained", lagrange_w=0.0)
+    best = (joules(fast), fast_ops, fast_params, None)
+    low, high = 0.0, wc  # high: joules per unit of time as large as the compute power
+    for _ in range(_LAGRANGE_STEPS):  # raise high until it is within the budget
+        ops, params, result = attempt(high)
+        if result.step_time <= limit:
+            best = min(best, (joules(result), ops, params, high), key=lambda b: b[0])
+            break
+        low, high = high, high * 8
+    else:
+        high = None
+    for _ in range(_LAGRANGE_STEPS if high is not None else 0):
+        lam = (low * high) ** 0.5 if low > 0 else high / 8
+        ops, params, result = attempt(lam)
+        if result.step_time <= limit:
+            best = min(best, (joules(result), ops, params, lam), key=lambda b: b[0])
+            high = lam
+        else:
+            low = lam
+    _, ops, params, lam = best
+    return ops, dict(params, **base, time_budget_method="lagrangian",
+                     lagrange_w=None if lam is None else lam * per_second)
 
 
 def _energy_weights(model, storage, power_w):

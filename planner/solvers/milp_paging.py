@@ -11,7 +11,10 @@ where; the memory of every op is a linear expression in them, counted as the
 simulator counts it with the shared lowering's frees (SPEC sections 3 and 5:
 outputs, saved data, gradients and the fresh ones a backward adds into them,
 holds, workspaces, the sink's output held until its backward).  The objective
-is recomputation plus transfer time.
+is recomputation plus transfer time, or with the objective energy their joules
+(each charged its power), optionally under a time budget: one more row bounds
+the serial step time (compute plus every transfer, never less than the step
+with transfers beside compute).
 """
 
 import time
@@ -35,8 +38,9 @@ _SCIPY_MISSING = "milp-paging needs scipy (HiGHS): pip install edgeplan[milp] (o
 _START_STRATEGIES = ("store-all", "page-all", "dp", "dp-paging", "chen-greedy", "reforward", "revolve", "sqrt-n")
 
 
-def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None):
-    """Least compute-plus-transfer schedule within ``budget``, recomputing and paging.
+def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(), others_least_bytes=None,
+                power_w=None, time_budget=None):
+    """Least compute-plus-transfer schedule (or least energy) within ``budget``, recomputing and paging.
 
     Parameters
     ----------
@@ -55,6 +59,13 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     others_least_bytes : int or None, keyword-only
         The least budget another strategy is known to need, reported when
         the time runs out before the least-peak program is solved.
+    power_w : float or None, keyword-only
+        The objective energy: watts while computing; with the storage's
+        ``transfer_power_w`` the program minimises joules.
+    time_budget : float or None, keyword-only
+        The most seconds a step may take: a constraint on the serial step
+        time (compute plus every transfer); schedules above it are never
+        returned.
 
     Returns
     -------
@@ -122,6 +133,7 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     limit = _check_limit(time_limit)
     deadline = time.perf_counter() + limit
     scale = time_scale(model)
+    weights, cost, slowest = _objective(model, storage, scale, power_w, time_budget)
     n = len(model)
     plain = store_all_ops(model)
     params = {"time_limit": limit, "stages": 0, "start": None, "proven_optimal": True}
@@ -129,9 +141,9 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     if budget is None or simulate(model, plain).peak_bytes <= budget:
         return plain, params
     import_highs(_SCIPY_MISSING)
-    starts = _fitting_starts(model, budget, storage, warm_starts)
+    starts = _fitting_starts(model, budget, storage, warm_starts, cost, slowest)
     others_least = others_least_bytes
-    form = _Program(model, storage, scale)
+    form = _Program(model, storage, scale, weights, None if time_budget is None else slowest - model.baseline_compute)
     params["stages"] = n
     best = (starts[0][0], starts[0][1], False, starts[0][2]) if starts else None
     fit = fit_budget(
@@ -140,6 +152,11 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     params["start"] = fit.start
     if fit.gap is not None:
         params["gap"] = fit.gap
+    if fit.ops is None and fit.status == Status.INFEASIBLE and best is None and time_budget is not None:
+        raise InfeasibleError(
+            f"milp-paging: no schedule fits {budget} bytes of activation memory within the time budget of "
+            f"{time_budget:g} s", least_bytes=None,
+        )
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
         least = _least_peak(form, storage, deadline, others_least)
         raise InfeasibleError(
@@ -147,8 +164,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
             + ("" if least is None else f"; the least it reaches is {least} bytes"),
             least_bytes=least,
         )
-    if fit.ops is not None:
-        total = fit.result.step_time
+    if fit.ops is not None and fit.result.step_time <= slowest:
+        total = cost(fit.result)
         if best is None or total <= best[0] * (1 + 1e-12):
             best = (total, fit.ops, fit.status == Status.OPTIMAL, "milp")
     if best is None:
@@ -160,6 +177,10 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
     params["proven_optimal"] = bool(best[2])
     if best[3] != "milp":
         params["kept"] = best[3]
+    if power_w is not None:
+        params["objective"] = "energy"
+    if time_budget is not None:
+        params["time_budget_s"] = time_budget
     ops, _ = overlap(model, best[1], storage, budget)  # a no-op unless transfers overlap compute
     return ops, params
 
@@ -191,8 +212,27 @@ def _check_limit(time_limit):
     return check_time_limit(time_limit, DEFAULT_TIME_LIMIT)
 
 
-def _fitting_starts(model, budget, storage, warm_starts):
-    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit, best first.
+def _objective(model, storage, scale, power_w, time_budget):
+    """``(weights, cost, slowest)``: the program's weights of compute and transfer time, the cost of a
+    simulation (its step time, or its joules up to a constant factor), and the most step time allowed
+    in the model's unit."""
+    from planner.errors import OptionError
+    from planner.objective import check_time_budget
+
+    if time_budget is not None:
+        check_time_budget(time_budget)
+    slowest = float("inf") if time_budget is None else time_budget * scale * (1 + 1e-9)
+    if power_w is None:
+        return (1.0, 1.0), (lambda result: result.step_time), slowest
+    if not (isinstance(power_w, (int, float)) and power_w > 0) or storage.transfer_power_w is None:
+        raise OptionError("the objective energy needs power_w (watts, > 0) and the storage's transfer_power_w")
+    weights = (float(power_w), float(storage.transfer_power_w))
+    return weights, (lambda result: result.compute * weights[0] + result.transfer * weights[1]), slowest
+
+
+def _fitting_starts(model, budget, storage, warm_starts, cost, slowest):
+    """The warm starts ``[(cost, ops, name)]`` of ``_START_STRATEGIES`` that fit (and take at most
+    ``slowest``), least ``cost`` first.
 
     Each is measured again with the sink's output held until its backward
     (SPEC section 3), as the program counts it.
@@ -204,8 +244,8 @@ def _fitting_starts(model, budget, storage, warm_starts):
             continue
         ops = insert_frees(model, offered[name])
         result = simulate(model, ops, storage=storage)
-        if result.valid and result.peak_bytes <= budget:
-            found.append((result.step_time, ops, name))
+        if result.valid and result.peak_bytes <= budget and result.step_time <= slowest:
+            found.append((cost(result), ops, name))
     found.sort(key=lambda item: item[0])
     return found
 
@@ -223,37 +263,49 @@ class _Program(StageProgram):
 
     prefix = "edgeplan-milp-paging-"
 
-    def __init__(self, model, storage, scale):
+    def __init__(self, model, storage, scale, weights=(1.0, 1.0), time_cap=None):
         n = len(model)
         super().__init__(model, [[b] for b in range(n - 1, -1, -1)])
         self.I, self.O, self.F = {}, {}, {}
+        self.weights = weights  # (compute, transfer): what a unit of each time costs
+        self.time = {}  # column -> its compute plus transfer time (model units)
         self._variables(storage, scale)
         self._logic_rows(storage)
         self.stage0_rows()
         for t in range(1, n + 1):
             self._stage_rows(t)
+        if time_cap is not None:  # recomputation plus transfers within the time budget
+            self.row([((self.time, 0), 1)], high=time_cap)
         self.build()
 
     def _variables(self, storage, scale):
-        """The columns, and the objective: recomputation plus transfer time (the costs of R, I and O)."""
-        layers, n, new = self.model.layers, self.n, self.new
+        """The columns, and the objective: the weighted recomputation and transfer time of R, I and O."""
+        layers, n, new = self.model.layers, self.n, self._column
         w_out = [storage.pageout_seconds(l.output_bytes) * scale for l in layers]
         w_in = [storage.pagein_seconds(l.output_bytes) * scale for l in layers]
         for i in range(n):
             for t in range(self.stage_of[i]):
                 self.S[t, i] = new()
-            self.O[0, i] = new(cost=w_out[i])
+            self.O[0, i] = new(transfer=w_out[i])
         for t in range(1, n + 1):
             for i in range(self.hi[t] + 1):
-                self.R[t, i] = new(cost=layers[i].forward)
+                self.R[t, i] = new(compute=layers[i].forward)
                 self.C[t, i] = new()
-                self.I[t, i] = new(cost=w_in[i])
-                self.O[t, i] = new(cost=w_out[i])
-        self.peak_col = new(integer=False, high=np.inf)
+                self.I[t, i] = new(transfer=w_in[i])
+                self.O[t, i] = new(transfer=w_out[i])
+        self.peak_col = self.new(integer=False, high=np.inf)
         # The loss reads the sink's output: it stays from its forward to its backward.
         sink = self.sink
         self.lb[self.C[1, sink]] = 1.0
         self.ub[self.I[1, sink]] = self.ub[self.O[0, sink]] = 0.0
+
+    def _column(self, *, compute=0.0, transfer=0.0):
+        """A binary column; ``compute`` and ``transfer`` are its time (model units), weighted into its
+        cost (the objective) and counted in the time budget's row."""
+        col = self.new(cost=compute * self.weights[0] + transfer * self.weights[1])
+        if compute + transfer:
+            self.time[col] = compute + transfer
+        return col
 
     def _k(self, t, i):  # output of i present at the start of stage t (carried or paged in)
         if 1 <= t <= self.n and i <= self.hi[t]:

@@ -12,16 +12,20 @@ compute the releases then move later and the reads earlier while the plan fits
 and the step's time drops (:func:`planner.solvers._overlap.overlap`).  The
 fastest plan that fits is kept; the plan at the budget itself (``dp-paging``'s)
 is one of them, so this is never slower than ``dp-paging`` on the device's
-timeline.
+timeline.  With the objective energy (``power_w``) the plans are dp-paging's
+least-energy ones and the plan with the least joules is kept (never more than
+``dp-paging``'s, for the same reason); a time budget keeps only plans within it.
 """
 
 from planner.errors import InfeasibleError
 from planner.model import chains_only
+from planner.objective import check_time_budget
 from planner.schedule import OpKind, drop_saved, pagein_saved, pageout_saved
 from planner.simulate import simulate
 from planner.solvers._overlap import overlap
 from planner.solvers._persistent import check_levels
-from planner.solvers.dp_paging import _dp_paging, dp_paging
+from planner.device import time_scale
+from planner.solvers.dp_paging import _dp_paging, _energy_weights, dp_paging
 
 __all__ = ["dp_page_records", "page_records"]
 
@@ -86,8 +90,8 @@ def _record_spans(ops):
 
 
 @chains_only("page-records")
-def dp_page_records(model, *, budget=None, storage, levels=500):
-    """The fastest of dp-paging's plans at larger budgets, fitted by paging records.
+def dp_page_records(model, *, budget=None, storage, levels=500, power_w=None, time_budget=None):
+    """The fastest (or least-energy) of dp-paging's plans at larger budgets, fitted by paging records.
 
     Parameters
     ----------
@@ -98,6 +102,12 @@ def dp_page_records(model, *, budget=None, storage, levels=500):
     storage : planner.device.Storage, keyword-only
     levels : int, keyword-only
         ``dp-paging``'s memory grid (its ``levels``).
+    power_w : float or None, keyword-only
+        The objective energy, as for :func:`~planner.solvers.dp_paging.dp_paging`:
+        the least joules instead of the least time.
+    time_budget : float or None, keyword-only
+        Seconds a step may take at most: plans above it are dropped (at the
+        budget itself, dp-paging's own search under it).
 
     Returns
     -------
@@ -113,33 +123,46 @@ def dp_page_records(model, *, budget=None, storage, levels=500):
     NotApplicableError
         The model is not a chain.
     InfeasibleError
-        No plan fits, even with every record held at the peak paged out.
+        No plan fits, even with every record held at the peak paged out (or
+        within the time budget).
     """
     check_levels(levels)
+    if time_budget is not None:
+        check_time_budget(time_budget)
+    objective = {} if power_w is None else {"power_w": power_w}
     if budget is None:
-        ops, params = _dp_paging(model, None, storage, levels)
+        ops, params = dp_paging(model, budget=None, storage=storage, levels=levels, time_budget=time_budget,
+                                **objective)
         return ops, dict(params, planned_bytes=None, records=[])
+    weights = (1.0, 1.0) if power_w is None else _energy_weights(model, storage, power_w)
+    limit = float("inf") if time_budget is None else time_budget * time_scale(model) * (1 + 1e-9)
+
+    def cost(result):  # what is minimised: time, or joules
+        return result.step_time if power_w is None else result.compute * weights[0] + result.transfer * weights[1]
+
     top = simulate(model, _dp_paging(model, None, None, levels)[0]).peak_bytes
     best = None
     least = None
     for scale in _SCALES:
         planned = min(int(budget * scale), top)
         try:  # at the budget itself, dp-paging's own answer (planned for the copy engine)
-            ops = dp_paging(model, budget=budget, storage=storage, levels=levels)[0] if scale == 1.0 else \
-                _dp_paging(model, planned, storage, levels)[0]
+            ops = dp_paging(model, budget=budget, storage=storage, levels=levels, time_budget=time_budget,
+                            **objective)[0] if scale == 1.0 else _dp_paging(model, planned, storage, levels,
+                                                                             weights=weights)[0]
         except InfeasibleError as error:
             least = error.least_bytes if least is None else least
             continue
         ops, result = page_records(model, ops, storage, budget)
         if result.valid and result.peak_bytes <= budget:
             ops, result = overlap(model, ops, storage, budget)
-            if best is None or result.step_time < best[1].step_time:
+            if result.step_time <= limit and (best is None or cost(result) < cost(best[1])):
                 best = (ops, result, planned)
         if planned >= top:
             break
     if best is None:
         raise InfeasibleError(
-            f"no dp-paging plan fits {budget} bytes with its backward records paged out",
+            f"no dp-paging plan fits {budget} bytes with its backward records paged out"
+            + ("" if time_budget is None else f" within the time budget of {time_budget:g} s"),
             least_bytes=least,
         )
     ops, result, planned = best
@@ -149,4 +172,8 @@ def dp_page_records(model, *, budget=None, storage, levels=500):
         "records": [names[op.layer] for op in ops if op.kind is OpKind.PAGEOUT_SAVED],
         "paged": [names[op.layer] for op in ops if op.kind is OpKind.PAGEOUT],
     }
+    if power_w is not None:
+        params["objective"] = "energy"
+    if time_budget is not None:
+        params.update(time_budget_s=time_budget, time_budget_method="lagrangian")  # a heuristic
     return ops, params
