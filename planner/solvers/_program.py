@@ -22,7 +22,7 @@ Sizes come from ``model.tables`` in units of the gcd of every size
 
 import numpy as np
 
-from planner.lowering import size_unit
+from planner.lowering import insert_frees, size_unit
 from planner.schedule import OpKind, forward
 from planner.solvers._highs import solve_capped
 
@@ -116,7 +116,7 @@ class StageProgram:
         self._entries = ([], [], [])  # row, column, value
         self.lo, self.up, self.mem_rows = [], [], []
         self.u_defs = []  # (running-memory column, the Expr it equals), in evaluation order
-        self.S, self.R, self.C = {}, {}, {}
+        self.S, self.R, self.C, self.F = {}, {}, {}, {}  # F[t, i, k]: i's output freed after k's forward
         self.peak_col = None
 
     # ---- columns and rows ----------------------------------------------------------------
@@ -320,6 +320,44 @@ class StageProgram:
                 return False
             for t in range(made[i], self.stage_of[i]):
                 x[self.S[t, i]] = 1
+        return True
+
+    def encode_carried(self, x, ops, first_op):
+        """Set C and F in ``x`` by replaying the shared lowering's frees of ``ops``.
+
+        ``ops`` are the schedule's forwards, backwards and paging ops in the
+        program's order; ``first_op[t]`` is the index among them of stage
+        ``t``'s first op (``t = 1..T``).  An output present when a stage starts
+        is carried into it; one freed right after a forward of a stage
+        ``t >= 1`` sets that free's column.  False where no column says so:
+        the schedule is outside the search space.
+        """
+        FREE, FORWARD, BACKWARD, PAGEIN = OpKind.FREE, OpKind.FORWARD, OpKind.BACKWARD, OpKind.PAGEIN
+        present, stage, seen, last_forward = set(), 0, 0, None
+        for op in insert_frees(self.model, ops):
+            kind, i = op.kind, op.layer
+            if kind is FREE:
+                present.discard(i)
+                if stage >= 1 and last_forward is not None:
+                    key = (stage, i, last_forward)
+                    if key not in self.F:
+                        return False
+                    x[self.F[key]] = 1
+                continue
+            while stage < self.T and first_op[stage + 1] == seen:
+                stage += 1
+                for j in present:
+                    if (stage, j) not in self.C:
+                        return False
+                    x[self.C[stage, j]] = 1
+                last_forward = None
+            seen += 1
+            if kind is FORWARD or kind is PAGEIN:
+                present.add(i)
+            if kind is FORWARD:
+                last_forward = i
+            elif kind is BACKWARD:
+                last_forward = None
         return True
 
     def set_running(self, x):

@@ -319,7 +319,6 @@ class _Formulation(StageProgram):
     def __init__(self, model, blocks):
         super().__init__(model, blocks)
         self._bound = self._peak_bound() * self.unit
-        self.F = {}
         self._variables()
         for i in range(self.n):
             self.saved_rows(i)
@@ -418,7 +417,7 @@ class _Formulation(StageProgram):
         with ``cap=None`` the peak variable is set to the schedule's peak as
         the program counts it.
         """
-        model, n, T = self.model, self.n, self.T
+        n, T = self.n, self.T
         ops = [op for op in ops if op.kind is not OpKind.FREE]
         if len(ops) < n or any(
             op.kind is not OpKind.FORWARD or op.layer != i for i, op in enumerate(ops[:n])
@@ -449,28 +448,7 @@ class _Formulation(StageProgram):
         x = np.zeros(len(self.lb))
         if not self.encode_forwards(x, [ops[:n]] + stage_ops[1:]):
             return None
-        # kept outputs and frees: replay the lowering
-        present = set()
-        stage = 0
-        computed = -1
-        last_forward = None
-        for op in insert_frees(model, ops):
-            if op.kind is OpKind.FREE:
-                present.discard(op.layer)
-                if last_forward is not None and (stage, op.layer, last_forward) in self.F:
-                    x[self.F[stage, op.layer, last_forward]] = 1
-                continue
-            computed += 1
-            while stage < T and first_op[stage + 1] == computed:
-                stage += 1
-                for i in present:
-                    if (stage, i) not in self.C:
-                        return None
-                    x[self.C[stage, i]] = 1
-            if op.kind is OpKind.FORWARD:
-                present.add(op.layer)
-                last_forward = op.layer
-            else:
-                last_forward = None
+        if not self.encode_carried(x, ops, first_op):
+            return None
         self.set_running(x)
         return self.fit(x, cap)

@@ -266,7 +266,7 @@ class _Program(StageProgram):
     def __init__(self, model, storage, scale, weights=(1.0, 1.0), time_cap=None):
         n = len(model)
         super().__init__(model, [[b] for b in range(n - 1, -1, -1)])
-        self.I, self.O, self.F = {}, {}, {}
+        self.I, self.O = {}, {}
         self.weights = weights  # (compute, transfer): what a unit of each time costs
         self.time = {}  # column -> its compute plus transfer time (model units)
         self._variables(storage, scale)
@@ -389,7 +389,8 @@ class _Program(StageProgram):
                     x[self.O[t, op.layer]] = 1
                 elif op.kind is OpKind.PAGEIN:
                     x[self.I[t, op.layer]] = 1
-        if not self._encode_frees(x, [op for stage in stages for op in stage], stages):
+        first_op = [None] + [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
+        if not self.encode_carried(x, [op for stage in stages for op in stage], first_op):
             return None
         self.set_running(x)
         return self.fit(x, cap)
@@ -441,34 +442,3 @@ class _Program(StageProgram):
         for (t, index), op in sorted(pending, key=lambda item: item[0], reverse=True):
             stages[t].insert(index + 1, op)
         return stages
-
-    def _encode_frees(self, x, ops, stages):
-        """Set C and F from the frees of the shared lowering; False if outside the space."""
-        present, stage, seen, last_forward = set(), 0, 0, None
-        starts = [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
-        for op in insert_frees(self.model, ops):
-            if op.kind is OpKind.FREE:
-                present.discard(op.layer)
-                if stage >= 1 and last_forward is not None:
-                    key = (stage, op.layer, last_forward)
-                    if key not in self.F:
-                        return False
-                    x[self.F[key]] = 1
-                continue
-            while stage < self.n and starts[stage] == seen:
-                stage += 1
-                for i in present:
-                    if (stage, i) not in self.C:
-                        return False
-                    x[self.C[stage, i]] = 1
-                last_forward = None
-            seen += 1
-            if op.kind in (OpKind.FORWARD, OpKind.PAGEIN):
-                present.add(op.layer)
-            if op.kind is OpKind.FORWARD:
-                last_forward = op.layer
-            elif op.kind is OpKind.BACKWARD:
-                last_forward = None
-        return True
-
-
