@@ -28,47 +28,50 @@ from planner.solvers._highs import solve_capped
 
 __all__ = ["Expr", "StageProgram", "var"]
 
-_ABSENT = ({}, 0)
-_PRESENT = ({}, 1)
+_ABSENT = ((), 0)
+_PRESENT = ((), 1)
 
 
 def var(col):
-    """The term of one column: ``({col: 1}, 0)``."""
-    return {col: 1}, 0
+    """The term of one column: ``(((col, 1),), 0)``."""
+    return ((col, 1),), 0
 
 
 class Expr:
-    """A linear expression: ``{column: coefficient}`` and a constant.
+    """A linear expression: columns, their coefficients (a column may repeat: its
+    coefficients add up) and a constant.
 
-    A *term* is ``(columns, constant)``: a dict ``{column: coefficient}`` and a
-    number (a variable is ``({col: 1}, 0)``, a fixed fact ``({}, 0 or 1)``).
+    A *term* is ``(pairs, constant)``: a tuple of ``(column, coefficient)`` and
+    a number (a variable is ``(((col, 1),), 0)``, a fixed fact ``((), 0 or 1)``).
     """
 
-    __slots__ = ("coefs", "const")
+    __slots__ = ("cols", "vals", "const")
 
     def __init__(self, const=0, pairs=()):
-        self.coefs = {}
+        self.cols = []
+        self.vals = []
         self.const = const
         for term, coef in pairs:
             self.add(term, coef)
 
     def add(self, term, coef):
         """Add ``coef`` times ``term``; returns self."""
-        cols, value = term
+        pairs, value = term
         self.const += coef * value
-        coefs = self.coefs
-        for col, a in cols.items():
-            coefs[col] = coefs.get(col, 0) + coef * a
+        for col, a in pairs:
+            self.cols.append(col)
+            self.vals.append(coef * a)
         return self
 
     def copy(self):
         other = Expr(self.const)
-        other.coefs = dict(self.coefs)
+        other.cols = list(self.cols)
+        other.vals = list(self.vals)
         return other
 
     def value(self, x):
         """The expression's value at variable values ``x``."""
-        return self.const + sum(a * x[col] for col, a in self.coefs.items())
+        return self.const + float(np.dot(self.vals, x[self.cols])) if self.cols else self.const
 
 
 class StageProgram:
@@ -132,23 +135,21 @@ class StageProgram:
     def row(self, expr, *, low=-np.inf, high=np.inf):
         """Add ``low <= expr <= high`` (``expr`` an :class:`Expr` or a list of (term, coef)); its index."""
         if isinstance(expr, Expr):
-            coefs, const = expr.coefs, expr.const
-        else:  # the small rows: summed here, without an Expr
-            coefs, const = {}, 0
-            for (terms, value), coef in expr:
+            cols, vals, const = expr.cols, expr.vals, expr.const
+        else:  # a short row: summed here, without an Expr
+            cols, vals, const = [], [], 0
+            for (pairs, value), coef in expr:
                 const += coef * value
-                for col, a in terms.items():
-                    coefs[col] = coefs.get(col, 0) + coef * a
-        if 0 in coefs.values():  # terms that cancelled
-            coefs = {col: a for col, a in coefs.items() if a}
-        rows, cols, vals = self._entries
-        index = len(self.lo)
-        rows.extend([index] * len(coefs))
-        cols.extend(coefs)
-        vals.extend(coefs.values())
+                for col, a in pairs:
+                    cols.append(col)
+                    vals.append(coef * a)
+        rows, all_cols, all_vals = self._entries
+        rows.extend([len(self.lo)] * len(cols))
+        all_cols.extend(cols)
+        all_vals.extend(vals)
         self.lo.append(low - const)
         self.up.append(high - const)
-        return index
+        return len(self.lo) - 1
 
     def cap(self, expr):
         """A memory row: ``expr <= peak`` (the peak is fixed to the cap, or minimised)."""
@@ -168,7 +169,8 @@ class StageProgram:
         from scipy.sparse import csr_array
 
         rows, cols, vals = self._entries
-        self.A = csr_array((vals, (rows, cols)), shape=(len(self.lo), len(self.lb)))
+        self.A = csr_array((vals, (rows, cols)), shape=(len(self.lo), len(self.lb)))  # repeats summed
+        self.A.eliminate_zeros()  # terms that cancelled
         self.lo = np.array(self.lo, dtype=float)
         self.up = np.array(self.up, dtype=float)
         self.lb = np.array(self.lb, dtype=float)

@@ -275,7 +275,7 @@ class _Program(StageProgram):
         for t in range(1, n + 1):
             self._stage_rows(t)
         if time_cap is not None:  # recomputation plus transfers within the time budget
-            self.row([((self.time, 0), 1)], high=time_cap)
+            self.row([((tuple(self.time.items()), 0), 1)], high=time_cap)
         self.build()
 
     def _variables(self, storage, scale):
@@ -309,8 +309,8 @@ class _Program(StageProgram):
 
     def _k(self, t, i):  # output of i present at the start of stage t (carried or paged in)
         if 1 <= t <= self.n and i <= self.hi[t]:
-            return {self.C[t, i]: 1, self.I[t, i]: 1}, 0
-        return {}, 0
+            return ((self.C[t, i], 1), (self.I[t, i], 1)), 0
+        return (), 0
 
     def _logic_rows(self, storage):
         """Saved data, paging, presence and hold rules, and the storage's capacity."""
