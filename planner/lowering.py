@@ -14,12 +14,12 @@ import numpy as np
 
 from planner.schedule import OpKind, backward, forward, free
 from planner.sizes import int64_safe
+from planner.tables import size_dtype
 
 __all__ = [
     "insert_frees",
     "segments_to_ops",
     "chain_segments_peak",
-    "ChainArrays",
     "fits_int64",
     "size_dtype",
     "size_unit",
@@ -76,17 +76,10 @@ def _lifetime_ends(model, compute):
     ends its own lifetime.
     """
     FORWARD, BACKWARD, PAGEIN = OpKind.FORWARD, OpKind.BACKWARD, OpKind.PAGEIN
-    layers = model.layers
     # The outputs a forward reads, and those a backward reads.  The loss reads the
     # sink's output until the sink's backward (SPEC section 3), so that backward
     # counts as a read of it, whatever ``needs_output`` says.
-    reads_f = [layer.inputs for layer in layers]
-    sink = model.sink
-    reads_b = [
-        (layer.inputs if layer.needs_inputs else ())
-        + ((i,) if layer.needs_output or i == sink else ())
-        for i, layer in enumerate(layers)
-    ]
+    reads_f, reads_b = model.tables.inputs, model.tables.backward_reads
     ends = [None] * len(compute)
     live_later = set()
     for index in range(len(compute) - 1, -1, -1):
@@ -132,8 +125,8 @@ def _free_when_ended(model, compute, ends):
     backward) is freed right after the backward that releases the hold.
     """
     FORWARD, BACKWARD = OpKind.FORWARD, OpKind.BACKWARD
-    holds = model.saved_reads
-    hold = [0] * len(model.layers)
+    holds = model.tables.holds
+    hold = [0] * len(holds)
     blocked = set()
     result = []
     append = result.append
@@ -243,27 +236,7 @@ def splitting_vertices(model, *, input_edges):
     return cuts
 
 
-class ChainArrays:
-    """A chain's sizes and flags as numpy arrays, for :func:`chain_segments_peak`."""
-
-    def __init__(self, model):
-        layers = model.layers
-        self.n = len(layers)
-        self.input = model.input_bytes
-        self.out = np.array([x.output_bytes for x in layers], dtype=np.int64)
-        self.saved = np.array([x.saved_bytes for x in layers], dtype=np.int64)
-        self.wsf = np.array([x.workspace_forward for x in layers], dtype=np.int64)
-        self.wsb = np.array([x.workspace_backward for x in layers], dtype=np.int64)
-        self.need_in = np.array([x.needs_inputs for x in layers], dtype=bool)
-        self.need_out = np.array([x.needs_output for x in layers], dtype=bool)
-        # Whose output is in memory at its own backward: what needs it, and the
-        # sink, whose output the loss reads until then (SPEC section 3).
-        self.out_at_backward = self.need_out.copy()
-        self.out_at_backward[-1] = True
-        self.prev_out = np.concatenate(([0], self.out[:-1]))
-
-
-def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
+def chain_segments_peak(model, starts, *, hold_inputs=False):
     """Exact peak of the segment schedule of a chain, without making its ops.
 
     The schedule is ``insert_frees(segments_to_ops(model, segments))`` where
@@ -275,8 +248,6 @@ def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
         A chain.
     starts : sequence of int
         Increasing segment starts, beginning with 0.
-    arrays : optional
-        Precomputed arrays of the model (internal).
     hold_inputs : bool, keyword-only
         The input of each recomputed segment is held until the backward of the
         segment's first layer, as ``torch.utils.checkpoint`` does (see
@@ -295,9 +266,9 @@ def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
     and backward above the checkpoints of the segments before it.  The tests
     check it against the simulator.
     """
-    a = arrays if arrays is not None else ChainArrays(model)
+    a = model.tables
     n = a.n
-    out, saved = a.out, a.saved
+    out, saved = a.output_bytes, a.saved_bytes
     starts = np.asarray(starts, dtype=np.int64)
     stops = np.append(starts[1:], n)
     seg = np.zeros(n, dtype=np.int64)
@@ -317,29 +288,30 @@ def chain_segments_peak(model, starts, *, arrays=None, hold_inputs=False):
     same_next = np.zeros(n, dtype=bool)
     same_next[:-1] = seg[1:] == seg[:-1]
     next_in = np.zeros(n, dtype=bool)
-    next_in[:-1] = a.need_in[1:]
-    kept = a.need_out | (same_next & next_in)
+    next_in[:-1] = a.needs_inputs[1:]
+    kept = a.needs_output | (same_next & next_in)
     held = saved + np.where(kept, out, 0)
     cum_held = np.concatenate(([0], np.cumsum(held)))
     local = cum_held[idx] - cum_held[seg_start]
 
     has_in = seg_start >= 1
     in_out = np.where(has_in, out[np.maximum(seg_start - 1, 0)], 0)
-    in_needed = a.need_in[seg_start] | (hold_inputs & recompute)
+    in_needed = a.needs_inputs[seg_start] | (hold_inputs & recompute)
     hold_f = np.where((idx == seg_start) | in_needed, in_out, 0)
     hold_b = np.where(in_needed, in_out, 0)
     prev_kept = np.zeros(n, dtype=bool)
     prev_kept[1:] = kept[:-1]
-    running = np.where((idx > seg_start) & ~prev_kept, a.prev_out, 0)
+    running = np.where((idx > seg_start) & ~prev_kept, a.previous_output, 0)
     boundary = np.where(recompute, out[seg_stop - 1], 0)
 
-    fwd_save = a.input + before + boundary + hold_f + local + running + out + saved + a.wsf
+    base, wsf = a.input_bytes, a.workspace_forward
+    fwd_save = base + before + boundary + hold_f + local + running + out + saved + wsf
     bwd = (
-        a.input + before + hold_b + local + saved + np.where(a.out_at_backward, out, 0) + out
-        + a.prev_out + a.wsb
+        base + before + hold_b + local + saved + np.where(a.output_at_backward, out, 0) + out
+        + a.previous_output + a.workspace_backward
     )
-    sweep = a.input + cum_ckpt[np.maximum(idx - 1, 0)] + a.prev_out + out + a.wsf
-    peak = max(int(fwd_save.max()), int(bwd.max()), a.input)
+    sweep = base + cum_ckpt[np.maximum(idx - 1, 0)] + a.previous_output + out + wsf
+    peak = max(int(fwd_save.max()), int(bwd.max()), base)
     if last > 0:
         peak = max(peak, int(sweep[recompute].max()))
     return peak
@@ -404,13 +376,3 @@ def fits_int64(model):
         + max(x.workspace_backward for x in layers)
     )
     return int64_safe(bound)
-
-
-def size_dtype(model, *, headroom=1):
-    """``np.int64`` for the solvers' size arrays of ``model``, or ``object`` (Python ints) when
-    ``headroom`` sums of every output three times, saved data and workspaces could overflow it."""
-    total = model.input_bytes + sum(
-        3 * layer.output_bytes + layer.saved_bytes + layer.workspace_forward + layer.workspace_backward
-        for layer in model.layers
-    )
-    return np.int64 if int64_safe(total, headroom=headroom) else object

@@ -19,6 +19,7 @@ import networkx as nx
 from planner.errors import ModelError, NotApplicableError
 from planner.schemas import check_model_document
 from planner.sizes import MAX_BYTES
+from planner.tables import Tables
 
 __all__ = [
     "MODEL_FORMAT",
@@ -139,6 +140,11 @@ class Model:
             new.append(own + sum(out[j] for j in layer.inputs if highest[j] == b))
             fresh.append(sum(out[j] for j in layer.inputs if highest[j] != b))
         return tuple(new), tuple(fresh)
+
+    @cached_property
+    def tables(self):
+        """The per-layer arrays every solver reads (:class:`planner.tables.Tables`), built once."""
+        return Tables.of(self)
 
     @cached_property
     def sink(self):

@@ -163,6 +163,13 @@ def _short(text, limit=26):
     return escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
+def _params_text(params):
+    """A compare row's params, ``k=v``; milp's dual ``gap`` first (the column is short), as a percentage."""
+    gap = params.get("gap")
+    items = [f"gap={gap:.1%}"] if gap is not None else []
+    return ", ".join(items + [f"{k}={v}" for k, v in params.items() if k != "gap"])
+
+
 def compare_table(rows, width=124):
     """The rich table of ``edgeplan compare``: * marks the best feasible row.
 
@@ -193,7 +200,7 @@ def compare_table(rows, width=124):
         secs = f"{row['solve_seconds']:.3f} s"
         name = ("* " if row["best"] else "  ") + escape(row["strategy"])
         if row["feasible"]:
-            params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+            params = _params_text(row["params"])
             if row.get("pageouts"):
                 params = f"{row['pageouts']} out/{row['pageins']} in" + (", " + params if params else "")
             add(

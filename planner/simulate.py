@@ -153,8 +153,13 @@ def simulate(model, ops, *, timeline=False, storage=None):
         return _overlapped(model, ops, storage, simulate(model, ops, timeline=timeline, storage=_serial(storage)))
     layers = model.layers
     n = len(layers)
-    out, saved, wsf, wsb, ins = _columns(layers)
-    holds = model.saved_reads  # pinned by a forward with save until the backward
+    tables = model.tables
+    out, saved, wsf, wsb = (
+        column.tolist()
+        for column in (tables.output_bytes, tables.saved_bytes, tables.workspace_forward, tables.workspace_backward)
+    )
+    ins = tables.inputs
+    holds = tables.holds  # pinned by a forward with save until the backward
     sink = model.sink
     # SPEC section 3's sets, as flags: A (outputs), S (saved data), G (gradients), D (backwards run).
     in_a, in_s, in_g, done = ([False] * n for _ in range(4))
@@ -272,17 +277,6 @@ def _overlapped(model, ops, storage, result):
     time, _ = overlapped_time(model, ops, storage, time_scale(model))
     base = result.baseline_compute
     return replace(result, time=time, overhead=(time / base - 1.0) if base > 0 else 0.0)
-
-
-def _columns(layers):
-    """The per-layer lists the replay reads."""
-    return (
-        [layer.output_bytes for layer in layers],
-        [layer.saved_bytes for layer in layers],
-        [layer.workspace_forward for layer in layers],
-        [layer.workspace_backward for layer in layers],
-        [layer.inputs for layer in layers],
-    )
 
 
 class _Paged:

@@ -53,9 +53,7 @@ def overlapped_time(model, ops, storage, scale):
     from planner.schedule import OpKind
 
     layers = model.layers
-    reads_f = [layer.inputs for layer in layers]
-    reads_b = [list(r) for r in model.saved_reads]
-    reads_b[model.sink].append(model.sink)
+    reads_f, reads_b = model.tables.inputs, model.tables.backward_reads  # the sink's backward: the loss's read
     seconds = {
         OpKind.PAGEOUT: [storage.pageout_seconds(layer.output_bytes) * scale for layer in layers],
         OpKind.PAGEIN: [storage.pagein_seconds(layer.output_bytes) * scale for layer in layers],

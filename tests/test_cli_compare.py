@@ -199,3 +199,25 @@ def test_simulate_gate_other_model_and_invalid(resnet_schedule, tmp_path):
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{")
     assert run("simulate", RESNET18, garbage, "--exit-zero").exit_code == 2
+
+
+def test_milp_gap_shown_by_solve_and_compare(tmp_path):
+    from rich.console import Console
+
+    from planner.render import compare_table
+
+    model = random_dag(8, 3)
+    path = tmp_path / "dag.json"
+    path.write_text(json.dumps(model.to_dict()))
+    activations = solvers.solve(model, None, "store-all").result.peak_bytes * 3 // 5
+    memory = str(activations + model.params_bytes * 2)  # sgd: parameters and their gradients
+    r = run("solve", path, "--memory", memory, "--strategy", "milp", *FAST)
+    assert r.exit_code == 0, r.output
+    assert '"gap": 0.0' in r.output
+    r = run("compare", path, "--memory", memory, "--strategies", "milp,store-all", "--json", *FAST)
+    rows = json.loads(r.stdout)
+    assert next(row for row in rows if row["strategy"] == "milp")["params"]["gap"] == 0.0
+    console = Console(width=200, record=True)
+    console.print(compare_table(rows, width=200))
+    line = next(line for line in console.export_text().splitlines() if "milp" in line)
+    assert "gap=0.0%" in line  # first in the notes column, before it is cut short

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from planner import solvers
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees
-from planner.model import MODEL_FORMAT, model_from_dict
+from planner.model import MODEL_FORMAT, load_model, model_from_dict
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
 from planner.solvers.milp import _blocks, _Formulation, _least_peak, _solve, _stage_count, milp
 from planner.synthetic import random_chain, random_dag, uniform_chain
-from tests.conftest import fork_document
+from tests.conftest import DATA, fork_document
 from tests.exhaustive import optimal_schedule
 from tests.reference import replay_solution
 from tests.strategies import dags, examples, with_heavy_sink
@@ -107,13 +107,7 @@ def _schedule_in_space(draw, model):
     """
     n = len(model)
     layers = model.layers
-    holders = [[] for _ in range(n)]
-    for c, layer in enumerate(layers):
-        if layer.needs_inputs:
-            for j in layer.inputs:
-                holders[j].append(c)
-        if layer.needs_output:
-            holders[c].append(c)
+    holders = model.tables.holders  # whose saved data holds each output
     saved = [False] * n
     done = [False] * n
     ops = []
@@ -471,3 +465,22 @@ def test_default_strategy_set_leaves_milp_out_of_big_models_unless_asked():
     assert "milp" not in applicable(big)
     assert "milp" in applicable(big, {"time_limit": 5})
     assert "milp" not in applicable(big, {"segments": 3})  # another strategy's option
+
+
+def test_params_carry_the_gap_to_highs_dual_bound():
+    # Solved to optimality on a small DAG: HiGHS closed the gap (to its 1e-4 at most).
+    model = random_dag(8, 3)
+    solution = solvers.solve(model, _store_all_peak(model) * 3 // 5, "milp", time_limit=20)
+    assert solution.params["proven_optimal"] is True
+    assert 0 <= solution.params["gap"] <= 1e-4
+    # A 94-layer graph for 4 s: HiGHS stops at the limit, and says how far its bound is.
+    gpt2 = load_model(DATA / "models" / "gpt2-ops.json")
+    solution = solvers.solve(gpt2, _store_all_peak(gpt2) * 3 // 5, "milp", time_limit=4)
+    assert solution.params["proven_optimal"] is False
+    assert 1e-4 < solution.params["gap"] <= 1
+
+
+def test_no_gap_without_a_program():
+    model = random_dag(6, 4)
+    _, params = milp(model, budget=None)
+    assert params["stages"] == 0 and "gap" not in params

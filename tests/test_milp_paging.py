@@ -180,3 +180,12 @@ def test_a_fork_counts_the_fresh_gradient():
     with pytest.raises(InfeasibleError) as caught:
         solve(model, peak - 1, "milp-paging", storage=storage, time_limit=LIMIT)
     assert caught.value.least_bytes == peak
+
+
+def test_params_carry_the_gap_to_highs_dual_bound():
+    model = timed(random_dag(6, 5))
+    storage = random_storage(8)
+    solution = solve(model, _top(model) * 3 // 5, "milp-paging", storage=storage, time_limit=LIMIT)
+    if solution.params["proven_optimal"] and solution.params.get("kept") is None:
+        assert 0 <= solution.params["gap"] <= 1e-4
+    assert 0 <= solution.params["gap"] <= 1

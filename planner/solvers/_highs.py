@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from planner.errors import OptionError
 
-__all__ = ["Status", "Fit", "check_time_limit", "fit_budget", "import_highs", "run_highs", "solve_capped", "timed_solve"]
+__all__ = ["Status", "Fit", "check_time_limit", "dual_gap", "fit_budget", "import_highs", "run_highs", "solve_capped", "timed_solve"]
 
 #: Relative MIP gap at which HiGHS stops (the least-peak program closes it exactly).
 MIP_REL_GAP = 1e-4
@@ -40,13 +40,18 @@ class Fit:
     ``status`` is HiGHS' last status (None when the time or the cap ran out
     first); ``ops`` and ``result`` the first decoded schedule that fits and its
     simulation (None when there is none); ``start`` the name of the warm
-    start that was HiGHS' first incumbent (None when none was encoded).
+    start that was HiGHS' first incumbent (None when none was encoded);
+    ``gap`` HiGHS' relative gap between that schedule's objective and its
+    best (dual) bound on the program's objective, ``(objective - bound) /
+    objective`` (at most 1e-4 when solved to optimality; None when HiGHS gave
+    none).
     """
 
     status: object = None
     ops: object = None
     result: object = None
     start: str = None
+    gap: float = None
 
 
 def check_time_limit(time_limit, default):
@@ -186,11 +191,20 @@ def fit_budget(form, *, budget, starts, deadline, margin, measure):
             return Fit(status=res.status, start=name)
         ops, result = measure(res.x)
         if result.peak_bytes <= budget:
-            return Fit(res.status, ops, result, name)
+            return Fit(res.status, ops, result, name, dual_gap(res))
         cap -= -(-(result.peak_bytes - budget) // form.unit) + 1
         start = None
         if cap < 0:  # pragma: no cover - tolerances are far smaller
             return Fit(start=name)
+
+
+def dual_gap(res):
+    """HiGHS' relative gap ``(objective - dual bound) / objective`` of a solve with a solution,
+    rounded to 6 decimals; None when HiGHS gives no finite one (scipy's ``mip_gap``)."""
+    gap = getattr(res, "mip_gap", None)
+    if gap is None or not math.isfinite(gap):
+        return None
+    return round(max(float(gap), 0.0), 6)
 
 
 def _write_start(x, objective, prefix):

@@ -98,24 +98,18 @@ class ChainSizes:
 
 
 def chain_arrays(model, dtype):
-    """The fields of :class:`ChainSizes` for ``model``, sizes as ``dtype`` arrays (a dict)."""
-    layers = model.layers
+    """The fields of :class:`ChainSizes` for ``model``, sizes as ``dtype`` arrays (a dict).
 
-    def arr(key):
-        return np.array([getattr(l, key) for l in layers], dtype=dtype)
-
-    # The loss reads the sink's output until the sink's backward (SPEC section
-    # 3): at that backward it is in memory as if the backward read it.
-    reads_own = np.array([l.needs_output for l in layers], dtype=bool)
-    reads_own[-1] = True
-    return dict(
-        o=arr("output_bytes"),
-        sv=arr("saved_bytes"),
-        wf=arr("workspace_forward"),
-        wb=arr("workspace_backward"),
-        ni=np.array([l.needs_inputs for l in layers], dtype=bool),
-        no=reads_own,
-    )
+    Read from ``model.tables`` (:class:`planner.tables.Tables`); the short
+    names are the recurrences' notation: ``o`` output bytes, ``sv`` saved
+    bytes, ``wf``/``wb`` workspaces, ``ni`` needs_inputs, ``no``
+    output_at_backward (the sink's output is in memory at its backward: the
+    loss reads it, SPEC section 3).
+    """
+    t = model.tables
+    sizes = (t.output_bytes, t.saved_bytes, t.workspace_forward, t.workspace_backward)
+    o, sv, wf, wb = (np.array(a, dtype=dtype) for a in sizes)
+    return dict(o=o, sv=sv, wf=wf, wb=wb, ni=t.needs_inputs.copy(), no=t.output_at_backward.copy())
 
 
 def build_tree(z, choose, m=None):

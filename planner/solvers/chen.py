@@ -25,7 +25,6 @@ from planner.errors import InfeasibleError
 from planner.lowering import (
     RECOMPUTE,
     STORE,
-    ChainArrays,
     chain_segments_peak,
     fits_int64,
     insert_frees,
@@ -184,10 +183,8 @@ def chen_greedy(model, *, budget=None):
         forward_prefix.append(forward_prefix[-1] + layer.forward)
 
     if model.is_chain and fits_int64(model):
-        arrays = ChainArrays(model)
-
         def peak_of(points):
-            return chain_segments_peak(model, [0] + [v + 1 for v in points], arrays=arrays)
+            return chain_segments_peak(model, [0] + [v + 1 for v in points])
     else:
 
         def peak_of(points):

@@ -21,10 +21,11 @@ import time
 import numpy as np
 
 from planner.errors import InfeasibleError
-from planner.lowering import insert_frees, size_unit, store_all_ops
-from planner.schedule import OpKind, backward, forward
+from planner.lowering import insert_frees, store_all_ops
+from planner.schedule import OpKind, backward
 from planner.simulate import simulate
-from planner.solvers._highs import Fit, Status, check_time_limit, fit_budget, import_highs, solve_capped, timed_solve
+from planner.solvers._highs import Fit, Status, check_time_limit, fit_budget, import_highs, timed_solve
+from planner.solvers._program import Expr, StageProgram, var
 
 __all__ = ["milp", "DEFAULT_TIME_LIMIT"]
 
@@ -75,9 +76,14 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
         program was needed), ``proven_optimal`` (no schedule of the search
         space below needs less compute, up to HiGHS' relative gap of 1e-4 on
         the recomputation time; false on a timeout and whenever stages were
-        merged, even if HiGHS closed the gap of the coarser program) and
+        merged, even if HiGHS closed the gap of the coarser program),
         ``start`` (the warm start whose schedule was the starting incumbent,
-        or null).
+        or null) and, when HiGHS ran at ``budget`` and found a schedule,
+        ``gap``: its relative gap ``(objective - bound) / objective`` between
+        that schedule's recomputation and HiGHS' best (dual) bound on the
+        recomputation of any schedule of the program's search space (the
+        answer, never worse than HiGHS' schedule, is at most that far from
+        the bound; at most 1e-4 when HiGHS proved its optimum).
 
     Raises
     ------
@@ -105,18 +111,20 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     backward(s) of its layers.  Every schedule of store-all, segment
     checkpointing, revolve and the chain dynamic programs has this form.
 
-    Variables: R[t, i] (forward of i in stage t), P[t, i] (i's saved data
-    exists by the end of stage t; it is made where P steps from 0 to 1), K[t,
-    i] (i's output kept into stage t), F[t, i, k] (i's output freed right
+    Variables: R[t, i] (forward of i in stage t), S[t, i] (i's saved data
+    exists by the end of stage t; it is made where S steps from 0 to 1), C[t,
+    i] (i's output carried into stage t), F[t, i, k] (i's output freed right
     after the forward of k, one per reader k) and a continuous running memory
-    U[t, k]; memory rows bound the memory of every op by the budget.  Sizes
+    per forward; memory rows bound the memory of every op by the budget.  All
+    but F, and every row but the frees' and the sink's, are the stage program
+    milp-paging shares (``planner.solvers._program``).  Sizes
     are divided by the gcd of every size of the model, so the coefficients
     are exact integers.  The warm starts that fit are encoded as variable
     values; the best one inside the search space is HiGHS' starting
     incumbent (through HiGHS' ``read_solution_file`` option).
 
     Size: with T = n stages (n <= 70 layers) the program has about n^2 / 2
-    each of R, P, K and U plus one F per (stage, layer, reader): O(n (n + E))
+    each of R, S, C and U plus one F per (stage, layer, reader): O(n (n + E))
     variables, constraints and non-zeros for E edges (about 16,000 variables
     and 38,000 rows for a 70-layer DAG).  Above 70 layers consecutive
     backwards share stages, T = max(15, 5000 // n) of them (27 for a
@@ -196,6 +204,8 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
             form, budget=budget, starts=starts, deadline=deadline, margin=0.2, measure=lambda x: _measure(form, x)
         )
     params["start"] = fit.start
+    if fit.gap is not None:
+        params["gap"] = fit.gap
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
         proven, least = _least_peak(form, deadline, others_least)
         raise InfeasibleError(
@@ -293,104 +303,35 @@ def _blocks(n, max_stages, required=()):
     return blocks
 
 
-class _Expr:
-    """A linear expression: columns, coefficients and a constant."""
-
-    __slots__ = ("cols", "vals", "const")
-
-    def __init__(self, const=0):
-        self.cols = []
-        self.vals = []
-        self.const = const
-
-    def add(self, ref, coef):
-        col, value = ref
-        if col is None:
-            self.const += coef * value
-        elif coef:
-            self.cols.append(col)
-            self.vals.append(coef)
-        return self
-
-    def copy(self):
-        other = _Expr(self.const)
-        other.cols = list(self.cols)
-        other.vals = list(self.vals)
-        return other
-
-
-def _var(col):
-    return (col, None)
-
-
-class _Formulation:
+class _Formulation(StageProgram):
     """The stage program of one model (see :func:`milp`, Notes).
 
-    Built once; :meth:`solve` runs HiGHS under a memory cap (in units of
+    Built once on :class:`~planner.solvers._program.StageProgram` (the layout,
+    the shared rows, HiGHS); milp's own families are its frees and the sink
+    row.  :meth:`solve` runs HiGHS under a memory cap (in units of
     :attr:`unit` bytes) or, with ``cap=None``, minimises the peak.
     :meth:`encode` turns a schedule of the search space into variable values
     and :meth:`decode` a solution into ops.
     """
 
-    def __init__(self, model, blocks):
-        self.model = model
-        self.n = len(model.layers)
-        self.blocks = blocks
-        self.T = len(blocks)
-        self.unit = size_unit(model)
-        self._tables(model)
-        self._bound = self._peak_bound() * self.unit
-        self._cols = ([], [], [], [])  # lower bound, upper bound, integrality, cost
-        self._rows = ([], [], [], [], [])  # row, column, value, low, high
-        self._mem_rows = []
-        self.u_defs = []  # (U column, expression it equals), in evaluation order
-        self._variables()
-        self._logic_rows()
-        self._stage0_rows()
-        for t in range(1, self.T + 1):
-            self._stage_rows(t)
-        self._build()
+    prefix = "edgeplan-milp-"
 
-    def _tables(self, model):
-        """Sizes in units, the stage of every backward, what each backward reads and holds."""
-        layers = model.layers
-        n, unit, blocks = self.n, self.unit, self.blocks
-        self.out = out = [layer.output_bytes // unit for layer in layers]
-        self.saved = [layer.saved_bytes // unit for layer in layers]
-        self.wsf = [layer.workspace_forward // unit for layer in layers]
-        self.wsb = [layer.workspace_backward // unit for layer in layers]
-        self.base = model.input_bytes // unit
-        self.inputs = inputs = [layer.inputs for layer in layers]
-        sink = model.sink
-        self.maxcons = maxcons = [max(c) if c else None for c in model.consumers]
-        stage_of = [0] * n  # the stage of each layer's backward
-        self.hi = [n - 1] + [block[0] for block in blocks] + [-1]  # hi[t]: highest live layer
-        for t, block in enumerate(blocks, start=1):
-            for b in block:
-                stage_of[b] = t
-        self.stage_of = stage_of
-        reads = []  # the outputs each backward reads
-        for b, layer in enumerate(layers):
-            r = list(inputs[b]) if layer.needs_inputs else []
-            # the loss reads the sink's output until the sink's backward
-            if layer.needs_output or b == sink:
-                r.append(b)
-            reads.append(r)
-        self.reads = reads
-        # Backwards run in reverse topological order: an input's gradient is
-        # started by its highest consumer's backward; each other consumer's
-        # backward makes a fresh one, counted in its peak only (SPEC section 3).
-        new, fresh = model.reverse_order_gradients
-        self.new_grads = [g // unit for g in new]
-        self.fresh_grads = [g // unit for g in fresh]
-        holders = [[] for _ in range(n)]  # layers whose saved data holds i's output
-        for c, layer in enumerate(layers):
-            if layer.needs_inputs:
-                for j in inputs[c]:
-                    holders[j].append(c)
-            if layer.needs_output:
-                holders[c].append(c)
-        self.holders = holders
+    def __init__(self, model, blocks):
+        super().__init__(model, blocks)
+        self._bound = self._peak_bound() * self.unit
+        self._variables()
+        for i in range(self.n):
+            self.saved_rows(i)
+        for t in range(1, self.T + 1):
+            self.presence_rows(t)
+        # the sink: forwarded once, in stage 0, and kept until its backward (it may
+        # not be freed before its backward, so it cannot be recomputed)
+        self.row([(self._c(self.stage_of[self.sink], self.sink), 1)], low=1.0)
+        self.hold_rows()
+        self.stage0_rows()
+        for t in range(1, self.T + 1):
+            self.stage_memory_rows(t, *self._stage_frees(t))
+        self.build()
 
     def _peak_bound(self):
         """A peak (units) no schedule with this backward order can go below."""
@@ -400,7 +341,7 @@ class _Formulation:
         for k in range(self.n):
             bound = max(bound, base + out[k] + saved[k] + sum(out[j] for j in inputs[k]) + self.wsf[k])
         for b in range(self.n):
-            grads = sum(out[j] for j in range(b + 1) if maxcons[j] is not None and maxcons[j] > b)
+            grads = sum(out[j] for j in range(b + 1) if maxcons[j] > b)
             bound = max(
                 bound,
                 base + grads + self.new_grads[b] + self.fresh_grads[b] + saved[b]
@@ -408,215 +349,63 @@ class _Formulation:
             )
         return bound
 
-    def _new(self, integer=True, c=0.0, high=1.0):
-        lb, ub, integ, cost = self._cols
-        lb.append(0.0)
-        ub.append(high if integer else np.inf)
-        integ.append(1 if integer else 0)
-        cost.append(c)
-        return len(lb) - 1
-
     def _variables(self):
+        """S[t, i], R[t, i] (the objective: recomputation, as a share of one pass of forwards), C[t, i], the peak."""
         layers = self.model.layers
-        new, stage_of, hi = self._new, self.stage_of, self.hi
+        new, stage_of, hi = self.new, self.stage_of, self.hi
         scale = sum(layer.forward for layer in layers) or 1.0
-        P, R, K, F = {}, {}, {}, {}
         for i in range(self.n):
             for t in range(stage_of[i]):
-                P[t, i] = new()
+                self.S[t, i] = new()
         for t in range(1, self.T + 1):
             for i in range(hi[t] + 1):
-                R[t, i] = new(c=layers[i].forward / scale)
-                K[t, i] = new()
-        self.P, self.R, self.K, self.F = P, R, K, F
+                self.R[t, i] = new(cost=layers[i].forward / scale)
+                self.C[t, i] = new()
         self.peak_col = new(high=np.inf)  # an integer number of units
-
-    def _p(self, t, i):
-        if t < 0:
-            return (None, 0)
-        if t >= self.stage_of[i]:
-            return (None, 1)
-        return (self.P[t, i], None)
-
-    def _r(self, t, i):
-        return (None, 1) if t == 0 else (self.R[t, i], None)
-
-    def _k(self, t, i):
-        if 1 <= t <= self.T and i <= self.hi[t]:
-            return (self.K[t, i], None)
-        return (None, 0)
-
-    def _row(self, expr, low, high):
-        rows_r, rows_c, rows_v, lo, up = self._rows
-        index = len(lo)
-        rows_r.extend([index] * len(expr.cols))
-        rows_c.extend(expr.cols)
-        rows_v.extend(expr.vals)
-        lo.append(low - expr.const)
-        up.append(high - expr.const)
-        return index
-
-    def _capped(self, expr):
-        # every memory row reads "expr <= peak"; the peak is fixed to the
-        # cap, or minimised
-        expr.add(_var(self.peak_col), -1)
-        self._mem_rows.append(self._row(expr, -np.inf, 0.0))
-
-    def _logic_rows(self):
-        """Saved data, outputs, the sink and holds: which ops may run where."""
-        p, r, k, row = self._p, self._r, self._k, self._row
-        n, T, hi, stage_of, inputs, reads = self.n, self.T, self.hi, self.stage_of, self.inputs, self.reads
-        sink = self.model.sink
-        # ---- saved data: made once, by the stage of its backward -------------------
-        for i in range(n):
-            for t in range(1, stage_of[i] + 1):
-                row(_Expr().add(p(t - 1, i), 1).add(p(t, i), -1), -np.inf, 0.0)
-                row(_Expr().add(p(t, i), 1).add(p(t - 1, i), -1).add(r(t, i), -1), -np.inf, 0.0)
-        # ---- outputs --------------------------------------------------------------
-        for t in range(1, T + 1):
-            for i in range(hi[t] + 1):
-                # a forward needs its own output absent ...
-                row(_Expr().add(r(t, i), 1).add(k(t, i), 1), -np.inf, 1.0)
-                # ... and its inputs present
-                for j in inputs[i]:
-                    row(_Expr().add(r(t, i), 1).add(k(t, j), -1).add(r(t, j), -1), -np.inf, 0.0)
-                # an output is kept into t + 1 only if it is there in t
-                if i <= hi[t + 1]:
-                    row(_Expr().add(k(t + 1, i), 1).add(k(t, i), -1).add(r(t, i), -1), -np.inf, 0.0)
-            for b in self.blocks[t - 1]:
-                for j in set(reads[b]):
-                    row(_Expr().add(k(t, j), 1).add(r(t, j), 1), 1.0, np.inf)
-        # ---- the sink: forwarded once, in stage 0, and kept until its backward -------
-        # (it may not be freed before its backward, so it cannot be recomputed)
-        row(_Expr().add(k(stage_of[sink], sink), 1), 1.0, np.inf)
-        # ---- holds: saved data keeps the outputs its backward reads ------------------
-        for i in range(n):
-            for c in self.holders[i]:
-                for t in range(stage_of[c]):
-                    row(_Expr().add(k(t + 1, i), 1).add(p(t, c), -1), 0.0, np.inf)
-
-    def _stage0_rows(self):
-        """Memory of stage 0: every forward once, in order."""
-        p, k = self._p, self._k
-        out, saved, maxcons = self.out, self.saved, self.maxcons
-        for kk in range(self.n):
-            e = _Expr(self.base + out[kk] + self.wsf[kk])
-            for i in range(kk + 1):
-                e.add(p(0, i), saved[i])
-            for i in range(kk):
-                if maxcons[i] is not None and maxcons[i] >= kk:
-                    e.const += out[i]
-                else:
-                    e.add(k(1, i), out[i])
-            self._capped(e)
 
     def _stage_frees(self, t):
         """The free variables of stage ``t``: per forward, the (F column, bytes) it frees after
-        it, and per backward of the stage, the (layer, K[t + 1] reference) freed after it."""
-        r, k, row, new = self._r, self._k, self._row, self._new
+        it, and per backward of the stage, the (layer, carried term) freed after it."""
+        r, k, c, row, new = self._r, self._k, self._c, self.row, self.new
         h = self.hi[t]
         block = self.blocks[t - 1]
         position = {b: m for m, b in enumerate(block)}
         free_after_fwd = [[] for _ in range(h + 1)]  # (F column, bytes)
-        free_after_bwd = [[] for _ in block]  # (layer, its K[t + 1] reference)
+        free_after_bwd = [[] for _ in block]  # (layer, its C[t + 1] term)
         for i in range(h + 1):
-            carried = k(t + 1, i)
+            carried = c(t + 1, i)
             readers = [b for b in block if i in self.reads[b]]
             if readers:
                 # freed after the last backward of the stage that reads it
                 # unless kept; presence is forced by the read rows
                 free_after_bwd[max(position[b] for b in readers)].append((i, carried))
                 continue
-            later = [c for c in self.model.consumers[i] if c <= h]
+            later = [x for x in self.consumers[i] if x <= h]
             # at most one free per present output, none when kept
-            total = _Expr().add(carried, 1).add(k(t, i), -1).add(r(t, i), -1)
+            total = Expr(0, [(carried, 1), (k(t, i), -1), (r(t, i), -1)])
             for kk in [i] + later:
-                f = new()
-                self.F[t, i, kk] = f
-                total.add(_var(f), 1)
-                row(_Expr().add(_var(f), 1).add(r(t, kk), -1), -np.inf, 0.0)
-                for c in later:
-                    if c > kk:
-                        row(_Expr().add(_var(f), 1).add(r(t, c), 1), -np.inf, 1.0)
+                f = self.F[t, i, kk] = new()
+                total.add(var(f), 1)
+                row([(var(f), 1), (r(t, kk), -1)], high=0.0)
+                for x in later:
+                    if x > kk:
+                        row([(var(f), 1), (r(t, x), 1)], high=1.0)
                 free_after_fwd[kk].append((f, self.out[i]))
-            row(total, -np.inf, 0.0)
+            row(total, high=0.0)
         return free_after_fwd, free_after_bwd
-
-    def _stage_rows(self, t):
-        """Memory of stage ``t``: its forwards (a running level per forward), then its backwards."""
-        p, r, k, row = self._p, self._r, self._k, self._row
-        out, saved, maxcons = self.out, self.saved, self.maxcons
-        free_after_fwd, free_after_bwd = self._stage_frees(t)
-        h = self.hi[t]
-        grads = sum(out[j] for j in range(h + 1) if maxcons[j] is not None and maxcons[j] > h)
-        level = _Expr(self.base + grads)
-        for i in range(h + 1):
-            level.add(k(t, i), out[i])
-            level.add(p(t - 1, i), saved[i])
-        for kk in range(h + 1):
-            level.add(r(t, kk), out[kk]).add(p(t, kk), saved[kk]).add(p(t - 1, kk), -saved[kk])
-            u = self._new(integer=False)
-            self.u_defs.append((u, level))
-            row(level.copy().add(_var(u), -1), 0.0, 0.0)
-            self._capped(_Expr().add(_var(u), 1).add(r(t, kk), self.wsf[kk]))
-            level = _Expr().add(_var(u), 1)
-            for f, size in free_after_fwd[kk]:
-                level.add(_var(f), -size)
-        for m, b in enumerate(self.blocks[t - 1]):
-            level.const += self.new_grads[b]
-            peak_e = level.copy()
-            peak_e.const += self.fresh_grads[b] + self.wsb[b]
-            self._capped(peak_e)
-            level.const -= saved[b] + out[b]  # its saved data and its gradient go
-            for i, carried in free_after_bwd[m]:
-                level.const -= out[i]
-                level.add(carried, out[i])
-
-    def _build(self):
-        from scipy.sparse import csr_array
-
-        lb, ub, integ, cost = self._cols
-        rows_r, rows_c, rows_v, lo, up = self._rows
-        self.A = csr_array((rows_v, (rows_r, rows_c)), shape=(len(lo), len(lb)))
-        self.lo = np.array(lo, dtype=float)
-        self.up = np.array(up, dtype=float)
-        self.lb = np.array(lb)
-        self.ub = np.array(ub)
-        self.integrality = np.array(integ)
-        self.cost = np.array(cost)
-        self.mem_rows = np.array(self._mem_rows, dtype=int)
-        del self._cols, self._rows, self._mem_rows
 
     def lower_bound(self):
         """A peak (bytes) below which no schedule with this backward order exists."""
         return self._bound
-
-    # ---- solving -----------------------------------------------------------------------
-
-    def solve(self, *, cap, time_limit, start=None):
-        """Run HiGHS: least recomputation under ``cap`` units, or least peak if ``cap`` is None.
-
-        ``start`` (variable values from :meth:`encode`) is handed to HiGHS as
-        its first incumbent through a solution file.
-        """
-        return solve_capped(self, self.cost, self.peak_col, cap=cap, time_limit=time_limit, start=start,
-                            prefix="edgeplan-milp-")
 
     # ---- schedules <-> variable values ---------------------------------------------------
 
     def decode(self, x):
         """The forward and backward ops of a solution vector."""
         on = x > 0.5
-        P, stage_of = self.P, self.stage_of
-
-        def saved_by(t, i):
-            return True if t >= stage_of[i] else (t >= 0 and bool(on[P[t, i]]))
-
-        ops = [forward(i, saved_by(0, i)) for i in range(self.n)]
+        ops = [self.forward_of(on, 0, i) for i in range(self.n)]
         for t in range(1, self.T + 1):
-            for i in range(self.hi[t] + 1):
-                if on[self.R[t, i]]:
-                    ops.append(forward(i, saved_by(t, i) and not saved_by(t - 1, i)))
+            ops.extend(self.forward_of(on, t, i) for i in range(self.hi[t] + 1) if on[self.R[t, i]])
             ops.extend(backward(b) for b in self.blocks[t - 1])
         return ops
 
@@ -628,7 +417,7 @@ class _Formulation:
         with ``cap=None`` the peak variable is set to the schedule's peak as
         the program counts it.
         """
-        model, n, T = self.model, self.n, self.T
+        n, T = self.n, self.T
         ops = [op for op in ops if op.kind is not OpKind.FREE]
         if len(ops) < n or any(
             op.kind is not OpKind.FORWARD or op.layer != i for i, op in enumerate(ops[:n])
@@ -657,57 +446,9 @@ class _Formulation:
         if t != T + 1:
             return None
         x = np.zeros(len(self.lb))
-        save_stage = [None] * n
-        for i, op in enumerate(ops[:n]):
-            if op.save:
-                save_stage[i] = 0
-        for t in range(1, T + 1):
-            for op in stage_ops[t]:
-                x[self.R[t, op.layer]] = 1
-                if op.save:
-                    if save_stage[op.layer] is not None:
-                        return None
-                    save_stage[op.layer] = t
-        for i in range(n):
-            if save_stage[i] is None or save_stage[i] > self.stage_of[i]:
-                return None
-            for t in range(save_stage[i], self.stage_of[i]):
-                x[self.P[t, i]] = 1
-        # kept outputs and frees: replay the lowering
-        present = set()
-        stage = 0
-        computed = -1
-        last_forward = None
-        for op in insert_frees(model, ops):
-            if op.kind is OpKind.FREE:
-                present.discard(op.layer)
-                if last_forward is not None and (stage, op.layer, last_forward) in self.F:
-                    x[self.F[stage, op.layer, last_forward]] = 1
-                continue
-            computed += 1
-            while stage < T and first_op[stage + 1] == computed:
-                stage += 1
-                for i in present:
-                    if (stage, i) not in self.K:
-                        return None
-                    x[self.K[stage, i]] = 1
-            if op.kind is OpKind.FORWARD:
-                present.add(op.layer)
-                last_forward = op.layer
-            else:
-                last_forward = None
-        for u, expr in self.u_defs:
-            x[u] = expr.const + float(np.dot(expr.vals, x[expr.cols])) if expr.cols else expr.const
-        return self._fit(x, cap)
-
-    def _fit(self, x, cap):
-        """``x`` with its peak variable set, if it satisfies every row; else None."""
-        x[self.peak_col] = 0.0
-        values = self.A @ x
-        need = float(np.max(values[self.mem_rows] - self.up[self.mem_rows])) if len(self.mem_rows) else 0.0
-        x[self.peak_col] = max(need, 0.0) if cap is None else cap
-        values = self.A @ x
-        # the values are sums of integers, exact in floating point
-        if np.any(values < self.lo - 1e-6) or np.any(values > self.up + 1e-6):
+        if not self.encode_forwards(x, [ops[:n]] + stage_ops[1:]):
             return None
-        return x
+        if not self.encode_carried(x, ops, first_op):
+            return None
+        self.set_running(x)
+        return self.fit(x, cap)

@@ -18,17 +18,17 @@ with transfers beside compute).
 """
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from planner.device import time_scale
 from planner.errors import InfeasibleError, SolverBug
-from planner.solvers._overlap import overlap
-from planner.lowering import insert_frees, size_unit, store_all_ops
-from planner.schedule import OpKind, backward, forward, pagein, pageout
+from planner.lowering import insert_frees, store_all_ops
+from planner.schedule import OpKind, backward, pagein, pageout
 from planner.simulate import simulate
-from planner.solvers._highs import Status, check_time_limit, fit_budget, import_highs, solve_capped, timed_solve
+from planner.solvers._highs import Status, check_time_limit, fit_budget, import_highs, timed_solve
+from planner.solvers._overlap import overlap
+from planner.solvers._program import StageProgram, var
 
 __all__ = ["milp_paging", "DEFAULT_TIME_LIMIT"]
 
@@ -77,7 +77,11 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
         was the starting incumbent, or null), ``proven_optimal`` (HiGHS proved
         that no schedule of the search space is cheaper, up to a relative gap
         of 1e-4; false on a timeout or when a start outside the search space
-        was kept).
+        was kept) and, when HiGHS ran at ``budget`` and found a schedule,
+        ``gap``: its relative gap ``(objective - bound) / objective`` between
+        that schedule's recomputation plus transfer time and HiGHS' best
+        (dual) bound on it over the search space (the answer is at most that
+        far from the bound).
 
     Raises
     ------
@@ -146,6 +150,8 @@ def milp_paging(model, *, budget=None, storage, time_limit=None, warm_starts=(),
         form, budget=budget, starts=starts, deadline=deadline, margin=0.1, measure=lambda x: _measure(form, storage, x)
     )
     params["start"] = fit.start
+    if fit.gap is not None:
+        params["gap"] = fit.gap
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None and time_budget is not None:
         raise InfeasibleError(
             f"milp-paging: no schedule fits {budget} bytes of activation memory within the time budget of "
@@ -244,274 +250,126 @@ def _fitting_starts(model, budget, storage, warm_starts, cost, slowest):
     return found
 
 
-@dataclass(frozen=True)
-class _Sizes:
-    """Sizes in units, and what each backward reads, holds and allocates."""
-
-    out: list
-    sv: list
-    wsf: list
-    wsb: list
-    base: int
-    sink: int
-    cons: tuple
-    maxcons: list
-    reads: list  # outputs each backward reads (the sink's own included: the loss reads it)
-    holders: list  # holders[i]: layers whose saved data holds i's output
-    new_grads: list  # gradient bytes each backward allocates
-    fresh_grads: list  # fresh gradient bytes each backward adds into held ones (its peak only)
-
-    @classmethod
-    def of(cls, model, unit):
-        layers = model.layers
-        n, sink, cons = len(layers), model.sink, model.consumers
-        out = [l.output_bytes // unit for l in layers]
-        maxcons = [max(x) if x else None for x in cons]
-        reads, holders = [], [[] for _ in range(n)]
-        for b, l in enumerate(layers):
-            reads.append((set(l.inputs) if l.needs_inputs else set()) | ({b} if (l.needs_output or b == sink) else set()))
-            for j in l.inputs if l.needs_inputs else ():
-                holders[j].append(b)
-            if l.needs_output:
-                holders[b].append(b)
-        new_grads, fresh_grads = ([g // unit for g in grads] for grads in model.reverse_order_gradients)
-        return cls(
-            out,
-            [l.saved_bytes // unit for l in layers],
-            [l.workspace_forward // unit for l in layers],
-            [l.workspace_backward // unit for l in layers],
-            model.input_bytes // unit,
-            sink,
-            cons,
-            maxcons,
-            reads,
-            holders,
-            new_grads,
-            fresh_grads,
-        )
-
-
-class _Program:
+class _Program(StageProgram):
     """The stage program of one model and storage (see :func:`milp_paging`, Notes).
 
-    Columns are created by :meth:`_new`; a row is a dict ``{column: coef}``
-    with a constant folded into its bounds.  :meth:`solve` runs HiGHS under a
-    memory cap in units of :attr:`unit` bytes; :meth:`encode` and
-    :meth:`decode` map schedules to variable values and back.
+    Built on :class:`~planner.solvers._program.StageProgram` (one backward per
+    stage: the layout, the shared rows, HiGHS); milp-paging's own families are
+    its paging variables and rows, its frees and the storage capacity.
+    :meth:`solve` runs HiGHS under a memory cap in units of :attr:`unit`
+    bytes; :meth:`encode` and :meth:`decode` map schedules to variable values
+    and back.
     """
 
+    prefix = "edgeplan-milp-paging-"
+
     def __init__(self, model, storage, scale, weights=(1.0, 1.0), time_cap=None):
-        self.model = model
-        n = self.n = len(model)
-        self.unit = size_unit(model)
-        z = self.z = _Sizes.of(model, self.unit)
-        self.stage_of = [n - i for i in range(n)]
-        self.hi = [n - 1] + [n - t for t in range(1, n + 1)] + [-1]  # hi[t]: highest live layer
-        self.lb, self.ub, self.integ, self.cost, self.time = [], [], [], [], []
-        self.weights = weights
-        self.rows, self.lo, self.up, self.mem_rows, self.u_defs = [], [], [], [], []
-        self.S, self.R, self.C, self.I, self.O, self.F, self.U = {}, {}, {}, {}, {}, {}, {}
+        n = len(model)
+        super().__init__(model, [[b] for b in range(n - 1, -1, -1)])
+        self.I, self.O = {}, {}
+        self.weights = weights  # (compute, transfer): what a unit of each time costs
+        self.time = {}  # column -> its compute plus transfer time (model units)
         self._variables(storage, scale)
         self._logic_rows(storage)
-        self._stage0_rows()
+        self.stage0_rows()
         for t in range(1, n + 1):
             self._stage_rows(t)
         if time_cap is not None:  # recomputation plus transfers within the time budget
-            self.rows.append({col: value for col, value in enumerate(self.time) if value})
-            self.lo.append(-np.inf)
-            self.up.append(time_cap)
-        self._build()
+            self.row([((tuple(self.time.items()), 0), 1)], high=time_cap)
+        self.build()
 
     def _variables(self, storage, scale):
-        layers, n, z = self.model.layers, self.n, self.z
+        """The columns, and the objective: the weighted recomputation and transfer time of R, I and O."""
+        layers, n, new = self.model.layers, self.n, self._column
         w_out = [storage.pageout_seconds(l.output_bytes) * scale for l in layers]
         w_in = [storage.pagein_seconds(l.output_bytes) * scale for l in layers]
         for i in range(n):
             for t in range(self.stage_of[i]):
-                self.S[t, i] = self._new()
-            self.O[0, i] = self._new(transfer=w_out[i])
+                self.S[t, i] = new()
+            self.O[0, i] = new(transfer=w_out[i])
         for t in range(1, n + 1):
             for i in range(self.hi[t] + 1):
-                self.R[t, i] = self._new(compute=layers[i].forward)
-                self.C[t, i] = self._new()
-                self.I[t, i] = self._new(transfer=w_in[i])
-                self.O[t, i] = self._new(transfer=w_out[i])
-        self.peak = self._new(integer=False, high=np.inf)
+                self.R[t, i] = new(compute=layers[i].forward)
+                self.C[t, i] = new()
+                self.I[t, i] = new(transfer=w_in[i])
+                self.O[t, i] = new(transfer=w_out[i])
+        self.peak_col = self.new(integer=False, high=np.inf)
         # The loss reads the sink's output: it stays from its forward to its backward.
-        self.lb[self.C[1, z.sink]] = 1.0
-        self.ub[self.I[1, z.sink]] = self.ub[self.O[0, z.sink]] = 0.0
+        sink = self.sink
+        self.lb[self.C[1, sink]] = 1.0
+        self.ub[self.I[1, sink]] = self.ub[self.O[0, sink]] = 0.0
 
-    # Terms ((columns, constant), coefficient) of the quantities the rows combine.
-
-    def _s(self, t, i):  # saved data of i at the end of stage t
-        if t < 0:
-            return {}, 0
-        if t >= self.stage_of[i]:
-            return {}, 1
-        return {self.S[t, i]: 1}, 0
-
-    def _r(self, t, i):  # forward of i in stage t
-        return ({}, 1) if t == 0 else ({self.R[t, i]: 1}, 0)
+    def _column(self, *, compute=0.0, transfer=0.0):
+        """A binary column; ``compute`` and ``transfer`` are its time (model units), weighted into its
+        cost (the objective) and counted in the time budget's row."""
+        col = self.new(cost=compute * self.weights[0] + transfer * self.weights[1])
+        if compute + transfer:
+            self.time[col] = compute + transfer
+        return col
 
     def _k(self, t, i):  # output of i present at the start of stage t (carried or paged in)
         if 1 <= t <= self.n and i <= self.hi[t]:
-            return {self.C[t, i]: 1, self.I[t, i]: 1}, 0
-        return {}, 0
-
-    def _c(self, t, i):  # output of i carried into stage t
-        if 1 <= t <= self.n and i <= self.hi[t]:
-            return {self.C[t, i]: 1}, 0
-        return {}, 0
+            return ((self.C[t, i], 1), (self.I[t, i], 1)), 0
+        return (), 0
 
     def _logic_rows(self, storage):
-        """Saved data, paging, presence and hold rules."""
-        s, r, k, c, row = self._s, self._r, self._k, self._c, self._row
-        n, hi, z, O, I = self.n, self.hi, self.z, self.O, self.I
+        """Saved data, paging, presence and hold rules, and the storage's capacity."""
+        r, row = self._r, self.row
+        n, hi, O, I = self.n, self.hi, self.O, self.I
         for i in range(n):
-            # saved data: made once, by a forward with save, kept until the backward
-            for t in range(1, self.stage_of[i] + 1):
-                row([(s(t - 1, i), 1), (s(t, i), -1)], high=0)
-                row([(s(t, i), 1), (s(t - 1, i), -1), (r(t, i), -1)], high=0)
+            self.saved_rows(i)
             # paging: out once, after a forward; in only what is out
-            row([(({O[t, i]: 1}, 0), 1) for t in range(self.stage_of[i] + 1)], high=1)
+            row([(var(O[t, i]), 1) for t in range(self.stage_of[i] + 1)], high=1)
             for t in range(1, self.stage_of[i] + 1):
-                row([(({O[t, i]: 1}, 0), 1), (r(t, i), -1)], high=0)
-                row([(({I[t, i]: 1}, 0), 1)] + [(({O[q, i]: 1}, 0), -1) for q in range(t)], high=0)
+                row([(var(O[t, i]), 1), (r(t, i), -1)], high=0)
+                row([(var(I[t, i]), 1)] + [(var(O[q, i]), -1) for q in range(t)], high=0)
         for t in range(1, n + 1):
-            for i in range(hi[t] + 1):
-                row([(r(t, i), 1), (k(t, i), 1)], high=1)  # a forward or pagein needs it absent
-                for j in self.model.layers[i].inputs:
-                    row([(r(t, i), 1), (k(t, j), -1), (r(t, j), -1)], high=0)
-                if i <= hi[t + 1]:
-                    row([(c(t + 1, i), 1), (k(t, i), -1), (r(t, i), -1)], high=0)
-            for j in z.reads[hi[t]]:
-                row([(k(t, j), 1), (r(t, j), 1)], low=1)
-        for i in range(n):
-            for holder in z.holders[i]:
-                for t in range(self.stage_of[holder]):
-                    row([(c(t + 1, i), 1), (s(t, holder), -1)], low=0)
+            self.presence_rows(t)
+        self.hold_rows()
         if storage.bytes is not None:
             room = storage.bytes // self.unit
             for t in range(n + 1):
                 row(
-                    [(({O[q, i]: 1}, 0), z.out[i]) for i in range(hi[t] + 1) for q in range(min(t, self.stage_of[i]) + 1)],
+                    [(var(O[q, i]), self.out[i]) for i in range(hi[t] + 1) for q in range(min(t, self.stage_of[i]) + 1)],
                     high=room,
                 )
 
-    def _stage0_rows(self):
-        """Memory of stage 0: every forward once, in order."""
-        z = self.z
-        for kk in range(self.n):
-            terms = [(({}, z.base + z.out[kk] + z.wsf[kk]), 1)]
-            terms += [(self._s(0, i), z.sv[i]) for i in range(kk + 1)]
-            for i in range(kk):
-                still_read = z.maxcons[i] is not None and z.maxcons[i] >= kk
-                terms.append((({}, 1), z.out[i]) if still_read else (self._c(1, i), z.out[i]))
-            self._cap(terms)
-
     def _stage_rows(self, t):
         """Frees and memory of stage ``t``: pageins, recomputations, the backward of ``hi[t]``."""
-        s, r, k, c, row, z = self._s, self._r, self._k, self._c, self._row, self.z
+        r, k, c, row = self._r, self._k, self._c, self.row
         h = b = self.hi[t]
         after = [[] for _ in range(h + 1)]  # (F column, bytes) freed right after forward kk
         for i in range(h + 1):
-            if i in z.reads[b]:
+            if i in self.reads[b]:
                 continue  # freed after the backward unless carried
-            later = [x for x in z.cons[i] if x <= h]
+            later = [x for x in self.consumers[i] if x <= h]
             total = [(c(t + 1, i), 1), (k(t, i), -1), (r(t, i), -1)]
             for kk in [i] + later:
-                col = self.F[t, i, kk] = self._new()
-                total.append((({col: 1}, 0), 1))
+                col = self.F[t, i, kk] = self.new()
+                total.append((var(col), 1))
                 for x in later:
                     if x > kk:
-                        row([(({col: 1}, 0), 1), (r(t, x), 1)], high=1)
-                after[kk].append((col, z.out[i]))
+                        row([(var(col), 1), (r(t, x), 1)], high=1)
+                after[kk].append((col, self.out[i]))
             row(total, low=0, high=0)
-        grads = sum(z.out[j] for j in range(h + 1) if z.maxcons[j] is not None and z.maxcons[j] > h)
-        level = [(({}, z.base + grads), 1)]
-        level += [(k(t, i), z.out[i]) for i in range(h + 1)] + [(s(t - 1, i), z.sv[i]) for i in range(h + 1)]
-        for kk in range(h + 1):
-            level += [(r(t, kk), z.out[kk]), (s(t, kk), z.sv[kk]), (s(t - 1, kk), -z.sv[kk])]
-            u = self.U[t, kk] = self._new(integer=False, high=np.inf)
-            self.u_defs.append((u, level))
-            row(level + [(({u: 1}, 0), -1)], low=0, high=0)
-            self._cap([(({u: 1}, 0), 1), (r(t, kk), z.wsf[kk])])
-            level = [(({u: 1}, 0), 1)] + [(({col: 1}, 0), -size) for col, size in after[kk]]
-        self._cap(level + [(({}, z.new_grads[b] + z.fresh_grads[b] + z.wsb[b]), 1)])
-
-    # ---- building ----------------------------------------------------------------------
-
-    def _new(self, *, integer=True, compute=0.0, transfer=0.0, high=1.0):
-        """A column; ``compute`` and ``transfer`` are its time (model units), weighted into its cost."""
-        self.lb.append(0.0)
-        self.ub.append(high)
-        self.integ.append(1 if integer else 0)
-        self.cost.append(compute * self.weights[0] + transfer * self.weights[1])
-        self.time.append(compute + transfer)
-        return len(self.lb) - 1
-
-    def _row(self, terms, *, low=-np.inf, high=np.inf):
-        """Add ``low <= sum(coef * term) <= high``; a term is ``((cols, const), coef)``."""
-        coefs, const = {}, 0.0
-        for (cols, value), coef in terms:
-            const += coef * value
-            for col, a in cols.items():
-                coefs[col] = coefs.get(col, 0.0) + coef * a
-        self.rows.append(coefs)
-        self.lo.append(low - const)
-        self.up.append(high - const)
-        return len(self.rows) - 1
-
-    def _cap(self, terms):
-        self.mem_rows.append(self._row(terms + [(({self.peak: 1}, 0), -1)], high=0))
-
-    def _build(self):
-        from scipy.sparse import csr_array
-
-        r, c, v = [], [], []
-        for index, coefs in enumerate(self.rows):
-            for col, a in coefs.items():
-                if a:
-                    r.append(index)
-                    c.append(col)
-                    v.append(a)
-        self.A = csr_array((v, (r, c)), shape=(len(self.rows), len(self.lb)))
-        self.lo, self.up = np.array(self.lo), np.array(self.up)
-        self.lb, self.ub = np.array(self.lb), np.array(self.ub)
-        self.integrality = np.array(self.integ)
-        self.cost = np.array(self.cost)
-        self.mem_rows = np.array(self.mem_rows, dtype=int)
-        del self.rows
-
-    # ---- solving -----------------------------------------------------------------------
-
-    def solve(self, *, cap, time_limit, start=None):
-        """HiGHS: least recomputation plus transfer within ``cap`` units (``start`` as incumbent),
-        or with ``cap=None`` the least peak."""
-        return solve_capped(self, self.cost, self.peak, cap=cap, time_limit=time_limit, start=start,
-                            prefix="edgeplan-milp-paging-")
+        self.stage_memory_rows(t, after)
 
     # ---- schedules <-> variable values ---------------------------------------------------
 
     def decode(self, x):
         """The forward, backward, pageout and pagein ops of a solution (no frees)."""
         on = x > 0.5
-        n, S, stage_of = self.n, self.S, self.stage_of
-
-        def saved(t, i):
-            return True if t >= stage_of[i] else (t >= 0 and bool(on[S[t, i]]))
-
         ops = []
-        for i in range(n):
-            ops.append(forward(i, saved(0, i)))
+        for i in range(self.n):
+            ops.append(self.forward_of(on, 0, i))
             if on[self.O[0, i]]:
                 ops.append(pageout(i))
-        for t in range(1, n + 1):
+        for t in range(1, self.n + 1):
             h = self.hi[t]
             ops.extend(pagein(i) for i in range(h + 1) if on[self.I[t, i]])
             for i in range(h + 1):
                 if on[self.R[t, i]]:
-                    ops.append(forward(i, saved(t, i) and not saved(t - 1, i)))
+                    ops.append(self.forward_of(on, t, i))
                     if on[self.O[t, i]]:
                         ops.append(pageout(i))
             ops.append(backward(h))
@@ -523,38 +381,19 @@ class _Program:
         if stages is None:
             return None
         x = np.zeros(len(self.lb))
-        made = [None] * self.n
+        if not self.encode_forwards(x, stages):
+            return None
         for t, stage in enumerate(stages):
             for op in stage:
-                i = op.layer
-                if op.kind is OpKind.FORWARD:
-                    if t > 0:
-                        x[self.R[t, i]] = 1
-                    if op.save:
-                        if made[i] is not None:
-                            return None
-                        made[i] = t
-                elif op.kind is OpKind.PAGEOUT:
-                    x[self.O[t, i]] = 1
+                if op.kind is OpKind.PAGEOUT:
+                    x[self.O[t, op.layer]] = 1
                 elif op.kind is OpKind.PAGEIN:
-                    x[self.I[t, i]] = 1
-        for i in range(self.n):
-            if made[i] is None or made[i] > self.stage_of[i]:
-                return None
-            for t in range(made[i], self.stage_of[i]):
-                x[self.S[t, i]] = 1
-        if not self._encode_frees(x, [op for stage in stages for op in stage], stages):
+                    x[self.I[t, op.layer]] = 1
+        first_op = [None] + [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
+        if not self.encode_carried(x, [op for stage in stages for op in stage], first_op):
             return None
-        for u, terms in self.u_defs:
-            total = 0.0
-            for (cols, const), coef in terms:
-                total += coef * (const + sum(a * x[col] for col, a in cols.items()))
-            x[u] = total
-        x[self.peak] = cap
-        values = self.A @ x
-        if np.any(values < self.lo - 1e-6) or np.any(values > self.up + 1e-6):
-            return None
-        return x
+        self.set_running(x)
+        return self.fit(x, cap)
 
     def _stages(self, ops):
         """Split ops into stage 0 and the n backward stages, pageouts moved after their forward.
@@ -603,34 +442,3 @@ class _Program:
         for (t, index), op in sorted(pending, key=lambda item: item[0], reverse=True):
             stages[t].insert(index + 1, op)
         return stages
-
-    def _encode_frees(self, x, ops, stages):
-        """Set C and F from the frees of the shared lowering; False if outside the space."""
-        present, stage, seen, last_forward = set(), 0, 0, None
-        starts = [sum(len(s) for s in stages[:t]) for t in range(1, self.n + 1)]
-        for op in insert_frees(self.model, ops):
-            if op.kind is OpKind.FREE:
-                present.discard(op.layer)
-                if stage >= 1 and last_forward is not None:
-                    key = (stage, op.layer, last_forward)
-                    if key not in self.F:
-                        return False
-                    x[self.F[key]] = 1
-                continue
-            while stage < self.n and starts[stage] == seen:
-                stage += 1
-                for i in present:
-                    if (stage, i) not in self.C:
-                        return False
-                    x[self.C[stage, i]] = 1
-                last_forward = None
-            seen += 1
-            if op.kind in (OpKind.FORWARD, OpKind.PAGEIN):
-                present.add(op.layer)
-            if op.kind is OpKind.FORWARD:
-                last_forward = op.layer
-            elif op.kind is OpKind.BACKWARD:
-                last_forward = None
-        return True
-
-

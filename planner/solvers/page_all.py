@@ -94,7 +94,7 @@ def _unpinned_reads(model, i):
     back = 2 * n - 1
     reads = {i}  # its forward makes it
     holds = []  # (from, to): saved data that pins it
-    if layers[i].needs_output or i == model.sink:  # the loss reads the sink's output
+    if model.tables.output_at_backward[i]:  # its backward reads it (the sink's: the loss does)
         reads.add(back - i)
         holds.append((i, back - i))
     for c in model.consumers[i]:

@@ -204,9 +204,7 @@ def _unit_backward(model, lo, hi, x, sticky, keep):
     e = hi - 1
     # Whose output stays until its own backward: needs_output, and the sink,
     # whose output the loss reads until then (SPEC section 3).
-    own = [layer.needs_output for layer in layers[lo:hi]]
-    if e == model.sink:
-        own[-1] = True
+    own = model.tables.output_at_backward[lo:hi].tolist()
     hold = {}
     for p in range(lo, hi):
         hold[p] = int(own[p - lo]) + (

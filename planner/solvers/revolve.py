@@ -182,7 +182,7 @@ def revolve_ops(model, snapshots, *, frees=True):
     # 3): it is freed after that backward, as if the backward read it.
     turns = []
     for j, layer in enumerate(layers):
-        kept = layer.needs_output or j == n - 1
+        kept = model.tables.output_at_backward[j]
         ops = [forward(j, True)]
         if frees:
             if not kept:

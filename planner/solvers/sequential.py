@@ -4,7 +4,6 @@ from planner.errors import InfeasibleError, OptionError
 from planner.lowering import (
     RECOMPUTE,
     STORE,
-    ChainArrays,
     chain_segments_peak,
     fits_int64,
     hold_segment_inputs,
@@ -90,11 +89,9 @@ def sequential(model, *, budget=None, segments=None):
         prefix.append(prefix[-1] + layer.forward)
     order = sorted(range(1, n + 1), key=lambda s: (prefix[(s - 1) * (n // s)], s))
     if fits_int64(model):
-        arrays = ChainArrays(model)
-
         def peak_of(s):
             starts = [start for start, _, _ in sequential_segments(n, s)]
-            return chain_segments_peak(model, starts, arrays=arrays, hold_inputs=True)
+            return chain_segments_peak(model, starts, hold_inputs=True)
 
     else:
 
