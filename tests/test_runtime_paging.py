@@ -338,3 +338,29 @@ def test_backward_of_a_dropped_record_is_refused(chain, tmpdir_only):
     with pytest.raises(ScheduleError, match="paged out"):
         runtime.verify(bn_dropout_chain(), CHAIN_SHAPE, ops, model=chain)
     assert list(tmpdir_only.iterdir()) == []
+
+
+def _with_record_paged(ops, i):
+    """``ops`` with layer ``i``'s record paged out after its forward and back in before its backward."""
+    from planner.schedule import drop_saved, pagein_saved, pageout_saved
+
+    out = []
+    for op in ops:
+        if op.kind is OpKind.BACKWARD and op.layer == i:
+            out.append(pagein_saved(i))
+        out.append(op)
+        if op.kind is OpKind.FORWARD and op.layer == i:
+            out += [pageout_saved(i), drop_saved(i)]
+    return out
+
+
+def test_a_paged_record_reads_an_input_its_segment_frees(chain, tmpdir_only):
+    # Store-all's "backward L9, free L8, backward L8" runs as one backward call that frees
+    # L8's output first; L9's paged record (BatchNorm: it reads its input) read it at
+    # unpack time and found it gone (KeyError).
+    i = next(k for k, layer in enumerate(chain.layers) if layer.name == "L9_BatchNorm2d")
+    assert chain.layers[i].needs_inputs
+    ops = _with_record_paged(solvers.solve(chain, None, "store-all").ops, i)
+    result = runtime.verify(bn_dropout_chain(), CHAIN_SHAPE, ops, model=chain)
+    assert result.grads_match and result.buffers_match, result
+    assert list(tmpdir_only.iterdir()) == []

@@ -619,6 +619,8 @@ class StepRunner:
             g = torch.zeros(shape, dtype=dtype, device=self.device)
         gbox.append(g)
         del g
+        if record is not None:
+            record.resolve()  # before this call frees the outputs it reads
         if free_after:
             self.outputs.pop(i, None)
         roots, boxes_used = self._segment(n, root, gbox)
@@ -648,6 +650,8 @@ class StepRunner:
         for k in self.plan.members.get(n, ()):
             p = self.plan.ops[k].layer
             self.ran.add(p)
+            if p in self.records:
+                self.records[p].resolve()
             _, root_p, gbox_p = self.saved[p]
             g = self.grads.pop(p, None)
             if g is not None:  # its earlier consumers' gradients (it has a seed: see _segments)
@@ -694,8 +698,8 @@ class _Record:
     parameters, which stay where they are.  At ``pageout_saved`` a slot whose
     tensor is one of the step's held outputs (an input of the stage, or its own
     output: what the model file's ``needs_inputs`` and ``needs_output`` count)
-    becomes a reference to that output, read again from the step at the
-    backward, and the rest (the model file's ``saved_bytes``) are written out on
+    becomes a reference to that output, put back from the step before the
+    backward call (:meth:`resolve`), and the rest (the model file's ``saved_bytes``) are written out on
     the copy engine; ``drop_saved`` empties every slot once the write is done;
     ``pagein_saved`` reads them back into new tensors, which the backward
     waits for (``unpack`` settles the transfer).
@@ -719,11 +723,18 @@ class _Record:
     def unpack(self, packed):
         if not isinstance(packed, list):
             return packed
-        k = next(n for n, slot in enumerate(self.slots) if slot is packed)
-        if k in self.refs:
-            return self.step_runner._value(self.refs[k])
         self.step_runner.pager.settle(("record", self.i))
         return packed[0]
+
+    def resolve(self):
+        """Put the held outputs back in the slots that read them, before a backward call.
+
+        A segment's call frees the outputs between its backward ops before it
+        runs (see ``StepRunner._segment``): a slot that read the step's output
+        at unpack time found it gone.
+        """
+        for k, p in self.refs.items():
+            self.slots[k][0] = self.step_runner._value(p)
 
     def step(self, kind):
         """Run a record op; the reason it cannot run, or None."""

@@ -56,14 +56,24 @@ class Pager:
         """The temporary directory (None before the first pageout or after close)."""
         return None if self.dir is None else self.dir.name
 
-    def _submit(self, i, job):
+    def _submit(self, i, job, tensors):
+        """Run ``job(tensors)`` on the engine; ``tensors`` (a fresh list) is emptied when it is done.
+
+        The engine's work item outlives the transfer: the worker thread lets it go
+        only when it runs again, after :meth:`settle` has returned, so a job that
+        kept its tensors would keep a dropped record or a freed output in memory
+        for a while after the step let it go.
+        """
         if self.engine is None:
             self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeplan-pager")
-        self.pending[i] = self.engine.submit(self._timed, job)
+        self.pending[i] = self.engine.submit(self._timed, job, tensors)
 
-    def _timed(self, job):
+    def _timed(self, job, tensors):
         t0 = time.perf_counter()
-        job()
+        try:
+            job(tensors)
+        finally:
+            tensors.clear()  # before the future is done (see _submit)
         self.seconds += time.perf_counter() - t0  # only the engine's thread adds here
 
     def pageout(self, i, y):
@@ -82,11 +92,11 @@ class Pager:
         path = os.path.join(self.dir.name, f"{i}.bin")
         self.copies[i] = (path, y.shape, y.dtype)
 
-        def write():
+        def write(held):
             with open(path, "wb") as f:
-                f.write(memoryview(_raw(y)))
+                f.write(memoryview(_raw(held[0])))
 
-        self._submit(i, write)
+        self._submit(i, write, [y])
 
     def pagein(self, i):
         """A new tensor that layer ``i``'s output is being read into (:meth:`settle` before reading it)."""
@@ -100,14 +110,14 @@ class Pager:
             self.seconds += time.perf_counter() - t0
             return y
 
-        def read():
-            view = memoryview(_raw(y))
+        def read(held):
+            view = memoryview(_raw(held[0]))
             with open(where, "rb") as f:
                 got = f.readinto(view)
             if got != view.nbytes:
                 raise OSError(f"paged file {where}: read {got} of {view.nbytes} bytes")
 
-        self._submit(i, read)
+        self._submit(i, read, [y])
         return y
 
     def pageout_record(self, i, tensors):
@@ -131,11 +141,11 @@ class Pager:
         path = os.path.join(self.dir.name, f"record-{i}.bin")
         self.copies[key] = (path, metas)
 
-        def write():
+        def write(held):
             with open(path, "wb") as f:
-                f.writelines(memoryview(_raw(t)) for t in tensors)
+                f.writelines(memoryview(_raw(t)) for t in held)
 
-        self._submit(key, write)
+        self._submit(key, write, list(tensors))
 
     def pagein_record(self, i):
         """New tensors that layer ``i``'s record is being read into (:meth:`settle` ``("record", i)`` first)."""
@@ -151,15 +161,15 @@ class Pager:
             self.seconds += time.perf_counter() - t0
             return tensors
 
-        def read():
+        def read(held):
             with open(where, "rb") as f:
-                for t in tensors:
+                for t in held:
                     view = memoryview(_raw(t))
                     got = f.readinto(view)
                     if got != view.nbytes:
                         raise OSError(f"paged file {where}: read {got} of {view.nbytes} bytes")
 
-        self._submit(key, read)
+        self._submit(key, read, list(tensors))
         return tensors
 
     def settle(self, i):
