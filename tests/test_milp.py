@@ -473,8 +473,8 @@ def test_params_carry_the_gap_to_highs_dual_bound():
     solution = solvers.solve(model, _store_all_peak(model) * 3 // 5, "milp", time_limit=20)
     assert solution.params["proven_optimal"] is True
     assert 0 <= solution.params["gap"] <= 1e-4
-    # A 94-layer graph for 4 s: HiGHS stops at the limit, and says how far its bound is.
-    gpt2 = load_model(DATA / "models" / "gpt2-ops.json")
+    # GPT-2 profiled op by op, for 4 s: HiGHS stops at the limit, and says how far its bound is.
+    gpt2 = load_model(DATA / "models" / "gpt2-hf-ops.json")
     solution = solvers.solve(gpt2, _store_all_peak(gpt2) * 3 // 5, "milp", time_limit=4)
     assert solution.params["proven_optimal"] is False
     assert 1e-4 < solution.params["gap"] <= 1
