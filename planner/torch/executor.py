@@ -40,7 +40,9 @@ each reading its producers' outputs with their graph, and the caller's
   producer is the next one backwarded, is one autograd segment: at its
   forward the consumer read the producer's output with its graph (no entry
   node), and one ``backward()`` call runs the run's backwards in the
-  schedule's order, as plain autograd does (see :func:`_segments`);
+  schedule's order, as plain autograd does (see :func:`_segments`); a plan
+  that pages records has no segments (with them, paging the record of the
+  sink's producer measured 4% over the prediction);
 - ``pageout L`` / ``pagein L`` (SPEC section 5): L's output's raw bytes to a
   file in a temporary directory (CPU) or to pinned host memory (CUDA), and
   back into a new tensor that takes the output's place, on a background
@@ -323,7 +325,7 @@ class StepRunner:
         self.saved = {}  # S: (boxes, gradient edge, gradient box, producer read directly)
         self.live = {}  # saved stages' outputs with their autograd graph (see _merges)
         self.ran = set()  # saved stages whose backward ran inside a consumer's backward call
-        self.segments = on_op is None  # per-op hooks see every backward op run on its own
+        self.segments = on_op is None and not plan.paged_records  # per-op hooks see every backward op run on its own
         self.skip = set()  # free ops done early
         self.grads = {}  # G
         self.input_grads = {}  # gradients of model inputs that require grad
