@@ -359,7 +359,7 @@ def test_store_all_runs_as_plain_autograd_and_saved_runs_as_one_segment(chain, m
     real = torch.autograd.backward
     monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     for schedule, most in ((solvers.solve(chain, None, "store-all").schedule, 2),
-                           (_schedule(chain, 0.7, "sequential", segments=2), 6)):
+                           (solvers.solve(chain, None, "sequential", segments=2).schedule, 6)):
         plain, net = bn_dropout_chain(), bn_dropout_chain()
         wrapped = ScheduledModule(net, chain, schedule)
         batches = _batches(CHAIN_SHAPE, 2)
