@@ -332,20 +332,8 @@ class _Paged:
 
     def move_record(self, kind, i, in_s, done):
         """Record a pageout_saved or pagein_saved of layer ``i``; False, recording nothing, if invalid."""
-        if self.storage is None:
-            return False
-        if kind is _PAGEOUT_SAVED:
-            after = self.bytes + self.saved[i]
-            if not in_s[i] or self.in_ps[i] or (self.capacity is not None and after > self.capacity):
-                return False
-            self.in_ps[i] = True
-            self.bytes = after
-            self.records_out[i] += 1
-            return True
-        if not self.in_ps[i] or in_s[i] or done[i]:
-            return False
-        self.records_in[i] += 1
-        return True
+        return self._move(kind is _PAGEOUT_SAVED, i, in_s, done, self.in_ps, self.saved,
+                          self.records_out, self.records_in)
 
     def drop_record(self, i):
         """Layer ``i``'s backward ran: its paged record is released."""
@@ -358,18 +346,23 @@ class _Paged:
         The rules of :func:`_page_check` (which says which one broke), tested
         inline: this runs once per paging op of the replay.
         """
-        in_p, storage, capacity = self.in_p, self.storage, self.capacity
-        if kind is _PAGEOUT:
-            after = self.bytes + self.out[i]
-            if storage is None or not in_a[i] or in_p[i] or (capacity is not None and after > capacity):
-                return False
-            in_p[i] = True
-            self.bytes = after
-            self.runs_out[i] += 1
-            return True
-        if storage is None or not in_p[i] or in_a[i] or done[i]:
+        return self._move(kind is _PAGEOUT, i, in_a, done, self.in_p, self.out, self.runs_out, self.runs_in)
+
+    def _move(self, out, i, present, done, paged, sizes, outs, ins):
+        """One transfer of an output (``present`` A, ``paged`` P) or a record (S, PS); False if invalid."""
+        if self.storage is None:
             return False
-        self.runs_in[i] += 1
+        if out:
+            after = self.bytes + sizes[i]
+            if not present[i] or paged[i] or (self.capacity is not None and after > self.capacity):
+                return False
+            paged[i] = True
+            self.bytes = after
+            outs[i] += 1
+            return True
+        if not paged[i] or present[i] or done[i]:
+            return False
+        ins[i] += 1
         return True
 
     def drop(self, i):
