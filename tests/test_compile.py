@@ -149,3 +149,47 @@ def test_every_stage_runs_compiled():
         y = stage.fn(*args)
         assert type(y.grad_fn).__name__ == "CompiledFunctionBackward", (stage.name, y.grad_fn)
         outputs[i] = y.detach().requires_grad_()
+
+
+COUNTED = []  # one entry per graph the counting backend compiled
+
+
+@pytest.fixture(scope="module")
+def counting_backend():
+    """``edgeplan_counting``: aot_eager that counts the graphs it compiles (in ``COUNTED``)."""
+    from torch._dynamo.backends.registry import lookup_backend, register_backend
+
+    def counting(graph, example_inputs):
+        COUNTED.append(graph)
+        return lookup_backend("aot_eager")(graph, example_inputs)
+
+    register_backend(compiler_fn=counting, name="edgeplan_counting")
+    return "edgeplan_counting"
+
+
+def test_fit_compiles_each_stage_once_and_trains_as_plain_training(counting_backend):
+    """``fit(compile=)`` runs the stages its profile compiled: the steps compile nothing more (found: every stage
+    was compiled twice, once to profile and once more when the ScheduledModule built its stages)."""
+    from planner import fit
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(CHAIN_SHAPE, generator=gen), torch.randint(0, 10, (CHAIN_SHAPE[0],), generator=gen)
+    COUNTED.clear()
+    profile_model(bn_dropout_chain(), lambda: ((x,), y), repeats=1, loss="cross_entropy", compile=counting_backend)
+    profiled = len(COUNTED)
+    assert profiled >= len(bn_dropout_chain())  # one graph per stage at least (grad and no-grad variants)
+    COUNTED.clear()
+    plain, net = bn_dropout_chain(), bn_dropout_chain()
+    wrapped = fit(net, (x, y), memory="100MB", compile=counting_backend, repeats=1)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (net, plain)]
+    for _ in range(2):
+        torch.manual_seed(0)
+        wrapped(x, target=y).backward()
+        torch.manual_seed(0)
+        torch.nn.functional.cross_entropy(plain(x), y).backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
+    assert len(COUNTED) == profiled, f"{len(COUNTED)} graphs compiled, the profile alone compiles {profiled}"
+    for p, q in zip(net.parameters(), plain.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)

@@ -15,6 +15,7 @@ returns the :class:`~planner.torch.executor.ScheduledModule` that trains
 with it, or refuses with the least memory that works.
 """
 
+import contextlib
 import inspect
 
 from planner.api import plan
@@ -106,27 +107,32 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     floats = [t for m in modules for t in m.parameters() if t.is_floating_point()]
     floats += [t for t in _tensors(inputs, torch) if t.is_floating_point()]
     dtype = str(floats[0].dtype if floats else torch.float32).removeprefix("torch.")
-    from planner.torch.profile import profile_model
+    from planner.torch.profile import profile_stages
 
     with _as_it_was(modules):  # profiled and cut into stages in training mode
-        document = profile_model(module, lambda: (inputs, target), dtype=dtype, stages=stages, repeats=repeats,
-                                 name=name or type(modules[0]).__name__, device=str(first.device), seed=seed,
-                                 loss=loss, output=output, compile=compile)
+        document, profiled = profile_stages(module, lambda: (inputs, target), dtype=dtype, stages=stages,
+                                            repeats=repeats, name=name or type(modules[0]).__name__,
+                                            device=str(first.device), seed=seed, loss=loss, output=output,
+                                            compile=compile)
         result = plan(model_from_dict(document), memory, strategy=strategy, optimizer=optimizer, **options)
         if not result.success:
             raise result.error
-        return _wrap(module, result, stages=stages, inputs=inputs, compile=compile)
+        return _wrap(module, result, stages=stages, inputs=inputs, compile=compile, profiled=profiled)
 
 
-def _wrap(module, result, *, stages, inputs, compile):
+def _wrap(module, result, *, stages, inputs, compile, profiled):
+    """The ScheduledModule; compiled, it runs the ``profiled`` stages (compiled once, as measured)."""
     from planner.torch.executor import ScheduledModule
     from planner.torch.inputs import ExampleInputs, flat_inputs
+    from planner.torch.measure import reusing_compiled
 
     extra = {"compile": compile} if compile else {}
     if compile and "compile" not in inspect.signature(ScheduledModule).parameters:
         raise OptionError("compile=True: this version's executor does not compile stages")
     example = flat_inputs((), inputs) if isinstance(inputs, dict) else ExampleInputs(tuple(inputs))
-    wrapped = ScheduledModule(module, result.model, result.schedule, stages=stages, example=example, **extra)
+    backend = result.model.document.get("compile")
+    with reusing_compiled(profiled, backend) if backend else contextlib.nullcontext():
+        wrapped = ScheduledModule(module, result.model, result.schedule, stages=stages, example=example, **extra)
     wrapped.plan = result
     return wrapped
 

@@ -36,7 +36,8 @@ from planner.torch.measure import (
 )
 from planner.torch.stages import is_chain
 
-__all__ = ["Prepared", "prepare", "profile_model", "profile_target", "DTYPES", "LOSS_NOT_MODELLED"]
+__all__ = ["Prepared", "prepare", "profile_model", "profile_stages", "profile_target", "DTYPES",
+           "LOSS_NOT_MODELLED"]
 
 DTYPES = FLOAT_DTYPES
 LOSS_NOT_MODELLED = (
@@ -296,6 +297,19 @@ def profile_model(
     (BatchNorm batch statistics, dropout on); the module's state (parameters,
     buffers, gradients) is restored afterwards.
     """
+    return profile_stages(obj, example, dtype=dtype, stages=stages, estimate=estimate, repeats=repeats,
+                          threads=threads, name=name, device=device, seed=seed, loss=loss, output=output,
+                          caller_holds_gradient=caller_holds_gradient, compile=compile)[0]
+
+
+def profile_stages(obj, example, *, dtype="float32", stages="auto", estimate=False, repeats=5, threads=None,
+                   name="model", device="cpu", seed=0, loss=None, output=None, caller_holds_gradient=False,
+                   compile=False):
+    """:func:`profile_model`, and the stages it measured: ``(document, stages)``.
+
+    The stages are the ones the profile ran (compiled, with ``compile``), so
+    that :func:`planner.fit` trains with them rather than compile them again.
+    """
     backend = None
     if compile is not False:
         if estimate:
@@ -347,7 +361,7 @@ def profile_model(
         doc["timing"] = {"rounds": repeats, "threads": used_threads, "statistic": "median",
                          "spread": [round(x, 4) for x in spreads], "call_cost": round(cost, 6)}
     model_from_dict(doc, source_name=f"profile of {name}")
-    return doc
+    return doc, prep.stages
 
 
 def _device_name(dev):
