@@ -389,22 +389,70 @@ class _StageFn:
     ``steps`` is ``[(node, target, args, kwargs)]`` in graph order; a graph
     node among the arguments is an earlier step's value or an input (``slots``,
     in the order ``fn`` takes them), anything else is used as it is (the
-    module's parameters and buffers, constants).
+    module's parameters and buffers, constants).  The nodes are turned into
+    positions once, here: a call walks plain tuples, lists and dicts, which
+    ``torch.compile`` traces into one graph (it cannot trace ``fx``'s
+    ``map_arg``, and ran such a stage eager).
     """
 
     def __init__(self, steps, out, slots):
         self.steps = steps
         self.out = out
         self.slots = slots
+        at = {node: k for k, node in enumerate(slots)}
+        program = []
+        for node, target, args, kwargs in steps:
+            program.append((target, _positions(args, at), _positions(kwargs, at)))
+            at[node] = len(slots) + len(program) - 1
+        self.program = tuple(program)
+        self.result = at[out]
 
     def __call__(self, *tensors):
-        from torch import fx
+        env = list(tensors)
+        for target, args, kwargs in self.program:
+            env.append(target(*_values(args, env), **_values(kwargs, env)))
+        return env[self.result]
 
-        env = dict(zip(self.slots, tensors))
-        fill = env.__getitem__
-        for node, target, args, kwargs in self.steps:
-            env[node] = target(*fx.node.map_arg(args, fill), **fx.node.map_arg(kwargs, fill))
-        return env[self.out]
+
+class _At:
+    """The value at position ``k`` of a stage's values (its inputs, then its steps')."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+
+def _positions(arg, at):
+    """``arg`` with each graph node replaced by its :class:`_At` position, in plain tuples, lists and dicts."""
+    from torch import fx
+
+    if isinstance(arg, fx.Node):
+        return _At(at[arg])
+    if isinstance(arg, tuple):
+        return tuple(_positions(a, at) for a in arg)
+    if isinstance(arg, list):
+        return [_positions(a, at) for a in arg]
+    if isinstance(arg, dict):
+        return {k: _positions(v, at) for k, v in arg.items()}
+    if isinstance(arg, slice):
+        return slice(_positions(arg.start, at), _positions(arg.stop, at), _positions(arg.step, at))
+    return arg
+
+
+def _values(arg, env):
+    """``arg`` with each :class:`_At` replaced by its value in ``env``."""
+    if isinstance(arg, _At):
+        return env[arg.k]
+    if isinstance(arg, tuple):
+        return tuple(_values(a, env) for a in arg)
+    if isinstance(arg, list):
+        return [_values(a, env) for a in arg]
+    if isinstance(arg, dict):
+        return {k: _values(v, env) for k, v in arg.items()}
+    if isinstance(arg, slice):
+        return slice(_values(arg.start, env), _values(arg.stop, env), _values(arg.step, env))
+    return arg
 
 
 class _Split(Exception):
