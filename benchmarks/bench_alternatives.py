@@ -13,9 +13,15 @@ it, with the parameter gradients already allocated; the median step time of
 - ``compile-B``: ``torch.compile`` with
   ``torch._functorch.config.activation_memory_budget = B``, B in 0.3/0.5/0.7;
 - ``edgeplan@C``: :func:`planner.fit` planned for contender C's measured peak
-  (the memory C used, given to ``fit`` as the whole step's memory), eager or
-  compiled (``compile=True``, against the compiled contenders);
-- ``edgeplan@least``: ``fit`` at the least memory its plan works with.
+  (the memory C used, given to ``fit`` as the whole step's memory), eager, and
+  ``edgeplan-compiled@C`` the same with its stages compiled
+  (``fit(..., compile=backend)``: ``profile --compile`` and
+  ``ScheduledModule(compile=...)``, each stage compiled once);
+- ``edgeplan@least``, ``edgeplan-compiled@least``: ``fit`` at the least memory
+  its plan works with (found by the eager, resp. the compiled, profile).
+
+torch.compile and compiled edgeplan use one backend: inductor where a C++
+compiler works, else ``aot_eager`` (``--backend`` names one).
 
 edgeplan profiles with ``stages="modules"``: one layer per block and one per op
 between blocks.
@@ -26,7 +32,7 @@ peak and step time, its time over eager's, and for edgeplan the overhead the
 plan predicted beside the measured one.
 
 Run: ``python benchmarks/bench_alternatives.py [--models gpt2,bert] [--compile-models gpt2] [--quick]
-[--no-compile] [--no-write]`` (torch.compile takes a minute a model on a 2-core CPU).
+[--no-compile] [--backend aot_eager] [--no-write]`` (torch.compile takes minutes a model on a 2-core CPU).
 """
 
 import argparse
@@ -148,7 +154,7 @@ def _checkpoint_blocks(model):
         block.forward = functools.update_wrapper(wrapped, forward)
 
 
-def _contender_step(model, kwargs, target, contender):
+def _contender_step(model, kwargs, target, contender, backend):
     import torch
 
     if contender == "hf-gc":
@@ -159,7 +165,7 @@ def _contender_step(model, kwargs, target, contender):
         import torch._functorch.config
 
         torch._functorch.config.activation_memory_budget = float(contender.split("-")[1])
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend=backend)
         return lambda: _loss(_call(compiled, kwargs), target).backward(), None
     return lambda: _loss(_call(model, kwargs), target).backward(), None
 
@@ -178,14 +184,14 @@ def _edgeplan_step(model, kwargs, target, memory, compiled):
                   "strategy": result.strategy}
 
 
-def _least_memory(model, kwargs, target):
+def _least_memory(model, kwargs, target, compiled):
     from planner import fit
     from planner.errors import InfeasibleError
 
     example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
-        fit(model, example, memory=2 * params + 1, loss="cross_entropy", stages=STAGES)
+        fit(model, example, memory=2 * params + 1, loss="cross_entropy", stages=STAGES, compile=compiled)
     except InfeasibleError as exc:  # the least activation memory; the parameters and gradients come on top
         return 2 * params + exc.least_bytes
     raise SystemExit("fit accepted 1 byte of activation memory")
@@ -206,11 +212,11 @@ def child(spec):
     if spec["contender"].startswith("edgeplan"):
         memory = spec["memory"]
         if memory == "least":
-            memory = _least_memory(build(spec["model"])[0], kwargs, target)
+            memory = _least_memory(build(spec["model"])[0], kwargs, target, spec.get("compiled", False))
         step, extra = _edgeplan_step(model, kwargs, target, memory, spec.get("compiled", False))
         extra["memory"] = memory
     else:
-        step, extra = _contender_step(model, kwargs, target, spec["contender"])
+        step, extra = _contender_step(model, kwargs, target, spec["contender"], spec.get("backend"))
     for _ in range(2):  # warm-up (compilation) and the parameter gradients' first allocation
         step()
     setup = time.perf_counter() - started
@@ -243,13 +249,19 @@ def _mb(b):
     return f"{b / 1e6:.2f}"
 
 
-def measure_model(name, *, steps, compiled):
+def measure_model(name, *, steps, backend, compiled_at=None):
+    """The rows of one model: its contenders, then edgeplan at each one's memory and at its least.
+
+    ``backend``: the torch.compile backend of the compiled contenders and of
+    compiled edgeplan (None: neither runs); ``compiled_at``: the contenders
+    (and ``least``) at whose memory compiled edgeplan runs (None: all).
+    """
     contenders = ["eager"] + (["hf-gc"] if name in HF else []) + ["ckpt-block"]
-    if compiled:
+    if backend:
         contenders += [f"compile-{b}" for b in BUDGETS]
     rows, found = [], {}
     for c in contenders:
-        found[c] = run_child({"model": name, "contender": c, "steps": steps})
+        found[c] = run_child({"model": name, "contender": c, "steps": steps, "backend": backend})
         print(f"  {name} {c}: {found[c]}", file=sys.stderr)
     eager = found["eager"]
     for c in contenders:
@@ -262,7 +274,7 @@ def measure_model(name, *, steps, compiled):
         if base is not None and "error" in base:
             continue
         memory = "least" if c == "least" else 2 * base["params"] + base["peak"]
-        compile_rows = [False] + ([True] if compiled and c.startswith("compile-") else [])
+        compile_rows = [False] + ([backend] if backend and (compiled_at is None or c in compiled_at) else [])
         for as_compiled in compile_rows:
             label = f"edgeplan{'-compiled' if as_compiled else ''}@{c}"
             r = run_child({"model": name, "contender": label, "memory": memory, "steps": steps,
@@ -274,10 +286,44 @@ def measure_model(name, *, steps, compiled):
                 continue
             vs = "" if base is None else f"{r['ms'] / base['ms']:.2f}x of {c}"
             predicted = r.get("predicted_overhead")
+            # the overhead is measured against eager; a compiled plan's prediction is against its compiled stages
+            measured = "-" if as_compiled else f"{100 * (r['ms'] / eager['ms'] - 1):.1f}%"
             rows.append([name, label, _mb(r["peak"]), f"{r['ms']:.1f}", f"{r['ms'] / eager['ms']:.2f}x",
-                         "-" if predicted is None else f"{100 * predicted:.1f}%",
-                         f"{100 * (r['ms'] / eager['ms'] - 1):.1f}%", vs])
+                         "-" if predicted is None else f"{100 * predicted:.1f}%", measured, vs])
     return rows, found
+
+
+def _against(found, rival, ours):
+    """``peak MB, ms | peak MB, ms, time ratio`` of edgeplan's row ``ours`` against contender ``rival``."""
+    a, b = found.get(rival, {"error": "not run"}), found.get(ours, {"error": "not run"})
+    left = "-" if "error" in a else f"{_mb(a['peak'])} MB, {a['ms']:.1f} ms"
+    if "error" in b:
+        return [left, "does not fit" if "least memory" in b["error"] else "-", "-"]
+    ratio = "-" if "error" in a else f"{b['ms'] / a['ms']:.2f}x"
+    return [left, f"{_mb(b['peak'])} MB, {b['ms']:.1f} ms", ratio]
+
+
+def summary_rows(name, found):
+    """The issue's two comparisons: at HF gradient checkpointing's memory, and compiled at budget 0.5's."""
+    least, gc = found.get("edgeplan@least", {}), found.get("hf-gc", {})
+    below = "-"
+    if "peak" in least and "peak" in gc:
+        below = f"{100 * (1 - least['peak'] / gc['peak']):.0f}%"
+    return [name, *_against(found, "hf-gc", "edgeplan@hf-gc"), below,
+            *_against(found, "compile-0.5", "edgeplan-compiled@compile-0.5")]
+
+
+def _backend(requested):
+    """The torch.compile backend to run: ``requested``, else inductor where a C++ compiler works, else aot_eager."""
+    from planner.errors import OptionError
+    from planner.torch.measure import compile_backend
+
+    if requested:
+        return compile_backend(requested)
+    try:
+        return compile_backend(True)
+    except OptionError:
+        return "aot_eager"
 
 
 def main(argv=None):
@@ -287,7 +333,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="gpt2 and small_gpt, 3 steps, no compile")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile and compiled edgeplan")
+    parser.add_argument("--backend", help=("torch.compile backend (default: inductor if a C++ compiler works, "
+                                           "else aot_eager)"))
     parser.add_argument("--compile-models", help="run the compiled contenders on these models only (default: all)")
+    parser.add_argument("--compiled-at", help=("run compiled edgeplan at these contenders' memory only, e.g. "
+                                               "compile-0.5,least (default: every contender and least)"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.child:
@@ -296,19 +346,30 @@ def main(argv=None):
 
     models = ["gpt2", "small_gpt"] if args.quick else args.models.split(",")
     steps = 3 if args.quick else args.steps
-    compiled = not (args.quick or args.no_compile)
-    rows = []
+    backend = None if args.quick or args.no_compile else _backend(args.backend)
     compile_on = set(args.compile_models.split(",")) if args.compile_models else set(models)
+    compiled_at = set(args.compiled_at.split(",")) if args.compiled_at else None
+    rows, summary = [], []
     for name in models:
-        rows += measure_model(name, steps=steps, compiled=compiled and name in compile_on)[0]
+        found_rows, found = measure_model(name, steps=steps, backend=backend if name in compile_on else None,
+                                          compiled_at=compiled_at)
+        rows += found_rows
+        summary.append(summary_rows(name, found))
     header = ["model", "run", "peak MB", "step ms", "vs eager", "predicted overhead", "measured overhead", "notes"]
+    sums = ["model", "hf-gc", "edgeplan@hf-gc", "time vs hf-gc", "edgeplan@least below hf-gc",
+            f"compile-0.5 ({backend})", "edgeplan-compiled@compile-0.5", "time vs compile-0.5"]
+    command = " ".join(["python benchmarks/bench_alternatives.py", *(argv if argv is not None else sys.argv[1:])])
     text = "\n".join([
         HEADING, "",
-        f"`python benchmarks/bench_alternatives.py` ({stamp()}, torch {torch.__version__}, {platform.machine()} "
-        f"CPU, one thread, each run in its own process; peak = the CPU allocator's peak of one step above what was "
-        f"allocated before it, parameter gradients allocated; step = median of {steps} steps after 2 warm-up "
-        f"steps). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
-        f"parameters and their gradients); `vs` compares it with C in the same run.",
+        f"`{command.strip()}` ({stamp()}, torch {torch.__version__}, {platform.machine()} CPU "
+        f"({os.cpu_count()} cores shared with other jobs), one thread, each run in its own process; "
+        f"compiled runs use torch.compile's {backend or 'no'} backend; peak = the CPU allocator's peak of one step "
+        f"above what was allocated before it, parameter gradients allocated; step = median of {steps} steps after "
+        f"2 warm-up steps). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
+        f"parameters and their gradients); `vs` compares it with C in the same run.  A compiled plan predicts its "
+        f"overhead over its compiled stages, so its measured overhead against eager is left out.",
+        "",
+        markdown_table(sums, summary),
         "",
         markdown_table(header, rows),
     ])
