@@ -3,7 +3,9 @@
 Contenders, each measured the same way in a process of its own (one thread,
 the CPU allocator's peak of a training step above what was allocated before
 it, with the parameter gradients already allocated; the median step time of
-``--steps`` steps after two warm-up steps):
+``--steps`` steps after two warm-up steps, in the process's CPU time: on a
+machine shared with other jobs, wall time counts their load too, and one
+thread's CPU time does not):
 
 - ``eager``: plain autograd, everything kept;
 - ``hf-gc``: Hugging Face's ``gradient_checkpointing_enable()`` (transformers
@@ -224,12 +226,14 @@ def child(spec):
         if p.grad is not None:
             p.grad.zero_()
     _, peak, _ = allocation_trace(step, torch.device("cpu"))
-    times = []
+    times, walls = [], []
     for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
+        t0, w0 = time.process_time(), time.perf_counter()
         step()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    print(json.dumps({"peak": peak, "ms": statistics.median(times), "params": params, "setup_s": setup,
+        times.append((time.process_time() - t0) * 1000.0)
+        walls.append((time.perf_counter() - w0) * 1000.0)
+    print(json.dumps({"peak": peak, "ms": statistics.median(times), "wall_ms": statistics.median(walls),
+                      "params": params, "setup_s": setup,
                       **(extra or {})}))
 
 
@@ -355,7 +359,7 @@ def main(argv=None):
                                           compiled_at=compiled_at)
         rows += found_rows
         summary.append(summary_rows(name, found))
-    header = ["model", "run", "peak MB", "step ms", "vs eager", "predicted overhead", "measured overhead", "notes"]
+    header = ["model", "run", "peak MB", "step ms (CPU)", "vs eager", "predicted overhead", "measured overhead", "notes"]
     sums = ["model", "hf-gc", "edgeplan@hf-gc", "time vs hf-gc", "edgeplan@least below hf-gc",
             f"compile-0.5 ({backend})", "edgeplan-compiled@compile-0.5", "time vs compile-0.5"]
     command = " ".join(["python benchmarks/bench_alternatives.py", *(argv if argv is not None else sys.argv[1:])])
@@ -364,8 +368,9 @@ def main(argv=None):
         f"`{command.strip()}` ({stamp()}, torch {torch.__version__}, {platform.machine()} CPU "
         f"({os.cpu_count()} cores shared with other jobs), one thread, each run in its own process; "
         f"compiled runs use torch.compile's {backend or 'no'} backend; peak = the CPU allocator's peak of one step "
-        f"above what was allocated before it, parameter gradients allocated; step = median of {steps} steps after "
-        f"2 warm-up steps). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
+        f"above what was allocated before it, parameter gradients allocated; step = the process's CPU time, median "
+        f"of {steps} steps after 2 warm-up steps: one thread's CPU time, not wall time, which the other jobs' load "
+        f"inflates). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
         f"parameters and their gradients); `vs` compares it with C in the same run.  A compiled plan predicts its "
         f"overhead over its compiled stages, so its measured overhead against eager is left out.",
         "",
