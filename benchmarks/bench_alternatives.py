@@ -358,7 +358,8 @@ def main(argv=None):
         found_rows, found = measure_model(name, steps=steps, backend=backend if name in compile_on else None,
                                           compiled_at=compiled_at)
         rows += found_rows
-        summary.append(summary_rows(name, found))
+        if name in HF:
+            summary.append(summary_rows(name, found))
     header = ["model", "run", "peak MB", "step ms (CPU)", "vs eager", "predicted overhead", "measured overhead", "notes"]
     sums = ["model", "hf-gc", "edgeplan@hf-gc", "time vs hf-gc", "edgeplan@least below hf-gc",
             f"compile-0.5 ({backend})", "edgeplan-compiled@compile-0.5", "time vs compile-0.5"]
