@@ -58,8 +58,9 @@ def fit(module, example, memory="256MB", loss="cross_entropy", *, strategy="auto
     compile : bool or str, keyword-only
         Compile each stage with ``torch.compile`` (True: inductor, or a
         backend name); the stages are profiled compiled too, so the plan's
-        times and sizes are the compiled stages'.  The schedule still decides
-        what is kept.
+        times and sizes are the compiled stages', and the module trains with
+        the very stages the profile compiled (each stage compiles once).  The
+        schedule still decides what is kept.
     output : str or None, keyword-only
         The field (or index) of the module's result the loss reads when it
         returns a dict, tuple, dataclass or ``ModelOutput`` (default: its
