@@ -393,17 +393,19 @@ class _StageFn:
     """
 
     def __init__(self, steps, out, slots):
+        from torch.fx.node import map_arg
+
         self.steps = steps
         self.out = out
         self.slots = slots
+        self.map_arg = map_arg
 
     def __call__(self, *tensors):
-        from torch import fx
-
         env = dict(zip(self.slots, tensors))
         fill = env.__getitem__
+        map_arg = self.map_arg
         for node, target, args, kwargs in self.steps:
-            env[node] = target(*fx.node.map_arg(args, fill), **fx.node.map_arg(kwargs, fill))
+            env[node] = target(*map_arg(args, fill), **map_arg(kwargs, fill)) if kwargs else target(*map_arg(args, fill))
         return env[self.out]
 
 
