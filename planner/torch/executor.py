@@ -466,17 +466,17 @@ class StepRunner:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
                 self._forward(n, op)
-            elif op.kind is OpKind.PAGEOUT:
-                self._pageout(n, op)
-            elif op.kind is OpKind.PAGEIN:
-                self._pagein(n, op)
-            elif op.kind in RECORD_KINDS:
-                self._record_op(n, op)
-            else:
+            elif op.kind is OpKind.BACKWARD:
                 early = self.plan.early_free.get(n)
                 if early is not None and op.layer in self.outputs:
                     skip.add(early)
                 self._backward(n, op, early is not None)
+            elif op.kind is OpKind.PAGEOUT:
+                self._pageout(n, op)
+            elif op.kind is OpKind.PAGEIN:
+                self._pagein(n, op)
+            else:
+                self._record_op(n, op)
             self.count += 1
             if self.on_op is not None:
                 self.on_op(n)
