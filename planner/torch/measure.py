@@ -504,14 +504,18 @@ def params_bytes(params, seen):
     return int(total)
 
 
-def _fake_state(root, mode, torch):
-    state = {}
-    for k, v in list(root.named_parameters()) + list(root.named_buffers()):
-        fake = mode.from_tensor(v.detach())
-        if isinstance(v, torch.nn.Parameter):
-            fake.requires_grad_(v.requires_grad)
-        state[k] = fake
-    fakes = {id(v): state[k] for k, v in list(root.named_parameters()) + list(root.named_buffers())}
+def _fake_state(root, mode):
+    """``(state, fakes)``: the fake of each parameter and buffer, by name and by ``id`` of the real one.
+
+    Each is ``mode.from_tensor`` of the real tensor itself, which the mode
+    remembers: a captured stage that holds the real tensor (an exported op's
+    argument) gets the same fake, with the same storage, as the module
+    reparametrized with ``state``, so that :func:`_estimate_one` sees a saved
+    weight as the parameter it is (not saved data), as the measured path does.
+    """
+    named = list(root.named_parameters()) + list(root.named_buffers())
+    state = {k: mode.from_tensor(v) for k, v in named}
+    fakes = {id(v): state[k] for k, v in named}
     return state, fakes
 
 
@@ -519,7 +523,9 @@ def _estimate_one(stage, tensors, target, fakes, torch):
     from torch.utils.flop_counter import FlopCounterMode
 
     leaves = _leaves(tensors, stage)
-    excluded = {_storage_key(fakes.get(id(p), p)) for p in list(stage.params) + list(stage.buffers)}
+    # Autograd saves what an op was given: a captured stage's real parameter
+    # (converted to a fake below autograd), a module's fake one, or a fake view.
+    excluded = {_storage_key(t) for p in list(stage.params) + list(stage.buffers) for t in (p, fakes.get(id(p), p))}
     if target is not None:
         excluded.add(_storage_key(target))
     saved = []
@@ -562,7 +568,7 @@ def estimate_stages(root, stages, inputs, target=None):
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     results = []
     with mode:
-        state, fakes = _fake_state(root, mode, torch)
+        state, fakes = _fake_state(root, mode)
         xs = tuple(mode.from_tensor(t) for t in inputs)
         fake_target = None if target is None else mode.from_tensor(target)
         outputs = {}
