@@ -52,7 +52,7 @@ _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
 # found; MILP_BLOCK_SECONDS only caps a call that would run far longer than
 # that work takes (under 2 s per block on the benchmarked models).
 MILP_BLOCK_LAYERS = 14
-MILP_BLOCK_NODES = 1
+MILP_BLOCK_NODES = 10
 MILP_BLOCK_SECONDS = 60.0
 MILP_MENUS = 6
 _MILP_FRACTIONS = (0.1, 0.4)
