@@ -23,7 +23,7 @@ from planner.model import MODEL_FORMAT, load_model, model_from_dict
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
 from planner.solvers.milp import _blocks, _Formulation, _least_peak, _solve, _stage_count, milp
-from planner.synthetic import random_chain, random_dag, uniform_chain
+from planner.synthetic import random_chain, random_dag, transformer_dag, uniform_chain
 from tests.conftest import DATA, fork_document
 from tests.exhaustive import optimal_schedule
 from tests.reference import replay_solution
@@ -484,3 +484,19 @@ def test_no_gap_without_a_program():
     model = random_dag(6, 4)
     _, params = milp(model, budget=None)
     assert params["stages"] == 0 and "gap" not in params
+
+
+def test_a_node_limit_returns_highs_best_schedule_unproven():
+    """scipy reports HiGHS' node limit as status 4 with the best solution found in ``x``: milp keeps
+    that schedule (valid, fitting, not proven), the same whatever the time cap, and never better
+    than the proven optimum."""
+    model = transformer_dag(1)
+    budget = int(0.6 * simulate(model, insert_frees(model, milp(model)[0])).peak_bytes)
+    ops, params = milp(model, budget=budget, node_limit=1, time_limit=60)
+    again, _ = milp(model, budget=budget, node_limit=1, time_limit=20)
+    assert params["proven_optimal"] is False and again == ops
+    found = simulate(model, insert_frees(model, ops))
+    assert found.valid and found.peak_bytes <= budget
+    best, proven = milp(model, budget=budget, time_limit=60)
+    assert proven["proven_optimal"] is True
+    assert simulate(model, insert_frees(model, best)).compute <= found.compute
