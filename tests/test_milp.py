@@ -473,11 +473,13 @@ def test_params_carry_the_gap_to_highs_dual_bound():
     solution = solvers.solve(model, _store_all_peak(model) * 3 // 5, "milp", time_limit=20)
     assert solution.params["proven_optimal"] is True
     assert 0 <= solution.params["gap"] <= 1e-4
-    # GPT-2 profiled op by op, for 4 s: HiGHS stops at the limit, and says how far its bound is.
-    gpt2 = load_model(DATA / "models" / "gpt2-hf-ops.json")
-    solution = solvers.solve(gpt2, _store_all_peak(gpt2) * 3 // 5, "milp", time_limit=4)
-    assert solution.params["proven_optimal"] is False
-    assert 1e-4 < solution.params["gap"] <= 1
+    # A transformer block stopped at HiGHS' first node (work, not the clock: under load a 4 s limit
+    # on GPT-2 found no schedule at all): not proven, and the params say how far its bound is.
+    model = transformer_dag(1)
+    budget = int(0.6 * simulate(model, insert_frees(model, milp(model)[0])).peak_bytes)
+    _, params = milp(model, budget=budget, node_limit=1, time_limit=60)
+    assert params["proven_optimal"] is False
+    assert 1e-4 < params["gap"] <= 1
 
 
 def test_no_gap_without_a_program():
