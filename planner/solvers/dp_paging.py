@@ -689,28 +689,60 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
 
 
 def _fastest(model, budget, storage, levels):
-    """:func:`dp_paging`'s least-time schedule: ``(ops, params)``."""
+    """:func:`dp_paging`'s least-time schedule: ``(ops, params)``.
+
+    With transfers beside compute the recurrence charges a transfer in full,
+    an upper bound of what it costs on a copy engine.  The schedules planned
+    with the transfers charged at 1, 1/2, 1/4 and 0 of their time
+    (:data:`_TRANSFER_SHARES`) are overlapped (pageins earlier, frees after
+    pageouts later) and the fastest on the device's timeline is kept, the
+    first share of that order on ties.  Share 0 is planned first: its
+    schedule computes least of the class, and no step is shorter than its
+    compute (planner.timing), so once a step that short is found no other
+    share can beat it and none is planned (one could only tie, and would
+    have been kept if earlier: the step is the same, the schedule may be
+    another).  The shares are tried in :data:`_SHARE_ORDER`; a share's
+    schedule is overlapped only if it can still win (:func:`_cannot_beat`).
+    """
+    from planner.simulate import simulate
+
     if storage is None or not storage.overlap or budget is None:
         return _dp_paging(model, budget, storage, levels)
-    # Transfers beside compute: the recurrence charges a transfer in full, an upper
-    # bound of what it costs on a copy engine.  Plan with the transfers charged at
-    # 1, 1/2, 1/4 and 0 of their time, overlap each schedule (pageins earlier,
-    # frees after pageouts later), and keep the fastest on the device's timeline.
-    best, seen = None, set()
-    for share in _TRANSFER_SHARES:
-        ops, params = _dp_paging(model, budget, storage, levels, share)
-        if _cannot_beat(model, ops, storage, best, seen):
+    serial_storage = replace(storage, overlap=False)
+    plain = {}  # dp's own schedule, the same for every share
+    least = None  # compute of share 0's schedule: the least of the class (within rounding)
+    best, done = None, {}  # best: (step, rank, ops, result, params); done: ops -> overlapped
+    planned = {}
+    for rank in _SHARE_ORDER:
+        if best is not None and best[0] <= least * (1 + _TIE):
+            break  # no share's step is below the least compute
+        share = _TRANSFER_SHARES[rank]
+        if rank not in planned:
+            planned[rank] = _dp_paging(model, budget, storage, levels, share, plain=plain)
+        ops, params = planned[rank]
+        serial = simulate(model, ops, storage=serial_storage)
+        if least is None:  # share 0: the least compute of the class
+            least = serial.compute
             continue
-        ops, result = overlap(model, ops, storage, budget)
-        if best is None or result.step_time < best[1].step_time:
-            best = (ops, result, dict(params, transfer_share=share))
-    ops, result, params = best
+        key = tuple(ops)
+        if key not in done:  # the same ops as another share's give the same step
+            if _cannot_beat(serial, rank, best):
+                continue
+            done[key] = overlap(model, ops, storage, budget)
+        ops, result = done[key]
+        if best is None or (result.step_time, rank) < best[:2]:
+            best = (result.step_time, rank, ops, result, dict(params, transfer_share=share))
+    _, _, ops, result, params = best
     params["paged"] = sorted({model.layers[op.layer].name for op in ops if op.kind.value == "pageout"},
                              key=[layer.name for layer in model.layers].index)
     return ops, dict(params, dp_cost=result.step_time)
 
 
+#: The shares of the transfers' time the recurrence is run with, in the order that wins ties.
 _TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
+#: The order :func:`_fastest` tries them in (ranks in _TRANSFER_SHARES): share 0 planned
+#: first for the least compute, 1/4 (often the fastest) overlapped first, share 0 last.
+_SHARE_ORDER = (3, 2, 1, 0, 3)
 
 #: Bisection steps on the Lagrange multiplier of a time budget (each one solve of the recurrence).
 _LAGRANGE_STEPS = 12
@@ -756,8 +788,10 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     def joules(result):
         return result.compute * wc + result.transfer * wt
 
+    plain = {}
+
     def attempt(lam):  # lam: joules per unit of the model's time
-        ops, params = _dp_paging(model, budget, storage, levels, weights=(wc + lam, wt + lam))
+        ops, params = _dp_paging(model, budget, storage, levels, weights=(wc + lam, wt + lam), plain=plain)
         ops, result = measured(ops)
         return ops, params, result
 
@@ -788,23 +822,18 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
                      lagrange_w=None if lam is None else lam * per_second)
 
 
-def _cannot_beat(model, ops, storage, best, seen):
-    """Whether overlapping ``ops`` cannot give a step faster than ``best``'s (then skipped).
+def _cannot_beat(serial, rank, best):
+    """Whether overlapping a share's schedule cannot win against ``best`` (then skipped).
 
-    A schedule already overlapped (``seen``, by its ops) gives the same step
-    again; no overlap makes a step shorter than its compute or its transfers
-    (planner.timing), which the overlap pass does not change.
+    No overlap makes a step shorter than its compute or its transfers
+    (planner.timing), which the overlap pass does not change (``serial``:
+    the schedule replayed with serial transfers); a tie wins only for a
+    share earlier in :data:`_TRANSFER_SHARES` (``rank``).
     """
-    key = tuple(ops)
-    if key in seen:
-        return True
-    seen.add(key)
     if best is None:
         return False
-    from planner.simulate import simulate
-
-    serial = simulate(model, ops, storage=replace(storage, overlap=False))
-    return max(serial.compute, serial.transfer) >= best[1].step_time
+    lower = max(serial.compute, serial.transfer)
+    return lower > best[0] or (lower == best[0] and rank > best[1])
 
 
 def _energy_weights(model, storage, power_w):
@@ -819,11 +848,12 @@ def _energy_weights(model, storage, power_w):
     return power_w * per_second, (0.0 if storage is None else storage.transfer_power_w * per_second)
 
 
-def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0, 1.0)):
+def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0, 1.0), plain=None):
     """:func:`dp_paging` with transfers charged at ``transfer_share`` of their time.
 
     ``weights`` multiply compute and transfer times (joules per unit of time for
-    the objective energy).
+    the objective energy).  ``plain``: a dict that keeps ``dp``'s schedule for
+    the next call with the same model and budget (:func:`_maybe_plain_dp`).
     """
     n = len(model)
     f = np.array([float(l.forward) for l in model.layers]) * weights[0]
@@ -860,7 +890,7 @@ def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0,
         found, z, params = min(candidates, key=lambda x: x[0][0])
         params = dict(params, capacity_restricted=True)
     if params["grid"] in ("rounded", "least-peak") or found is None:
-        found = _maybe_plain_dp(model, budget, found, weights[0])
+        found = _maybe_plain_dp(model, budget, found, weights[0], {} if plain is None else plain)
     if found is None:
         if capacity is not None:
             least = _least_within(model, z, c, capacity)
@@ -877,25 +907,37 @@ def _infeasible(budget, least):
     )
 
 
-def _maybe_plain_dp(model, budget, found, weight):
+def _maybe_plain_dp(model, budget, found, weight, plain):
     """``found``, or ``dp``'s schedule when that is cheaper (rounded grids and the least-peak fallback).
 
-    ``dp``'s ops are measured by the simulator after :func:`planner.lowering.insert_frees`.
+    ``dp``'s ops are measured by the simulator after
+    :func:`planner.lowering.insert_frees`; ``plain`` keeps them (and their
+    result) for the next call with the same model and budget.
     """
+    if "dp" not in plain:
+        plain["dp"] = _plain_dp(model, budget)
+    if plain["dp"] is None:
+        return found
+    ops, result = plain["dp"]
+    if found is None or result.compute * weight < found[0]:
+        return result.compute * weight, result.peak_bytes - model.input_bytes, 0, ops
+    return found
+
+
+def _plain_dp(model, budget):
+    """``dp``'s schedule within ``budget`` and its simulation, or None."""
     from planner.simulate import simulate
     from planner.solvers.dp import dp  # its public function: the class without paging
 
     try:
         ops, _ = dp(model, budget=budget)
     except (InfeasibleError, NotApplicableError, TooLargeError):
-        return found
+        return None
     ops = insert_frees(model, ops)
     result = simulate(model, ops)
     if not result.valid or result.peak_bytes > budget:
-        return found
-    if found is None or result.compute * weight < found[0]:
-        return result.compute * weight, result.peak_bytes - model.input_bytes, 0, ops
-    return found
+        return None
+    return ops, result
 
 
 def _finish(model, tree, evaluated, params):
