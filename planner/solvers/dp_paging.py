@@ -254,7 +254,9 @@ class _Table:
         prev = np.concatenate(([0.0], np.asarray(c.out, dtype=float)[:-1]))
         self.pg_in = np.concatenate(([0.0], np.asarray(c.inn, dtype=float)[:-1]))
         self.pg_out = prev
-        self.S = np.full((3 if self.page_any else 2, n, n, width), np.inf)
+        # Only what the fill writes is ever read (rows s < n - k of diagonal k, the modes
+        # it fills): the rest is never touched, so never paged in.
+        self.S = np.empty((3 if self.page_any else 2, n, n, width))
         self._fill()
 
     def _pg_cost(self, s, mode):
@@ -269,18 +271,19 @@ class _Table:
         fb = c.f + c.b
         sub_mode = np.where(z.no, PINNED, RELEASED)
         pageable = np.array([z.can_page(s) for s in range(n)])
-        modes = range(S.shape[0])
-        # Where each mode is read: pinned by F_all's sub-problem after a layer whose
-        # backward reads its output, paged where a checkpoint can be paged.
-        needed = {RELEASED: np.ones(n, dtype=bool), PINNED: np.concatenate(([False], z.no[:-1])), PAGED: pageable}
+        # The modes read anywhere: pinned by F_all's sub-problem after a layer whose
+        # backward reads its output, paged where a checkpoint can be paged.  A mode is
+        # filled for every s (where it is not read, from the same formulas).
+        modes = [RELEASED] + ([PINNED] if z.no[:-1].any() else []) + ([PAGED] if self.page_any else [])
         ad, a_s, am = S.strides[1:]
         biggest = max(k * (n - k) for k in range(n)) * W
-        scratch = (np.empty(biggest), np.empty(biggest))  # reused: fresh arrays cost page faults
+        shift_buf, split_buf = np.empty(biggest), np.empty(n * W)  # reused: fresh arrays cost page faults
         for k, cls, reps in self.repeats:
             L = n - k
             # One row per class of equal segments; the others are copied from it.
             full = len(reps) == L
             s = np.arange(L) if full else reps
+            rows = slice(0, L) if full else reps  # s, as a view where it can be
             t = s + k
             if k > 0:
                 sub = S[sub_mode[s], k - 1, s + 1]  # Solve(s + 1, t) in F_all's sub mode, (R, W)
@@ -288,10 +291,8 @@ class _Table:
                 rights = as_strided(S[RELEASED, k - 1, 1:], (k, L, W), (a_s - ad, a_s, am))
                 if not full:
                     rights = rights[:, reps]
-                cells = k * len(s) * W
-                shifted = _shift_rows(rights, p[s], scratch[1][:cells].reshape(k, len(s), W))
-                work = scratch[0][:cells].reshape(k, len(s), W)
-                ck_allowed = _allowed(self.ckp[s, :k] + g[t][:, None], W)
+                shifted = _shift_rows(rights, p[s], shift_buf[: k * len(s) * W].reshape(k, len(s), W))
+                ck_thresholds = self.ckp[s, :k] + g[t][:, None]
                 base = fsum[t + 1] + fsum[s]  # both shifts, subtracted from a split's sum
                 shift = (fsum[t + 1] - base)[:, None]
                 if self.page_any:
@@ -301,34 +302,29 @@ class _Table:
                     pg_best = np.full((len(s), W), np.inf)
                     if len(pg_rows):
                         q = _rows(pg_rows, len(s))
-                        pg_allowed = _allowed(self.pgp[s[q], :k] + g[t[q]][:, None], W)
                         lefts = S[PAGED][:k, _rows(s[q], L)]
-                        pg_best[q] = _split_min(rights[:, q], lefts, work, pg_allowed) + shift[q]
+                        thresholds = self.pgp[s[q], :k] + g[t[q]][:, None]
+                        pg_best[q] = _split_min(rights[:, q], lefts, thresholds, split_buf) + shift[q]
             for mode in modes:
-                rows = np.flatnonzero(needed[mode][s])
-                if len(rows) == 0:
-                    continue
-                r = _rows(rows, len(s))
-                sr, pr = s[r], p[s][r]
-                h = pr if mode == PINNED else np.where(z.ni[sr], pr, 0)
-                need_f = pr + g[t][r] + o[sr] + sv[sr] + wf[sr]
-                need_b = h + sv[sr] + np.where(z.no[sr], o[sr], 0) + o[sr] + pr + wb[sr]
-                off = h + sv[sr]
+                h = p[s] if mode == PINNED else np.where(z.ni[s], p[s], 0)
+                need_f = p[s] + g[t] + o[s] + sv[s] + wf[s]
+                need_b = h + sv[s] + np.where(z.no[s], o[s], 0) + o[s] + p[s] + wb[s]
+                off = h + sv[s]
                 lo = np.maximum(np.maximum(need_f, need_b), off)
                 ok = cols[None, :] >= lo[:, None]
                 if k == 0:
-                    row = np.where(ok, (fb[sr] + fsum[t + 1][r])[:, None], np.inf)
+                    row = np.where(ok, (fb[s] + fsum[t + 1])[:, None], np.inf)
                 else:
                     idx = np.clip(cols[None, :] - off[:, None], 0, W - 1)
-                    row = np.where(ok, fb[sr][:, None] + np.take_along_axis(sub[r], idx, axis=1), np.inf)
-                    lefts = S[mode][:k, _rows(sr, L)]  # lefts[j, s] = Solve(s, s + j)
-                    best = _split_min(shifted[:, r], lefts, work, ck_allowed[r]) + shift[r]
+                    row = np.where(ok, fb[s][:, None] + np.take_along_axis(sub, idx, axis=1), np.inf)
+                    lefts = S[mode][:k, rows]  # lefts[j, s] = Solve(s, s + j)
+                    best = _split_min(shifted, lefts, ck_thresholds, split_buf) + shift
                     np.minimum(row, best, out=row)
                     if mode != PINNED and self.page_any:
-                        cost = (0.0 if mode == PAGED else self.pg_out[sr]) + self.pg_in[sr]
-                        best = pg_best[r] + np.broadcast_to(cost, (len(sr),))[:, None]
+                        cost = (0.0 if mode == PAGED else self.pg_out[s]) + self.pg_in[s]
+                        best = pg_best + np.broadcast_to(cost, (len(s),))[:, None]
                         np.minimum(row, best, out=row)
-                S[mode, k, sr] = row
+                S[mode, k, rows] = row
             if not full:
                 # C(s, t) of a copy is its class's C: only the stored fsum[t + 1] differs.
                 for mode in modes:
@@ -383,23 +379,16 @@ def _rows(rows, size):
 def _shift_rows(rights, p, out):
     """``rights[j, s, m - p[s]]`` (inf below ``p[s]``), into ``out``."""
     k, L, W = rights.shape
-    out.fill(np.inf)
     if (p == p[0]).all():
-        if p[0] < W:
-            out[:, :, p[0]:] = rights[:, :, : W - p[0]]
+        q = min(int(p[0]), W)
+        out[:, :, :q] = np.inf
+        out[:, :, q:] = rights[:, :, : W - q]
         return out
     for s in range(L):
-        q = int(p[s])
-        if q < W:
-            out[:, s, q:] = rights[:, s, : W - q]
+        q = min(int(p[s]), W)
+        out[:, s, :q] = np.inf
+        out[:, s, q:] = rights[:, s, : W - q]
     return out
-
-
-def _allowed(thresholds, W):
-    """``A[s, m]``: how many splits ``j`` have ``thresholds[s, j] <= m`` (nondecreasing in ``j``)."""
-    L, k = thresholds.shape
-    flat = (np.arange(L)[:, None] * (W + 1) + np.minimum(thresholds, W)).ravel()
-    return np.bincount(flat, minlength=L * (W + 1)).reshape(L, W + 1)[:, :W].cumsum(axis=1)
 
 
 def _layer_ids(z, c):
@@ -439,23 +428,30 @@ def _repeats(ids, n):
     return out
 
 
-def _split_min(a, b, work, allowed):
-    """``min over j < allowed[s, m] of a[j, s, m] + b[j, s, m]`` (inf where none).
+def _split_min(a, b, thresholds, buf):
+    """``min over j with thresholds[s, j] <= m of a[j, s, m] + b[j, s, m]`` (inf where none).
 
-    A running minimum over the splits ``j`` in ``work`` (a reused buffer), one
-    split at a time so that each step stays in cache.
+    A running minimum over the splits ``j``, one split at a time so that each
+    step stays in cache (``buf``: a reused buffer); a split's sums below its
+    thresholds (small next to the memory axis: the forward peaks of a split)
+    are set to inf first.
     """
-    v = work[:, : a.shape[1]]
-    if v[0].size <= _SMALL:  # few segments (repeated layers): one call each, not one per split
-        np.add(a, b, out=v)
-        np.minimum.accumulate(v, axis=0, out=v)
-    else:
-        np.add(a[0], b[0], out=v[0])
-        for j in range(1, len(a)):
-            np.add(a[j], b[j], out=v[j])
-            np.minimum(v[j - 1], v[j], out=v[j])
-    best = np.take_along_axis(v, np.maximum(allowed - 1, 0)[None, :, :], axis=0)[0]
-    best[allowed == 0] = np.inf
+    k, R, W = a.shape
+    best = np.empty((R, W))
+    if best.size <= _SMALL:  # few segments (repeated layers): one call, not one per split
+        x = a + b
+        x[np.arange(W) < thresholds.T[:, :, None]] = np.inf
+        return np.min(x, axis=0, out=best)
+    cols = np.arange(W)
+    tops = np.minimum(thresholds.max(axis=0), W)
+    x = buf[: best.size].reshape(R, W)
+    for j in range(k):
+        v = best if j == 0 else x
+        np.add(a[j], b[j], out=v)
+        if tops[j]:
+            np.copyto(v[:, : tops[j]], np.inf, where=cols[: tops[j]] < thresholds[:, j, None])
+        if j:
+            np.minimum(best, x, out=best)
     return best
 
 
