@@ -70,8 +70,8 @@ _MAX_TABLE_BYTES = 1.5e9
 _MIN_LEVELS = 64
 #: Relative slack of :meth:`_Table._choice` (sums of the same terms in another order).
 _TIE = 1e-12
-#: Below this many cells per split, :func:`_split_min` takes all splits in one call.
-_SMALL = 4096
+#: About how many sums :func:`_split_min` takes in one call.
+_CHUNK = 32768
 _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
@@ -277,7 +277,7 @@ class _Table:
         modes = [RELEASED] + ([PINNED] if z.no[:-1].any() else []) + ([PAGED] if self.page_any else [])
         ad, a_s, am = S.strides[1:]
         biggest = max(k * (n - k) for k in range(n)) * W
-        shift_buf, split_buf = np.empty(biggest), np.empty(n * W)  # reused: fresh arrays cost page faults
+        shift_buf, split_buf = np.empty(biggest), np.empty(max(n * W, _CHUNK))  # reused: fresh arrays cost page faults
         for k, cls, reps in self.repeats:
             L = n - k
             # One row per class of equal segments; the others are copied from it.
@@ -291,8 +291,9 @@ class _Table:
                 rights = as_strided(S[RELEASED, k - 1, 1:], (k, L, W), (a_s - ad, a_s, am))
                 if not full:
                     rights = rights[:, reps]
+                # shifted[j, s, m] = rights[j, s, m - p[s]], inf below F_ck's thresholds (above p[s])
                 shifted = _shift_rows(rights, p[s], shift_buf[: k * len(s) * W].reshape(k, len(s), W))
-                ck_thresholds = self.ckp[s, :k] + g[t][:, None]
+                _poison(shifted, (self.ckp[s, :k] + g[t][:, None]).T)
                 base = fsum[t + 1] + fsum[s]  # both shifts, subtracted from a split's sum
                 shift = (fsum[t + 1] - base)[:, None]
                 if self.page_any:
@@ -304,7 +305,7 @@ class _Table:
                         q = _rows(pg_rows, len(s))
                         lefts = S[PAGED][:k, _rows(s[q], L)]
                         thresholds = self.pgp[s[q], :k] + g[t[q]][:, None]
-                        pg_best[q] = _split_min(rights[:, q], lefts, thresholds, split_buf) + shift[q]
+                        pg_best[q] = _split_min(rights[:, q], lefts, split_buf, thresholds) + shift[q]
             for mode in modes:
                 h = p[s] if mode == PINNED else np.where(z.ni[s], p[s], 0)
                 need_f = p[s] + g[t] + o[s] + sv[s] + wf[s]
@@ -318,7 +319,7 @@ class _Table:
                     idx = np.clip(cols[None, :] - off[:, None], 0, W - 1)
                     row = np.where(ok, fb[s][:, None] + np.take_along_axis(sub, idx, axis=1), np.inf)
                     lefts = S[mode][:k, rows]  # lefts[j, s] = Solve(s, s + j)
-                    best = _split_min(shifted, lefts, ck_thresholds, split_buf) + shift
+                    best = _split_min(shifted, lefts, split_buf) + shift
                     np.minimum(row, best, out=row)
                     if mode != PINNED and self.page_any:
                         cost = (0.0 if mode == PAGED else self.pg_out[s]) + self.pg_in[s]
@@ -377,16 +378,14 @@ def _rows(rows, size):
 
 
 def _shift_rows(rights, p, out):
-    """``rights[j, s, m - p[s]]`` (inf below ``p[s]``), into ``out``."""
+    """``rights[j, s, m - p[s]]`` into ``out`` (below ``p[s]`` left as it was: :func:`_poison` sets it)."""
     k, L, W = rights.shape
     if (p == p[0]).all():
         q = min(int(p[0]), W)
-        out[:, :, :q] = np.inf
         out[:, :, q:] = rights[:, :, : W - q]
         return out
     for s in range(L):
         q = min(int(p[s]), W)
-        out[:, s, :q] = np.inf
         out[:, s, q:] = rights[:, s, : W - q]
     return out
 
@@ -428,31 +427,35 @@ def _repeats(ids, n):
     return out
 
 
-def _split_min(a, b, thresholds, buf):
-    """``min over j with thresholds[s, j] <= m of a[j, s, m] + b[j, s, m]`` (inf where none).
+def _split_min(a, b, buf, thresholds=None):
+    """``min over j of a[j, s, m] + b[j, s, m]``, only where ``thresholds[s, j] <= m`` if given (inf where none).
 
-    A running minimum over the splits ``j``, one split at a time so that each
-    step stays in cache (``buf``: a reused buffer); a split's sums below its
-    thresholds (small next to the memory axis: the forward peaks of a split)
-    are set to inf first.
+    A running minimum over the splits ``j``, a few at a time (about
+    :data:`_CHUNK` sums, so that each step stays in cache; ``buf``: a reused
+    buffer); a split's sums below its thresholds are set to inf first.
     """
     k, R, W = a.shape
     best = np.empty((R, W))
-    if best.size <= _SMALL:  # few segments (repeated layers): one call, not one per split
-        x = a + b
-        x[np.arange(W) < thresholds.T[:, :, None]] = np.inf
-        return np.min(x, axis=0, out=best)
-    cols = np.arange(W)
-    tops = np.minimum(thresholds.max(axis=0), W)
-    x = buf[: best.size].reshape(R, W)
-    for j in range(k):
-        v = best if j == 0 else x
-        np.add(a[j], b[j], out=v)
-        if tops[j]:
-            np.copyto(v[:, : tops[j]], np.inf, where=cols[: tops[j]] < thresholds[:, j, None])
-        if j:
-            np.minimum(best, x, out=best)
+    step = max(1, _CHUNK // best.size)
+    for j in range(0, k, step):
+        c = min(step, k - j)
+        x = buf[: c * best.size].reshape(c, R, W)
+        np.add(a[j : j + c], b[j : j + c], out=x)
+        if thresholds is not None:
+            _poison(x, thresholds[:, j : j + c].T)
+        if j == 0:
+            np.min(x, axis=0, out=best)
+        else:
+            np.minimum(best, x[0] if c == 1 else np.min(x, axis=0), out=best)
     return best
+
+
+def _poison(x, thresholds):
+    """``x[j, s, m] = inf`` for ``m < thresholds[j, s]``, in place."""
+    W = x.shape[2]
+    top = min(int(thresholds.max()), W)
+    if top:
+        np.copyto(x[:, :, :top], np.inf, where=np.arange(top) < thresholds[:, :, None])
 
 
 # --------------------------------------------------------------------------
