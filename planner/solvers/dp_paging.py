@@ -235,7 +235,8 @@ class _Table:
     filled for every ``s``: a mode that does not differ for ``s``
     (:meth:`_Chain.modes`) gets the released mode's values from the same
     formulas.  Choices are not stored: :meth:`_choice` recomputes the options
-    of one cell with the same arithmetic.
+    of one cell with the same arithmetic.  What the fill never writes (rows
+    ``s >= n - k`` of diagonal ``k``, modes read nowhere) is never read.
     """
 
     def __init__(self, z, c, width, repeats=None):
@@ -379,7 +380,7 @@ def _rows(rows, size):
 
 def _shift_rows(rights, p, out):
     """``rights[j, s, m - p[s]]`` into ``out`` (below ``p[s]`` left as it was: :func:`_poison` sets it)."""
-    k, L, W = rights.shape
+    _, L, W = rights.shape
     if (p == p[0]).all():
         q = min(int(p[0]), W)
         out[:, :, q:] = rights[:, :, : W - q]
@@ -658,14 +659,16 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
     memory.  Segments whose layers ``s - 1..t`` equal another's one by one
     (repeated layers: a uniform chain, repeated blocks) are solved once per
     diagonal and copied, so a chain of equal layers takes O(n^2 x levels).
-    With transfers beside compute, four tables (the transfer shares) and the
-    overlap pass for each distinct schedule that could still beat the best.
-    CPU seconds on a uniform chain with the ``rpi4-4gb-sd`` storage at 30-50%
-    of store-all (exact grid), transfers beside compute: 0.27-0.38 s on 100
-    layers, 2.2-2.7 s on 300 (serial: 0.04-0.06 s and 0.5-0.9 s; before
-    these changes 2.7-4.1 s and 25-28 s), 2026-12-08 on a shared 2-core x86;
-    a 100-layer random chain (500 rounded levels, no repeated layers) about
-    1.8 s serial.
+    With transfers beside compute, up to four tables (the transfer shares,
+    :func:`_fastest`: share 0 first, none more once a step as short as its
+    compute is found) and the overlap pass for each distinct schedule that
+    could still beat the best.  CPU seconds with the ``rpi4-4gb-sd`` storage
+    at 30-50% of store-all, transfers beside compute (serial in brackets),
+    2026-12-08 on a shared 2-core x86 (``bench_paging.py --timing``): uniform
+    chains (exact grid) 0.14-0.19 s on 100 layers, 0.7-1.3 s on 300
+    (0.02-0.03 s, 0.17-0.24 s); random chains (rounded grid, no repeated
+    layers) 2.7-2.9 s on 100 layers at 500 levels (1.2 s), 8.6-9.3 s on 300
+    at 62 levels (4.8-5.3 s).
 
     References
     ----------
