@@ -703,7 +703,8 @@ def _fastest(model, budget, storage, levels):
     compute (planner.timing), so once a step that short is found no other
     share can beat it and none is planned (one could only tie, and would
     have been kept if earlier: the step is the same, the schedule may be
-    another).  The shares are tried in :data:`_SHARE_ORDER`; a share's
+    another); not with a storage capacity, met by each share with its own
+    restricted class.  The shares are tried in :data:`_SHARE_ORDER`; a share's
     schedule is overlapped only if it can still win (:func:`_cannot_beat`).
     """
     from planner.simulate import simulate
@@ -713,10 +714,12 @@ def _fastest(model, budget, storage, levels):
     serial_storage = replace(storage, overlap=False)
     plain = {}  # dp's own schedule, the same for every share
     least = None  # compute of share 0's schedule: the least of the class (within rounding)
+    # ... of every share's class unless a storage capacity restricts some (each its own way)
+    bounded = getattr(storage, "bytes", None) is None
     best, done = None, {}  # best: (step, rank, ops, result, params); done: ops -> overlapped
     planned = {}
     for rank in _SHARE_ORDER:
-        if best is not None and best[0] <= least * (1 + _TIE):
+        if best is not None and bounded and best[0] <= least * (1 + _TIE):
             break  # no share's step is below the least compute
         share = _TRANSFER_SHARES[rank]
         if rank not in planned:
