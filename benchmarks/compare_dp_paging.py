@@ -7,7 +7,8 @@ Usage::
 Runs ``dp_paging`` of the revision ``--before`` (extracted with ``git archive``
 into a temporary folder) and of this working tree, each in its own process,
 on random chains (``planner.synthetic.random_chain``, 6 to 40 layers, times in
-ms) with random storages (``tests/paging_setup.random_storage``), transfers
+ms; every fifth a uniform chain, ``uniform_chain``, whose equal segments the
+table solves once) with random storages (``tests/paging_setup.random_storage``), transfers
 beside compute and serial, at 20%, 35%, 50%, 70% and 90% of store-all.  For
 each case it records the ops, the step's time on the storage's timeline and
 the peak, and reports the cases whose ops differ, split into those with the
@@ -46,7 +47,7 @@ def run_one(n_chains):
     from planner.model import model_from_dict
     from planner.simulate import simulate
     from planner.solvers.dp_paging import dp_paging
-    from planner.synthetic import random_chain
+    from planner.synthetic import random_chain, uniform_chain
 
     def timed(model):
         doc = model.to_dict()
@@ -60,7 +61,7 @@ def run_one(n_chains):
     models = {}
     for seed, n, overlap, frac in cases(n_chains):
         if seed not in models:
-            m = timed(random_chain(n, seed))
+            m = timed(uniform_chain(n) if seed % 5 == 4 else random_chain(n, seed))
             models[seed] = (m, simulate(m, insert_frees(m, store_all_ops(m))).peak_bytes)
         model, top = models[seed]
         storage = dataclasses.replace(random_storage(seed), overlap=overlap)
