@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from planner import solvers
 from planner.errors import InfeasibleError
 from planner.lowering import insert_frees
-from planner.model import MODEL_FORMAT, load_model, model_from_dict
+from planner.model import MODEL_FORMAT, model_from_dict
 from planner.schedule import OpKind, backward, forward
 from planner.simulate import simulate
 from planner.solvers.milp import _blocks, _Formulation, _least_peak, _solve, _stage_count, milp
 from planner.synthetic import random_chain, random_dag, transformer_dag, uniform_chain
-from tests.conftest import DATA, fork_document
+from tests.conftest import fork_document
 from tests.exhaustive import optimal_schedule
 from tests.reference import replay_solution
 from tests.strategies import dags, examples, with_heavy_sink
@@ -106,7 +106,6 @@ def _schedule_in_space(draw, model):
     its backward, so it can never be recomputed (SPEC section 3).
     """
     n = len(model)
-    layers = model.layers
     holders = model.tables.holders  # whose saved data holds each output
     saved = [False] * n
     done = [False] * n
