@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_paging.py [--devices rpi4-4gb-sd jetson-tx2-8gb] [--no-write]
+    python benchmarks/bench_paging.py --timing [--before a71d8bc] [--no-write]
 
 For each model (the example models in examples/, and the measured chains in
 ../shared/models) and each device preset's storage, at budgets of 10%, 20%,
@@ -32,10 +33,12 @@ energy``) and milp-paging side by side: peak, step time and joules.  It replaces
 "## Paging on the device's own speed" of docs/benchmarks.md.
 
 ``--timing`` measures instead how long ``dp-paging`` takes (CPU seconds, one
-thread): uniform chains (``planner.synthetic.uniform_chain``, in ms) of 100,
-200 and 300 layers and a random chain of 100, with ``rpi4-4gb-sd``'s storage
-(transfers beside compute, as the preset has them, and serial), at 30% and
-50% of store-all.  It replaces the section "## dp-paging solve time".
+thread, in a process of its own): uniform chains (``planner.synthetic.uniform_chain``,
+in ms) of 100, 200 and 300 layers and random chains (``random_chain(n, 5)``) of
+100 and 300, with ``rpi4-4gb-sd``'s storage (transfers beside compute, as the
+preset has them, and serial), at 30% and 50% of store-all; ``--before REV``
+times the git revision REV too (before -> after, and whether the step's time
+changed).  It replaces the section "## dp-paging solve time".
 """
 
 import argparse
@@ -44,7 +47,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# --timing-cells TREE times the planner of another tree (a revision that --timing --before extracted)
+sys.path.insert(0, sys.argv[sys.argv.index("--timing-cells") + 1] if "--timing-cells" in sys.argv else str(ROOT))
 
 from _docs import stamp, write_section  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -250,11 +254,13 @@ def device_speed(args):
 
 
 TIMING_SECTION = "## dp-paging solve time"
+TIMING_CHAINS = (("uniform", 100), ("uniform", 200), ("uniform", 300), ("random", 100), ("random", 300))
 
 
-def timing(args):
-    """dp-paging's CPU seconds on uniform and random chains with the Pi's storage (``--timing``)."""
+def timing_cells():
+    """dp-paging's CPU seconds per chain, storage and budget, as JSON on stdout (``--timing-cells``)."""
     import dataclasses
+    import json
     import time
 
     from planner.synthetic import random_chain, uniform_chain
@@ -264,29 +270,78 @@ def timing(args):
         doc["time_unit"] = "ms"
         return model_from_dict(doc)
 
-    chains = [(f"uniform, {n} layers", timed(uniform_chain(n))) for n in (100, 200, 300)]
-    chains.append(("random (seed 5), 100 layers", timed(random_chain(100, 5))))
     preset = PRESETS["rpi4-4gb-sd"].storage
-    rows = []
-    for label, model in chains:
+    cells = []
+    for kind, n in TIMING_CHAINS:
+        model = timed(uniform_chain(n) if kind == "uniform" else random_chain(n, 5))
         top = store_all_peak(model)
-        cells = [label]
         for overlap in (True, False):
             storage = dataclasses.replace(preset, overlap=overlap)
             for frac in (0.3, 0.5):
                 start = time.process_time()
-                _, params = dp_paging(model, budget=int(top * frac), storage=storage)
+                ops, params = dp_paging(model, budget=int(top * frac), storage=storage)
                 seconds = time.process_time() - start
-                cells.append(f"{seconds:.2f} ({params['grid']}, {params['levels']})")
-        rows.append("| " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
+                step = simulate(model, ops, storage=storage).step_time
+                cells.append([kind, n, overlap, frac, seconds, params["grid"], params["levels"], step])
+                print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
+    print(json.dumps(cells))
+
+
+def timing_run(root):
+    """:func:`timing_cells` of the planner in ``root``, in a process of its own on one thread."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--timing-cells", str(root)], cwd=root, env=env,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def timing(args):
+    """dp-paging's CPU seconds on uniform and random chains with the Pi's storage (``--timing``).
+
+    With ``--before REV``, the revision ``REV`` (extracted by ``git archive``)
+    is timed first, in a process of its own, and each cell reads ``before ->
+    after``, with the step's time (``-``: the same in both).
+    """
+    import subprocess
+    import tempfile
+
+    before = None
+    if args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+            before = timing_run(Path(tmp))
+    after = timing_run(ROOT)
+    rows, steps = {}, []
+    for k, cell in enumerate(after):
+        kind, n, overlap, frac, seconds, grid, levels, step = cell
+        text = f"{seconds:.2f} ({grid}, {levels})"
+        if before is not None:
+            b = before[k]
+            text = f"{b[4]:.2f} ({b[5]}, {b[6]}) -> {text}"
+            if abs(b[7] - step) > 1e-9 * abs(b[7]):
+                steps.append(f"{kind} {n} layers, {'copy engine' if overlap else 'serial'}, {int(100 * frac)}%: "
+                             f"step {b[7]:.3f} -> {step:.3f} ms")
+        rows.setdefault((kind, n), []).append(text)
+    lines = [f"| {kind} {'(seed 5), ' if kind == 'random' else ''}{n} layers | " + " | ".join(cells) + " |"
+             for (kind, n), cells in rows.items()]
+    print("\n".join(lines))
+    compared = (f"; each cell `{args.before}` -> this revision, each timed in a process of its own" if args.before
+                else "")
     text = (
-        f"Run {stamp()} with `python benchmarks/bench_paging.py --timing` on {platform.machine()} "
-        f"(Python {platform.python_version()}, one thread, a machine shared with other jobs): CPU seconds "
-        "of `dp_paging` with rpi4-4gb-sd's storage at 30% and 50% of store-all, and in brackets its grid "
-        "and levels. Targets (issue 21): at most 0.5 s on 100 layers, 5 s on 300.\n\n"
+        f"Run {stamp()} with `python benchmarks/bench_paging.py --timing"
+        + (f" --before {args.before}" if args.before else "")
+        + f"` on {platform.machine()} (Python {platform.python_version()}, one thread, a machine shared with "
+        "other jobs): CPU seconds of `dp_paging` with rpi4-4gb-sd's storage at 30% and 50% of store-all, and in "
+        f"brackets its grid and levels{compared}. Targets (issue 21): at most 0.5 s on 100 layers, 5 s on 300.\n\n"
         "| chain | copy engine, 30% | copy engine, 50% | serial, 30% | serial, 50% |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
+        + "\n".join(lines)
+        + ("" if before is None else "\n\nThe step's time (simulator, the storage's timeline) is the same before "
+           "and after in every cell" + (" but: " + "; ".join(steps) if steps else "") + ".")
     )
     if not args.no_write:
         write_section(TIMING_SECTION, text, DOC)
@@ -300,10 +355,14 @@ def main(argv=None):
     parser.add_argument("--devices", nargs="+", default=["rpi4-4gb-sd", "jetson-tx2-8gb"])
     parser.add_argument("--no-slowdown", dest="slowdown", action="store_false", help="skip the slowdown what-if")
     parser.add_argument("--timing", action="store_true", help="dp-paging's solve time on 100-300 layer chains")
+    parser.add_argument("--before", metavar="REV", help="with --timing: also time this git revision, before -> after")
+    parser.add_argument("--timing-cells", metavar="TREE", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.device_speed:
         return device_speed(args)
+    if args.timing_cells:
+        return timing_cells()
     if args.timing:
         return timing(args)
     lines, notes, summary, sens = [], [], [], []

@@ -29,6 +29,8 @@ at 50% of store-all's peak, as the median over the rounds of its ratio to the
 plain step of the same round (single-threaded, the methods in turn).  With
 ``--against REV`` the executor of git revision REV runs the same schedules
 in the same rounds (its ``planner/torch/executor.py`` loaded beside this one).
+These steps are timed in the thread's CPU time (``time.thread_time``): on a
+shared machine, wall time also counts the turns of other processes.
 
 Run: ``python benchmarks/bench_runtime.py [--rounds N] [--quick] [--no-write]``
 or ``python benchmarks/bench_runtime.py --overhead [--against REV] [--rounds N] [--no-write]``.
@@ -245,9 +247,9 @@ def _rounds(methods, rounds):
     times = {k: [] for k in methods}
     for _ in range(rounds):
         for k, fn in methods.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()  # CPU time: on a shared machine, wall time counts other processes' turns
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(time.thread_time() - t0)
     return times
 
 
@@ -310,7 +312,7 @@ def main(argv=None):
             f"`python benchmarks/bench_runtime.py --overhead{' --against ' + args.against if args.against else ''}` "
             f"({_docs.stamp()}, torch {torch.__version__}, {platform.machine()} CPU, one thread, a shared 2-core box). "
             "A step is a forward and a backward (no loss, no optimizer). Each figure is the median over "
-            f"{args.rounds} rounds of the step's time over the plain step's of the same round, the methods "
+            f"{args.rounds} rounds of the step's time (the thread's CPU time) over the plain step's of the same round, the methods "
             "timed in turn in each round; predicted is 1 + the schedule's overhead (the stage times that "
             "`edgeplan profile` measured; backwards less the backward() call's own cost). 50% is `auto`'s schedule at half of "
             "store-all's peak. Gap per op: the measured time above the predicted, over the schedule's ops (what "

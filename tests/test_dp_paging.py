@@ -261,3 +261,28 @@ def test_at_the_least_peak_dp_paging_is_never_worse_than_dp():
     plain = simulate(model, insert_frees(model, dp(model, budget=budget)[0]))
     assert paged.valid and paged.peak_bytes <= budget
     assert paged.step_time <= plain.step_time * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 32768])
+def test_split_min_is_the_least_allowed_sum(monkeypatch, chunk):
+    """The table's inner step (planner.solvers.dp_paging._split_min), one split a call and a few at a
+    time: the least ``a + b`` over the splits whose threshold is at most the level, inf where none."""
+    import numpy as np
+
+    from planner.solvers import dp_paging as module
+
+    monkeypatch.setattr(module, "_CHUNK", chunk)
+    rng = np.random.default_rng(0)
+    for k, R, W in ((1, 3, 5), (4, 2, 7), (9, 6, 40)):
+        a, b = rng.uniform(0, 10, (k, R, W)), rng.uniform(0, 10, (k, R, W))
+        a[rng.random(a.shape) < 0.2] = np.inf
+        thresholds = np.sort(rng.integers(0, W + 3, (R, k)), axis=1)
+        want = np.full((R, W), np.inf)
+        for j in range(k):
+            for s in range(R):
+                for m in range(thresholds[s, j], W):
+                    want[s, m] = min(want[s, m], a[j, s, m] + b[j, s, m])
+        buf = np.empty(max(R * W, chunk) * k)
+        assert np.array_equal(module._split_min(a, b, buf, thresholds), want)
+        plain = np.min(a + b, axis=0)
+        assert np.array_equal(module._split_min(a, b, buf), plain)

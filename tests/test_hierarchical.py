@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from planner.errors import InfeasibleError
 from planner.holding import HOLD_MIN_LAYERS, held_view
 from planner.lowering import insert_frees, splitting_vertices
+from planner.model import load_model
 from planner.simulate import simulate
 from planner.solvers import applicable, run_all, solve, solving_model
-from planner.solvers.blocks import _Plan, hierarchical, model_blocks
+from planner.solvers.blocks import MILP_BLOCK_SECONDS, _Plan, hierarchical, model_blocks
 from planner.synthetic import random_chain, transformer_dag
+from tests.conftest import DATA
 from tests.exhaustive import block_class
 from tests.strategies import block_dags, budgets, examples, store_all_peak
 from tests.test_properties import check_solution, check_strategy
@@ -128,6 +130,19 @@ def test_least_memory_does_not_depend_on_the_budget():
     with pytest.raises(InfeasibleError) as below:
         hierarchical(model, budget=least - 1)
     assert below.value.least_bytes == least
+
+
+@pytest.mark.parametrize("name", ["llama-hf-ops", "gpt2-hf-ops"])
+def test_the_plans_do_not_depend_on_how_busy_the_machine_is(name, monkeypatch):
+    """milp's menu options stop on HiGHS' work (nodes), not on the clock: a machine 6x busier
+    (the same work against a 6x shorter time cap) gives the same plans at 50% and 70% of store-all."""
+    model = load_model(DATA / "models" / f"{name}.json")
+    top = store_all_peak(model)
+    sizes = [int(top * fraction) for fraction in (0.5, 0.7)]
+    quiet = [solve(model, budget, "hierarchical").ops for budget in sizes]
+    monkeypatch.setattr("planner.solvers.blocks.MILP_BLOCK_SECONDS", MILP_BLOCK_SECONDS / 6)
+    busy = [solve(model, budget, "hierarchical").ops for budget in sizes]
+    assert busy == quiet
 
 
 # ---- held small tensors -------------------------------------------------------------------------

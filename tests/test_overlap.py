@@ -68,3 +68,32 @@ def test_the_objective_energy_never_costs_more_joules_than_dp_or_the_fastest_pla
             assert r.valid and r.peak_bytes <= budget
             joules[name] = step_energy(device, r.compute, r.transfer)
         assert joules["energy"] <= min(joules["dp"], joules["time"]) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("capacity", [False, True])
+@pytest.mark.parametrize("seed", range(5))
+def test_dp_paging_finds_the_fastest_share_without_planning_every_one(seed, capacity):
+    """dp-paging stops planning shares once a step as short as the least compute is found: its step
+    is still the fastest of the four shares' overlapped schedules (the first share's on ties, as
+    when every share is planned, unless the early stop left a tying earlier share unplanned).  With
+    a storage capacity, met by each share in its own restricted class, every share is planned."""
+    from planner.solvers.dp_paging import _TRANSFER_SHARES
+
+    model = timed(random_chain(8 + seed, seed))
+    cap = 2 * max(layer.output_bytes for layer in model.layers) if capacity else None
+    storage = dataclasses.replace(random_storage(seed, capacity=cap), overlap=True)
+    top = simulate(model, dp_paging(model, budget=None)[0]).peak_bytes
+    for frac in (0.4, 0.6, 0.8):
+        budget = int(top * frac)
+        try:
+            planned = [_dp_paging(model, budget, storage, 500, share)[0] for share in _TRANSFER_SHARES]
+        except InfeasibleError:
+            continue
+        steps = [overlap(model, ops, storage, budget)[1].step_time for ops in planned]
+        ops, params = dp_paging(model, budget=budget, storage=storage)
+        result = simulate(model, ops, storage=storage)
+        assert result.valid and result.peak_bytes <= budget
+        assert result.step_time == pytest.approx(min(steps), rel=1e-12)
+        least = simulate(model, planned[-1], storage=storage).compute  # share 0's: the least compute
+        first = _TRANSFER_SHARES[steps.index(min(steps))]
+        assert params["transfer_share"] == first or (not capacity and result.step_time <= least * (1 + 1e-12))

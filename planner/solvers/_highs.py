@@ -1,5 +1,5 @@
-"""What ``milp`` and ``milp-paging`` share about HiGHS: the time limit, one call with a start,
-and the search for a decoded schedule that really fits the budget.
+"""What ``milp`` and ``milp-paging`` share about HiGHS: the time and node limits, one call with a
+start, and the search for a decoded schedule that really fits the budget.
 
 Not a strategy (the registry lists none here): the two programs differ, the
 way they are handed to ``scipy.optimize.milp`` and their answers checked does not.
@@ -30,7 +30,7 @@ class Status(enum.IntEnum):
     LIMIT = 1  # iteration or time limit reached
     INFEASIBLE = 2
     UNBOUNDED = 3
-    OTHER = 4
+    OTHER = 4  # also HiGHS' node limit (its "solution limit", status 16), with the best solution found
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,16 @@ def run_highs(form, cost, lb, ub, options, start=None, *, prefix):
             os.unlink(path)
 
 
-def solve_capped(form, cost, peak_col, *, cap, time_limit, start=None, prefix):
+def solve_capped(form, cost, peak_col, *, cap, time_limit, start=None, node_limit=None, prefix):
     """HiGHS on ``form``: the least ``cost`` with the peak column fixed at ``cap`` units,
     or, with ``cap=None``, the least peak (proven to the unit: the peak is an integer).
 
     ``form`` has ``lb``, ``ub`` and the rows :func:`run_highs` reads; ``start``
     (variable values) is the first incumbent, its peak set to ``cap``.
+    ``node_limit`` (None: none) bounds HiGHS' branch-and-bound nodes (the root
+    is node 1): HiGHS then stops on its own work, not on the clock, with the
+    best solution it found (``Status.OTHER`` unless proven), the same answer
+    on a quiet or a busy machine; ``time_limit`` stays a cap.
     """
     import numpy as np
 
@@ -128,25 +132,27 @@ def solve_capped(form, cost, peak_col, *, cap, time_limit, start=None, prefix):
         "mip_rel_gap": gap,
         "presolve": len(form.lb) <= PRESOLVE_MAX_VARS,
     }
+    if node_limit is not None:
+        options["node_limit"] = node_limit
     if start is not None and cap is not None:
         start = start.copy()
         start[peak_col] = cap
     return run_highs(form, cost, lb, ub, options, start, prefix=prefix)
 
 
-def timed_solve(form, deadline, *, margin, cap, start=None):
+def timed_solve(form, deadline, *, margin, cap, start=None, node_limit=None):
     """``form.solve`` at ``cap`` with the time left before ``deadline`` (None when none is left).
 
     ``margin`` seconds are kept back: HiGHS overruns its limit a little (it
-    checks the clock between steps).
+    checks the clock between steps).  ``node_limit`` as :func:`solve_capped`.
     """
     left = deadline - time.perf_counter()
     if left <= 0.05:
         return None
-    return form.solve(cap=cap, time_limit=0.95 * left - margin, start=start)
+    return form.solve(cap=cap, time_limit=0.95 * left - margin, start=start, node_limit=node_limit)
 
 
-def fit_budget(form, *, budget, starts, deadline, margin, measure):
+def fit_budget(form, *, budget, starts, deadline, margin, measure, node_limit=None):
     """HiGHS on ``form`` at ``budget`` bytes until a decoded schedule really fits.
 
     Parameters
@@ -162,6 +168,8 @@ def fit_budget(form, *, budget, starts, deadline, margin, measure):
         starting incumbent.
     deadline, margin : float
         As :func:`timed_solve`.
+    node_limit : int or None
+        As :func:`solve_capped`, for each HiGHS run.
     measure : callable
         ``measure(x)``: ``(ops, result)``, the schedule of a solution and its
         simulation (valid, else a RuntimeError: a formulation bug).
@@ -184,7 +192,7 @@ def fit_budget(form, *, budget, starts, deadline, margin, measure):
             start, name = x, offered
             break
     while True:
-        res = timed_solve(form, deadline, margin=margin, cap=cap, start=start)
+        res = timed_solve(form, deadline, margin=margin, cap=cap, start=start, node_limit=node_limit)
         if res is None:
             return Fit(start=name)
         if res.x is None:

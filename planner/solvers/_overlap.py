@@ -48,7 +48,8 @@ def overlap(model, ops, storage, budget):
     -----
     Greedy, one op at a time in schedule order, each placed where the step's
     time is least (the nearest such place on ties); every try is one replay,
-    so O(paging ops x reach x ops).
+    so O(paging ops x reach x ops).  Once the step takes no longer than its
+    compute, no move can gain and the pass stops (:func:`_hidden`).
     """
     ops = list(ops)
     best = simulate(model, ops, storage=storage)
@@ -57,7 +58,7 @@ def overlap(model, ops, storage, budget):
     limit = float("inf") if budget is None else budget
     paged_out = set()
     i = 0
-    while i < len(ops):
+    while i < len(ops) and not _hidden(best, len(ops)):
         op = ops[i]
         if op.kind is OpKind.PAGEOUT:
             paged_out.add(op.layer)
@@ -90,4 +91,18 @@ def _move(model, ops, best, i, step, storage, limit):
             break
         if result.step_time < chosen[1].step_time * (1 - 1e-12):
             chosen = (trial, result, q)
+            if _hidden(result, len(trial)):
+                break
     return chosen
+
+
+def _hidden(result, n_ops):
+    """Whether no move can make ``result``'s step faster: it takes no longer than its compute.
+
+    No step is shorter than its compute (planner.timing), which moving a
+    transfer or a free does not change; the step's time is summed op by op,
+    so it may fall below the exact sum ``compute`` by ``n_ops`` roundings,
+    which the margin covers, and a move is kept only if it gains a relative
+    1e-12.
+    """
+    return result.step_time * (1 - 1e-12) <= result.compute * (1 - 2.3e-16 * n_ops)

@@ -283,13 +283,14 @@ class StageProgram:
 
     # ---- HiGHS and variable values -----------------------------------------------------------
 
-    def solve(self, *, cap, time_limit, start=None):
+    def solve(self, *, cap, time_limit, start=None, node_limit=None):
         """HiGHS: the least cost under ``cap`` units, or with ``cap=None`` the least peak.
 
-        ``start`` (variable values from ``encode``) is HiGHS' first incumbent.
+        ``start`` (variable values from ``encode``) is HiGHS' first incumbent;
+        ``node_limit`` as :func:`planner.solvers._highs.solve_capped`.
         """
         return solve_capped(self, self.cost, self.peak_col, cap=cap, time_limit=time_limit, start=start,
-                            prefix=self.prefix)
+                            node_limit=node_limit, prefix=self.prefix)
 
     def forward_of(self, on, t, i):
         """The forward of ``i`` in stage ``t`` of a solution (``on``: which columns are set),

@@ -44,11 +44,17 @@ LEVELS = 1000
 _MENU_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8)
 _SMALL_BLOCK = 2  # layers; smaller blocks get no budgets asked
 # The first MILP_MENUS distinct blocks of up to MILP_BLOCK_LAYERS layers also
-# ask milp (where scipy is installed), for at most MILP_BLOCK_SECONDS each: its least peak alone, and at
+# ask milp (where scipy is installed): its least peak alone, and at
 # _MILP_FRACTIONS of the budgets followed by the rest of the model (where it
-# finds options that keep less than reforward's and chen-greedy's).
+# finds options that keep less than reforward's and chen-greedy's).  Each
+# HiGHS run stops after MILP_BLOCK_NODES branch-and-bound nodes (its work, not
+# the clock: the same menu on a quiet or a busy machine) with the best schedule
+# found; MILP_BLOCK_SECONDS only caps a call that would run far longer than
+# that work takes (its longest run on the benchmarked transformers models:
+# about 2 s on a quiet 2-core machine).
 MILP_BLOCK_LAYERS = 14
-MILP_BLOCK_SECONDS = 2.0
+MILP_BLOCK_NODES = 10
+MILP_BLOCK_SECONDS = 60.0
 MILP_MENUS = 6
 _MILP_FRACTIONS = (0.1, 0.4)
 _KEEP_SETS = 12  # how many keep-set options a block gets at most
@@ -356,9 +362,10 @@ def block_menu(block, milp=True):
     store-all, standing for the rest of the model (options that keep less
     between their forward and their backward, the memory the blocks after
     them run in).  With ``milp``, a block of at most
-    :data:`MILP_BLOCK_LAYERS` layers also gets milp's proven optima at two
-    budgets of the second family (:func:`_milp_option`) and at the least peak
-    milp finds for it alone, when below reforward's (:func:`_milp_least`);
+    :data:`MILP_BLOCK_LAYERS` layers also gets milp's answers (the best of
+    :data:`MILP_BLOCK_NODES` nodes) at two budgets of the second family
+    (:func:`_milp_option`) and at the least peak milp finds for it alone,
+    when below reforward's (:func:`_milp_least`);
     a block that is not the last also gets its keep sets
     (:func:`_keep_sets`).  Returns a list of :class:`Option`, none
     dominated by another in (``max(fwd_peak, bwd_peak)``, ``kept``,
@@ -466,7 +473,7 @@ def _milp_least(sub, bottom):
     from planner.solvers.milp import milp
 
     try:
-        milp(sub, budget=1, time_limit=MILP_BLOCK_SECONDS)
+        milp(sub, budget=1, time_limit=MILP_BLOCK_SECONDS, node_limit=MILP_BLOCK_NODES)
     except InfeasibleError as exc:
         least = exc.least_bytes
     else:  # pragma: no cover - no block fits in one byte
@@ -477,18 +484,20 @@ def _milp_least(sub, bottom):
 
 
 def _milp_option(target, budget, starts):
-    """``[("milp", ops)]``: milp's proven optimum on ``target`` at ``budget``, warm-started; [] otherwise.
+    """``[("milp", ops)]``: milp's best schedule of ``target`` at ``budget``, warm-started; [] when none.
 
-    Only a proven optimum is kept, so that the menu does not depend on how
-    far HiGHS got in its time on this machine.
+    HiGHS stops after :data:`MILP_BLOCK_NODES` nodes, proven or not: its
+    work decides the answer, not the clock, so the menu does not depend on
+    how busy the machine is.
     """
     from planner.solvers.milp import milp
 
     try:
-        ops, params = milp(target, budget=budget, time_limit=MILP_BLOCK_SECONDS, warm_starts=starts)
+        ops, _ = milp(target, budget=budget, time_limit=MILP_BLOCK_SECONDS, node_limit=MILP_BLOCK_NODES,
+                      warm_starts=starts)
     except InfeasibleError:
         return []
-    return [("milp", ops)] if params.get("proven_optimal") else []
+    return [("milp", ops)]
 
 
 def block_floors(model):
@@ -765,7 +774,7 @@ def hierarchical(model, *, budget=None, shared=None):
     chain blocks, dp, at six budgets between the block's least and
     store-all peaks, and at six more with the block followed by a layer
     standing for the rest of the model; keep sets (:func:`_keep_sets`); milp's
-    proven optima at two of the latter budgets on the first
+    best schedules within :data:`MILP_BLOCK_NODES` nodes at two of the latter budgets on the first
     :data:`MILP_MENUS` distinct blocks of at most :data:`MILP_BLOCK_LAYERS`
     layers), each measured by the simulator in the block's context, kept
     when Pareto-optimal; blocks of one structure (a transformer's layers)

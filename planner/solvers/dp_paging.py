@@ -70,8 +70,8 @@ _MAX_TABLE_BYTES = 1.5e9
 _MIN_LEVELS = 64
 #: Relative slack of :meth:`_Table._choice` (sums of the same terms in another order).
 _TIE = 1e-12
-#: Below this many cells per split, :func:`_split_min` takes all splits in one call.
-_SMALL = 4096
+#: About how many sums :func:`_split_min` takes in one call.
+_CHUNK = 32768
 _SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
@@ -235,7 +235,8 @@ class _Table:
     filled for every ``s``: a mode that does not differ for ``s``
     (:meth:`_Chain.modes`) gets the released mode's values from the same
     formulas.  Choices are not stored: :meth:`_choice` recomputes the options
-    of one cell with the same arithmetic.
+    of one cell with the same arithmetic.  What the fill never writes (rows
+    ``s >= n - k`` of diagonal ``k``, modes read nowhere) is never read.
     """
 
     def __init__(self, z, c, width, repeats=None):
@@ -254,7 +255,9 @@ class _Table:
         prev = np.concatenate(([0.0], np.asarray(c.out, dtype=float)[:-1]))
         self.pg_in = np.concatenate(([0.0], np.asarray(c.inn, dtype=float)[:-1]))
         self.pg_out = prev
-        self.S = np.full((3 if self.page_any else 2, n, n, width), np.inf)
+        # Only what the fill writes is ever read (rows s < n - k of diagonal k, the modes
+        # it fills): the rest is never touched, so never paged in.
+        self.S = np.empty((3 if self.page_any else 2, n, n, width))
         self._fill()
 
     def _pg_cost(self, s, mode):
@@ -269,18 +272,19 @@ class _Table:
         fb = c.f + c.b
         sub_mode = np.where(z.no, PINNED, RELEASED)
         pageable = np.array([z.can_page(s) for s in range(n)])
-        modes = range(S.shape[0])
-        # Where each mode is read: pinned by F_all's sub-problem after a layer whose
-        # backward reads its output, paged where a checkpoint can be paged.
-        needed = {RELEASED: np.ones(n, dtype=bool), PINNED: np.concatenate(([False], z.no[:-1])), PAGED: pageable}
+        # The modes read anywhere: pinned by F_all's sub-problem after a layer whose
+        # backward reads its output, paged where a checkpoint can be paged.  A mode is
+        # filled for every s (where it is not read, from the same formulas).
+        modes = [RELEASED] + ([PINNED] if z.no[:-1].any() else []) + ([PAGED] if self.page_any else [])
         ad, a_s, am = S.strides[1:]
         biggest = max(k * (n - k) for k in range(n)) * W
-        scratch = (np.empty(biggest), np.empty(biggest))  # reused: fresh arrays cost page faults
+        shift_buf, split_buf = np.empty(biggest), np.empty(max(n * W, _CHUNK))  # reused: fresh arrays cost page faults
         for k, cls, reps in self.repeats:
             L = n - k
             # One row per class of equal segments; the others are copied from it.
             full = len(reps) == L
             s = np.arange(L) if full else reps
+            rows = slice(0, L) if full else reps  # s, as a view where it can be
             t = s + k
             if k > 0:
                 sub = S[sub_mode[s], k - 1, s + 1]  # Solve(s + 1, t) in F_all's sub mode, (R, W)
@@ -288,10 +292,9 @@ class _Table:
                 rights = as_strided(S[RELEASED, k - 1, 1:], (k, L, W), (a_s - ad, a_s, am))
                 if not full:
                     rights = rights[:, reps]
-                cells = k * len(s) * W
-                shifted = _shift_rows(rights, p[s], scratch[1][:cells].reshape(k, len(s), W))
-                work = scratch[0][:cells].reshape(k, len(s), W)
-                ck_allowed = _allowed(self.ckp[s, :k] + g[t][:, None], W)
+                # shifted[j, s, m] = rights[j, s, m - p[s]], inf below F_ck's thresholds (above p[s])
+                shifted = _shift_rows(rights, p[s], shift_buf[: k * len(s) * W].reshape(k, len(s), W))
+                _poison(shifted, (self.ckp[s, :k] + g[t][:, None]).T)
                 base = fsum[t + 1] + fsum[s]  # both shifts, subtracted from a split's sum
                 shift = (fsum[t + 1] - base)[:, None]
                 if self.page_any:
@@ -301,34 +304,29 @@ class _Table:
                     pg_best = np.full((len(s), W), np.inf)
                     if len(pg_rows):
                         q = _rows(pg_rows, len(s))
-                        pg_allowed = _allowed(self.pgp[s[q], :k] + g[t[q]][:, None], W)
                         lefts = S[PAGED][:k, _rows(s[q], L)]
-                        pg_best[q] = _split_min(rights[:, q], lefts, work, pg_allowed) + shift[q]
+                        thresholds = self.pgp[s[q], :k] + g[t[q]][:, None]
+                        pg_best[q] = _split_min(rights[:, q], lefts, split_buf, thresholds) + shift[q]
             for mode in modes:
-                rows = np.flatnonzero(needed[mode][s])
-                if len(rows) == 0:
-                    continue
-                r = _rows(rows, len(s))
-                sr, pr = s[r], p[s][r]
-                h = pr if mode == PINNED else np.where(z.ni[sr], pr, 0)
-                need_f = pr + g[t][r] + o[sr] + sv[sr] + wf[sr]
-                need_b = h + sv[sr] + np.where(z.no[sr], o[sr], 0) + o[sr] + pr + wb[sr]
-                off = h + sv[sr]
+                h = p[s] if mode == PINNED else np.where(z.ni[s], p[s], 0)
+                need_f = p[s] + g[t] + o[s] + sv[s] + wf[s]
+                need_b = h + sv[s] + np.where(z.no[s], o[s], 0) + o[s] + p[s] + wb[s]
+                off = h + sv[s]
                 lo = np.maximum(np.maximum(need_f, need_b), off)
                 ok = cols[None, :] >= lo[:, None]
                 if k == 0:
-                    row = np.where(ok, (fb[sr] + fsum[t + 1][r])[:, None], np.inf)
+                    row = np.where(ok, (fb[s] + fsum[t + 1])[:, None], np.inf)
                 else:
                     idx = np.clip(cols[None, :] - off[:, None], 0, W - 1)
-                    row = np.where(ok, fb[sr][:, None] + np.take_along_axis(sub[r], idx, axis=1), np.inf)
-                    lefts = S[mode][:k, _rows(sr, L)]  # lefts[j, s] = Solve(s, s + j)
-                    best = _split_min(shifted[:, r], lefts, work, ck_allowed[r]) + shift[r]
+                    row = np.where(ok, fb[s][:, None] + np.take_along_axis(sub, idx, axis=1), np.inf)
+                    lefts = S[mode][:k, rows]  # lefts[j, s] = Solve(s, s + j)
+                    best = _split_min(shifted, lefts, split_buf) + shift
                     np.minimum(row, best, out=row)
                     if mode != PINNED and self.page_any:
-                        cost = (0.0 if mode == PAGED else self.pg_out[sr]) + self.pg_in[sr]
-                        best = pg_best[r] + np.broadcast_to(cost, (len(sr),))[:, None]
+                        cost = (0.0 if mode == PAGED else self.pg_out[s]) + self.pg_in[s]
+                        best = pg_best + np.broadcast_to(cost, (len(s),))[:, None]
                         np.minimum(row, best, out=row)
-                S[mode, k, sr] = row
+                S[mode, k, rows] = row
             if not full:
                 # C(s, t) of a copy is its class's C: only the stored fsum[t + 1] differs.
                 for mode in modes:
@@ -381,25 +379,16 @@ def _rows(rows, size):
 
 
 def _shift_rows(rights, p, out):
-    """``rights[j, s, m - p[s]]`` (inf below ``p[s]``), into ``out``."""
-    k, L, W = rights.shape
-    out.fill(np.inf)
+    """``rights[j, s, m - p[s]]`` into ``out`` (below ``p[s]`` left as it was: :func:`_poison` sets it)."""
+    _, L, W = rights.shape
     if (p == p[0]).all():
-        if p[0] < W:
-            out[:, :, p[0]:] = rights[:, :, : W - p[0]]
+        q = min(int(p[0]), W)
+        out[:, :, q:] = rights[:, :, : W - q]
         return out
     for s in range(L):
-        q = int(p[s])
-        if q < W:
-            out[:, s, q:] = rights[:, s, : W - q]
+        q = min(int(p[s]), W)
+        out[:, s, q:] = rights[:, s, : W - q]
     return out
-
-
-def _allowed(thresholds, W):
-    """``A[s, m]``: how many splits ``j`` have ``thresholds[s, j] <= m`` (nondecreasing in ``j``)."""
-    L, k = thresholds.shape
-    flat = (np.arange(L)[:, None] * (W + 1) + np.minimum(thresholds, W)).ravel()
-    return np.bincount(flat, minlength=L * (W + 1)).reshape(L, W + 1)[:, :W].cumsum(axis=1)
 
 
 def _layer_ids(z, c):
@@ -439,24 +428,35 @@ def _repeats(ids, n):
     return out
 
 
-def _split_min(a, b, work, allowed):
-    """``min over j < allowed[s, m] of a[j, s, m] + b[j, s, m]`` (inf where none).
+def _split_min(a, b, buf, thresholds=None):
+    """``min over j of a[j, s, m] + b[j, s, m]``, only where ``thresholds[s, j] <= m`` if given (inf where none).
 
-    A running minimum over the splits ``j`` in ``work`` (a reused buffer), one
-    split at a time so that each step stays in cache.
+    A running minimum over the splits ``j``, a few at a time (about
+    :data:`_CHUNK` sums, so that each step stays in cache; ``buf``: a reused
+    buffer); a split's sums below its thresholds are set to inf first.
     """
-    v = work[:, : a.shape[1]]
-    if v[0].size <= _SMALL:  # few segments (repeated layers): one call each, not one per split
-        np.add(a, b, out=v)
-        np.minimum.accumulate(v, axis=0, out=v)
-    else:
-        np.add(a[0], b[0], out=v[0])
-        for j in range(1, len(a)):
-            np.add(a[j], b[j], out=v[j])
-            np.minimum(v[j - 1], v[j], out=v[j])
-    best = np.take_along_axis(v, np.maximum(allowed - 1, 0)[None, :, :], axis=0)[0]
-    best[allowed == 0] = np.inf
+    k, R, W = a.shape
+    best = np.empty((R, W))
+    step = max(1, _CHUNK // best.size)
+    for j in range(0, k, step):
+        c = min(step, k - j)
+        x = buf[: c * best.size].reshape(c, R, W)
+        np.add(a[j : j + c], b[j : j + c], out=x)
+        if thresholds is not None:
+            _poison(x, thresholds[:, j : j + c].T)
+        if j == 0:
+            np.min(x, axis=0, out=best)
+        else:
+            np.minimum(best, x[0] if c == 1 else np.min(x, axis=0), out=best)
     return best
+
+
+def _poison(x, thresholds):
+    """``x[j, s, m] = inf`` for ``m < thresholds[j, s]``, in place."""
+    W = x.shape[2]
+    top = min(int(thresholds.max()), W)
+    if top:
+        np.copyto(x[:, :, :top], np.inf, where=np.arange(top) < thresholds[:, :, None])
 
 
 # --------------------------------------------------------------------------
@@ -659,14 +659,16 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
     memory.  Segments whose layers ``s - 1..t`` equal another's one by one
     (repeated layers: a uniform chain, repeated blocks) are solved once per
     diagonal and copied, so a chain of equal layers takes O(n^2 x levels).
-    With transfers beside compute, four tables (the transfer shares) and the
-    overlap pass for each distinct schedule that could still beat the best.
-    CPU seconds on a uniform chain with the ``rpi4-4gb-sd`` storage at 30-50%
-    of store-all (exact grid), transfers beside compute: 0.27-0.38 s on 100
-    layers, 2.2-2.7 s on 300 (serial: 0.04-0.06 s and 0.5-0.9 s; before
-    these changes 2.7-4.1 s and 25-28 s), 2026-12-08 on a shared 2-core x86;
-    a 100-layer random chain (500 rounded levels, no repeated layers) about
-    1.8 s serial.
+    With transfers beside compute, up to four tables (the transfer shares,
+    :func:`_fastest`: share 0 first, none more once a step as short as its
+    compute is found) and the overlap pass for each distinct schedule that
+    could still beat the best.  CPU seconds with the ``rpi4-4gb-sd`` storage
+    at 30-50% of store-all, transfers beside compute (serial in brackets),
+    2026-12-08 on a shared 2-core x86 (``bench_paging.py --timing``): uniform
+    chains (exact grid) 0.14-0.19 s on 100 layers, 0.7-1.3 s on 300
+    (0.02-0.03 s, 0.17-0.24 s); random chains (rounded grid, no repeated
+    layers) 2.7-2.9 s on 100 layers at 500 levels (1.2 s), 8.6-9.3 s on 300
+    at 62 levels (4.8-5.3 s).
 
     References
     ----------
@@ -689,28 +691,63 @@ def dp_paging(model, *, budget=None, storage=None, levels=500, power_w=None, tim
 
 
 def _fastest(model, budget, storage, levels):
-    """:func:`dp_paging`'s least-time schedule: ``(ops, params)``."""
+    """:func:`dp_paging`'s least-time schedule: ``(ops, params)``.
+
+    With transfers beside compute the recurrence charges a transfer in full,
+    an upper bound of what it costs on a copy engine.  The schedules planned
+    with the transfers charged at 1, 1/2, 1/4 and 0 of their time
+    (:data:`_TRANSFER_SHARES`) are overlapped (pageins earlier, frees after
+    pageouts later) and the fastest on the device's timeline is kept, the
+    first share of that order on ties.  Share 0 is planned first: its
+    schedule computes least of the class, and no step is shorter than its
+    compute (planner.timing), so once a step that short is found no other
+    share can beat it and none is planned (one could only tie, and would
+    have been kept if earlier: the step is the same, the schedule may be
+    another); not with a storage capacity, met by each share with its own
+    restricted class.  The shares are tried in :data:`_SHARE_ORDER`; a share's
+    schedule is overlapped only if it can still win (:func:`_cannot_beat`).
+    """
+    from planner.simulate import simulate
+
     if storage is None or not storage.overlap or budget is None:
         return _dp_paging(model, budget, storage, levels)
-    # Transfers beside compute: the recurrence charges a transfer in full, an upper
-    # bound of what it costs on a copy engine.  Plan with the transfers charged at
-    # 1, 1/2, 1/4 and 0 of their time, overlap each schedule (pageins earlier,
-    # frees after pageouts later), and keep the fastest on the device's timeline.
-    best, seen = None, set()
-    for share in _TRANSFER_SHARES:
-        ops, params = _dp_paging(model, budget, storage, levels, share)
-        if _cannot_beat(model, ops, storage, best, seen):
+    serial_storage = replace(storage, overlap=False)
+    plain = {}  # dp's own schedule, the same for every share
+    least = None  # compute of share 0's schedule: the least of the class (within rounding)
+    # ... of every share's class unless a storage capacity restricts some (each its own way)
+    bounded = getattr(storage, "bytes", None) is None
+    best, done = None, {}  # best: (step, rank, ops, result, params); done: ops -> overlapped
+    planned = {}
+    for rank in _SHARE_ORDER:
+        if best is not None and bounded and best[0] <= least * (1 + _TIE):
+            break  # no share's step is below the least compute
+        share = _TRANSFER_SHARES[rank]
+        if rank not in planned:
+            planned[rank] = _dp_paging(model, budget, storage, levels, share, plain=plain)
+        ops, params = planned[rank]
+        serial = simulate(model, ops, storage=serial_storage)
+        if least is None:  # share 0: the least compute of the class
+            least = serial.compute
             continue
-        ops, result = overlap(model, ops, storage, budget)
-        if best is None or result.step_time < best[1].step_time:
-            best = (ops, result, dict(params, transfer_share=share))
-    ops, result, params = best
+        key = tuple(ops)
+        if key not in done:  # the same ops as another share's give the same step
+            if _cannot_beat(serial, rank, best):
+                continue
+            done[key] = overlap(model, ops, storage, budget)
+        ops, result = done[key]
+        if best is None or (result.step_time, rank) < best[:2]:
+            best = (result.step_time, rank, ops, result, dict(params, transfer_share=share))
+    _, _, ops, result, params = best
     params["paged"] = sorted({model.layers[op.layer].name for op in ops if op.kind.value == "pageout"},
                              key=[layer.name for layer in model.layers].index)
     return ops, dict(params, dp_cost=result.step_time)
 
 
+#: The shares of the transfers' time the recurrence is run with, in the order that wins ties.
 _TRANSFER_SHARES = (1.0, 0.5, 0.25, 0.0)
+#: The order :func:`_fastest` tries them in (ranks in _TRANSFER_SHARES): share 0 planned
+#: first for the least compute, 1/4 (often the fastest) overlapped first, share 0 last.
+_SHARE_ORDER = (3, 2, 1, 0, 3)
 
 #: Bisection steps on the Lagrange multiplier of a time budget (each one solve of the recurrence).
 _LAGRANGE_STEPS = 12
@@ -756,8 +793,10 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
     def joules(result):
         return result.compute * wc + result.transfer * wt
 
+    plain = {}
+
     def attempt(lam):  # lam: joules per unit of the model's time
-        ops, params = _dp_paging(model, budget, storage, levels, weights=(wc + lam, wt + lam))
+        ops, params = _dp_paging(model, budget, storage, levels, weights=(wc + lam, wt + lam), plain=plain)
         ops, result = measured(ops)
         return ops, params, result
 
@@ -788,23 +827,18 @@ def _within_time(model, budget, storage, levels, power_w, time_budget):
                      lagrange_w=None if lam is None else lam * per_second)
 
 
-def _cannot_beat(model, ops, storage, best, seen):
-    """Whether overlapping ``ops`` cannot give a step faster than ``best``'s (then skipped).
+def _cannot_beat(serial, rank, best):
+    """Whether overlapping a share's schedule cannot win against ``best`` (then skipped).
 
-    A schedule already overlapped (``seen``, by its ops) gives the same step
-    again; no overlap makes a step shorter than its compute or its transfers
-    (planner.timing), which the overlap pass does not change.
+    No overlap makes a step shorter than its compute or its transfers
+    (planner.timing), which the overlap pass does not change (``serial``:
+    the schedule replayed with serial transfers); a tie wins only for a
+    share earlier in :data:`_TRANSFER_SHARES` (``rank``).
     """
-    key = tuple(ops)
-    if key in seen:
-        return True
-    seen.add(key)
     if best is None:
         return False
-    from planner.simulate import simulate
-
-    serial = simulate(model, ops, storage=replace(storage, overlap=False))
-    return max(serial.compute, serial.transfer) >= best[1].step_time
+    lower = max(serial.compute, serial.transfer)
+    return lower > best[0] or (lower == best[0] and rank > best[1])
 
 
 def _energy_weights(model, storage, power_w):
@@ -819,11 +853,12 @@ def _energy_weights(model, storage, power_w):
     return power_w * per_second, (0.0 if storage is None else storage.transfer_power_w * per_second)
 
 
-def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0, 1.0)):
+def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0, 1.0), plain=None):
     """:func:`dp_paging` with transfers charged at ``transfer_share`` of their time.
 
     ``weights`` multiply compute and transfer times (joules per unit of time for
-    the objective energy).
+    the objective energy).  ``plain``: a dict that keeps ``dp``'s schedule for
+    the next call with the same model and budget (:func:`_maybe_plain_dp`).
     """
     n = len(model)
     f = np.array([float(l.forward) for l in model.layers]) * weights[0]
@@ -860,7 +895,7 @@ def _dp_paging(model, budget, storage, levels, transfer_share=1.0, weights=(1.0,
         found, z, params = min(candidates, key=lambda x: x[0][0])
         params = dict(params, capacity_restricted=True)
     if params["grid"] in ("rounded", "least-peak") or found is None:
-        found = _maybe_plain_dp(model, budget, found, weights[0])
+        found = _maybe_plain_dp(model, budget, found, weights[0], {} if plain is None else plain)
     if found is None:
         if capacity is not None:
             least = _least_within(model, z, c, capacity)
@@ -877,25 +912,37 @@ def _infeasible(budget, least):
     )
 
 
-def _maybe_plain_dp(model, budget, found, weight):
+def _maybe_plain_dp(model, budget, found, weight, plain):
     """``found``, or ``dp``'s schedule when that is cheaper (rounded grids and the least-peak fallback).
 
-    ``dp``'s ops are measured by the simulator after :func:`planner.lowering.insert_frees`.
+    ``dp``'s ops are measured by the simulator after
+    :func:`planner.lowering.insert_frees`; ``plain`` keeps them (and their
+    result) for the next call with the same model and budget.
     """
+    if "dp" not in plain:
+        plain["dp"] = _plain_dp(model, budget)
+    if plain["dp"] is None:
+        return found
+    ops, result = plain["dp"]
+    if found is None or result.compute * weight < found[0]:
+        return result.compute * weight, result.peak_bytes - model.input_bytes, 0, ops
+    return found
+
+
+def _plain_dp(model, budget):
+    """``dp``'s schedule within ``budget`` and its simulation, or None."""
     from planner.simulate import simulate
     from planner.solvers.dp import dp  # its public function: the class without paging
 
     try:
         ops, _ = dp(model, budget=budget)
     except (InfeasibleError, NotApplicableError, TooLargeError):
-        return found
+        return None
     ops = insert_frees(model, ops)
     result = simulate(model, ops)
     if not result.valid or result.peak_bytes > budget:
-        return found
-    if found is None or result.compute * weight < found[0]:
-        return result.compute * weight, result.peak_bytes - model.input_bytes, 0, ops
-    return found
+        return None
+    return ops, result
 
 
 def _finish(model, tree, evaluated, params):

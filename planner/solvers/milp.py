@@ -45,7 +45,7 @@ _SCIPY_MISSING = (
 )
 
 
-def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_bytes=None):
+def milp(model, *, budget=None, time_limit=None, node_limit=None, warm_starts=(), others_least_bytes=None):
     """Least-compute schedule that fits ``budget``, by a mixed-integer program.
 
     Parameters
@@ -58,6 +58,12 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
         Seconds for the whole call, default :data:`DEFAULT_TIME_LIMIT` (60).
         When it runs out, the best schedule found so far is returned with
         ``"proven_optimal": false``.
+    node_limit : int or None, keyword-only
+        HiGHS' branch-and-bound nodes per run (the root is node 1; None: no
+        limit).  Where it stops HiGHS first, the answer is the best schedule
+        found within that much work, the same on a quiet or a busy machine
+        (``"proven_optimal": false`` unless proven); ``time_limit`` then only
+        caps the call.  The hierarchical strategy's block menus use it.
     warm_starts : iterable of (str, ops), keyword-only
         Schedules other strategies already found, with their names (the
         registry hands in those of ``auto``/``compare``).  Each one that is
@@ -148,7 +154,7 @@ def milp(model, *, budget=None, time_limit=None, warm_starts=(), others_least_by
     if budget is None or simulate(model, insert_frees(model, plain)).peak_bytes <= budget:
         return plain, {"time_limit": limit, "stages": 0, "proven_optimal": True, "start": None}
     starts = _fitting_starts(model, budget, warm_starts)
-    return _solve(model, budget, deadline, limit, starts, others_least_bytes)
+    return _solve(model, budget, deadline, limit, starts, others_least_bytes, node_limit)
 
 
 def _check_limit(time_limit):
@@ -175,12 +181,13 @@ def _import_highs():
     import_highs(_SCIPY_MISSING)
 
 
-def _solve(model, budget, deadline, limit, starts=(), others_least=None):
+def _solve(model, budget, deadline, limit, starts=(), others_least=None, node_limit=None):
     """The program proper.
 
     ``starts`` are (compute, ops, name) incumbents, best first; ``others_least``
     the least budget another strategy needs when none fits (it caps the least
-    budget reported, so that milp at that budget finds a schedule).
+    budget reported, so that milp at that budget finds a schedule);
+    ``node_limit`` HiGHS' nodes per run.
     """
     _import_highs()
     n = len(model)
@@ -191,7 +198,7 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
     form = _Formulation(model, blocks)
     params = {"time_limit": limit, "stages": len(blocks), "start": None}
     if budget < form.lower_bound() and not starts:
-        proven, least = _least_peak(form, deadline, others_least)
+        proven, least = _least_peak(form, deadline, others_least, node_limit)
         raise InfeasibleError(
             f"milp: {budget} bytes is below what some op needs on its own "
             f"({form.lower_bound()} bytes); " + _least_text(least, proven),
@@ -201,13 +208,14 @@ def _solve(model, budget, deadline, limit, starts=(), others_least=None):
     fit = Fit()
     if budget >= form.lower_bound():
         fit = fit_budget(
-            form, budget=budget, starts=starts, deadline=deadline, margin=0.2, measure=lambda x: _measure(form, x)
+            form, budget=budget, starts=starts, deadline=deadline, margin=0.2, measure=lambda x: _measure(form, x),
+            node_limit=node_limit,
         )
     params["start"] = fit.start
     if fit.gap is not None:
         params["gap"] = fit.gap
     if fit.ops is None and fit.status == Status.INFEASIBLE and best is None:
-        proven, least = _least_peak(form, deadline, others_least)
+        proven, least = _least_peak(form, deadline, others_least, node_limit)
         raise InfeasibleError(
             f"milp: no schedule fits {budget} bytes of activation memory; " + _least_text(least, proven),
             least_bytes=least,
@@ -233,14 +241,14 @@ def _least_text(least, proven):
     return f"the least peak it reaches is {least} bytes" + ("" if proven else " (not proven least)")
 
 
-def _least_peak(form, deadline, others_least=None):
+def _least_peak(form, deadline, others_least=None, node_limit=None):
     """(proven, least budget) from the program that minimises the peak.
 
     The least budget is the simulated peak of its schedule, or
     ``others_least`` (another strategy's least budget) when that is lower.
     """
     start = form.encode(store_all_ops(form.model), None)
-    res = timed_solve(form, deadline, margin=0.2, cap=None, start=start)
+    res = timed_solve(form, deadline, margin=0.2, cap=None, start=start, node_limit=node_limit)
     if res is None:
         return False, others_least
     if res.x is None:  # pragma: no cover - the start is a solution

@@ -26,15 +26,17 @@ save, no paging: store-all) runs as plain autograd: the stages in its order,
 each reading its producers' outputs with their graph, and the caller's
 ``backward()`` runs every backward (see :func:`_plain_order`).  Otherwise:
 
-- ``forward L save=true``: L runs on its inputs entered into autograd through
-  a node that holds no tensor and hands the input gradients back, keeping its
-  autograd graph; only the graph's gradient edge is kept, not the output, so
+- ``forward L save=true``: L runs on its inputs entered into autograd as
+  leaves that require grad (a producer's output; where a backward does not
+  read them, the leaves let go of the data after the forward), or, in a plan
+  that pages, through a node that holds no tensor and hands the input
+  gradients back; only the graph's gradient edge is kept, not the output, so
   that ``free`` really drops the output;
 - ``forward L save=false``: L runs under ``torch.no_grad()``;
-- ``backward L``: ``backward()`` from L's gradient edge with L's output
-  gradient, made inside the backward so that the engine owns it and frees it
-  as soon as it is used; the input gradients go to their producers (summed
-  when a producer has several consumers);
+- ``backward L``: the autograd engine from L's gradient edge with L's output
+  gradient (in a segment, see below, made inside the backward so that the
+  engine owns it and frees it as soon as it is used); the input gradients go
+  to their producers (summed when a producer has several consumers);
 - ``free L``: drops L's output;
 - a run of backward ops with only frees between them, where each stage's
   producer is the next one backwarded, is one autograd segment: at its
@@ -126,6 +128,21 @@ class _Plan:
                 )
             break
         self.reads, self.members, self.frees, self.unseeded = _segments(stages, self.ops)
+        # The stages whose backward call runs other stages' backwards (a segment's
+        # top and its members) are seeded through a node that makes the gradient
+        # inside the call; any other backward call takes its gradient as it is.
+        self.seeded = frozenset(
+            self.ops[k].layer for top, more in self.members.items() for k in (top, *more)
+        )
+        # A saved stage reads its producers' outputs through plain autograd
+        # leaves (see _enter), except in a plan that pages: a leaf's
+        # AccumulateGrad node holds it for as long as the graph lives.
+        self.paged = any(op.kind in (OpKind.PAGEOUT, OpKind.PAGEIN, *RECORD_KINDS) for op in self.ops)
+        self.leaves = layers is not None and not self.paged
+        # A stage whose backward reads its inputs keeps them in memory until its
+        # backward (SPEC section 3: no free while it is saved); any other lets
+        # go of its leaves' data once its forward has run.
+        self.keeps_inputs = frozenset(() if layers is None else (i for i, l in enumerate(layers) if l.needs_inputs))
         self.plain = None if layers is None else _plain_order(stages, self.ops, layers)
         self.checked = set()  # stages whose output size was checked against the model file, for:
         self.checked_for = None  # the shapes and dtypes of the inputs they were checked with
@@ -267,12 +284,12 @@ class _Entry(torch.autograd.Function):
     """An autograd entry point that hands the gradient reaching it to a callable.
 
     ``_Entry.apply(t, anchor, receive)`` is ``t`` (detached) entered into
-    autograd: its backward calls ``receive(grad)`` and passes nothing on.  A
-    stage run with save reads its inputs through it (``receive`` appends to a
-    gradient box), instead of through leaves that require grad: a leaf is held
-    by its ``AccumulateGrad`` node for as long as the graph lives, which would
-    keep a producer's output alive after ``free`` even when the stage's
-    backward does not read it.  The sink's output reaches the user through it
+    autograd: its backward calls ``receive(grad)`` and passes nothing on.  In
+    a plan that pages, a stage run with save reads its inputs through it
+    (``receive`` appends to a gradient box), instead of through leaves that
+    require grad (see :func:`_enter`): a paged-in output is a new tensor, and
+    the stages that read it must not hold the one paged out.  A model input
+    that requires grad enters through it too.  The sink's output reaches the user through it
     too (``receive`` queues the rest of the schedule, see
     :meth:`StepRunner.attach`).  The node holds no tensor, and lets go of
     ``receive`` once it has called it; ``anchor`` (a scalar that requires grad)
@@ -336,6 +353,7 @@ class StepRunner:
         self.sink_grad = None
         self.sink_output = None
         self.count = 0
+        self.one = _one(device)
         self.pager = Pager(device)  # P: paged outputs and the copy engine (SPEC section 5)
         self.records = {}  # stages whose record is paged: their _Record (PS and what S holds of them)
 
@@ -436,27 +454,29 @@ class StepRunner:
     def _run(self, start, end):
         ops = self.plan.ops
         skip = self.skip
+        paged = self.plan.paged
         for n in range(start, end):
             op = ops[n]
             if op.kind is OpKind.FREE:
                 # The sink's output is the caller's (see forward_part).
                 self.live.pop(op.layer, None)
-                self.pager.settle(op.layer)  # an output being written is released when written
+                if paged:
+                    self.pager.settle(op.layer)  # an output being written is released when written
                 if op.layer != self.plan.sink and n not in skip and self.outputs.pop(op.layer, None) is None:
                     raise self._missing(n, op, "its output is not in memory")
             elif op.kind is OpKind.FORWARD:
                 self._forward(n, op)
-            elif op.kind is OpKind.PAGEOUT:
-                self._pageout(n, op)
-            elif op.kind is OpKind.PAGEIN:
-                self._pagein(n, op)
-            elif op.kind in RECORD_KINDS:
-                self._record_op(n, op)
-            else:
+            elif op.kind is OpKind.BACKWARD:
                 early = self.plan.early_free.get(n)
                 if early is not None and op.layer in self.outputs:
                     skip.add(early)
                 self._backward(n, op, early is not None)
+            elif op.kind is OpKind.PAGEOUT:
+                self._pageout(n, op)
+            elif op.kind is OpKind.PAGEIN:
+                self._pagein(n, op)
+            else:
+                self._record_op(n, op)
             self.count += 1
             if self.on_op is not None:
                 self.on_op(n)
@@ -475,7 +495,11 @@ class StepRunner:
         i = op.layer
         stage = self.stages[i]
         try:
-            tensors = [self._value(p) for p in stage.inputs]
+            if self.plan.paged:
+                tensors = [self._value(p) for p in stage.inputs]
+            else:
+                outputs, inputs = self.outputs, self.inputs
+                tensors = [inputs[-1 - p] if p < 0 else outputs[p] for p in stage.inputs]
         except KeyError:
             raise self._missing(n, op, "an input is not in memory") from None
         if i in self.outputs:
@@ -496,8 +520,12 @@ class StepRunner:
             if op.save:
                 self._forward_saved(n, i, stage, tensors)
             else:
-                with torch.no_grad():
+                grad = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)  # torch.no_grad(), without its Python context object
+                try:
                     self.outputs[i] = _call(stage, tensors, self.target)
+                finally:
+                    torch._C._set_grad_enabled(grad)
         finally:
             if restore is not None:
                 self._leave_recompute(stage, restore)
@@ -510,7 +538,8 @@ class StepRunner:
             self.done.add(i)
             y = self.outputs[i]
             self.meta[i] = (y.shape, y.dtype)
-            self._check_bytes(i, y)
+            if i not in self.plan.checked:
+                self._check_bytes(i, y)
             del y
 
     def _enter_recompute(self, i, stage):
@@ -533,7 +562,8 @@ class StepRunner:
         p = self.plan.reads.get(n) if self.segments else None
         # A producer whose output needs no gradient (it has no graph) is read as it is.
         direct = {} if p is None else {p: self.live.get(p, self.outputs[p])}
-        boxes, entries = _enter(stage, tensors, self.anchor, direct)
+        leaves = self.plan.leaves
+        boxes, entries = _enter(stage, tensors, self.anchor, direct, leaves)
         del direct
         if i in self.plan.paged_records:
             record = self.records[i] = _Record(self, i)
@@ -542,9 +572,16 @@ class StepRunner:
         else:
             y = _call(stage, entries, self.target)
         del entries
+        if leaves and i not in self.plan.keeps_inputs:
+            _release(boxes)
         gbox = []
-        seeded = y.requires_grad and not (self.segments and n in self.plan.unseeded)
-        root = seed_function(torch)(y, gbox.pop) if seeded else None
+        root = None
+        if not y.requires_grad or (self.segments and n in self.plan.unseeded):
+            pass
+        elif self.segments and i in self.plan.seeded:
+            root = seed_function(torch)(y, gbox.pop)
+        else:  # the call takes the gradient as it is, and holds it until its end, as SPEC counts it
+            root = torch.autograd.graph.get_gradient_edge(y)
         self.saved[i] = (boxes, root, gbox)
         self.outputs[i] = y.detach()
         if y.requires_grad:
@@ -601,7 +638,8 @@ class StepRunner:
         if record is not None and not record.in_memory:
             raise self._missing(n, op, "its saved data is paged out (pagein_saved it first)")
         boxes, root, gbox = self.saved.pop(i)
-        self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
+        if self.plan.paged:
+            self.pager.drop(i)  # SPEC section 5: nothing reads L's output after L's backward
         self.live.pop(i, None)
         if i in self.ran:  # its backward ran in its consumer's call
             self.ran.discard(i)
@@ -627,7 +665,12 @@ class StepRunner:
             self.outputs.pop(i, None)
         roots, boxes_used = self._segment(n, root, gbox)
         if roots:
-            torch.autograd.backward(roots)
+            # torch.autograd.backward's own engine call, without its Python checks:
+            # a seed takes any scalar (it makes its own gradient), an edge its gradient.
+            one = self.one
+            grads = tuple(one if r is not root or isinstance(r, torch.Tensor) else gbox.pop() for r in roots)
+            _engine_run_backward(tuple(roots), grads, False, False, (), allow_unreachable=True, accumulate_grad=True)
+            del grads
         for box in boxes_used:
             box.clear()
         del root, gbox, roots, boxes_used
@@ -671,17 +714,22 @@ class StepRunner:
     def _hand_back(self, stage, boxes):
         """Move each input gradient to its producer (summed over consumers)."""
         for p, box in zip(stage.inputs, boxes):
-            if not box or box[0] is None:
+            if isinstance(box, torch.Tensor):  # a leaf (see _enter)
+                g, box.grad = box.grad, None
+            else:
+                g = box[0] if box else None
+                box.clear()
+            if g is None:
                 continue
             store = self.input_grads if p < 0 else self.grads
             key = -1 - p if p < 0 else p
             if key not in store:
-                store[key] = box[0]
+                store[key] = g
             elif self._shared(store[key]):
-                store[key] = store[key] + box[0]
+                store[key] = store[key] + g
             else:
-                store[key].add_(box[0])
-            box.clear()
+                store[key].add_(g)
+            del g
 
     def _shared(self, g):
         """Whether another held gradient is the same storage (a backward that passed its gradient through)."""
@@ -804,23 +852,62 @@ def _copy_into(targets, values):
         t.data.copy_(v)
 
 
-def _enter(stage, tensors, anchor, direct):
+def _one(device):
+    """A scalar one on ``device``, the gradient handed to a seed (which makes its own), made once."""
+    one = _ONES.get(device)
+    if one is None:
+        one = _ONES[device] = torch.ones((), device=device)
+    return one
+
+
+_ONES = {}
+_engine_run_backward = torch.autograd.graph._engine_run_backward
+
+
+def _release(boxes):
+    """Let the leaves among ``boxes`` go of their producers' outputs (a backward that does not read them).
+
+    Each leaf's data becomes a one-element stand-in of the same shape and
+    dtype (stride 0), which is all its ``AccumulateGrad`` node reads.
+    """
+    for leaf in boxes:
+        if isinstance(leaf, torch.Tensor):
+            key = (leaf.dtype, leaf.device)
+            base = _STAND_INS.get(key)
+            if base is None:
+                base = _STAND_INS[key] = torch.zeros(1, dtype=leaf.dtype, device=leaf.device)
+            leaf.data = base.as_strided(leaf.shape, (0,) * leaf.dim())
+
+
+_STAND_INS = {}
+
+
+def _enter(stage, tensors, anchor, direct, leaves=False):
     """The stage's inputs entered into autograd, and one gradient box per input.
 
     A function of its own so that no loop variable outlives the call and keeps
     an input alive after its ``free``.  A model input enters only when it
     requires grad; a producer's output when it is floating point.  ``direct``
     maps a producer to its output with its autograd graph, read as it is (no
-    box: the gradient flows on in the same backward call).
+    box: the gradient flows on in the same backward call).  With ``leaves``,
+    a producer's output enters as a leaf that requires grad, and the leaf is
+    the box: the backward call leaves the gradient in its ``.grad``.  That
+    costs no Python node, but the leaf's ``AccumulateGrad`` holds the output
+    as long as the graph lives: a stage whose backward does not read it lets
+    it go after its forward (:func:`_release`).
     """
     boxes = [[] for _ in tensors]
-    entries = [
-        direct[p] if p in direct
-        else _Entry.apply(t.detach(), anchor, box.append)  # no edge to the caller's graph: the box gets it
-        if t.is_floating_point() and (p >= 0 or t.requires_grad)
-        else t
-        for p, t, box in zip(stage.inputs, tensors, boxes)
-    ]
+    entries = []
+    for k, (p, t) in enumerate(zip(stage.inputs, tensors)):
+        if p in direct:
+            entries.append(direct[p])
+        elif not t.is_floating_point() or (p < 0 and not t.requires_grad):
+            entries.append(t)
+        elif leaves and p >= 0:
+            boxes[k] = t.detach().requires_grad_()
+            entries.append(boxes[k])
+        else:  # no edge to the caller's graph: the box gets the gradient
+            entries.append(_Entry.apply(t.detach(), anchor, boxes[k].append))
     return boxes, entries
 
 

@@ -410,7 +410,7 @@ class _StageFn:
     def __call__(self, *tensors):
         env = list(tensors)
         for target, args, kwargs in self.program:
-            env.append(target(*_values(args, env), **_values(kwargs, env)))
+            env.append(target(*_values(args, env), **_values(kwargs, env)) if kwargs else target(*_values(args, env)))
         return env[self.result]
 
 

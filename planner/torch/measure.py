@@ -291,8 +291,19 @@ def _saved(stage, tensors, target, excluded, torch):
     leaves = _leaves(tensors, stage)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1], lambda t: t):
         y = _call(stage, leaves, target)
+    return _saved_fields(saved, leaves, y, excluded)
+
+
+def _saved_fields(saved, leaves, output, excluded):
+    """``(saved_bytes, needs_inputs, needs_output)`` of the tensors autograd saved for a stage.
+
+    Distinct storages count once; those in ``excluded`` (parameters, buffers,
+    the target) are not activations; an input's or the output's storage (a
+    view of either included) is ``needs_inputs`` / ``needs_output``, not
+    saved data.  The measured and the estimated profiles share this rule.
+    """
     input_keys = {_storage_key(t) for t in leaves}
-    out_key = _storage_key(y)
+    out_key = _storage_key(output)
     distinct = {}
     for t in saved:
         key = _storage_key(t)
@@ -538,14 +549,18 @@ def params_bytes(params, seen):
     return int(total)
 
 
-def _fake_state(root, mode, torch):
-    state = {}
-    for k, v in list(root.named_parameters()) + list(root.named_buffers()):
-        fake = mode.from_tensor(v.detach())
-        if isinstance(v, torch.nn.Parameter):
-            fake.requires_grad_(v.requires_grad)
-        state[k] = fake
-    fakes = {id(v): state[k] for k, v in list(root.named_parameters()) + list(root.named_buffers())}
+def _fake_state(root, mode):
+    """``(state, fakes)``: the fake of each parameter and buffer, by name and by ``id`` of the real one.
+
+    Each is ``mode.from_tensor`` of the real tensor itself, which the mode
+    remembers: a captured stage that holds the real tensor (an exported op's
+    argument) gets the same fake, with the same storage, as the module
+    reparametrized with ``state``, so that :func:`_estimate_one` sees a saved
+    weight as the parameter it is (not saved data), as the measured path does.
+    """
+    named = list(root.named_parameters()) + list(root.named_buffers())
+    state = {k: mode.from_tensor(v) for k, v in named}
+    fakes = {id(v): state[k] for k, v in named}
     return state, fakes
 
 
@@ -553,7 +568,9 @@ def _estimate_one(stage, tensors, target, fakes, torch):
     from torch.utils.flop_counter import FlopCounterMode
 
     leaves = _leaves(tensors, stage)
-    excluded = {_storage_key(fakes.get(id(p), p)) for p in list(stage.params) + list(stage.buffers)}
+    # Autograd saves what an op was given: a captured stage's real parameter
+    # (converted to a fake below autograd), a module's fake one, or a fake view.
+    excluded = {_storage_key(t) for p in list(stage.params) + list(stage.buffers) for t in (p, fakes.get(id(p), p))}
     if target is not None:
         excluded.add(_storage_key(target))
     saved = []
@@ -562,9 +579,7 @@ def _estimate_one(stage, tensors, target, fakes, torch):
             y = _call(stage, leaves, target)
     _check_output(stage, y, torch)
     fwd_flops = counter.get_total_flops()
-    input_keys = {_storage_key(t) for t in leaves}
-    out_key = _storage_key(y)
-    distinct = {_storage_key(t): _storage_bytes(t) for t in saved if _storage_key(t) not in excluded}
+    saved_bytes, needs_inputs, needs_output = _saved_fields(saved, leaves, y, excluded)
     bwd_flops = 0
     if y.requires_grad:
         with FlopCounterMode(display=False) as counter:
@@ -574,10 +589,10 @@ def _estimate_one(stage, tensors, target, fakes, torch):
     fields = {
         "forward": float(fwd_flops if fwd_flops else elements),
         "backward": float(bwd_flops if bwd_flops else 2 * elements),
-        "output_bytes": tensor_bytes(y),
-        "saved_bytes": int(sum(b for k, b in distinct.items() if k not in input_keys and k != out_key)),
-        "needs_inputs": any(k in distinct for k in input_keys),
-        "needs_output": out_key in distinct,
+        "output_bytes": _output_bytes(y, tensors),
+        "saved_bytes": saved_bytes,
+        "needs_inputs": needs_inputs,
+        "needs_output": needs_output,
         "workspace_forward": 0,
         "workspace_backward": 0,
     }
@@ -587,7 +602,9 @@ def _estimate_one(stage, tensors, target, fakes, torch):
 def estimate_stages(root, stages, inputs, target=None):
     """Sizes from FakeTensorMode, FLOPs from FlopCounterMode: nothing runs.
 
-    Returns the layer fields of each stage (``params_bytes`` left out).
+    Returns the layer fields of each stage (``params_bytes`` left out): the
+    sizes :func:`measure_stage` measures, by the same rule
+    (:func:`_saved_fields`, :func:`_output_bytes`).
     """
     torch = require_torch()
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -596,7 +613,7 @@ def estimate_stages(root, stages, inputs, target=None):
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     results = []
     with mode:
-        state, fakes = _fake_state(root, mode, torch)
+        state, fakes = _fake_state(root, mode)
         xs = tuple(mode.from_tensor(t) for t in inputs)
         fake_target = None if target is None else mode.from_tensor(target)
         outputs = {}
