@@ -25,8 +25,11 @@ thread's CPU time does not):
 torch.compile and compiled edgeplan use one backend: inductor where a C++
 compiler works, else ``aot_eager`` (``--backend`` names one).
 
-edgeplan profiles with ``stages="modules"``: one layer per block and one per op
-between blocks.
+Eager edgeplan cuts the model as ``fit`` does by default (``stages="auto"``:
+op by op, unless the model is a chain of modules); compiled edgeplan cuts it
+into modules (one layer per block and one per
+op between blocks), so that inductor fuses each block's ops and compiles a few
+graphs, not one per op.
 
 A step is ``loss_fn(model(**batch), target).backward()`` (the edgeplan rows
 run the loss as the model file's last layer).  Every row prints its measured
@@ -54,7 +57,8 @@ from benchmarks._docs import markdown_table, publish, stamp  # noqa: E402
 HEADING = "## Against the alternatives at equal memory (bench_alternatives.py)"
 BUDGETS = (0.3, 0.5, 0.7)
 HF = ("gpt2", "bert", "llama", "vit", "resnet")
-STAGES = "modules"  # one layer per block (and the ops between blocks): the executor's calls stay few
+STAGES = "auto"  # eager edgeplan: fit's default cut
+COMPILED_STAGES = "modules"  # compiled edgeplan: one layer per block (and the ops between blocks)
 
 
 # ----------------------------------------------------------------- the models
@@ -176,7 +180,8 @@ def _edgeplan_step(model, kwargs, target, memory, compiled):
     from planner import fit
 
     example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
-    wrapped = fit(model, example, memory=memory, loss="cross_entropy", compile=compiled, stages=STAGES)
+    wrapped = fit(model, example, memory=memory, loss="cross_entropy", compile=compiled,
+                  stages=COMPILED_STAGES if compiled else STAGES)
     result = wrapped.plan
     if list(kwargs) == ["x"]:
         step = lambda: wrapped(kwargs["x"], target=target).backward()  # noqa: E731
@@ -193,7 +198,8 @@ def _least_memory(model, kwargs, target, compiled):
     example = (kwargs, target) if list(kwargs) != ["x"] else (kwargs["x"], target)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
-        fit(model, example, memory=2 * params + 1, loss="cross_entropy", stages=STAGES, compile=compiled)
+        fit(model, example, memory=2 * params + 1, loss="cross_entropy", compile=compiled,
+            stages=COMPILED_STAGES if compiled else STAGES)
     except InfeasibleError as exc:  # the least activation memory; the parameters and gradients come on top
         return 2 * params + exc.least_bytes
     raise SystemExit("fit accepted 1 byte of activation memory")
@@ -372,7 +378,9 @@ def main(argv=None):
         f"above what was allocated before it, parameter gradients allocated; step = the process's CPU time, median "
         f"of {steps} steps after 2 warm-up steps: one thread's CPU time, not wall time, which the other jobs' load "
         f"inflates). `edgeplan@C` is `planner.fit` given the memory contender C measured (its peak plus the "
-        f"parameters and their gradients); `vs` compares it with C in the same run.  A compiled plan predicts its "
+        f"parameters and their gradients); `vs` compares it with C in the same run.  Eager edgeplan cuts the model "
+        f"as `fit` does by default (`stages={STAGES!r}`: op by op, unless it is a chain of modules), compiled "
+        f"edgeplan into modules (one layer per block).  A compiled plan predicts its "
         f"overhead over its compiled stages, so its measured overhead against eager is left out.",
         "",
         markdown_table(sums, summary),
