@@ -980,6 +980,11 @@ class ScheduledModule(nn.Module):
         backend) holds the compiled stages' times and sizes; a UserWarning
         (:func:`compile_mismatch`) says when the model file was profiled
         otherwise than the stages run.
+    captured : list of Stage or None, keyword-only
+        Stages already cut from ``module`` in training mode (and compiled
+        with ``compile``'s backend when it is given), run as they are
+        instead of cutting the module again: :func:`planner.fit` hands over
+        the stages its profile measured, so each compiles once.
 
     Attributes
     ----------
@@ -1018,7 +1023,7 @@ class ScheduledModule(nn.Module):
     a store-all step costs what plain autograd's does.
     """
 
-    def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False):
+    def __init__(self, module, model, schedule, *, stages="auto", example=None, compile=False, captured=None):
         super().__init__()
         backend = None if compile is False else compile_backend(compile)
         if isinstance(model, (str, os.PathLike)):
@@ -1043,6 +1048,7 @@ class ScheduledModule(nn.Module):
         if mismatch is not None:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
         self._compile = backend
+        self._captured = None if captured is None else list(captured)
         self._loss = model_loss(model)
         self._expected_bytes = [layer.output_bytes for layer in model.layers]
         self._plan = None  # made with the stages, by _build
@@ -1066,6 +1072,10 @@ class ScheduledModule(nn.Module):
         return self._compile
 
     def _build(self, inputs):
+        if self._captured is not None:  # cut (and compiled) already, as the profile measured them
+            check_names([layer.name for layer in self._model.layers], self._captured)
+            self._plan = _Plan(self._captured, self._schedule.ops, self._model.layers)
+            return
         example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
         # Cutting into ops runs the model once: keep its buffers and the RNG as they were.
         buffers = [(b, b.detach().clone()) for b in self.module.buffers()]

@@ -15,7 +15,6 @@ returns the :class:`~planner.torch.executor.ScheduledModule` that trains
 with it, or refuses with the least memory that works.
 """
 
-import contextlib
 import inspect
 
 from planner.api import plan
@@ -125,15 +124,14 @@ def _wrap(module, result, *, stages, inputs, compile, profiled):
     """The ScheduledModule; compiled, it runs the ``profiled`` stages (compiled once, as measured)."""
     from planner.torch.executor import ScheduledModule
     from planner.torch.inputs import ExampleInputs, flat_inputs
-    from planner.torch.measure import reusing_compiled
 
     extra = {"compile": compile} if compile else {}
     if compile and "compile" not in inspect.signature(ScheduledModule).parameters:
         raise OptionError("compile=True: this version's executor does not compile stages")
     example = flat_inputs((), inputs) if isinstance(inputs, dict) else ExampleInputs(tuple(inputs))
-    backend = result.model.document.get("compile")
-    with reusing_compiled(profiled, backend) if backend else contextlib.nullcontext():
-        wrapped = ScheduledModule(module, result.model, result.schedule, stages=stages, example=example, **extra)
+    if result.model.document.get("compile"):  # the stages the profile compiled and measured, compiled once
+        extra["captured"] = profiled
+    wrapped = ScheduledModule(module, result.model, result.schedule, stages=stages, example=example, **extra)
     wrapped.plan = result
     return wrapped
 

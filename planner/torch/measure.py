@@ -31,8 +31,6 @@ runs nothing: ``FakeTensorMode`` gives the sizes and ``FlopCounterMode`` the
 FLOPs (workspaces are 0).
 """
 
-import contextlib
-import contextvars
 import dataclasses
 import os
 import statistics
@@ -47,7 +45,6 @@ __all__ = [
     "without_call_cost",
     "compile_backend",
     "compiled_stages",
-    "reusing_compiled",
     "allocation_trace",
     "seed_function",
     "measure_stage",
@@ -448,44 +445,14 @@ def compiled_stages(stage_list, backend):
     ``ScheduledModule(..., compile=)`` runs them.  Each stage compiles on
     its first call, for fixed shapes (``dynamic=False``); inductor draws
     random numbers as eager does (``fallback_random``), so that a compiled
-    dropout keeps plain training's masks.  Inside :func:`reusing_compiled`,
-    stages cut as the ones it holds are not compiled again: those are returned.
+    dropout keeps plain training's masks.  :func:`planner.fit` compiles once:
+    the ScheduledModule runs the stages its profile compiled (``captured``).
     """
     torch = require_torch()
-    reused = _REUSED.get()
-    if reused is not None and reused[0] == backend and _same_cut(reused[1], stage_list):
-        return list(reused[1])
     # inductor draws random numbers as eager does: dropout masks are plain training's
     options = {"options": {"fallback_random": True}} if backend == "inductor" else {"backend": backend}
     return [dataclasses.replace(stage, fn=torch.compile(_own_frame(stage.fn), dynamic=False, **options))
             for stage in stage_list]
-
-
-_REUSED = contextvars.ContextVar("edgeplan_reused_stages", default=None)
-
-
-@contextlib.contextmanager
-def reusing_compiled(stage_list, backend):
-    """While open, :func:`compiled_stages` of the same cut with ``backend`` returns ``stage_list`` itself.
-
-    :func:`planner.fit` profiles the stages compiled, then builds the
-    ScheduledModule, which cuts the module again and compiles its stages:
-    inside this context that compilation hands back the profiled stages (the
-    same capture, the same compiled callables, their guards and graphs), so
-    each stage compiles once and the run is the one the profile measured.
-    """
-    token = _REUSED.set((backend, list(stage_list)))
-    try:
-        yield
-    finally:
-        _REUSED.reset(token)
-
-
-def _same_cut(done, stage_list):
-    """Two stage lists cut alike: the same names, inputs and loss stage, in order."""
-    return len(done) == len(stage_list) and all(
-        (a.name, tuple(a.inputs), a.loss) == (b.name, tuple(b.inputs), b.loss) for a, b in zip(done, stage_list)
-    )
 
 
 def _own_frame(fn):
