@@ -289,8 +289,8 @@ class _Entry(torch.autograd.Function):
     (``receive`` appends to a gradient box), instead of through leaves that
     require grad (see :func:`_enter`): a paged-in output is a new tensor, and
     the stages that read it must not hold the one paged out.  A model input
-    that requires grad enters through it too.  The sink's output reaches the user through it
-    too (``receive`` queues the rest of the schedule, see
+    that requires grad enters through it too, and so does the sink's output
+    on its way to the user (``receive`` queues the rest of the schedule, see
     :meth:`StepRunner.attach`).  The node holds no tensor, and lets go of
     ``receive`` once it has called it; ``anchor`` (a scalar that requires grad)
     only makes its output require grad.
@@ -488,18 +488,15 @@ class StepRunner:
     def _value(self, p):
         if p < 0:
             return self.inputs[-1 - p]
-        self.pager.settle(p)  # a paged-in output is read once its pagein is done
+        if self.plan.paged:
+            self.pager.settle(p)  # a paged-in output is read once its pagein is done
         return self.outputs[p]
 
     def _forward(self, n, op):
         i = op.layer
         stage = self.stages[i]
         try:
-            if self.plan.paged:
-                tensors = [self._value(p) for p in stage.inputs]
-            else:
-                outputs, inputs = self.outputs, self.inputs
-                tensors = [inputs[-1 - p] if p < 0 else outputs[p] for p in stage.inputs]
+            tensors = [self._value(p) for p in stage.inputs]
         except KeyError:
             raise self._missing(n, op, "an input is not in memory") from None
         if i in self.outputs:
@@ -538,8 +535,7 @@ class StepRunner:
             self.done.add(i)
             y = self.outputs[i]
             self.meta[i] = (y.shape, y.dtype)
-            if i not in self.plan.checked:
-                self._check_bytes(i, y)
+            self._check_bytes(i, y)
             del y
 
     def _enter_recompute(self, i, stage):
@@ -575,9 +571,8 @@ class StepRunner:
         if leaves and i not in self.plan.keeps_inputs:
             _release(boxes)
         gbox = []
-        root = None
         if not y.requires_grad or (self.segments and n in self.plan.unseeded):
-            pass
+            root = None
         elif self.segments and i in self.plan.seeded:
             root = seed_function(torch)(y, gbox.pop)
         else:  # the call takes the gradient as it is, and holds it until its end, as SPEC counts it
@@ -1073,9 +1068,16 @@ class ScheduledModule(nn.Module):
 
     def _build(self, inputs):
         if self._captured is not None:  # cut (and compiled) already, as the profile measured them
-            check_names([layer.name for layer in self._model.layers], self._captured)
-            self._plan = _Plan(self._captured, self._schedule.ops, self._model.layers)
-            return
+            stage_list = self._captured
+        else:
+            stage_list = self._cut(inputs)
+            if self._compile:
+                stage_list = compiled_stages(stage_list, self._compile)
+        check_names([layer.name for layer in self._model.layers], stage_list)
+        self._plan = _Plan(stage_list, self._schedule.ops, self._model.layers)
+
+    def _cut(self, inputs):
+        """The module cut into stages in training mode, its buffers and the RNG left as they were."""
         example = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(inputs)
         # Cutting into ops runs the model once: keep its buffers and the RNG as they were.
         buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
@@ -1088,10 +1090,7 @@ class ScheduledModule(nn.Module):
             _copy_into([b for b, _ in buffers], [v for _, v in buffers])
             _set_rng(rng, inputs[0].device)
         del buffers
-        check_names([layer.name for layer in self._model.layers], stage_list)
-        if self._compile:
-            stage_list = compiled_stages(stage_list, self._compile)
-        self._plan = _Plan(stage_list, self._schedule.ops, self._model.layers)
+        return stage_list
 
     def _eval_stages(self, inputs):
         """The stages captured in eval mode (once), for the plain forward in eval mode."""

@@ -402,15 +402,20 @@ class _StageFn:
         at = {node: k for k, node in enumerate(slots)}
         program = []
         for node, target, args, kwargs in steps:
-            program.append((target, _positions(args, at), _positions(kwargs, at)))
+            args = _positions(args, at)
+            flat = not kwargs and not any(isinstance(a, (tuple, list, dict, slice)) for a in args)
+            program.append((target, args, _positions(kwargs, at), flat))
             at[node] = len(slots) + len(program) - 1
         self.program = tuple(program)
         self.result = at[out]
 
     def __call__(self, *tensors):
         env = list(tensors)
-        for target, args, kwargs in self.program:
-            env.append(target(*_values(args, env), **_values(kwargs, env)) if kwargs else target(*_values(args, env)))
+        for target, args, kwargs, flat in self.program:
+            if flat:  # most ops: positions and constants, no nesting to walk
+                env.append(target(*[env[a.k] if a.__class__ is _At else a for a in args]))
+            else:
+                env.append(target(*_values(args, env), **_values(kwargs, env)))
         return env[self.result]
 
 
@@ -427,31 +432,26 @@ def _positions(arg, at):
     """``arg`` with each graph node replaced by its :class:`_At` position, in plain tuples, lists and dicts."""
     from torch import fx
 
-    if isinstance(arg, fx.Node):
-        return _At(at[arg])
-    if isinstance(arg, tuple):
-        return tuple(_positions(a, at) for a in arg)
-    if isinstance(arg, list):
-        return [_positions(a, at) for a in arg]
-    if isinstance(arg, dict):
-        return {k: _positions(v, at) for k, v in arg.items()}
-    if isinstance(arg, slice):
-        return slice(_positions(arg.start, at), _positions(arg.stop, at), _positions(arg.step, at))
-    return arg
+    return _replace(arg, fx.Node, lambda node: _At(at[node]))
 
 
 def _values(arg, env):
     """``arg`` with each :class:`_At` replaced by its value in ``env``."""
-    if isinstance(arg, _At):
-        return env[arg.k]
+    return _replace(arg, _At, lambda a: env[a.k])
+
+
+def _replace(arg, kind, fn):
+    """``arg`` with each ``kind`` instance ``x`` in it replaced by ``fn(x)``, through tuples, lists, dicts and slices."""
+    if isinstance(arg, kind):
+        return fn(arg)
     if isinstance(arg, tuple):
-        return tuple(_values(a, env) for a in arg)
+        return tuple(_replace(a, kind, fn) for a in arg)
     if isinstance(arg, list):
-        return [_values(a, env) for a in arg]
+        return [_replace(a, kind, fn) for a in arg]
     if isinstance(arg, dict):
-        return {k: _values(v, env) for k, v in arg.items()}
+        return {k: _replace(v, kind, fn) for k, v in arg.items()}
     if isinstance(arg, slice):
-        return slice(_values(arg.start, env), _values(arg.stop, env), _values(arg.step, env))
+        return slice(_replace(arg.start, kind, fn), _replace(arg.stop, kind, fn), _replace(arg.step, kind, fn))
     return arg
 
 
